@@ -1,0 +1,9 @@
+"""The one place where Captum's private helpers are imported."""
+
+from captum._utils.common import (  # noqa: F401
+    _format_additional_forward_args,
+    _format_output,
+    _format_tensor_into_tuples,
+    _is_tuple,
+)
+from captum.log import log_usage  # noqa: F401

@@ -1,0 +1,336 @@
+"""What every attention-based method shares: capture, targets, backward, readout, Captum's contract."""
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from captum.attr import GradientAttribution, LayerAttribution
+from torch import Tensor, nn
+
+from captum_mm._compat import (
+    _format_additional_forward_args,
+    _format_output,
+    _format_tensor_into_tuples,
+    _is_tuple,
+    log_usage,
+)
+from captum_mm.models import TargetSelection, adapter_for, capture_attention
+from captum_mm.models.capture import AttentionRecord
+from captum_mm.relevance.rules import read_rows
+from captum_mm.relevance.schedule import AttentionEvent, Schedule
+
+TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
+
+
+@dataclass
+class Explanation:
+    """Per-token relevance of one batch, per modality.
+
+    Attributes:
+        text (Tensor or None): ``[B, T]`` relevance of the text tokens (LXMERT, VisualBERT).
+        image (Tensor or None): ``[B, R]`` relevance of the image regions (LXMERT,
+                    VisualBERT), or ``[B, K, h, w]`` relevance of the backbone's
+                    feature-map cells for each of the ``K`` explained queries (DETR).
+        target (Tensor): Explained class, ``[B]`` (or ``[B, K]`` for DETR, ``-1`` where
+                    an image has fewer than ``K`` explained queries).
+        scores (Tensor): Predicted probability of the explained class, shaped like ``target``.
+        queries (Tensor or None): DETR only: ``[B, K]`` explained query indices, ``-1`` for padding.
+
+    Padded tokens (attention masks, DETR's pixel mask) have zero relevance.
+    """
+
+    text: Optional[Tensor]
+    image: Optional[Tensor]
+    target: Tensor
+    scores: Tensor
+    queries: Optional[Tensor] = None
+
+    def outputs(self) -> Dict[str, Tensor]:
+        return {name: value for name, value in (("text", self.text), ("image", self.image)) if value is not None}
+
+
+class AttentionAttribution(LayerAttribution, GradientAttribution):
+    """Base of every captum_mm method: an attention schedule in, per-token relevance out.
+
+    A method subclass sets :attr:`uses_gradients` and implements
+    :meth:`_fuse_heads` (per-head maps to one map) and :meth:`_relevance_matrices`
+    (fused maps to relevance matrices whose readout row is the explanation). It
+    may restrict the fused events with :meth:`_events`.
+    """
+
+    #: Whether the method needs one backward pass (gradients of the attention maps).
+    uses_gradients: bool = True
+
+    def __init__(self, forward_func: Callable, model: Optional[nn.Module] = None) -> None:
+        r"""
+        Args:
+            forward_func (Callable or torch.nn.Module): The HuggingFace model, or any
+                        callable that runs it and returns its logits (or its output
+                        object). It is called as
+                        ``forward_func(*inputs, *additional_forward_args)``.
+            model (torch.nn.Module, optional): The HuggingFace model to explain, when
+                        ``forward_func`` is not the model itself.
+                        Default: None (``forward_func`` is the model)
+        """
+        if model is None:
+            if not isinstance(forward_func, nn.Module):
+                raise TypeError(
+                    "forward_func is not a torch.nn.Module: pass the HuggingFace model it runs as model=."
+                )
+            model = forward_func
+        LayerAttribution.__init__(self, forward_func, model)
+        GradientAttribution.__init__(self, forward_func)
+        self.model = model
+        self.adapter = adapter_for(model)
+
+    def has_convergence_delta(self) -> bool:
+        return False
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return False
+
+    def attribute_future(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no asynchronous attribute.")
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        input_modalities: Optional[Sequence[Optional[str]]] = None,
+    ) -> TensorOrTuple:
+        r"""
+        Relevance of every input, each attribution shaped like the input it explains.
+
+        A token's (region's) relevance is repeated over that token's feature
+        dimensions; DETR's feature-map relevance is spread over the pixels of
+        each cell (nearest-neighbour upsampling) and repeated over channels.
+        This makes the attributions usable by ``captum.metrics.infidelity``,
+        ``captum.metrics.sensitivity_max`` and ``captum.attr.visualization``.
+
+        Args:
+            inputs (Tensor or tuple[Tensor, ...]): Passed to ``forward_func`` first,
+                        batch first.
+            target (int, list, Tensor, optional): Class explained per sample (Captum's
+                        forms: an int, a list of ints, a tensor with one class per
+                        sample). For DETR, the object query explained per image.
+                        Default: None (each sample's predicted class; for DETR, each
+                        image's most confident query)
+            additional_forward_args (Any, optional): Passed to ``forward_func`` after
+                        ``inputs`` and not attributed.
+                        Default: None
+            input_modalities (sequence of str or None, optional): The modality each
+                        input belongs to (``"text"``, ``"image"`` or None for no
+                        relevance). Default: None (inferred from shapes: an input
+                        whose second dimension equals the number of text tokens is
+                        text, of image regions image; for DETR every input of rank 3
+                        or more is image)
+
+        Returns:
+            *Tensor* or *tuple[Tensor, ...]*: Attributions shaped like ``inputs``.
+        """
+        is_inputs_tuple = _is_tuple(inputs)
+        inputs = _format_tensor_into_tuples(inputs)
+        explanation = self._explain(inputs, target, additional_forward_args, single=True)
+        attributions = spread_to_inputs(explanation, inputs, input_modalities)
+        return _format_output(is_inputs_tuple, attributions)
+
+    def explain(
+        self,
+        inputs: TensorOrTuple,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        threshold: float = 0.5,
+    ) -> Explanation:
+        r"""
+        Per-token relevance per modality, as an :class:`Explanation`.
+
+        Args:
+            inputs (Tensor or tuple[Tensor, ...]): As for :meth:`attribute`.
+            target (optional): As for :meth:`attribute`; for DETR also a list of
+                        query-index lists (several queries per image). Default: None
+                        (each sample's predicted class; for DETR every query whose
+                        best class, "no object" excluded, has probability above
+                        ``threshold``, as in Algorithm 1)
+            additional_forward_args (Any, optional): As for :meth:`attribute`.
+            threshold (float, optional): DETR's query-keeping threshold. Default: 0.5
+
+        Returns:
+            Explanation: text and image relevance, explained classes (and queries).
+        """
+        inputs = _format_tensor_into_tuples(inputs)
+        return self._explain(inputs, target, additional_forward_args, threshold=threshold)
+
+    # The method's part -----------------------------------------------------------
+
+    def _events(self, schedule: Schedule) -> List[AttentionEvent]:
+        """Events whose fused maps the method uses (all by default)."""
+        return schedule.events
+
+    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor]) -> Tensor:
+        """``[..., H, Nq, Nk]`` probabilities (and gradients) to one ``[..., Nq, Nk]`` map."""
+        raise NotImplementedError
+
+    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Dict[str, Tensor]:
+        """Relevance matrices ``[E, N_row, N_key]`` per key modality, read at ``schedule.rows``."""
+        raise NotImplementedError
+
+    # The shared part ---------------------------------------------------------------
+
+    def _explain(self, inputs: Tuple[Tensor, ...], target: Any, additional_forward_args: Any, **options: Any) -> Explanation:
+        _check_inputs(inputs)
+        additional = _format_additional_forward_args(additional_forward_args) or ()
+        adapter = self.adapter
+        with torch.set_grad_enabled(self.uses_gradients), capture_attention(
+            self.model, adapter.sites(), adapter.check_arguments, adapter.extra_hooks, self.uses_gradients
+        ) as record:
+            logits = adapter.logits(self.forward_func(*inputs, *additional))
+            selection = adapter.select_targets(logits, target, **options)
+            schedule = adapter.schedule(record, selection)
+            maps = self._fused_maps(record, schedule, selection, logits) if selection.num_elements else {}
+        if selection.num_elements:
+            matrices = self._relevance_matrices(schedule, maps)
+        else:
+            matrices = {
+                spec.key: logits.new_zeros(0, schedule.sizes[schedule.row_modality], schedule.sizes[spec.key])
+                for spec in schedule.outputs.values()
+            }
+        return _assemble(schedule, selection, _read_out(schedule, matrices), int(logits.shape[0]))
+
+    def _fused_maps(
+        self, record: AttentionRecord, schedule: Schedule, selection: TargetSelection, logits: Tensor
+    ) -> Dict[int, Tensor]:
+        events = self._events(schedule)
+        probs = [record.calls[event.call].probs for event in events]
+        grads: List[Optional[Tensor]] = (
+            _attention_gradients(logits, probs, selection.grad_outputs) if self.uses_gradients else [None] * len(probs)
+        )
+        maps = {}
+        for index, event in enumerate(events):
+            gradient, grads[index] = grads[index], None
+            fused = self._fuse_heads(probs[index].detach(), gradient)
+            fused = fused[selection.slot, selection.sample] if gradient is not None else fused[selection.sample]
+            query_mask, key_mask = schedule.masks[event.query], schedule.masks[event.key]
+            maps[event.call] = fused * (query_mask[:, :, None] & key_mask[:, None, :])
+        return maps
+
+
+def _check_inputs(inputs: Tuple[Tensor, ...]) -> None:
+    if not inputs:
+        raise ValueError("inputs is empty: pass at least one tensor.")
+    sizes = [tuple(t.shape[:1]) for t in inputs if isinstance(t, Tensor)]
+    if any(size == () for size in sizes):
+        raise ValueError("inputs must be batched: every input tensor needs a leading batch dimension.")
+    if len({size for size in sizes}) > 1:
+        raise ValueError(f"Batch sizes of inputs disagree: {[s[0] for s in sizes]}; all must be equal.")
+
+
+def _attention_gradients(logits: Tensor, probs: List[Tensor], seeds: Tensor) -> List[Tensor]:
+    """``d(seed . logits)/dA`` for every map, ``[K, B, H, Nq, Nk]``; one (batched) backward pass."""
+    connected = [index for index, p in enumerate(probs) if p.requires_grad]
+    if not logits.requires_grad or not connected:
+        raise RuntimeError(
+            "The logits are not connected to the attention maps by autograd: forward_func must not "
+            "detach its output or run the model under torch.no_grad()."
+        )
+    batched = seeds.shape[0] > 1
+    found = torch.autograd.grad(
+        logits,
+        [probs[index] for index in connected],
+        grad_outputs=seeds if batched else seeds[0],
+        is_grads_batched=batched,
+        allow_unused=True,
+    )
+    grads = [probs[index].new_zeros(seeds.shape[0], *probs[index].shape) for index in range(len(probs))]
+    for index, gradient in zip(connected, found):
+        if gradient is not None:
+            grads[index] = gradient if batched else gradient[None]
+    return grads
+
+
+def _read_out(schedule: Schedule, matrices: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """Each output's readout row, the row token's own entry zeroed, padding zeroed."""
+    outputs = {}
+    for name, spec in schedule.outputs.items():
+        rows = read_rows(matrices[spec.key], schedule.rows) * schedule.masks[spec.key]
+        if spec.key == schedule.row_modality:
+            rows = rows.scatter(1, schedule.rows[:, None], 0.0)
+        rows = rows[:, spec.columns]
+        outputs[name] = rows.reshape(rows.shape[0], *spec.grid) if spec.grid else rows
+    return outputs
+
+
+def _assemble(schedule: Schedule, selection: TargetSelection, outputs: Dict[str, Tensor], num_samples: int) -> Explanation:
+    """Elements back to samples: ``[B, ...]``, or ``[B, K, ...]`` when queries are explained."""
+    if selection.queries is None:
+        def place(values: Tensor, fill: float = 0.0) -> Tensor:
+            placed = values.new_full((num_samples, *values.shape[1:]), fill)
+            placed[selection.sample] = values
+            return placed
+    else:
+        slots = selection.grad_outputs.shape[0]
+
+        def place(values: Tensor, fill: float = 0.0) -> Tensor:
+            placed = values.new_full((num_samples, slots, *values.shape[1:]), fill)
+            placed[selection.sample, selection.slot] = values
+            return placed
+
+    return Explanation(
+        text=place(outputs["text"]) if "text" in outputs else None,
+        image=place(outputs["image"]) if "image" in outputs else None,
+        target=place(selection.classes, -1),
+        scores=place(selection.scores.to(torch.get_default_dtype())),
+        queries=place(selection.queries, -1) if selection.queries is not None else None,
+    )
+
+
+def _infer_modality(relevance: Dict[str, Tensor], tensor: Tensor) -> Optional[str]:
+    candidates = [
+        name
+        for name, values in relevance.items()
+        if (values.dim() == 3 and tensor.dim() >= 3) or (values.dim() == 2 and tensor.dim() >= 2 and tensor.shape[1] == values.shape[1])
+    ]
+    if len(candidates) > 1:
+        raise ValueError(
+            f"Cannot tell which modality an input of shape {tuple(tensor.shape)} belongs to ({' or '.join(candidates)}): "
+            "pass input_modalities, e.g. ('text', 'image', None)."
+        )
+    return candidates[0] if candidates else None
+
+
+def spread_to_inputs(
+    explanation: Explanation, inputs: Tuple[Tensor, ...], input_modalities: Optional[Sequence[Optional[str]]] = None
+) -> Tuple[Tensor, ...]:
+    """Per-token relevance spread over each input's shape (see ``attribute``)."""
+    relevance = explanation.outputs()
+    if explanation.queries is not None:
+        relevance = {name: values[:, 0] for name, values in relevance.items()}
+    if input_modalities is None:
+        input_modalities = [_infer_modality(relevance, tensor) for tensor in inputs]
+    if len(input_modalities) != len(inputs):
+        raise ValueError(f"input_modalities has {len(input_modalities)} entries for {len(inputs)} inputs.")
+    spread = []
+    for tensor, modality in zip(inputs, input_modalities):
+        if modality is not None and modality not in relevance:
+            raise ValueError(f"Unknown modality {modality!r}: this model explains {sorted(relevance)} (or None).")
+        values = relevance.get(modality) if modality else None
+        dtype = tensor.dtype if tensor.is_floating_point() else torch.get_default_dtype()
+        if values is None:
+            spread.append(torch.zeros(tensor.shape, dtype=dtype, device=tensor.device))
+        elif values.dim() == 3:
+            if tensor.dim() < 3:
+                raise ValueError(f"A spatial input needs rank >= 3, got shape {tuple(tensor.shape)}.")
+            cells = F.interpolate(values[:, None], size=tensor.shape[-2:], mode="nearest")[:, 0]
+            shape = (cells.shape[0],) + (1,) * (tensor.dim() - 3) + tuple(cells.shape[-2:])
+            spread.append(cells.reshape(shape).expand(tensor.shape).to(dtype))
+        else:
+            if tensor.dim() < 2 or tensor.shape[1] != values.shape[1]:
+                raise ValueError(
+                    f"An input of shape {tuple(tensor.shape)} cannot hold {modality} relevance for {values.shape[1]} tokens."
+                )
+            shape = tuple(values.shape) + (1,) * (tensor.dim() - 2)
+            spread.append(values.reshape(shape).expand(tensor.shape).to(dtype))
+    return tuple(spread)

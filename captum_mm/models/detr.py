@@ -1,0 +1,126 @@
+"""DETR: a CNN backbone, a self-attention encoder over the ``h x w`` feature map,
+and a decoder whose object queries attend to each other and to the image.
+
+Schedule (METHOD.md): encoder self-attentions (Eq. 6 on ``R^{ii}``), then per
+decoder layer the query self-attention (Eq. 6/7 on ``R^{qq}``, ``R^{qi}``) and the
+cross-attention (Eq. 10 on ``R^{qi}``; Eq. 11 adds nothing, image tokens never
+attend to queries). Readout: row ``R^{qi}[query]`` as an ``h x w`` map. Target:
+the logit ``(query, argmax class excluding "no object")``; every explained query
+gets its own gradient, all from one batched backward.
+
+Capture: DETR's attention modules use HF's attention interface; inside the
+capture context the model runs eager attention, whose modules return the live
+probabilities as their second output. The backbone's output gives the feature
+map's size and its padding mask.
+"""
+
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import Tensor
+from transformers import DetrForObjectDetection, DetrModel
+
+from captum_mm.models.base import ArchitectureAdapter, TargetSelection, check_batch_sizes, check_rank, require
+from captum_mm.models.capture import AttentionRecord
+from captum_mm.models.registry import register_adapter
+from captum_mm.relevance.schedule import AttentionEvent, ReadoutColumns, Schedule
+
+IMAGE, QUERY = "image", "query"
+
+
+def _second_output(output):
+    return output[1]
+
+
+def _query_lists(target: Any, batch_size: int) -> List[List[int]]:
+    if isinstance(target, Tensor):
+        target = target.tolist() if target.dim() else int(target)
+    if isinstance(target, int):
+        return [[target]] * batch_size
+    if isinstance(target, list) and len(target) == batch_size:
+        if all(isinstance(t, int) for t in target):
+            return [[t] for t in target]
+        if all(isinstance(t, (list, tuple)) and all(isinstance(q, int) for q in t) for t in target):
+            return [list(t) for t in target]
+    raise ValueError(
+        f"Unsupported DETR target {target!r} for {batch_size} images: pass None (queries above the "
+        "threshold), a query index, one query index per image, or a list of query-index lists per image."
+    )
+
+
+@register_adapter
+class DetrAdapter(ArchitectureAdapter):
+    model_classes = (DetrModel, DetrForObjectDetection)
+    outputs = ("image",)
+
+    def _detr(self) -> DetrModel:
+        return getattr(self.model, "model", self.model)
+
+    def sites(self):
+        return self.named_sites(self._detr(), [(suffix, _second_output) for suffix in ("self_attn", "encoder_attn")])
+
+    def extra_hooks(self, record: AttentionRecord):
+        def keep_feature_mask(module, args, output):
+            record.extras["feature_mask"] = output[-1][1]
+
+        return [self._detr().backbone.register_forward_hook(keep_feature_mask)]
+
+    def check_arguments(self, arguments: Dict[str, Any]) -> None:
+        require(
+            isinstance(arguments.get("pixel_values"), Tensor),
+            "DETR is explained from pixel_values [batch, channels, height, width]; inputs_embeds are not supported.",
+        )
+        check_rank(arguments, "pixel_values", 4, "[batch, channels, height, width]")
+        check_rank(arguments, "pixel_mask", 3, "[batch, height, width]")
+        check_batch_sizes(arguments, ("pixel_values", "pixel_mask"))
+
+    def select_targets(
+        self, logits: Tensor, target: Any, threshold: float = 0.5, single: bool = False, **options: Any
+    ) -> TargetSelection:
+        """Queries to explain: explicit indices, or those whose best class beats ``threshold``.
+
+        With ``single=True`` and ``target=None`` the most confident query of each image is taken.
+        """
+        require(logits.dim() == 3, f"Expected DETR logits [batch, queries, classes + 1], got {tuple(logits.shape)}.")
+        require(0.0 <= threshold < 1.0, f"threshold must be in [0, 1), got {threshold}.")
+        batch_size, num_queries, _ = logits.shape
+        scores, classes = logits.detach().softmax(-1)[..., :-1].max(-1)
+        if target is not None:
+            queries = _query_lists(target, batch_size)
+        elif single:
+            queries = [[int(q)] for q in scores.argmax(-1)]
+        else:
+            queries = [torch.nonzero(row > threshold).flatten().tolist() for row in scores]
+        flat = [(b, k, q) for b, row in enumerate(queries) for k, q in enumerate(row)]
+        for _, _, q in flat:
+            require(0 <= q < num_queries, f"query index {q} out of range: the model has {num_queries} queries (0..{num_queries - 1}).")
+        slots = max((len(row) for row in queries), default=0)
+        grad_outputs = logits.new_zeros(slots, *logits.shape)
+        sample, slot, query = (torch.tensor([item[i] for item in flat], dtype=torch.long, device=logits.device) for i in range(3))
+        explained = classes[sample, query]
+        grad_outputs[slot, sample, query, explained] = 1.0
+        return TargetSelection(grad_outputs, sample, slot, explained, scores[sample, query], queries=query)
+
+    def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
+        feature_mask: Tensor = record.extras["feature_mask"]
+        height, width = feature_mask.shape[-2:]
+        steps = []
+        for index, call in enumerate(record.calls):
+            if ".encoder." in "." + call.site:
+                query, key = IMAGE, IMAGE
+            else:
+                query, key = QUERY, (IMAGE if call.site.endswith("encoder_attn") else QUERY)
+            steps.append((AttentionEvent(index, query, key, call.site),))
+        num_queries = self._detr().config.num_queries
+        return Schedule(
+            sizes={IMAGE: height * width, QUERY: num_queries},
+            masks={
+                IMAGE: feature_mask.flatten(1)[selection.sample],
+                QUERY: feature_mask.new_ones(selection.num_elements, num_queries),
+            },
+            steps=steps,
+            row_modality=QUERY,
+            rows=selection.queries,
+            outputs={IMAGE: ReadoutColumns(IMAGE, grid=(height, width))},
+            element_sample=selection.sample,
+        )

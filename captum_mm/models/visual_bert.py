@@ -1,0 +1,80 @@
+"""VisualBERT: one self-attention stream over ``[text | image]`` tokens.
+
+Schedule (METHOD.md): Eq. 6 for every layer on one joint relevance matrix.
+Readout: the row of the token the answer head pools -- for
+``VisualBertForQuestionAnswering`` the last question token before ``[SEP]``
+(``attention_mask.sum() - 2``, as the HF head gathers it), for pooler-based heads
+``[CLS]`` -- with that token's own entry set to 0. Text relevance is read from
+the text columns, image relevance from the image columns.
+
+Capture: the probabilities pass through the ``dropout`` module of every
+``VisualBertSelfAttention``.
+"""
+
+from typing import Any, Dict
+
+import torch
+from transformers import VisualBertForQuestionAnswering, VisualBertForVisualReasoning, VisualBertModel
+
+from captum_mm.models.base import ArchitectureAdapter, TargetSelection, check_batch_sizes, check_rank, require, token_mask
+from captum_mm.models.capture import AttentionRecord
+from captum_mm.models.registry import register_adapter
+from captum_mm.relevance.schedule import AttentionEvent, ReadoutColumns, Schedule
+
+JOINT = "joint"
+
+
+@register_adapter
+class VisualBertAdapter(ArchitectureAdapter):
+    model_classes = (VisualBertModel, VisualBertForQuestionAnswering, VisualBertForVisualReasoning)
+
+    def sites(self):
+        return self.named_sites(self.model, [(".attention.self.dropout", lambda output: output)])
+
+    def check_arguments(self, arguments: Dict[str, Any]) -> None:
+        require(
+            not self.model.config.bypass_transformer,
+            "VisualBERT with bypass_transformer=True is not supported: its text-only layers need another schedule.",
+        )
+        require(
+            arguments.get("input_ids") is not None or arguments.get("inputs_embeds") is not None,
+            "VisualBERT needs input_ids [batch, tokens] or inputs_embeds [batch, tokens, hidden].",
+        )
+        check_rank(arguments, "input_ids", 2, "[batch, tokens]")
+        check_rank(arguments, "inputs_embeds", 3, "[batch, tokens, hidden]")
+        check_rank(arguments, "attention_mask", 2, "[batch, tokens]")
+        require(arguments.get("visual_embeds") is not None, "VisualBERT needs visual_embeds [batch, regions, features].")
+        check_rank(arguments, "visual_embeds", 3, "[batch, regions, features]")
+        check_rank(arguments, "visual_attention_mask", 2, "[batch, regions]")
+        if isinstance(self.model, VisualBertForQuestionAnswering):
+            require(
+                arguments.get("attention_mask") is not None,
+                "VisualBertForQuestionAnswering needs attention_mask: its head pools token attention_mask.sum() - 2.",
+            )
+        check_batch_sizes(arguments, ("input_ids", "inputs_embeds", "attention_mask", "visual_embeds", "visual_attention_mask"))
+
+    def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
+        arguments = record.arguments
+        text = arguments["input_ids"] if arguments.get("input_ids") is not None else arguments["inputs_embeds"]
+        batch_size, text_length = text.shape[:2]
+        visual = arguments["visual_embeds"]
+        region_count = visual.shape[1]
+        text_mask = token_mask(arguments.get("attention_mask"), batch_size, text_length, visual.device)
+        mask = torch.cat([text_mask, token_mask(arguments.get("visual_attention_mask"), batch_size, region_count, visual.device)], 1)
+        if isinstance(self.model, VisualBertForQuestionAnswering):
+            rows = text_mask.long().sum(1) - 2
+        else:
+            rows = torch.zeros(batch_size, dtype=torch.long, device=visual.device)
+        events = [AttentionEvent(index, JOINT, JOINT, call.site) for index, call in enumerate(record.calls)]
+        return Schedule(
+            sizes={JOINT: text_length + region_count},
+            masks={JOINT: mask[selection.sample]},
+            steps=[(event,) for event in events],
+            row_modality=JOINT,
+            rows=rows[selection.sample],
+            outputs={
+                "text": ReadoutColumns(JOINT, slice(0, text_length)),
+                "image": ReadoutColumns(JOINT, slice(text_length, text_length + region_count)),
+            },
+            element_sample=selection.sample,
+        )

@@ -1,0 +1,1 @@
+"""Pure tensor algebra of the relevance rules; knows nothing of any model."""
