@@ -325,12 +325,12 @@ def spread_to_inputs(
                 raise ValueError(f"A spatial input needs rank >= 3, got shape {tuple(tensor.shape)}.")
             cells = F.interpolate(values[:, None], size=tensor.shape[-2:], mode="nearest")[:, 0]
             shape = (cells.shape[0],) + (1,) * (tensor.dim() - 3) + tuple(cells.shape[-2:])
-            spread.append(cells.reshape(shape).expand(tensor.shape).to(dtype))
+            spread.append(cells.reshape(shape).expand(tensor.shape).to(dtype).contiguous())
         else:
             if tensor.dim() < 2 or tensor.shape[1] != values.shape[1]:
                 raise ValueError(
                     f"An input of shape {tuple(tensor.shape)} cannot hold {modality} relevance for {values.shape[1]} tokens."
                 )
             shape = tuple(values.shape) + (1,) * (tensor.dim() - 2)
-            spread.append(values.reshape(shape).expand(tensor.shape).to(dtype))
+            spread.append(values.reshape(shape).expand(tensor.shape).to(dtype).contiguous())
     return tuple(spread)

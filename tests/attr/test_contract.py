@@ -1,0 +1,128 @@
+"""The contract every method keeps, on every supported family (written once, run over all methods)."""
+
+import pytest
+import torch
+from captum.metrics import infidelity, sensitivity_max
+
+from methods_under_test import MAY_VANISH, METHODS, SIGNED
+from helpers import CASES, CLASSES, FEATURES, assert_same_state, detr_case, lxmert, model_state, text_batch
+
+pytestmark = pytest.mark.parametrize("method", sorted(METHODS))
+FAMILIES = pytest.mark.parametrize("family", sorted(CASES))
+
+
+def targets_for(case, batch):
+    return None if case.name == "detr" else torch.randint(0, CLASSES, (batch,))
+
+
+@FAMILIES
+def test_shapes_finite_non_negative(method, family):
+    case = CASES[family]()
+    explainer = METHODS[method](case.forward, case.model)
+    batch = case.inputs[0].shape[0]
+    explanation = explainer.explain(case.inputs, targets_for(case, batch), case.additional, threshold=0.0)
+    for name in case.outputs:
+        values = getattr(explanation, name)
+        assert torch.isfinite(values).all()
+        if method not in SIGNED:
+            assert (values >= 0).all()
+    if family == "detr":
+        assert explanation.image.shape == (batch, 6, 2, 3)  # threshold 0 keeps all 6 queries
+        assert explanation.text is None and explanation.queries.tolist() == [list(range(6))] * batch
+    else:
+        assert explanation.text.shape == case.inputs[0].shape
+        assert explanation.image.shape == case.inputs[1].shape[:2]
+        if not (family == "lxmert" and method in MAY_VANISH):
+            assert explanation.text.abs().sum() > 0 and explanation.image.abs().sum() > 0
+    attributions = explainer.attribute(case.inputs, targets_for(case, batch), case.additional)
+    assert isinstance(attributions, tuple) and len(attributions) == len(case.inputs)
+    for attribution, tensor in zip(attributions, case.inputs):
+        assert attribution.shape == tensor.shape and attribution.is_floating_point()
+
+
+@FAMILIES
+def test_batched_equals_one_by_one_and_padding_gets_zero(method, family):
+    case = CASES[family]()
+    batch = case.inputs[0].shape[0]
+    explainer = METHODS[method](case.forward, case.model)
+    target = targets_for(case, batch)
+    options = {"target": [[0, 3]] * batch} if family == "detr" else {"target": target}
+    batched = explainer.explain(case.inputs, additional_forward_args=case.additional, **options)
+    for index in range(batch):
+        inputs, additional = case.alone(index)
+        alone_target = [[0, 3]] if family == "detr" else target[index:index + 1]
+        alone = explainer.explain(inputs, alone_target, additional)
+        for name in case.outputs:
+            together, single = getattr(batched, name)[index], getattr(alone, name)[0]
+            length = single.shape[0]
+            assert torch.allclose(together[:length], single, atol=1e-5, rtol=1e-4), (name, index)
+            assert not together[length:].any()
+
+
+def test_detr_padded_images(method):
+    case = detr_case()
+    pixels = case.inputs[0].clone()
+    mask = torch.ones(2, 64, 96, dtype=torch.long)
+    mask[1, :, 64:] = 0  # the second image is 64 x 64, padded to 96 wide
+    pixels[1, :, :, 64:] = 0
+    explainer = METHODS[method](case.model)
+    batched = explainer.explain(pixels, [[0, 3]] * 2, (mask,))
+    alone = explainer.explain(pixels[1:], [[0, 3]], (mask[1:],))
+    assert torch.allclose(batched.image[1], alone.image[0], atol=1e-5, rtol=1e-4)
+    assert not batched.image[1, :, :, 2:].any()  # cells of the padding carry no relevance
+
+
+def test_model_left_unchanged_also_after_errors(method):
+    case = CASES["detr"]()  # built with SDPA attention, switched to eager while explaining
+    model = case.model
+    model(*case.inputs)  # transformers installs its own hooks on first use
+    before = model_state(model)
+    explainer = METHODS[method](model)
+    explainer.attribute(case.inputs)
+    assert_same_state(before, model_state(model))
+    with pytest.raises(ValueError, match="out of range"):
+        explainer.explain(case.inputs, target=[[99], [0]])
+    assert_same_state(before, model_state(model))
+
+    def failing(pixel_values):
+        model(pixel_values)
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        METHODS[method](failing, model).attribute(case.inputs)
+    assert_same_state(before, model_state(model))
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_frozen_model_under_no_grad(method):
+    case = CASES["lxmert"]()
+    case.model.requires_grad_(False)
+    before = model_state(case.model)
+    with torch.no_grad():
+        explanation = METHODS[method](case.model).explain(case.inputs, None, case.additional)
+    assert explanation.text.abs().sum() > 0 or method in MAY_VANISH
+    assert_same_state(before, model_state(case.model))
+
+
+def test_captum_metrics_accept_the_attributions(method):
+    model = lxmert()
+    ids, mask = text_batch(2)
+    feats, boxes = torch.randn(2, 5, FEATURES), torch.rand(2, 5, 4)
+
+    def forward(visual_feats, visual_pos, input_ids, attention_mask):
+        return model(input_ids=input_ids, visual_feats=visual_feats, visual_pos=visual_pos, attention_mask=attention_mask).question_answering_score
+
+    explainer = METHODS[method](forward, model)
+    target = torch.tensor([1, 2])
+    kwargs = {"target": target, "additional_forward_args": (ids, mask)}
+    attributions = explainer.attribute((feats, boxes), **kwargs)
+
+    def perturb(inputs):
+        visual_feats, visual_pos = inputs
+        noise = 0.1 * torch.randn_like(visual_feats)
+        return (noise, torch.zeros_like(visual_pos)), (visual_feats - noise, visual_pos)
+
+    scores = infidelity(forward, perturb, (feats, boxes), attributions, n_perturb_samples=3, **kwargs)
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
+    sensitivity = sensitivity_max(explainer.attribute, (feats, boxes), n_perturb_samples=2, **kwargs)
+    assert sensitivity.shape == (2,) and torch.isfinite(sensitivity).all()

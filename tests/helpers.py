@@ -1,0 +1,155 @@
+"""Tiny random-init HuggingFace models and their inputs, built locally (never downloaded)."""
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Tuple
+
+import torch
+from torch import Tensor, nn
+from transformers import (
+    DetrConfig,
+    DetrForObjectDetection,
+    DetrModel,
+    LxmertConfig,
+    LxmertForQuestionAnswering,
+    LxmertModel,
+    ResNetConfig,
+    VisualBertConfig,
+    VisualBertForQuestionAnswering,
+    VisualBertForVisualReasoning,
+    VisualBertModel,
+)
+
+VOCAB, FEATURES, CLASSES = 60, 12, 7
+
+
+def lxmert(l_layers=2, r_layers=1, x_layers=2, head=True, **overrides) -> nn.Module:
+    config = LxmertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_attention_heads=4, intermediate_size=37, l_layers=l_layers,
+        r_layers=r_layers, x_layers=x_layers, visual_feat_dim=FEATURES, visual_pos_dim=4, num_qa_labels=CLASSES,
+        **overrides,
+    )
+    return (LxmertForQuestionAnswering if head else LxmertModel)(config).eval()
+
+
+def visual_bert(layers=2, cls=VisualBertForQuestionAnswering, **overrides) -> nn.Module:
+    config = VisualBertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_attention_heads=4, intermediate_size=37, num_hidden_layers=layers,
+        visual_embedding_dim=FEATURES, num_labels=CLASSES, **overrides,
+    )
+    return cls(config).eval()
+
+
+def detr(encoder_layers=2, decoder_layers=2, head=True, num_queries=6, **overrides) -> nn.Module:
+    backbone = ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[8, 8, 16, 16], depths=[1, 1, 1, 1], out_features=["stage4"]
+    )
+    config = DetrConfig(
+        backbone_config=backbone, use_pretrained_backbone=False, use_timm_backbone=False, d_model=16,
+        encoder_layers=encoder_layers, decoder_layers=decoder_layers, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=num_queries, num_labels=3,
+        **overrides,
+    )
+    return (DetrForObjectDetection if head else DetrModel)(config).eval()
+
+
+def text_batch(batch=3, tokens=6, pad=True) -> Tuple[Tensor, Tensor]:
+    ids = torch.randint(1, VOCAB, (batch, tokens))
+    mask = torch.ones(batch, tokens, dtype=torch.long)
+    if pad and batch > 1:
+        mask[1, tokens - 2:] = 0
+        ids[1, tokens - 2:] = 0
+    return ids, mask
+
+
+@dataclass
+class Case:
+    """One family under test: a model, a forward function, inputs, and how to slice one sample alone."""
+
+    name: str
+    model: nn.Module
+    forward: Callable
+    inputs: Tuple[Tensor, ...]
+    additional: Tuple[Any, ...]
+    alone: Callable[[int], Tuple[Tuple[Tensor, ...], Tuple[Any, ...]]]
+    outputs: Tuple[str, ...]
+
+
+def _trim(ids, mask, extra, index):
+    """Sample ``index`` alone, its text padding removed."""
+    length = int(mask[index].sum())
+    return (ids[index:index + 1, :length],) + tuple(t[index:index + 1] for t in extra), (mask[index:index + 1, :length],)
+
+
+def lxmert_case(batch=3, regions=5, **kwargs) -> Case:
+    model = lxmert(**kwargs)
+    ids, mask = text_batch(batch)
+    feats, boxes = torch.randn(batch, regions, FEATURES), torch.rand(batch, regions, 4)
+
+    def alone(index):
+        (i, f, b), (m,) = _trim(ids, mask, (feats, boxes), index)
+        return (i, f, b), (m,)
+
+    return Case("lxmert", model, model, (ids, feats, boxes), (mask,), alone, ("text", "image"))
+
+
+def visual_bert_case(batch=3, regions=5, **kwargs) -> Case:
+    model = visual_bert(**kwargs)
+    ids, mask = text_batch(batch)
+    feats = torch.randn(batch, regions, FEATURES)
+
+    def forward(input_ids, visual_embeds, attention_mask):
+        return model(input_ids=input_ids, visual_embeds=visual_embeds, attention_mask=attention_mask).logits
+
+    def alone(index):
+        (i, f), (m,) = _trim(ids, mask, (feats,), index)
+        return (i, f), (m,)
+
+    return Case("visual_bert", model, forward, (ids, feats), (mask,), alone, ("text", "image"))
+
+
+def detr_case(batch=2, **kwargs) -> Case:
+    model = detr(**kwargs)
+    pixels = torch.randn(batch, 3, 64, 96)
+
+    def alone(index):
+        return (pixels[index:index + 1],), ()
+
+    return Case("detr", model, model, (pixels,), (), alone, ("image",))
+
+
+CASES: Dict[str, Callable[..., Case]] = {"lxmert": lxmert_case, "visual_bert": visual_bert_case, "detr": detr_case}
+
+
+def model_state(model: nn.Module) -> Dict[str, Any]:
+    """Everything an explanation must leave as it was: weights, buffers, flags, hooks, attention settings."""
+    hook_tables = (
+        "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+        "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_state_dict_hooks",
+    )
+    configs = {id(m.config): m.config for m in model.modules() if hasattr(m, "config")}
+    for config in list(configs.values()):
+        for key in getattr(config, "sub_configs", {}) or {}:
+            sub = getattr(config, key, None)
+            if sub is not None:
+                configs[id(sub)] = sub
+    return {
+        "parameters": {name: (p.detach().clone(), p.requires_grad, p.grad) for name, p in model.named_parameters()},
+        "buffers": {name: b.clone() for name, b in model.named_buffers()},
+        "training": [m.training for m in model.modules()],
+        "hooks": [tuple(tuple(getattr(m, table, {}).items()) for table in hook_tables) for m in model.modules()],
+        "forwards": [m.__dict__.get("forward") for m in model.modules()],
+        "attention": {key: getattr(c, "_attn_implementation_internal", None) for key, c in configs.items()},
+    }
+
+
+def assert_same_state(before: Dict[str, Any], after: Dict[str, Any]) -> None:
+    assert before["parameters"].keys() == after["parameters"].keys()
+    for name, (value, requires_grad, grad) in before["parameters"].items():
+        value_after, requires_grad_after, grad_after = after["parameters"][name]
+        assert torch.equal(value, value_after), name
+        assert requires_grad == requires_grad_after, name
+        assert (grad is None) == (grad_after is None) and (grad is None or torch.equal(grad, grad_after)), name
+    for name, value in before["buffers"].items():
+        assert torch.equal(value, after["buffers"][name]), name
+    for key in ("training", "hooks", "forwards", "attention"):
+        assert before[key] == after[key], key

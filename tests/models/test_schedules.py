@@ -1,0 +1,80 @@
+"""Each adapter's schedule (count, order, kind and modalities of events) against METHOD.md."""
+
+import pytest
+import torch
+
+from captum_mm.models import adapter_for, capture_attention
+from helpers import detr_case, lxmert_case, visual_bert_case
+
+
+def schedule_of(case, **target_options):
+    adapter = adapter_for(case.model)
+    with capture_attention(case.model, adapter.sites(), adapter.check_arguments, adapter.extra_hooks) as record:
+        logits = adapter.logits(case.forward(*case.inputs, *case.additional))
+        selection = adapter.select_targets(logits, None, **target_options)
+        record.extras["logits"] = logits
+        return adapter.schedule(record, selection), record
+
+
+def kinds(schedule):
+    return [tuple((event.query, event.key) for event in step) for step in schedule.steps]
+
+
+TT, II, TI, IT = ("text", "text"), ("image", "image"), ("text", "image"), ("image", "text")
+
+
+@pytest.mark.parametrize("l_layers, r_layers, x_layers", [(1, 1, 1), (2, 1, 2), (3, 2, 3), (0, 1, 2)])
+def test_lxmert_schedule(l_layers, r_layers, x_layers):
+    case = lxmert_case(l_layers=l_layers, r_layers=r_layers, x_layers=x_layers)
+    schedule, record = schedule_of(case)
+    expected = [(TT,)] * l_layers + [(II,)] * r_layers
+    expected += [(TI, IT), (TT,), (II,)] * (x_layers - 1) + [(TI,), (TT,)]
+    assert kinds(schedule) == expected
+    # every attention call was recorded, the shared cross-attention module once per direction
+    assert len(record.calls) == l_layers + r_layers + 4 * x_layers
+    cross = [call for call in record.calls if ".visual_attention." in call.site]
+    assert [call.count for call in cross] == [0, 1] * x_layers
+    text_length, regions = case.inputs[0].shape[1], case.inputs[1].shape[1]
+    for event in schedule.events:
+        probs = record.calls[event.call].probs
+        sizes = {"text": text_length, "image": regions}
+        assert probs.shape == (3, 4, sizes[event.query], sizes[event.key])
+    # events keep forward order
+    calls = [event.call for event in schedule.events]
+    assert calls == sorted(calls)
+    assert schedule.row_modality == "text" and schedule.rows.tolist() == [0, 0, 0]
+    assert schedule.masks["text"][1].tolist() == [True] * 4 + [False] * 2
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_visual_bert_schedule(layers):
+    case = visual_bert_case(layers=layers)
+    schedule, record = schedule_of(case)
+    assert kinds(schedule) == [(("joint", "joint"),)] * layers
+    assert schedule.sizes == {"joint": 6 + 5}
+    # question answering reads the last question token before [SEP]: attention_mask.sum() - 2
+    assert schedule.rows.tolist() == [4, 2, 4]
+    assert schedule.outputs["text"].columns == slice(0, 6)
+    assert schedule.outputs["image"].columns == slice(6, 11)
+
+
+def test_visual_bert_pooler_heads_read_cls():
+    from transformers import VisualBertForVisualReasoning
+
+    case = visual_bert_case(cls=VisualBertForVisualReasoning)
+    schedule, _ = schedule_of(case)
+    assert schedule.rows.tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("encoder_layers, decoder_layers", [(1, 1), (2, 3)])
+def test_detr_schedule(encoder_layers, decoder_layers):
+    case = detr_case(encoder_layers=encoder_layers, decoder_layers=decoder_layers)
+    schedule, record = schedule_of(case, single=True)
+    qq, qi = ("query", "query"), ("query", "image")
+    assert kinds(schedule) == [(II,)] * encoder_layers + [(qq,), (qi,)] * decoder_layers
+    height, width = 2, 3  # a 64 x 96 image through a stride-32 backbone
+    assert schedule.sizes == {"image": height * width, "query": 6}
+    assert schedule.outputs["image"].grid == (height, width)
+    assert schedule.row_modality == "query"
+    best = record.extras["logits"].softmax(-1)[..., :-1].max(-1).values.argmax(-1)
+    assert torch.equal(schedule.rows, best)

@@ -1,0 +1,142 @@
+"""Every rule against a hand-computed example (the expected numbers were worked out by hand)."""
+
+import pytest
+import torch
+
+from captum_mm.relevance.heads import grad_cam, gradient_weighted, head_mean
+from captum_mm.relevance.rules import (
+    apply_deltas,
+    bimodal_deltas,
+    initial_relevance,
+    normalize_self_relevance,
+    read_rows,
+    rollout,
+    self_attention_deltas,
+)
+
+
+def t(rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+PROBS = t([[[[0.5, 0.5], [0.2, 0.8]], [[1.0, 0.0], [0.6, 0.4]]]])  # [1 element, 2 heads, 2, 2]
+GRADS = t([[[[1.0, -1.0], [2.0, 0.5]], [[-2.0, 3.0], [1.0, -1.0]]]])
+A_BAR = t([[[0.25, 0.0], [0.5, 0.2]]])
+
+
+def test_eq5_positive_part_per_head_then_head_mean():
+    # head 0: grad*A = [[.5,-.5],[.4,.4]] -> [[.5,0],[.4,.4]]; head 1: [[-2,0],[.6,-.4]] -> [[0,0],[.6,0]]
+    assert torch.allclose(gradient_weighted(PROBS, GRADS), A_BAR)
+
+
+def test_head_mean():
+    assert torch.allclose(head_mean(PROBS), t([[[0.75, 0.25], [0.4, 0.6]]]))
+
+
+def test_grad_cam_weights_heads_by_mean_gradient_and_clamps_after_the_mean():
+    grads = t([[[[1.0, -1.0], [2.0, 0.5]], [[-2.0, -3.0], [1.0, -1.0]]]])
+    # weights 0.625 and -1.25; mean_h(w_h A_h) = [[-.46875, .15625], [-.3125, 0]]
+    assert torch.allclose(grad_cam(PROBS, grads), t([[[0.0, 0.15625], [0.0, 0.0]]]))
+
+
+def test_initial_relevance_is_identity_and_zero_cross_blocks():
+    relevance = initial_relevance({"text": 2, "image": 3}, 4, torch.zeros(1))
+    assert torch.equal(relevance[("text", "text")], torch.eye(2).expand(4, 2, 2))
+    assert torch.equal(relevance[("image", "image")], torch.eye(3).expand(4, 3, 3))
+    assert relevance[("text", "image")].shape == (4, 2, 3) and not relevance[("text", "image")].any()
+    assert relevance[("image", "text")].shape == (4, 3, 2) and not relevance[("image", "text")].any()
+
+
+def test_eq6_eq7_self_attention():
+    relevance = {
+        ("text", "text"): t([[[1.0, 0.0], [0.0, 1.0]]]),
+        ("text", "image"): t([[[1.0, 0.0, 2.0], [0.0, 1.0, 0.0]]]),
+        ("image", "image"): torch.eye(3, dtype=torch.float64)[None],
+    }
+    updated = apply_deltas(relevance, [self_attention_deltas(relevance, "text", A_BAR)])
+    assert torch.allclose(updated[("text", "text")], t([[[1.25, 0.0], [0.5, 1.2]]]))
+    assert torch.allclose(updated[("text", "image")], t([[[1.25, 0.0, 2.5], [0.5, 1.2, 1.0]]]))
+    assert torch.equal(updated[("image", "image")], relevance[("image", "image")])
+
+
+@pytest.mark.parametrize(
+    "self_relevance, expected",
+    [
+        ([[2.0, 1.0], [0.5, 1.5]], [[1.5, 0.5], [0.5, 1.5]]),
+        ([[3.0, 1.0], [0.0, 1.0]], [[5 / 3, 1 / 3], [0.0, 1.0]]),  # second row of R_hat sums to 0
+        ([[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]),
+    ],
+)
+def test_eq8_eq9_normalisation(self_relevance, expected):
+    original = t([self_relevance])
+    normalized = normalize_self_relevance(original)
+    assert torch.allclose(normalized, t([expected]))
+    assert not torch.isnan(normalized).any()
+    assert torch.equal(original, t([self_relevance]))  # the stored relevance is never normalised
+
+
+def bimodal_state():
+    return {
+        ("text", "text"): t([[[3.0, 1.0], [0.0, 1.0]]]),
+        ("image", "image"): torch.eye(3, dtype=torch.float64)[None],
+        ("text", "image"): torch.zeros(1, 2, 3, dtype=torch.float64),
+        ("image", "text"): t([[[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]]),
+    }
+
+
+CROSS = t([[[0.3, 0.0, 0.6], [0.0, 0.9, 0.0]]])
+
+
+@pytest.mark.parametrize(
+    "options, aggregate, text_image, text_text",
+    [
+        # Eq. 10 with the transpose: R_bar_tt^T A_bar R_bar_ii, R_bar_tt = [[5/3, 1/3], [0, 1]], R_bar_ii = I
+        ({}, True, [[0.5, 0.0, 1.0], [0.1, 0.9, 0.2]], [[3.9, 1.6], [0.0, 2.8]]),
+        # w/o norm.: R_tt^T A_bar R_ii with R_tt = [[3, 1], [0, 1]]
+        ({"normalize": False}, True, [[0.9, 0.0, 1.8], [0.3, 0.9, 0.6]], [[3.9, 1.6], [0.0, 2.8]]),
+        # Eq. 10 w/o self-att.: dR_ti = A_bar
+        ({"self_in_bimodal": False}, True, [[0.3, 0.0, 0.6], [0.0, 0.9, 0.0]], [[3.9, 1.6], [0.0, 2.8]]),
+        # w/o aggregation (normalisation off): R <- dR; Eq. 11 dR_tt = A_bar R_it = [[.9, .6], [0, 1.8]]
+        ({"normalize": False}, False, [[0.9, 0.0, 1.8], [0.3, 0.9, 0.6]], [[0.9, 0.6], [0.0, 1.8]]),
+    ],
+)
+def test_eq10_eq11_and_ablations(options, aggregate, text_image, text_text):
+    state = bimodal_state()
+    updated = apply_deltas(state, [bimodal_deltas(state, "text", "image", CROSS, **options)], aggregate)
+    assert torch.allclose(updated[("text", "image")], t([text_image]))
+    assert torch.allclose(updated[("text", "text")], t([text_text]))
+    assert torch.equal(updated[("image", "text")], state[("image", "text")])
+
+
+def test_without_aggregation_self_attention_replaces():
+    relevance = {("text", "text"): torch.eye(2, dtype=torch.float64)[None]}
+    updated = apply_deltas(relevance, [self_attention_deltas(relevance, "text", A_BAR)], aggregate=False)
+    assert torch.allclose(updated[("text", "text")], A_BAR)
+
+
+def test_parallel_events_use_the_state_before_the_step():
+    # one token per modality; step [t->i with a=.5, i->t with b=.25], then text self-attention c=.2
+    relevance = initial_relevance({"text": 1, "image": 1}, 1, torch.zeros(1, dtype=torch.float64))
+    a, b, c = t([[[0.5]]]), t([[[0.25]]]), t([[[0.2]]])
+    relevance = apply_deltas(
+        relevance, [bimodal_deltas(relevance, "text", "image", a), bimodal_deltas(relevance, "image", "text", b)]
+    )
+    # Eq. 11 for i->t reads the pre-step R_ti = 0, so R_ii stays 1 (sequentially it would be 1 + b*a)
+    assert relevance[("image", "image")].item() == pytest.approx(1.0)
+    assert relevance[("text", "image")].item() == pytest.approx(0.5)
+    assert relevance[("image", "text")].item() == pytest.approx(0.25)
+    relevance = apply_deltas(relevance, [self_attention_deltas(relevance, "text", c)])
+    assert relevance[("text", "text")].item() == pytest.approx(1.2)
+    assert relevance[("text", "image")].item() == pytest.approx(0.6)
+
+
+def test_rollout_multiplies_later_layers_on_the_left():
+    first, second = t([[[0.5, 0.5], [0.0, 1.0]]]), t([[[0.0, 1.0], [1.0, 0.0]]])
+    # norm(first + I) = [[.75, .25], [0, 1]], norm(second + I) = [[.5, .5], [.5, .5]]
+    assert torch.allclose(rollout([first, second], 2, first), t([[[0.375, 0.625], [0.375, 0.625]]]))
+    assert torch.allclose(rollout([], 2, first), torch.eye(2, dtype=torch.float64)[None])
+
+
+def test_read_rows_takes_one_row_per_element():
+    matrix = torch.arange(2 * 3 * 2, dtype=torch.float64).reshape(2, 3, 2)
+    assert torch.equal(read_rows(matrix, torch.tensor([2, 0])), t([[4.0, 5.0], [6.0, 7.0]]))
