@@ -1,18 +1,25 @@
-"""The methods every contract test runs over; later methods add a line here."""
+"""The methods every contract test runs over; a new method adds a line here."""
 
-from captum_mm.attr import GenericAttention
+from captum_mm.attr import AttentionGradCam, AttentionRollout, GenericAttention, RawAttention
 
 METHODS = {
     "generic": lambda forward, model=None: GenericAttention(forward, model),
     "generic-no-norm": lambda forward, model=None: GenericAttention(forward, model, normalize=False),
     "generic-no-aggregation": lambda forward, model=None: GenericAttention(forward, model, normalize=False, aggregate=False),
     "generic-no-self-in-eq10": lambda forward, model=None: GenericAttention(forward, model, self_in_bimodal=False),
+    "generic-start-layer-1": lambda forward, model=None: GenericAttention(forward, model, start_layer=1),
+    "raw-attention": lambda forward, model=None: RawAttention(forward, model),
+    "rollout": lambda forward, model=None: AttentionRollout(forward, model),
+    "rollout-start-layer-1": lambda forward, model=None: AttentionRollout(forward, model, start_layer=1),
+    "grad-cam": lambda forward, model=None: AttentionGradCam(forward, model),
 }
 
 #: Methods whose relevance may be negative (none of those above).
 SIGNED = set()
 
-#: Methods whose relevance may vanish on LXMERT: without aggregation, Eq. 11 replaces R^tt by
-#: A_bar . R^it, which is still zero at the first cross-attention, so relevance collapses (the
-#: paper's identical positive/negative AUCs for this ablation, supplementary Table 2, show the same).
-MAY_VANISH = {"generic-no-aggregation"}
+#: Methods whose relevance may be all zero on a random-init model. Without aggregation, Eq. 11
+#: replaces R^tt by A_bar . R^it, still zero at LXMERT's first cross-attention, so relevance
+#: collapses (the paper's identical positive/negative AUCs for this ablation, supplementary
+#: Table 2, show the same). Grad-CAM takes the positive part after the head mean, which erases a
+#: readout row whose gradient-weighted heads sum to a negative value.
+MAY_VANISH = {"generic-no-aggregation", "grad-cam"}

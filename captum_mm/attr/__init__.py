@@ -2,5 +2,15 @@
 
 from captum_mm.attr._base import AttentionAttribution, Explanation
 from captum_mm.attr.generic import GenericAttention
+from captum_mm.attr.grad_cam import AttentionGradCam
+from captum_mm.attr.raw_attention import RawAttention
+from captum_mm.attr.rollout import AttentionRollout
 
-__all__ = ["AttentionAttribution", "Explanation", "GenericAttention"]
+__all__ = [
+    "AttentionAttribution",
+    "AttentionGradCam",
+    "AttentionRollout",
+    "Explanation",
+    "GenericAttention",
+    "RawAttention",
+]

@@ -61,6 +61,8 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
 
     #: Whether the method needs one backward pass (gradients of the attention maps).
     uses_gradients: bool = True
+    #: Self-attention events of each modality before this one are left out (see ``Schedule.starting_at``).
+    start_layer: int = 0
 
     def __init__(self, forward_func: Callable, model: Optional[nn.Module] = None) -> None:
         r"""
@@ -83,6 +85,11 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         GradientAttribution.__init__(self, forward_func)
         self.model = model
         self.adapter = adapter_for(model)
+
+    def _set_start_layer(self, start_layer: int) -> None:
+        if not isinstance(start_layer, int) or start_layer < 0:
+            raise ValueError(f"start_layer must be a non-negative int, got {start_layer!r}.")
+        self.start_layer = start_layer
 
     def has_convergence_delta(self) -> bool:
         return False
@@ -189,7 +196,7 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         ) as record:
             logits = adapter.logits(self.forward_func(*inputs, *additional))
             selection = adapter.select_targets(logits, target, **options)
-            schedule = adapter.schedule(record, selection)
+            schedule = adapter.schedule(record, selection).starting_at(self.start_layer)
             maps = self._fused_maps(record, schedule, selection, logits) if selection.num_elements else {}
         if selection.num_elements:
             matrices = self._relevance_matrices(schedule, maps)

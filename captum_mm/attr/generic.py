@@ -2,12 +2,11 @@
 
 from typing import Dict, Optional
 
-import torch
 from torch import Tensor
 
 from captum_mm.attr._base import AttentionAttribution
 from captum_mm.relevance.heads import gradient_weighted
-from captum_mm.relevance.rules import apply_deltas, bimodal_deltas, initial_relevance, self_attention_deltas
+from captum_mm.relevance.propagation import generic_relevance
 from captum_mm.relevance.schedule import Schedule
 
 HEAD_WEIGHTINGS = ("gradient",)
@@ -52,6 +51,7 @@ class GenericAttention(AttentionAttribution):
         aggregate: bool = True,
         self_in_bimodal: bool = True,
         head_weighting: str = "gradient",
+        start_layer: int = 0,
     ) -> None:
         r"""
         Args:
@@ -67,6 +67,10 @@ class GenericAttention(AttentionAttribution):
                         (False: ``dR^{sq} = A_bar``). Default: True
             head_weighting (str, optional): How heads are weighted (Eq. 5):
                         ``"gradient"`` (gradient times attention). Default: "gradient"
+            start_layer (int, optional): Leave out each modality's first
+                        ``start_layer`` self-attention layers (the reference CLIP
+                        demo's option against context over-expansion); cross-attention
+                        is always kept. Default: 0 (the paper's method)
         """
         if head_weighting not in HEAD_WEIGHTINGS:
             raise ValueError(f"head_weighting must be one of {HEAD_WEIGHTINGS}, got {head_weighting!r}.")
@@ -75,21 +79,10 @@ class GenericAttention(AttentionAttribution):
         self.aggregate = aggregate
         self.self_in_bimodal = self_in_bimodal
         self.head_weighting = head_weighting
+        self._set_start_layer(start_layer)
 
     def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor]) -> Tensor:
         return gradient_weighted(probs, grads)
 
     def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Dict[str, Tensor]:
-        like = next(iter(maps.values()), schedule.rows.new_zeros(0, dtype=torch.get_default_dtype()))
-        relevance = initial_relevance(schedule.sizes, schedule.rows.shape[0], like)
-        for step in schedule.steps:
-            deltas = [
-                self_attention_deltas(relevance, event.query, maps[event.call])
-                if event.is_self
-                else bimodal_deltas(
-                    relevance, event.query, event.key, maps[event.call], self.normalize, self.self_in_bimodal
-                )
-                for event in step
-            ]
-            relevance = apply_deltas(relevance, deltas, self.aggregate)
-        return {spec.key: relevance[(schedule.row_modality, spec.key)] for spec in schedule.outputs.values()}
+        return generic_relevance(schedule, maps, self.normalize, self.aggregate, self.self_in_bimodal)

@@ -44,9 +44,14 @@ def normalize_self_relevance(self_relevance: Tensor) -> Tensor:
 
 
 def self_attention_deltas(relevance: Relevance, modality: str, attention: Tensor) -> Relevance:
-    """Eq. 6-7: ``dR^{sy} = A_bar . R^{sy}`` for every modality ``y`` (``y = s`` is Eq. 6)."""
+    """Eq. 6-7: ``dR^{sy} = A_bar . R^{sy}`` for every modality ``y`` (``y = s`` is Eq. 6).
+
+    All-zero blocks (e.g. DETR's ``R^{iq}``) are skipped: their delta is zero.
+    """
     return {
-        (x, y): torch.bmm(attention, block) for (x, y), block in relevance.items() if x == modality
+        (x, y): torch.bmm(attention, block)
+        for (x, y), block in relevance.items()
+        if x == modality and (x == y or block.any())
     }
 
 
@@ -72,7 +77,9 @@ def bimodal_deltas(
         cross = torch.bmm(r_ss.transpose(1, 2), torch.bmm(attention, r_qq))
     else:
         cross = attention
-    return {(query, key): cross, (query, query): torch.bmm(attention, relevance[(key, query)])}
+    back = relevance[(key, query)]
+    self_delta = torch.bmm(attention, back) if back.any() else relevance[(query, query)].new_zeros(())
+    return {(query, key): cross, (query, query): self_delta.expand_as(relevance[(query, query)])}
 
 
 def apply_deltas(relevance: Relevance, deltas: Iterable[Relevance], aggregate: bool = True) -> Relevance:

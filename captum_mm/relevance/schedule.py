@@ -11,7 +11,8 @@ explained prediction (one per sample for classifiers, one per explained object
 query for DETR). All relevance tensors are batched over elements.
 """
 
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
 from torch import Tensor
@@ -90,3 +91,24 @@ class Schedule:
         if before is not None:
             events = events[: events.index(before)]
         return [e for e in events if e.is_self and e.query == modality]
+
+    def starting_at(self, start_layer: int) -> "Schedule":
+        """A copy without each modality's first ``start_layer`` self-attention events.
+
+        Cross-attention events are always kept. ``start_layer=0`` keeps everything.
+        """
+        if start_layer == 0:
+            return self
+        seen: Counter = Counter()
+        steps = []
+        for step in self.steps:
+            kept = []
+            for event in step:
+                if event.is_self:
+                    seen[event.query] += 1
+                    if seen[event.query] <= start_layer:
+                        continue
+                kept.append(event)
+            if kept:
+                steps.append(tuple(kept))
+        return replace(self, steps=steps)

@@ -108,6 +108,15 @@ def test_eq10_eq11_and_ablations(options, aggregate, text_image, text_text):
     assert torch.equal(updated[("image", "text")], state[("image", "text")])
 
 
+def test_without_aggregation_eq11_replaces_even_when_zero():
+    state = bimodal_state()
+    state[("image", "text")] = torch.zeros(1, 3, 2, dtype=torch.float64)
+    updated = apply_deltas(state, [bimodal_deltas(state, "text", "image", CROSS, normalize=False)], aggregate=False)
+    assert not updated[("text", "text")].any()  # R_tt <- A_bar . R_it = 0
+    kept = apply_deltas(state, [bimodal_deltas(state, "text", "image", CROSS, normalize=False)])
+    assert torch.equal(kept[("text", "text")], state[("text", "text")])
+
+
 def test_without_aggregation_self_attention_replaces():
     relevance = {("text", "text"): torch.eye(2, dtype=torch.float64)[None]}
     updated = apply_deltas(relevance, [self_attention_deltas(relevance, "text", A_BAR)], aggregate=False)

@@ -1,0 +1,25 @@
+"""Grad-CAM on attention maps."""
+
+from typing import Optional
+
+from torch import Tensor
+
+from captum_mm.attr.raw_attention import LastLayerAttribution
+from captum_mm.relevance.heads import grad_cam
+
+
+class AttentionGradCam(LastLayerAttribution):
+    r"""
+    Grad-CAM (Selvaraju et al., ICCV 2017) applied to the last attention layer, as
+    Chefer, Gur & Wolf (ICCV 2021, https://arxiv.org/abs/2103.15679) compare against
+    it: each head weighted by the mean gradient of the explained logit over its whole
+    map, ``cam = (mean_h(w_h A_h))^+`` (positive part after the head mean), read at the
+    readout row. Same layers as :class:`RawAttention`.
+
+    Examples::
+
+        >>> explanation = AttentionGradCam(model).explain((input_ids, visual_feats, visual_pos))
+    """
+
+    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor]) -> Tensor:
+        return grad_cam(probs, grads)

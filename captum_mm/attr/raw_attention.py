@@ -1,0 +1,40 @@
+"""Raw attention: the head mean of the last attention reaching the readout."""
+
+from typing import Dict, List, Optional
+
+from torch import Tensor
+
+from captum_mm.attr._base import AttentionAttribution
+from captum_mm.relevance.heads import head_mean
+from captum_mm.relevance.propagation import last_layer_relevance, output_keys
+from captum_mm.relevance.schedule import AttentionEvent, Schedule
+
+
+class LastLayerAttribution(AttentionAttribution):
+    """Shared by the last-layer baselines: only the last event from the readout modality to each key is used."""
+
+    def _events(self, schedule: Schedule) -> List[AttentionEvent]:
+        events = [schedule.last_event(schedule.row_modality, key) for key in output_keys(schedule)]
+        return [event for event in events if event is not None]
+
+    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Dict[str, Tensor]:
+        return last_layer_relevance(schedule, maps)
+
+
+class RawAttention(LastLayerAttribution):
+    r"""
+    Raw attention, as Chefer, Gur & Wolf (ICCV 2021, https://arxiv.org/abs/2103.15679)
+    compare against it: the head mean of the last layer's attention, read at the
+    readout row. LXMERT: the last x-layer's text->image cross-attention for the image
+    and its language self-attention for the text; VisualBERT: the last layer; DETR:
+    the last decoder cross-attention. No backward pass is run.
+
+    Examples::
+
+        >>> explanation = RawAttention(model).explain((input_ids, visual_feats, visual_pos))
+    """
+
+    uses_gradients = False
+
+    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor]) -> Tensor:
+        return head_mean(probs)

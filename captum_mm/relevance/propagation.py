@@ -1,0 +1,72 @@
+"""Whole-schedule relevance: fused attention maps in, relevance matrices ``[E, N_row, N_key]`` out.
+
+Each function returns one matrix per key modality of the schedule's outputs; the
+caller reads the readout row. ``maps`` holds one fused map per event, keyed by the
+event's call index.
+"""
+
+from typing import Dict, Set
+
+import torch
+from torch import Tensor
+
+from captum_mm.relevance.rules import apply_deltas, bimodal_deltas, initial_relevance, rollout, self_attention_deltas
+from captum_mm.relevance.schedule import Schedule
+
+Maps = Dict[int, Tensor]
+
+
+def output_keys(schedule: Schedule) -> Set[str]:
+    return {spec.key for spec in schedule.outputs.values()}
+
+
+def _like(schedule: Schedule, maps: Maps) -> Tensor:
+    return next(iter(maps.values()), schedule.rows.new_zeros(0, dtype=torch.get_default_dtype()))
+
+
+def generic_relevance(
+    schedule: Schedule, maps: Maps, normalize: bool = True, aggregate: bool = True, self_in_bimodal: bool = True
+) -> Dict[str, Tensor]:
+    """Chefer et al. (ICCV 2021): Eq. 6-7 at self-attention, Eq. 10-11 at bi-modal attention, in schedule order."""
+    relevance = initial_relevance(schedule.sizes, schedule.rows.shape[0], _like(schedule, maps))
+    for step in schedule.steps:
+        deltas = [
+            self_attention_deltas(relevance, event.query, maps[event.call])
+            if event.is_self
+            else bimodal_deltas(relevance, event.query, event.key, maps[event.call], normalize, self_in_bimodal)
+            for event in step
+        ]
+        relevance = apply_deltas(relevance, deltas, aggregate)
+    return {key: relevance[(schedule.row_modality, key)] for key in output_keys(schedule)}
+
+
+def last_layer_relevance(schedule: Schedule, maps: Maps) -> Dict[str, Tensor]:
+    """The last event from the readout modality to each key modality (raw attention, Grad-CAM)."""
+    matrices = {}
+    for key in output_keys(schedule):
+        event = schedule.last_event(schedule.row_modality, key)
+        if event is None:
+            raise ValueError(f"The schedule has no attention from {schedule.row_modality} to {key} tokens.")
+        matrices[key] = maps[event.call]
+    return matrices
+
+
+def rollout_relevance(schedule: Schedule, maps: Maps) -> Dict[str, Tensor]:
+    """Attention rollout: ``prod norm(A + I)`` per modality; across modalities
+    ``rollout_ss^T . A_last^{sq} . rollout_qq``, each rollout over the self-attentions before ``A_last``."""
+    like, row = _like(schedule, maps), schedule.row_modality
+
+    def rolled(modality, before=None):
+        events = schedule.self_events(modality, before)
+        return rollout([maps[e.call] for e in events], schedule.sizes[modality], like.new_zeros(schedule.rows.shape[0]))
+
+    matrices = {}
+    for key in output_keys(schedule):
+        if key == row:
+            matrices[key] = rolled(row)
+            continue
+        last = schedule.last_event(row, key)
+        if last is None:
+            raise ValueError(f"The schedule has no attention from {row} to {key} tokens.")
+        matrices[key] = torch.bmm(rolled(row, last).transpose(1, 2), torch.bmm(maps[last.call], rolled(key, last)))
+    return matrices
