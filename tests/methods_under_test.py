@@ -1,6 +1,13 @@
 """The methods every contract test runs over; a new method adds a line here."""
 
-from captum_mm.attr import AttentionGradCam, AttentionRollout, GenericAttention, RawAttention
+from captum_mm.attr import (
+    AttentionGradCam,
+    AttentionRollout,
+    GenericAttention,
+    PartialLRP,
+    RawAttention,
+    TransformerAttribution,
+)
 
 METHODS = {
     "generic": lambda forward, model=None: GenericAttention(forward, model),
@@ -12,6 +19,9 @@ METHODS = {
     "rollout": lambda forward, model=None: AttentionRollout(forward, model),
     "rollout-start-layer-1": lambda forward, model=None: AttentionRollout(forward, model, start_layer=1),
     "grad-cam": lambda forward, model=None: AttentionGradCam(forward, model),
+    "generic-lrp": lambda forward, model=None: GenericAttention(forward, model, head_weighting="lrp"),
+    "partial-lrp": lambda forward, model=None: PartialLRP(forward, model),
+    "transformer-attribution": lambda forward, model=None: TransformerAttribution(forward, model),
 }
 
 #: Methods whose relevance may be negative (none of those above).

@@ -3,6 +3,7 @@
 from captum_mm.attr._base import AttentionAttribution, Explanation
 from captum_mm.attr.generic import GenericAttention
 from captum_mm.attr.grad_cam import AttentionGradCam
+from captum_mm.attr.lrp import PartialLRP, TransformerAttribution
 from captum_mm.attr.raw_attention import RawAttention
 from captum_mm.attr.rollout import AttentionRollout
 
@@ -12,5 +13,7 @@ __all__ = [
     "AttentionRollout",
     "Explanation",
     "GenericAttention",
+    "PartialLRP",
     "RawAttention",
+    "TransformerAttribution",
 ]

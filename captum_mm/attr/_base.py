@@ -1,5 +1,6 @@
 """What every attention-based method shares: capture, targets, backward, readout, Captum's contract."""
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -15,6 +16,7 @@ from captum_mm._compat import (
     _is_tuple,
     log_usage,
 )
+from captum_mm.lrp import LRPState, RuleSet, attention_relevance, lrp_rules, relevance_seed
 from captum_mm.models import TargetSelection, adapter_for, capture_attention
 from captum_mm.models.capture import AttentionRecord
 from captum_mm.relevance.rules import read_rows
@@ -59,8 +61,16 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
     may restrict the fused events with :meth:`_events`.
     """
 
-    #: Whether the method needs one backward pass (gradients of the attention maps).
+    #: Whether the method needs the ordinary backward pass (gradients of the attention maps).
     uses_gradients: bool = True
+    #: Whether the method needs the LRP backward pass (relevance at the attention maps).
+    uses_relevance: bool = False
+    #: LRP rules (None: the adapter's default, the reference implementation's rules).
+    rules: Optional[RuleSet] = None
+    #: Explain all DETR queries of a batch in one vectorised backward (``is_grads_batched``)
+    #: rather than one backward per query over the same forward graph. None: vectorised on
+    #: accelerators only (on CPU the loop is faster, see benchmarks/README.md).
+    vectorized_backward: Optional[bool] = None
     #: Self-attention events of each modality before this one are left out (see ``Schedule.starting_at``).
     start_layer: int = 0
 
@@ -177,8 +187,8 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         """Events whose fused maps the method uses (all by default)."""
         return schedule.events
 
-    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor]) -> Tensor:
-        """``[..., H, Nq, Nk]`` probabilities (and gradients) to one ``[..., Nq, Nk]`` map."""
+    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor]) -> Tensor:
+        """``[..., H, Nq, Nk]`` probabilities (and gradients, LRP relevance) to one ``[..., Nq, Nk]`` map."""
         raise NotImplementedError
 
     def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Dict[str, Tensor]:
@@ -191,13 +201,19 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         _check_inputs(inputs)
         additional = _format_additional_forward_args(additional_forward_args) or ()
         adapter = self.adapter
-        with torch.set_grad_enabled(self.uses_gradients), capture_attention(
-            self.model, adapter.sites(), adapter.check_arguments, adapter.extra_hooks, self.uses_gradients
-        ) as record:
+        needs_backward = self.uses_gradients or self.uses_relevance
+        with ExitStack() as stack:
+            stack.enter_context(torch.set_grad_enabled(needs_backward))
+            record = stack.enter_context(
+                capture_attention(self.model, adapter.sites(), adapter.check_arguments, adapter.extra_hooks, needs_backward)
+            )
+            lrp = None
+            if self.uses_relevance:
+                lrp = stack.enter_context(lrp_rules(self.model, adapter.lrp_structure(), self.rules or adapter.default_rules()))
             logits = adapter.logits(self.forward_func(*inputs, *additional))
             selection = adapter.select_targets(logits, target, **options)
             schedule = adapter.schedule(record, selection).starting_at(self.start_layer)
-            maps = self._fused_maps(record, schedule, selection, logits) if selection.num_elements else {}
+            maps = self._fused_maps(record, schedule, selection, logits, lrp) if selection.num_elements else {}
         if selection.num_elements:
             matrices = self._relevance_matrices(schedule, maps)
         else:
@@ -208,21 +224,52 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         return _assemble(schedule, selection, _read_out(schedule, matrices), int(logits.shape[0]))
 
     def _fused_maps(
-        self, record: AttentionRecord, schedule: Schedule, selection: TargetSelection, logits: Tensor
+        self,
+        record: AttentionRecord,
+        schedule: Schedule,
+        selection: TargetSelection,
+        logits: Tensor,
+        lrp: Optional[LRPState],
     ) -> Dict[int, Tensor]:
+        """One fused, padding-masked ``[E, Nq, Nk]`` map per event the method uses."""
         events = self._events(schedule)
         probs = [record.calls[event.call].probs for event in events]
-        grads: List[Optional[Tensor]] = (
-            _attention_gradients(logits, probs, selection.grad_outputs) if self.uses_gradients else [None] * len(probs)
-        )
+        if self.uses_gradients or lrp is not None:
+            fused = self._fused_from_backward(probs, selection, logits, lrp)
+        else:
+            fused = [self._fuse_heads(p.detach(), None, None)[selection.sample] for p in probs]
         maps = {}
-        for index, event in enumerate(events):
-            gradient, grads[index] = grads[index], None
-            fused = self._fuse_heads(probs[index].detach(), gradient)
-            fused = fused[selection.slot, selection.sample] if gradient is not None else fused[selection.sample]
+        for event, values in zip(events, fused):
             query_mask, key_mask = schedule.masks[event.query], schedule.masks[event.key]
-            maps[event.call] = fused * (query_mask[:, :, None] & key_mask[:, None, :])
+            maps[event.call] = values * (query_mask[:, :, None] & key_mask[:, None, :])
         return maps
+
+    def _fused_from_backward(
+        self, probs: List[Tensor], selection: TargetSelection, logits: Tensor, lrp: Optional[LRPState]
+    ) -> List[Tensor]:
+        """Backward passes over the one forward graph, each slot's maps head-reduced right away.
+
+        On an accelerator all slots (DETR queries) share one vectorised backward
+        (``is_grads_batched``); on CPU one backward per slot over the retained graph is
+        faster (benchmarks/README.md) and keeps a single slot's gradients alive at a time.
+        """
+        seeds = selection.grad_outputs
+        slots = torch.arange(seeds.shape[0], device=seeds.device)
+        vectorized = logits.is_cuda if self.vectorized_backward is None else self.vectorized_backward
+        chunks = [slots] if vectorized else list(slots.split(1))
+        fused = [p.new_zeros(selection.num_elements, *p.shape[-2:]) for p in probs]
+        for chunk in chunks:
+            grads: List[Optional[Tensor]] = [None] * len(probs)
+            if self.uses_gradients:
+                grads = _attention_gradients(logits, probs, seeds[chunk], retain_graph=True)
+            relevance = attention_relevance(logits, lrp, relevance_seed(logits, seeds[chunk])) if lrp else {}
+            members = torch.isin(selection.slot, chunk)
+            position, sample = selection.slot[members] - chunk[0], selection.sample[members]
+            for index, p in enumerate(probs):
+                gradient, grads[index] = grads[index], None
+                values = self._fuse_heads(p.detach(), gradient, relevance.pop(id(p), None))
+                fused[index][members] = values[position, sample]
+        return fused
 
 
 def _check_inputs(inputs: Tuple[Tensor, ...]) -> None:
@@ -235,7 +282,7 @@ def _check_inputs(inputs: Tuple[Tensor, ...]) -> None:
         raise ValueError(f"Batch sizes of inputs disagree: {[s[0] for s in sizes]}; all must be equal.")
 
 
-def _attention_gradients(logits: Tensor, probs: List[Tensor], seeds: Tensor) -> List[Tensor]:
+def _attention_gradients(logits: Tensor, probs: List[Tensor], seeds: Tensor, retain_graph: bool = False) -> List[Tensor]:
     """``d(seed . logits)/dA`` for every map, ``[K, B, H, Nq, Nk]``; one (batched) backward pass."""
     connected = [index for index, p in enumerate(probs) if p.requires_grad]
     if not logits.requires_grad or not connected:
@@ -250,12 +297,16 @@ def _attention_gradients(logits: Tensor, probs: List[Tensor], seeds: Tensor) -> 
         grad_outputs=seeds if batched else seeds[0],
         is_grads_batched=batched,
         allow_unused=True,
+        retain_graph=retain_graph,
     )
-    grads = [probs[index].new_zeros(seeds.shape[0], *probs[index].shape) for index in range(len(probs))]
+    grads: List[Optional[Tensor]] = [None] * len(probs)
     for index, gradient in zip(connected, found):
         if gradient is not None:
             grads[index] = gradient if batched else gradient[None]
-    return grads
+    return [
+        gradient if gradient is not None else p.new_zeros(()).expand(seeds.shape[0], *p.shape)
+        for gradient, p in zip(grads, probs)
+    ]
 
 
 def _read_out(schedule: Schedule, matrices: Dict[str, Tensor]) -> Dict[str, Tensor]:

@@ -5,11 +5,12 @@ from typing import Dict, Optional
 from torch import Tensor
 
 from captum_mm.attr._base import AttentionAttribution
-from captum_mm.relevance.heads import gradient_weighted
+from captum_mm.lrp import RuleSet
+from captum_mm.relevance.heads import gradient_weighted, relevance_weighted
 from captum_mm.relevance.propagation import generic_relevance
 from captum_mm.relevance.schedule import Schedule
 
-HEAD_WEIGHTINGS = ("gradient",)
+HEAD_WEIGHTINGS = ("gradient", "lrp")
 
 
 class GenericAttention(AttentionAttribution):
@@ -52,6 +53,7 @@ class GenericAttention(AttentionAttribution):
         self_in_bimodal: bool = True,
         head_weighting: str = "gradient",
         start_layer: int = 0,
+        rules: Optional[RuleSet] = None,
     ) -> None:
         r"""
         Args:
@@ -65,12 +67,15 @@ class GenericAttention(AttentionAttribution):
                         replaces it: the "w/o aggregation" ablation). Default: True
             self_in_bimodal (bool, optional): Use the self relevance in Eq. 10
                         (False: ``dR^{sq} = A_bar``). Default: True
-            head_weighting (str, optional): How heads are weighted (Eq. 5):
-                        ``"gradient"`` (gradient times attention). Default: "gradient"
+            head_weighting (str, optional): How heads are weighted: ``"gradient"``
+                        (Eq. 5, gradient times attention) or ``"lrp"`` (Eq. 13, gradient
+                        times the LRP relevance at the map: "Ours w/ LRP"). Default: "gradient"
             start_layer (int, optional): Leave out each modality's first
                         ``start_layer`` self-attention layers (the reference CLIP
                         demo's option against context over-expansion); cross-attention
                         is always kept. Default: 0 (the paper's method)
+            rules (RuleSet, optional): LRP rules for ``head_weighting="lrp"``.
+                        Default: None (the reference implementation's rules)
         """
         if head_weighting not in HEAD_WEIGHTINGS:
             raise ValueError(f"head_weighting must be one of {HEAD_WEIGHTINGS}, got {head_weighting!r}.")
@@ -79,10 +84,12 @@ class GenericAttention(AttentionAttribution):
         self.aggregate = aggregate
         self.self_in_bimodal = self_in_bimodal
         self.head_weighting = head_weighting
+        self.uses_relevance = head_weighting == "lrp"
+        self.rules = rules
         self._set_start_layer(start_layer)
 
-    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor]) -> Tensor:
-        return gradient_weighted(probs, grads)
+    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor]) -> Tensor:
+        return relevance_weighted(relevance, grads) if self.uses_relevance else gradient_weighted(probs, grads)
 
     def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Dict[str, Tensor]:
         return generic_relevance(schedule, maps, self.normalize, self.aggregate, self.self_in_bimodal)

@@ -36,5 +36,5 @@ class RawAttention(LastLayerAttribution):
 
     uses_gradients = False
 
-    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor]) -> Tensor:
+    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor]) -> Tensor:
         return head_mean(probs)

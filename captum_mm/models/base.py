@@ -6,6 +6,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from captum_mm.lrp.composite import AttentionRuleSite, LRPStructure, ResidualRuleSite, TensorSource
+from captum_mm.lrp.rules import RuleSet
 from captum_mm.models.capture import AttentionRecord, AttentionSite
 from captum_mm.relevance.schedule import Schedule
 
@@ -64,6 +66,14 @@ class ArchitectureAdapter:
 
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
         raise NotImplementedError
+
+    def lrp_structure(self) -> LRPStructure:
+        """Attention and residual sites for LRP (see :mod:`captum_mm.lrp.composite`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare its LRP structure.")
+
+    def default_rules(self) -> RuleSet:
+        """The reference implementation's LRP rules for this family."""
+        return RuleSet()
 
     def logits(self, output: Any) -> Tensor:
         """The logits tensor inside whatever ``forward_func`` returned."""
@@ -162,3 +172,22 @@ def check_batch_sizes(arguments: Dict[str, Any], names: Sequence[str]) -> None:
         "Batch sizes disagree: " + ", ".join(f"{name} has {size}" for name, size in sizes.items())
         + "; every input must have the same first dimension.",
     )
+
+
+def bert_like_lrp_structure(
+    model: nn.Module, attention_class: type, output_classes: Tuple[type, ...], pass_through_types: Tuple[type, ...] = ()
+) -> LRPStructure:
+    """LRP sites of BERT-style layers: attention modules with ``query``/``key``/``value`` linears
+    and a ``dropout`` on the probabilities; output modules computing
+    ``LayerNorm(dropout(dense(hidden_states)) + input_tensor)``."""
+    attention = [
+        AttentionRuleSite(m, m.query, m.key, m.value, TensorSource(m.dropout), m.num_attention_heads)
+        for m in model.modules()
+        if isinstance(m, attention_class)
+    ]
+    residuals = [
+        ResidualRuleSite(m.LayerNorm, TensorSource(m.dropout), TensorSource(m, "input_tensor"))
+        for m in model.modules()
+        if isinstance(m, output_classes)
+    ]
+    return LRPStructure(attention, residuals, pass_through_types)

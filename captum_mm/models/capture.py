@@ -14,6 +14,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from torch import Tensor, nn
 
+from captum_mm._handles import HandleList, Restore
+
 EAGER = "eager"
 
 
@@ -55,26 +57,6 @@ class AttentionRecord:
         return [i for i, call in enumerate(self.calls) if call.site.startswith(prefix)]
 
 
-class HandleList(list):
-    """Removable handles gathered in one list; ``remove()`` is safe to call twice."""
-
-    def remove(self) -> None:  # type: ignore[override]
-        while self:
-            self.pop().remove()
-
-
-class _Restore:
-    """A handle that runs ``undo`` once when removed."""
-
-    def __init__(self, undo: Callable[[], None]) -> None:
-        self._undo: Optional[Callable[[], None]] = undo
-
-    def remove(self) -> None:
-        if self._undo is not None:
-            undo, self._undo = self._undo, None
-            undo()
-
-
 def _configs_of(model: nn.Module) -> List[Any]:
     """Every distinct HF config reachable from the model's modules, sub-configs included."""
     found: Dict[int, Any] = {}
@@ -91,7 +73,7 @@ def _configs_of(model: nn.Module) -> List[Any]:
     return list(found.values())
 
 
-def use_eager_attention(model: nn.Module) -> _Restore:
+def use_eager_attention(model: nn.Module) -> Restore:
     """Switch every config of ``model`` to eager attention; the returned handle restores it.
 
     The saved values are written back as they were (not through
@@ -106,10 +88,10 @@ def use_eager_attention(model: nn.Module) -> _Restore:
         for config, implementation in saved:
             config._attn_implementation_internal = implementation
 
-    return _Restore(restore)
+    return Restore(restore)
 
 
-def require_parameter_gradients(model: nn.Module) -> _Restore:
+def require_parameter_gradients(model: nn.Module) -> Restore:
     """Make every parameter require grad (so attention maps join the graph); the handle restores the flags."""
     frozen = [p for p in model.parameters() if not p.requires_grad]
     for parameter in frozen:
@@ -119,7 +101,7 @@ def require_parameter_gradients(model: nn.Module) -> _Restore:
         for parameter in frozen:
             parameter.requires_grad_(False)
 
-    return _Restore(restore)
+    return Restore(restore)
 
 
 def _record_arguments(model: nn.Module, record: AttentionRecord, check: Callable[[Dict[str, Any]], None]):

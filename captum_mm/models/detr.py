@@ -19,6 +19,10 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor
 from transformers import DetrForObjectDetection, DetrModel
+from transformers.models.detr.modeling_detr import DetrCrossAttention, DetrDecoderLayer, DetrEncoderLayer, DetrSelfAttention
+
+from captum_mm.lrp.composite import AttentionRuleSite, LRPStructure, ResidualRuleSite, TensorSource
+from captum_mm.lrp.rules import AlphaBeta, RuleSet
 
 from captum_mm.models.base import ArchitectureAdapter, TargetSelection, check_batch_sizes, check_rank, require
 from captum_mm.models.capture import AttentionRecord
@@ -74,6 +78,29 @@ class DetrAdapter(ArchitectureAdapter):
         check_rank(arguments, "pixel_mask", 3, "[batch, height, width]")
         check_batch_sizes(arguments, ("pixel_values", "pixel_mask"))
 
+    def lrp_structure(self) -> LRPStructure:
+        attention, residuals = [], []
+        for module in self._detr().modules():
+            if isinstance(module, (DetrSelfAttention, DetrCrossAttention)):
+                keys = "key_value_states" if isinstance(module, DetrCrossAttention) else "hidden_states"
+                attention.append(
+                    AttentionRuleSite(
+                        module, module.q_proj, module.k_proj, module.v_proj, TensorSource(module, index=1),
+                        heads=module.q_proj.out_features // module.head_dim, projection=module.o_proj,
+                        position_inputs=(
+                            (module.q_proj, TensorSource(module, "hidden_states")),
+                            (module.k_proj, TensorSource(module, keys)),
+                        ),
+                    )
+                )
+            elif isinstance(module, (DetrEncoderLayer, DetrDecoderLayer)):
+                residuals += _layer_residuals(module)
+        return LRPStructure(attention, residuals)
+
+    def default_rules(self) -> RuleSet:
+        # the reference's DETR linear layers rescale their input relevance to the output total
+        return RuleSet(linear=AlphaBeta(conserve=True))
+
     def select_targets(
         self, logits: Tensor, target: Any, threshold: float = 0.5, single: bool = False, **options: Any
     ) -> TargetSelection:
@@ -124,3 +151,16 @@ class DetrAdapter(ArchitectureAdapter):
             outputs={IMAGE: ReadoutColumns(IMAGE, grid=(height, width))},
             element_sample=selection.sample,
         )
+
+
+def _layer_residuals(layer) -> List[ResidualRuleSite]:
+    """``norm(block(x) + x)`` for each block of a DETR layer, ``x`` the previous norm's output."""
+    blocks = [(layer.self_attn, layer.self_attn_layer_norm)]
+    if isinstance(layer, DetrDecoderLayer):
+        blocks.append((layer.encoder_attn, layer.encoder_attn_layer_norm))
+    sites, skip = [], TensorSource(layer, "hidden_states")
+    for block, norm in blocks:
+        sites.append(ResidualRuleSite(norm, TensorSource(block, index=0), skip))
+        skip = TensorSource(norm)
+    sites.append(ResidualRuleSite(layer.final_layer_norm, TensorSource(layer.mlp), skip))
+    return sites

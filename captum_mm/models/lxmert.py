@@ -18,8 +18,19 @@ from typing import Any, Dict, List
 
 import torch
 from transformers import LxmertForQuestionAnswering, LxmertModel
+from transformers.models.lxmert.modeling_lxmert import GeLU, LxmertAttention, LxmertAttentionOutput, LxmertOutput
 
-from captum_mm.models.base import ArchitectureAdapter, TargetSelection, check_batch_sizes, check_rank, require, token_mask
+from captum_mm.lrp.composite import LRPStructure
+
+from captum_mm.models.base import (
+    ArchitectureAdapter,
+    TargetSelection,
+    bert_like_lrp_structure,
+    check_batch_sizes,
+    check_rank,
+    require,
+    token_mask,
+)
 from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import AttentionEvent, ReadoutColumns, Schedule
@@ -54,6 +65,9 @@ class LxmertAdapter(ArchitectureAdapter):
             check_rank(arguments, name, 3, "[batch, regions, features]")
         check_rank(arguments, "visual_attention_mask", 2, "[batch, regions]")
         check_batch_sizes(arguments, ("input_ids", "inputs_embeds", "attention_mask", "visual_feats", "visual_pos", "visual_attention_mask"))
+
+    def lrp_structure(self) -> LRPStructure:
+        return bert_like_lrp_structure(self.model, LxmertAttention, (LxmertAttentionOutput, LxmertOutput), (GeLU,))
 
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
         language, relational, cross_layers = self._events(record)

@@ -15,8 +15,23 @@ from typing import Any, Dict
 
 import torch
 from transformers import VisualBertForQuestionAnswering, VisualBertForVisualReasoning, VisualBertModel
+from transformers.models.visual_bert.modeling_visual_bert import (
+    VisualBertOutput,
+    VisualBertSelfAttention,
+    VisualBertSelfOutput,
+)
 
-from captum_mm.models.base import ArchitectureAdapter, TargetSelection, check_batch_sizes, check_rank, require, token_mask
+from captum_mm.lrp.composite import LRPStructure
+
+from captum_mm.models.base import (
+    ArchitectureAdapter,
+    TargetSelection,
+    bert_like_lrp_structure,
+    check_batch_sizes,
+    check_rank,
+    require,
+    token_mask,
+)
 from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import AttentionEvent, ReadoutColumns, Schedule
@@ -52,6 +67,9 @@ class VisualBertAdapter(ArchitectureAdapter):
                 "VisualBertForQuestionAnswering needs attention_mask: its head pools token attention_mask.sum() - 2.",
             )
         check_batch_sizes(arguments, ("input_ids", "inputs_embeds", "attention_mask", "visual_embeds", "visual_attention_mask"))
+
+    def lrp_structure(self) -> LRPStructure:
+        return bert_like_lrp_structure(self.model, VisualBertSelfAttention, (VisualBertSelfOutput, VisualBertOutput))
 
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
         arguments = record.arguments

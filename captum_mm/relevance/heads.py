@@ -17,3 +17,8 @@ def grad_cam(probs: Tensor, grads: Tensor) -> Tensor:
     """Attention Grad-CAM: head weight = mean gradient over the map; ``(mean_h(w_h A_h))^+``."""
     weights = grads.mean(dim=(-2, -1), keepdim=True)
     return (weights * probs).mean(dim=-3).clamp(min=0)
+
+
+def relevance_weighted(relevance: Tensor, grads: Tensor) -> Tensor:
+    """Eq. 13: ``mean_h((grad A * R_A)^+)`` with ``R_A`` the LRP relevance at the map."""
+    return gradient_weighted(relevance, grads)

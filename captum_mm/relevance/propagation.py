@@ -70,3 +70,25 @@ def rollout_relevance(schedule: Schedule, maps: Maps) -> Dict[str, Tensor]:
             raise ValueError(f"The schedule has no attention from {row} to {key} tokens.")
         matrices[key] = torch.bmm(rolled(row, last).transpose(1, 2), torch.bmm(maps[last.call], rolled(key, last)))
     return matrices
+
+
+def transformer_attribution_relevance(schedule: Schedule, maps: Maps) -> Dict[str, Tensor]:
+    """Chefer et al. (CVPR 2021): ``prod_l (I + A_bar_l)`` over the readout modality's self-attentions
+    (later layers on the left); across modalities the last cross-attention's map alone."""
+    row = schedule.row_modality
+    matrices = {key: value for key, value in last_layer_relevance(schedule, maps).items() if key != row}
+    if row in output_keys(schedule):
+        relevance = initial_relevance({row: schedule.sizes[row]}, schedule.rows.shape[0], _like(schedule, maps))
+        for event in schedule.self_events(row):
+            relevance = apply_deltas(relevance, [self_attention_deltas(relevance, row, maps[event.call])])
+        matrices[row] = relevance[(row, row)]
+    return matrices
+
+
+def min_max_scaled(matrix: Tensor, row_mask: Tensor, key_mask: Tensor) -> Tensor:
+    """Each element's matrix scaled to [0, 1] over its real (unpadded) entries."""
+    valid = row_mask[:, :, None] & key_mask[:, None, :]
+    low = torch.where(valid, matrix, torch.inf).amin(dim=(1, 2), keepdim=True)
+    high = torch.where(valid, matrix, -torch.inf).amax(dim=(1, 2), keepdim=True)
+    spread = high - low
+    return torch.where(valid & (spread > 0), (matrix - low) / torch.where(spread > 0, spread, 1.0), 0.0)

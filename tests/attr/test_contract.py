@@ -126,3 +126,12 @@ def test_captum_metrics_accept_the_attributions(method):
     assert scores.shape == (2,) and torch.isfinite(scores).all()
     sensitivity = sensitivity_max(explainer.attribute, (feats, boxes), n_perturb_samples=2, **kwargs)
     assert sensitivity.shape == (2,) and torch.isfinite(sensitivity).all()
+
+
+def test_vectorized_backward_equals_one_backward_per_query(method):
+    case = detr_case()
+    looped = METHODS[method](case.model)
+    vectorized = METHODS[method](case.model)
+    vectorized.vectorized_backward = True
+    expected = looped.explain(case.inputs, threshold=0.0).image
+    assert torch.allclose(vectorized.explain(case.inputs, threshold=0.0).image, expected, atol=1e-6, rtol=1e-5)

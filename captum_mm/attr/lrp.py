@@ -1,0 +1,92 @@
+"""Methods built on LRP relevance at the attention maps: partial LRP and Transformer attribution."""
+
+from typing import Callable, Dict, List, Optional
+
+from torch import Tensor, nn
+
+from captum_mm.attr._base import AttentionAttribution
+from captum_mm.attr.raw_attention import LastLayerAttribution
+from captum_mm.lrp import RuleSet
+from captum_mm.relevance.heads import head_mean, relevance_weighted
+from captum_mm.relevance.propagation import min_max_scaled, transformer_attribution_relevance
+from captum_mm.relevance.schedule import AttentionEvent, Schedule
+
+_RULES_DOC = """rules (RuleSet, optional): The LRP rules. Default: None (the reference
+                        implementation's: alpha=1 beta=0 linear layers, pass-through
+                        LayerNorm/activations/softmax, halved matmuls, proportional
+                        residual splits; see :mod:`captum_mm.lrp.rules`)"""
+
+
+class PartialLRP(LastLayerAttribution):
+    r"""
+    Partial LRP (Voita et al., ACL 2019) as Chefer, Gur & Wolf (ICCV 2021,
+    https://arxiv.org/abs/2103.15679) compare against it: the LRP relevance at the
+    last layer's attention map (the same layers as :class:`RawAttention`), head
+    mean without clamping, each relevance matrix min-max scaled over its real
+    tokens as the reference does (rankings are unchanged). One forward and one LRP
+    backward pass.
+
+    Examples::
+
+        >>> explanation = PartialLRP(model).explain((input_ids, visual_feats, visual_pos))
+    """
+
+    uses_gradients = False
+    uses_relevance = True
+
+    def __init__(self, forward_func: Callable, model: Optional[nn.Module] = None, rules: Optional[RuleSet] = None) -> None:
+        super().__init__(forward_func, model)
+        self.rules = rules
+
+    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor]) -> Tensor:
+        return head_mean(relevance)
+
+    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Dict[str, Tensor]:
+        row_mask = schedule.masks[schedule.row_modality]
+        return {
+            key: min_max_scaled(matrix, row_mask, schedule.masks[key])
+            for key, matrix in super()._relevance_matrices(schedule, maps).items()
+        }
+
+
+class TransformerAttribution(AttentionAttribution):
+    r"""
+    Transformer attribution (Chefer, Gur & Wolf, "Transformer Interpretability
+    Beyond Attention Visualization", CVPR 2021), as the ICCV 2021 paper compares
+    against it: ``R = prod_l (I + mean_h((grad A_l * R_{A_l})^+))`` over the
+    readout modality's self-attention layers, ``R_A`` the LRP relevance at each
+    map. Across modalities (LXMERT's image, DETR) the term of the last
+    cross-attention alone. One forward, one ordinary and one LRP backward pass.
+
+    Examples::
+
+        >>> explanation = TransformerAttribution(model).explain((input_ids, visual_feats, visual_pos))
+    """
+
+    uses_relevance = True
+
+    def __init__(self, forward_func: Callable, model: Optional[nn.Module] = None, rules: Optional[RuleSet] = None) -> None:
+        super().__init__(forward_func, model)
+        self.rules = rules
+
+    def _events(self, schedule: Schedule) -> List[AttentionEvent]:
+        row = schedule.row_modality
+        crossing = [schedule.last_event(row, spec.key) for spec in schedule.outputs.values() if spec.key != row]
+        return schedule.self_events(row) + [event for event in crossing if event is not None]
+
+    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor]) -> Tensor:
+        return relevance_weighted(relevance, grads)
+
+    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Dict[str, Tensor]:
+        return transformer_attribution_relevance(schedule, maps)
+
+
+for _method in (PartialLRP, TransformerAttribution):
+    _method.__init__.__doc__ = f"""
+        Args:
+            forward_func (Callable or torch.nn.Module): The HuggingFace model, or a
+                        callable running it and returning its logits.
+            model (torch.nn.Module, optional): The model to explain when
+                        ``forward_func`` is not the model. Default: None
+            {_RULES_DOC}
+        """

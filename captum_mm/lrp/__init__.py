@@ -1,0 +1,30 @@
+"""LRP for unmodified transformers, as modified gradients applied inside a context manager."""
+
+from captum_mm.lrp.composite import (
+    AttentionRuleSite,
+    LRPState,
+    LRPStructure,
+    ResidualRuleSite,
+    TensorSource,
+    attention_relevance,
+    lrp_rules,
+    relevance_seed,
+)
+from captum_mm.lrp.rules import AlphaBeta, Epsilon, HalvedAttention, PassThrough, ProportionalResidual, RuleSet
+
+__all__ = [
+    "AlphaBeta",
+    "AttentionRuleSite",
+    "Epsilon",
+    "HalvedAttention",
+    "LRPState",
+    "LRPStructure",
+    "PassThrough",
+    "ProportionalResidual",
+    "ResidualRuleSite",
+    "RuleSet",
+    "TensorSource",
+    "attention_relevance",
+    "lrp_rules",
+    "relevance_seed",
+]

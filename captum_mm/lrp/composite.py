@@ -1,0 +1,289 @@
+"""Applying LRP rules to an unmodified model, reversibly.
+
+Inside :func:`lrp_rules` every rule site's output is routed through a switch: an
+autograd function that returns the output unchanged and, on the way back, either
+passes the ordinary gradient to the original computation (*gradient mode*) or
+hands its rule's modified gradients straight to the site's inputs (*relevance
+mode*, see :mod:`captum_mm.lrp.rules`). So one forward pass serves an ordinary
+backward (gradients of the attention maps) and an LRP backward (their relevance).
+Each attention site also takes a *probe*, a zero tensor shaped like its map,
+whose "gradient" in relevance mode is the relevance ``R_A`` at the map.
+
+Everything is registered as hooks whose handles are removed on exit, also on error.
+"""
+
+import inspect
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from captum_mm.lrp.rules import RuleSet, safe_divide
+from captum_mm._handles import HandleList
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    """Where a tensor of the forward pass comes from: a module's output, or one of its arguments."""
+
+    module: nn.Module
+    argument: Optional[str] = None  # name of a forward argument; None: the output
+    index: Optional[int] = None  # element of a tuple output
+
+
+@dataclass(frozen=True)
+class AttentionRuleSite:
+    """An attention module whose first output is ``softmax(Q K^T) V`` (optionally projected).
+
+    Attributes:
+        module (nn.Module): The attention module; its first output is replaced.
+        query, key, value (nn.Linear): The projections producing Q, K and V.
+        probs (TensorSource): Where the attention probabilities are produced.
+        heads (int): Number of heads.
+        projection (nn.Linear, optional): Output projection applied inside ``module``.
+        inputs (tuple): ``(linear, source)`` pairs: the input of ``linear`` is ``source``
+                    plus a position embedding, which receives no relevance.
+    """
+
+    module: nn.Module
+    query: nn.Linear
+    key: nn.Linear
+    value: nn.Linear
+    probs: TensorSource
+    heads: int
+    projection: Optional[nn.Linear] = None
+    position_inputs: Tuple[Tuple[nn.Linear, TensorSource], ...] = ()
+
+
+@dataclass(frozen=True)
+class ResidualRuleSite:
+    """A residual addition ``norm(branch + skip)`` whose sum is ``norm``'s input."""
+
+    norm: nn.Module
+    branch: TensorSource
+    skip: TensorSource
+
+
+@dataclass
+class LRPStructure:
+    """What an adapter declares for LRP; linear and elementwise modules are found by type."""
+
+    attention: List[AttentionRuleSite]
+    residuals: List[ResidualRuleSite]
+    pass_through_types: Tuple[type, ...] = ()
+
+
+@dataclass
+class LRPState:
+    """The switch shared by all rule sites, and the probes of the attention maps in forward order."""
+
+    relevance: bool = False
+    probes: List[Tuple[Tensor, Tensor]] = field(default_factory=list)  # (attention map, probe)
+
+    @contextmanager
+    def relevance_mode(self) -> Iterator[None]:
+        self.relevance = True
+        try:
+            yield
+        finally:
+            self.relevance = False
+
+
+class _Switch(torch.autograd.Function):
+    """``output`` unchanged; backward: gradient to ``output``, or ``rule(g)`` to ``inputs``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(output, state, rule, *inputs):
+        return output.view_as(output)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.state, ctx.rule, ctx.count = inputs[1], inputs[2], len(inputs) - 3
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.state.relevance:
+            return (None, None, None, *ctx.rule(grad))
+        return (grad, None, None) + (None,) * ctx.count
+
+
+BUILT_IN_PASS_THROUGH = (nn.LayerNorm, nn.Dropout, nn.GELU, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.SiLU)
+
+
+def _is_pass_through(module: nn.Module, extra: Tuple[type, ...]) -> bool:
+    return isinstance(module, BUILT_IN_PASS_THROUGH + extra) or type(module).__module__ == "transformers.activations"
+
+
+class _Recorder:
+    """The latest tensors of the sources rule sites read, per forward call."""
+
+    def __init__(self) -> None:
+        self.values: Dict[Tuple[int, Optional[str], Optional[int]], Tensor] = {}
+        self.linear_io: Dict[int, Tuple[Tensor, Tensor]] = {}
+
+    def get(self, source: TensorSource) -> Tensor:
+        return self.values[(id(source.module), source.argument, source.index)]
+
+    def hooks(self, sources: List[TensorSource]) -> List[Any]:
+        handles = []
+        for source in {(id(s.module), s.argument, s.index): s for s in sources}.values():
+            if source.argument is None:
+                handles.append(source.module.register_forward_hook(self._keep_output(source)))
+            else:
+                handles.append(source.module.register_forward_pre_hook(self._keep_argument(source), with_kwargs=True))
+        return handles
+
+    def _keep_output(self, source: TensorSource):
+        def hook(module, args, output):
+            value = output if source.index is None else output[source.index]
+            self.values[(id(module), None, source.index)] = value
+
+        return hook
+
+    def _keep_argument(self, source: TensorSource):
+        signature = inspect.signature(source.module.forward)
+
+        def hook(module, args, kwargs):
+            value = signature.bind_partial(*args, **kwargs).arguments[source.argument]
+            self.values[(id(module), source.argument, None)] = value
+
+        return hook
+
+
+def _replace_first(output, value):
+    return (value,) + tuple(output[1:]) if isinstance(output, tuple) else value
+
+
+@contextmanager
+def lrp_rules(model: nn.Module, structure: LRPStructure, rules: Optional[RuleSet] = None) -> Iterator[LRPState]:
+    """Install ``rules`` on ``model`` for the duration of the ``with`` block.
+
+    Yields:
+        LRPState: set ``relevance_mode()`` around the LRP backward; its ``probes``
+        receive the relevance of each attention map.
+    """
+    rules = rules or RuleSet()
+    state, recorder, handles = LRPState(), _Recorder(), HandleList()
+    attention_parts = {id(m) for site in structure.attention for m in _probability_modules(site)}
+    try:
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                handles.append(module.register_forward_hook(_linear_hook(state, rules, recorder)))
+            elif id(module) not in attention_parts and _is_pass_through(module, structure.pass_through_types):
+                handles.append(module.register_forward_hook(_pass_hook(state, rules)))
+        for site in structure.attention:
+            for linear, source in site.position_inputs:
+                handles.append(linear.register_forward_pre_hook(_position_hook(state, recorder, source)))
+            handles.append(site.module.register_forward_hook(_attention_hook(state, rules, recorder, site)))
+        for site in structure.residuals:
+            handles.append(site.norm.register_forward_pre_hook(_residual_hook(state, rules, recorder, site)))
+        sources = [site.probs for site in structure.attention if site.probs.module is not site.module]
+        sources += [source for site in structure.attention for _, source in site.position_inputs]
+        sources += [s for site in structure.residuals for s in (site.branch, site.skip)]
+        handles.extend(recorder.hooks(sources))
+        yield state
+    finally:
+        handles.remove()
+
+
+def _probability_modules(site: AttentionRuleSite) -> List[nn.Module]:
+    return [site.probs.module] if site.probs.module is not site.module else []
+
+
+def _linear_hook(state: LRPState, rules: RuleSet, recorder: _Recorder):
+    def hook(module, args, output):
+        x = args[0]
+        rule = lambda g: (rules.linear.input_gradient(module, x.detach(), output.detach(), g),)  # noqa: E731
+        switched = _Switch.apply(output, state, rule, x)
+        recorder.linear_io[id(module)] = (x, switched)
+        return switched
+
+    return hook
+
+
+def _pass_hook(state: LRPState, rules: RuleSet):
+    def hook(module, args, output):
+        x = args[0]
+        rule = lambda g: (rules.pass_through.input_gradient(x.detach(), output.detach(), g),)  # noqa: E731
+        return _Switch.apply(output, state, rule, x)
+
+    return hook
+
+
+def _position_hook(state: LRPState, recorder: _Recorder, source: TensorSource):
+    """The linear's input is ``source + position``: its relevance goes to ``source`` alone."""
+
+    def hook(module, args):
+        x, origin = args[0], recorder.get(source)
+        rule = lambda g: (safe_divide(x.detach() * g, origin.detach()),)  # noqa: E731
+        return (_Switch.apply(x, state, rule, origin),) + tuple(args[1:])
+
+    return hook
+
+
+def _split_heads(tensor: Tensor, heads: int) -> Tensor:
+    return tensor.reshape(*tensor.shape[:-1], heads, -1).transpose(-2, -3)
+
+
+def _attention_hook(state: LRPState, rules: RuleSet, recorder: _Recorder, site: AttentionRuleSite):
+    def hook(module, args, output):
+        query, key, value = (recorder.linear_io[id(linear)][1] for linear in (site.query, site.key, site.value))
+        attention = output[site.probs.index] if site.probs.module is site.module else recorder.get(site.probs)
+        probs = attention.detach()
+        probe = probs.new_zeros((), requires_grad=True).expand(probs.shape)
+        state.probes.append((attention, probe))
+        projection = recorder.linear_io[id(site.projection)] if site.projection is not None else None
+        heads = site.heads
+        q, k, v = (_split_heads(t.detach(), heads) for t in (query, key, value))
+
+        def rule(g):
+            if projection is not None:
+                g = rules.linear.input_gradient(site.projection, projection[0].detach(), projection[1].detach(), g)
+            g_q, g_k, g_v, relevance = rules.attention.gradients(q, k, v, probs, _split_heads(g, heads))
+            merged = (t.transpose(-2, -3).reshape(like.shape) for t, like in ((g_q, query), (g_k, key), (g_v, value)))
+            return (*merged, relevance)
+
+        first = output[0] if isinstance(output, tuple) else output
+        return _replace_first(output, _Switch.apply(first, state, rule, query, key, value, probe))
+
+    return hook
+
+
+def _residual_hook(state: LRPState, rules: RuleSet, recorder: _Recorder, site: ResidualRuleSite):
+    def hook(module, args):
+        total, branch, skip = args[0], recorder.get(site.branch), recorder.get(site.skip)
+        rule = lambda g: rules.residual.branch_gradients(branch.detach(), skip.detach(), g)  # noqa: E731
+        return (_Switch.apply(total, state, rule, branch, skip),) + tuple(args[1:])
+
+    return hook
+
+
+def relevance_seed(logits: Tensor, one_hot: Tensor) -> Tensor:
+    """The modified gradient at the logits that puts relevance ``one_hot`` on them."""
+    return safe_divide(one_hot, logits.detach())
+
+
+def attention_relevance(logits: Tensor, state: LRPState, seeds: Tensor) -> Dict[int, Tensor]:
+    """One LRP backward: ``R_A`` per attention map (keyed by ``id`` of the map), ``[K, B, H, Nq, Nk]``."""
+    maps, probes = [m for m, _ in state.probes], [p for _, p in state.probes]
+    if not probes:
+        return {}
+    batched = seeds.shape[0] > 1
+    with state.relevance_mode():
+        found = torch.autograd.grad(
+            logits,
+            probes,
+            grad_outputs=seeds if batched else seeds[0],
+            is_grads_batched=batched,
+            allow_unused=True,
+            retain_graph=True,
+        )
+    relevance = {}
+    for attention, value in zip(maps, found):
+        value = torch.zeros_like(attention)[None].expand(seeds.shape[0], *attention.shape) if value is None else value
+        relevance[id(attention)] = value if batched else value[None]
+    return relevance

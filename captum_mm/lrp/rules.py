@@ -1,0 +1,134 @@
+"""LRP rules as modified gradients.
+
+Convention: at every tensor ``x`` of the graph the backward pass carries a
+*modified gradient* ``g`` such that the relevance of ``x`` is ``x * g``. A rule
+maps the modified gradient of a module's output to that of its inputs. Seeding
+the backward with ``onehot / logits`` gives relevance 1 at the target logit.
+
+The defaults are the rules of the reference implementation (METHOD.md, "LRP
+rules of the reference"): alpha=1, beta=0 for linear layers with the bias left
+out of the denominator; LayerNorm, activations, softmax and dropout pass
+relevance through; both operands of each attention matmul take half of the
+z-rule relevance; residual additions split in proportion to each branch's total.
+"""
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import torch
+from torch import Tensor, nn
+
+STABILIZER = 1e-9
+
+
+def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """``numerator / (denominator + 1e-9)``, and 0 where the denominator is exactly 0 (as the reference)."""
+    shifted = denominator + STABILIZER
+    shifted = torch.where(shifted == 0, torch.full_like(shifted, STABILIZER), shifted)
+    return torch.where(denominator == 0, torch.zeros_like(numerator), numerator / shifted)
+
+
+def per_sample_sum(tensor: Tensor) -> Tensor:
+    """Sum over every dimension but the first, kept for broadcasting: ``[B, ...] -> [B, 1, ..., 1]``."""
+    return tensor.sum(dim=tuple(range(1, tensor.dim())), keepdim=True)
+
+
+class LinearRule:
+    """How relevance crosses an ``nn.Linear``: ``g_out`` at its output to ``g_x`` at its input."""
+
+    def input_gradient(self, module: nn.Linear, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class AlphaBeta(LinearRule):
+    """The alpha-beta rule, bias left out: ``R_x = alpha * R_act - beta * R_inh``.
+
+    ``R_act = x+ . W+^T (R / z) + x- . W-^T (R / z)`` with ``z = W+ x+ + W- x-``
+    (positive contributions); ``R_inh`` swaps ``W+`` and ``W-``.
+
+    Attributes:
+        alpha (float): Weight of positive contributions. Default: 1
+        beta (float): Weight of negative contributions. Default: 0
+        conserve (bool): Rescale each sample's input relevance to its output total
+                    (the reference's DETR linear layers do). Default: False
+    """
+
+    alpha: float = 1.0
+    beta: float = 0.0
+
+    conserve: bool = False
+
+    def input_gradient(self, module: nn.Linear, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
+        relevance = out * g_out
+        positive, negative = x.clamp(min=0), x.clamp(max=0)
+        w_positive, w_negative = module.weight.clamp(min=0), module.weight.clamp(max=0)
+
+        def share(w_first: Tensor, w_second: Tensor) -> Tensor:
+            ratio = safe_divide(relevance, positive @ w_first.T + negative @ w_second.T)
+            return torch.where(x > 0, ratio @ w_first, ratio @ w_second)
+
+        g_x = self.alpha * share(w_positive, w_negative)
+        if self.beta:
+            g_x = g_x - self.beta * share(w_negative, w_positive)
+        if self.conserve:
+            g_x = g_x * safe_divide(per_sample_sum(relevance), per_sample_sum(x * g_x))
+        return g_x
+
+
+@dataclass(frozen=True)
+class Epsilon(LinearRule):
+    """The epsilon rule: ``R_x = x . W^T (R / (z + epsilon * sign(z)))`` with ``z = W x + b``."""
+
+    epsilon: float = 1e-6
+
+    def input_gradient(self, module: nn.Linear, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
+        stabilized = out + self.epsilon * torch.where(out >= 0, 1.0, -1.0)
+        return ((out * g_out) / stabilized) @ module.weight
+
+
+class PassThrough:
+    """An elementwise module whose input takes its output's relevance unchanged (LayerNorm, GELU, dropout)."""
+
+    def input_gradient(self, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
+        return safe_divide(out * g_out, x)
+
+
+class ProportionalResidual:
+    """``z = a + b``: take ``a * R/z`` and ``b * R/z``, then rescale each branch so that it carries
+    ``|sum a| / (|sum a| + |sum b|)`` of the total (sums per sample)."""
+
+    def branch_gradients(self, a: Tensor, b: Tensor, g_z: Tensor) -> Tuple[Tensor, Tensor]:
+        total = per_sample_sum((a + b) * g_z)
+        sum_a, sum_b = per_sample_sum(a * g_z), per_sample_sum(b * g_z)
+        magnitude = sum_a.abs() + sum_b.abs()
+        share_a = safe_divide(sum_a.abs(), magnitude) * total
+        share_b = safe_divide(sum_b.abs(), magnitude) * total
+        return g_z * safe_divide(share_a, sum_a), g_z * safe_divide(share_b, sum_b)
+
+
+class HalvedAttention:
+    """Attention ``context = A . V`` with ``A = softmax(Q K^T * scale + mask)``, per head.
+
+    z-rule on ``A . V`` for both operands, each halved; ``R_A`` passes softmax, mask and
+    scale unchanged to the scores; z-rule on ``Q K^T`` (unscaled), each operand halved.
+    """
+
+    def gradients(
+        self, query: Tensor, key: Tensor, value: Tensor, probs: Tensor, g_context: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Head-split ``[B, H, N, d]`` tensors in; ``(g_query, g_key, g_value, R_A)`` out."""
+        relevance_probs = probs * (g_context @ value.transpose(-1, -2)) / 2
+        g_value = probs.transpose(-1, -2) @ g_context / 2
+        ratio = safe_divide(relevance_probs, query @ key.transpose(-1, -2))
+        return ratio @ key / 2, ratio.transpose(-1, -2) @ query / 2, g_value, relevance_probs
+
+
+@dataclass
+class RuleSet:
+    """The rules an LRP pass applies; swap any of them, e.g. ``RuleSet(linear=Epsilon(1e-6))``."""
+
+    linear: LinearRule = AlphaBeta()
+    pass_through: PassThrough = PassThrough()
+    residual: ProportionalResidual = ProportionalResidual()
+    attention: HalvedAttention = HalvedAttention()

@@ -1,0 +1,94 @@
+"""LRP on the real families: conservation across layers, and no trace left on the model."""
+
+import pytest
+import torch
+
+from captum_mm.lrp import lrp_rules, relevance_seed
+from captum_mm.models import adapter_for, capture_attention
+from helpers import assert_same_state, detr_case, lxmert_case, model_state, visual_bert_case
+
+# Float64 models: the rules ignore biases, so relevance is conserved exactly up to the 1e-9
+# stabilisers of the divisions (relative error far below this tolerance).
+TOLERANCE = 1e-6
+
+
+def relevance_at_cuts(case, cuts):
+    """Per-sample relevance ``sum(x * g)`` at tensors captured by ``cuts`` = {name: (module, argument index)}."""
+    model = case.model.double()
+    inputs = tuple(t.double() if t.is_floating_point() else t for t in case.inputs)
+    adapter = adapter_for(model)
+    tensors, handles = {}, []
+    for name, (module, index) in cuts.items():
+        if index is None:
+            handles.append(module.register_forward_hook(lambda m, a, o, name=name: tensors.__setitem__(name, o[0])))
+        else:
+            handles.append(module.register_forward_pre_hook(lambda m, a, name=name, i=index: tensors.__setitem__(name, a[i])))
+    try:
+        with capture_attention(model, adapter.sites(), adapter.check_arguments, adapter.extra_hooks):
+            with lrp_rules(model, adapter.lrp_structure(), adapter.default_rules()) as state:
+                logits = adapter.logits(case.forward(*inputs, *case.additional))
+                selection = adapter.select_targets(logits, None, single=True) if case.name == "detr" else adapter.select_targets(logits, None)
+                seed = relevance_seed(logits, selection.grad_outputs[0])
+                names = list(tensors)
+                with state.relevance_mode():
+                    grads = torch.autograd.grad(logits, [tensors[n] for n in names], seed, allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {
+        name: (tensors[name] * (g if g is not None else 0)).flatten(1).sum(1).detach() for name, g in zip(names, grads)
+    }
+
+
+def test_lxmert_relevance_is_conserved_across_every_cut():
+    case = lxmert_case(l_layers=2, r_layers=2, x_layers=2)
+    encoder = case.model.lxmert.encoder
+    cuts = {f"lang{k}": (layer, 0) for k, layer in enumerate(encoder.layer)}
+    cuts |= {f"vis{k}": (layer, 0) for k, layer in enumerate(encoder.r_layers)}
+    cuts |= {f"x{j}_lang": (layer, 0) for j, layer in enumerate(encoder.x_layers)}
+    cuts |= {f"x{j}_vis": (layer, 2) for j, layer in enumerate(encoder.x_layers)}
+    relevance = relevance_at_cuts(case, cuts)
+    one = torch.ones(3, dtype=torch.float64)
+    for j in range(2):
+        assert torch.allclose(relevance[f"x{j}_lang"] + relevance[f"x{j}_vis"], one, atol=TOLERANCE)
+    assert torch.allclose(relevance["x0_lang"] + relevance["vis0"], one, atol=TOLERANCE)
+    for k in range(2):
+        assert torch.allclose(relevance[f"lang{k}"] + relevance["vis0"], one, atol=TOLERANCE)
+    assert (relevance["x1_vis"].abs() > 1e-4).all()  # the image stream does receive relevance
+
+
+def test_visual_bert_relevance_is_conserved_at_every_layer():
+    case = visual_bert_case(layers=3)
+    cuts = {f"layer{k}": (layer, 0) for k, layer in enumerate(case.model.visual_bert.encoder.layer)}
+    relevance = relevance_at_cuts(case, cuts)
+    for name in cuts:
+        assert torch.allclose(relevance[name], torch.ones(3, dtype=torch.float64), atol=TOLERANCE), name
+
+
+def test_detr_encoder_conserves_what_reaches_the_memory():
+    case = detr_case(encoder_layers=3)
+    encoder = case.model.model.encoder
+    cuts = {f"encoder{k}": (layer, 0) for k, layer in enumerate(encoder.layers)}
+    cuts["memory"] = (encoder, None)
+    relevance = relevance_at_cuts(case, cuts)
+    assert (relevance["memory"].abs() > 1e-3).all()
+    for k in range(3):
+        assert torch.allclose(relevance[f"encoder{k}"], relevance["memory"], atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("make_case", [lxmert_case, visual_bert_case, detr_case], ids=["lxmert", "visual_bert", "detr"])
+def test_lrp_context_leaves_no_trace_also_after_an_exception(make_case):
+    case = make_case()
+    model = case.model
+    reference = case.forward(*case.inputs, *case.additional)
+    before = model_state(model)
+    adapter = adapter_for(model)
+    with pytest.raises(RuntimeError, match="inside"):
+        with capture_attention(model, adapter.sites(), adapter.check_arguments, adapter.extra_hooks):
+            with lrp_rules(model, adapter.lrp_structure()):
+                case.forward(*case.inputs, *case.additional)
+                raise RuntimeError("inside the context")
+    assert_same_state(before, model_state(model))
+    after = case.forward(*case.inputs, *case.additional)
+    logits = adapter.logits(reference), adapter.logits(after)
+    assert torch.equal(*logits)  # bit-identical outputs
