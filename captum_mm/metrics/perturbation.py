@@ -125,27 +125,24 @@ def kept_tokens(relevance: Tensor, mask: Tensor, fraction: float, positive: bool
     return protected | (removable & (rank < keep))
 
 
-def pack(inputs: Mapping[str, Any], group: TokenGroup, kept: Tensor) -> Dict[str, Any]:
-    """The group's tokens with only ``kept`` ones, packed to the front in order; the mask follows."""
+def pack(inputs: Mapping[str, Any], group: TokenGroup, samples: Tensor, kept: Tensor) -> Dict[str, Any]:
+    """Rows ``samples`` of ``inputs``, the group's tokens reduced to ``kept`` ones packed to the
+    front in order (at least one, masked out when none is kept); the mask follows."""
+    batch_size = _token_mask(inputs, group).shape[0]
     width = max(1, int(kept.sum(1).max()))
     order = (~kept).long().argsort(dim=1, stable=True)[:, :width]
-    packed = dict(inputs)
-    for name in group.tensors:
-        value = inputs.get(name)
-        if isinstance(value, Tensor):
-            index = order.reshape(*order.shape, *([1] * (value.dim() - 2))).expand(*order.shape, *value.shape[2:])
-            packed[name] = value.gather(1, index.to(value.device))
+    packed = {}
+    for name, value in inputs.items():
+        if name in group.tensors and isinstance(value, Tensor):
+            packed[name] = value[samples[:, None].to(value.device), order.to(value.device)]
+        elif isinstance(value, Tensor) and value.dim() and value.shape[0] == batch_size:
+            packed[name] = value[samples.to(value.device)]
+        else:
+            packed[name] = value
     mask_like = inputs.get(group.mask)
     dtype = mask_like.dtype if isinstance(mask_like, Tensor) else torch.long
     packed[group.mask] = kept.gather(1, order).to(dtype)
     return packed
-
-
-def _rows(inputs: Mapping[str, Any], samples: Tensor, batch_size: int) -> Dict[str, Any]:
-    return {
-        name: value[samples.to(value.device)] if isinstance(value, Tensor) and value.dim() and value.shape[0] == batch_size else value
-        for name, value in inputs.items()
-    }
 
 
 def _token_mask(inputs: Mapping[str, Any], group: TokenGroup) -> Tensor:
@@ -202,6 +199,6 @@ def perturbation_curve(
     scores = torch.empty(len(steps) * batch, dtype=torch.float64)
     with torch.no_grad():
         for rows in torch.arange(kept.shape[0], device=kept.device).split(batch_size):
-            packed = pack(_rows(inputs, samples[rows], batch), group, kept[rows])
+            packed = pack(inputs, group, samples[rows], kept[rows])
             scores[rows.cpu()] = score(forward_func(**packed), samples[rows]).cpu()
     return PerturbationCurve(steps, scores.reshape(len(steps), batch).T.contiguous())

@@ -108,6 +108,37 @@ class StudyResult:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
 
+def pad_collate(items: List[Mapping[str, Tensor]], label: str = "answer_scores") -> Tuple[Batch, Tensor]:
+    """Stack samples, right-padding every per-token tensor with zeros (masks and ids included).
+
+    Each sample maps argument names to unbatched tensors, plus ``label`` (its ``[C]``
+    answer scores), which is returned separately.
+    """
+    batch: Batch = {}
+    for name in items[0]:
+        values = [item[name] for item in items]
+        if values[0].dim() == 0:
+            batch[name] = torch.stack(values)
+            continue
+        length = max(value.shape[0] for value in values)
+        padded = values[0].new_zeros(len(values), length, *values[0].shape[1:])
+        for row, value in enumerate(values):
+            padded[row, : value.shape[0]] = value
+        batch[name] = padded
+    return batch, batch.pop(label)
+
+
+def init_distributed(backend: Optional[str] = None) -> bool:
+    """Join the process group when started by ``torchrun`` (gloo on CPU, nccl on GPU); True if distributed."""
+    import os
+
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return dist.is_initialized()
+    if not dist.is_initialized():
+        dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+    return True
+
+
 def select_samples(size: int, count: Optional[int], seed: int) -> List[int]:
     """A seeded random selection of ``count`` dataset indices (all of them when ``count`` is None)."""
     if size == 0:
@@ -125,7 +156,7 @@ def run_perturbation_study(
     num_samples: Optional[int] = None,
     seed: int = 0,
     batch_size: int = 32,
-    forward_batch_size: int = 256,
+    forward_batch_size: int = 64,
     progress: bool = True,
 ) -> Optional[StudyResult]:
     r"""
@@ -145,7 +176,7 @@ def run_perturbation_study(
         num_samples (int, optional): How many samples. Default: None (all)
         seed (int, optional): Seed of the sample selection. Default: 0
         batch_size (int, optional): Samples explained per batch. Default: 32
-        forward_batch_size (int, optional): Rows per perturbed forward. Default: 256
+        forward_batch_size (int, optional): Rows per perturbed forward. Default: 64
         progress (bool, optional): Show a progress bar. Default: True
 
     Returns:

@@ -1,0 +1,52 @@
+"""The study runner: seeded selection, JSON, and torchrun sharding giving what one process gives."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from captum_mm.metrics.study import pad_collate, select_samples
+
+SCRIPT = Path(__file__).with_name("study_script.py")
+
+
+def run(*command, cwd):
+    environment = dict(os.environ, PYTHONPATH=str(SCRIPT.parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    subprocess.run(command, check=True, cwd=cwd, env=environment, capture_output=True, text=True, timeout=300)
+
+
+def test_one_process_and_two_torchrun_ranks_give_the_same_study(tmp_path):
+    run(sys.executable, str(SCRIPT), str(tmp_path / "one.json"), cwd=tmp_path)
+    run(
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT),
+        str(tmp_path / "two.json"), cwd=tmp_path,
+    )
+    one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+    assert one == two
+    assert len(one["samples"]) == 9 and set(one["methods"]) == {"generic", "raw"}
+    curve = one["methods"]["generic"]["negative image"]
+    assert len(curve["accuracy"]) == 4 and 0.0 <= curve["auc"] <= 100.0
+    assert list(one["methods"]["raw"]) == ["negative image", "positive image", "negative text", "positive text"]
+
+
+def test_seeded_selection():
+    assert select_samples(10, 4, seed=1) == select_samples(10, 4, seed=1)
+    assert select_samples(10, 4, seed=1) != select_samples(10, 4, seed=2)
+    assert sorted(select_samples(5, None, seed=0)) == list(range(5))
+    with pytest.raises(ValueError, match="empty"):
+        select_samples(0, 3, seed=0)
+
+
+def test_pad_collate_right_pads_tokens():
+    items = [
+        {"input_ids": torch.tensor([5, 6, 7]), "attention_mask": torch.ones(3, dtype=torch.long), "answer_scores": torch.tensor([1.0, 0.0])},
+        {"input_ids": torch.tensor([8]), "attention_mask": torch.ones(1, dtype=torch.long), "answer_scores": torch.tensor([0.0, 1.0])},
+    ]
+    batch, scores = pad_collate(items)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert scores.tolist() == [[1.0, 0.0], [0.0, 1.0]]
