@@ -1,6 +1,7 @@
 """The ``captum-mm`` command."""
 
 import argparse
+from pathlib import Path
 from typing import List, Optional
 
 import torch
@@ -27,12 +28,46 @@ def demo(args: argparse.Namespace) -> None:
     print("image relevance:", " ".join(f"{value:.3g}" for value in explanation.image[0].tolist()))
 
 
+def segmentation(args: argparse.Namespace) -> None:
+    """DETR weakly-supervised segmentation (supplementary Algorithm 1) on a COCO-format dataset."""
+    import json
+
+    from transformers import DetrForObjectDetection
+    from transformers.models.detr.image_processing_pil_detr import DetrImageProcessorPil
+
+    from captum_mm.attr.catalog import select_methods
+    from captum_mm.metrics.segmentation import SegmentationEvaluator, format_table
+    from captum_mm.metrics.study import init_distributed
+
+    init_distributed()
+    model = DetrForObjectDetection.from_pretrained(args.model).eval()
+    processor = DetrImageProcessorPil.from_pretrained(args.processor or args.model)
+    evaluator = SegmentationEvaluator(model, processor, args.images, args.annotations, threshold=args.threshold)
+    image_ids = evaluator.image_ids(limit=args.limit)
+    scores = evaluator.evaluate(select_methods(args.methods), image_ids, batch_size=args.batch_size)
+    if scores is not None:
+        print(format_table(scores))
+        if args.output:
+            Path(args.output).write_text(json.dumps(scores, indent=2))
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="captum-mm", description="Attention-based explanations of multimodal transformers.")
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser("demo", help=demo.__doc__)
     demo_parser.add_argument("--seed", type=int, default=0)
     demo_parser.set_defaults(run=demo)
+    segment = commands.add_parser("segmentation", help=segmentation.__doc__)
+    segment.add_argument("--images", required=True, help="folder of the images (e.g. COCO val2017)")
+    segment.add_argument("--annotations", required=True, help="COCO instances json with segmentations")
+    segment.add_argument("--model", required=True, help="DetrForObjectDetection checkpoint folder or name")
+    segment.add_argument("--processor", help="image processor folder (default: the model's)")
+    segment.add_argument("--methods", nargs="+", help="methods and ablations (default: all)")
+    segment.add_argument("--limit", type=int, help="evaluate the first N images only")
+    segment.add_argument("--batch-size", type=int, default=4)
+    segment.add_argument("--threshold", type=float, default=0.5, help="query-keeping threshold")
+    segment.add_argument("--output", help="write the scores as JSON here")
+    segment.set_defaults(run=segmentation)
     args = parser.parse_args(argv)
     args.run(args)
 
