@@ -107,6 +107,15 @@ class StudyResult:
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
+    def write(self, folder: Path, title: Optional[str] = None) -> None:
+        """``results.json`` and ``curves.png`` (one panel per setting, one line per method) in ``folder``."""
+        from captum_mm.visualization import plot_perturbation_curves
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.save(folder / "results.json")
+        plot_perturbation_curves(self, title).savefig(folder / "curves.png", dpi=120)
+
 
 def pad_collate(items: List[Mapping[str, Tensor]], label: str = "answer_scores") -> Tuple[Batch, Tensor]:
     """Stack samples, right-padding every per-token tensor with zeros (masks and ids included).

@@ -66,10 +66,12 @@ def test_sensitivity_with_noise_on_image_features_only():
     assert torch.equal(boxes, noisy_boxes) and 0 < (feats - noisy_feats).abs().max() <= 0.05
 
 
-def test_curves_figure_has_a_panel_per_setting_and_a_line_per_method():
+def test_curves_figure_has_a_panel_per_setting_and_a_line_per_method(tmp_path):
     result = StudyResult([0, 1], {"negative text": [0.0, 0.5, 1.0], "positive text": [0.0, 0.5, 1.0]})
     result.scores = {
         name: {setting: torch.rand(2, 3).round() for setting in result.steps} for name in ("ours", "rollout")
     }
     figure = plot_perturbation_curves(result, "toy")
     assert len(figure.axes) == 2 and all(len(axis.lines) == 2 for axis in figure.axes)
+    result.write(tmp_path / "study", "toy")
+    assert (tmp_path / "study" / "curves.png").stat().st_size > 0 and (tmp_path / "study" / "results.json").exists()
