@@ -51,12 +51,55 @@ def segmentation(args: argparse.Namespace) -> None:
             Path(args.output).write_text(json.dumps(scores, indent=2))
 
 
+def reproduce(args: argparse.Namespace) -> None:
+    """The paper's tables and figures on the shipped models: perturbation tests, segmentation, gallery, report."""
+    from captum_mm.reproduce import Options
+    from captum_mm.reproduce import reproduce as run
+
+    checkpoints = dict(item.split("=", 1) for item in args.checkpoint or [])
+    run(Options(
+        output=Path(args.output), models=args.models, methods=args.methods, samples=args.samples, images=args.images,
+        gallery=args.gallery, seed=args.seed, checkpoints=checkpoints, images_dir=args.images_dir,
+        annotations=args.annotations,
+    ))
+
+
+def train(args: argparse.Namespace) -> None:
+    """Retrain a shipped model with its seed; prints and saves the measured quality."""
+    import torch
+
+    from captum_mm.zoo.train import train as run
+
+    torch.set_num_threads(args.threads)
+    options = {"epochs": args.epochs} if args.epochs else {}
+    print(run(args.name, Path(args.output or f"{args.name}-retrained"), seed=args.seed, **options))
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="captum-mm", description="Attention-based explanations of multimodal transformers.")
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser("demo", help=demo.__doc__)
     demo_parser.add_argument("--seed", type=int, default=0)
     demo_parser.set_defaults(run=demo)
+    study = commands.add_parser("reproduce", help=reproduce.__doc__)
+    study.add_argument("--output", default="captum_mm_output", help="folder for the report, JSON, CSV and figures")
+    study.add_argument("--models", nargs="+", default=["lxmert-easyvqa", "visualbert-easyvqa", "detr-shapes"])
+    study.add_argument("--methods", nargs="+", help="methods and ablations (default: all)")
+    study.add_argument("--samples", type=int, default=96, help="easy-VQA test questions per VQA model")
+    study.add_argument("--images", type=int, default=40, help="validation scenes for DETR")
+    study.add_argument("--gallery", type=int, default=4, help="questions in the gallery figure")
+    study.add_argument("--seed", type=int, default=0)
+    study.add_argument("--checkpoint", action="append", metavar="NAME=PATH", help="use your own checkpoint for NAME")
+    study.add_argument("--images-dir", help="your own COCO-format image folder for the DETR test")
+    study.add_argument("--annotations", help="its instances json")
+    study.set_defaults(run=reproduce)
+    trainer = commands.add_parser("train", help=train.__doc__)
+    trainer.add_argument("name", choices=["lxmert-easyvqa", "visualbert-easyvqa", "detr-shapes"])
+    trainer.add_argument("--output", help="checkpoint folder (default: NAME-retrained)")
+    trainer.add_argument("--seed", type=int, default=0)
+    trainer.add_argument("--epochs", type=int, help="default: as shipped")
+    trainer.add_argument("--threads", type=int, default=1, help="torch threads")
+    trainer.set_defaults(run=train)
     segment = commands.add_parser("segmentation", help=segmentation.__doc__)
     segment.add_argument("--images", required=True, help="folder of the images (e.g. COCO val2017)")
     segment.add_argument("--annotations", required=True, help="COCO instances json with segmentations")

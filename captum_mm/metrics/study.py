@@ -167,6 +167,7 @@ def run_perturbation_study(
     batch_size: int = 32,
     forward_batch_size: int = 64,
     progress: bool = True,
+    on_relevance: Optional[Callable[[str, List[int], Dict[str, Tensor]], None]] = None,
 ) -> Optional[StudyResult]:
     r"""
     Explain and perturbation-test every method on a seeded sample of ``dataset``.
@@ -187,6 +188,9 @@ def run_perturbation_study(
         batch_size (int, optional): Samples explained per batch. Default: 32
         forward_batch_size (int, optional): Rows per perturbed forward. Default: 64
         progress (bool, optional): Show a progress bar. Default: True
+        on_relevance (Callable, optional): Called as ``on_relevance(method, indices,
+                    relevance)`` for every explained batch (e.g. to score plausibility).
+                    Default: None
 
     Returns:
         StudyResult on rank 0 (or without ``torch.distributed``); None on other ranks.
@@ -197,7 +201,9 @@ def run_perturbation_study(
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     local: Dict[int, Dict[str, Dict[str, Tensor]]] = {}
     for position in tqdm(range(rank, len(batches), world), disable=not progress or rank != 0, desc="perturbation"):
-        local[position] = _evaluate_batch(forward, dataset, collate, batches[position], methods, settings, forward_batch_size)
+        local[position] = _evaluate_batch(
+            forward, dataset, collate, batches[position], methods, settings, forward_batch_size, on_relevance
+        )
     if world > 1:
         gathered: List[Any] = [None] * world
         dist.all_gather_object(gathered, local)
@@ -213,7 +219,7 @@ def run_perturbation_study(
     return result
 
 
-def _evaluate_batch(model, dataset, collate, indices, methods, settings, forward_batch_size):
+def _evaluate_batch(model, dataset, collate, indices, methods, settings, forward_batch_size, on_relevance):
     batch, answer_scores = collate([dataset[index] for index in indices])
     with torch.no_grad():
         targets = model(**batch).argmax(-1)
@@ -221,6 +227,8 @@ def _evaluate_batch(model, dataset, collate, indices, methods, settings, forward
     scores: Dict[str, Dict[str, Tensor]] = {}
     for name, method in methods.items():
         relevance = method(batch, targets)
+        if on_relevance is not None:
+            on_relevance(name, list(indices), relevance)
         scores[name] = {
             setting.name: perturbation_curve(
                 model, batch, relevance[setting.modality], setting.group, score, setting.positive, setting.steps,

@@ -1,0 +1,95 @@
+"""Relevance over text, image regions and DETR detections, as HTML strings and matplotlib figures.
+
+Everything returns a value (HTML string, array or ``Figure``) and never opens a window:
+usable headless and in notebooks alike.
+"""
+
+from typing import Optional, Sequence
+
+import numpy as np
+from captum.attr import visualization as captum_visualization
+from matplotlib.figure import Figure
+from torch import Tensor
+
+
+def _normalized(values) -> np.ndarray:
+    values = np.asarray(values.detach().cpu() if isinstance(values, Tensor) else values, dtype=np.float64)
+    peak = np.abs(values).max() if values.size else 0.0
+    return values / peak if peak > 0 else np.zeros_like(values)
+
+
+def text_relevance_html(tokens: Sequence[str], relevance) -> str:
+    """Tokens shaded red by relevance (scaled to its maximum), with Captum's word-importance HTML."""
+    # Captum colours negative importances red: pass the scaled relevance negated.
+    return captum_visualization.format_word_importances(list(tokens), -np.clip(_normalized(relevance), 0, 1))
+
+
+def region_relevance_image(image: np.ndarray, relevance, grid: Sequence[int]) -> np.ndarray:
+    """The image multiplied by each region's relevance (scaled to its maximum), as in the paper's Figure 1.
+
+    ``relevance`` holds one value per region of a ``grid = (rows, cols)`` tiling of the image.
+    """
+    weights = np.clip(_normalized(relevance), 0, 1).reshape(grid)
+    height, width = image.shape[:2]
+    weights = np.kron(weights, np.ones((height // grid[0], width // grid[1])))
+    return (image.astype(np.float64) / 255.0) * weights[..., None]
+
+
+def _draw_tokens(axis, tokens: Sequence[str], relevance) -> None:
+    weights = np.clip(_normalized(relevance), 0, 1)
+    x = 0.0
+    for token, weight in zip(tokens, weights):
+        text = axis.text(x, -0.08, token, transform=axis.transAxes, fontsize=7, va="top",
+                         bbox=dict(facecolor=(1.0, 1.0 - weight, 1.0 - weight), edgecolor="none", pad=1.0))
+        x += 0.045 + 0.04 * len(token)
+        if x > 0.95:
+            break
+        text.set_clip_on(False)
+
+
+def relevance_gallery(
+    images: Sequence[np.ndarray],
+    tokens: Sequence[Sequence[str]],
+    relevance: dict,
+    grid: Sequence[int],
+    titles: Optional[Sequence[str]] = None,
+) -> Figure:
+    """Figure 1 style: one row per method, one column per sample; image regions multiplied by
+    relevance, question tokens shaded red below. ``relevance[method] = (text [B, T], image [B, R])``."""
+    methods = list(relevance)
+    figure = Figure(figsize=(2.3 * len(images), 2.5 * len(methods)))
+    axes = figure.subplots(len(methods), len(images), squeeze=False)
+    for row, method in enumerate(methods):
+        text, image_relevance = relevance[method]
+        for column, image in enumerate(images):
+            axis = axes[row][column]
+            axis.imshow(region_relevance_image(image, image_relevance[column], grid))
+            axis.set_xticks([])
+            axis.set_yticks([])
+            _draw_tokens(axis, tokens[column], text[column][: len(tokens[column])])
+            if column == 0:
+                axis.set_ylabel(method, fontsize=9)
+            if row == 0 and titles is not None:
+                axis.set_title(titles[column], fontsize=8)
+    figure.subplots_adjust(hspace=0.45, wspace=0.05)
+    return figure
+
+
+def detection_masks_figure(image: np.ndarray, maps, masks, labels: Sequence[str]) -> Figure:
+    """Each explained DETR query: its relevance map over the image, and its Algorithm-1 mask."""
+    count = max(len(labels), 1)
+    figure = Figure(figsize=(2.2 * count, 4.4))
+    axes = figure.subplots(2, count, squeeze=False)
+    height, width = image.shape[:2]
+    for column in range(count):
+        top, bottom = axes[0][column], axes[1][column]
+        for axis in (top, bottom):
+            axis.imshow(image)
+            axis.set_xticks([])
+            axis.set_yticks([])
+        if column < len(labels):
+            heat = np.asarray(maps[column], dtype=np.float64)
+            top.imshow(_normalized(heat), cmap="jet", alpha=0.5, extent=(0, width, height, 0))
+            bottom.imshow(np.asarray(masks[column], dtype=np.float64), cmap="Reds", alpha=0.5, extent=(0, width, height, 0))
+            top.set_title(labels[column], fontsize=8)
+    return figure

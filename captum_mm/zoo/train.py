@@ -1,0 +1,251 @@
+"""Seeded training of the shipped models (run with ``captum-mm train NAME``).
+
+* ``lxmert-easyvqa`` / ``visualbert-easyvqa``: small LXMERT / VisualBERT question
+  answering models trained from scratch on easy-VQA train (region features of
+  :mod:`captum_mm.datasets.easy_vqa`), scored on easy-VQA test.
+* ``detr-shapes``: a small DETR (ResNet backbone, stride 16) trained from scratch on
+  synthetic shape scenes, scored with pycocotools' bbox AP on the validation scenes.
+"""
+
+import contextlib
+import io
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+import torch
+from torch import nn
+
+from captum_mm.datasets.easy_vqa import EASY_VQA_VOCABULARY, FEATURES, EasyVQA, for_visual_bert
+from captum_mm.metrics.study import KeywordModel, pad_collate
+
+VQA_SIZE = dict(hidden_size=128, num_attention_heads=4, intermediate_size=256, max_position_embeddings=32)
+DETR_IMAGE_SIZE = 128
+DETR_SPLITS = {"train": (2000, 0), "val": (200, 100_000)}  # scene count, first seed
+
+
+def lxmert_model() -> nn.Module:
+    from transformers import LxmertConfig, LxmertForQuestionAnswering
+
+    config = LxmertConfig(
+        vocab_size=len(EASY_VQA_VOCABULARY), l_layers=2, r_layers=2, x_layers=2, visual_feat_dim=FEATURES,
+        visual_pos_dim=4, num_qa_labels=13, **VQA_SIZE,
+    )
+    return LxmertForQuestionAnswering(config)
+
+
+def visual_bert_model() -> nn.Module:
+    from transformers import VisualBertConfig, VisualBertForQuestionAnswering
+
+    config = VisualBertConfig(
+        vocab_size=len(EASY_VQA_VOCABULARY), num_hidden_layers=4, visual_embedding_dim=FEATURES + 4, num_labels=13,
+        **VQA_SIZE,
+    )
+    return VisualBertForQuestionAnswering(config)
+
+
+VQA_MODELS: Dict[str, Callable[[], nn.Module]] = {"lxmert-easyvqa": lxmert_model, "visualbert-easyvqa": visual_bert_model}
+
+
+def vqa_inputs(name: str, batch: Dict[str, Any]) -> Dict[str, Any]:
+    """The model's keyword arguments for a padded easy-VQA batch."""
+    return for_visual_bert(batch) if name.startswith("visualbert") else batch
+
+
+def vqa_accuracy(name: str, model: nn.Module, dataset: EasyVQA, indices=None, batch_size: int = 256) -> float:
+    """Top-1 accuracy (%) on ``dataset`` (all of it, or ``indices``)."""
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    forward, correct = KeywordModel(model, ()), 0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(indices), batch_size):
+            batch, scores = pad_collate([dataset[i] for i in indices[start : start + batch_size]])
+            correct += int((scores.argmax(-1) == forward(**vqa_inputs(name, batch)).argmax(-1)).sum())
+    return 100.0 * correct / len(indices)
+
+
+def _schedule(optimizer, total_steps: int, warmup: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_vqa(name: str, output: Path, seed: int = 0, epochs: int = 6, batch_size: int = 64, lr: float = 5e-4) -> Dict[str, Any]:
+    """Train ``name`` on easy-VQA train, save it to ``output`` and return its measured quality."""
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    train, test = EasyVQA("train"), EasyVQA("test")
+    model = VQA_MODELS[name]()
+    forward = KeywordModel(model, ())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    scheduler = _schedule(optimizer, epochs * steps_per_epoch, warmup=steps_per_epoch // 2)
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(train), generator=generator).tolist()
+        correct = seen = 0
+        for step, start in enumerate(range(0, len(order), batch_size)):
+            batch, scores = pad_collate([train[i] for i in order[start : start + batch_size]])
+            logits = forward(**vqa_inputs(name, batch))
+            loss = nn.functional.cross_entropy(logits, scores.argmax(-1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            correct, seen = correct + int((logits.argmax(-1) == scores.argmax(-1)).sum()), seen + len(scores)
+            if step % 100 == 0:
+                print(f"{name} epoch {epoch + 1}/{epochs} step {step}: loss {loss.item():.3f}, "
+                      f"train accuracy {100 * correct / seen:.1f}%", flush=True)
+    model.eval()
+    quality = {
+        "easy_vqa_test_accuracy": vqa_accuracy(name, model, test),
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "seed": seed, "epochs": epochs, "torch_threads": torch.get_num_threads(),
+    }
+    _save(model, output, quality)
+    return quality
+
+
+def _save(model: nn.Module, output: Path, quality: Dict[str, Any]) -> None:
+    output = Path(output)
+    model.save_pretrained(output)
+    (output / "quality.json").write_text(json.dumps(quality, indent=2))
+
+
+# DETR -------------------------------------------------------------------------------
+
+
+def detr_model() -> nn.Module:
+    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+
+    backbone = ResNetConfig(
+        num_channels=3, embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1],
+        layer_type="basic", out_features=["stage3"],
+    )
+    config = DetrConfig(
+        backbone_config=backbone, use_pretrained_backbone=False, use_timm_backbone=False, d_model=128,
+        encoder_layers=3, decoder_layers=3, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=256, decoder_ffn_dim=256, num_queries=12, num_labels=5, auxiliary_loss=True,
+        id2label={0: "N/A", 1: "rectangle", 2: "circle", 3: "triangle", 4: "ellipse"},
+    )
+    return DetrForObjectDetection(config)
+
+
+def detr_processor():
+    from transformers.models.detr.image_processing_pil_detr import DetrImageProcessorPil
+
+    return DetrImageProcessorPil(size={"shortest_edge": DETR_IMAGE_SIZE, "longest_edge": DETR_IMAGE_SIZE})
+
+
+def shape_scenes(folder: Path) -> Dict[str, Path]:
+    """The fixed train/validation split of synthetic scenes, written once under ``folder``."""
+    from captum_mm.datasets import write_shapes_coco
+
+    paths = {}
+    for split, (count, seed) in DETR_SPLITS.items():
+        path = Path(folder) / f"{split}.json"
+        paths[split] = path if path.exists() else write_shapes_coco(folder, count, seed, DETR_IMAGE_SIZE, split)
+    return paths
+
+
+def _detr_targets(coco, image_ids: List[int], size: int) -> List[Dict[str, torch.Tensor]]:
+    targets = []
+    for image_id in image_ids:
+        annotations = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
+        boxes = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32) / size
+        boxes = torch.cat([boxes[:, :2] + boxes[:, 2:] / 2, boxes[:, 2:]], 1)  # cx, cy, w, h
+        labels = torch.tensor([a["category_id"] for a in annotations])
+        targets.append({"class_labels": labels, "boxes": boxes})
+    return targets
+
+
+def _pixels(coco, folder: Path, image_ids: List[int], processor) -> torch.Tensor:
+    from PIL import Image
+
+    images = [Image.open(folder / coco.imgs[i]["file_name"]).convert("RGB") for i in image_ids]
+    return processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+def detr_box_ap(model: nn.Module, coco, folder: Path, processor, batch_size: int = 32) -> Dict[str, float]:
+    """pycocotools bbox AP and AP50 of ``model`` on the scenes of ``coco``."""
+    from pycocotools.cocoeval import COCOeval
+
+    image_ids, results = sorted(coco.getImgIds()), []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(image_ids), batch_size):
+            chunk = image_ids[start : start + batch_size]
+            output = model(pixel_values=_pixels(coco, folder, chunk, processor))
+            scores, labels = output.logits.softmax(-1)[..., :-1].max(-1)
+            for image_id, boxes, score_row, label_row in zip(chunk, output.pred_boxes, scores, labels):
+                size = coco.imgs[image_id]["width"]
+                xywh = torch.cat([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, 2:]], 1) * size
+                for box, score, label in zip(xywh.tolist(), score_row.tolist(), label_row.tolist()):
+                    results.append({"image_id": image_id, "category_id": label, "bbox": box, "score": score})
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluation = COCOeval(coco, coco.loadRes(results), "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return {"bbox_AP": float(evaluation.stats[0]), "bbox_AP50": float(evaluation.stats[1])}
+
+
+def train_detr(output: Path, seed: int = 0, epochs: int = 60, batch_size: int = 16, lr: float = 2e-4) -> Dict[str, Any]:
+    """Train the shapes DETR on the synthetic train scenes, save it and return its validation bbox AP."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scenes:
+        return _train_detr(output, Path(scenes), seed, epochs, batch_size, lr)
+
+
+def _train_detr(output: Path, scenes: Path, seed: int, epochs: int, batch_size: int, lr: float) -> Dict[str, Any]:
+    from pycocotools.coco import COCO
+
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    paths = shape_scenes(scenes)
+    with contextlib.redirect_stdout(io.StringIO()):
+        train, val = COCO(str(paths["train"])), COCO(str(paths["val"]))
+    processor, model = detr_processor(), detr_model()
+    image_ids = sorted(train.getImgIds())
+    pixels = _pixels(train, Path(scenes) / "train", image_ids, processor)
+    targets = _detr_targets(train, image_ids, DETR_IMAGE_SIZE)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps_per_epoch = math.ceil(len(image_ids) / batch_size)
+    scheduler = _schedule(optimizer, epochs * steps_per_epoch, warmup=steps_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(image_ids), generator=generator)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            loss = model(pixel_values=pixels[rows], labels=[targets[int(r)] for r in rows]).loss
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+            optimizer.step()
+            scheduler.step()
+        print(f"detr-shapes epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}", flush=True)
+        if (epoch + 1) % 10 == 0:
+            print(f"  validation {detr_box_ap(model, val, Path(scenes) / 'val', processor)}", flush=True)
+    model.config.auxiliary_loss = False
+    quality = detr_box_ap(model, val, Path(scenes) / "val", processor)
+    quality.update(train_seconds=round(time.perf_counter() - started, 1), seed=seed, epochs=epochs,
+                   torch_threads=torch.get_num_threads())
+    _save(model, output, quality)
+    processor.save_pretrained(output)
+    return quality
+
+
+def train(name: str, output: Path, seed: int = 0, **options: Any) -> Dict[str, Any]:
+    if name in VQA_MODELS:
+        return train_vqa(name, output, seed, **options)
+    if name == "detr-shapes":
+        return train_detr(output, seed, **options)
+    raise ValueError(f"Unknown model {name!r}; trainable: {list(VQA_MODELS) + ['detr-shapes']}.")
