@@ -191,8 +191,8 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         """``[..., H, Nq, Nk]`` probabilities (and gradients, LRP relevance) to one ``[..., Nq, Nk]`` map."""
         raise NotImplementedError
 
-    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Dict[str, Tensor]:
-        """Relevance matrices ``[E, N_row, N_key]`` per key modality, read at ``schedule.rows``."""
+    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Dict[Tuple[str, str], Tensor]:
+        """Relevance matrices ``[E, N_row, N_key]`` per ``(row, key)`` pair of the schedule's outputs."""
         raise NotImplementedError
 
     # The shared part ---------------------------------------------------------------
@@ -217,10 +217,7 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         if selection.num_elements:
             matrices = self._relevance_matrices(schedule, maps)
         else:
-            matrices = {
-                spec.key: logits.new_zeros(0, schedule.sizes[schedule.row_modality], schedule.sizes[spec.key])
-                for spec in schedule.outputs.values()
-            }
+            matrices = {(row, key): logits.new_zeros(0, schedule.sizes[row], schedule.sizes[key]) for row, key in schedule.pairs}
         return _assemble(schedule, selection, _read_out(schedule, matrices), int(logits.shape[0]))
 
     def _fused_maps(
@@ -309,13 +306,13 @@ def _attention_gradients(logits: Tensor, probs: List[Tensor], seeds: Tensor, ret
     ]
 
 
-def _read_out(schedule: Schedule, matrices: Dict[str, Tensor]) -> Dict[str, Tensor]:
+def _read_out(schedule: Schedule, matrices: Dict[Tuple[str, str], Tensor]) -> Dict[str, Tensor]:
     """Each output's readout row, the row token's own entry zeroed, padding zeroed."""
     outputs = {}
     for name, spec in schedule.outputs.items():
-        rows = read_rows(matrices[spec.key], schedule.rows) * schedule.masks[spec.key]
-        if spec.key == schedule.row_modality:
-            rows = rows.scatter(1, schedule.rows[:, None], 0.0)
+        rows = read_rows(matrices[spec.pair], spec.rows) * schedule.masks[spec.key]
+        if spec.key == spec.row:
+            rows = rows.scatter(1, spec.rows[:, None], 0.0)
         rows = rows[:, spec.columns]
         outputs[name] = rows.reshape(rows.shape[0], *spec.grid) if spec.grid else rows
     return outputs

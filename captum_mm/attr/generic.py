@@ -7,7 +7,7 @@ from torch import Tensor
 from captum_mm.attr._base import AttentionAttribution
 from captum_mm.lrp import RuleSet
 from captum_mm.relevance.heads import gradient_weighted, relevance_weighted
-from captum_mm.relevance.propagation import generic_relevance
+from captum_mm.relevance.propagation import Matrices, generic_relevance
 from captum_mm.relevance.schedule import Schedule
 
 HEAD_WEIGHTINGS = ("gradient", "lrp")
@@ -91,5 +91,5 @@ class GenericAttention(AttentionAttribution):
     def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor]) -> Tensor:
         return relevance_weighted(relevance, grads) if self.uses_relevance else gradient_weighted(probs, grads)
 
-    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Dict[str, Tensor]:
+    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
         return generic_relevance(schedule, maps, self.normalize, self.aggregate, self.self_in_bimodal)

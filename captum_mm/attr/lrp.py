@@ -8,7 +8,7 @@ from captum_mm.attr._base import AttentionAttribution
 from captum_mm.attr.raw_attention import LastLayerAttribution
 from captum_mm.lrp import RuleSet
 from captum_mm.relevance.heads import head_mean, relevance_weighted
-from captum_mm.relevance.propagation import min_max_scaled, transformer_attribution_relevance
+from captum_mm.relevance.propagation import Matrices, last_event, min_max_scaled, transformer_attribution_relevance
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
 
 _RULES_DOC = """rules (RuleSet, optional): The LRP rules. Default: None (the reference
@@ -41,11 +41,10 @@ class PartialLRP(LastLayerAttribution):
     def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor]) -> Tensor:
         return head_mean(relevance)
 
-    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Dict[str, Tensor]:
-        row_mask = schedule.masks[schedule.row_modality]
+    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
         return {
-            key: min_max_scaled(matrix, row_mask, schedule.masks[key])
-            for key, matrix in super()._relevance_matrices(schedule, maps).items()
+            (row, key): min_max_scaled(matrix, schedule.masks[row], schedule.masks[key])
+            for (row, key), matrix in super()._relevance_matrices(schedule, maps).items()
         }
 
 
@@ -70,14 +69,15 @@ class TransformerAttribution(AttentionAttribution):
         self.rules = rules
 
     def _events(self, schedule: Schedule) -> List[AttentionEvent]:
-        row = schedule.row_modality
-        crossing = [schedule.last_event(row, spec.key) for spec in schedule.outputs.values() if spec.key != row]
-        return schedule.self_events(row) + [event for event in crossing if event is not None]
+        events = []
+        for row, key in schedule.pairs:
+            events += schedule.self_events(row) if key == row else [last_event(schedule, row, key)]
+        return list(dict.fromkeys(events))
 
     def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor]) -> Tensor:
         return relevance_weighted(relevance, grads)
 
-    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Dict[str, Tensor]:
+    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
         return transformer_attribution_relevance(schedule, maps)
 
 

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from captum_mm.attr._base import AttentionAttribution
 from captum_mm.relevance.heads import head_mean
-from captum_mm.relevance.propagation import last_layer_relevance, output_keys
+from captum_mm.relevance.propagation import Matrices, last_event, last_layer_relevance
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
 
 
@@ -14,10 +14,9 @@ class LastLayerAttribution(AttentionAttribution):
     """Shared by the last-layer baselines: only the last event from the readout modality to each key is used."""
 
     def _events(self, schedule: Schedule) -> List[AttentionEvent]:
-        events = [schedule.last_event(schedule.row_modality, key) for key in output_keys(schedule)]
-        return [event for event in events if event is not None]
+        return list(dict.fromkeys(last_event(schedule, *pair) for pair in schedule.pairs))
 
-    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Dict[str, Tensor]:
+    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
         return last_layer_relevance(schedule, maps)
 
 

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from captum_mm.attr._base import AttentionAttribution
 from captum_mm.relevance.heads import head_mean
-from captum_mm.relevance.propagation import rollout_relevance
+from captum_mm.relevance.propagation import Matrices, rollout_relevance
 from captum_mm.relevance.schedule import Schedule
 
 
@@ -44,5 +44,5 @@ class AttentionRollout(AttentionAttribution):
     def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor]) -> Tensor:
         return head_mean(probs)
 
-    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Dict[str, Tensor]:
+    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
         return rollout_relevance(schedule, maps)

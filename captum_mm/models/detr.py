@@ -27,7 +27,7 @@ from captum_mm.lrp.rules import AlphaBeta, RuleSet
 from captum_mm.models.base import ArchitectureAdapter, TargetSelection, check_batch_sizes, check_rank, require
 from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
-from captum_mm.relevance.schedule import AttentionEvent, ReadoutColumns, Schedule
+from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule
 
 IMAGE, QUERY = "image", "query"
 
@@ -146,9 +146,7 @@ class DetrAdapter(ArchitectureAdapter):
                 QUERY: feature_mask.new_ones(selection.num_elements, num_queries),
             },
             steps=steps,
-            row_modality=QUERY,
-            rows=selection.queries,
-            outputs={IMAGE: ReadoutColumns(IMAGE, grid=(height, width))},
+            outputs={IMAGE: Readout(QUERY, selection.queries, IMAGE, grid=(height, width))},
             element_sample=selection.sample,
         )
 

@@ -33,7 +33,7 @@ from captum_mm.models.base import (
 )
 from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
-from captum_mm.relevance.schedule import AttentionEvent, ReadoutColumns, Schedule
+from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule
 
 TEXT, IMAGE = "text", "image"
 
@@ -86,13 +86,12 @@ class LxmertAdapter(ArchitectureAdapter):
             TEXT: token_mask(arguments.get("attention_mask"), batch_size, text_length, device),
             IMAGE: token_mask(arguments.get("visual_attention_mask"), batch_size, region_count, device),
         }
+        cls = torch.zeros_like(selection.sample)
         return Schedule(
             sizes={TEXT: text_length, IMAGE: region_count},
             masks={name: mask[selection.sample] for name, mask in masks.items()},
             steps=steps,
-            row_modality=TEXT,
-            rows=torch.zeros_like(selection.sample),
-            outputs={TEXT: ReadoutColumns(TEXT), IMAGE: ReadoutColumns(IMAGE)},
+            outputs={TEXT: Readout(TEXT, cls, TEXT), IMAGE: Readout(TEXT, cls, IMAGE)},
             element_sample=selection.sample,
         )
 

@@ -34,7 +34,7 @@ from captum_mm.models.base import (
 )
 from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
-from captum_mm.relevance.schedule import AttentionEvent, ReadoutColumns, Schedule
+from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule
 
 JOINT = "joint"
 
@@ -88,11 +88,9 @@ class VisualBertAdapter(ArchitectureAdapter):
             sizes={JOINT: text_length + region_count},
             masks={JOINT: mask[selection.sample]},
             steps=[(event,) for event in events],
-            row_modality=JOINT,
-            rows=rows[selection.sample],
             outputs={
-                "text": ReadoutColumns(JOINT, slice(0, text_length)),
-                "image": ReadoutColumns(JOINT, slice(text_length, text_length + region_count)),
+                "text": Readout(JOINT, rows[selection.sample], JOINT, slice(0, text_length)),
+                "image": Readout(JOINT, rows[selection.sample], JOINT, slice(text_length, text_length + region_count)),
             },
             element_sample=selection.sample,
         )

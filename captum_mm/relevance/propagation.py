@@ -1,11 +1,11 @@
 """Whole-schedule relevance: fused attention maps in, relevance matrices ``[E, N_row, N_key]`` out.
 
-Each function returns one matrix per key modality of the schedule's outputs; the
-caller reads the readout row. ``maps`` holds one fused map per event, keyed by the
-event's call index.
+Each function returns one matrix per ``(row, key)`` pair of the schedule's outputs;
+the caller reads the readout rows. ``maps`` holds one fused map per event, keyed by
+the event's call index.
 """
 
-from typing import Dict, Set
+from typing import Dict, Tuple
 
 import torch
 from torch import Tensor
@@ -14,21 +14,18 @@ from captum_mm.relevance.rules import apply_deltas, bimodal_deltas, initial_rele
 from captum_mm.relevance.schedule import Schedule
 
 Maps = Dict[int, Tensor]
-
-
-def output_keys(schedule: Schedule) -> Set[str]:
-    return {spec.key for spec in schedule.outputs.values()}
+Matrices = Dict[Tuple[str, str], Tensor]
 
 
 def _like(schedule: Schedule, maps: Maps) -> Tensor:
-    return next(iter(maps.values()), schedule.rows.new_zeros(0, dtype=torch.get_default_dtype()))
+    return next(iter(maps.values()), schedule.element_sample.new_zeros(0, dtype=torch.get_default_dtype()))
 
 
 def generic_relevance(
     schedule: Schedule, maps: Maps, normalize: bool = True, aggregate: bool = True, self_in_bimodal: bool = True
-) -> Dict[str, Tensor]:
+) -> Matrices:
     """Chefer et al. (ICCV 2021): Eq. 6-7 at self-attention, Eq. 10-11 at bi-modal attention, in schedule order."""
-    relevance = initial_relevance(schedule.sizes, schedule.rows.shape[0], _like(schedule, maps))
+    relevance = initial_relevance(schedule.sizes, schedule.num_elements, _like(schedule, maps))
     for step in schedule.steps:
         deltas = [
             self_attention_deltas(relevance, event.query, maps[event.call])
@@ -37,51 +34,53 @@ def generic_relevance(
             for event in step
         ]
         relevance = apply_deltas(relevance, deltas, aggregate)
-    return {key: relevance[(schedule.row_modality, key)] for key in output_keys(schedule)}
+    return {pair: relevance[pair] for pair in schedule.pairs}
 
 
-def last_layer_relevance(schedule: Schedule, maps: Maps) -> Dict[str, Tensor]:
-    """The last event from the readout modality to each key modality (raw attention, Grad-CAM)."""
-    matrices = {}
-    for key in output_keys(schedule):
-        event = schedule.last_event(schedule.row_modality, key)
-        if event is None:
-            raise ValueError(f"The schedule has no attention from {schedule.row_modality} to {key} tokens.")
-        matrices[key] = maps[event.call]
-    return matrices
+def last_event(schedule: Schedule, row: str, key: str):
+    """The last attention of ``row`` tokens to ``key`` tokens (an error if there is none)."""
+    event = schedule.last_event(row, key)
+    if event is None:
+        raise ValueError(f"The schedule has no attention from {row} to {key} tokens.")
+    return event
 
 
-def rollout_relevance(schedule: Schedule, maps: Maps) -> Dict[str, Tensor]:
+def last_layer_relevance(schedule: Schedule, maps: Maps) -> Matrices:
+    """The last event from each readout modality to its key modality (raw attention, Grad-CAM)."""
+    return {pair: maps[last_event(schedule, *pair).call] for pair in schedule.pairs}
+
+
+def rollout_relevance(schedule: Schedule, maps: Maps) -> Matrices:
     """Attention rollout: ``prod norm(A + I)`` per modality; across modalities
     ``rollout_ss^T . A_last^{sq} . rollout_qq``, each rollout over the self-attentions before ``A_last``."""
-    like, row = _like(schedule, maps), schedule.row_modality
+    like = _like(schedule, maps).new_zeros(schedule.num_elements)
 
     def rolled(modality, before=None):
         events = schedule.self_events(modality, before)
-        return rollout([maps[e.call] for e in events], schedule.sizes[modality], like.new_zeros(schedule.rows.shape[0]))
+        return rollout([maps[e.call] for e in events], schedule.sizes[modality], like)
 
     matrices = {}
-    for key in output_keys(schedule):
+    for row, key in schedule.pairs:
         if key == row:
-            matrices[key] = rolled(row)
+            matrices[(row, key)] = rolled(row)
             continue
-        last = schedule.last_event(row, key)
-        if last is None:
-            raise ValueError(f"The schedule has no attention from {row} to {key} tokens.")
-        matrices[key] = torch.bmm(rolled(row, last).transpose(1, 2), torch.bmm(maps[last.call], rolled(key, last)))
+        last = last_event(schedule, row, key)
+        matrices[(row, key)] = torch.bmm(rolled(row, last).transpose(1, 2), torch.bmm(maps[last.call], rolled(key, last)))
     return matrices
 
 
-def transformer_attribution_relevance(schedule: Schedule, maps: Maps) -> Dict[str, Tensor]:
+def transformer_attribution_relevance(schedule: Schedule, maps: Maps) -> Matrices:
     """Chefer et al. (CVPR 2021): ``prod_l (I + A_bar_l)`` over the readout modality's self-attentions
     (later layers on the left); across modalities the last cross-attention's map alone."""
-    row = schedule.row_modality
-    matrices = {key: value for key, value in last_layer_relevance(schedule, maps).items() if key != row}
-    if row in output_keys(schedule):
-        relevance = initial_relevance({row: schedule.sizes[row]}, schedule.rows.shape[0], _like(schedule, maps))
+    matrices = {}
+    for row, key in schedule.pairs:
+        if key != row:
+            matrices[(row, key)] = maps[last_event(schedule, row, key).call]
+            continue
+        relevance = initial_relevance({row: schedule.sizes[row]}, schedule.num_elements, _like(schedule, maps))
         for event in schedule.self_events(row):
             relevance = apply_deltas(relevance, [self_attention_deltas(relevance, row, maps[event.call])])
-        matrices[row] = relevance[(row, row)]
+        matrices[(row, key)] = relevance[(row, row)]
     return matrices
 
 

@@ -39,13 +39,28 @@ class AttentionEvent:
         return self.query == self.key
 
 
-@dataclass(frozen=True)
-class ReadoutColumns:
-    """Where one output modality is read: columns ``columns`` of ``R^{row_modality, key}``."""
+@dataclass(frozen=True, eq=False)
+class Readout:
+    """Where one output (``"text"``, ``"image"``) is read: row ``rows[e]`` of ``R^{row, key}``,
+    columns ``columns``, optionally reshaped to a ``grid``.
 
+    Attributes:
+        row (str): Modality of the token whose row is read (e.g. LXMERT's text ``[CLS]``).
+        rows (Tensor): ``[E]`` index of that token for every element.
+        key (str): Modality of the columns.
+        columns (slice): Columns of ``key`` that belong to the output. Default: all
+        grid (tuple[int, int], optional): Reshape the columns to this spatial grid.
+    """
+
+    row: str
+    rows: Tensor
     key: str
     columns: slice = field(default_factory=lambda: slice(None))
     grid: Optional[Tuple[int, int]] = None
+
+    @property
+    def pair(self) -> Tuple[str, str]:
+        return (self.row, self.key)
 
 
 @dataclass
@@ -60,21 +75,25 @@ class Schedule:
                     apply. Events of one step are applied in parallel: every
                     update of the step is computed from the state before it
                     (LXMERT's two cross-attention directions).
-        row_modality (str): Modality whose row is read out.
-        rows (Tensor): ``[E]`` row index read out for each element.
-        outputs (dict[str, ReadoutColumns]): Output name (``"text"``,
-                    ``"image"``) to the columns it is read from.
+        outputs (dict[str, Readout]): Output name (``"text"``, ``"image"``) to where
+                    it is read.
         element_sample (Tensor): ``[E]`` sample index of every element.
     """
 
     sizes: Dict[str, int]
     masks: Dict[str, Tensor]
     steps: List[Tuple[AttentionEvent, ...]]
-    row_modality: str
-    rows: Tensor
-    outputs: Dict[str, ReadoutColumns]
+    outputs: Dict[str, Readout]
     element_sample: Tensor
-    notes: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_elements(self) -> int:
+        return int(self.element_sample.shape[0])
+
+    @property
+    def pairs(self) -> List[Tuple[str, str]]:
+        """The ``(row, key)`` relevance blocks the outputs read, each once."""
+        return list(dict.fromkeys(spec.pair for spec in self.outputs.values()))
 
     @property
     def events(self) -> List[AttentionEvent]:

@@ -42,7 +42,8 @@ def test_lxmert_schedule(l_layers, r_layers, x_layers):
     # events keep forward order
     calls = [event.call for event in schedule.events]
     assert calls == sorted(calls)
-    assert schedule.row_modality == "text" and schedule.rows.tolist() == [0, 0, 0]
+    assert {name: (spec.row, spec.key) for name, spec in schedule.outputs.items()} == {"text": TT, "image": TI}
+    assert schedule.outputs["image"].rows.tolist() == [0, 0, 0]  # the [CLS] row
     assert schedule.masks["text"][1].tolist() == [True] * 4 + [False] * 2
 
 
@@ -53,7 +54,7 @@ def test_visual_bert_schedule(layers):
     assert kinds(schedule) == [(("joint", "joint"),)] * layers
     assert schedule.sizes == {"joint": 6 + 5}
     # question answering reads the last question token before [SEP]: attention_mask.sum() - 2
-    assert schedule.rows.tolist() == [4, 2, 4]
+    assert schedule.outputs["text"].rows.tolist() == [4, 2, 4] and schedule.outputs["image"].rows.tolist() == [4, 2, 4]
     assert schedule.outputs["text"].columns == slice(0, 6)
     assert schedule.outputs["image"].columns == slice(6, 11)
 
@@ -63,7 +64,7 @@ def test_visual_bert_pooler_heads_read_cls():
 
     case = visual_bert_case(cls=VisualBertForVisualReasoning)
     schedule, _ = schedule_of(case)
-    assert schedule.rows.tolist() == [0, 0, 0]
+    assert schedule.outputs["text"].rows.tolist() == [0, 0, 0]
 
 
 @pytest.mark.parametrize("encoder_layers, decoder_layers", [(1, 1), (2, 3)])
@@ -75,6 +76,6 @@ def test_detr_schedule(encoder_layers, decoder_layers):
     height, width = 2, 3  # a 64 x 96 image through a stride-32 backbone
     assert schedule.sizes == {"image": height * width, "query": 6}
     assert schedule.outputs["image"].grid == (height, width)
-    assert schedule.row_modality == "query"
+    assert schedule.outputs["image"].pair == ("query", "image")
     best = record.extras["logits"].softmax(-1)[..., :-1].max(-1).values.argmax(-1)
-    assert torch.equal(schedule.rows, best)
+    assert torch.equal(schedule.outputs["image"].rows, best)

@@ -3,7 +3,7 @@
 import torch
 
 from captum_mm.relevance.propagation import generic_relevance, last_layer_relevance, rollout_relevance
-from captum_mm.relevance.schedule import AttentionEvent, ReadoutColumns, Schedule
+from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule
 
 
 def t(rows):
@@ -14,6 +14,7 @@ TEXT_1 = AttentionEvent(0, "text", "text")
 IMAGE_1 = AttentionEvent(1, "image", "image")
 CROSS = AttentionEvent(2, "text", "image")
 TEXT_2 = AttentionEvent(3, "text", "text")
+CLS = torch.zeros(1, dtype=torch.long)
 MAPS = {
     0: t([[[0.5, 0.5], [0.0, 1.0]]]),
     1: t([[[0.0, 1.0], [1.0, 0.0]]]),
@@ -27,25 +28,23 @@ def schedule():
         sizes={"text": 2, "image": 2},
         masks={"text": torch.ones(1, 2, dtype=torch.bool), "image": torch.ones(1, 2, dtype=torch.bool)},
         steps=[(TEXT_1,), (IMAGE_1,), (CROSS,), (TEXT_2,)],
-        row_modality="text",
-        rows=torch.zeros(1, dtype=torch.long),
-        outputs={"text": ReadoutColumns("text"), "image": ReadoutColumns("image")},
+        outputs={"text": Readout("text", CLS, "text"), "image": Readout("text", CLS, "image")},
         element_sample=torch.zeros(1, dtype=torch.long),
     )
 
 
 def test_raw_attention_takes_the_last_map_into_each_modality():
     matrices = last_layer_relevance(schedule(), MAPS)
-    assert torch.equal(matrices["text"], MAPS[3]) and torch.equal(matrices["image"], MAPS[2])
+    assert torch.equal(matrices[("text", "text")], MAPS[3]) and torch.equal(matrices[("text", "image")], MAPS[2])
 
 
 def test_rollout_text_and_bimodal():
     matrices = rollout_relevance(schedule(), MAPS)
     # norm(A0 + I) = [[.75, .25], [0, 1]], norm(A3 + I) = [[.5, .5], [0, 1]]; later on the left
-    assert torch.allclose(matrices["text"], t([[[0.375, 0.625], [0.0, 1.0]]]))
+    assert torch.allclose(matrices[("text", "text")], t([[[0.375, 0.625], [0.0, 1.0]]]))
     # rollout_tt (before the cross-attention) = [[.75, .25], [0, 1]], rollout_ii = [[.5, .5], [.5, .5]]
     # R_ti = rollout_tt^T A_cross rollout_ii = [[.375, .375], [.625, .625]]
-    assert torch.allclose(matrices["image"], t([[[0.375, 0.375], [0.625, 0.625]]]))
+    assert torch.allclose(matrices[("text", "image")], t([[[0.375, 0.375], [0.625, 0.625]]]))
 
 
 def test_start_layer_drops_each_modalitys_first_self_attentions():
@@ -53,8 +52,8 @@ def test_start_layer_drops_each_modalitys_first_self_attentions():
     assert started.steps == [(CROSS,), (TEXT_2,)]
     assert schedule().starting_at(0).steps == schedule().steps
     matrices = rollout_relevance(started, MAPS)
-    assert torch.allclose(matrices["text"], t([[[0.5, 0.5], [0.0, 1.0]]]))
-    assert torch.allclose(matrices["image"], MAPS[2])
+    assert torch.allclose(matrices[("text", "text")], t([[[0.5, 0.5], [0.0, 1.0]]]))
+    assert torch.allclose(matrices[("text", "image")], MAPS[2])
 
 
 def test_generic_relevance_on_the_schedule():
@@ -65,5 +64,5 @@ def test_generic_relevance_on_the_schedule():
     #   dR_ti = that times [[1, 1], [1, 1]] = [[1.5, 1.5], [2.5, 2.5]]; Eq. 11 adds A2 R_it = 0
     # TEXT_2: R_tt += A3 R_tt = [[0, 2], [0, 2]] -> [[1.5, 2.5], [0, 4]]
     #         R_ti += A3 R_ti = [[2.5, 2.5], [2.5, 2.5]] -> [[4, 4], [5, 5]]
-    assert torch.allclose(matrices["text"], t([[[1.5, 2.5], [0.0, 4.0]]]))
-    assert torch.allclose(matrices["image"], t([[[4.0, 4.0], [5.0, 5.0]]]))
+    assert torch.allclose(matrices[("text", "text")], t([[[1.5, 2.5], [0.0, 4.0]]]))
+    assert torch.allclose(matrices[("text", "image")], t([[[4.0, 4.0], [5.0, 5.0]]]))
