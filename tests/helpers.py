@@ -6,6 +6,10 @@ from typing import Any, Callable, Dict, Tuple
 import torch
 from torch import Tensor, nn
 from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    CLIPConfig,
+    CLIPModel,
     DetrConfig,
     DetrForObjectDetection,
     DetrModel,
@@ -17,6 +21,10 @@ from transformers import (
     VisualBertForQuestionAnswering,
     VisualBertForVisualReasoning,
     VisualBertModel,
+    ViltConfig,
+    ViltForQuestionAnswering,
+    ViTConfig,
+    ViTForImageClassification,
 )
 
 VOCAB, FEATURES, CLASSES = 60, 12, 7
@@ -63,7 +71,11 @@ def text_batch(batch=3, tokens=6, pad=True) -> Tuple[Tensor, Tensor]:
 
 @dataclass
 class Case:
-    """One family under test: a model, a forward function, inputs, and how to slice one sample alone."""
+    """One family under test: a model, a forward function, inputs, and how to slice one sample alone.
+
+    ``shapes`` are the explanation's output shapes; ``classes`` the number of classes a
+    target may name (None: the family takes no class target).
+    """
 
     name: str
     model: nn.Module
@@ -71,7 +83,15 @@ class Case:
     inputs: Tuple[Tensor, ...]
     additional: Tuple[Any, ...]
     alone: Callable[[int], Tuple[Tuple[Tensor, ...], Tuple[Any, ...]]]
-    outputs: Tuple[str, ...]
+    shapes: Dict[str, Tuple[int, ...]]
+    classes: Any = CLASSES
+
+    @property
+    def outputs(self) -> Tuple[str, ...]:
+        return tuple(self.shapes)
+
+    def target(self, batch: int):
+        return None if self.classes is None else torch.randint(0, self.classes, (batch,))
 
 
 def _trim(ids, mask, extra, index):
@@ -89,7 +109,7 @@ def lxmert_case(batch=3, regions=5, **kwargs) -> Case:
         (i, f, b), (m,) = _trim(ids, mask, (feats, boxes), index)
         return (i, f, b), (m,)
 
-    return Case("lxmert", model, model, (ids, feats, boxes), (mask,), alone, ("text", "image"))
+    return Case("lxmert", model, model, (ids, feats, boxes), (mask,), alone, {"text": (batch, 6), "image": (batch, regions)})
 
 
 def visual_bert_case(batch=3, regions=5, **kwargs) -> Case:
@@ -104,7 +124,7 @@ def visual_bert_case(batch=3, regions=5, **kwargs) -> Case:
         (i, f), (m,) = _trim(ids, mask, (feats,), index)
         return (i, f), (m,)
 
-    return Case("visual_bert", model, forward, (ids, feats), (mask,), alone, ("text", "image"))
+    return Case("visual_bert", model, forward, (ids, feats), (mask,), alone, {"text": (batch, 6), "image": (batch, regions)})
 
 
 def detr_case(batch=2, **kwargs) -> Case:
@@ -114,10 +134,91 @@ def detr_case(batch=2, **kwargs) -> Case:
     def alone(index):
         return (pixels[index:index + 1],), ()
 
-    return Case("detr", model, model, (pixels,), (), alone, ("image",))
+    return Case("detr", model, model, (pixels,), (), alone, {"image": (batch, 6, 2, 3)}, classes=None)
 
 
-CASES: Dict[str, Callable[..., Case]] = {"lxmert": lxmert_case, "visual_bert": visual_bert_case, "detr": detr_case}
+def vit(layers=2, **overrides) -> nn.Module:
+    config = ViTConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=37,
+                       image_size=32, patch_size=8, num_labels=CLASSES, **overrides)
+    return ViTForImageClassification(config).eval()
+
+
+def vit_case(batch=3, layers=2) -> Case:
+    model, pixels = vit(layers), torch.randn(batch, 3, 32, 32)
+    return Case("vit", model, model, (pixels,), (), lambda i: ((pixels[i:i + 1],), ()), {"image": (batch, 4, 4)})
+
+
+def bert(layers=2) -> nn.Module:
+    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                        intermediate_size=37, num_labels=CLASSES)
+    return BertForSequenceClassification(config).eval()
+
+
+def bert_case(batch=3, layers=2) -> Case:
+    model = bert(layers)
+    ids, mask = text_batch(batch)
+
+    def alone(index):
+        (i,), (m,) = _trim(ids, mask, (), index)
+        return (i,), (m,)
+
+    return Case("bert", model, model, (ids,), (mask,), alone, {"text": (batch, 6)})
+
+
+def clip(layers=2) -> nn.Module:
+    config = CLIPConfig(
+        text_config=dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                         intermediate_size=37, max_position_embeddings=16, eos_token_id=VOCAB - 1),
+        vision_config=dict(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=37,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    return CLIPModel(config).eval()
+
+
+def clip_case(batch=3, layers=2) -> Case:
+    model = clip(layers)
+    ids, mask = text_batch(batch)
+    ids = ids.clamp(max=VOCAB - 2)
+    ids[torch.arange(batch), mask.sum(1) - 1] = VOCAB - 1  # end of text
+    pixels = torch.randn(batch, 3, 32, 32)
+
+    def forward(input_ids, pixel_values, attention_mask):
+        return model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask).logits_per_image
+
+    def alone(index):
+        (i, p), (m,) = _trim(ids, mask, (pixels,), index)
+        return (i, p), (m,)
+
+    return Case("clip", model, forward, (ids, pixels), (mask,), alone, {"text": (batch, 6), "image": (batch, 4, 4)}, None)
+
+
+def vilt(layers=2) -> nn.Module:
+    config = ViltConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                        intermediate_size=37, image_size=32, patch_size=8, max_position_embeddings=16,
+                        num_labels=CLASSES, max_image_length=-1)
+    return ViltForQuestionAnswering(config).eval()
+
+
+def vilt_case(batch=3, layers=2) -> Case:
+    model = vilt(layers)
+    ids, mask = text_batch(batch)
+    pixels = torch.randn(batch, 3, 32, 32)
+
+    def forward(input_ids, pixel_values, attention_mask):
+        return model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask).logits
+
+    def alone(index):
+        (i, p), (m,) = _trim(ids, mask, (pixels,), index)
+        return (i, p), (m,)
+
+    return Case("vilt", model, forward, (ids, pixels), (mask,), alone, {"text": (batch, 6), "image": (batch, 4, 4)})
+
+
+CASES: Dict[str, Callable[..., Case]] = {
+    "lxmert": lxmert_case, "visual_bert": visual_bert_case, "detr": detr_case,
+    "vit": vit_case, "bert": bert_case, "clip": clip_case, "vilt": vilt_case,
+}
 
 
 def model_state(model: nn.Module) -> Dict[str, Any]:

@@ -187,8 +187,11 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         """Events whose fused maps the method uses (all by default)."""
         return schedule.events
 
-    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor]) -> Tensor:
-        """``[..., H, Nq, Nk]`` probabilities (and gradients, LRP relevance) to one ``[..., Nq, Nk]`` map."""
+    def _fuse_heads(
+        self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor], valid: Tensor
+    ) -> Tensor:
+        """``[E, H, Nq, Nk]`` probabilities (and gradients, LRP relevance) to one ``[E, Nq, Nk]`` map;
+        ``valid`` marks the entries between real tokens."""
         raise NotImplementedError
 
     def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Dict[Tuple[str, str], Tensor]:
@@ -231,18 +234,20 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         """One fused, padding-masked ``[E, Nq, Nk]`` map per event the method uses."""
         events = self._events(schedule)
         probs = [record.calls[event.call].probs for event in events]
+        valid = [schedule.masks[e.query][:, :, None] & schedule.masks[e.key][:, None, :] for e in events]
         if self.uses_gradients or lrp is not None:
-            fused = self._fused_from_backward(probs, selection, logits, lrp)
+            fused = self._fused_from_backward(probs, valid, selection, logits, lrp)
         else:
-            fused = [self._fuse_heads(p.detach(), None, None)[selection.sample] for p in probs]
-        maps = {}
-        for event, values in zip(events, fused):
-            query_mask, key_mask = schedule.masks[event.query], schedule.masks[event.key]
-            maps[event.call] = values * (query_mask[:, :, None] & key_mask[:, None, :])
-        return maps
+            fused = [self._fuse_heads(_take(p.detach(), selection.sample), None, None, v) for p, v in zip(probs, valid)]
+        return {event.call: values * mask for event, values, mask in zip(events, fused, valid)}
 
     def _fused_from_backward(
-        self, probs: List[Tensor], selection: TargetSelection, logits: Tensor, lrp: Optional[LRPState]
+        self,
+        probs: List[Tensor],
+        valid: List[Tensor],
+        selection: TargetSelection,
+        logits: Tensor,
+        lrp: Optional[LRPState],
     ) -> List[Tensor]:
         """Backward passes over the one forward graph, each slot's maps head-reduced right away.
 
@@ -264,9 +269,21 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
             position, sample = selection.slot[members] - chunk[0], selection.sample[members]
             for index, p in enumerate(probs):
                 gradient, grads[index] = grads[index], None
-                values = self._fuse_heads(p.detach(), gradient, relevance.pop(id(p), None))
-                fused[index][members] = values[position, sample]
+                relevant = relevance.pop(id(p), None)
+                fused[index][members] = self._fuse_heads(
+                    _take(p.detach(), sample),
+                    gradient[position, sample] if gradient is not None else None,
+                    relevant[position, sample] if relevant is not None else None,
+                    valid[index][members],
+                )
         return fused
+
+
+def _take(tensor: Tensor, index: Tensor) -> Tensor:
+    """``tensor[index]``, without a copy when ``index`` is every row in order."""
+    if index.numel() == tensor.shape[0] and torch.equal(index, torch.arange(tensor.shape[0], device=index.device)):
+        return tensor
+    return tensor[index]
 
 
 def _check_inputs(inputs: Tuple[Tensor, ...]) -> None:
@@ -314,6 +331,8 @@ def _read_out(schedule: Schedule, matrices: Dict[Tuple[str, str], Tensor]) -> Di
         if spec.key == spec.row:
             rows = rows.scatter(1, spec.rows[:, None], 0.0)
         rows = rows[:, spec.columns]
+        if spec.positions is not None:
+            rows = rows.new_zeros(rows.shape[0], spec.grid[0] * spec.grid[1]).scatter(1, spec.positions, rows)
         outputs[name] = rows.reshape(rows.shape[0], *spec.grid) if spec.grid else rows
     return outputs
 

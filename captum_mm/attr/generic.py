@@ -88,7 +88,7 @@ class GenericAttention(AttentionAttribution):
         self.rules = rules
         self._set_start_layer(start_layer)
 
-    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor]) -> Tensor:
+    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor], valid: Tensor) -> Tensor:
         return relevance_weighted(relevance, grads) if self.uses_relevance else gradient_weighted(probs, grads)
 
     def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:

@@ -21,5 +21,5 @@ class AttentionGradCam(LastLayerAttribution):
         >>> explanation = AttentionGradCam(model).explain((input_ids, visual_feats, visual_pos))
     """
 
-    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor]) -> Tensor:
-        return grad_cam(probs, grads)
+    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor], valid: Tensor) -> Tensor:
+        return grad_cam(probs, grads, valid)

@@ -38,7 +38,7 @@ class PartialLRP(LastLayerAttribution):
         super().__init__(forward_func, model)
         self.rules = rules
 
-    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor]) -> Tensor:
+    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor], valid: Tensor) -> Tensor:
         return head_mean(relevance)
 
     def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
@@ -74,7 +74,7 @@ class TransformerAttribution(AttentionAttribution):
             events += schedule.self_events(row) if key == row else [last_event(schedule, row, key)]
         return list(dict.fromkeys(events))
 
-    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor]) -> Tensor:
+    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor], valid: Tensor) -> Tensor:
         return relevance_weighted(relevance, grads)
 
     def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:

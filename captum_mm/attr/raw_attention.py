@@ -35,5 +35,5 @@ class RawAttention(LastLayerAttribution):
 
     uses_gradients = False
 
-    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor]) -> Tensor:
+    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor], valid: Tensor) -> Tensor:
         return head_mean(probs)

@@ -41,7 +41,7 @@ class AttentionRollout(AttentionAttribution):
         super().__init__(forward_func, model)
         self._set_start_layer(start_layer)
 
-    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor]) -> Tensor:
+    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor], valid: Tensor) -> Tensor:
         return head_mean(probs)
 
     def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:

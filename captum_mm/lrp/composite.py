@@ -59,9 +59,15 @@ class AttentionRuleSite:
 
 @dataclass(frozen=True)
 class ResidualRuleSite:
-    """A residual addition ``norm(branch + skip)`` whose sum is ``norm``'s input."""
+    """A residual addition ``total = branch + skip``.
 
-    norm: nn.Module
+    ``total`` says where the sum appears: as an argument of the module consuming it
+    (post-norm layers: the LayerNorm's ``input``) or as a module's output (pre-norm
+    layers ending in the addition); it is replaced there by a switch routing
+    relevance to ``branch`` and ``skip``.
+    """
+
+    total: TensorSource
     branch: TensorSource
     skip: TensorSource
 
@@ -180,7 +186,7 @@ def lrp_rules(model: nn.Module, structure: LRPStructure, rules: Optional[RuleSet
                 handles.append(linear.register_forward_pre_hook(_position_hook(state, recorder, source)))
             handles.append(site.module.register_forward_hook(_attention_hook(state, rules, recorder, site)))
         for site in structure.residuals:
-            handles.append(site.norm.register_forward_pre_hook(_residual_hook(state, rules, recorder, site)))
+            handles.append(_residual_hook(state, rules, recorder, site))
         sources = [site.probs for site in structure.attention if site.probs.module is not site.module]
         sources += [source for site in structure.attention for _, source in site.position_inputs]
         sources += [s for site in structure.residuals for s in (site.branch, site.skip)]
@@ -254,12 +260,27 @@ def _attention_hook(state: LRPState, rules: RuleSet, recorder: _Recorder, site: 
 
 
 def _residual_hook(state: LRPState, rules: RuleSet, recorder: _Recorder, site: ResidualRuleSite):
-    def hook(module, args):
-        total, branch, skip = args[0], recorder.get(site.branch), recorder.get(site.skip)
+    def switched(total: Tensor) -> Tensor:
+        branch, skip = recorder.get(site.branch), recorder.get(site.skip)
         rule = lambda g: rules.residual.branch_gradients(branch.detach(), skip.detach(), g)  # noqa: E731
-        return (_Switch.apply(total, state, rule, branch, skip),) + tuple(args[1:])
+        return _Switch.apply(total, state, rule, branch, skip)
 
-    return hook
+    module, name = site.total.module, site.total.argument
+    if name is None:
+        def on_output(module, args, output):
+            if site.total.index is None:
+                return switched(output)
+            return output[: site.total.index] + (switched(output[site.total.index]),) + output[site.total.index + 1 :]
+
+        return module.register_forward_hook(on_output)
+    signature = inspect.signature(module.forward)
+
+    def on_argument(module, args, kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.arguments[name] = switched(bound.arguments[name])
+        return bound.args, bound.kwargs
+
+    return module.register_forward_pre_hook(on_argument, with_kwargs=True)
 
 
 def relevance_seed(logits: Tensor, one_hot: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """The architecture-adapter interface and what adapters share."""
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -174,20 +174,59 @@ def check_batch_sizes(arguments: Dict[str, Any], names: Sequence[str]) -> None:
     )
 
 
+def dropout_probabilities(module: nn.Module) -> TensorSource:
+    """Hand-written attention (LXMERT, VisualBERT, ViLT): the probabilities are its ``dropout``'s output."""
+    return TensorSource(module.dropout)
+
+
+def second_output(module: nn.Module) -> TensorSource:
+    """Attention-interface modules under eager attention return the probabilities second."""
+    return TensorSource(module, index=1)
+
+
 def bert_like_lrp_structure(
-    model: nn.Module, attention_class: type, output_classes: Tuple[type, ...], pass_through_types: Tuple[type, ...] = ()
+    model: nn.Module,
+    attention_class: type,
+    output_classes: Tuple[type, ...],
+    pass_through_types: Tuple[type, ...] = (),
+    probabilities: Callable[[nn.Module], TensorSource] = dropout_probabilities,
 ) -> LRPStructure:
-    """LRP sites of BERT-style layers: attention modules with ``query``/``key``/``value`` linears
-    and a ``dropout`` on the probabilities; output modules computing
-    ``LayerNorm(dropout(dense(hidden_states)) + input_tensor)``."""
+    """LRP sites of post-norm BERT-style layers: attention modules with ``query``/``key``/``value``
+    linears; output modules computing ``LayerNorm(dropout(dense(hidden_states)) + input_tensor)``."""
     attention = [
-        AttentionRuleSite(m, m.query, m.key, m.value, TensorSource(m.dropout), m.num_attention_heads)
+        AttentionRuleSite(m, m.query, m.key, m.value, probabilities(m), m.num_attention_heads)
         for m in model.modules()
         if isinstance(m, attention_class)
     ]
     residuals = [
-        ResidualRuleSite(m.LayerNorm, TensorSource(m.dropout), TensorSource(m, "input_tensor"))
+        ResidualRuleSite(TensorSource(m.LayerNorm, "input"), TensorSource(m.dropout), TensorSource(m, "input_tensor"))
         for m in model.modules()
         if isinstance(m, output_classes)
     ]
     return LRPStructure(attention, residuals, pass_through_types)
+
+
+def pre_norm_residuals(
+    layer: nn.Module, second_norm: nn.Module, attention: nn.Module, total: TensorSource, branch: TensorSource
+) -> List[ResidualRuleSite]:
+    """The two residual additions of a pre-norm layer (ViT, CLIP, ViLT):
+    ``middle = attention(norm1(x)) + x`` (seen as ``second_norm``'s input) and
+    ``total = branch + middle`` (the MLP block's addition)."""
+    middle = TensorSource(second_norm, "input")
+    return [
+        ResidualRuleSite(middle, TensorSource(attention, index=0), TensorSource(layer, "hidden_states")),
+        ResidualRuleSite(total, branch, middle),
+    ]
+
+
+def single_modality_schedule(
+    record: AttentionRecord, selection: TargetSelection, modality: str, mask: Tensor, outputs: Dict[str, Any]
+) -> Schedule:
+    """A self-attention-only schedule: every recorded call is Eq. 6 on ``modality``, in forward order."""
+    from captum_mm.relevance.schedule import AttentionEvent
+
+    steps = [(AttentionEvent(index, modality, modality, call.site),) for index, call in enumerate(record.calls)]
+    return Schedule(
+        sizes={modality: mask.shape[1]}, masks={modality: mask[selection.sample]}, steps=steps, outputs=outputs,
+        element_sample=selection.sample,
+    )

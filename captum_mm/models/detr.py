@@ -158,7 +158,7 @@ def _layer_residuals(layer) -> List[ResidualRuleSite]:
         blocks.append((layer.encoder_attn, layer.encoder_attn_layer_norm))
     sites, skip = [], TensorSource(layer, "hidden_states")
     for block, norm in blocks:
-        sites.append(ResidualRuleSite(norm, TensorSource(block, index=0), skip))
+        sites.append(ResidualRuleSite(TensorSource(norm, "input"), TensorSource(block, index=0), skip))
         skip = TensorSource(norm)
-    sites.append(ResidualRuleSite(layer.final_layer_norm, TensorSource(layer.mlp), skip))
+    sites.append(ResidualRuleSite(TensorSource(layer.final_layer_norm, "input"), TensorSource(layer.mlp), skip))
     return sites

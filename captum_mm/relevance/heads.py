@@ -1,5 +1,7 @@
 """Head fusion: one ``[..., N_query, N_key]`` map from per-head maps ``[..., H, N_query, N_key]``."""
 
+from typing import Optional
+
 from torch import Tensor
 
 
@@ -13,9 +15,17 @@ def head_mean(probs: Tensor) -> Tensor:
     return probs.mean(dim=-3)
 
 
-def grad_cam(probs: Tensor, grads: Tensor) -> Tensor:
-    """Attention Grad-CAM: head weight = mean gradient over the map; ``(mean_h(w_h A_h))^+``."""
-    weights = grads.mean(dim=(-2, -1), keepdim=True)
+def grad_cam(probs: Tensor, grads: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+    """Attention Grad-CAM: head weight = mean gradient over the map; ``(mean_h(w_h A_h))^+``.
+
+    ``valid`` (``[..., Nq, Nk]``) restricts the mean to the entries between real tokens, so a
+    padded sample gets the weights it gets alone.
+    """
+    if valid is None:
+        weights = grads.mean(dim=(-2, -1), keepdim=True)
+    else:
+        valid = valid.unsqueeze(-3).to(grads.dtype)
+        weights = (grads * valid).sum(dim=(-2, -1), keepdim=True) / valid.sum(dim=(-2, -1), keepdim=True).clamp(min=1)
     return (weights * probs).mean(dim=-3).clamp(min=0)
 
 

@@ -50,6 +50,8 @@ class Readout:
         key (str): Modality of the columns.
         columns (slice): Columns of ``key`` that belong to the output. Default: all
         grid (tuple[int, int], optional): Reshape the columns to this spatial grid.
+        positions (Tensor, optional): ``[E, N_columns]`` flat grid cell of each column,
+                    when the columns are not in grid order (ViLT samples its patches).
     """
 
     row: str
@@ -57,6 +59,7 @@ class Readout:
     key: str
     columns: slice = field(default_factory=lambda: slice(None))
     grid: Optional[Tuple[int, int]] = None
+    positions: Optional[Tensor] = None
 
     @property
     def pair(self) -> Tuple[str, str]:

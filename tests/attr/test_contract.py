@@ -5,14 +5,10 @@ import torch
 from captum.metrics import infidelity, sensitivity_max
 
 from methods_under_test import MAY_VANISH, METHODS, SIGNED
-from helpers import CASES, CLASSES, FEATURES, assert_same_state, detr_case, lxmert, model_state, text_batch
+from helpers import CASES, FEATURES, assert_same_state, detr_case, lxmert, model_state, text_batch
 
 pytestmark = pytest.mark.parametrize("method", sorted(METHODS))
 FAMILIES = pytest.mark.parametrize("family", sorted(CASES))
-
-
-def targets_for(case, batch):
-    return None if case.name == "detr" else torch.randint(0, CLASSES, (batch,))
 
 
 @FAMILIES
@@ -20,21 +16,19 @@ def test_shapes_finite_non_negative(method, family):
     case = CASES[family]()
     explainer = METHODS[method](case.forward, case.model)
     batch = case.inputs[0].shape[0]
-    explanation = explainer.explain(case.inputs, targets_for(case, batch), case.additional, threshold=0.0)
-    for name in case.outputs:
+    target = case.target(batch)
+    explanation = explainer.explain(case.inputs, target, case.additional, threshold=0.0)  # DETR: all 6 queries
+    assert set(explanation.outputs()) == set(case.shapes)
+    for name, shape in case.shapes.items():
         values = getattr(explanation, name)
-        assert torch.isfinite(values).all()
+        assert values.shape == shape and torch.isfinite(values).all()
         if method not in SIGNED:
             assert (values >= 0).all()
-    if family == "detr":
-        assert explanation.image.shape == (batch, 6, 2, 3)  # threshold 0 keeps all 6 queries
-        assert explanation.text is None and explanation.queries.tolist() == [list(range(6))] * batch
-    else:
-        assert explanation.text.shape == case.inputs[0].shape
-        assert explanation.image.shape == case.inputs[1].shape[:2]
         if method not in MAY_VANISH:
-            assert explanation.text.abs().sum() > 0 and explanation.image.abs().sum() > 0
-    attributions = explainer.attribute(case.inputs, targets_for(case, batch), case.additional)
+            assert values.abs().sum() > 0
+    if family == "detr":
+        assert explanation.queries.tolist() == [list(range(6))] * batch
+    attributions = explainer.attribute(case.inputs, target, case.additional)
     assert isinstance(attributions, tuple) and len(attributions) == len(case.inputs)
     for attribution, tensor in zip(attributions, case.inputs):
         assert attribution.shape == tensor.shape and attribution.is_floating_point()
@@ -45,12 +39,11 @@ def test_batched_equals_one_by_one_and_padding_gets_zero(method, family):
     case = CASES[family]()
     batch = case.inputs[0].shape[0]
     explainer = METHODS[method](case.forward, case.model)
-    target = targets_for(case, batch)
-    options = {"target": [[0, 3]] * batch} if family == "detr" else {"target": target}
-    batched = explainer.explain(case.inputs, additional_forward_args=case.additional, **options)
+    target = [[0, 3]] * batch if family == "detr" else case.target(batch)
+    batched = explainer.explain(case.inputs, target, case.additional)
     for index in range(batch):
         inputs, additional = case.alone(index)
-        alone_target = [[0, 3]] if family == "detr" else target[index:index + 1]
+        alone_target = target[index:index + 1] if target is not None else None
         alone = explainer.explain(inputs, alone_target, additional)
         for name in case.outputs:
             together, single = getattr(batched, name)[index], getattr(alone, name)[0]

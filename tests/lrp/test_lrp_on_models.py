@@ -27,7 +27,8 @@ def relevance_at_cuts(case, cuts):
         with capture_attention(model, adapter.sites(), adapter.check_arguments, adapter.extra_hooks):
             with lrp_rules(model, adapter.lrp_structure(), adapter.default_rules()) as state:
                 logits = adapter.logits(case.forward(*inputs, *case.additional))
-                selection = adapter.select_targets(logits, None, single=True) if case.name == "detr" else adapter.select_targets(logits, None)
+                options = {"single": True} if case.name == "detr" else {}
+                selection = adapter.select_targets(logits, None, **options)
                 seed = relevance_seed(logits, selection.grad_outputs[0])
                 names = list(tensors)
                 with state.relevance_mode():
@@ -92,3 +93,19 @@ def test_lrp_context_leaves_no_trace_also_after_an_exception(make_case):
     after = case.forward(*case.inputs, *case.additional)
     logits = adapter.logits(reference), adapter.logits(after)
     assert torch.equal(*logits)  # bit-identical outputs
+
+
+@pytest.mark.parametrize("family", ["vit", "bert", "vilt"])
+def test_self_attention_families_conserve_relevance_at_every_layer(family):
+    from helpers import bert_case, vilt_case, vit_case
+
+    case = {"vit": vit_case, "bert": bert_case, "vilt": vilt_case}[family](layers=3)
+    from transformers.models.bert.modeling_bert import BertLayer
+    from transformers.models.vilt.modeling_vilt import ViltLayer
+    from transformers.models.vit.modeling_vit import ViTLayer
+
+    layers = [m for m in case.model.modules() if isinstance(m, (BertLayer, ViltLayer, ViTLayer))]
+    cuts = {f"layer{k}": (layer, 0) for k, layer in enumerate(layers)}
+    relevance = relevance_at_cuts(case, cuts)
+    for name in cuts:
+        assert torch.allclose(relevance[name], torch.ones(3, dtype=torch.float64), atol=TOLERANCE), (family, name)

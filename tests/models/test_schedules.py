@@ -79,3 +79,44 @@ def test_detr_schedule(encoder_layers, decoder_layers):
     assert schedule.outputs["image"].pair == ("query", "image")
     best = record.extras["logits"].softmax(-1)[..., :-1].max(-1).values.argmax(-1)
     assert torch.equal(schedule.outputs["image"].rows, best)
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_vit_and_bert_schedules(layers):
+    from helpers import bert_case, vit_case
+
+    vit_schedule, _ = schedule_of(vit_case(layers=layers))
+    assert kinds(vit_schedule) == [(II,)] * layers and vit_schedule.sizes == {"image": 1 + 16}
+    readout = vit_schedule.outputs["image"]
+    assert readout.pair == ("image", "image") and readout.columns == slice(1, None) and readout.grid == (4, 4)
+    assert readout.rows.tolist() == [0, 0, 0]
+    bert_schedule, _ = schedule_of(bert_case(layers=layers))
+    assert kinds(bert_schedule) == [(TT,)] * layers and bert_schedule.outputs["text"].rows.tolist() == [0, 0, 0]
+    assert bert_schedule.masks["text"][1].tolist() == [True] * 4 + [False] * 2
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_clip_schedule_has_both_towers_read_at_class_and_end_of_text(layers):
+    from helpers import clip_case
+
+    case = clip_case(layers=layers)
+    schedule, record = schedule_of(case)
+    assert sorted(kinds(schedule)) == sorted([(II,)] * layers + [(TT,)] * layers)
+    assert schedule.outputs["image"].pair == ("image", "image") and schedule.outputs["image"].grid == (4, 4)
+    assert schedule.outputs["text"].pair == ("text", "text")
+    assert schedule.outputs["text"].rows.tolist() == (case.additional[0].sum(1) - 1).tolist()  # end of text
+    assert record.extras["logits"].shape == (3, 3)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_vilt_schedule_maps_sampled_patches_to_the_grid(layers):
+    from helpers import vilt_case
+
+    case = vilt_case(layers=layers)
+    schedule, record = schedule_of(case)
+    assert kinds(schedule) == [(("joint", "joint"),)] * layers
+    assert schedule.sizes == {"joint": 6 + 1 + 16}
+    image = schedule.outputs["image"]
+    assert image.columns == slice(7, 23) and image.grid == (4, 4)
+    assert sorted(image.positions[0].tolist()) == list(range(16))  # every patch once, in ViLT's random order
+    assert schedule.outputs["text"].columns == slice(0, 6) and schedule.outputs["text"].rows.tolist() == [0, 0, 0]

@@ -39,6 +39,12 @@ def test_grad_cam_weights_heads_by_mean_gradient_and_clamps_after_the_mean():
     assert torch.allclose(grad_cam(PROBS, grads), t([[[0.0, 0.15625], [0.0, 0.0]]]))
 
 
+def test_grad_cam_weights_average_real_entries_only():
+    valid = torch.tensor([[[True, False], [True, True]]])  # the entry (0, 1) pairs a padded token
+    # weights: head 0 (1 + 2 + .5) / 3 = 7/6, head 1 (-2 + 1 - 1) / 3 = -2/3
+    assert torch.allclose(grad_cam(PROBS, GRADS, valid), t([[[0.0, 7 / 24], [0.0, 1 / 3]]]))
+
+
 def test_initial_relevance_is_identity_and_zero_cross_blocks():
     relevance = initial_relevance({"text": 2, "image": 3}, 4, torch.zeros(1))
     assert torch.equal(relevance[("text", "text")], torch.eye(2).expand(4, 2, 2))

@@ -1,0 +1,62 @@
+"""BERT: self-attention over text tokens (post-norm layers).
+
+Schedule (METHOD.md, self-attention-only models): Eq. 6 for every layer; readout the
+``[CLS]`` row (what the pooler and the sequence-classification head read) without
+its own entry. Capture: the attention modules return the probabilities second under
+eager attention.
+"""
+
+from typing import Any, Dict
+
+import torch
+from transformers import BertForNextSentencePrediction, BertForSequenceClassification, BertModel
+from transformers.models.bert.modeling_bert import BertOutput, BertSelfAttention, BertSelfOutput
+
+from captum_mm.lrp.composite import LRPStructure
+from captum_mm.models.base import (
+    ArchitectureAdapter,
+    TargetSelection,
+    bert_like_lrp_structure,
+    check_batch_sizes,
+    check_rank,
+    require,
+    second_output,
+    single_modality_schedule,
+    token_mask,
+)
+from captum_mm.models.capture import AttentionRecord
+from captum_mm.models.registry import register_adapter
+from captum_mm.relevance.schedule import Readout, Schedule
+
+TEXT = "text"
+
+
+@register_adapter
+class BertAdapter(ArchitectureAdapter):
+    model_classes = (BertModel, BertForSequenceClassification, BertForNextSentencePrediction)
+    outputs = (TEXT,)
+
+    def sites(self):
+        return self.named_sites(self.model, [(".attention.self", lambda output: output[1])])
+
+    def check_arguments(self, arguments: Dict[str, Any]) -> None:
+        require(
+            arguments.get("input_ids") is not None or arguments.get("inputs_embeds") is not None,
+            "BERT needs input_ids [batch, tokens] or inputs_embeds [batch, tokens, hidden].",
+        )
+        check_rank(arguments, "input_ids", 2, "[batch, tokens]")
+        check_rank(arguments, "inputs_embeds", 3, "[batch, tokens, hidden]")
+        check_rank(arguments, "attention_mask", 2, "[batch, tokens]")
+        check_batch_sizes(arguments, ("input_ids", "inputs_embeds", "attention_mask", "token_type_ids"))
+
+    def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
+        arguments = record.arguments
+        text = arguments["input_ids"] if arguments.get("input_ids") is not None else arguments["inputs_embeds"]
+        mask = token_mask(arguments.get("attention_mask"), text.shape[0], text.shape[1], text.device)
+        readout = {TEXT: Readout(TEXT, torch.zeros_like(selection.sample), TEXT)}
+        return single_modality_schedule(record, selection, TEXT, mask, readout)
+
+    def lrp_structure(self) -> LRPStructure:
+        return bert_like_lrp_structure(
+            self.model, BertSelfAttention, (BertSelfOutput, BertOutput), probabilities=second_output
+        )

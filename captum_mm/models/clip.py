@@ -1,0 +1,100 @@
+"""CLIP: an image tower and a text tower, each self-attention only (pre-norm layers),
+joined by the cosine similarity of their pooled embeddings.
+
+Schedule: Eq. 6 for every layer of each tower, each tower on its own modality.
+Readouts: the image tower at its class token (on the ``h x w`` patch grid), the text
+tower at the end-of-text token, each without its own entry. Target: the similarity
+of each image with its own text (``logits_per_image[b, b]``): a batch of image-text
+pairs is explained from one forward and one backward.
+"""
+
+from typing import Any, Dict
+
+import torch
+from torch import Tensor
+from transformers import CLIPModel
+from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+
+from captum_mm.lrp.composite import AttentionRuleSite, LRPStructure, TensorSource
+from captum_mm.models.base import (
+    ArchitectureAdapter,
+    TargetSelection,
+    check_batch_sizes,
+    check_rank,
+    pre_norm_residuals,
+    require,
+    second_output,
+    token_mask,
+)
+from captum_mm.models.capture import AttentionRecord
+from captum_mm.models.registry import register_adapter
+from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule
+
+TEXT, IMAGE = "text", "image"
+
+
+@register_adapter
+class ClipAdapter(ArchitectureAdapter):
+    model_classes = (CLIPModel,)
+    logit_fields = ("logits_per_image",)
+
+    def sites(self):
+        return self.named_sites(self.model, [(".self_attn", lambda output: output[1])])
+
+    def check_arguments(self, arguments: Dict[str, Any]) -> None:
+        for name, meaning in (("input_ids", "[batch, tokens]"), ("pixel_values", "[batch, channels, height, width]")):
+            require(arguments.get(name) is not None, f"CLIP is explained on image-text pairs: it needs {name} {meaning}.")
+        check_rank(arguments, "input_ids", 2, "[batch, tokens]")
+        check_rank(arguments, "pixel_values", 4, "[batch, channels, height, width]")
+        check_rank(arguments, "attention_mask", 2, "[batch, tokens]")
+        check_batch_sizes(arguments, ("input_ids", "pixel_values", "attention_mask"))
+
+    def select_targets(self, logits: Tensor, target: Any, **options: Any) -> TargetSelection:
+        require(
+            target is None,
+            f"CLIP explains the similarity of each image with its own text (the pairs of the batch): pass target=None, got {target!r}.",
+        )
+        pairs = torch.arange(logits.shape[0], device=logits.device)
+        seeds = torch.zeros_like(logits)
+        seeds[pairs, pairs] = 1.0
+        return TargetSelection(seeds[None], pairs, torch.zeros_like(pairs), pairs, logits.detach()[pairs, pairs])
+
+    def _end_of_text(self, input_ids: Tensor) -> Tensor:
+        eos = self.model.config.text_config.eos_token_id
+        if eos == 2:  # as CLIPTextTransformer reads old checkpoints: the largest id is end-of-text
+            return input_ids.argmax(-1)
+        return (input_ids == eos).int().argmax(-1)
+
+    def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
+        arguments = record.arguments
+        ids, pixels = arguments["input_ids"], arguments["pixel_values"]
+        patch = self.model.config.vision_config.patch_size
+        grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
+        image_mask = torch.ones(pixels.shape[0], 1 + grid[0] * grid[1], dtype=torch.bool, device=pixels.device)
+        text_mask = token_mask(arguments.get("attention_mask"), ids.shape[0], ids.shape[1], ids.device)
+        steps = []
+        for index, call in enumerate(record.calls):
+            modality = IMAGE if call.site.startswith("vision_model.") else TEXT
+            steps.append((AttentionEvent(index, modality, modality, call.site),))
+        cls = torch.zeros_like(selection.sample)
+        return Schedule(
+            sizes={IMAGE: image_mask.shape[1], TEXT: ids.shape[1]},
+            masks={IMAGE: image_mask[selection.sample], TEXT: text_mask[selection.sample]},
+            steps=steps,
+            outputs={
+                IMAGE: Readout(IMAGE, cls, IMAGE, slice(1, None), grid),
+                TEXT: Readout(TEXT, self._end_of_text(ids)[selection.sample], TEXT),
+            },
+            element_sample=selection.sample,
+        )
+
+    def lrp_structure(self) -> LRPStructure:
+        attention, residuals = [], []
+        for layer in (m for m in self.model.modules() if isinstance(m, CLIPEncoderLayer)):
+            block = layer.self_attn
+            attention.append(
+                AttentionRuleSite(block, block.q_proj, block.k_proj, block.v_proj, second_output(block), block.num_heads,
+                                  projection=block.out_proj)
+            )
+            residuals += pre_norm_residuals(layer, layer.layer_norm2, block, TensorSource(layer), TensorSource(layer.mlp))
+        return LRPStructure(attention, residuals)
