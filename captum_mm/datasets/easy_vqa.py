@@ -132,8 +132,15 @@ class EasyVQA:
         return torch.from_numpy(np.stack([self.coverage[self.rows[self.image_ids[i]]] for i in indices]))
 
 
+#: VisualBERT region inputs: features, box, one-hot grid row and column (it has no box input of its own).
+VISUAL_BERT_FEATURES = FEATURES + 4 + 2 * GRID
+
+
 def for_visual_bert(batch: Dict[str, Any]) -> Dict[str, Any]:
-    """VisualBERT's arguments: region features and boxes concatenated as ``visual_embeds``."""
+    """VisualBERT's arguments: region features, boxes and one-hot grid positions as ``visual_embeds``."""
     converted = {name: value for name, value in batch.items() if name not in ("visual_feats", "visual_pos")}
-    converted["visual_embeds"] = torch.cat([batch["visual_feats"], batch["visual_pos"]], -1)
+    boxes = batch["visual_pos"]
+    cells = (boxes[..., :2] * GRID).round().long().clamp(0, GRID - 1)  # column, row of each region
+    position = torch.cat([torch.nn.functional.one_hot(cells[..., 1], GRID), torch.nn.functional.one_hot(cells[..., 0], GRID)], -1)
+    converted["visual_embeds"] = torch.cat([batch["visual_feats"], boxes, position.to(boxes.dtype)], -1)
     return converted

@@ -1,5 +1,23 @@
 """Figures and HTML built on captum.attr.visualization; all usable headless."""
 
 from captum_mm.visualization.curves import plot_perturbation_curves
+from captum_mm.visualization.figures import (
+    detection_masks_figure,
+    region_heatmap,
+    region_relevance_image,
+    relevance_gallery,
+    text_records_html,
+    text_relevance_html,
+    text_relevance_record,
+)
 
-__all__ = ["plot_perturbation_curves"]
+__all__ = [
+    "detection_masks_figure",
+    "plot_perturbation_curves",
+    "region_heatmap",
+    "region_relevance_image",
+    "relevance_gallery",
+    "text_records_html",
+    "text_relevance_html",
+    "text_relevance_record",
+]

@@ -24,6 +24,33 @@ def text_relevance_html(tokens: Sequence[str], relevance) -> str:
     return captum_visualization.format_word_importances(list(tokens), -np.clip(_normalized(relevance), 0, 1))
 
 
+def text_relevance_record(
+    tokens: Sequence[str], relevance, predicted: str, probability: float, true: str = "", score: float = 0.0
+):
+    """A Captum ``VisualizationDataRecord`` (for ``captum.attr.visualization.visualize_text``) whose
+    word importances shade the tokens red by relevance."""
+    return captum_visualization.VisualizationDataRecord(
+        -np.clip(_normalized(relevance), 0, 1), probability, predicted, true, predicted, score, list(tokens), None
+    )
+
+
+def text_records_html(records) -> str:
+    """Captum's text visualisation of ``records`` as an HTML string (no notebook display needed)."""
+    return captum_visualization.visualize_text(records, legend=False).data
+
+
+def region_heatmap(image: np.ndarray, relevance, grid: Sequence[int], title: str = "") -> Figure:
+    """Grid or patch relevance as a Captum ``visualize_image_attr`` blended heat map over the image."""
+    weights = np.clip(_normalized(relevance), 0, 1).reshape(grid)
+    height, width = image.shape[:2]
+    attribution = np.kron(weights, np.ones((height // grid[0], width // grid[1])))[..., None]
+    figure, _ = captum_visualization.visualize_image_attr(
+        attribution, image.astype(np.float64) / 255.0, method="blended_heat_map", sign="positive",
+        use_pyplot=False, title=title or None,
+    )
+    return figure
+
+
 def region_relevance_image(image: np.ndarray, relevance, grid: Sequence[int]) -> np.ndarray:
     """The image multiplied by each region's relevance (scaled to its maximum), as in the paper's Figure 1.
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List
 import torch
 from torch import nn
 
-from captum_mm.datasets.easy_vqa import EASY_VQA_VOCABULARY, FEATURES, EasyVQA, for_visual_bert
+from captum_mm.datasets.easy_vqa import EASY_VQA_VOCABULARY, FEATURES, VISUAL_BERT_FEATURES, EasyVQA, for_visual_bert
 from captum_mm.metrics.study import KeywordModel, pad_collate
 
 VQA_SIZE = dict(hidden_size=128, num_attention_heads=4, intermediate_size=256, max_position_embeddings=32)
@@ -40,7 +40,7 @@ def visual_bert_model() -> nn.Module:
     from transformers import VisualBertConfig, VisualBertForQuestionAnswering
 
     config = VisualBertConfig(
-        vocab_size=len(EASY_VQA_VOCABULARY), num_hidden_layers=4, visual_embedding_dim=FEATURES + 4, num_labels=13,
+        vocab_size=len(EASY_VQA_VOCABULARY), num_hidden_layers=4, visual_embedding_dim=VISUAL_BERT_FEATURES, num_labels=13,
         **VQA_SIZE,
     )
     return VisualBertForQuestionAnswering(config)

@@ -49,7 +49,9 @@ def test_items_and_batches(test_split):
     assert torch.equal(item["visual_pos"], torch.from_numpy(region_boxes()))
     batch, scores = pad_collate([test_split[i] for i in range(5)])
     converted = for_visual_bert(batch)
-    assert converted["visual_embeds"].shape == (5, 64, FEATURES + 4) and "visual_feats" not in converted
+    assert converted["visual_embeds"].shape == (5, 64, FEATURES + 4 + 16) and "visual_feats" not in converted
+    position = converted["visual_embeds"][0, 8 * 2 + 5, FEATURES + 4:]  # region of row 2, column 5
+    assert position.nonzero().flatten().tolist() == [2, 8 + 5]
     assert test_split.region_coverage([0, 1]).shape == (2, 64)
 
 
