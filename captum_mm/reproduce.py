@@ -31,7 +31,14 @@ from captum_mm.metrics import (
     VISUAL_BERT_TEXT,
 )
 from captum_mm.metrics.segmentation import IOU_GRIDS, SegmentationEvaluator, format_table
-from captum_mm.metrics.study import StudyResult, attention_method, pad_collate, run_perturbation_study, vqa_settings
+from captum_mm.metrics.study import (
+    KeywordModel,
+    StudyResult,
+    attention_method,
+    pad_collate,
+    run_perturbation_study,
+    vqa_settings,
+)
 from captum_mm.visualization import plot_perturbation_curves
 from captum_mm.visualization.figures import detection_masks_figure, relevance_gallery
 
@@ -177,7 +184,7 @@ def _vqa_gallery(model, dataset, convert, relevance_methods, indices) -> Figure:
     batch, _ = pad_collate([dataset[i] for i in indices])
     inputs = convert(batch)
     with torch.no_grad():
-        predictions = attention_method_targets(model, inputs)
+        predictions = KeywordModel(model, ())(**inputs).argmax(-1)
     vocabulary = tokenizer()
     tokens = [vocabulary.convert_ids_to_tokens(dataset[i]["input_ids"].tolist()) for i in indices]
     relevance = {}
@@ -187,12 +194,6 @@ def _vqa_gallery(model, dataset, convert, relevance_methods, indices) -> Figure:
     answers = [dataset.answers[p] for p in predictions.tolist()]
     titles = [f"{dataset.questions[i]}\n→ {answer}" for i, answer in zip(indices, answers)]
     return relevance_gallery([dataset.image(i) for i in indices], tokens, relevance, (GRID, GRID), titles)
-
-
-def attention_method_targets(model, inputs) -> torch.Tensor:
-    from captum_mm.metrics.study import KeywordModel
-
-    return KeywordModel(model, ())(**inputs).argmax(-1)
 
 
 def _detr_study(options: Options, methods: Dict[str, Callable]) -> Dict[str, Any]:
@@ -242,13 +243,13 @@ def _detr_gallery(model, evaluator: SegmentationEvaluator, image_ids: List[int],
     name, factory = next(iter(methods.items()))
     explainer = factory(model)
     image_id = image_ids[0]
-    image = evaluator._load([image_id])[0]
+    image = evaluator.load_images([image_id])[0]
     inputs = evaluator.processor(images=[image], return_tensors="pt")
     with torch.no_grad():
         logits = model(**inputs).logits
     scores, labels = logits.softmax(-1)[..., :-1].max(-1)
     keep = scores[0] > evaluator.threshold
-    relevance = evaluator._relevance(explainer, inputs["pixel_values"], inputs["pixel_mask"], keep[None])[0]
+    relevance = evaluator.relevance(explainer, inputs["pixel_values"], inputs["pixel_mask"], keep[None])[0]
     size = (image.height, image.width)
     masks = relevance_to_masks(relevance, keep, tuple(inputs["pixel_values"].shape[-2:]), size, size)
     kept = torch.nonzero(keep).flatten().tolist()

@@ -190,7 +190,8 @@ class SegmentationEvaluator:
             raise ValueError(f"Image ids {unknown[:10]} are not in the annotations ({len(known)} images there).")
         return list(image_ids)
 
-    def _load(self, image_ids: Sequence[int]):
+    def load_images(self, image_ids: Sequence[int]):
+        """The PIL images of ``image_ids``."""
         from PIL import Image
 
         images = []
@@ -203,14 +204,14 @@ class SegmentationEvaluator:
 
     def detections(self, explainer, image_ids: Sequence[int]) -> List[Dict[str, Any]]:
         """COCO results of one batch of images: every query, masks from ``explainer``'s relevance."""
-        images = self._load(image_ids)
+        images = self.load_images(image_ids)
         inputs = self.processor(images=images, return_tensors="pt")
         pixels, pixel_mask = inputs["pixel_values"], inputs["pixel_mask"]
         with torch.no_grad():
             logits = self.model(pixel_values=pixels, pixel_mask=pixel_mask).logits
         scores, labels = logits.softmax(-1)[..., :-1].max(-1)
         keep = scores > self.threshold
-        relevance = self._relevance(explainer, pixels, pixel_mask, keep)
+        relevance = self.relevance(explainer, pixels, pixel_mask, keep)
         results = []
         for index, (image_id, image) in enumerate(zip(image_ids, images)):
             masks = relevance_to_masks(
@@ -220,7 +221,7 @@ class SegmentationEvaluator:
             results += detections(image_id, masks, scores[index], labels[index], self.category_ids)
         return results
 
-    def _relevance(self, explainer, pixels: Tensor, pixel_mask: Tensor, keep: Tensor) -> Tensor:
+    def relevance(self, explainer, pixels: Tensor, pixel_mask: Tensor, keep: Tensor) -> Tensor:
         """``[B, Q, h, w]`` relevance of the kept queries (zero elsewhere), ``queries_per_pass`` at a time."""
         queries = [torch.nonzero(row).flatten().tolist() for row in keep]
         step = self.queries_per_pass or max([len(row) for row in queries] + [1])

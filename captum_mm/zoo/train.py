@@ -13,7 +13,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -21,6 +21,9 @@ from torch import nn
 from captum_mm.datasets.easy_vqa import EASY_VQA_VOCABULARY, FEATURES, VISUAL_BERT_FEATURES, EasyVQA, for_visual_bert
 from captum_mm.metrics.study import KeywordModel, pad_collate
 
+#: Fixed subsets on which tests check that a checkpoint still reaches its recorded quality.
+VQA_CHECK_QUESTIONS = 600
+DETR_CHECK_SCENES = 60
 VQA_SIZE = dict(hidden_size=128, num_attention_heads=4, intermediate_size=256, max_position_embeddings=32)
 DETR_IMAGE_SIZE = 128
 DETR_SPLITS = {"train": (2000, 0), "val": (200, 100_000)}  # scene count, first seed
@@ -105,6 +108,7 @@ def train_vqa(name: str, output: Path, seed: int = 0, epochs: int = 6, batch_siz
     model.eval()
     quality = {
         "easy_vqa_test_accuracy": vqa_accuracy(name, model, test),
+        "check_subset_accuracy": vqa_accuracy(name, model, test, range(VQA_CHECK_QUESTIONS)),
         "train_seconds": round(time.perf_counter() - started, 1),
         "seed": seed, "epochs": epochs, "torch_threads": torch.get_num_threads(),
     }
@@ -172,11 +176,11 @@ def _pixels(coco, folder: Path, image_ids: List[int], processor) -> torch.Tensor
     return processor(images=images, return_tensors="pt")["pixel_values"]
 
 
-def detr_box_ap(model: nn.Module, coco, folder: Path, processor, batch_size: int = 32) -> Dict[str, float]:
-    """pycocotools bbox AP and AP50 of ``model`` on the scenes of ``coco``."""
+def detr_box_ap(model: nn.Module, coco, folder: Path, processor, limit: Optional[int] = None, batch_size: int = 32) -> Dict[str, float]:
+    """pycocotools bbox AP and AP50 of ``model`` on the scenes of ``coco`` (the first ``limit`` ones)."""
     from pycocotools.cocoeval import COCOeval
 
-    image_ids, results = sorted(coco.getImgIds()), []
+    image_ids, results = sorted(coco.getImgIds())[:limit], []
     model.eval()
     with torch.no_grad():
         for start in range(0, len(image_ids), batch_size):
@@ -190,6 +194,7 @@ def detr_box_ap(model: nn.Module, coco, folder: Path, processor, batch_size: int
                     results.append({"image_id": image_id, "category_id": label, "bbox": box, "score": score})
     with contextlib.redirect_stdout(io.StringIO()):
         evaluation = COCOeval(coco, coco.loadRes(results), "bbox")
+        evaluation.params.imgIds = image_ids
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
@@ -236,6 +241,7 @@ def _train_detr(output: Path, scenes: Path, seed: int, epochs: int, batch_size: 
             print(f"  validation {detr_box_ap(model, val, Path(scenes) / 'val', processor)}", flush=True)
     model.config.auxiliary_loss = False
     quality = detr_box_ap(model, val, Path(scenes) / "val", processor)
+    quality["check_subset_AP50"] = detr_box_ap(model, val, Path(scenes) / "val", processor, DETR_CHECK_SCENES)["bbox_AP50"]
     quality.update(train_seconds=round(time.perf_counter() - started, 1), seed=seed, epochs=epochs,
                    torch_threads=torch.get_num_threads())
     _save(model, output, quality)
