@@ -201,6 +201,26 @@ def detr_box_ap(model: nn.Module, coco, folder: Path, processor, limit: Optional
     return {"bbox_AP": float(evaluation.stats[0]), "bbox_AP50": float(evaluation.stats[1])}
 
 
+def calibrate_backbone(model: nn.Module, pixels: torch.Tensor) -> None:
+    """Data-dependent statistics for DETR's frozen batch norms: each is set to the channel mean and
+    variance of its input on ``pixels`` (from scratch, their identity defaults leave the ResNet
+    unnormalised)."""
+    from transformers.models.detr.modeling_detr import DetrFrozenBatchNorm2d
+
+    def calibrate(module, args):
+        module.running_mean.copy_(args[0].mean((0, 2, 3)))
+        module.running_var.copy_(args[0].var((0, 2, 3)))
+
+    norms = [m for m in model.modules() if isinstance(m, DetrFrozenBatchNorm2d)]
+    handles = [norm.register_forward_pre_hook(calibrate) for norm in norms]
+    try:
+        with torch.no_grad():
+            model.model.backbone(pixels, torch.ones(pixels.shape[0], *pixels.shape[-2:], dtype=torch.long))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def train_detr(output: Path, seed: int = 0, epochs: int = 60, batch_size: int = 16, lr: float = 2e-4) -> Dict[str, Any]:
     """Train the shapes DETR on the synthetic train scenes, save it and return its validation bbox AP."""
     import tempfile
@@ -218,14 +238,17 @@ def _train_detr(output: Path, scenes: Path, seed: int, epochs: int, batch_size: 
     with contextlib.redirect_stdout(io.StringIO()):
         train, val = COCO(str(paths["train"])), COCO(str(paths["val"]))
     processor, model = detr_processor(), detr_model()
+    model.requires_grad_(True)  # HF freezes the stem and first stage, meant for pretrained backbones
     image_ids = sorted(train.getImgIds())
     pixels = _pixels(train, Path(scenes) / "train", image_ids, processor)
     targets = _detr_targets(train, image_ids, DETR_IMAGE_SIZE)
+    calibration = pixels[torch.randperm(len(image_ids), generator=torch.Generator().manual_seed(seed))[:64]]
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps_per_epoch = math.ceil(len(image_ids) / batch_size)
     scheduler = _schedule(optimizer, epochs * steps_per_epoch, warmup=steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
+        calibrate_backbone(model, calibration)
         model.train()
         order = torch.randperm(len(image_ids), generator=generator)
         for start in range(0, len(order), batch_size):
@@ -239,6 +262,7 @@ def _train_detr(output: Path, scenes: Path, seed: int, epochs: int, batch_size: 
         print(f"detr-shapes epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}", flush=True)
         if (epoch + 1) % 10 == 0:
             print(f"  validation {detr_box_ap(model, val, Path(scenes) / 'val', processor)}", flush=True)
+    calibrate_backbone(model, calibration)
     model.config.auxiliary_loss = False
     quality = detr_box_ap(model, val, Path(scenes) / "val", processor)
     quality["check_subset_AP50"] = detr_box_ap(model, val, Path(scenes) / "val", processor, DETR_CHECK_SCENES)["bbox_AP50"]
