@@ -19,8 +19,6 @@ from transformers import (
     ResNetConfig,
     VisualBertConfig,
     VisualBertForQuestionAnswering,
-    VisualBertForVisualReasoning,
-    VisualBertModel,
     ViltConfig,
     ViltForQuestionAnswering,
     ViTConfig,

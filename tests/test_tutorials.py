@@ -1,6 +1,5 @@
 """Every tutorial notebook runs top to bottom (on CPU, offline, with the shipped models)."""
 
-import os
 from pathlib import Path
 
 import nbformat

@@ -272,8 +272,8 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
                 relevant = relevance.pop(id(p), None)
                 fused[index][members] = self._fuse_heads(
                     _take(p.detach(), sample),
-                    gradient[position, sample] if gradient is not None else None,
-                    relevant[position, sample] if relevant is not None else None,
+                    _take_slots(gradient, position, sample),
+                    _take_slots(relevant, position, sample),
                     valid[index][members],
                 )
         return fused
@@ -284,6 +284,15 @@ def _take(tensor: Tensor, index: Tensor) -> Tensor:
     if index.numel() == tensor.shape[0] and torch.equal(index, torch.arange(tensor.shape[0], device=index.device)):
         return tensor
     return tensor[index]
+
+
+def _take_slots(tensor: Optional[Tensor], position: Tensor, sample: Tensor) -> Optional[Tensor]:
+    """``tensor[position, sample]`` for ``[K, B, ...]`` tensors (a view when it is the only slot, all samples)."""
+    if tensor is None:
+        return None
+    if tensor.shape[0] == 1:
+        return _take(tensor[0], sample)
+    return tensor[position, sample]
 
 
 def _check_inputs(inputs: Tuple[Tensor, ...]) -> None:

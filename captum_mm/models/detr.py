@@ -14,7 +14,7 @@ probabilities as their second output. The backbone's output gives the feature
 map's size and its padding mask.
 """
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 from torch import Tensor

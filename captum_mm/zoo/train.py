@@ -221,15 +221,17 @@ def calibrate_backbone(model: nn.Module, pixels: torch.Tensor) -> None:
             handle.remove()
 
 
-def train_detr(output: Path, seed: int = 0, epochs: int = 60, batch_size: int = 16, lr: float = 2e-4) -> Dict[str, Any]:
+def train_detr(
+    output: Path, seed: int = 0, epochs: int = 60, batch_size: int = 16, lr: float = 2e-4, clip: float = 0.1
+) -> Dict[str, Any]:
     """Train the shapes DETR on the synthetic train scenes, save it and return its validation bbox AP."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as scenes:
-        return _train_detr(output, Path(scenes), seed, epochs, batch_size, lr)
+        return _train_detr(output, Path(scenes), seed, epochs, batch_size, lr, clip)
 
 
-def _train_detr(output: Path, scenes: Path, seed: int, epochs: int, batch_size: int, lr: float) -> Dict[str, Any]:
+def _train_detr(output: Path, scenes: Path, seed: int, epochs: int, batch_size: int, lr: float, clip: float) -> Dict[str, Any]:
     from pycocotools.coco import COCO
 
     torch.manual_seed(seed)
@@ -256,7 +258,7 @@ def _train_detr(output: Path, scenes: Path, seed: int, epochs: int, batch_size: 
             loss = model(pixel_values=pixels[rows], labels=[targets[int(r)] for r in rows]).loss
             optimizer.zero_grad()
             loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
             scheduler.step()
         print(f"detr-shapes epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}", flush=True)
@@ -266,7 +268,7 @@ def _train_detr(output: Path, scenes: Path, seed: int, epochs: int, batch_size: 
     model.config.auxiliary_loss = False
     quality = detr_box_ap(model, val, Path(scenes) / "val", processor)
     quality["check_subset_AP50"] = detr_box_ap(model, val, Path(scenes) / "val", processor, DETR_CHECK_SCENES)["bbox_AP50"]
-    quality.update(train_seconds=round(time.perf_counter() - started, 1), seed=seed, epochs=epochs,
+    quality.update(train_seconds=round(time.perf_counter() - started, 1), seed=seed, epochs=epochs, lr=lr, clip=clip,
                    torch_threads=torch.get_num_threads())
     _save(model, output, quality)
     processor.save_pretrained(output)

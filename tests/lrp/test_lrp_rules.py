@@ -1,6 +1,5 @@
 """Every LRP rule against a hand-computed example (relevance = input * modified gradient)."""
 
-import pytest
 import torch
 from torch import nn
 

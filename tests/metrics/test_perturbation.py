@@ -16,7 +16,7 @@ from captum_mm.metrics import (
     vqa_score,
 )
 from captum_mm.metrics.perturbation import kept_tokens
-from helpers import CLASSES, FEATURES, lxmert, text_batch, visual_bert
+from helpers import FEATURES, lxmert, text_batch, visual_bert
 
 
 def lxmert_inputs(batch=4, regions=6):
