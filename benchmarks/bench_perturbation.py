@@ -37,11 +37,22 @@ def looped(forward, inputs, relevance):
         for index in range(relevance.shape[0]):
             alone = {name: value[index:index + 1] for name, value in inputs.items()}
             for step in DEFAULT_STEPS:
-                keep = kept_tokens(relevance[index:index + 1], torch.ones(1, 36), step, False, False)[0]
+                keep = kept_tokens(relevance[index:index + 1], torch.ones(1, relevance.shape[1]), step, False, False)[0]
                 positions = torch.nonzero(keep).flatten()
                 if positions.numel() == 0:
                     positions = torch.zeros(1, dtype=torch.long)  # HF LXMERT needs one region
                 forward(**{**alone, "visual_feats": alone["visual_feats"][:, positions], "visual_pos": alone["visual_pos"][:, positions]})
+
+
+def shipped_case(samples):
+    """The shipped lxmert-easyvqa on easy-VQA test questions (64 regions of 23 features)."""
+    from captum_mm import zoo
+    from captum_mm.datasets.easy_vqa import EasyVQA
+    from captum_mm.metrics.study import pad_collate
+
+    dataset = EasyVQA("test")
+    batch, _ = pad_collate([dataset[i] for i in range(samples)])
+    return zoo.load("lxmert-easyvqa"), batch
 
 
 def main() -> None:
@@ -51,11 +62,16 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     torch.manual_seed(0)
     print(f"{'model':40s} samples  batched/s  looped/s  ratio (goal >= 10)")
-    for name, size in list(SIZES.items())[: 1 if args.quick else None]:
-        config = LxmertConfig(num_qa_labels=100, **size)
-        model = LxmertForQuestionAnswering(config).eval()
+    cases = list(SIZES.items())[: 1 if args.quick else None] + ([] if args.quick else [("shipped lxmert-easyvqa (64 regions)", None)])
+    for name, size in cases:
         samples = 8 if args.quick else (16 if "released" in name else 128)
-        inputs, relevance = inputs_for(config, samples), torch.rand(samples, 36)
+        if size is None:
+            model, inputs = shipped_case(samples)
+        else:
+            config = LxmertConfig(num_qa_labels=100, **size)
+            model, inputs = LxmertForQuestionAnswering(config).eval(), inputs_for(config, samples)
+        regions = inputs["visual_feats"].shape[1]
+        relevance = torch.rand(samples, regions)
 
         def forward(**kwargs):
             return model(**kwargs).question_answering_score

@@ -230,3 +230,19 @@ def single_modality_schedule(
         sizes={modality: mask.shape[1]}, masks={modality: mask[selection.sample]}, steps=steps, outputs=outputs,
         element_sample=selection.sample,
     )
+
+
+def check_text_arguments(arguments: Dict[str, Any], family: str) -> None:
+    """The text arguments every text family takes: ``input_ids`` or ``inputs_embeds``, ``attention_mask``."""
+    require(
+        arguments.get("input_ids") is not None or arguments.get("inputs_embeds") is not None,
+        f"{family} needs input_ids [batch, tokens] or inputs_embeds [batch, tokens, hidden].",
+    )
+    check_rank(arguments, "input_ids", 2, "[batch, tokens]")
+    check_rank(arguments, "inputs_embeds", 3, "[batch, tokens, hidden]")
+    check_rank(arguments, "attention_mask", 2, "[batch, tokens]")
+
+
+def text_tokens(arguments: Dict[str, Any]) -> Tensor:
+    """``input_ids``, or ``inputs_embeds`` when the model was called with embeddings."""
+    return arguments["input_ids"] if arguments.get("input_ids") is not None else arguments["inputs_embeds"]

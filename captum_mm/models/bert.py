@@ -18,10 +18,10 @@ from captum_mm.models.base import (
     TargetSelection,
     bert_like_lrp_structure,
     check_batch_sizes,
-    check_rank,
-    require,
+    check_text_arguments,
     second_output,
     single_modality_schedule,
+    text_tokens,
     token_mask,
 )
 from captum_mm.models.capture import AttentionRecord
@@ -40,18 +40,12 @@ class BertAdapter(ArchitectureAdapter):
         return self.named_sites(self.model, [(".attention.self", lambda output: output[1])])
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
-        require(
-            arguments.get("input_ids") is not None or arguments.get("inputs_embeds") is not None,
-            "BERT needs input_ids [batch, tokens] or inputs_embeds [batch, tokens, hidden].",
-        )
-        check_rank(arguments, "input_ids", 2, "[batch, tokens]")
-        check_rank(arguments, "inputs_embeds", 3, "[batch, tokens, hidden]")
-        check_rank(arguments, "attention_mask", 2, "[batch, tokens]")
+        check_text_arguments(arguments, "BERT")
         check_batch_sizes(arguments, ("input_ids", "inputs_embeds", "attention_mask", "token_type_ids"))
 
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
         arguments = record.arguments
-        text = arguments["input_ids"] if arguments.get("input_ids") is not None else arguments["inputs_embeds"]
+        text = text_tokens(arguments)
         mask = token_mask(arguments.get("attention_mask"), text.shape[0], text.shape[1], text.device)
         readout = {TEXT: Readout(TEXT, torch.zeros_like(selection.sample), TEXT)}
         return single_modality_schedule(record, selection, TEXT, mask, readout)

@@ -28,7 +28,9 @@ from captum_mm.models.base import (
     bert_like_lrp_structure,
     check_batch_sizes,
     check_rank,
+    check_text_arguments,
     require,
+    text_tokens,
     token_mask,
 )
 from captum_mm.models.capture import AttentionRecord
@@ -53,13 +55,7 @@ class LxmertAdapter(ArchitectureAdapter):
         return self.named_sites(encoder, [(suffix, _probabilities) for suffix in suffixes])
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
-        require(
-            arguments.get("input_ids") is not None or arguments.get("inputs_embeds") is not None,
-            "LXMERT needs input_ids [batch, tokens] or inputs_embeds [batch, tokens, hidden].",
-        )
-        check_rank(arguments, "input_ids", 2, "[batch, tokens]")
-        check_rank(arguments, "inputs_embeds", 3, "[batch, tokens, hidden]")
-        check_rank(arguments, "attention_mask", 2, "[batch, tokens]")
+        check_text_arguments(arguments, "LXMERT")
         for name in ("visual_feats", "visual_pos"):
             require(arguments.get(name) is not None, f"LXMERT needs {name} [batch, regions, features].")
             check_rank(arguments, name, 3, "[batch, regions, features]")
@@ -79,7 +75,7 @@ class LxmertAdapter(ArchitectureAdapter):
                 steps += [(layer["text->image"],), (layer["text"],)]
 
         arguments = record.arguments
-        text = arguments["input_ids"] if arguments.get("input_ids") is not None else arguments["inputs_embeds"]
+        text = text_tokens(arguments)
         batch_size, text_length = text.shape[:2]
         region_count, device = arguments["visual_feats"].shape[1], arguments["visual_feats"].device
         masks = {

@@ -29,7 +29,9 @@ from captum_mm.models.base import (
     bert_like_lrp_structure,
     check_batch_sizes,
     check_rank,
+    check_text_arguments,
     require,
+    text_tokens,
     token_mask,
 )
 from captum_mm.models.capture import AttentionRecord
@@ -51,13 +53,7 @@ class VisualBertAdapter(ArchitectureAdapter):
             not self.model.config.bypass_transformer,
             "VisualBERT with bypass_transformer=True is not supported: its text-only layers need another schedule.",
         )
-        require(
-            arguments.get("input_ids") is not None or arguments.get("inputs_embeds") is not None,
-            "VisualBERT needs input_ids [batch, tokens] or inputs_embeds [batch, tokens, hidden].",
-        )
-        check_rank(arguments, "input_ids", 2, "[batch, tokens]")
-        check_rank(arguments, "inputs_embeds", 3, "[batch, tokens, hidden]")
-        check_rank(arguments, "attention_mask", 2, "[batch, tokens]")
+        check_text_arguments(arguments, "VisualBERT")
         require(arguments.get("visual_embeds") is not None, "VisualBERT needs visual_embeds [batch, regions, features].")
         check_rank(arguments, "visual_embeds", 3, "[batch, regions, features]")
         check_rank(arguments, "visual_attention_mask", 2, "[batch, regions]")
@@ -73,7 +69,7 @@ class VisualBertAdapter(ArchitectureAdapter):
 
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
         arguments = record.arguments
-        text = arguments["input_ids"] if arguments.get("input_ids") is not None else arguments["inputs_embeds"]
+        text = text_tokens(arguments)
         batch_size, text_length = text.shape[:2]
         visual = arguments["visual_embeds"]
         region_count = visual.shape[1]
