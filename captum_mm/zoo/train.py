@@ -50,6 +50,8 @@ def visual_bert_model() -> nn.Module:
 
 
 VQA_MODELS: Dict[str, Callable[[], nn.Module]] = {"lxmert-easyvqa": lxmert_model, "visualbert-easyvqa": visual_bert_model}
+#: The epochs of the shipped checkpoints.
+VQA_EPOCHS = {"lxmert-easyvqa": 3, "visualbert-easyvqa": 10}
 
 
 def vqa_inputs(name: str, batch: Dict[str, Any]) -> Dict[str, Any]:
@@ -78,8 +80,11 @@ def _schedule(optimizer, total_steps: int, warmup: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train_vqa(name: str, output: Path, seed: int = 0, epochs: int = 6, batch_size: int = 64, lr: float = 5e-4) -> Dict[str, Any]:
+def train_vqa(
+    name: str, output: Path, seed: int = 0, epochs: Optional[int] = None, batch_size: int = 64, lr: float = 5e-4
+) -> Dict[str, Any]:
     """Train ``name`` on easy-VQA train, save it to ``output`` and return its measured quality."""
+    epochs = epochs or VQA_EPOCHS[name]
     torch.manual_seed(seed)
     started = time.perf_counter()
     train, test = EasyVQA("train"), EasyVQA("test")
@@ -222,7 +227,7 @@ def calibrate_backbone(model: nn.Module, pixels: torch.Tensor) -> None:
 
 
 def train_detr(
-    output: Path, seed: int = 0, epochs: int = 60, batch_size: int = 16, lr: float = 2e-4, clip: float = 0.1
+    output: Path, seed: int = 0, epochs: int = 150, batch_size: int = 16, lr: float = 5e-4, clip: float = 1.0
 ) -> Dict[str, Any]:
     """Train the shapes DETR on the synthetic train scenes, save it and return its validation bbox AP."""
     import tempfile
