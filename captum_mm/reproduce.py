@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import json
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -53,8 +54,8 @@ class Options:
     output: Path = Path("captum_mm_output")
     models: Sequence[str] = ("lxmert-easyvqa", "visualbert-easyvqa", "detr-shapes")
     methods: Optional[Sequence[str]] = None
-    samples: int = 96
-    images: int = 40
+    samples: int = 256
+    images: int = 100
     gallery: int = 4
     seed: int = 0
     checkpoints: Dict[str, str] = field(default_factory=dict)
@@ -192,7 +193,7 @@ def _vqa_gallery(model, dataset, convert, relevance_methods, indices) -> Figure:
         values = relevance_of(inputs, predictions)
         relevance[method] = (values["text"].detach(), values["image"].detach())
     answers = [dataset.answers[p] for p in predictions.tolist()]
-    titles = [f"{dataset.questions[i]}\n→ {answer}" for i, answer in zip(indices, answers)]
+    titles = [f"{textwrap.fill(dataset.questions[i], 24)}\n→ {answer}" for i, answer in zip(indices, answers)]
     return relevance_gallery([dataset.image(i) for i in indices], tokens, relevance, (GRID, GRID), titles)
 
 
