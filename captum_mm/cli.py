@@ -6,26 +6,27 @@ from typing import List, Optional
 
 import torch
 
+from captum_mm import zoo
+
 
 def demo(args: argparse.Namespace) -> None:
-    """Explain one answer of a small random-init LXMERT and print the relevance (no trained model yet)."""
-    from transformers import LxmertConfig, LxmertForQuestionAnswering
-
+    """Explain the shipped LXMERT's answer to one easy-VQA test question and print the relevance."""
     from captum_mm.attr import GenericAttention
+    from captum_mm.datasets.easy_vqa import GRID, EasyVQA, tokenizer
 
-    torch.manual_seed(args.seed)
-    config = LxmertConfig(
-        vocab_size=100, hidden_size=64, num_attention_heads=4, intermediate_size=128, l_layers=2, r_layers=1,
-        x_layers=2, visual_feat_dim=16, num_qa_labels=5,
-    )
-    model = LxmertForQuestionAnswering(config).eval()
-    input_ids = torch.randint(1, 100, (1, 8))
-    visual_feats, visual_pos = torch.randn(1, 6, 16), torch.rand(1, 6, 4)
-    explanation = GenericAttention(model).explain((input_ids, visual_feats, visual_pos))
-    print("Random-init LXMERT (hidden 64, 2/1/2 layers): GenericAttention of its predicted answer "
-          f"{explanation.target.item()}")
-    print("text relevance :", " ".join(f"{value:.3g}" for value in explanation.text[0].tolist()))
-    print("image relevance:", " ".join(f"{value:.3g}" for value in explanation.image[0].tolist()))
+    dataset = EasyVQA("test")
+    index = int(torch.randint(len(dataset), (1,), generator=torch.Generator().manual_seed(args.seed)))
+    item = dataset[index]
+    model = zoo.load("lxmert-easyvqa")
+    inputs = tuple(item[key][None] for key in ("input_ids", "visual_feats", "visual_pos"))
+    explanation = GenericAttention(model).explain(inputs, additional_forward_args=(item["attention_mask"][None],))
+    print(f"lxmert-easyvqa, question {index}: {dataset.questions[index]!r} -> {dataset.answers[int(explanation.target)]!r}")
+    text, image = (values[0] / values[0].max().clamp(min=1e-12) for values in (explanation.text, explanation.image))
+    tokens = tokenizer().convert_ids_to_tokens(item["input_ids"].tolist())
+    print("text relevance (max 1):", "  ".join(f"{token} {value:.2f}" for token, value in zip(tokens, text.tolist())))
+    print(f"image relevance ({GRID}x{GRID} regions, max 1):")
+    for row in image.view(GRID, GRID).tolist():
+        print("  " + " ".join(f"{value:4.2f}" for value in row))
 
 
 def segmentation(args: argparse.Namespace) -> None:
@@ -56,6 +57,9 @@ def reproduce(args: argparse.Namespace) -> None:
     from captum_mm.reproduce import Options
     from captum_mm.reproduce import reproduce as run
 
+    malformed = [item for item in args.checkpoint or [] if "=" not in item]
+    if malformed:
+        raise SystemExit(f"--checkpoint takes NAME=PATH (e.g. lxmert-easyvqa=my/checkpoint), got {malformed}.")
     checkpoints = dict(item.split("=", 1) for item in args.checkpoint or [])
     run(Options(
         output=Path(args.output), models=args.models, methods=args.methods, samples=args.samples, images=args.images,
@@ -83,7 +87,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     demo_parser.set_defaults(run=demo)
     study = commands.add_parser("reproduce", help=reproduce.__doc__)
     study.add_argument("--output", default="captum_mm_output", help="folder for the report, JSON, CSV and figures")
-    study.add_argument("--models", nargs="+", default=["lxmert-easyvqa", "visualbert-easyvqa", "detr-shapes"])
+    study.add_argument("--models", nargs="+", choices=zoo.NAMES, default=list(zoo.NAMES))
     study.add_argument("--methods", nargs="+", help="methods and ablations (default: all)")
     study.add_argument("--samples", type=int, default=256, help="easy-VQA test questions per VQA model")
     study.add_argument("--images", type=int, default=100, help="validation scenes for DETR")
@@ -94,7 +98,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     study.add_argument("--annotations", help="its instances json")
     study.set_defaults(run=reproduce)
     trainer = commands.add_parser("train", help=train.__doc__)
-    trainer.add_argument("name", choices=["lxmert-easyvqa", "visualbert-easyvqa", "detr-shapes"])
+    trainer.add_argument("name", choices=zoo.NAMES)
     trainer.add_argument("--output", help="checkpoint folder (default: NAME-retrained)")
     trainer.add_argument("--seed", type=int, default=0)
     trainer.add_argument("--epochs", type=int, help="default: as shipped")

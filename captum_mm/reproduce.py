@@ -22,7 +22,15 @@ import torch
 from matplotlib.figure import Figure
 
 from captum_mm.attr.catalog import ABLATIONS, PAPER_METHODS, select_methods
-from captum_mm.datasets.easy_vqa import EasyVQA, GRID, for_visual_bert, tokenizer
+from captum_mm.datasets.easy_vqa import (
+    EASY_VQA_VOCABULARY,
+    FEATURES,
+    GRID,
+    VISUAL_BERT_FEATURES,
+    EasyVQA,
+    for_visual_bert,
+    tokenizer,
+)
 from captum_mm.metrics import (
     DEFAULT_STEPS,
     LXMERT_IMAGE,
@@ -47,6 +55,10 @@ SETTING_ROWS = {"negative image": "Neg. img", "positive image": "Pos. img", "neg
 SEGMENTATION_ROWS = ("AP", "AP_medium", "AP_large", "AR", "AR_medium", "AR_large")
 
 
+# The transformers model type each study expects of a checkpoint.
+MODEL_TYPES = {"lxmert-easyvqa": "lxmert", "visualbert-easyvqa": "visual_bert", "detr-shapes": "detr"}
+
+
 @dataclass
 class Options:
     """What ``captum-mm reproduce`` runs (defaults finish in minutes on 2 CPU cores)."""
@@ -63,6 +75,18 @@ class Options:
     annotations: Optional[str] = None
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.models if name not in MODEL_TYPES]
+        if unknown:
+            raise ValueError(f"Unknown models {unknown}; the main job runs {', '.join(MODEL_TYPES)}.")
+        stray = [name for name in self.checkpoints if name not in self.models]
+        if stray:
+            raise ValueError(f"Checkpoints given for {stray}, which are not among the models run ({', '.join(self.models)}).")
+        if (self.images_dir is None) != (self.annotations is None):
+            raise ValueError("Give both images_dir and annotations (a COCO-format dataset for DETR), or neither.")
+        if self.images_dir is not None and "detr-shapes" not in self.models:
+            raise ValueError("images_dir/annotations are for the DETR segmentation test, but detr-shapes is not run.")
+
 
 def _load(name: str, options: Options):
     from captum_mm import zoo
@@ -72,8 +96,32 @@ def _load(name: str, options: Options):
     from transformers import AutoConfig, DetrForObjectDetection, LxmertForQuestionAnswering, VisualBertForQuestionAnswering
 
     path = options.checkpoints[name]
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type != MODEL_TYPES[name]:
+        raise ValueError(f"The checkpoint for {name} at {path} is a {config.model_type!r} model; expected {MODEL_TYPES[name]!r}.")
+    if name != "detr-shapes":
+        _check_easy_vqa_config(name, path, config)
     classes = {"lxmert": LxmertForQuestionAnswering, "visual_bert": VisualBertForQuestionAnswering, "detr": DetrForObjectDetection}
-    return classes[AutoConfig.from_pretrained(path).model_type].from_pretrained(path).eval()
+    return classes[config.model_type].from_pretrained(path).eval()
+
+
+def _check_easy_vqa_config(name: str, path: str, config) -> None:
+    """A user's VQA checkpoint must take easy-VQA's inputs and give its answers."""
+    import easy_vqa
+
+    lxmert = name == "lxmert-easyvqa"
+    found = {
+        "answers": config.num_qa_labels if lxmert else config.num_labels,
+        "region feature size": config.visual_feat_dim if lxmert else config.visual_embedding_dim,
+    }
+    expected = {"answers": len(easy_vqa.get_answers()), "region feature size": FEATURES if lxmert else VISUAL_BERT_FEATURES}
+    wrong = [f"{key} {found[key]} (expected {expected[key]})" for key in found if found[key] != expected[key]]
+    if config.vocab_size < len(EASY_VQA_VOCABULARY):
+        wrong.append(f"vocabulary size {config.vocab_size} (expected at least {len(EASY_VQA_VOCABULARY)})")
+    if wrong:
+        raise ValueError(
+            f"The checkpoint for {name} at {path} does not fit captum_mm.datasets.easy_vqa: " + "; ".join(wrong) + "."
+        )
 
 
 def _png(figure: Figure) -> str:
@@ -142,7 +190,7 @@ class Plausibility:
 def _vqa_study(name: str, options: Options, methods: Dict[str, Callable]) -> Dict[str, Any]:
     model = _load(name, options)
     dataset = EasyVQA("test")
-    visual_bert = name.startswith("visualbert") or model.config.model_type == "visual_bert"
+    visual_bert = name == "visualbert-easyvqa"
     convert = for_visual_bert if visual_bert else (lambda batch: batch)
 
     def collate(items):

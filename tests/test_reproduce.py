@@ -1,6 +1,11 @@
 """The main job runs end to end on a tiny sample and writes every output file."""
 
+import json
+
+import pytest
+
 from captum_mm.cli import main
+from captum_mm.reproduce import Options, _load
 
 
 def test_reproduce_writes_every_output(tmp_path, capsys):
@@ -16,3 +21,49 @@ def test_reproduce_writes_every_output(tmp_path, capsys):
             assert (output / model / name).stat().st_size > 0
     assert (output / "detr-shapes" / "masks.png").exists() and (output / "detr-shapes" / "segmentation.json").exists()
     assert "data:image/png;base64," in (output / "report.html").read_text()
+
+
+def test_reproduce_takes_a_users_checkpoints_and_coco_data(tmp_path, capsys):
+    from transformers.models.detr.image_processing_pil_detr import DetrImageProcessorPil
+
+    from captum_mm import zoo
+    from captum_mm.datasets import write_shapes_coco
+    from helpers import detr
+
+    zoo.load("lxmert-easyvqa").save_pretrained(tmp_path / "lxmert")
+    detr(num_queries=4).save_pretrained(tmp_path / "detr")
+    DetrImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 64}).save_pretrained(tmp_path / "detr")
+    annotations = write_shapes_coco(tmp_path / "scenes", 2, seed=3, size=64)
+    output = tmp_path / "study"
+    main(["reproduce", "--output", str(output), "--models", "lxmert-easyvqa", "detr-shapes", "--samples", "2",
+          "--gallery", "1", "--methods", "ours", "--checkpoint", f"lxmert-easyvqa={tmp_path / 'lxmert'}",
+          "--checkpoint", f"detr-shapes={tmp_path / 'detr'}", "--images-dir", str(tmp_path / "scenes" / "val"),
+          "--annotations", str(annotations)])
+    assert "lxmert-easyvqa: AUC of every method" in capsys.readouterr().out
+    assert not (output / "scenes").exists()  # the given scenes were used, not generated ones
+    assert len(json.loads((output / "detr-shapes" / "segmentation.json").read_text())) == 1
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(models=["gpt"]), r"Unknown models \['gpt'\]; the main job runs lxmert-easyvqa"),
+        (dict(models=["detr-shapes"], checkpoints={"lxmert-easyvqa": "x"}), r"Checkpoints given for \['lxmert-easyvqa'\]"),
+        (dict(images_dir="val"), "Give both images_dir and annotations"),
+        (dict(models=["lxmert-easyvqa"], images_dir="val", annotations="val.json"), "detr-shapes is not run"),
+    ],
+)
+def test_reproduce_options_are_checked(options, message):
+    with pytest.raises(ValueError, match=message):
+        Options(**options)
+
+
+def test_a_checkpoint_that_does_not_fit_easy_vqa_is_refused(tmp_path):
+    from helpers import lxmert, visual_bert
+
+    visual_bert().save_pretrained(tmp_path / "visual_bert")
+    lxmert().save_pretrained(tmp_path / "lxmert")
+    with pytest.raises(ValueError, match="is a 'visual_bert' model; expected 'lxmert'"):
+        _load("lxmert-easyvqa", Options(models=["lxmert-easyvqa"], checkpoints={"lxmert-easyvqa": str(tmp_path / "visual_bert")}))
+    with pytest.raises(ValueError, match=r"does not fit captum_mm.datasets.easy_vqa: answers \d+ \(expected 13\); region feature size"):
+        _load("lxmert-easyvqa", Options(models=["lxmert-easyvqa"], checkpoints={"lxmert-easyvqa": str(tmp_path / "lxmert")}))
