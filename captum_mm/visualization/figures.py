@@ -39,11 +39,20 @@ def text_records_html(records) -> str:
     return captum_visualization.visualize_text(records, legend=False).data
 
 
+def _pixel_weights(relevance, grid: Sequence[int], size: Sequence[int]) -> np.ndarray:
+    """Relevance of a ``grid = (rows, cols)`` tiling (scaled to its maximum, negatives clipped), at every
+    pixel of a ``size = (height, width)`` image; the tiles need not divide the image evenly."""
+    weights = np.clip(_normalized(relevance), 0, 1)
+    if weights.size != grid[0] * grid[1]:
+        raise ValueError(f"relevance has {weights.size} values; a {grid[0]}x{grid[1]} grid needs {grid[0] * grid[1]}.")
+    rows = np.arange(size[0]) * grid[0] // size[0]
+    columns = np.arange(size[1]) * grid[1] // size[1]
+    return weights.reshape(grid)[rows[:, None], columns[None, :]]
+
+
 def region_heatmap(image: np.ndarray, relevance, grid: Sequence[int], title: str = "") -> Figure:
     """Grid or patch relevance as a Captum ``visualize_image_attr`` blended heat map over the image."""
-    weights = np.clip(_normalized(relevance), 0, 1).reshape(grid)
-    height, width = image.shape[:2]
-    attribution = np.kron(weights, np.ones((height // grid[0], width // grid[1])))[..., None]
+    attribution = _pixel_weights(relevance, grid, image.shape[:2])[..., None]
     figure, _ = captum_visualization.visualize_image_attr(
         attribution, image.astype(np.float64) / 255.0, method="blended_heat_map", sign="positive",
         use_pyplot=False, title=title or None,
@@ -56,22 +65,21 @@ def region_relevance_image(image: np.ndarray, relevance, grid: Sequence[int]) ->
 
     ``relevance`` holds one value per region of a ``grid = (rows, cols)`` tiling of the image.
     """
-    weights = np.clip(_normalized(relevance), 0, 1).reshape(grid)
-    height, width = image.shape[:2]
-    weights = np.kron(weights, np.ones((height // grid[0], width // grid[1])))
-    return (image.astype(np.float64) / 255.0) * weights[..., None]
+    return (image.astype(np.float64) / 255.0) * _pixel_weights(relevance, grid, image.shape[:2])[..., None]
 
 
-def _draw_tokens(axis, tokens: Sequence[str], relevance) -> None:
+def _draw_tokens(axis, tokens: Sequence[str], relevance) -> int:
+    """Tokens below the image, shaded red by relevance, wrapped onto as many lines as they need."""
     weights = np.clip(_normalized(relevance), 0, 1)
-    x = 0.0
+    x, line = 0.0, 0
     for token, weight in zip(tokens, weights):
-        text = axis.text(x, -0.08, token, transform=axis.transAxes, fontsize=7, va="top",
-                         bbox=dict(facecolor=(1.0, 1.0 - weight, 1.0 - weight), edgecolor="none", pad=1.0))
-        x += 0.045 + 0.04 * len(token)
-        if x > 0.95:
-            break
-        text.set_clip_on(False)
+        width = 0.045 + 0.04 * len(token)
+        if x > 0 and x + width > 1.0:
+            x, line = 0.0, line + 1
+        axis.text(x, -0.08 - 0.13 * line, token, transform=axis.transAxes, fontsize=7, va="top", clip_on=False,
+                  bbox=dict(facecolor=(1.0, 1.0 - weight, 1.0 - weight), edgecolor="none", pad=1.0))
+        x += width
+    return line + 1
 
 
 def relevance_gallery(
@@ -84,8 +92,9 @@ def relevance_gallery(
     """Figure 1 style: one row per method, one column per sample; image regions multiplied by
     relevance, question tokens shaded red below. ``relevance[method] = (text [B, T], image [B, R])``."""
     methods = list(relevance)
-    figure = Figure(figsize=(2.3 * len(images), 2.5 * len(methods)))
+    figure = Figure(figsize=(2.3 * len(images), 2.8 * len(methods)))
     axes = figure.subplots(len(methods), len(images), squeeze=False)
+    lines = 1
     for row, method in enumerate(methods):
         text, image_relevance = relevance[method]
         for column, image in enumerate(images):
@@ -93,12 +102,12 @@ def relevance_gallery(
             axis.imshow(region_relevance_image(image, image_relevance[column], grid))
             axis.set_xticks([])
             axis.set_yticks([])
-            _draw_tokens(axis, tokens[column], text[column][: len(tokens[column])])
+            lines = max(lines, _draw_tokens(axis, tokens[column], text[column][: len(tokens[column])]))
             if column == 0:
                 axis.set_ylabel(method, fontsize=9)
             if row == 0 and titles is not None:
                 axis.set_title(titles[column], fontsize=8)
-    figure.subplots_adjust(hspace=0.45, wspace=0.05)
+    figure.subplots_adjust(hspace=0.2 + 0.2 * lines, wspace=0.05)
     return figure
 
 
