@@ -76,6 +76,9 @@ class Options:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        counts = {"samples": self.samples, "images": self.images, "gallery": self.gallery}
+        if any(count < 1 for count in counts.values()):
+            raise ValueError(f"samples, images and gallery must be positive counts, got {counts}.")
         unknown = [name for name in self.models if name not in MODEL_TYPES]
         if unknown:
             raise ValueError(f"Unknown models {unknown}; the main job runs {', '.join(MODEL_TYPES)}.")
@@ -257,9 +260,9 @@ def _detr_study(options: Options, methods: Dict[str, Callable]) -> Dict[str, Any
     else:
         folder = Path(options.output) / "scenes"
         count, seed = DETR_SPLITS["val"]
-        annotations = folder / "val.json"
-        if not annotations.exists():
-            write_shapes_coco(folder, min(count, options.images), seed, DETR_IMAGE_SIZE, "val")
+        annotations, wanted = folder / "val.json", min(count, options.images)
+        if not annotations.exists() or len(json.loads(annotations.read_text())["images"]) != wanted:
+            write_shapes_coco(folder, wanted, seed, DETR_IMAGE_SIZE, "val")
         images = folder / "val"
     evaluator = SegmentationEvaluator(model, processor, images, annotations)
     image_ids = evaluator.image_ids(limit=options.images)
@@ -269,12 +272,14 @@ def _detr_study(options: Options, methods: Dict[str, Callable]) -> Dict[str, Any
         rows = {row: {m: 100 * scores[m][grid][row] for m in scores} for row in SEGMENTATION_ROWS}
         label = "0.50:0.05:0.95" if grid == "coco" else "0.20:0.05:0.95"
         tables.append(_table(rows, list(scores), f"detr-shapes: segmentation, IoU {label} (as supplementary Table 1)"))
-    figure = _detr_gallery(model, evaluator, image_ids[: max(1, options.gallery // 2)], methods)
     out = Path(options.output) / "detr-shapes"
     out.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out / "masks.png", dpi=110, bbox_inches="tight")
+    figures = {}
+    for image_id in image_ids[: max(1, options.gallery // 2)]:
+        figures[f"masks of scene {image_id}"] = figure = _detr_masks(model, evaluator, image_id, methods)
+        figure.savefig(out / f"masks_{image_id}.png", dpi=110, bbox_inches="tight")
     (out / "segmentation.json").write_text(json.dumps(scores, indent=2))
-    return {"scores": scores, "tables": tables, "text": format_table(scores), "figures": {"masks": figure}}
+    return {"scores": scores, "tables": tables, "text": format_table(scores), "figures": figures}
 
 
 def _processor(options: Options):
@@ -283,15 +288,14 @@ def _processor(options: Options):
     return DetrImageProcessorPil.from_pretrained(options.checkpoints["detr-shapes"])
 
 
-def _detr_gallery(model, evaluator: SegmentationEvaluator, image_ids: List[int], methods) -> Figure:
-    """Per-query relevance and masks of the first method ("ours" by default) on a few scenes."""
+def _detr_masks(model, evaluator: SegmentationEvaluator, image_id: int, methods) -> Figure:
+    """Per-query relevance and masks of the first method ("ours" by default) on one scene."""
     import numpy as np
 
     from captum_mm.metrics.segmentation import relevance_to_masks
 
     name, factory = next(iter(methods.items()))
     explainer = factory(model)
-    image_id = image_ids[0]
     image = evaluator.load_images([image_id])[0]
     inputs = evaluator.processor(images=[image], return_tensors="pt")
     with torch.no_grad():

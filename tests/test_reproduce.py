@@ -14,13 +14,19 @@ def test_reproduce_writes_every_output(tmp_path, capsys):
           "--methods", "ours", "rollout", "w/o norm."])
     printed = capsys.readouterr().out
     assert "AUC of every method" in printed and "segmentation, IoU 0.20:0.05:0.95" in printed
-    for name in ("report.html", "results.json", "table_1.csv"):
+    for name in ("report.html", "results.json"):
         assert (output / name).stat().st_size > 0
+    tables = json.loads((output / "results.json").read_text())["tables"]
+    assert len(tables) == 8  # per VQA model: methods, ablations, plausibility; DETR: two IoU grids
+    for index in range(1, len(tables) + 1):
+        assert (output / f"table_{index}.csv").read_text().startswith("setting,ours,")
     for model in ("lxmert-easyvqa", "visualbert-easyvqa"):
         for name in ("results.json", "curves.png", "gallery.png"):
             assert (output / model / name).stat().st_size > 0
-    assert (output / "detr-shapes" / "masks.png").exists() and (output / "detr-shapes" / "segmentation.json").exists()
+    assert len(list((output / "detr-shapes").glob("masks_*.png"))) == 1 and (output / "detr-shapes" / "segmentation.json").exists()
     assert "data:image/png;base64," in (output / "report.html").read_text()
+    main(["reproduce", "--output", str(output), "--models", "detr-shapes", "--images", "3", "--methods", "ours"])
+    assert len(json.loads((output / "scenes" / "val.json").read_text())["images"]) == 3  # not the 2 written before
 
 
 def test_reproduce_takes_a_users_checkpoints_and_coco_data(tmp_path, capsys):
@@ -50,6 +56,7 @@ def test_reproduce_takes_a_users_checkpoints_and_coco_data(tmp_path, capsys):
         (dict(models=["gpt"]), r"Unknown models \['gpt'\]; the main job runs lxmert-easyvqa"),
         (dict(models=["detr-shapes"], checkpoints={"lxmert-easyvqa": "x"}), r"Checkpoints given for \['lxmert-easyvqa'\]"),
         (dict(images_dir="val"), "Give both images_dir and annotations"),
+        (dict(samples=-5), "samples, images and gallery must be positive counts"),
         (dict(models=["lxmert-easyvqa"], images_dir="val", annotations="val.json"), "detr-shapes is not run"),
     ],
 )
