@@ -76,6 +76,10 @@ def train(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     options = {"epochs": args.epochs} if args.epochs else {}
+    if args.limit is not None:
+        if args.limit < 1:
+            raise SystemExit(f"--limit takes a positive number of questions or scenes, got {args.limit}.")
+        options["limit"] = args.limit
     print(run(args.name, Path(args.output or f"{args.name}-retrained"), seed=args.seed, **options))
 
 
@@ -103,6 +107,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     trainer.add_argument("--seed", type=int, default=0)
     trainer.add_argument("--epochs", type=int, help="default: as shipped")
     trainer.add_argument("--threads", type=int, default=1, help="torch threads")
+    trainer.add_argument("--limit", type=int, help="use the first N questions/scenes of each split (a quick check)")
     trainer.set_defaults(run=train)
     segment = commands.add_parser("segmentation", help=segmentation.__doc__)
     segment.add_argument("--images", required=True, help="folder of the images (e.g. COCO val2017)")

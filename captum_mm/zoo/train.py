@@ -81,22 +81,29 @@ def _schedule(optimizer, total_steps: int, warmup: int):
 
 
 def train_vqa(
-    name: str, output: Path, seed: int = 0, epochs: Optional[int] = None, batch_size: int = 64, lr: float = 5e-4
+    name: str, output: Path, seed: int = 0, epochs: Optional[int] = None, batch_size: int = 64, lr: float = 5e-4,
+    limit: Optional[int] = None,
 ) -> Dict[str, Any]:
-    """Train ``name`` on easy-VQA train, save it to ``output`` and return its measured quality."""
+    """Train ``name`` on easy-VQA train, save it to ``output`` and return its measured quality.
+
+    ``limit`` uses only the first ``limit`` questions of each split (a quick check of the recipe).
+    """
     epochs = epochs or VQA_EPOCHS[name]
     torch.manual_seed(seed)
     started = time.perf_counter()
     train, test = EasyVQA("train"), EasyVQA("test")
+    train_size, test_indices = len(train), None
+    if limit is not None:
+        train_size, test_indices = min(limit, len(train)), range(min(limit, len(test)))
     model = VQA_MODELS[name]()
     forward = KeywordModel(model, ())
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    steps_per_epoch = math.ceil(len(train) / batch_size)
+    steps_per_epoch = math.ceil(train_size / batch_size)
     scheduler = _schedule(optimizer, epochs * steps_per_epoch, warmup=steps_per_epoch // 2)
     generator = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         model.train()
-        order = torch.randperm(len(train), generator=generator).tolist()
+        order = torch.randperm(train_size, generator=generator).tolist()
         correct = seen = 0
         for step, start in enumerate(range(0, len(order), batch_size)):
             batch, scores = pad_collate([train[i] for i in order[start : start + batch_size]])
@@ -112,10 +119,10 @@ def train_vqa(
                       f"train accuracy {100 * correct / seen:.1f}%", flush=True)
     model.eval()
     quality = {
-        "easy_vqa_test_accuracy": vqa_accuracy(name, model, test),
-        "check_subset_accuracy": vqa_accuracy(name, model, test, range(VQA_CHECK_QUESTIONS)),
+        "easy_vqa_test_accuracy": vqa_accuracy(name, model, test, test_indices),
+        "check_subset_accuracy": vqa_accuracy(name, model, test, range(VQA_CHECK_QUESTIONS)[:limit]),
         "train_seconds": round(time.perf_counter() - started, 1),
-        "seed": seed, "epochs": epochs, "torch_threads": torch.get_num_threads(),
+        "seed": seed, "epochs": epochs, "torch_threads": torch.get_num_threads(), "limit": limit,
     }
     _save(model, output, quality)
     return quality
@@ -152,13 +159,14 @@ def detr_processor():
     return DetrImageProcessorPil(size={"shortest_edge": DETR_IMAGE_SIZE, "longest_edge": DETR_IMAGE_SIZE})
 
 
-def shape_scenes(folder: Path) -> Dict[str, Path]:
-    """The fixed train/validation split of synthetic scenes, written once under ``folder``."""
+def shape_scenes(folder: Path, limit: Optional[int] = None) -> Dict[str, Path]:
+    """The fixed train/validation split of synthetic scenes (the first ``limit`` of each), written once under ``folder``."""
     from captum_mm.datasets import write_shapes_coco
 
     paths = {}
     for split, (count, seed) in DETR_SPLITS.items():
         path = Path(folder) / f"{split}.json"
+        count = count if limit is None else min(count, limit)
         paths[split] = path if path.exists() else write_shapes_coco(folder, count, seed, DETR_IMAGE_SIZE, split)
     return paths
 
@@ -227,21 +235,27 @@ def calibrate_backbone(model: nn.Module, pixels: torch.Tensor) -> None:
 
 
 def train_detr(
-    output: Path, seed: int = 0, epochs: int = 150, batch_size: int = 16, lr: float = 5e-4, clip: float = 1.0
+    output: Path, seed: int = 0, epochs: int = 150, batch_size: int = 16, lr: float = 5e-4, clip: float = 1.0,
+    limit: Optional[int] = None,
 ) -> Dict[str, Any]:
-    """Train the shapes DETR on the synthetic train scenes, save it and return its validation bbox AP."""
+    """Train the shapes DETR on the synthetic train scenes, save it and return its validation bbox AP.
+
+    ``limit`` uses only the first ``limit`` scenes of each split (a quick check of the recipe).
+    """
     import tempfile
 
     with tempfile.TemporaryDirectory() as scenes:
-        return _train_detr(output, Path(scenes), seed, epochs, batch_size, lr, clip)
+        return _train_detr(output, Path(scenes), seed, epochs, batch_size, lr, clip, limit)
 
 
-def _train_detr(output: Path, scenes: Path, seed: int, epochs: int, batch_size: int, lr: float, clip: float) -> Dict[str, Any]:
+def _train_detr(
+    output: Path, scenes: Path, seed: int, epochs: int, batch_size: int, lr: float, clip: float, limit: Optional[int]
+) -> Dict[str, Any]:
     from pycocotools.coco import COCO
 
     torch.manual_seed(seed)
     started = time.perf_counter()
-    paths = shape_scenes(scenes)
+    paths = shape_scenes(scenes, limit)
     with contextlib.redirect_stdout(io.StringIO()):
         train, val = COCO(str(paths["train"])), COCO(str(paths["val"]))
     processor, model = detr_processor(), detr_model()
@@ -274,7 +288,7 @@ def _train_detr(output: Path, scenes: Path, seed: int, epochs: int, batch_size: 
     quality = detr_box_ap(model, val, Path(scenes) / "val", processor)
     quality["check_subset_AP50"] = detr_box_ap(model, val, Path(scenes) / "val", processor, DETR_CHECK_SCENES)["bbox_AP50"]
     quality.update(train_seconds=round(time.perf_counter() - started, 1), seed=seed, epochs=epochs, lr=lr, clip=clip,
-                   torch_threads=torch.get_num_threads())
+                   torch_threads=torch.get_num_threads(), limit=limit)
     _save(model, output, quality)
     processor.save_pretrained(output)
     return quality
