@@ -5,9 +5,13 @@ import os
 import numpy as np
 import pytest
 import torch
+from skimage import measure
 
 from captum_mm.datasets.easy_vqa import FEATURES, GRID, EasyVQA, for_visual_bert, region_boxes, region_features, shape_mask, tokenizer
 from captum_mm.metrics.study import pad_collate
+
+
+IDEAL_FILL = {"rectangle": 1.0, "circle": np.pi / 4, "triangle": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -16,6 +20,8 @@ def test_split():
 
 
 def test_counts(test_split):
+    train = EasyVQA("train")
+    assert len(train) == 38575 and len(train.rows) == 4000
     assert len(test_split) == 9673 and len(test_split.rows) == 1000
     assert len(test_split.answers) == 13
     assert test_split.features.shape == (1000, GRID * GRID, FEATURES)
@@ -34,12 +40,23 @@ def test_shape_mask_from_pixels():
     assert features[1 * GRID + 4, 3:6] == pytest.approx([0.0, 0.0, 1.0])  # the shape's own colour
 
 
-def test_recorded_masks_match_the_images(test_split):
-    for row in range(0, 1000, 97):
+def test_masks_have_the_geometry_of_the_named_shape(test_split):
+    """Checked against the answers, not the mask code: the mask is one blob that fills its bounding box as
+    the shape the questions name does (rectangle 1, circle pi/4, triangle 1/2), and the coverage adds up to it."""
+    named = {}
+    for label, image_id in zip(test_split.labels, test_split.image_ids):
+        if test_split.answers[label] in IDEAL_FILL:
+            named[test_split.rows[image_id]] = test_split.answers[label]
+    assert len(named) > 700
+    agree = 0
+    for row, shape in named.items():
         mask = shape_mask(test_split.images[row])
-        assert 50 < mask.sum() < 64 * 64 / 2
+        assert measure.label(mask).max() == 1
+        rows, columns = np.nonzero(mask)
+        fill = mask.sum() / ((np.ptp(rows) + 1) * (np.ptp(columns) + 1))
+        agree += min(IDEAL_FILL, key=lambda name: abs(IDEAL_FILL[name] - fill)) == shape
         assert test_split.coverage[row].sum() * 64 == pytest.approx(mask.sum())
-        assert (mask[0] == 0).all()  # the corner row is background
+    assert agree / len(named) > 0.95, agree / len(named)  # 98.9% measured
 
 
 def test_items_and_batches(test_split):
