@@ -214,6 +214,11 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
             if self.uses_relevance:
                 lrp = stack.enter_context(lrp_rules(self.model, adapter.lrp_structure(), self.rules or adapter.default_rules()))
             logits = adapter.logits(self.forward_func(*inputs, *additional))
+            if not record.arguments:
+                raise ValueError(
+                    f"forward_func never called {type(self.model).__name__}.forward: it must run the model itself "
+                    "(a sub-module or a method such as get_image_features is not explained)."
+                )
             selection = adapter.select_targets(logits, target, **options)
             schedule = adapter.schedule(record, selection).starting_at(self.start_layer)
             maps = self._fused_maps(record, schedule, selection, logits, lrp) if selection.num_elements else {}

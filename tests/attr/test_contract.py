@@ -65,25 +65,34 @@ def test_detr_padded_images(method):
     assert not batched.image[1, :, :, 2:].any()  # cells of the padding carry no relevance
 
 
-def test_model_left_unchanged_also_after_errors(method):
-    case = CASES["detr"]()  # built with SDPA attention, switched to eager while explaining
+@FAMILIES
+def test_model_left_unchanged_also_after_errors(method, family):
+    case = CASES[family]()  # built with the default (SDPA where supported) attention, switched to eager while explaining
     model = case.model
-    model(*case.inputs)  # transformers installs its own hooks on first use
+    case.forward(*case.inputs, *case.additional)  # transformers installs its own hooks on first use
     before = model_state(model)
-    explainer = METHODS[method](model)
-    explainer.attribute(case.inputs)
+    explainer = METHODS[method](case.forward, model)
+    explainer.attribute(case.inputs, case.target(case.inputs[0].shape[0]), case.additional)
     assert_same_state(before, model_state(model))
-    with pytest.raises(ValueError, match="out of range"):
-        explainer.explain(case.inputs, target=[[99], [0]])
+    bad_target, message = {"detr": ([[99], [0]], "out of range"), "clip": (1, "pass target=None")}.get(family, (99, "out of range"))
+    with pytest.raises(ValueError, match=message):
+        explainer.explain(case.inputs, bad_target, case.additional)
     assert_same_state(before, model_state(model))
 
-    def failing(pixel_values):
-        model(pixel_values)
+    def failing(*arguments):
+        case.forward(*arguments)
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        METHODS[method](failing, model).attribute(case.inputs)
+        METHODS[method](failing, model).attribute(case.inputs, None, case.additional)
     assert_same_state(before, model_state(model))
+
+
+def test_detr_returns_to_sdpa(method):
+    case = detr_case()
+    model = case.model
+    assert model.config._attn_implementation == "sdpa"
+    METHODS[method](model).attribute(case.inputs)
     assert model.config._attn_implementation == "sdpa"
 
 

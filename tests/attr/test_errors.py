@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from captum_mm.attr import GenericAttention
-from helpers import FEATURES, detr_case, lxmert, lxmert_case, text_batch
+from helpers import FEATURES, bert, clip_case, detr_case, lxmert, lxmert_case, text_batch, vilt_case, vit
 
 
 def test_unsupported_model_lists_the_supported_classes():
@@ -94,3 +94,46 @@ def test_ambiguous_input_needs_input_modalities():
         explainer.attribute(case.inputs, None, case.additional)
     attributions = explainer.attribute(case.inputs, None, case.additional, input_modalities=("text", "image", "image"))
     assert attributions[1].shape == case.inputs[1].shape
+
+
+def test_vit_and_bert_inputs_are_checked():
+    model = vit()
+    with pytest.raises(ValueError, match=r"pixel_values must be a 4-D tensor \[batch, channels, height, width\], got shape \(3, 32, 32\)"):
+        GenericAttention(model).explain(torch.randn(3, 32, 32))
+    ids, mask = text_batch(3)
+    with pytest.raises(ValueError, match="Batch sizes disagree: input_ids has 3, attention_mask has 1"):
+        GenericAttention(bert()).explain(ids, None, (mask[:1],))
+    with pytest.raises(ValueError, match="input_ids has zero tokens"):
+        GenericAttention(bert()).explain(ids[:, :0], None, (mask[:, :0],))
+
+
+def test_clip_explains_each_image_with_its_own_text():
+    case = clip_case()
+    with pytest.raises(ValueError, match="CLIP explains the similarity of each image with its own text.*pass target=None, got 1"):
+        GenericAttention(case.forward, case.model).explain(case.inputs, 1, case.additional)
+
+    def image_only(pixel_values):
+        return case.model.get_image_features(pixel_values=pixel_values).pooler_output
+
+    with pytest.raises(ValueError, match="forward_func never called CLIPModel.forward: it must run the model itself"):
+        GenericAttention(image_only, case.model).explain(case.inputs[1], None)
+
+    def image_with_text_embeddings(pixel_values, attention_mask):
+        return case.model(pixel_values=pixel_values, inputs_embeds=None, attention_mask=attention_mask).logits_per_image
+
+    with pytest.raises(ValueError, match="CLIP is explained on image-text pairs: it needs input_ids"):
+        GenericAttention(image_with_text_embeddings, case.model).explain(case.inputs[1], None, case.additional)
+
+
+def test_vilt_needs_pixels_for_the_patch_grid():
+    case = vilt_case()
+    ids, pixels = case.inputs
+    embeds = case.model.vilt.embeddings.patch_embeddings(pixels).flatten(2).transpose(1, 2)
+
+    def from_embeddings(input_ids, image_embeds, attention_mask):
+        return case.model(input_ids=input_ids, image_embeds=image_embeds, attention_mask=attention_mask).logits
+
+    with pytest.raises(ValueError, match=r"ViLT is explained from pixel_values .* \(not image_embeds\)"):
+        GenericAttention(from_embeddings, case.model).explain((ids, embeds), None, case.additional)
+    with pytest.raises(ValueError, match=r"pixel_values must be a 4-D tensor"):
+        GenericAttention(case.forward, case.model).explain((ids, pixels[0]), None, case.additional)

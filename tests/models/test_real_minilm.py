@@ -19,7 +19,7 @@ def minilm_model():
     return BertModel.from_pretrained(folder).eval(), BertTokenizer.from_pretrained(folder)
 
 
-@pytest.mark.parametrize("method", ["generic", "raw-attention", "rollout", "grad-cam", "partial-lrp", "transformer-attribution"])
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_real_sentences_get_finite_non_trivial_relevance(minilm_model, method):
     model, tokenizer = minilm_model
     batch = tokenizer(SENTENCES, return_tensors="pt", padding=True)
