@@ -135,9 +135,9 @@ def detr_case(batch=2, **kwargs) -> Case:
     return Case("detr", model, model, (pixels,), (), alone, {"image": (batch, 6, 2, 3)}, classes=None)
 
 
-def vit(layers=2, **overrides) -> nn.Module:
+def vit(layers=2, image_size=32, patch_size=8, **overrides) -> nn.Module:
     config = ViTConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=37,
-                       image_size=32, patch_size=8, num_labels=CLASSES, **overrides)
+                       image_size=image_size, patch_size=patch_size, num_labels=CLASSES, **overrides)
     return ViTForImageClassification(config).eval()
 
 
@@ -163,19 +163,19 @@ def bert_case(batch=3, layers=2) -> Case:
     return Case("bert", model, model, (ids,), (mask,), alone, {"text": (batch, 6)})
 
 
-def clip(layers=2) -> nn.Module:
+def clip(layers=2, vision_layers=None) -> nn.Module:
     config = CLIPConfig(
         text_config=dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
                          intermediate_size=37, max_position_embeddings=16, eos_token_id=VOCAB - 1),
-        vision_config=dict(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=37,
+        vision_config=dict(hidden_size=32, num_hidden_layers=vision_layers or layers, num_attention_heads=4, intermediate_size=37,
                            image_size=32, patch_size=8),
         projection_dim=16,
     )
     return CLIPModel(config).eval()
 
 
-def clip_case(batch=3, layers=2) -> Case:
-    model = clip(layers)
+def clip_case(batch=3, layers=2, vision_layers=None) -> Case:
+    model = clip(layers, vision_layers)
     ids, mask = text_batch(batch)
     ids = ids.clamp(max=VOCAB - 2)
     ids[torch.arange(batch), mask.sum(1) - 1] = VOCAB - 1  # end of text

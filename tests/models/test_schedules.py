@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from captum_mm.attr import GenericAttention
 from captum_mm.models import adapter_for, capture_attention
 from helpers import detr_case, lxmert_case, visual_bert_case
 
@@ -120,3 +121,34 @@ def test_vilt_schedule_maps_sampled_patches_to_the_grid(layers):
     assert image.columns == slice(7, 23) and image.grid == (4, 4)
     assert sorted(image.positions[0].tolist()) == list(range(16))  # every patch once, in ViLT's random order
     assert schedule.outputs["text"].columns == slice(0, 6) and schedule.outputs["text"].rows.tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("image_size, patch_size, grid", [((32, 48), 8, (4, 6)), (32, 16, (2, 2))])
+def test_vit_grid_follows_image_and_patch_size(image_size, patch_size, grid):
+    from helpers import Case, vit
+
+    model = vit(image_size=image_size, patch_size=patch_size)
+    size = image_size if isinstance(image_size, tuple) else (image_size, image_size)
+    pixels = torch.randn(2, 3, *size)
+    schedule, _ = schedule_of(Case("vit", model, model, (pixels,), (), None, {}))
+    assert schedule.sizes == {"image": 1 + grid[0] * grid[1]} and schedule.outputs["image"].grid == grid
+    assert GenericAttention(model).explain(pixels).image.shape == (2, *grid)
+
+
+def test_clip_towers_of_different_depths():
+    from helpers import clip_case
+
+    schedule, _ = schedule_of(clip_case(layers=1, vision_layers=3))
+    assert sorted(kinds(schedule)) == sorted([(II,)] * 3 + [(TT,)])
+
+
+def test_vilt_with_fewer_sampled_patches_than_the_grid():
+    from helpers import vilt_case
+
+    case = vilt_case()
+    case.model.config.max_image_length = 8
+    schedule, _ = schedule_of(case)
+    image = schedule.outputs["image"]
+    assert schedule.sizes == {"joint": 6 + 1 + 8} and image.columns == slice(7, 15) and image.grid == (4, 4)
+    for positions in image.positions:
+        assert len(set(positions.tolist())) == 8 and all(0 <= p < 16 for p in positions.tolist())
