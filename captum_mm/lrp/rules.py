@@ -5,7 +5,7 @@ Convention: at every tensor ``x`` of the graph the backward pass carries a
 maps the modified gradient of a module's output to that of its inputs. Seeding
 the backward with ``onehot / logits`` gives relevance 1 at the target logit.
 
-The defaults are the rules of the reference implementation (METHOD.md, "LRP
+The defaults are the rules of the reference implementation (docs/METHOD.md, "LRP
 rules of the reference"): alpha=1, beta=0 for linear layers with the bias left
 out of the denominator; LayerNorm, activations, softmax and dropout pass
 relevance through; both operands of each attention matmul take half of the

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-#: Fractions removed (METHOD.md); VisualBERT's image regions use their own.
+#: Fractions removed (docs/METHOD.md); VisualBERT's image regions use their own.
 DEFAULT_STEPS = (0.0, 0.25, 0.5, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
 VISUAL_BERT_IMAGE_STEPS = (0.0, 0.5, 0.75, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0)
 

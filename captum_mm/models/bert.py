@@ -1,6 +1,6 @@
 """BERT: self-attention over text tokens (post-norm layers).
 
-Schedule (METHOD.md, self-attention-only models): Eq. 6 for every layer; readout the
+Schedule (docs/METHOD.md, self-attention-only models): Eq. 6 for every layer; readout the
 ``[CLS]`` row (what the pooler and the sequence-classification head read) without
 its own entry. Capture: the attention modules return the probabilities second under
 eager attention.

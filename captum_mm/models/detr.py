@@ -1,7 +1,7 @@
 """DETR: a CNN backbone, a self-attention encoder over the ``h x w`` feature map,
 and a decoder whose object queries attend to each other and to the image.
 
-Schedule (METHOD.md): encoder self-attentions (Eq. 6 on ``R^{ii}``), then per
+Schedule (docs/METHOD.md): encoder self-attentions (Eq. 6 on ``R^{ii}``), then per
 decoder layer the query self-attention (Eq. 6/7 on ``R^{qq}``, ``R^{qi}``) and the
 cross-attention (Eq. 10 on ``R^{qi}``; Eq. 11 adds nothing, image tokens never
 attend to queries). Readout: row ``R^{qi}[query]`` as an ``h x w`` map. Target:

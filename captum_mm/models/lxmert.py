@@ -1,6 +1,6 @@
 """LXMERT: a language stream, an object-relationship stream and cross-modality layers.
 
-Schedule (METHOD.md): language self-attentions, then the r-layers' image
+Schedule (docs/METHOD.md): language self-attentions, then the r-layers' image
 self-attentions, then each x-layer as [text->image, image->text] (in parallel,
 from one pre-layer state), language self-attention, visual self-attention. The
 last x-layer contributes only its text->image cross-attention and language

@@ -1,6 +1,6 @@
 """VisualBERT: one self-attention stream over ``[text | image]`` tokens.
 
-Schedule (METHOD.md): Eq. 6 for every layer on one joint relevance matrix.
+Schedule (docs/METHOD.md): Eq. 6 for every layer on one joint relevance matrix.
 Readout: the row of the token the answer head pools -- for
 ``VisualBertForQuestionAnswering`` the last question token before ``[SEP]``
 (``attention_mask.sum() - 2``, as the HF head gathers it), for pooler-based heads

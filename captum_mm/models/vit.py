@@ -1,6 +1,6 @@
 """ViT: self-attention over ``[CLS] + h x w`` image patches (pre-norm layers).
 
-Schedule (METHOD.md, self-attention-only models): Eq. 6 for every layer; readout
+Schedule (docs/METHOD.md, self-attention-only models): Eq. 6 for every layer; readout
 the ``[CLS]`` row without its own entry, returned on the ``h x w`` patch grid.
 Capture: the attention modules return the probabilities second under eager attention.
 """
@@ -37,7 +37,7 @@ class ViTAdapter(ArchitectureAdapter):
     def _layers(self):
         return [module for module in self.model.modules() if isinstance(module, ViTLayer)]
 
-    def sites(self):
+    def sites(self):  # ViTAttention returns (output, probabilities) under eager attention
         return self.named_sites(self.model, [(".attention", lambda output: output[1])])
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
@@ -45,7 +45,7 @@ class ViTAdapter(ArchitectureAdapter):
         check_rank(arguments, "pixel_values", 4, "[batch, channels, height, width]")
         check_batch_sizes(arguments, ("pixel_values",))
 
-    def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
+    def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:  # Eq. 6 per layer
         pixels = record.arguments["pixel_values"]
         patch = self.model.config.patch_size
         grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
@@ -54,7 +54,7 @@ class ViTAdapter(ArchitectureAdapter):
         readout = {IMAGE: Readout(IMAGE, cls, IMAGE, slice(1, None), grid)}
         return single_modality_schedule(record, selection, IMAGE, mask, readout)
 
-    def lrp_structure(self) -> LRPStructure:
+    def lrp_structure(self) -> LRPStructure:  # pre-norm: x + attention(norm(x)), then + mlp(norm(.))
         attention, residuals = [], []
         for layer in self._layers():
             block = layer.attention

@@ -1,4 +1,4 @@
-"""Each adapter's schedule (count, order, kind and modalities of events) against METHOD.md."""
+"""Each adapter's schedule (count, order, kind and modalities of events) against docs/METHOD.md."""
 
 import pytest
 import torch
