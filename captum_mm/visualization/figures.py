@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 from captum.attr import visualization as captum_visualization
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
@@ -68,18 +69,21 @@ def region_relevance_image(image: np.ndarray, relevance, grid: Sequence[int]) ->
     return (image.astype(np.float64) / 255.0) * _pixel_weights(relevance, grid, image.shape[:2])[..., None]
 
 
-def _draw_tokens(axis, tokens: Sequence[str], relevance) -> int:
+def _draw_tokens(axis, tokens: Sequence[str], relevance) -> None:
     """Tokens below the image, shaded red by relevance, wrapped onto as many lines as they need."""
     weights = np.clip(_normalized(relevance), 0, 1)
+    axis.apply_aspect()  # the image's square box, as drawn, before measuring in axes units
+    renderer = axis.figure.canvas.get_renderer()
+    to_axes = axis.transAxes.inverted()
     x, line = 0.0, 0
     for token, weight in zip(tokens, weights):
-        width = 0.045 + 0.04 * len(token)
+        text = axis.text(x, -0.08 - 0.13 * line, token, transform=axis.transAxes, fontsize=7, va="top", clip_on=False,
+                         bbox=dict(facecolor=(1.0, 1.0 - weight, 1.0 - weight), edgecolor="none", pad=1.0))
+        width = text.get_window_extent(renderer).transformed(to_axes).width + 0.04
         if x > 0 and x + width > 1.0:
             x, line = 0.0, line + 1
-        axis.text(x, -0.08 - 0.13 * line, token, transform=axis.transAxes, fontsize=7, va="top", clip_on=False,
-                  bbox=dict(facecolor=(1.0, 1.0 - weight, 1.0 - weight), edgecolor="none", pad=1.0))
+            text.set_position((x, -0.08 - 0.13 * line))
         x += width
-    return line + 1
 
 
 def relevance_gallery(
@@ -93,8 +97,9 @@ def relevance_gallery(
     relevance, question tokens shaded red below. ``relevance[method] = (text [B, T], image [B, R])``."""
     methods = list(relevance)
     figure = Figure(figsize=(2.3 * len(images), 2.8 * len(methods)))
+    FigureCanvasAgg(figure)  # a renderer to measure the tokens with
     axes = figure.subplots(len(methods), len(images), squeeze=False)
-    lines = 1
+    figure.subplots_adjust(hspace=0.6, wspace=0.05)  # room for three lines of tokens
     for row, method in enumerate(methods):
         text, image_relevance = relevance[method]
         for column, image in enumerate(images):
@@ -102,12 +107,11 @@ def relevance_gallery(
             axis.imshow(region_relevance_image(image, image_relevance[column], grid))
             axis.set_xticks([])
             axis.set_yticks([])
-            lines = max(lines, _draw_tokens(axis, tokens[column], text[column][: len(tokens[column])]))
+            _draw_tokens(axis, tokens[column], text[column][: len(tokens[column])])
             if column == 0:
                 axis.set_ylabel(method, fontsize=9)
             if row == 0 and titles is not None:
                 axis.set_title(titles[column], fontsize=8)
-    figure.subplots_adjust(hspace=0.2 + 0.2 * lines, wspace=0.05)
     return figure
 
 
