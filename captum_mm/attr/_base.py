@@ -16,7 +16,7 @@ from captum_mm._compat import (
     _is_tuple,
     log_usage,
 )
-from captum_mm.lrp import LRPState, RuleSet, attention_relevance, lrp_rules, relevance_seed
+from captum_mm.lrp import LRPState, RuleSet, attention_relevance, lrp_rules
 from captum_mm.models import TargetSelection, adapter_for, capture_attention
 from captum_mm.models.capture import AttentionRecord
 from captum_mm.relevance.rules import read_rows
@@ -269,7 +269,7 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
             grads: List[Optional[Tensor]] = [None] * len(probs)
             if self.uses_gradients:
                 grads = _attention_gradients(logits, probs, seeds[chunk], retain_graph=True)
-            relevance = attention_relevance(logits, lrp, relevance_seed(logits, seeds[chunk])) if lrp else {}
+            relevance = attention_relevance(lrp, *self.adapter.lrp_start(lrp, logits, seeds[chunk])) if lrp else {}
             members = torch.isin(selection.slot, chunk)
             position, sample = selection.slot[members] - chunk[0], selection.sample[members]
             for index, p in enumerate(probs):

@@ -87,6 +87,11 @@ class LRPState:
 
     relevance: bool = False
     probes: List[Tuple[Tensor, Tensor]] = field(default_factory=list)  # (attention map, probe)
+    linear_io: Dict[int, Tuple[Tensor, Tensor]] = field(default_factory=dict)  # id(linear): (input, switched output)
+
+    def output_of(self, linear: nn.Linear) -> Tensor:
+        """The latest output of ``linear``, as the rules see it (an LRP backward can start there)."""
+        return self.linear_io[id(linear)][1]
 
     @contextmanager
     def relevance_mode(self) -> Iterator[None]:
@@ -127,9 +132,9 @@ def _is_pass_through(module: nn.Module, extra: Tuple[type, ...]) -> bool:
 class _Recorder:
     """The latest tensors of the sources rule sites read, per forward call."""
 
-    def __init__(self) -> None:
+    def __init__(self, linear_io: Dict[int, Tuple[Tensor, Tensor]]) -> None:
         self.values: Dict[Tuple[int, Optional[str], Optional[int]], Tensor] = {}
-        self.linear_io: Dict[int, Tuple[Tensor, Tensor]] = {}
+        self.linear_io = linear_io
 
     def get(self, source: TensorSource) -> Tensor:
         return self.values[(id(source.module), source.argument, source.index)]
@@ -173,7 +178,8 @@ def lrp_rules(model: nn.Module, structure: LRPStructure, rules: Optional[RuleSet
         receive the relevance of each attention map.
     """
     rules = rules or RuleSet()
-    state, recorder, handles = LRPState(), _Recorder(), HandleList()
+    state, handles = LRPState(), HandleList()
+    recorder = _Recorder(state.linear_io)
     attention_parts = {id(m) for site in structure.attention for m in _probability_modules(site)}
     try:
         for module in model.modules():
@@ -288,23 +294,28 @@ def relevance_seed(logits: Tensor, one_hot: Tensor) -> Tensor:
     return safe_divide(one_hot, logits.detach())
 
 
-def attention_relevance(logits: Tensor, state: LRPState, seeds: Tensor) -> Dict[int, Tensor]:
-    """One LRP backward: ``R_A`` per attention map (keyed by ``id`` of the map), ``[K, B, H, Nq, Nk]``."""
+def attention_relevance(
+    state: LRPState, outputs: Tuple[Tensor, ...], grad_outputs: Tuple[Tensor, ...]
+) -> Dict[int, Tensor]:
+    """One LRP backward from ``outputs`` (seeded by the modified gradients ``grad_outputs``,
+    ``[K, *output.shape]`` for ``K`` slots): ``R_A`` per attention map (keyed by ``id`` of the map),
+    ``[K, B, H, Nq, Nk]``."""
     maps, probes = [m for m, _ in state.probes], [p for _, p in state.probes]
     if not probes:
         return {}
-    batched = seeds.shape[0] > 1
+    slots = grad_outputs[0].shape[0]
+    batched = slots > 1
     with state.relevance_mode():
         found = torch.autograd.grad(
-            logits,
+            outputs,
             probes,
-            grad_outputs=seeds if batched else seeds[0],
+            grad_outputs=grad_outputs if batched else tuple(g[0] for g in grad_outputs),
             is_grads_batched=batched,
             allow_unused=True,
             retain_graph=True,
         )
     relevance = {}
     for attention, value in zip(maps, found):
-        value = torch.zeros_like(attention)[None].expand(seeds.shape[0], *attention.shape) if value is None else value
+        value = torch.zeros_like(attention)[None].expand(slots, *attention.shape) if value is None else value
         relevance[id(attention)] = value if batched else value[None]
     return relevance

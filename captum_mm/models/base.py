@@ -6,7 +6,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from captum_mm.lrp.composite import AttentionRuleSite, LRPStructure, ResidualRuleSite, TensorSource
+from captum_mm.lrp.composite import AttentionRuleSite, LRPState, LRPStructure, ResidualRuleSite, TensorSource, relevance_seed
 from captum_mm.lrp.rules import RuleSet
 from captum_mm.models.capture import AttentionRecord, AttentionSite
 from captum_mm.relevance.schedule import Schedule
@@ -74,6 +74,11 @@ class ArchitectureAdapter:
     def default_rules(self) -> RuleSet:
         """The reference implementation's LRP rules for this family."""
         return RuleSet()
+
+    def lrp_start(self, state: LRPState, logits: Tensor, seeds: Tensor) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
+        """Where the LRP backward starts and its modified gradients there, ``[K, *shape]`` for the
+        ``K`` slots of ``seeds``: by default the logits, each target's relevance set to 1."""
+        return (logits,), (relevance_seed(logits, seeds),)
 
     def logits(self, output: Any) -> Tensor:
         """The logits tensor inside whatever ``forward_func`` returned."""

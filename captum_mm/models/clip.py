@@ -8,14 +8,14 @@ of each image with its own text (``logits_per_image[b, b]``): a batch of image-t
 pairs is explained from one forward and one backward.
 """
 
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import torch
 from torch import Tensor
 from transformers import CLIPModel
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
-from captum_mm.lrp.composite import AttentionRuleSite, LRPStructure, TensorSource
+from captum_mm.lrp.composite import AttentionRuleSite, LRPState, LRPStructure, TensorSource, relevance_seed
 from captum_mm.models.base import (
     ArchitectureAdapter,
     TargetSelection,
@@ -87,6 +87,19 @@ class ClipAdapter(ArchitectureAdapter):
             },
             element_sample=selection.sample,
         )
+
+    def lrp_start(self, state: LRPState, logits: Tensor, seeds: Tensor) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
+        """LRP enters each tower at its projected embedding, the L2 normalisation passed through as
+        LayerNorm is: dimension ``d`` of a pair's embeddings gets ``scale * x_d y_d / (|x| |y|)``, its
+        share of the logit (the ordinary gradient would give shares summing to zero: the cosine is
+        scale-invariant). Relevance per target sums to 1 in each tower."""
+        image, text = state.output_of(self.model.visual_projection), state.output_of(self.model.text_projection)
+        image_norm, text_norm = (t.detach().norm(dim=-1, keepdim=True) for t in (image, text))
+        scale = self.model.logit_scale.detach().exp()
+        weights = relevance_seed(logits, seeds) * scale  # [K, images, texts]
+        image_grad = torch.einsum("kij,jd->kid", weights, text.detach() / text_norm) / image_norm
+        text_grad = torch.einsum("kij,id->kjd", weights, image.detach() / image_norm) / text_norm
+        return (image, text), (image_grad, text_grad)
 
     def lrp_structure(self) -> LRPStructure:
         attention, residuals = [], []

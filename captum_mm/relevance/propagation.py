@@ -34,7 +34,7 @@ def generic_relevance(
             for event in step
         ]
         relevance = apply_deltas(relevance, deltas, aggregate)
-    return {pair: relevance[pair] for pair in schedule.pairs}
+    return {pair: relevance.full(pair) for pair in schedule.pairs}
 
 
 def last_event(schedule: Schedule, row: str, key: str):
@@ -80,7 +80,7 @@ def transformer_attribution_relevance(schedule: Schedule, maps: Maps) -> Matrice
         relevance = initial_relevance({row: schedule.sizes[row]}, schedule.num_elements, _like(schedule, maps))
         for event in schedule.self_events(row):
             relevance = apply_deltas(relevance, [self_attention_deltas(relevance, row, maps[event.call])])
-        matrices[(row, key)] = relevance[(row, row)]
+        matrices[(row, key)] = relevance.full((row, row))
     return matrices
 
 

@@ -1,58 +1,79 @@
 """The update rules of Chefer, Gur & Wolf (ICCV 2021), as pure batched tensor functions.
 
-Every tensor carries a leading element dimension ``E``. ``R`` is a relevance
-dictionary keyed by ``(x, y)`` modality pairs, holding ``R^{xy}`` of shape
-``[E, |x|, |y|]``; fused attention maps ``A_bar`` are ``[E, N_query, N_key]``.
-Rules return *deltas* computed from the state they are given; applying them
-(adding, or replacing for the "w/o aggregation" ablation) is
-:func:`apply_deltas`'s job, so that parallel events share one pre-step state.
+Every tensor carries a leading element dimension ``E``. :class:`Relevance` maps
+``(x, y)`` modality pairs to ``R^{xy}`` of shape ``[E, |x|, |y|]``; fused attention
+maps ``A_bar`` are ``[E, N_query, N_key]``. Rules return *deltas* computed from the
+state they are given; applying them (adding, or replacing for the "w/o aggregation"
+ablation) is :func:`apply_deltas`'s job, so that parallel events share one pre-step state.
 """
 
-from typing import Dict, Iterable, Tuple
+from typing import Dict, Iterable, Mapping, Tuple
 
 import torch
 from torch import Tensor
 
-Relevance = Dict[Tuple[str, str], Tensor]
+Pair = Tuple[str, str]
+
+
+class Relevance(dict):
+    """``{(x, y): R^{xy}}``. The self blocks of the modalities in ``implicit_identity`` are held as
+    ``R^{xx} - I``: relevance far smaller than 1 is then not lost to rounding next to the identity
+    (the normalisation of Eq. 8-9 works on exactly that difference). Read through :meth:`full`
+    and :meth:`residual`."""
+
+    def __init__(self, blocks: Mapping[Pair, Tensor] = (), implicit_identity: Iterable[str] = ()) -> None:
+        super().__init__(blocks)
+        self.implicit_identity = frozenset(implicit_identity)
+
+    def full(self, pair: Pair) -> Tensor:
+        """``R^{xy}`` itself."""
+        block = self[pair]
+        return block + _eye_like(block) if pair[0] == pair[1] and pair[0] in self.implicit_identity else block
+
+    def residual(self, modality: str) -> Tensor:
+        """``R^{ss} - I``."""
+        block = self[(modality, modality)]
+        return block if modality in self.implicit_identity else block - _eye_like(block)
+
+
+def _eye_like(matrix: Tensor) -> Tensor:
+    return torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
 
 
 def initial_relevance(sizes: Dict[str, int], num_elements: int, like: Tensor) -> Relevance:
     """Eq. 1-2: ``R^{xx} = I`` for every modality, every cross block ``R^{xy} = 0``."""
-    relevance = {}
-    for x, nx in sizes.items():
-        for y, ny in sizes.items():
-            if x == y:
-                block = torch.eye(nx, dtype=like.dtype, device=like.device)
-                relevance[(x, y)] = block.expand(num_elements, nx, nx).clone()
-            else:
-                relevance[(x, y)] = like.new_zeros(num_elements, nx, ny)
-    return relevance
+    blocks = {(x, y): like.new_zeros(num_elements, nx, ny) for x, nx in sizes.items() for y, ny in sizes.items()}
+    return Relevance(blocks, implicit_identity=sizes)
 
 
-def normalize_self_relevance(self_relevance: Tensor) -> Tensor:
-    """Eq. 8-9: ``R_bar = R_hat / rowsum(R_hat) + I`` with ``R_hat = R - I``.
+def normalize_self_relevance(residual: Tensor) -> Tensor:
+    """Eq. 8-9: ``R_bar = R_hat / rowsum(R_hat) + I``, given ``R_hat = R - I``.
 
     A row of ``R_hat`` summing to zero is treated as all-zero (no NaN). The input
     is not modified.
     """
-    eye = torch.eye(self_relevance.shape[-1], dtype=self_relevance.dtype, device=self_relevance.device)
-    residual = self_relevance - eye
     row_sums = residual.sum(dim=-1, keepdim=True)
     nonzero = row_sums != 0
     normalized = torch.where(nonzero, residual / torch.where(nonzero, row_sums, torch.ones_like(row_sums)), 0.0)
-    return normalized + eye
+    return normalized + _eye_like(residual)
 
 
-def self_attention_deltas(relevance: Relevance, modality: str, attention: Tensor) -> Relevance:
-    """Eq. 6-7: ``dR^{sy} = A_bar . R^{sy}`` for every modality ``y`` (``y = s`` is Eq. 6).
+def self_attention_deltas(relevance: Relevance, modality: str, attention: Tensor) -> Dict[Pair, Tensor]:
+    """Eq. 6-7: ``dR^{sy} = A_bar . R^{sy}`` for every modality ``y`` (``y = s`` is Eq. 6; with the
+    identity held implicitly ``A_bar . (I + (R - I)) = A_bar + A_bar . (R - I)``).
 
-    All-zero blocks (e.g. DETR's ``R^{iq}``) are skipped: their delta is zero.
+    All-zero blocks (e.g. DETR's ``R^{iq}``) contribute nothing and are skipped.
     """
-    return {
-        (x, y): torch.bmm(attention, block)
-        for (x, y), block in relevance.items()
-        if x == modality and (x == y or block.any())
-    }
+    deltas = {}
+    for (x, y), block in relevance.items():
+        if x != modality:
+            continue
+        product = torch.bmm(attention, block) if block.any() else None
+        if x == y and x in relevance.implicit_identity:
+            deltas[(x, y)] = attention if product is None else attention + product
+        elif product is not None or x == y:
+            deltas[(x, y)] = product if product is not None else torch.zeros_like(block)
+    return deltas
 
 
 def bimodal_deltas(
@@ -71,9 +92,10 @@ def bimodal_deltas(
     w/o self-att." ablation). Eq. 11: ``dR^{ss} = A_bar . R^{qs}``.
     """
     if self_in_bimodal:
-        r_ss, r_qq = relevance[(query, query)], relevance[(key, key)]
         if normalize:
-            r_ss, r_qq = normalize_self_relevance(r_ss), normalize_self_relevance(r_qq)
+            r_ss, r_qq = (normalize_self_relevance(relevance.residual(m)) for m in (query, key))
+        else:
+            r_ss, r_qq = relevance.full((query, query)), relevance.full((key, key))
         cross = torch.bmm(r_ss.transpose(1, 2), torch.bmm(attention, r_qq))
     else:
         cross = attention
@@ -82,16 +104,17 @@ def bimodal_deltas(
     return {(query, key): cross, (query, query): self_delta.expand_as(relevance[(query, query)])}
 
 
-def apply_deltas(relevance: Relevance, deltas: Iterable[Relevance], aggregate: bool = True) -> Relevance:
+def apply_deltas(relevance: Relevance, deltas: Iterable[Dict[Pair, Tensor]], aggregate: bool = True) -> Relevance:
     """Apply the deltas of one step: ``R <- R + sum(dR)``, or ``R <- sum(dR)`` without aggregation."""
-    summed: Relevance = {}
+    summed: Dict[Pair, Tensor] = {}
     for delta in deltas:
         for pair, value in delta.items():
             summed[pair] = summed[pair] + value if pair in summed else value
-    updated = dict(relevance)
-    for pair, value in summed.items():
-        updated[pair] = relevance[pair] + value if aggregate else value
-    return updated
+    if aggregate:
+        return Relevance({**relevance, **{pair: relevance[pair] + value for pair, value in summed.items()}},
+                         relevance.implicit_identity)
+    replaced = {x for x, y in summed if x == y}
+    return Relevance({**relevance, **summed}, relevance.implicit_identity - replaced)
 
 
 def rollout(maps: Iterable[Tensor], size: int, like: Tensor) -> Tensor:

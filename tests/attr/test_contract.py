@@ -137,3 +137,19 @@ def test_vectorized_backward_equals_one_backward_per_query(method):
     vectorized.vectorized_backward = True
     expected = looped.explain(case.inputs, threshold=0.0).image
     assert torch.allclose(vectorized.explain(case.inputs, threshold=0.0).image, expected, atol=1e-6, rtol=1e-5)
+
+
+@FAMILIES
+def test_float32_agrees_with_float64(method, family):
+    """Relevance is a stable function of the model, not rounding noise."""
+    case = CASES[family]()
+    target = case.target(case.inputs[0].shape[0])
+    explain = lambda: METHODS[method](case.forward, case.model).explain(case.inputs, target, case.additional, threshold=0.0)  # noqa: E731
+    single = explain()
+    case.model.double()
+    case.inputs = tuple(t.double() if t.is_floating_point() else t for t in case.inputs)
+    double = explain()
+    for name in case.outputs:
+        expected = getattr(double, name)
+        scale = expected.abs().max().clamp(min=1e-12)
+        assert ((getattr(single, name).double() - expected).abs().max() / scale) < 1e-3, name

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from captum_mm.lrp import lrp_rules, relevance_seed
+from captum_mm.lrp import lrp_rules
 from captum_mm.models import adapter_for, capture_attention
 from helpers import assert_same_state, detr_case, lxmert_case, model_state, visual_bert_case
 
@@ -29,10 +29,10 @@ def relevance_at_cuts(case, cuts):
                 logits = adapter.logits(case.forward(*inputs, *case.additional))
                 options = {"single": True} if case.name == "detr" else {}
                 selection = adapter.select_targets(logits, None, **options)
-                seed = relevance_seed(logits, selection.grad_outputs[0])
+                starts, seeds = adapter.lrp_start(state, logits, selection.grad_outputs[:1])
                 names = list(tensors)
                 with state.relevance_mode():
-                    grads = torch.autograd.grad(logits, [tensors[n] for n in names], seed, allow_unused=True)
+                    grads = torch.autograd.grad(starts, [tensors[n] for n in names], [s[0] for s in seeds], allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()
@@ -95,16 +95,18 @@ def test_lrp_context_leaves_no_trace_also_after_an_exception(make_case):
     assert torch.equal(*logits)  # bit-identical outputs
 
 
-@pytest.mark.parametrize("family", ["vit", "bert", "vilt"])
+@pytest.mark.parametrize("family", ["vit", "bert", "vilt", "clip"])
 def test_self_attention_families_conserve_relevance_at_every_layer(family):
-    from helpers import bert_case, vilt_case, vit_case
+    """CLIP: in each tower, the L2 normalisation passed through as LayerNorm is."""
+    from helpers import bert_case, clip_case, vilt_case, vit_case
 
-    case = {"vit": vit_case, "bert": bert_case, "vilt": vilt_case}[family](layers=3)
+    case = {"vit": vit_case, "bert": bert_case, "vilt": vilt_case, "clip": clip_case}[family](layers=3)
     from transformers.models.bert.modeling_bert import BertLayer
+    from transformers.models.clip.modeling_clip import CLIPEncoderLayer
     from transformers.models.vilt.modeling_vilt import ViltLayer
     from transformers.models.vit.modeling_vit import ViTLayer
 
-    layers = [m for m in case.model.modules() if isinstance(m, (BertLayer, ViltLayer, ViTLayer))]
+    layers = [m for m in case.model.modules() if isinstance(m, (BertLayer, ViltLayer, ViTLayer, CLIPEncoderLayer))]
     cuts = {f"layer{k}": (layer, 0) for k, layer in enumerate(layers)}
     relevance = relevance_at_cuts(case, cuts)
     for name in cuts:

@@ -101,4 +101,4 @@ def test_rules_installed_on_a_toy_model_reproduce_the_hand_computed_relevance():
     assert torch.allclose(x * modified, t([[0.5, 0.5]]))  # GELU passes, then alpha1-beta0 as above
     expected = torch.autograd.grad(model(x)[0, 0], x)[0]
     assert torch.allclose(ordinary, expected)  # gradient mode is the ordinary gradient
-    assert attention_relevance(logits, state, seed[None]) == {}
+    assert attention_relevance(state, (logits,), (seed[None],)) == {}

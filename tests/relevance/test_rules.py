@@ -11,6 +11,7 @@ from captum_mm.relevance.rules import (
     normalize_self_relevance,
     read_rows,
     rollout,
+    Relevance,
     self_attention_deltas,
 )
 
@@ -47,18 +48,19 @@ def test_grad_cam_weights_average_real_entries_only():
 
 def test_initial_relevance_is_identity_and_zero_cross_blocks():
     relevance = initial_relevance({"text": 2, "image": 3}, 4, torch.zeros(1))
-    assert torch.equal(relevance[("text", "text")], torch.eye(2).expand(4, 2, 2))
-    assert torch.equal(relevance[("image", "image")], torch.eye(3).expand(4, 3, 3))
+    assert torch.equal(relevance.full(("text", "text")), torch.eye(2).expand(4, 2, 2))
+    assert torch.equal(relevance.full(("image", "image")), torch.eye(3).expand(4, 3, 3))
+    assert not relevance.residual("text").any()  # the identity is held implicitly
     assert relevance[("text", "image")].shape == (4, 2, 3) and not relevance[("text", "image")].any()
     assert relevance[("image", "text")].shape == (4, 3, 2) and not relevance[("image", "text")].any()
 
 
 def test_eq6_eq7_self_attention():
-    relevance = {
+    relevance = Relevance({
         ("text", "text"): t([[[1.0, 0.0], [0.0, 1.0]]]),
         ("text", "image"): t([[[1.0, 0.0, 2.0], [0.0, 1.0, 0.0]]]),
         ("image", "image"): torch.eye(3, dtype=torch.float64)[None],
-    }
+    })
     updated = apply_deltas(relevance, [self_attention_deltas(relevance, "text", A_BAR)])
     assert torch.allclose(updated[("text", "text")], t([[[1.25, 0.0], [0.5, 1.2]]]))
     assert torch.allclose(updated[("text", "image")], t([[[1.25, 0.0, 2.5], [0.5, 1.2, 1.0]]]))
@@ -74,20 +76,29 @@ def test_eq6_eq7_self_attention():
     ],
 )
 def test_eq8_eq9_normalisation(self_relevance, expected):
-    original = t([self_relevance])
-    normalized = normalize_self_relevance(original)
+    original = Relevance({("text", "text"): t([self_relevance])})
+    normalized = normalize_self_relevance(original.residual("text"))
     assert torch.allclose(normalized, t([expected]))
     assert not torch.isnan(normalized).any()
-    assert torch.equal(original, t([self_relevance]))  # the stored relevance is never normalised
+    assert torch.equal(original["text", "text"], t([self_relevance]))  # the stored relevance is never normalised
+
+
+def test_identity_held_implicitly_keeps_relevance_far_below_it():
+    """Eq. 6 then Eq. 8-9 on increments of 1e-9: exact in float32, where 1 + 1e-9 would round to 1."""
+    relevance = initial_relevance({"text": 2}, 1, torch.zeros(1))
+    relevance = apply_deltas(relevance, [self_attention_deltas(relevance, "text", torch.tensor([[[1e-9, 3e-9], [2e-9, 2e-9]]]))])
+    assert torch.allclose(normalize_self_relevance(relevance.residual("text")), torch.tensor([[[1.25, 0.75], [0.5, 1.5]]]))
+    full = Relevance({("text", "text"): relevance.full(("text", "text"))})  # the same relevance, identity explicit
+    assert not full.residual("text").diagonal(dim1=1, dim2=2).any()  # the diagonal increments are gone
 
 
 def bimodal_state():
-    return {
+    return Relevance({
         ("text", "text"): t([[[3.0, 1.0], [0.0, 1.0]]]),
         ("image", "image"): torch.eye(3, dtype=torch.float64)[None],
         ("text", "image"): torch.zeros(1, 2, 3, dtype=torch.float64),
         ("image", "text"): t([[[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]]),
-    }
+    })
 
 
 CROSS = t([[[0.3, 0.0, 0.6], [0.0, 0.9, 0.0]]])
@@ -124,9 +135,11 @@ def test_without_aggregation_eq11_replaces_even_when_zero():
 
 
 def test_without_aggregation_self_attention_replaces():
-    relevance = {("text", "text"): torch.eye(2, dtype=torch.float64)[None]}
-    updated = apply_deltas(relevance, [self_attention_deltas(relevance, "text", A_BAR)], aggregate=False)
-    assert torch.allclose(updated[("text", "text")], A_BAR)
+    for relevance in (Relevance({("text", "text"): torch.eye(2, dtype=torch.float64)[None]}),
+                      initial_relevance({"text": 2}, 1, torch.zeros(1, dtype=torch.float64))):
+        updated = apply_deltas(relevance, [self_attention_deltas(relevance, "text", A_BAR)], aggregate=False)
+        assert torch.allclose(updated.full(("text", "text")), A_BAR)
+        assert torch.allclose(updated.residual("text"), A_BAR - torch.eye(2, dtype=torch.float64))
 
 
 def test_parallel_events_use_the_state_before_the_step():
@@ -137,11 +150,11 @@ def test_parallel_events_use_the_state_before_the_step():
         relevance, [bimodal_deltas(relevance, "text", "image", a), bimodal_deltas(relevance, "image", "text", b)]
     )
     # Eq. 11 for i->t reads the pre-step R_ti = 0, so R_ii stays 1 (sequentially it would be 1 + b*a)
-    assert relevance[("image", "image")].item() == pytest.approx(1.0)
+    assert relevance.full(("image", "image")).item() == pytest.approx(1.0)
     assert relevance[("text", "image")].item() == pytest.approx(0.5)
     assert relevance[("image", "text")].item() == pytest.approx(0.25)
     relevance = apply_deltas(relevance, [self_attention_deltas(relevance, "text", c)])
-    assert relevance[("text", "text")].item() == pytest.approx(1.2)
+    assert relevance.full(("text", "text")).item() == pytest.approx(1.2)
     assert relevance[("text", "image")].item() == pytest.approx(0.6)
 
 

@@ -1,0 +1,139 @@
+"""Every method on an accelerator: the same relevance as on CPU, and cost ratios measured there.
+
+    python -m benchmarks.check_device [--device cuda] [--quick]
+
+1. For every family of ``tests/helpers.py`` and every method of ``tests/methods_under_test.py``:
+   relevance computed on the device equals relevance computed on CPU (float32, TF32 off).
+2. DETR: the vectorised backward (the default on an accelerator) equals one backward per query.
+3. Released-size LXMERT (random weights, batch 16): peak device memory and time of
+   ``GenericAttention.explain`` against a plain forward+backward of the same batch; DETR
+   explaining 10 queries, vectorised backward against one backward per query.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from benchmarks._measure import median_seconds  # noqa: E402
+from benchmarks.bench_generic import detr, forward_backward, lxmert, lxmert_inputs  # noqa: E402
+from captum_mm.attr import GenericAttention  # noqa: E402
+from helpers import CASES  # noqa: E402
+from methods_under_test import METHODS  # noqa: E402
+
+
+def _to(value, device):
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
+def _relevance(method, case, target):
+    explanation = METHODS[method](case.forward, case.model).explain(case.inputs, target, case.additional, threshold=0.0)
+    return {name: getattr(explanation, name).detach().cpu() for name in case.outputs}
+
+
+def same_as_cpu(device: str) -> dict:
+    worst = {}
+    for family, make in sorted(CASES.items()):
+        torch.manual_seed(0)
+        case = make()
+        target = case.target(case.inputs[0].shape[0])
+        on_cpu = {method: _relevance(method, case, target) for method in sorted(METHODS)}
+        case.model.to(device)
+        case.inputs = tuple(_to(t, device) for t in case.inputs)
+        case.additional = tuple(_to(t, device) for t in case.additional)
+        for method in sorted(METHODS):
+            on_device = _relevance(method, case, _to(target, device))
+            for name, expected in on_cpu[method].items():
+                scale = expected.abs().max().clamp(min=1e-12)
+                error = float((on_device[name] - expected).abs().max() / scale)
+                worst[f"{family}/{method}/{name}"] = error
+    return worst
+
+
+def detr_vectorized_equals_looped(device: str, quick: bool) -> dict:
+    torch.manual_seed(0)
+    model = detr(quick).to(device)
+    pixels = torch.randn(2, 3, 256, 256, device=device)
+    target = [list(range(10))] * 2
+    looped, vectorized = GenericAttention(model), GenericAttention(model)
+    looped.vectorized_backward, vectorized.vectorized_backward = False, None  # None: vectorised on an accelerator
+    expected = looped.explain(pixels, target).image
+    found = vectorized.explain(pixels, target).image
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def timed(explainer):
+        def run():
+            explainer.explain(pixels, target)
+            sync()
+        return median_seconds(run, repeats=5)
+
+    return {
+        "max relative difference": float((found - expected).abs().max() / expected.abs().max()),
+        "looped / vectorised time": timed(looped) / timed(vectorized),
+    }
+
+
+def lxmert_cost(device: str, quick: bool, batch: int = 16) -> dict:
+    torch.manual_seed(0)
+    model = lxmert(quick).to(device)
+    inputs, additional = lxmert_inputs(model, batch)
+    inputs, additional = tuple(t.to(device) for t in inputs), tuple(t.to(device) for t in additional)
+    explainer = GenericAttention(model)
+    cuda = device.startswith("cuda")
+
+    def peak(run) -> int:
+        run()  # warm-up: kernels, workspaces, transformers' own hooks
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        run()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - start
+
+    def plain():
+        forward_backward(model, inputs, additional)
+
+    def explain():
+        explainer.explain(inputs, None, additional)
+
+    def timed(run):
+        def synced():
+            run()
+            if cuda:
+                torch.cuda.synchronize()
+        return median_seconds(synced, repeats=5)
+
+    result = {"explain / forward+backward time": timed(explain) / timed(plain)}
+    if cuda:
+        result["explain / forward+backward peak memory"] = peak(explain) / peak(plain)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="small LXMERT and DETR")
+    parser.add_argument("--output", help="write the results as JSON here")
+    args = parser.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"device: {device_name}, torch {torch.__version__}")
+    worst = same_as_cpu(args.device)
+    largest = max(worst, key=worst.get)
+    print(f"device vs CPU: {len(worst)} relevance maps, largest relative difference {worst[largest]:.2e} ({largest})")
+    results = {"device": device_name, "device vs CPU": worst}
+    results["detr"] = detr_vectorized_equals_looped(args.device, args.quick)
+    print("DETR, 10 queries x 2 images:", results["detr"])
+    results["lxmert"] = lxmert_cost(args.device, args.quick)
+    print("LXMERT, batch 16:", results["lxmert"])
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
