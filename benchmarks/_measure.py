@@ -1,6 +1,8 @@
 """Timing and peak-memory helpers shared by the benchmarks (ratios within one run, never absolute claims)."""
 
+import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -42,3 +44,15 @@ def peak_growth_in_subprocess(module: str, *args: str) -> int:
         [sys.executable, "-m", module, "--memory-probe", *args], check=True, capture_output=True, text=True
     ).stdout
     return json.loads(output.strip().splitlines()[-1])["growth_kib"]
+
+
+def benchmark_arguments(description: str, quick_help: str) -> argparse.Namespace:
+    """``--quick``; torch on ``BENCH_THREADS`` threads (default 1), seeded."""
+    import torch
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+    torch.manual_seed(0)
+    return args

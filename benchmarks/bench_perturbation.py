@@ -7,13 +7,11 @@ runs one forward per sample and step with the tokens dropped (as the reference s
 the batched test packs samples x steps into forwards of 64 rows.
 """
 
-import argparse
-import os
 
 import torch
 from transformers import LxmertConfig, LxmertForQuestionAnswering
 
-from benchmarks._measure import median_seconds
+from benchmarks._measure import benchmark_arguments, median_seconds
 from captum_mm.metrics import DEFAULT_STEPS, LXMERT_IMAGE, perturbation_curve
 from captum_mm.metrics.perturbation import kept_tokens
 
@@ -56,11 +54,7 @@ def shipped_case(samples):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small model only, few samples")
-    args = parser.parse_args()
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
-    torch.manual_seed(0)
+    args = benchmark_arguments(__doc__.splitlines()[0], "small model only, few samples")
     print(f"{'model':40s} samples  batched/s  looped/s  ratio (goal >= 10)")
     cases = list(SIZES.items())[: 1 if args.quick else None] + ([] if args.quick else [("shipped lxmert-easyvqa (64 regions)", None)])
     for name, size in cases:

@@ -7,15 +7,12 @@ query kept), on synthetic 256 x 256 scenes; images per second of the whole evalu
 (forward, explanation, Algorithm 1 masks, COCO results).
 """
 
-import argparse
-import os
 import tempfile
 
-import torch
 from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 from transformers.models.detr.image_processing_pil_detr import DetrImageProcessorPil
 
-from benchmarks._measure import median_seconds
+from benchmarks._measure import benchmark_arguments, median_seconds
 from captum_mm.attr import GenericAttention
 from captum_mm.datasets import write_shapes_coco
 from captum_mm.metrics.segmentation import SegmentationEvaluator
@@ -32,11 +29,7 @@ def detr(quick: bool):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smaller DETR")
-    args = parser.parse_args()
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
-    torch.manual_seed(0)
+    args = benchmark_arguments(__doc__.splitlines()[0], "a smaller DETR")
     model = detr(args.quick)
     processor = DetrImageProcessorPil(size={"shortest_edge": 256, "longest_edge": 256})
     explainer = GenericAttention(model)
