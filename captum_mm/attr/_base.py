@@ -16,6 +16,15 @@ from captum_mm._compat import (
     _is_tuple,
     log_usage,
 )
+from captum_mm.attr._checks import (
+    check_connected,
+    check_finite_logits,
+    check_finite_map,
+    check_grad_mode,
+    run_forward,
+    uncompiled,
+    warn_if_training,
+)
 from captum_mm.lrp import LRPState, RuleSet, attention_relevance, lrp_rules
 from captum_mm.models import TargetSelection, adapter_for, capture_attention
 from captum_mm.models.capture import AttentionRecord
@@ -80,7 +89,9 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
             forward_func (Callable or torch.nn.Module): The HuggingFace model, or any
                         callable that runs it and returns its logits (or its output
                         object). It is called as
-                        ``forward_func(*inputs, *additional_forward_args)``.
+                        ``forward_func(*inputs, *additional_forward_args)``. Compiled
+                        code (``torch.compile``) runs uncompiled while explaining: a
+                        compiled graph hides the attention maps autograd differentiates.
             model (torch.nn.Module, optional): The HuggingFace model to explain, when
                         ``forward_func`` is not the model itself.
                         Default: None (``forward_func`` is the model)
@@ -91,6 +102,7 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
                     "forward_func is not a torch.nn.Module: pass the HuggingFace model it runs as model=."
                 )
             model = forward_func
+        model = uncompiled(model)
         LayerAttribution.__init__(self, forward_func, model)
         GradientAttribution.__init__(self, forward_func)
         self.model = model
@@ -205,20 +217,27 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         additional = _format_additional_forward_args(additional_forward_args) or ()
         adapter = self.adapter
         needs_backward = self.uses_gradients or self.uses_relevance
+        method = type(self).__name__
+        check_grad_mode(needs_backward, method)
+        warn_if_training(self.model)
         with ExitStack() as stack:
             stack.enter_context(torch.set_grad_enabled(needs_backward))
             record = stack.enter_context(
-                capture_attention(self.model, adapter.sites(), adapter.check_arguments, adapter.extra_hooks, needs_backward)
+                capture_attention(
+                    self.model, adapter.sites(), adapter.check_arguments, adapter.extra_hooks, needs_backward,
+                    adapter.gradient_free_modules(),
+                )
             )
             lrp = None
             if self.uses_relevance:
                 lrp = stack.enter_context(lrp_rules(self.model, adapter.lrp_structure(), self.rules or adapter.default_rules()))
-            logits = adapter.logits(self.forward_func(*inputs, *additional))
+            logits = adapter.logits(run_forward(self.forward_func, (*inputs, *additional), method))
             if not record.arguments:
                 raise ValueError(
                     f"forward_func never called {type(self.model).__name__}.forward: it must run the model itself "
                     "(a sub-module or a method such as get_image_features is not explained)."
                 )
+            check_finite_logits(adapter.per_sample_outputs(logits))
             selection = adapter.select_targets(logits, target, **options)
             schedule = adapter.schedule(record, selection).starting_at(self.start_layer)
             maps = self._fused_maps(record, schedule, selection, logits, lrp) if selection.num_elements else {}
@@ -240,8 +259,10 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         events = self._events(schedule)
         probs = [record.calls[event.call].probs for event in events]
         valid = [schedule.masks[e.query][:, :, None] & schedule.masks[e.key][:, None, :] for e in events]
+        for event, p, v in zip(events, probs, valid):
+            check_finite_map(p, v, selection.sample, event.name)
         if self.uses_gradients or lrp is not None:
-            fused = self._fused_from_backward(probs, valid, selection, logits, lrp)
+            fused = self._fused_from_backward(probs, [e.name for e in events], valid, selection, logits, lrp)
         else:
             fused = [self._fuse_heads(_take(p.detach(), selection.sample), None, None, v) for p, v in zip(probs, valid)]
         return {event.call: values * mask for event, values, mask in zip(events, fused, valid)}
@@ -249,6 +270,7 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
     def _fused_from_backward(
         self,
         probs: List[Tensor],
+        names: List[str],
         valid: List[Tensor],
         selection: TargetSelection,
         logits: Tensor,
@@ -260,6 +282,7 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         (``is_grads_batched``); on CPU one backward per slot over the retained graph is
         faster (benchmarks/README.md) and keeps a single slot's gradients alive at a time.
         """
+        check_connected(logits, type(self).__name__)
         seeds = selection.grad_outputs
         slots = torch.arange(seeds.shape[0], device=seeds.device)
         vectorized = logits.is_cuda if self.vectorized_backward is None else self.vectorized_backward
@@ -268,13 +291,18 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         for chunk in chunks:
             grads: List[Optional[Tensor]] = [None] * len(probs)
             if self.uses_gradients:
-                grads = _attention_gradients(logits, probs, seeds[chunk], retain_graph=True)
+                grads = _attention_gradients(logits, probs, seeds[chunk], retain_graph=True, names=names)
             relevance = attention_relevance(lrp, *self.adapter.lrp_start(lrp, logits, seeds[chunk])) if lrp else {}
             members = torch.isin(selection.slot, chunk)
             position, sample = selection.slot[members] - chunk[0], selection.sample[members]
             for index, p in enumerate(probs):
                 gradient, grads[index] = grads[index], None
                 relevant = relevance.pop(id(p), None)
+                if lrp is not None and relevant is None:
+                    raise RuntimeError(
+                        f"No LRP relevance reaches the attention map {names[index]}: the explained output does not "
+                        "depend on it through the model's own forward pass (is the model compiled with torch.compile?)."
+                    )
                 fused[index][members] = self._fuse_heads(
                     _take(p.detach(), sample),
                     _take_slots(gradient, position, sample),
@@ -310,31 +338,33 @@ def _check_inputs(inputs: Tuple[Tensor, ...]) -> None:
         raise ValueError(f"Batch sizes of inputs disagree: {[s[0] for s in sizes]}; all must be equal.")
 
 
-def _attention_gradients(logits: Tensor, probs: List[Tensor], seeds: Tensor, retain_graph: bool = False) -> List[Tensor]:
-    """``d(seed . logits)/dA`` for every map, ``[K, B, H, Nq, Nk]``; one (batched) backward pass."""
-    connected = [index for index, p in enumerate(probs) if p.requires_grad]
-    if not logits.requires_grad or not connected:
-        raise RuntimeError(
-            "The logits are not connected to the attention maps by autograd: forward_func must not "
-            "detach its output or run the model under torch.no_grad()."
-        )
+def _attention_gradients(
+    logits: Tensor, probs: List[Tensor], seeds: Tensor, retain_graph: bool = False, names: Optional[List[str]] = None
+) -> List[Tensor]:
+    """``d(seed . logits)/dA`` for every map, ``[K, B, H, Nq, Nk]``; one (batched) backward pass.
+
+    Every map must be connected to the logits: a map autograd cannot reach (e.g. one captured
+    inside a compiled graph) is an error, never a zero gradient."""
+    names = names or [f"call {index}" for index in range(len(probs))]
+    unconnected = [name for name, p in zip(names, probs) if not p.requires_grad]
     batched = seeds.shape[0] > 1
-    found = torch.autograd.grad(
-        logits,
-        [probs[index] for index in connected],
-        grad_outputs=seeds if batched else seeds[0],
-        is_grads_batched=batched,
-        allow_unused=True,
-        retain_graph=retain_graph,
-    )
-    grads: List[Optional[Tensor]] = [None] * len(probs)
-    for index, gradient in zip(connected, found):
-        if gradient is not None:
-            grads[index] = gradient if batched else gradient[None]
-    return [
-        gradient if gradient is not None else p.new_zeros(()).expand(seeds.shape[0], *p.shape)
-        for gradient, p in zip(grads, probs)
-    ]
+    if not unconnected:
+        found = torch.autograd.grad(
+            logits,
+            probs,
+            grad_outputs=seeds if batched else seeds[0],
+            is_grads_batched=batched,
+            allow_unused=True,
+            retain_graph=retain_graph,
+        )
+        unconnected = [name for name, gradient in zip(names, found) if gradient is None]
+    if unconnected:
+        raise RuntimeError(
+            f"The explained output does not depend on the attention maps {unconnected} through autograd, so their "
+            "gradients are unknown. forward_func must return the output of the model's own forward pass, not "
+            "computed by a compiled (torch.compile) or detached copy."
+        )
+    return [gradient if batched else gradient[None] for gradient in found]
 
 
 def _read_out(schedule: Schedule, matrices: Dict[Tuple[str, str], Tensor]) -> Dict[str, Tensor]:

@@ -298,8 +298,8 @@ def attention_relevance(
     state: LRPState, outputs: Tuple[Tensor, ...], grad_outputs: Tuple[Tensor, ...]
 ) -> Dict[int, Tensor]:
     """One LRP backward from ``outputs`` (seeded by the modified gradients ``grad_outputs``,
-    ``[K, *output.shape]`` for ``K`` slots): ``R_A`` per attention map (keyed by ``id`` of the map),
-    ``[K, B, H, Nq, Nk]``."""
+    ``[K, *output.shape]`` for ``K`` slots): ``R_A`` per attention map that the outputs depend on
+    (keyed by ``id`` of the map), ``[K, B, H, Nq, Nk]``."""
     maps, probes = [m for m, _ in state.probes], [p for _, p in state.probes]
     if not probes:
         return {}
@@ -314,8 +314,5 @@ def attention_relevance(
             allow_unused=True,
             retain_graph=True,
         )
-    relevance = {}
-    for attention, value in zip(maps, found):
-        value = torch.zeros_like(attention)[None].expand(slots, *attention.shape) if value is None else value
-        relevance[id(attention)] = value if batched else value[None]
-    return relevance
+    # a map the outputs do not depend on (e.g. one captured inside a compiled graph) is left out
+    return {id(attention): value if batched else value[None] for attention, value in zip(maps, found) if value is not None}

@@ -64,6 +64,10 @@ class ArchitectureAdapter:
     def extra_hooks(self, record: AttentionRecord) -> List[Any]:
         return []
 
+    def gradient_free_modules(self) -> Tuple[nn.Module, ...]:
+        """Modules no attention map depends on: their parameters are not made to require grad."""
+        return ()
+
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
         raise NotImplementedError
 
@@ -96,6 +100,10 @@ class ArchitectureAdapter:
     def select_targets(self, logits: Tensor, target: Any, **options: Any) -> TargetSelection:
         return select_class_targets(logits, target)
 
+    def per_sample_outputs(self, logits: Tensor) -> Tensor:
+        """``[B, ...]``: the outputs each sample's explanation depends on (checked to be finite)."""
+        return logits
+
     def named_sites(self, root: nn.Module, suffix_reads: Sequence[Tuple[str, Any]]) -> List[AttentionSite]:
         """Sites for every module of ``root`` whose name ends with one of the given suffixes."""
         prefix = _name_of(self.model, root)
@@ -115,6 +123,13 @@ def _name_of(model: nn.Module, module: nn.Module) -> str:
 
 
 def _class_targets(target: Any, batch_size: int) -> Tensor:
+    if isinstance(target, Tensor) and (target.is_floating_point() or target.is_complex()):
+        if not torch.equal(target, target.real.round()):
+            raise ValueError(
+                f"target {target.tolist()} has non-integral values: a class target is an integer "
+                "(an int, a list of ints or an integer tensor)."
+            )
+        target = target.real.long()
     if isinstance(target, Tensor):
         if target.numel() == 1:
             return target.reshape(1).long().expand(batch_size)

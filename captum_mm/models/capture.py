@@ -10,7 +10,7 @@ implementation, ``requires_grad`` flags -- is undone on exit, also on error.
 import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from torch import Tensor, nn
 
@@ -91,9 +91,11 @@ def use_eager_attention(model: nn.Module) -> Restore:
     return Restore(restore)
 
 
-def require_parameter_gradients(model: nn.Module) -> Restore:
-    """Make every parameter require grad (so attention maps join the graph); the handle restores the flags."""
-    frozen = [p for p in model.parameters() if not p.requires_grad]
+def require_parameter_gradients(model: nn.Module, skip: Sequence[nn.Module] = ()) -> Restore:
+    """Make every parameter require grad (so attention maps join the graph), except those of ``skip``
+    (modules no attention map depends on); the handle restores the flags."""
+    skipped = {id(p) for module in skip for p in module.parameters()}
+    frozen = [p for p in model.parameters() if not p.requires_grad and id(p) not in skipped]
     for parameter in frozen:
         parameter.requires_grad_(True)
 
@@ -139,6 +141,7 @@ def capture_attention(
     check_arguments: Callable[[Dict[str, Any]], None] = lambda arguments: None,
     extra_hooks: Callable[[AttentionRecord], List[Any]] = lambda record: [],
     with_gradients: bool = True,
+    gradient_free: Sequence[nn.Module] = (),
 ) -> Iterator[AttentionRecord]:
     """Record every attention call of ``model`` inside the ``with`` block.
 
@@ -150,7 +153,9 @@ def capture_attention(
         extra_hooks (Callable): Registers adapter-specific hooks on the model and
                     returns their handles.
         with_gradients (bool): If True, every parameter is made to require grad
-                    so the recorded maps are part of the autograd graph.
+                    so the recorded maps are part of the autograd graph...
+        gradient_free (sequence of nn.Module): ... except the parameters of these
+                    modules, on which no attention map depends (DETR's CNN backbone).
 
     Yields:
         AttentionRecord: filled in while the model runs.
@@ -160,7 +165,7 @@ def capture_attention(
     try:
         handles.append(use_eager_attention(model))
         if with_gradients:
-            handles.append(require_parameter_gradients(model))
+            handles.append(require_parameter_gradients(model, gradient_free))
         handles.append(_record_arguments(model, record, check_arguments))
         handles.extend(_record_site(site, record) for site in sites)
         handles.extend(extra_hooks(record))

@@ -59,6 +59,9 @@ class ClipAdapter(ArchitectureAdapter):
         seeds[pairs, pairs] = 1.0
         return TargetSelection(seeds[None], pairs, torch.zeros_like(pairs), pairs, logits.detach()[pairs, pairs])
 
+    def per_sample_outputs(self, logits: Tensor) -> Tensor:
+        return logits.diagonal()
+
     def _end_of_text(self, input_ids: Tensor) -> Tensor:
         eos = self.model.config.text_config.eos_token_id
         if eos == 2:  # as CLIPTextTransformer reads old checkpoints: the largest id is end-of-text

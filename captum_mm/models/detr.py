@@ -14,10 +14,10 @@ probabilities as their second output. The backbone's output gives the feature
 map's size and its padding mask.
 """
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import DetrForObjectDetection, DetrModel
 from transformers.models.detr.modeling_detr import DetrCrossAttention, DetrDecoderLayer, DetrEncoderLayer, DetrSelfAttention
 
@@ -69,6 +69,9 @@ class DetrAdapter(ArchitectureAdapter):
 
         return [self._detr().backbone.register_forward_hook(keep_feature_mask)]
 
+    def gradient_free_modules(self) -> Tuple[nn.Module, ...]:
+        return (self._detr().backbone,)
+
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
         require(
             isinstance(arguments.get("pixel_values"), Tensor),
@@ -118,6 +121,11 @@ class DetrAdapter(ArchitectureAdapter):
             queries = [[int(q)] for q in scores.argmax(-1)]
         else:
             queries = [torch.nonzero(row > threshold).flatten().tolist() for row in scores]
+        require(
+            not single or all(len(row) <= 1 for row in queries),
+            "attribute() returns one attribution per input, so it explains one query per image; for several "
+            "queries per image call explain(), which returns image relevance [batch, queries, h, w].",
+        )
         flat = [(b, k, q) for b, row in enumerate(queries) for k, q in enumerate(row)]
         for _, _, q in flat:
             require(0 <= q < num_queries, f"query index {q} out of range: the model has {num_queries} queries (0..{num_queries - 1}).")

@@ -8,15 +8,17 @@ from helpers import detr_case, lxmert_case
 
 
 def captured(case, references, target_options=None):
-    """Record a forward; ``references(output, selection)`` runs its own backward before ours."""
+    """Record a forward; ``references(output, selection)`` runs its own backward before ours.
+    Returns the gradients of the scheduled maps, keyed by call index."""
     adapter = adapter_for(case.model)
     with capture_attention(case.model, adapter.sites(), adapter.check_arguments, adapter.extra_hooks) as record:
         output = case.forward(*case.inputs, *case.additional, output_attentions=True)
         logits = adapter.logits(output)
         selection = adapter.select_targets(logits, None, **(target_options or {}))
         expected = references(output, selection)
-        grads = _attention_gradients(logits, [call.probs for call in record.calls], selection.grad_outputs)
-    return record, output, grads, expected
+        events = adapter.schedule(record, selection).events  # the maps the output depends on
+        found = _attention_gradients(logits, [record.calls[e.call].probs for e in events], selection.grad_outputs)
+    return record, output, {event.call: gradient for event, gradient in zip(events, found)}, expected
 
 
 def test_lxmert_capture_matches_output_attentions_and_their_gradients():
@@ -59,6 +61,7 @@ def test_detr_capture_switches_to_eager_and_gives_one_gradient_per_query():
     assert record.calls[-1].probs is output.cross_attentions[-1]
     assert case.model.config._attn_implementation == "sdpa"
     # threshold 0 keeps all 6 queries: slot k of image b is query k, from one batched backward
-    assert grads[-1].shape == (6, 2, 2, 6, 6)
+    last = len(record.calls) - 1
+    assert grads[last].shape == (6, 2, 2, 6, 6)
     for query, single in expected.items():
-        assert torch.allclose(grads[-1][query, 1], single[1], atol=1e-7)
+        assert torch.allclose(grads[last][query, 1], single[1], atol=1e-7)
