@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from captum_mm.attr import GenericAttention
+from captum_mm.attr.catalog import select_methods, with_reference_detr
 from captum_mm.relevance.schedule import Schedule
 from helpers import detr
 
@@ -122,3 +123,12 @@ def test_detr_drop_on_zero_row_reproduces_the_reference_loop():
 def test_zero_row_update_is_checked():
     with pytest.raises(ValueError, match=r"zero_row_update must be one of \('keep', 'drop'\), got 'nan'"):
         GenericAttention(detr(), zero_row_update="nan")
+
+
+def test_the_catalog_reports_the_reference_variant_beside_ours():
+    methods = select_methods(["rollout", "ours", "w/o norm."])
+    assert list(with_reference_detr(methods)) == ["rollout", "ours", "ours (reference Eq. 8-9)", "w/o norm."]
+    assert list(with_reference_detr(select_methods(["rollout"]))) == ["rollout"]
+    assert "ours (reference Eq. 8-9)" not in select_methods()  # not run on the VQA models by default
+    explainer = select_methods(["ours (reference Eq. 8-9)"])["ours (reference Eq. 8-9)"](detr())
+    assert explainer.zero_row_update == "drop"
