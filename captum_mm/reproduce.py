@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from matplotlib.figure import Figure
 
-from captum_mm.attr.catalog import ABLATIONS, PAPER_METHODS, select_methods
+from captum_mm.attr.catalog import ABLATIONS, PAPER_METHODS, select_methods, with_reference_detr
 from captum_mm.datasets.easy_vqa import (
     EASY_VQA_VOCABULARY,
     FEATURES,
@@ -266,6 +266,7 @@ def _detr_study(options: Options, methods: Dict[str, Callable]) -> Dict[str, Any
         images = folder / "val"
     evaluator = SegmentationEvaluator(model, processor, images, annotations)
     image_ids = evaluator.image_ids(limit=options.images)
+    methods = with_reference_detr(methods)
     scores = evaluator.evaluate(methods, image_ids, progress=options.progress)
     tables = []
     for grid in IOU_GRIDS:

@@ -14,6 +14,7 @@ METHODS = {
     "generic-no-norm": lambda forward, model=None: GenericAttention(forward, model, normalize=False),
     "generic-no-aggregation": lambda forward, model=None: GenericAttention(forward, model, normalize=False, aggregate=False),
     "generic-no-self-in-eq10": lambda forward, model=None: GenericAttention(forward, model, self_in_bimodal=False),
+    "generic-drop-zero-rows": lambda forward, model=None: GenericAttention(forward, model, zero_row_update="drop"),
     "generic-start-layer-1": lambda forward, model=None: GenericAttention(forward, model, start_layer=1),
     "raw-attention": lambda forward, model=None: RawAttention(forward, model),
     "rollout": lambda forward, model=None: AttentionRollout(forward, model),
@@ -30,6 +31,8 @@ SIGNED = set()
 #: Methods whose relevance may be all zero on a random-init model. Without aggregation, Eq. 11
 #: replaces R^tt by A_bar . R^it, still zero at LXMERT's first cross-attention, so relevance
 #: collapses (the paper's identical positive/negative AUCs for this ablation, supplementary
-#: Table 2, show the same). Grad-CAM takes the positive part after the head mean, which erases a
-#: readout row whose gradient-weighted heads sum to a negative value.
-MAY_VANISH = {"generic-no-aggregation", "grad-cam"}
+#: Table 2, show the same). Dropping Eq. 10 updates at zero rows of R - I (the reference DETR code)
+#: drops every update of a random-init DETR: its zero value biases make the first decoder
+#: self-attention's gradient map all zero. Grad-CAM takes the positive part after the head mean,
+#: which erases a readout row whose gradient-weighted heads sum to a negative value.
+MAY_VANISH = {"generic-no-aggregation", "generic-drop-zero-rows", "grad-cam"}

@@ -47,7 +47,7 @@ def test_reproduce_takes_a_users_checkpoints_and_coco_data(tmp_path, capsys):
           "--annotations", str(annotations)])
     assert "lxmert-easyvqa: AUC of every method" in capsys.readouterr().out
     assert not (output / "scenes").exists()  # the given scenes were used, not generated ones
-    assert len(json.loads((output / "detr-shapes" / "segmentation.json").read_text())) == 1
+    assert list(json.loads((output / "detr-shapes" / "segmentation.json").read_text())) == ["ours", "ours (reference Eq. 8-9)"]
 
 
 @pytest.mark.parametrize(

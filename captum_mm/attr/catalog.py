@@ -27,13 +27,27 @@ ABLATIONS: Dict[str, Callable] = {
     "Eq.10 w/o self-att.": partial(GenericAttention, self_in_bimodal=False),
 }
 
+#: "ours" as the reference DETR code computes it (its unguarded Eq. 8-9 drops a layer's whole Eq. 10
+#: update when a row of R - I sums to zero), reported beside "ours" in the DETR study.
+REFERENCE_DETR: Dict[str, Callable] = {"ours (reference Eq. 8-9)": partial(GenericAttention, zero_row_update="drop")}
+
 
 def select_methods(names=None) -> Dict[str, Callable]:
-    """Methods and ablations by name (all of them when ``names`` is None)."""
-    available = {**PAPER_METHODS, **ABLATIONS}
+    """Methods and ablations by name (the paper's methods and ablations when ``names`` is None)."""
     if names is None:
-        return available
+        return {**PAPER_METHODS, **ABLATIONS}
+    available = {**PAPER_METHODS, **ABLATIONS, **REFERENCE_DETR}
     unknown = [name for name in names if name not in available]
     if unknown:
         raise ValueError(f"Unknown methods {unknown}; available: {list(available)}.")
     return {name: available[name] for name in names}
+
+
+def with_reference_detr(methods: Dict[str, Callable]) -> Dict[str, Callable]:
+    """``methods`` with the reference DETR variant of "ours" right after "ours" (unchanged without "ours")."""
+    extended: Dict[str, Callable] = {}
+    for name, factory in methods.items():
+        extended[name] = factory
+        if name == "ours":
+            extended.update(REFERENCE_DETR)
+    return extended

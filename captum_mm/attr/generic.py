@@ -11,6 +11,7 @@ from captum_mm.relevance.propagation import Matrices, generic_relevance
 from captum_mm.relevance.schedule import Schedule
 
 HEAD_WEIGHTINGS = ("gradient", "lrp")
+ZERO_ROW_UPDATES = ("keep", "drop")
 
 
 class GenericAttention(AttentionAttribution):
@@ -54,6 +55,7 @@ class GenericAttention(AttentionAttribution):
         head_weighting: str = "gradient",
         start_layer: int = 0,
         rules: Optional[RuleSet] = None,
+        zero_row_update: str = "keep",
     ) -> None:
         r"""
         Args:
@@ -76,9 +78,18 @@ class GenericAttention(AttentionAttribution):
                         is always kept. Default: 0 (the paper's method)
             rules (RuleSet, optional): LRP rules for ``head_weighting="lrp"``.
                         Default: None (the reference implementation's rules)
+            zero_row_update (str, optional): What Eq. 10 does when a row of ``R^{ss} - I``
+                        or ``R^{qq} - I`` sums to zero, so that Eq. 8-9 would divide 0 by 0:
+                        ``"keep"`` normalises that row to zero and applies the rest of the
+                        update; ``"drop"`` drops the whole update of that layer, as the
+                        reference DETR implementation does (there the NaN of that row spreads
+                        over the update, which is then set to 0). Frequent in DETR, whose first
+                        decoder self-attention often has all-zero rows. Default: "keep"
         """
         if head_weighting not in HEAD_WEIGHTINGS:
             raise ValueError(f"head_weighting must be one of {HEAD_WEIGHTINGS}, got {head_weighting!r}.")
+        if zero_row_update not in ZERO_ROW_UPDATES:
+            raise ValueError(f"zero_row_update must be one of {ZERO_ROW_UPDATES}, got {zero_row_update!r}.")
         super().__init__(forward_func, model)
         self.normalize = normalize
         self.aggregate = aggregate
@@ -86,10 +97,13 @@ class GenericAttention(AttentionAttribution):
         self.head_weighting = head_weighting
         self.uses_relevance = head_weighting == "lrp"
         self.rules = rules
+        self.zero_row_update = zero_row_update
         self._set_start_layer(start_layer)
 
     def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor], valid: Tensor) -> Tensor:
         return relevance_weighted(relevance, grads) if self.uses_relevance else gradient_weighted(probs, grads)
 
     def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
-        return generic_relevance(schedule, maps, self.normalize, self.aggregate, self.self_in_bimodal)
+        return generic_relevance(
+            schedule, maps, self.normalize, self.aggregate, self.self_in_bimodal, self.zero_row_update == "drop"
+        )

@@ -22,15 +22,31 @@ def _like(schedule: Schedule, maps: Maps) -> Tensor:
 
 
 def generic_relevance(
-    schedule: Schedule, maps: Maps, normalize: bool = True, aggregate: bool = True, self_in_bimodal: bool = True
+    schedule: Schedule,
+    maps: Maps,
+    normalize: bool = True,
+    aggregate: bool = True,
+    self_in_bimodal: bool = True,
+    drop_on_zero_row: bool = False,
 ) -> Matrices:
-    """Chefer et al. (ICCV 2021): Eq. 6-7 at self-attention, Eq. 10-11 at bi-modal attention, in schedule order."""
+    """Chefer et al. (ICCV 2021): Eq. 6-7 at self-attention, Eq. 10-11 at bi-modal attention, in schedule order.
+
+    Eq. 11 of an ``s -> q`` attention is applied only if the schedule has some ``q -> s``
+    attention: without one ``R^{qs}`` stays zero throughout (DETR's image tokens never attend
+    to queries), so the rule is structurally void and "w/o aggregation" must not replace
+    ``R^{ss}`` by it. ``drop_on_zero_row``: see :func:`bimodal_deltas`.
+    """
     relevance = initial_relevance(schedule.sizes, schedule.num_elements, _like(schedule, maps))
+    attends = {(event.query, event.key) for event in schedule.events}
     for step in schedule.steps:
         deltas = [
             self_attention_deltas(relevance, event.query, maps[event.call])
             if event.is_self
-            else bimodal_deltas(relevance, event.query, event.key, maps[event.call], normalize, self_in_bimodal)
+            else bimodal_deltas(
+                relevance, event.query, event.key, maps[event.call], normalize, self_in_bimodal,
+                key_attends_query=(event.key, event.query) in attends, drop_on_zero_row=drop_on_zero_row,
+                real=schedule.masks,
+            )
             for event in step
         ]
         relevance = apply_deltas(relevance, deltas, aggregate)

@@ -7,7 +7,7 @@ state they are given; applying them (adding, or replacing for the "w/o aggregati
 ablation) is :func:`apply_deltas`'s job, so that parallel events share one pre-step state.
 """
 
-from typing import Dict, Iterable, Mapping, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -76,6 +76,13 @@ def self_attention_deltas(relevance: Relevance, modality: str, attention: Tensor
     return deltas
 
 
+def has_zero_row(residual: Tensor, real: Optional[Tensor] = None) -> Tensor:
+    """``[E]``: whether a row of ``R_hat = R - I`` (a real one: ``real`` masks the real tokens,
+    ``[E, N]``) sums to zero, where the unguarded Eq. 8-9 would divide 0 by 0."""
+    zero_rows = residual.sum(dim=-1) == 0
+    return (zero_rows if real is None else zero_rows & real).any(dim=-1)
+
+
 def bimodal_deltas(
     relevance: Relevance,
     query: str,
@@ -83,22 +90,38 @@ def bimodal_deltas(
     attention: Tensor,
     normalize: bool = True,
     self_in_bimodal: bool = True,
-) -> Relevance:
+    key_attends_query: bool = True,
+    drop_on_zero_row: bool = False,
+    real: Optional[Mapping[str, Tensor]] = None,
+) -> Dict[Pair, Tensor]:
     """Eq. 10-11 for ``query`` (s) tokens attending to ``key`` (q) tokens.
 
     Eq. 10: ``dR^{sq} = (R_bar^{ss})^T . A_bar . R_bar^{qq}``, with ``R_bar`` the
     normalised self relevance (raw ``R`` when ``normalize=False``, the "w/o norm."
     ablation), or ``dR^{sq} = A_bar`` when ``self_in_bimodal=False`` (the "Eq. 10
-    w/o self-att." ablation). Eq. 11: ``dR^{ss} = A_bar . R^{qs}``.
+    w/o self-att." ablation). Eq. 11: ``dR^{ss} = A_bar . R^{qs}``, only when
+    ``key_attends_query``: otherwise ``R^{qs}`` is structurally zero (no ``q`` token ever
+    attends to ``s``) and the rule is not applied, so "w/o aggregation" keeps ``R^{ss}``.
+
+    A row of ``R_hat^{ss}`` or ``R_hat^{qq}`` summing to zero is normalised to zero and the rest
+    of the update applies. ``drop_on_zero_row=True`` reproduces the reference DETR code's
+    unguarded Eq. 8-9 instead: an element with such a row among its real tokens (``real``:
+    ``[E, N]`` masks per modality; all tokens when None) gets no Eq. 10 update (there 0/0
+    spreads NaN over the whole update, which is then set to 0).
     """
-    if self_in_bimodal:
-        if normalize:
-            r_ss, r_qq = (normalize_self_relevance(relevance.residual(m)) for m in (query, key))
-        else:
-            r_ss, r_qq = relevance.full((query, query)), relevance.full((key, key))
-        cross = torch.bmm(r_ss.transpose(1, 2), torch.bmm(attention, r_qq))
-    else:
+    if not self_in_bimodal:
         cross = attention
+    elif normalize:
+        residuals = {m: relevance.residual(m) for m in (query, key)}
+        r_ss, r_qq = (normalize_self_relevance(residuals[m]) for m in (query, key))
+        cross = torch.bmm(r_ss.transpose(1, 2), torch.bmm(attention, r_qq))
+        if drop_on_zero_row:
+            dropped = [has_zero_row(residuals[m], None if real is None else real[m]) for m in (query, key)]
+            cross = torch.where((dropped[0] | dropped[1])[:, None, None], 0.0, cross)
+    else:
+        cross = torch.bmm(relevance.full((query, query)).transpose(1, 2), torch.bmm(attention, relevance.full((key, key))))
+    if not key_attends_query:
+        return {(query, key): cross}
     back = relevance[(key, query)]
     self_delta = torch.bmm(attention, back) if back.any() else relevance[(query, query)].new_zeros(())
     return {(query, key): cross, (query, query): self_delta.expand_as(relevance[(query, query)])}

@@ -134,6 +134,62 @@ def test_without_aggregation_eq11_replaces_even_when_zero():
     assert torch.equal(kept[("text", "text")], state[("text", "text")])
 
 
+def test_structurally_void_eq11_is_not_applied():
+    """No image token ever attends to text (DETR's image -> query): Eq. 11 is left out, so without
+    aggregation R_tt keeps its value instead of being replaced by A_bar . R_it = 0."""
+    state = bimodal_state()
+    state[("image", "text")] = torch.zeros(1, 3, 2, dtype=torch.float64)
+    deltas = bimodal_deltas(state, "text", "image", CROSS, normalize=False, key_attends_query=False)
+    assert set(deltas) == {("text", "image")}
+    updated = apply_deltas(state, [deltas], aggregate=False)
+    assert torch.equal(updated[("text", "text")], state[("text", "text")])
+    assert torch.allclose(updated[("text", "image")], t([[0.9, 0.0, 1.8], [0.3, 0.9, 0.6]]))
+
+
+def zero_row_state():
+    """Two elements; element 0's R_hat_tt = [[2, 1], [0, 0]] has a zero row, element 1's has none."""
+    return Relevance({
+        ("text", "text"): t([[[3.0, 1.0], [0.0, 1.0]], [[3.0, 1.0], [1.0, 1.0]]]),
+        ("image", "image"): t([[[1.5, 0.5], [0.25, 1.75]]] * 2),  # R_hat_ii rows sum to 1: R_bar_ii = R_ii
+        ("text", "image"): t([[[0.1, 0.2], [0.3, 0.4]]] * 2),
+        ("image", "text"): torch.zeros(2, 2, 2, dtype=torch.float64),
+    })
+
+
+ZERO_ROW_CROSS = t([[[0.4, 0.0], [0.0, 0.8]]] * 2)
+# A_bar R_bar_ii = [[.6, .2], [.2, 1.4]]. Element 0: R_bar_tt = [[5/3, 1/3], [0, 1]] (the zero row stays
+# zero), dR_ti = R_bar_tt^T [[.6, .2], [.2, 1.4]] = [[1, 1/3], [.4, 22/15]]. Element 1: R_bar_tt =
+# [[5/3, 1/3], [1, 1]], dR_ti = [[1 + .2, 1/3 + 1.4], [.2 + .2, 1/15 + 1.4]] = [[1.2, 26/15], [.4, 22/15]].
+KEPT = t([[[1.1, 0.2 + 1 / 3], [0.7, 0.4 + 22 / 15]], [[1.3, 0.2 + 26 / 15], [0.7, 0.4 + 22 / 15]]])
+
+
+@pytest.mark.parametrize(
+    "options, real_text, expected_first",
+    [
+        ({}, None, KEPT[0]),  # the default: the zero row is normalised to zero, the rest applies
+        ({"drop_on_zero_row": True}, None, t([[0.1, 0.2], [0.3, 0.4]])),  # the reference DETR: update dropped
+        ({"drop_on_zero_row": True}, [[True, False], [True, True]], KEPT[0]),  # the zero row is padding
+        # w/o norm. (no division): R_tt^T A_bar R_ii = [[3, 0], [1, 1]] [[.6, .2], [.2, 1.4]] = [[1.8, .6], [.8, 1.6]]
+        ({"drop_on_zero_row": True, "normalize": False}, None, t([[1.9, 0.8], [1.1, 2.0]])),
+        ({"drop_on_zero_row": True, "self_in_bimodal": False}, None, t([[0.5, 0.2], [0.3, 1.2]])),
+    ],
+)
+def test_eq10_zero_row_of_r_hat(options, real_text, expected_first):
+    state = zero_row_state()
+    real = None if real_text is None else {"text": torch.tensor(real_text), "image": torch.ones(2, 2, dtype=torch.bool)}
+    updated = apply_deltas(state, [bimodal_deltas(state, "text", "image", ZERO_ROW_CROSS, real=real, **options)])
+    assert torch.allclose(updated[("text", "image")][0], expected_first)
+    if options.get("normalize", True) and options.get("self_in_bimodal", True):
+        assert torch.allclose(updated[("text", "image")][1], KEPT[1])  # element 1 has no zero row: never dropped
+
+
+def test_eq10_zero_row_on_the_key_side_drops_too():
+    state = zero_row_state()
+    state[("image", "image")] = t([[[1.5, 0.5], [0.0, 1.0]]] * 2)  # R_hat_ii's second row is zero
+    updated = apply_deltas(state, [bimodal_deltas(state, "text", "image", ZERO_ROW_CROSS, drop_on_zero_row=True)])
+    assert torch.equal(updated[("text", "image")], state[("text", "image")])
+
+
 def test_without_aggregation_self_attention_replaces():
     for relevance in (Relevance({("text", "text"): torch.eye(2, dtype=torch.float64)[None]}),
                       initial_relevance({"text": 2}, 1, torch.zeros(1, dtype=torch.float64))):
