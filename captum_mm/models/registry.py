@@ -1,29 +1,36 @@
-"""Picks the architecture adapter from the model's class."""
+"""Picks the architecture adapter from the model's class.
 
-from typing import List, Type
+The adapter registered for the most specific class of the model wins (the nearest one in
+the model class's method resolution order); among adapters for the same class the one
+registered last wins, so a user's adapter overrides a built-in one.
+"""
+
+from typing import Dict, List, Type
 
 from torch import nn
 
 from captum_mm.models.base import ArchitectureAdapter
 
-_ADAPTERS: List[Type[ArchitectureAdapter]] = []
+_ADAPTERS: Dict[type, Type[ArchitectureAdapter]] = {}
 
 
 def register_adapter(adapter: Type[ArchitectureAdapter]) -> Type[ArchitectureAdapter]:
-    """Class decorator making an adapter available to every method."""
-    _ADAPTERS.append(adapter)
+    """Class decorator making an adapter available to every method; it replaces an adapter
+    registered earlier for the same model classes."""
+    for model_class in adapter.model_classes:
+        _ADAPTERS[model_class] = adapter
     return adapter
 
 
 def supported_classes() -> List[str]:
-    return sorted(cls.__name__ for adapter in _ADAPTERS for cls in adapter.model_classes)
+    return sorted(cls.__name__ for cls in _ADAPTERS)
 
 
 def adapter_for(model: nn.Module) -> ArchitectureAdapter:
-    """The adapter serving ``model``'s class, instantiated for it."""
-    for adapter in _ADAPTERS:
-        if isinstance(model, adapter.model_classes):
-            return adapter(model)
+    """The adapter serving ``model``'s most specific registered class, instantiated for it."""
+    for model_class in type(model).__mro__:
+        if model_class in _ADAPTERS:
+            return _ADAPTERS[model_class](model)
     raise TypeError(
         f"captum_mm cannot explain a {type(model).__name__}: no architecture adapter serves it. "
         f"Supported classes: {', '.join(supported_classes())}. Pass the HuggingFace model itself as "
