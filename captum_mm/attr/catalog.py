@@ -1,5 +1,6 @@
 """The methods and ablations of the paper's comparison, by name."""
 
+import re
 from functools import partial
 from typing import Callable, Dict
 
@@ -29,11 +30,18 @@ ABLATIONS: Dict[str, Callable] = {
 
 
 def select_methods(names=None) -> Dict[str, Callable]:
-    """Methods and ablations by name (all of them when ``names`` is None)."""
+    """Methods and ablations by name or :func:`method_alias` (all of them when ``names`` is None)."""
     available = {**PAPER_METHODS, **ABLATIONS}
     if names is None:
         return available
-    unknown = [name for name in names if name not in available]
+    by_alias = {method_alias(name): name for name in available}
+    unknown = [name for name in names if name not in available and name not in by_alias]
     if unknown:
-        raise ValueError(f"Unknown methods {unknown}; available: {list(available)}.")
-    return {name: available[name] for name in names}
+        raise ValueError(f"Unknown methods {unknown}; available: {list(available)} (or their aliases {list(by_alias)}).")
+    return {by_alias.get(name, name): available[by_alias.get(name, name)] for name in names}
+
+
+def method_alias(name: str) -> str:
+    """A spelling of a method's name that needs no shell quoting: "ours w/ LRP" -> "ours-with-lrp"."""
+    words = name.lower().replace(".", "").replace("w/o", "without").replace("w/", "with")
+    return re.sub(r"[^a-z0-9]+", "-", words).strip("-")
