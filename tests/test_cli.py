@@ -101,3 +101,16 @@ def test_set_threads_prints_its_choice(monkeypatch, capsys):
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("torch threads: 2 (automatic: ") and "1-minute load 1.2" in printed[0]
     assert printed[1] == "torch threads: 1 (as asked)"
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_command_lets_idle_openmp_threads_sleep(given, expected):
+    import subprocess
+    import sys
+
+    environment = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    if given:
+        environment["OMP_WAIT_POLICY"] = given
+    code = "import sys, os, captum_mm.cli; print('torch' in sys.modules, os.environ['OMP_WAIT_POLICY'])"
+    shown = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True).stdout
+    assert shown.split() == ["True", expected]
