@@ -1,12 +1,82 @@
 """The ``captum-mm`` command."""
 
 import argparse
+import contextlib
+import os
+import shlex
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional, Tuple
 
-import torch
+# Idle OpenMP threads sleep rather than spin (read when torch loads its OpenMP runtime, so before
+# ``import torch``): with 2 threads beside a busy process this halved a reduced main job's run time.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 from captum_mm import zoo
+from captum_mm.attr.catalog import every_method, method_alias, select_methods
+
+
+def positive_count(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"takes a positive whole number, got {text!r}")
+    return value
+
+
+def method_name(text: str) -> str:
+    """An argparse type: a method or ablation of the catalog, by name or alias."""
+    try:
+        return next(iter(select_methods([text])))
+    except ValueError:
+        names = ", ".join(method_alias(name) for name in every_method())
+        raise argparse.ArgumentTypeError(f"unknown method {text!r}; choose from {names}") from None
+
+
+def _cpus_and_load() -> Tuple[int, float]:
+    """The CPUs this process may run on, and the 1-minute load average (0 where the system has none)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return available, os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+
+def automatic_threads() -> int:
+    """The CPUs available less those kept busy by other processes (the 1-minute load), at least 1:
+    more torch threads than free cores stall at every parallel region."""
+    available, load = _cpus_and_load()
+    return max(1, available - round(load))
+
+
+def set_threads(requested: Optional[int]) -> int:
+    """Run torch on ``requested`` threads (``None``: :func:`automatic_threads`), one inter-op thread; print the choice."""
+    threads = requested or automatic_threads()
+    torch.set_num_threads(threads)
+    if torch.get_num_interop_threads() != 1:
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # fixed by earlier parallel work in this process (main() called from Python)
+            pass
+    available, load = _cpus_and_load()
+    how = "as asked" if requested else f"automatic: {available} CPUs available, 1-minute load {load:.1f}"
+    print(f"torch threads: {threads} ({how})", flush=True)
+    return threads
+
+
+@contextlib.contextmanager
+def no_loading_bars() -> Iterator[None]:
+    """Hide transformers' "Loading weights" progress bars for the duration, then restore their setting."""
+    from transformers.utils import logging
+
+    enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()
 
 
 def demo(args: argparse.Namespace) -> None:
@@ -17,7 +87,8 @@ def demo(args: argparse.Namespace) -> None:
     dataset = EasyVQA("test")
     index = int(torch.randint(len(dataset), (1,), generator=torch.Generator().manual_seed(args.seed)))
     item = dataset[index]
-    model = zoo.load("lxmert-easyvqa")
+    with no_loading_bars():
+        model = zoo.load("lxmert-easyvqa")
     inputs = tuple(item[key][None] for key in ("input_ids", "visual_feats", "visual_pos"))
     explanation = GenericAttention(model).explain(inputs, additional_forward_args=(item["attention_mask"][None],))
     print(f"lxmert-easyvqa, question {index}: {dataset.questions[index]!r} -> {dataset.answers[int(explanation.target)]!r}")
@@ -59,13 +130,19 @@ def reproduce(args: argparse.Namespace) -> None:
 
     malformed = [item for item in args.checkpoint or [] if "=" not in item]
     if malformed:
-        raise SystemExit(f"--checkpoint takes NAME=PATH (e.g. lxmert-easyvqa=my/checkpoint), got {malformed}.")
+        args.parser.error(f"--checkpoint takes NAME=PATH (e.g. lxmert-easyvqa=my/checkpoint), got {malformed}")
     checkpoints = dict(item.split("=", 1) for item in args.checkpoint or [])
-    run(Options(
-        output=Path(args.output), models=args.models, methods=args.methods, samples=args.samples, images=args.images,
-        gallery=args.gallery, seed=args.seed, checkpoints=checkpoints, images_dir=args.images_dir,
-        annotations=args.annotations,
-    ))
+    try:
+        options = Options(
+            output=Path(args.output), models=args.models, methods=args.methods, samples=args.samples,
+            images=args.images, gallery=args.gallery, seed=args.seed, checkpoints=checkpoints,
+            images_dir=args.images_dir, annotations=args.annotations,
+        )
+    except ValueError as error:
+        args.parser.error(str(error))
+    set_threads(args.threads)
+    with no_loading_bars():
+        run(options)
 
 
 def train(args: argparse.Namespace) -> None:
@@ -83,24 +160,40 @@ def train(args: argparse.Namespace) -> None:
     print(run(args.name, Path(args.output or f"{args.name}-retrained"), seed=args.seed, **options))
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows the default of every option that has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> Optional[str]:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def _methods_help() -> str:
+    names = ", ".join(shlex.quote(name) + (f" ({method_alias(name)})" if method_alias(name) != name else "")
+                      for name in every_method())
+    return f"methods and ablations, by name (quoted as shown) or alias: {names}; default: all"
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="captum-mm", description="Attention-based explanations of multimodal transformers.")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo_parser = commands.add_parser("demo", help=demo.__doc__)
-    demo_parser.add_argument("--seed", type=int, default=0)
+    defaults = _HelpFormatter
+    demo_parser = commands.add_parser("demo", help=demo.__doc__, description=demo.__doc__, formatter_class=defaults)
+    demo_parser.add_argument("--seed", type=int, default=0, help="picks the question")
     demo_parser.set_defaults(run=demo)
-    study = commands.add_parser("reproduce", help=reproduce.__doc__)
+    study = commands.add_parser("reproduce", help=reproduce.__doc__, description=reproduce.__doc__, formatter_class=defaults)
     study.add_argument("--output", default="captum_mm_output", help="folder for the report, JSON, CSV and figures")
-    study.add_argument("--models", nargs="+", choices=zoo.NAMES, default=list(zoo.NAMES))
-    study.add_argument("--methods", nargs="+", help="methods and ablations (default: all)")
-    study.add_argument("--samples", type=int, default=256, help="easy-VQA test questions per VQA model")
-    study.add_argument("--images", type=int, default=100, help="validation scenes for DETR")
-    study.add_argument("--gallery", type=int, default=4, help="questions in the gallery figure")
-    study.add_argument("--seed", type=int, default=0)
+    study.add_argument("--models", nargs="+", choices=zoo.NAMES, default=list(zoo.NAMES), help="shipped models to study")
+    study.add_argument("--methods", nargs="+", type=method_name, metavar="METHOD", help=_methods_help())
+    study.add_argument("--samples", type=positive_count, default=256, help="easy-VQA test questions per VQA model")
+    study.add_argument("--images", type=positive_count, default=100, help="validation scenes for DETR")
+    study.add_argument("--gallery", type=positive_count, default=4, help="questions in the gallery figure")
+    study.add_argument("--seed", type=int, default=0, help="picks the questions and scenes")
+    study.add_argument("--threads", type=positive_count,
+                       help="torch threads (default: automatic, the CPUs available less the 1-minute load of others)")
     study.add_argument("--checkpoint", action="append", metavar="NAME=PATH", help="use your own checkpoint for NAME")
     study.add_argument("--images-dir", help="your own COCO-format image folder for the DETR test")
     study.add_argument("--annotations", help="its instances json")
-    study.set_defaults(run=reproduce)
+    study.set_defaults(run=reproduce, parser=study)
     trainer = commands.add_parser("train", help=train.__doc__)
     trainer.add_argument("name", choices=zoo.NAMES)
     trainer.add_argument("--output", help="checkpoint folder (default: NAME-retrained)")

@@ -10,10 +10,12 @@
 """
 
 import base64
+import datetime
 import html
 import io
 import json
 import textwrap
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -55,6 +57,13 @@ SETTING_ROWS = {"negative image": "Neg. img", "positive image": "Pos. img", "neg
 SEGMENTATION_ROWS = ("AP", "AP_medium", "AP_large", "AR", "AR_medium", "AR_large")
 
 
+# What the main job does with each model, for its stage indicator.
+STUDY_STEPS = {
+    "lxmert-easyvqa": "perturbation tests, plausibility, gallery",
+    "visualbert-easyvqa": "perturbation tests, plausibility, gallery",
+    "detr-shapes": "weakly-supervised segmentation, mask figures",
+}
+
 # The transformers model type each study expects of a checkpoint.
 MODEL_TYPES = {"lxmert-easyvqa": "lxmert", "visualbert-easyvqa": "visual_bert", "detr-shapes": "detr"}
 
@@ -82,6 +91,7 @@ class Options:
         unknown = [name for name in self.models if name not in MODEL_TYPES]
         if unknown:
             raise ValueError(f"Unknown models {unknown}; the main job runs {', '.join(MODEL_TYPES)}.")
+        select_methods(self.methods)
         stray = [name for name in self.checkpoints if name not in self.models]
         if stray:
             raise ValueError(f"Checkpoints given for {stray}, which are not among the models run ({', '.join(self.models)}).")
@@ -313,11 +323,13 @@ def _detr_masks(model, evaluator: SegmentationEvaluator, image_id: int, methods)
 
 def reproduce(options: Options) -> Dict[str, Any]:
     """Run the study, write ``report.html``, ``results.json`` and CSV tables to ``options.output``."""
+    started = time.monotonic()
     output = Path(options.output)
     output.mkdir(parents=True, exist_ok=True)
     methods = select_methods(options.methods)
     studies = {}
-    for name in options.models:
+    for step, name in enumerate(options.models, 1):
+        print(f"Step {step} of {len(options.models)}: {name}: {STUDY_STEPS[name]}", flush=True)
         if name == "detr-shapes":
             studies[name] = _detr_study(options, methods)
         else:
@@ -331,17 +343,64 @@ def reproduce(options: Options) -> Dict[str, Any]:
     }
     numbers["tables"] = tables
     (output / "results.json").write_text(json.dumps(numbers, indent=2))
-    (output / "report.html").write_text(_report(studies, tables))
+    (output / "report.html").write_text(_report(studies, tables, _settings(options, methods, time.monotonic() - started)))
     print(f"Report: {output / 'report.html'}")
     return numbers
 
 
-def _report(studies: Dict[str, Any], tables: List[Dict[str, Any]]) -> str:
+# What each kind of figure in the report shows and how to read it, by the first word of its title.
+CAPTIONS = {
+    "curves": "Perturbation curves: the model's accuracy (%, y axis) on the test questions as a growing fraction of "
+    "its image regions or text tokens (x axis) is removed, least relevant first (negative perturbation: the higher "
+    "the curve, the better the explanation) or most relevant first (positive: the lower, the better). One line per "
+    "method; the legend gives each method's area under the curve, as in the tables.",
+    "gallery": "Gallery: top row, test images with their question and the model's answer. Below, one row per "
+    "method: the image with each region multiplied by its relevance (scaled to the maximum, so irrelevant regions "
+    "are black) and the question's tokens shaded red by their relevance (deeper red: more relevant). A good "
+    "explanation shows the shape the question is about and its key words.",
+    "masks": "DETR masks: one column per object the model detected in this scene, explained by the first method. "
+    "Top row: the detection's relevance over the image (jet colours, scaled to its maximum: red most relevant, "
+    "blue least). Bottom row: the weakly-supervised segmentation mask (Algorithm 1) made from it, in red. A good "
+    "explanation covers the detected object and little else.",
+}
+
+
+def _settings(options: Options, methods: Dict[str, Callable], seconds: float) -> Dict[str, str]:
+    """The run's settings, as the report states them."""
+    import transformers
+
+    from captum_mm import __version__
+
+    settings = {
+        "captum_mm": __version__,
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "models": ", ".join(f"{name} ({options.checkpoints.get(name, 'shipped')})" for name in options.models),
+        "methods": ", ".join(methods),
+    }
+    if any(name != "detr-shapes" for name in options.models):
+        settings["samples"] = f"{options.samples} easy-VQA test questions per VQA model, {options.gallery} in the gallery"
+    if "detr-shapes" in options.models:
+        settings["images"] = f"{options.images} scenes from {options.images_dir or 'the synthetic shapes validation split'}"
+    settings.update({
+        "seed": str(options.seed),
+        "run time": f"{int(seconds // 60)} min {seconds % 60:.0f} s",
+        "threads": f"{torch.get_num_threads()} torch threads",
+        "torch, transformers": f"{torch.__version__}, {transformers.__version__}",
+    })
+    return settings
+
+
+def _report(studies: Dict[str, Any], tables: List[Dict[str, Any]], settings: Dict[str, str]) -> str:
     parts = [
         "<html><head><meta charset='utf-8'><title>captum_mm: the study on the shipped models</title><style>",
-        "body{font-family:sans-serif;max-width:1200px;margin:auto} td,th{padding:2px 8px;text-align:right}",
-        "table{border-collapse:collapse;margin-bottom:1em} tr:nth-child(even){background:#f4f4f4}</style></head><body>",
+        "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:0 1em} td,th{padding:2px 8px;text-align:right}",
+        "table{border-collapse:collapse;margin-bottom:1em} tr:nth-child(even){background:#f4f4f4}",
+        "figure{margin:0 0 2em} img{max-width:100%;height:auto} figcaption{color:#333;max-width:60em}",
+        "table.settings td,table.settings th{text-align:left}</style></head><body>",
         "<h1>Generic attention-model explainability on the shipped models</h1>",
+        "<table class='settings'>"
+        + "".join(f"<tr><th>{html.escape(key)}</th><td>{html.escape(value)}</td></tr>" for key, value in settings.items())
+        + "</table>",
         "<p>Perturbation AUC: higher is better for negative perturbation, lower for positive. Segmentation: COCO "
         "<code>segm</code> scores (%) from pycocotools.</p>",
     ]
@@ -349,7 +408,9 @@ def _report(studies: Dict[str, Any], tables: List[Dict[str, Any]]) -> str:
     for name, study in studies.items():
         parts.append(f"<h2>{html.escape(name)}</h2>")
         for title, figure in study["figures"].items():
-            parts.append(f"<h3>{html.escape(title)}</h3><img src='data:image/png;base64,{_png(figure)}'/>")
+            parts.append(
+                f"<figure><h3>{html.escape(title)}</h3><img src='data:image/png;base64,{_png(figure)}' alt='{html.escape(title)}'/>"
+                f"<figcaption>{html.escape(CAPTIONS[title.split()[0]])}</figcaption></figure>"
+            )
     parts.append("</body></html>")
     return "".join(parts)
-

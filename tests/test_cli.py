@@ -1,4 +1,11 @@
-from captum_mm.cli import main
+import os
+import re
+
+import pytest
+import torch
+
+from captum_mm.attr.catalog import ABLATIONS, PAPER_METHODS, method_alias, select_methods
+from captum_mm.cli import automatic_threads, main, method_name, set_threads
 
 
 def test_demo_prints_relevance(capsys):
@@ -23,3 +30,87 @@ def test_segmentation_command(tmp_path, capsys):
     ])
     assert "IoU 0.50:0.05:0.95 (COCO)" in capsys.readouterr().out
     assert set(json.loads((tmp_path / "out.json").read_text())) == {"ours", "rollout"}
+
+
+def test_demo_hides_the_weight_loading_bars_and_restores_them(capsys):
+    from transformers.utils import logging
+
+    main(["demo"])
+    assert "Loading weights" not in capsys.readouterr().err
+    assert logging.is_progress_bar_enabled()
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--samples", "0"], "argument --samples: takes a positive whole number, got '0'"),
+        (["--samples", "-3"], "argument --samples: takes a positive whole number, got '-3'"),
+        (["--images", "abc"], "argument --images: takes a positive whole number, got 'abc'"),
+        (["--gallery", "2.5"], "argument --gallery: takes a positive whole number, got '2.5'"),
+        (["--threads", "0"], "argument --threads: takes a positive whole number, got '0'"),
+        (["--methods", "ours", "ours-lrp"], "argument --methods: unknown method 'ours-lrp'; choose from ours, ours-with-lrp,"),
+        (["--checkpoint", "detr-shapes"], r"--checkpoint takes NAME=PATH"),
+        (["--models", "detr-shapes", "--checkpoint", "lxmert-easyvqa=x"], r"Checkpoints given for \['lxmert-easyvqa'\]"),
+    ],
+)
+def test_bad_reproduce_arguments_are_one_line_usage_errors(tmp_path, capsys, arguments, message):
+    output = tmp_path / "study"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", "--output", str(output), *arguments])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("captum-mm reproduce: error: ") and re.search(message, error[-1])
+    assert "Traceback" not in "\n".join(error) and not output.exists()
+
+
+def test_reproduce_help_shows_defaults_and_method_names(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse would wrap names at their hyphens
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", "--help"])
+    assert exit_info.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    for text in ("(default: 256)", "(default: 100)", "(default: captum_mm_output)", "torch threads (default: automatic",
+                 "'ours w/ LRP' (ours-with-lrp)", "'Eq.10 w/o self-att.' (eq10-without-self-att)", "rollout,"):
+        assert text in shown
+    assert "(default: None)" not in shown
+
+
+def test_methods_are_taken_by_alias():
+    assert list(select_methods(["ours-with-lrp", "Grad-CAM", "without-norm"])) == ["ours w/ LRP", "Grad-CAM", "w/o norm."]
+    assert method_name("eq10-without-self-att") == "Eq.10 w/o self-att."
+    aliases = [method_alias(name) for name in {**PAPER_METHODS, **ABLATIONS}]
+    assert len(set(aliases)) == len(aliases) and all(re.fullmatch(r"[a-z0-9-]+", alias) for alias in aliases)
+
+
+@pytest.mark.parametrize("cpus, load, threads", [(4, 0.2, 4), (4, 1.4, 3), (2, 1.6, 1), (2, 7.0, 1)])
+def test_automatic_threads_leave_the_cores_busy_elsewhere_alone(monkeypatch, cpus, load, threads):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
+    assert automatic_threads() == threads
+
+
+def test_set_threads_prints_its_choice(monkeypatch, capsys):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 0.0, 0.0))
+    try:
+        assert set_threads(None) == 2 and torch.get_num_threads() == 2
+        assert set_threads(1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(1)
+    assert torch.get_num_interop_threads() == 1
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("torch threads: 2 (automatic: ") and "1-minute load 1.2" in printed[0]
+    assert printed[1] == "torch threads: 1 (as asked)"
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_command_lets_idle_openmp_threads_sleep(given, expected):
+    import subprocess
+    import sys
+
+    environment = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    if given:
+        environment["OMP_WAIT_POLICY"] = given
+    code = "import sys, os, captum_mm.cli; print('torch' in sys.modules, os.environ['OMP_WAIT_POLICY'])"
+    shown = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True).stdout
+    assert shown.split() == ["True", expected]

@@ -1,19 +1,28 @@
 """The main job runs end to end on a tiny sample and writes every output file."""
 
+import html
 import json
 
 import pytest
 
 from captum_mm.cli import main
-from captum_mm.reproduce import Options, _load
+from captum_mm.reproduce import CAPTIONS, Options, _load
 
 
 def test_reproduce_writes_every_output(tmp_path, capsys):
     output = tmp_path / "study"
     main(["reproduce", "--output", str(output), "--samples", "4", "--images", "2", "--gallery", "2",
-          "--methods", "ours", "rollout", "w/o norm."])
-    printed = capsys.readouterr().out
+          "--methods", "ours", "rollout", "without-norm", "--threads", "1"])
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "AUC of every method" in printed and "segmentation, IoU 0.20:0.05:0.95" in printed
+    assert "torch threads: 1 (as asked)" in printed and "Loading weights" not in captured.err
+    steps = [line for line in printed.splitlines() if line.startswith("Step ")]
+    assert steps == [
+        "Step 1 of 3: lxmert-easyvqa: perturbation tests, plausibility, gallery",
+        "Step 2 of 3: visualbert-easyvqa: perturbation tests, plausibility, gallery",
+        "Step 3 of 3: detr-shapes: weakly-supervised segmentation, mask figures",
+    ]
     for name in ("report.html", "results.json"):
         assert (output / name).stat().st_size > 0
     tables = json.loads((output / "results.json").read_text())["tables"]
@@ -24,8 +33,16 @@ def test_reproduce_writes_every_output(tmp_path, capsys):
         for name in ("results.json", "curves.png", "gallery.png"):
             assert (output / model / name).stat().st_size > 0
     assert len(list((output / "detr-shapes").glob("masks_*.png"))) == 1 and (output / "detr-shapes" / "segmentation.json").exists()
-    assert "data:image/png;base64," in (output / "report.html").read_text()
-    main(["reproduce", "--output", str(output), "--models", "detr-shapes", "--images", "3", "--methods", "ours"])
+    report = (output / "report.html").read_text()
+    assert report.count("<img src='data:image/png;base64,") == report.count("<figcaption>") == 5  # curves, gallery x2; masks
+    assert "img{max-width:100%;height:auto}" in report
+    for caption in CAPTIONS.values():
+        assert html.escape(caption) in report
+    for setting in ("<th>captum_mm</th><td>0.1.0</td>", "<th>seed</th><td>0</td>", "<th>threads</th><td>1 torch threads</td>",
+                    "<th>methods</th><td>ours, rollout, w/o norm.</td>", "4 easy-VQA test questions per VQA model, 2 in the gallery",
+                    "2 scenes from the synthetic shapes", "<th>run time</th><td>", "<th>date</th><td>20"):
+        assert setting in report
+    main(["reproduce", "--output", str(output), "--models", "detr-shapes", "--images", "3", "--methods", "ours", "--threads", "1"])
     assert len(json.loads((output / "scenes" / "val.json").read_text())["images"]) == 3  # not the 2 written before
 
 
@@ -44,7 +61,7 @@ def test_reproduce_takes_a_users_checkpoints_and_coco_data(tmp_path, capsys):
     main(["reproduce", "--output", str(output), "--models", "lxmert-easyvqa", "detr-shapes", "--samples", "2",
           "--gallery", "1", "--methods", "ours", "--checkpoint", f"lxmert-easyvqa={tmp_path / 'lxmert'}",
           "--checkpoint", f"detr-shapes={tmp_path / 'detr'}", "--images-dir", str(tmp_path / "scenes" / "val"),
-          "--annotations", str(annotations)])
+          "--annotations", str(annotations), "--threads", "1"])
     assert "lxmert-easyvqa: AUC of every method" in capsys.readouterr().out
     assert not (output / "scenes").exists()  # the given scenes were used, not generated ones
     assert list(json.loads((output / "detr-shapes" / "segmentation.json").read_text())) == ["ours", "ours (reference Eq. 8-9)"]
@@ -58,6 +75,7 @@ def test_reproduce_takes_a_users_checkpoints_and_coco_data(tmp_path, capsys):
         (dict(images_dir="val"), "Give both images_dir and annotations"),
         (dict(samples=-5), "samples, images and gallery must be positive counts"),
         (dict(models=["lxmert-easyvqa"], images_dir="val", annotations="val.json"), "detr-shapes is not run"),
+        (dict(methods=["ours", "lrp"]), r"Unknown methods \['lrp'\]"),
     ],
 )
 def test_reproduce_options_are_checked(options, message):

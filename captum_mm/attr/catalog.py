@@ -1,5 +1,6 @@
 """The methods and ablations of the paper's comparison, by name."""
 
+import re
 from functools import partial
 from typing import Callable, Dict
 
@@ -32,15 +33,28 @@ ABLATIONS: Dict[str, Callable] = {
 REFERENCE_DETR: Dict[str, Callable] = {"ours (reference Eq. 8-9)": partial(GenericAttention, zero_row_update="drop")}
 
 
+def every_method() -> Dict[str, Callable]:
+    """Every method and ablation a name or alias can select."""
+    return {**PAPER_METHODS, **ABLATIONS, **REFERENCE_DETR}
+
+
 def select_methods(names=None) -> Dict[str, Callable]:
-    """Methods and ablations by name (the paper's methods and ablations when ``names`` is None)."""
+    """Methods and ablations by name or :func:`method_alias` (the paper's methods and ablations when
+    ``names`` is None)."""
     if names is None:
         return {**PAPER_METHODS, **ABLATIONS}
-    available = {**PAPER_METHODS, **ABLATIONS, **REFERENCE_DETR}
-    unknown = [name for name in names if name not in available]
+    available = every_method()
+    by_alias = {method_alias(name): name for name in available}
+    unknown = [name for name in names if name not in available and name not in by_alias]
     if unknown:
-        raise ValueError(f"Unknown methods {unknown}; available: {list(available)}.")
-    return {name: available[name] for name in names}
+        raise ValueError(f"Unknown methods {unknown}; available: {list(available)} (or their aliases {list(by_alias)}).")
+    return {by_alias.get(name, name): available[by_alias.get(name, name)] for name in names}
+
+
+def method_alias(name: str) -> str:
+    """A spelling of a method's name that needs no shell quoting: "ours w/ LRP" -> "ours-with-lrp"."""
+    words = name.lower().replace(".", "").replace("w/o", "without").replace("w/", "with")
+    return re.sub(r"[^a-z0-9]+", "-", words).strip("-")
 
 
 def with_reference_detr(methods: Dict[str, Callable]) -> Dict[str, Callable]:

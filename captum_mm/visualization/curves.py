@@ -1,27 +1,37 @@
 """Perturbation curves, as in the paper's supplementary Figures 2-3."""
 
+import math
 from typing import Optional
 
 from matplotlib.figure import Figure
 
 from captum_mm.metrics.study import StudyResult
 
+DIRECTIONS = {"negative": "higher is better", "positive": "lower is better"}
+
 
 def plot_perturbation_curves(result: StudyResult, title: Optional[str] = None) -> Figure:
-    """One panel per setting (e.g. negative/positive image/text), one line per method, AUC in the legend."""
+    """One panel per setting (e.g. negative/positive image/text), two panels a row; one line per method,
+    its AUC in the legend below the panel."""
     settings = list(result.steps)
-    figure = Figure(figsize=(4.2 * len(settings), 3.6))  # no pyplot: headless, no global state
-    axes = figure.subplots(1, len(settings), squeeze=False)
-    for axis, setting in zip(axes[0], settings):
+    columns = min(2, len(settings))
+    rows = math.ceil(len(settings) / columns)
+    legend_rows = math.ceil(len(result.scores) / 2)
+    figure = Figure(figsize=(5.2 * columns, (3.0 + 0.2 * legend_rows) * rows), layout="constrained")  # no pyplot
+    axes = figure.subplots(rows, columns, squeeze=False).flatten()
+    for axis, setting in zip(axes, settings):
         for method in result.scores:
             label = f"{method} ({result.auc(method, setting):.2f})"
             axis.plot(result.steps[setting], result.accuracy(method, setting), marker="o", markersize=3, label=label)
-        axis.set_title(setting)
-        axis.set_xlabel("fraction of tokens removed")
+        direction = DIRECTIONS.get(setting.split()[0])
+        axis.set_title(f"{setting} ({direction})" if direction else setting, fontsize=10)
+        axis.set_xlabel(f"fraction of {setting.split()[-1]} tokens removed")
         axis.set_ylabel("accuracy (%)")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=7, frameon=False, title="method (AUC)",
+                    title_fontsize=7)
+    for axis in axes[len(settings):]:
+        axis.set_visible(False)
     if title:
         figure.suptitle(title)
-    figure.tight_layout()
     return figure

@@ -8,6 +8,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 from captum.attr import visualization as captum_visualization
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
@@ -93,32 +96,37 @@ def relevance_gallery(
     grid: Sequence[int],
     titles: Optional[Sequence[str]] = None,
 ) -> Figure:
-    """Figure 1 style: one row per method, one column per sample; image regions multiplied by
-    relevance, question tokens shaded red below. ``relevance[method] = (text [B, T], image [B, R])``."""
+    """Figure 1 style: one column per sample; the original images on top, then one row per method with
+    image regions multiplied by relevance and question tokens shaded red below.
+    ``relevance[method] = (text [B, T], image [B, R])``."""
     methods = list(relevance)
-    figure = Figure(figsize=(2.3 * len(images), 2.8 * len(methods)))
+    figure = Figure(figsize=(2.3 * len(images), 2.8 * len(methods) + 2.3))
     FigureCanvasAgg(figure)  # a renderer to measure the tokens with
-    axes = figure.subplots(len(methods), len(images), squeeze=False)
+    axes = figure.subplots(len(methods) + 1, len(images), squeeze=False)
     figure.subplots_adjust(hspace=0.6, wspace=0.05)  # room for three lines of tokens
-    for row, method in enumerate(methods):
+    for column, image in enumerate(images):
+        axes[0][column].imshow(image)
+        if titles is not None:
+            axes[0][column].set_title(titles[column], fontsize=8)
+    axes[0][0].set_ylabel("image", fontsize=9)
+    for row, method in enumerate(methods, 1):
         text, image_relevance = relevance[method]
         for column, image in enumerate(images):
             axis = axes[row][column]
             axis.imshow(region_relevance_image(image, image_relevance[column], grid))
-            axis.set_xticks([])
-            axis.set_yticks([])
             _draw_tokens(axis, tokens[column], text[column][: len(tokens[column])])
-            if column == 0:
-                axis.set_ylabel(method, fontsize=9)
-            if row == 0 and titles is not None:
-                axis.set_title(titles[column], fontsize=8)
+        axes[row][0].set_ylabel(method, fontsize=9)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
     return figure
 
 
 def detection_masks_figure(image: np.ndarray, maps, masks, labels: Sequence[str]) -> Figure:
-    """Each explained DETR query: its relevance map over the image, and its Algorithm-1 mask."""
+    """Each explained DETR query (a column): its relevance map over the image (top row, with a colour
+    bar) and its Algorithm-1 mask (bottom row)."""
     count = max(len(labels), 1)
-    figure = Figure(figsize=(2.2 * count, 4.4))
+    figure = Figure(figsize=(2.2 * count + 1.2, 4.6), layout="constrained")
     axes = figure.subplots(2, count, squeeze=False)
     height, width = image.shape[:2]
     for column in range(count):
@@ -129,7 +137,14 @@ def detection_masks_figure(image: np.ndarray, maps, masks, labels: Sequence[str]
             axis.set_yticks([])
         if column < len(labels):
             heat = np.asarray(maps[column], dtype=np.float64)
-            top.imshow(_normalized(heat), cmap="jet", alpha=0.5, extent=(0, width, height, 0))
-            bottom.imshow(np.asarray(masks[column], dtype=np.float64), cmap="Reds", alpha=0.5, extent=(0, width, height, 0))
+            top.imshow(_normalized(heat), cmap="jet", alpha=0.5, vmin=0, vmax=1, extent=(0, width, height, 0))
+            bottom.imshow(np.asarray(masks[column], dtype=np.float64), cmap="Reds", alpha=0.5, vmin=0, vmax=1,
+                          extent=(0, width, height, 0))
             top.set_title(labels[column], fontsize=8)
+    axes[0][0].set_ylabel("relevance", fontsize=9)
+    axes[1][0].set_ylabel("mask (Algorithm 1)", fontsize=9)
+    scale = ScalarMappable(Normalize(0, 1), "jet")
+    figure.colorbar(scale, ax=axes[0].tolist(), shrink=0.9, label="relevance / max")
+    mask = ScalarMappable(Normalize(0, 1), ListedColormap([colormaps["Reds"](0.0), colormaps["Reds"](1.0)]))
+    figure.colorbar(mask, ax=axes[1].tolist(), shrink=0.9, ticks=[0.25, 0.75], label="mask").ax.set_yticklabels(["out", "in"])
     return figure

@@ -5,8 +5,10 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from captum_mm.metrics.study import StudyResult
 from captum_mm.visualization import (
     detection_masks_figure,
+    plot_perturbation_curves,
     region_heatmap,
     region_relevance_image,
     relevance_gallery,
@@ -50,7 +52,7 @@ def test_relevance_must_fill_the_grid():
 def test_gallery_draws_every_token_of_a_long_question():
     tokens = ["[CLS]", "does", "the", "image", "not", "contain", "a", "blue", "shape", "?", "[SEP]"]
     gallery = relevance_gallery([IMAGE], [tokens], {"ours": (torch.rand(1, 11), torch.rand(1, 4))}, (2, 2))
-    assert [text.get_text() for text in gallery.axes[0].texts] == tokens
+    assert [text.get_text() for text in gallery.axes[1].texts] == tokens  # below the original image's row
 
 
 def test_figures_are_built_headless():
@@ -58,6 +60,23 @@ def test_figures_are_built_headless():
     gallery = relevance_gallery(
         [IMAGE, IMAGE], [["a", "b"], ["c"]], {"ours": (torch.rand(2, 2), torch.rand(2, 4))}, (2, 2), ["q1", "q2"]
     )
-    assert isinstance(gallery, Figure) and len(gallery.axes) == 2
+    assert isinstance(gallery, Figure) and len(gallery.axes) == 4  # the originals, then a row per method
+    assert [axis.get_ylabel() for axis in gallery.axes[::2]] == ["image", "ours"]
+    assert gallery.axes[0].images[0].get_array().tolist() == IMAGE.tolist()
     masks = detection_masks_figure(IMAGE, [np.random.rand(4, 4)], [np.ones((16, 16), bool)], ["circle"])
-    assert len(masks.axes) == 2
+    assert len(masks.axes) == 4  # relevance and mask, each with a colour bar
+    assert [masks.axes[0].get_ylabel(), masks.axes[1].get_ylabel()] == ["relevance", "mask (Algorithm 1)"]
+    assert [axis.get_ylabel() for axis in masks.axes[2:]] == ["relevance / max", "mask"]
+
+
+def test_curve_legends_sit_below_their_panels():
+    result = StudyResult([0, 1], {name: [0.0, 0.5, 1.0] for name in ("negative image", "positive image", "positive text")})
+    result.scores = {method: {setting: torch.rand(2, 3).round() for setting in result.steps} for method in ("ours", "rollout")}
+    figure = plot_perturbation_curves(result)
+    figure.canvas.draw()
+    panels = [axis for axis in figure.axes if axis.get_visible()]
+    assert len(panels) == 3 and [axis.get_title() for axis in panels] == [
+        "negative image (higher is better)", "positive image (lower is better)", "positive text (lower is better)"]
+    for axis in panels:
+        legend, box = axis.get_legend().get_window_extent(), axis.get_window_extent()
+        assert legend.y1 < box.y0 and legend.x0 >= box.x0 - 30 and legend.x1 <= box.x1 + 30
