@@ -4,7 +4,7 @@ from typing import Dict, Optional
 
 from torch import Tensor
 
-from captum_mm.attr._base import AttentionAttribution
+from captum_mm.attr._base import AttentionAttribution, AttentionBundle, Needs
 from captum_mm.lrp import RuleSet
 from captum_mm.relevance.heads import gradient_weighted, relevance_weighted
 from captum_mm.relevance.propagation import Matrices, generic_relevance
@@ -95,13 +95,16 @@ class GenericAttention(AttentionAttribution):
         self.aggregate = aggregate
         self.self_in_bimodal = self_in_bimodal
         self.head_weighting = head_weighting
-        self.uses_relevance = head_weighting == "lrp"
+        lrp = head_weighting == "lrp"
+        self.needs = Needs(probabilities=not lrp, gradients=True, relevance=lrp)
         self.rules = rules
         self.zero_row_update = zero_row_update
         self._set_start_layer(start_layer)
 
-    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor], valid: Tensor) -> Tensor:
-        return relevance_weighted(relevance, grads) if self.uses_relevance else gradient_weighted(probs, grads)
+    def _fuse(self, bundle: AttentionBundle) -> Tensor:
+        if self.needs.relevance:
+            return relevance_weighted(bundle.relevance, bundle.grads)
+        return gradient_weighted(bundle.probs, bundle.grads)
 
     def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
         return generic_relevance(

@@ -4,6 +4,7 @@ from typing import Optional
 
 from torch import Tensor
 
+from captum_mm.attr._base import AttentionBundle, Needs
 from captum_mm.attr.raw_attention import LastLayerAttribution
 from captum_mm.relevance.heads import grad_cam
 
@@ -21,5 +22,7 @@ class AttentionGradCam(LastLayerAttribution):
         >>> explanation = AttentionGradCam(model).explain((input_ids, visual_feats, visual_pos))
     """
 
-    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor], valid: Tensor) -> Tensor:
-        return grad_cam(probs, grads, valid)
+    needs = Needs(probabilities=True, gradients=True)
+
+    def _fuse(self, bundle: AttentionBundle) -> Tensor:
+        return grad_cam(bundle.probs, bundle.grads, bundle.valid)

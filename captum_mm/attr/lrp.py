@@ -4,7 +4,7 @@ from typing import Callable, Dict, List, Optional
 
 from torch import Tensor, nn
 
-from captum_mm.attr._base import AttentionAttribution
+from captum_mm.attr._base import AttentionAttribution, AttentionBundle, Needs
 from captum_mm.attr.raw_attention import LastLayerAttribution
 from captum_mm.lrp import RuleSet
 from captum_mm.relevance.heads import head_mean, relevance_weighted
@@ -31,15 +31,14 @@ class PartialLRP(LastLayerAttribution):
         >>> explanation = PartialLRP(model).explain((input_ids, visual_feats, visual_pos))
     """
 
-    uses_gradients = False
-    uses_relevance = True
+    needs = Needs(probabilities=False, relevance=True)
 
     def __init__(self, forward_func: Callable, model: Optional[nn.Module] = None, rules: Optional[RuleSet] = None) -> None:
         super().__init__(forward_func, model)
         self.rules = rules
 
-    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor], valid: Tensor) -> Tensor:
-        return head_mean(relevance)
+    def _fuse(self, bundle: AttentionBundle) -> Tensor:
+        return head_mean(bundle.relevance)
 
     def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
         return {
@@ -62,7 +61,7 @@ class TransformerAttribution(AttentionAttribution):
         >>> explanation = TransformerAttribution(model).explain((input_ids, visual_feats, visual_pos))
     """
 
-    uses_relevance = True
+    needs = Needs(probabilities=False, gradients=True, relevance=True)
 
     def __init__(self, forward_func: Callable, model: Optional[nn.Module] = None, rules: Optional[RuleSet] = None) -> None:
         super().__init__(forward_func, model)
@@ -74,8 +73,8 @@ class TransformerAttribution(AttentionAttribution):
             events += schedule.self_events(row) if key == row else [last_event(schedule, row, key)]
         return list(dict.fromkeys(events))
 
-    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor], valid: Tensor) -> Tensor:
-        return relevance_weighted(relevance, grads)
+    def _fuse(self, bundle: AttentionBundle) -> Tensor:
+        return relevance_weighted(bundle.relevance, bundle.grads)
 
     def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
         return transformer_attribution_relevance(schedule, maps)

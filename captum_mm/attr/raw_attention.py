@@ -4,7 +4,7 @@ from typing import Dict, List, Optional
 
 from torch import Tensor
 
-from captum_mm.attr._base import AttentionAttribution
+from captum_mm.attr._base import AttentionAttribution, AttentionBundle, Needs
 from captum_mm.relevance.heads import head_mean
 from captum_mm.relevance.propagation import Matrices, last_event, last_layer_relevance
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
@@ -33,7 +33,7 @@ class RawAttention(LastLayerAttribution):
         >>> explanation = RawAttention(model).explain((input_ids, visual_feats, visual_pos))
     """
 
-    uses_gradients = False
+    needs = Needs(probabilities=True)
 
-    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor], valid: Tensor) -> Tensor:
-        return head_mean(probs)
+    def _fuse(self, bundle: AttentionBundle) -> Tensor:
+        return head_mean(bundle.probs)

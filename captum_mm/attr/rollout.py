@@ -4,7 +4,7 @@ from typing import Callable, Dict, Optional
 
 from torch import Tensor, nn
 
-from captum_mm.attr._base import AttentionAttribution
+from captum_mm.attr._base import AttentionAttribution, AttentionBundle, Needs
 from captum_mm.relevance.heads import head_mean
 from captum_mm.relevance.propagation import Matrices, rollout_relevance
 from captum_mm.relevance.schedule import Schedule
@@ -26,7 +26,7 @@ class AttentionRollout(AttentionAttribution):
         >>> explanation = AttentionRollout(model).explain((input_ids, visual_feats, visual_pos))
     """
 
-    uses_gradients = False
+    needs = Needs(probabilities=True)
 
     def __init__(self, forward_func: Callable, model: Optional[nn.Module] = None, start_layer: int = 0) -> None:
         r"""
@@ -41,8 +41,8 @@ class AttentionRollout(AttentionAttribution):
         super().__init__(forward_func, model)
         self._set_start_layer(start_layer)
 
-    def _fuse_heads(self, probs: Tensor, grads: Optional[Tensor], relevance: Optional[Tensor], valid: Tensor) -> Tensor:
-        return head_mean(probs)
+    def _fuse(self, bundle: AttentionBundle) -> Tensor:
+        return head_mean(bundle.probs)
 
     def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
         return rollout_relevance(schedule, maps)

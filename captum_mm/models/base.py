@@ -1,7 +1,8 @@
 """The architecture-adapter interface and what adapters share."""
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from types import MappingProxyType
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +52,8 @@ class ArchitectureAdapter:
     logit_fields: Tuple[str, ...] = ("logits",)
     #: Output names of :class:`~captum_mm.attr.Explanation` this family fills.
     outputs: Tuple[str, ...] = ("text", "image")
+    #: The output each forward argument carries (``attribute`` spreads it over that input).
+    argument_outputs: Mapping[str, str] = MappingProxyType({})
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -250,6 +253,10 @@ def single_modality_schedule(
         sizes={modality: mask.shape[1]}, masks={modality: mask[selection.sample]}, steps=steps, outputs=outputs,
         element_sample=selection.sample,
     )
+
+
+#: The text arguments of HF text models.
+TEXT_ARGUMENTS = MappingProxyType({"input_ids": "text", "inputs_embeds": "text"})
 
 
 def check_text_arguments(arguments: Dict[str, Any], family: str) -> None:

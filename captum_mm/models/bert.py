@@ -14,6 +14,7 @@ from transformers.models.bert.modeling_bert import BertOutput, BertSelfAttention
 
 from captum_mm.lrp.composite import LRPStructure
 from captum_mm.models.base import (
+    TEXT_ARGUMENTS,
     ArchitectureAdapter,
     TargetSelection,
     bert_like_lrp_structure,
@@ -34,6 +35,7 @@ TEXT = "text"
 @register_adapter
 class BertAdapter(ArchitectureAdapter):
     model_classes = (BertModel, BertForSequenceClassification, BertForNextSentencePrediction)
+    argument_outputs = TEXT_ARGUMENTS
     outputs = (TEXT,)
 
     def sites(self):

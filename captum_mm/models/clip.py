@@ -10,6 +10,8 @@ pairs is explained from one forward and one backward.
 
 from typing import Any, Dict, Tuple
 
+from types import MappingProxyType
+
 import torch
 from torch import Tensor
 from transformers import CLIPModel
@@ -17,6 +19,7 @@ from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
 from captum_mm.lrp.composite import AttentionRuleSite, LRPState, LRPStructure, TensorSource, relevance_seed
 from captum_mm.models.base import (
+    TEXT_ARGUMENTS,
     ArchitectureAdapter,
     TargetSelection,
     check_batch_sizes,
@@ -36,6 +39,7 @@ TEXT, IMAGE = "text", "image"
 @register_adapter
 class ClipAdapter(ArchitectureAdapter):
     model_classes = (CLIPModel,)
+    argument_outputs = MappingProxyType({**TEXT_ARGUMENTS, "pixel_values": "image"})
     logit_fields = ("logits_per_image",)
 
     def sites(self):

@@ -16,6 +16,8 @@ map's size and its padding mask.
 
 from typing import Any, Dict, List, Tuple
 
+from types import MappingProxyType
+
 import torch
 from torch import Tensor, nn
 from transformers import DetrForObjectDetection, DetrModel
@@ -55,6 +57,7 @@ def _query_lists(target: Any, batch_size: int) -> List[List[int]]:
 @register_adapter
 class DetrAdapter(ArchitectureAdapter):
     model_classes = (DetrModel, DetrForObjectDetection)
+    argument_outputs = MappingProxyType({"pixel_values": "image"})
     outputs = ("image",)
 
     def _detr(self) -> DetrModel:

@@ -16,6 +16,8 @@ layer is text->image and its second image->text.
 import re
 from typing import Any, Dict, List
 
+from types import MappingProxyType
+
 import torch
 from transformers import LxmertForQuestionAnswering, LxmertModel
 from transformers.models.lxmert.modeling_lxmert import GeLU, LxmertAttention, LxmertAttentionOutput, LxmertOutput
@@ -23,6 +25,7 @@ from transformers.models.lxmert.modeling_lxmert import GeLU, LxmertAttention, Lx
 from captum_mm.lrp.composite import LRPStructure
 
 from captum_mm.models.base import (
+    TEXT_ARGUMENTS,
     ArchitectureAdapter,
     TargetSelection,
     bert_like_lrp_structure,
@@ -47,6 +50,7 @@ def _probabilities(output):
 @register_adapter
 class LxmertAdapter(ArchitectureAdapter):
     model_classes = (LxmertModel, LxmertForQuestionAnswering)
+    argument_outputs = MappingProxyType({**TEXT_ARGUMENTS, "visual_feats": "image", "visual_pos": "image"})
     logit_fields = ("question_answering_score", "logits")
 
     def sites(self):

@@ -12,12 +12,15 @@ Capture: hand-written attention, whose probabilities pass through a ``dropout`` 
 
 from typing import Any, Dict
 
+from types import MappingProxyType
+
 import torch
 from transformers import ViltForImageAndTextRetrieval, ViltForQuestionAnswering, ViltModel
 from transformers.models.vilt.modeling_vilt import ViltEmbeddings, ViltLayer, ViltSelfAttention
 
 from captum_mm.lrp.composite import AttentionRuleSite, LRPStructure, TensorSource
 from captum_mm.models.base import (
+    TEXT_ARGUMENTS,
     ArchitectureAdapter,
     TargetSelection,
     check_batch_sizes,
@@ -62,6 +65,7 @@ def _embeddings_hooks(embeddings: ViltEmbeddings, record: AttentionRecord):
 @register_adapter
 class ViltAdapter(ArchitectureAdapter):
     model_classes = (ViltModel, ViltForQuestionAnswering, ViltForImageAndTextRetrieval)
+    argument_outputs = MappingProxyType({**TEXT_ARGUMENTS, "pixel_values": "image"})
 
     def _vilt(self) -> ViltModel:
         return getattr(self.model, "vilt", self.model)

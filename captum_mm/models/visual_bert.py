@@ -13,6 +13,8 @@ Capture: the probabilities pass through the ``dropout`` module of every
 
 from typing import Any, Dict
 
+from types import MappingProxyType
+
 import torch
 from transformers import VisualBertForQuestionAnswering, VisualBertForVisualReasoning, VisualBertModel
 from transformers.models.visual_bert.modeling_visual_bert import (
@@ -24,6 +26,7 @@ from transformers.models.visual_bert.modeling_visual_bert import (
 from captum_mm.lrp.composite import LRPStructure
 
 from captum_mm.models.base import (
+    TEXT_ARGUMENTS,
     ArchitectureAdapter,
     TargetSelection,
     bert_like_lrp_structure,
@@ -44,6 +47,7 @@ JOINT = "joint"
 @register_adapter
 class VisualBertAdapter(ArchitectureAdapter):
     model_classes = (VisualBertModel, VisualBertForQuestionAnswering, VisualBertForVisualReasoning)
+    argument_outputs = MappingProxyType({**TEXT_ARGUMENTS, "visual_embeds": "image"})
 
     def sites(self):
         return self.named_sites(self.model, [(".attention.self.dropout", lambda output: output)])

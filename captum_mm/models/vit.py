@@ -7,6 +7,8 @@ Capture: the attention modules return the probabilities second under eager atten
 
 from typing import Any, Dict
 
+from types import MappingProxyType
+
 import torch
 from transformers import ViTForImageClassification, ViTModel
 from transformers.models.vit.modeling_vit import ViTLayer
@@ -32,6 +34,7 @@ IMAGE = "image"
 @register_adapter
 class ViTAdapter(ArchitectureAdapter):
     model_classes = (ViTModel, ViTForImageClassification)
+    argument_outputs = MappingProxyType({"pixel_values": "image"})
     outputs = (IMAGE,)
 
     def _layers(self):

@@ -87,13 +87,27 @@ def test_input_modalities_are_checked():
         explainer.attribute(case.inputs, None, case.additional, input_modalities=("text",))
 
 
-def test_ambiguous_input_needs_input_modalities():
-    case = lxmert_case(regions=6)  # as many regions as text tokens
+def test_inputs_carry_the_outputs_their_adapter_declares():
+    """No shape guessing: with as many regions as text tokens each input still gets its own output."""
+    case = lxmert_case(regions=6)
     explainer = GenericAttention(case.model)
-    with pytest.raises(ValueError, match="text or image.*pass input_modalities"):
+    explanation = explainer.explain(case.inputs, None, case.additional)
+    ids, feats, boxes = explainer.attribute(case.inputs, explanation.target, case.additional)
+    assert torch.equal(ids, explanation.text) and torch.equal(feats[..., 0], explanation.image)
+    assert torch.equal(boxes[..., 0], explanation.image)
+
+
+def test_input_not_passed_unchanged_needs_input_modalities():
+    case = lxmert_case()
+
+    def scaled(ids, feats, boxes, mask):
+        return case.model(ids, feats * 2, boxes, mask).question_answering_score
+
+    explainer = GenericAttention(scaled, case.model)
+    with pytest.raises(ValueError, match=r"Input 1 \(shape \(3, 5, 12\)\) was not passed unchanged.*pass input_modalities"):
         explainer.attribute(case.inputs, None, case.additional)
     attributions = explainer.attribute(case.inputs, None, case.additional, input_modalities=("text", "image", "image"))
-    assert attributions[1].shape == case.inputs[1].shape
+    assert attributions[1].shape == case.inputs[1].shape and attributions[1].abs().sum() > 0
 
 
 def test_vit_and_bert_inputs_are_checked():

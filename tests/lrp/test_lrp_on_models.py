@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from captum_mm.attr.engine import Needs, forward_pass
 from captum_mm.lrp import lrp_rules
 from captum_mm.models import adapter_for, capture_attention
 from helpers import assert_same_state, detr_case, lxmert_case, model_state, visual_bert_case
@@ -16,7 +17,6 @@ def relevance_at_cuts(case, cuts):
     """Per-sample relevance ``sum(x * g)`` at tensors captured by ``cuts`` = {name: (module, argument index)}."""
     model = case.model.double()
     inputs = tuple(t.double() if t.is_floating_point() else t for t in case.inputs)
-    adapter = adapter_for(model)
     tensors, handles = {}, []
     for name, (module, index) in cuts.items():
         if index is None:
@@ -24,15 +24,14 @@ def relevance_at_cuts(case, cuts):
         else:
             handles.append(module.register_forward_pre_hook(lambda m, a, name=name, i=index: tensors.__setitem__(name, a[i])))
     try:
-        with capture_attention(model, adapter.sites(), adapter.check_arguments, adapter.extra_hooks):
-            with lrp_rules(model, adapter.lrp_structure(), adapter.default_rules()) as state:
-                logits = adapter.logits(case.forward(*inputs, *case.additional))
-                options = {"single": True} if case.name == "detr" else {}
-                selection = adapter.select_targets(logits, None, **options)
-                starts, seeds = adapter.lrp_start(state, logits, selection.grad_outputs[:1])
-                names = list(tensors)
-                with state.relevance_mode():
-                    grads = torch.autograd.grad(starts, [tensors[n] for n in names], [s[0] for s in seeds], allow_unused=True)
+        options = {"single": True} if case.name == "detr" else {}
+        needs = Needs(gradients=True, relevance=True)
+        with forward_pass(model, case.forward, inputs, case.additional, needs=needs, **options) as forward:
+            state = forward.lrp
+            starts, seeds = forward.adapter.lrp_start(state, forward.logits, forward.selection.grad_outputs[:1])
+            names = list(tensors)
+            with state.relevance_mode():
+                grads = torch.autograd.grad(starts, [tensors[n] for n in names], [s[0] for s in seeds], allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()

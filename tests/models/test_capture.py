@@ -2,23 +2,23 @@
 
 import torch
 
-from captum_mm.attr._base import _attention_gradients
-from captum_mm.models import adapter_for, capture_attention
+from captum_mm.attr.engine import Needs, attention_gradients, forward_pass
 from helpers import detr_case, lxmert_case
 
 
 def captured(case, references, target_options=None):
     """Record a forward; ``references(output, selection)`` runs its own backward before ours.
     Returns the gradients of the scheduled maps, keyed by call index."""
-    adapter = adapter_for(case.model)
-    with capture_attention(case.model, adapter.sites(), adapter.check_arguments, adapter.extra_hooks) as record:
-        output = case.forward(*case.inputs, *case.additional, output_attentions=True)
-        logits = adapter.logits(output)
-        selection = adapter.select_targets(logits, None, **(target_options or {}))
-        expected = references(output, selection)
-        events = adapter.schedule(record, selection).events  # the maps the output depends on
-        found = _attention_gradients(logits, [record.calls[e.call].probs for e in events], selection.grad_outputs)
-    return record, output, {event.call: gradient for event, gradient in zip(events, found)}, expected
+
+    def with_attentions(*args):
+        return case.forward(*args, output_attentions=True)
+
+    needs = Needs(gradients=True)
+    with forward_pass(case.model, with_attentions, case.inputs, case.additional, needs=needs, **(target_options or {})) as forward:
+        expected = references(forward.output, forward.selection)
+        events = forward.schedule.events  # the maps the output depends on
+        found = attention_gradients(forward.logits, [forward.record.calls[e.call].probs for e in events], forward.selection.grad_outputs)
+    return forward.record, forward.output, {event.call: gradient for event, gradient in zip(events, found)}, expected
 
 
 def test_lxmert_capture_matches_output_attentions_and_their_gradients():

@@ -4,17 +4,14 @@ import pytest
 import torch
 
 from captum_mm.attr import GenericAttention
-from captum_mm.models import adapter_for, capture_attention
+from captum_mm.attr.engine import forward_pass
 from helpers import detr_case, lxmert_case, visual_bert_case
 
 
 def schedule_of(case, **target_options):
-    adapter = adapter_for(case.model)
-    with capture_attention(case.model, adapter.sites(), adapter.check_arguments, adapter.extra_hooks) as record:
-        logits = adapter.logits(case.forward(*case.inputs, *case.additional))
-        selection = adapter.select_targets(logits, None, **target_options)
-        record.extras["logits"] = logits
-        return adapter.schedule(record, selection), record
+    with forward_pass(case.model, case.forward, case.inputs, case.additional, **target_options) as forward:
+        forward.record.extras["logits"] = forward.logits
+        return forward.schedule, forward.record
 
 
 def kinds(schedule):

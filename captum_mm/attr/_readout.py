@@ -1,0 +1,141 @@
+"""From relevance matrices to what users receive: explained elements placed back on their samples
+(:class:`Explanation`), and Captum's attributions shaped like the inputs."""
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from captum_mm.models import TargetSelection
+from captum_mm.relevance.rules import read_rows
+from captum_mm.relevance.schedule import Schedule
+
+Matrices = Dict[Tuple[str, str], Tensor]
+
+#: Outputs today's families fill; reading one a family does not fill gives None.
+_KNOWN_OUTPUTS = ("text", "image")
+
+
+@dataclass
+class Explanation:
+    """Per-token relevance of one batch, per output the adapter declares.
+
+    An explanation is a set of *elements* -- a sample's prediction, a DETR query --
+    placed back on their samples. Each output is read as an attribute
+    (``explanation.text``, ``explanation.image``, any other name the adapter declares).
+
+    Attributes:
+        relevance (dict[str, Tensor]): Output name to relevance: ``[B, ...]`` with one
+                    element per sample, or ``[B, K, ...]`` when an image has ``K``
+                    explained queries (DETR). Text outputs are ``[B, T]``; image outputs
+                    ``[B, R]`` over regions or ``[B, h, w]`` over a patch or feature grid.
+        target (Tensor): Explained class, ``[B]`` (or ``[B, K]`` for DETR, ``-1`` where
+                    an image has fewer than ``K`` explained queries).
+        scores (Tensor): Predicted probability of the explained class, shaped like ``target``.
+        queries (Tensor or None): DETR only: ``[B, K]`` explained query indices, ``-1`` for padding.
+
+    Padded tokens (attention masks, DETR's pixel mask) have zero relevance.
+    """
+
+    relevance: Dict[str, Tensor]
+    target: Tensor
+    scores: Tensor
+    queries: Optional[Tensor] = None
+
+    def __getattr__(self, name: str) -> Any:
+        relevance = self.__dict__.get("relevance", {})
+        if name in relevance:
+            return relevance[name]
+        if name in _KNOWN_OUTPUTS:
+            return None
+        raise AttributeError(f"{type(self).__name__} has no output {name!r}; it holds {sorted(relevance)}.")
+
+    def outputs(self) -> Dict[str, Tensor]:
+        """Every output's relevance, by name."""
+        return dict(self.relevance)
+
+
+def read_out(schedule: Schedule, matrices: Matrices) -> Dict[str, Tensor]:
+    """Each output's readout row, the row token's own entry zeroed, padding zeroed."""
+    outputs = {}
+    for name, spec in schedule.outputs.items():
+        rows = read_rows(matrices[spec.pair], spec.rows) * schedule.masks[spec.key]
+        if spec.key == spec.row:
+            rows = rows.scatter(1, spec.rows[:, None], 0.0)
+        rows = rows[:, spec.columns]
+        if spec.positions is not None:
+            rows = rows.new_zeros(rows.shape[0], spec.grid[0] * spec.grid[1]).scatter(1, spec.positions, rows)
+        outputs[name] = rows.reshape(rows.shape[0], *spec.grid) if spec.grid else rows
+    return outputs
+
+
+def assemble(selection: TargetSelection, outputs: Dict[str, Tensor], num_samples: int) -> Explanation:
+    """Elements back to samples: ``[B, ...]``, or ``[B, K, ...]`` when queries are explained."""
+    slots = selection.grad_outputs.shape[0]
+
+    def place(values: Tensor, fill: float = 0.0) -> Tensor:
+        if selection.queries is None:
+            placed = values.new_full((num_samples, *values.shape[1:]), fill)
+            placed[selection.sample] = values
+        else:
+            placed = values.new_full((num_samples, slots, *values.shape[1:]), fill)
+            placed[selection.sample, selection.slot] = values
+        return placed
+
+    return Explanation(
+        relevance={name: place(values) for name, values in outputs.items()},
+        target=place(selection.classes, -1),
+        scores=place(selection.scores.to(torch.get_default_dtype())),
+        queries=place(selection.queries, -1) if selection.queries is not None else None,
+    )
+
+
+def input_outputs(
+    inputs: Tuple[Tensor, ...], arguments: Dict[str, Any], argument_outputs: Dict[str, str]
+) -> List[Optional[str]]:
+    """The output each input carries, as the adapter declares it per forward argument: an input is
+    matched to the model argument it was passed as (unchanged). Raises for an input the model
+    never received as such."""
+    carried: List[Optional[str]] = []
+    for position, tensor in enumerate(inputs):
+        names = [name for name, value in arguments.items() if value is tensor]
+        if not names:
+            raise ValueError(
+                f"Input {position} (shape {tuple(tensor.shape)}) was not passed unchanged to the model's forward, "
+                "so which output it carries is unknown: pass input_modalities, e.g. ('text', 'image', None)."
+            )
+        carried.append(argument_outputs.get(names[0]))
+    return carried
+
+
+def spread_to_inputs(
+    explanation: Explanation, inputs: Tuple[Tensor, ...], input_modalities: Sequence[Optional[str]]
+) -> Tuple[Tensor, ...]:
+    """Per-token relevance spread over each input's shape (see ``attribute``)."""
+    relevance = explanation.outputs()
+    if explanation.queries is not None:
+        relevance = {name: values[:, 0] for name, values in relevance.items()}
+    if len(input_modalities) != len(inputs):
+        raise ValueError(f"input_modalities has {len(input_modalities)} entries for {len(inputs)} inputs.")
+    return tuple(_spread(relevance, tensor, modality) for tensor, modality in zip(inputs, input_modalities))
+
+
+def _spread(relevance: Dict[str, Tensor], tensor: Tensor, modality: Optional[str]) -> Tensor:
+    if modality is not None and modality not in relevance:
+        raise ValueError(f"Unknown modality {modality!r}: this model explains {sorted(relevance)} (or None).")
+    values = relevance.get(modality) if modality else None
+    dtype = tensor.dtype if tensor.is_floating_point() else torch.get_default_dtype()
+    if values is None:
+        return torch.zeros(tensor.shape, dtype=dtype, device=tensor.device)
+    if values.dim() == 3:
+        if tensor.dim() < 3:
+            raise ValueError(f"A spatial input needs rank >= 3, got shape {tuple(tensor.shape)}.")
+        cells = F.interpolate(values[:, None], size=tensor.shape[-2:], mode="nearest")[:, 0]
+        shape = (cells.shape[0],) + (1,) * (tensor.dim() - 3) + tuple(cells.shape[-2:])
+        return cells.reshape(shape).expand(tensor.shape).to(dtype).contiguous()
+    if tensor.dim() < 2 or tensor.shape[1] != values.shape[1]:
+        raise ValueError(f"An input of shape {tuple(tensor.shape)} cannot hold {modality} relevance for {values.shape[1]} tokens.")
+    shape = tuple(values.shape) + (1,) * (tensor.dim() - 2)
+    return values.reshape(shape).expand(tensor.shape).to(dtype).contiguous()

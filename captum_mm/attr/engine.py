@@ -1,0 +1,248 @@
+"""The engine: one forward pass with every attention call captured, the targets and the schedule
+(:func:`forward_pass`), then the backward passes that give each scheduled map what a method needs,
+head-reduced right away (:func:`fused_maps`).
+
+Methods declare their :class:`Needs` and receive one :class:`AttentionBundle` per event; the engine
+runs no backward pass and hands over no tensor that no method asked for.
+"""
+
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from captum_mm.attr._checks import (
+    check_connected,
+    check_finite_logits,
+    check_finite_map,
+    check_grad_mode,
+    run_forward,
+    warn_if_training,
+)
+from captum_mm.lrp import LRPState, RuleSet, attention_relevance, lrp_rules
+from captum_mm.models import ArchitectureAdapter, TargetSelection, adapter_for, capture_attention
+from captum_mm.models.capture import AttentionRecord
+from captum_mm.relevance.schedule import AttentionEvent, Schedule
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a method needs of every attention map it uses."""
+
+    #: The attention probabilities ``A``.
+    probabilities: bool = True
+    #: Their gradients ``dy/dA`` (an ordinary backward pass).
+    gradients: bool = False
+    #: The LRP relevance ``R_A`` at the maps (an LRP backward pass).
+    relevance: bool = False
+
+    @property
+    def backward(self) -> bool:
+        return self.gradients or self.relevance
+
+
+@dataclass
+class AttentionBundle:
+    """One attention event for the elements of one backward pass, as a method receives it.
+
+    Attributes:
+        probs, grads, relevance (Tensor or None): ``[E, H, Nq, Nk]``, each present only if needed.
+        valid (Tensor): ``[E, Nq, Nk]`` the entries between real (unpadded) tokens.
+    """
+
+    probs: Optional[Tensor]
+    grads: Optional[Tensor]
+    relevance: Optional[Tensor]
+    valid: Tensor
+
+
+@dataclass
+class ForwardPass:
+    """What one captured forward pass left behind; the model's hooks are live while it is in use."""
+
+    adapter: ArchitectureAdapter
+    record: AttentionRecord
+    output: Any
+    logits: Tensor
+    selection: TargetSelection
+    schedule: Schedule
+    lrp: Optional[LRPState]
+    method: str
+
+
+def check_inputs(inputs: Tuple[Tensor, ...]) -> None:
+    if not inputs:
+        raise ValueError("inputs is empty: pass at least one tensor.")
+    sizes = [tuple(t.shape[:1]) for t in inputs if isinstance(t, Tensor)]
+    if any(size == () for size in sizes):
+        raise ValueError("inputs must be batched: every input tensor needs a leading batch dimension.")
+    if len({size[0] for size in sizes}) > 1:
+        raise ValueError(f"Batch sizes of inputs disagree: {[s[0] for s in sizes]}; all must be equal.")
+
+
+@contextmanager
+def forward_pass(
+    model: nn.Module,
+    forward_func: Callable,
+    inputs: Sequence[Any],
+    additional: Sequence[Any] = (),
+    *,
+    target: Any = None,
+    needs: Needs = Needs(),
+    rules: Optional[RuleSet] = None,
+    start_layer: int = 0,
+    adapter: Optional[ArchitectureAdapter] = None,
+    method: str = "captum_mm",
+    **target_options: Any,
+) -> Iterator[ForwardPass]:
+    """Run ``forward_func(*inputs, *additional)`` with attention captured (and LRP rules installed
+    when ``needs.relevance``); yield the pass with its targets and schedule. Everything done to the
+    model is undone on exit, also on error.
+
+    Args:
+        target_options: Passed to the adapter's ``select_targets`` (DETR: ``threshold``, ``single``).
+    """
+    adapter = adapter or adapter_for(model)
+    check_grad_mode(needs.backward, method)
+    warn_if_training(model)
+    with ExitStack() as stack:
+        stack.enter_context(torch.set_grad_enabled(needs.backward))
+        record = stack.enter_context(
+            capture_attention(
+                model, adapter.sites(), adapter.check_arguments, adapter.extra_hooks, needs.backward,
+                adapter.gradient_free_modules(),
+            )
+        )
+        lrp = None
+        if needs.relevance:
+            lrp = stack.enter_context(lrp_rules(model, adapter.lrp_structure(), rules or adapter.default_rules()))
+        output = run_forward(forward_func, (*inputs, *additional), method)
+        if not record.arguments:
+            raise ValueError(
+                f"forward_func never called {type(model).__name__}.forward: it must run the model itself "
+                "(a sub-module or a method such as get_image_features is not explained)."
+            )
+        logits = adapter.logits(output)
+        check_finite_logits(adapter.per_sample_outputs(logits))
+        selection = adapter.select_targets(logits, target, **target_options)
+        schedule = adapter.schedule(record, selection).starting_at(start_layer)
+        yield ForwardPass(adapter, record, output, logits, selection, schedule, lrp, method)
+
+
+def fused_maps(
+    forward: ForwardPass,
+    events: List[AttentionEvent],
+    fuse: Callable[[AttentionBundle], Tensor],
+    needs: Needs,
+    vectorized: Optional[bool] = None,
+) -> Dict[int, Tensor]:
+    """One fused, padding-masked ``[E, Nq, Nk]`` map per event, ``fuse`` applied to each event's bundle.
+
+    Backward passes (if ``needs`` asks for any) run over the one forward graph. On an accelerator all
+    slots (DETR queries) share one vectorised backward (``is_grads_batched``); on CPU one backward per
+    slot over the retained graph is faster (benchmarks/README.md) and keeps a single slot's gradients
+    alive at a time. ``vectorized`` overrides that choice.
+    """
+    schedule, selection = forward.schedule, forward.selection
+    probs = [forward.record.calls[event.call].probs for event in events]
+    valid = [schedule.masks[e.query][:, :, None] & schedule.masks[e.key][:, None, :] for e in events]
+    for event, p, v in zip(events, probs, valid):
+        check_finite_map(p, v, selection.sample, event.name)
+    names = [event.name for event in events]
+    if needs.backward:
+        fused = _fused_from_backward(forward, probs, names, valid, fuse, needs, vectorized)
+    else:
+        fused = [fuse(AttentionBundle(_take(p.detach(), selection.sample), None, None, v)) for p, v in zip(probs, valid)]
+    return {event.call: values * mask for event, values, mask in zip(events, fused, valid)}
+
+
+def _fused_from_backward(
+    forward: ForwardPass,
+    probs: List[Tensor],
+    names: List[str],
+    valid: List[Tensor],
+    fuse: Callable[[AttentionBundle], Tensor],
+    needs: Needs,
+    vectorized: Optional[bool],
+) -> List[Tensor]:
+    logits, selection = forward.logits, forward.selection
+    check_connected(logits, forward.method)
+    seeds = selection.grad_outputs
+    slots = torch.arange(seeds.shape[0], device=seeds.device)
+    vectorized = logits.is_cuda if vectorized is None else vectorized
+    chunks = [slots] if vectorized else list(slots.split(1))
+    fused = [p.new_zeros(selection.num_elements, *p.shape[-2:]) for p in probs]
+    for chunk in chunks:
+        grads: List[Optional[Tensor]] = [None] * len(probs)
+        if needs.gradients:
+            grads = list(attention_gradients(logits, probs, seeds[chunk], retain_graph=True, names=names))
+        relevance = {}
+        if needs.relevance:
+            assert forward.lrp is not None
+            relevance = attention_relevance(forward.lrp, *forward.adapter.lrp_start(forward.lrp, logits, seeds[chunk]))
+        members = torch.isin(selection.slot, chunk)
+        position, sample = selection.slot[members] - chunk[0], selection.sample[members]
+        for index, p in enumerate(probs):
+            gradient, grads[index] = grads[index], None
+            relevant = relevance.pop(id(p), None)
+            if needs.relevance and relevant is None:
+                raise RuntimeError(
+                    f"No LRP relevance reaches the attention map {names[index]}: the explained output does not "
+                    "depend on it through the model's own forward pass."
+                )
+            fused[index][members] = fuse(
+                AttentionBundle(
+                    _take(p.detach(), sample) if needs.probabilities else None,
+                    _take_slots(gradient, position, sample),
+                    _take_slots(relevant, position, sample),
+                    valid[index][members],
+                )
+            )
+    return fused
+
+
+def attention_gradients(
+    logits: Tensor, probs: List[Tensor], seeds: Tensor, retain_graph: bool = False, names: Optional[List[str]] = None
+) -> List[Tensor]:
+    """``d(seed . logits)/dA`` for every map, ``[K, B, H, Nq, Nk]``; one (batched) backward pass.
+
+    Every map must be connected to the logits: a map autograd cannot reach (e.g. one captured
+    inside a compiled graph) is an error, never a zero gradient."""
+    names = names or [f"call {index}" for index in range(len(probs))]
+    unconnected = [name for name, p in zip(names, probs) if not p.requires_grad]
+    batched = seeds.shape[0] > 1
+    if not unconnected:
+        found = torch.autograd.grad(
+            logits,
+            probs,
+            grad_outputs=seeds if batched else seeds[0],
+            is_grads_batched=batched,
+            allow_unused=True,
+            retain_graph=retain_graph,
+        )
+        unconnected = [name for name, gradient in zip(names, found) if gradient is None]
+    if unconnected:
+        raise RuntimeError(
+            f"The explained output does not depend on the attention maps {unconnected} through autograd, so their "
+            "gradients are unknown. forward_func must return the output of the model's own forward pass, not "
+            "computed by a compiled (torch.compile) or detached copy."
+        )
+    return [gradient if batched else gradient[None] for gradient in found]
+
+
+def _take(tensor: Tensor, index: Tensor) -> Tensor:
+    """``tensor[index]``, without a copy when ``index`` is every row in order."""
+    if index.numel() == tensor.shape[0] and torch.equal(index, torch.arange(tensor.shape[0], device=index.device)):
+        return tensor
+    return tensor[index]
+
+
+def _take_slots(tensor: Optional[Tensor], position: Tensor, sample: Tensor) -> Optional[Tensor]:
+    """``tensor[position, sample]`` for ``[K, B, ...]`` tensors (a view when it is the only slot, all samples)."""
+    if tensor is None:
+        return None
+    if tensor.shape[0] == 1:
+        return _take(tensor[0], sample)
+    return tensor[position, sample]
