@@ -81,11 +81,22 @@ class LRPStructure:
     pass_through_types: Tuple[type, ...] = ()
 
 
+class _Mode:
+    """The flag every switch reads. It holds no tensor: the autograd contexts keeping it then form no
+    reference cycle with the graph (a cycle through a C++ autograd node is invisible to Python's
+    garbage collector, so the whole graph would leak with every call)."""
+
+    __slots__ = ("relevance",)
+
+    def __init__(self) -> None:
+        self.relevance = False
+
+
 @dataclass
 class LRPState:
-    """The switch shared by all rule sites, and the probes of the attention maps in forward order."""
+    """The mode shared by all rule sites, and the probes of the attention maps in forward order."""
 
-    relevance: bool = False
+    mode: _Mode = field(default_factory=_Mode)
     probes: List[Tuple[Tensor, Tensor]] = field(default_factory=list)  # (attention map, probe)
     linear_io: Dict[int, Tuple[Tensor, Tensor]] = field(default_factory=dict)  # id(linear): (input, switched output)
 
@@ -95,11 +106,11 @@ class LRPState:
 
     @contextmanager
     def relevance_mode(self) -> Iterator[None]:
-        self.relevance = True
+        self.mode.relevance = True
         try:
             yield
         finally:
-            self.relevance = False
+            self.mode.relevance = False
 
 
 class _Switch(torch.autograd.Function):
@@ -108,16 +119,16 @@ class _Switch(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(output, state, rule, *inputs):
+    def forward(output, mode, rule, *inputs):
         return output.view_as(output)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.state, ctx.rule, ctx.count = inputs[1], inputs[2], len(inputs) - 3
+        ctx.mode, ctx.rule, ctx.count = inputs[1], inputs[2], len(inputs) - 3
 
     @staticmethod
     def backward(ctx, grad):
-        if ctx.state.relevance:
+        if ctx.mode.relevance:
             return (None, None, None, *ctx.rule(grad))
         return (grad, None, None) + (None,) * ctx.count
 
@@ -210,7 +221,7 @@ def _linear_hook(state: LRPState, rules: RuleSet, recorder: _Recorder):
     def hook(module, args, output):
         x = args[0]
         rule = lambda g: (rules.linear.input_gradient(module, x.detach(), output.detach(), g),)  # noqa: E731
-        switched = _Switch.apply(output, state, rule, x)
+        switched = _Switch.apply(output, state.mode, rule, x)
         recorder.linear_io[id(module)] = (x, switched)
         return switched
 
@@ -221,7 +232,7 @@ def _pass_hook(state: LRPState, rules: RuleSet):
     def hook(module, args, output):
         x = args[0]
         rule = lambda g: (rules.pass_through.input_gradient(x.detach(), output.detach(), g),)  # noqa: E731
-        return _Switch.apply(output, state, rule, x)
+        return _Switch.apply(output, state.mode, rule, x)
 
     return hook
 
@@ -232,7 +243,7 @@ def _position_hook(state: LRPState, recorder: _Recorder, source: TensorSource):
     def hook(module, args):
         x, origin = args[0], recorder.get(source)
         rule = lambda g: (safe_divide(x.detach() * g, origin.detach()),)  # noqa: E731
-        return (_Switch.apply(x, state, rule, origin),) + tuple(args[1:])
+        return (_Switch.apply(x, state.mode, rule, origin),) + tuple(args[1:])
 
     return hook
 
@@ -260,7 +271,7 @@ def _attention_hook(state: LRPState, rules: RuleSet, recorder: _Recorder, site: 
             return (*merged, relevance)
 
         first = output[0] if isinstance(output, tuple) else output
-        return _replace_first(output, _Switch.apply(first, state, rule, query, key, value, probe))
+        return _replace_first(output, _Switch.apply(first, state.mode, rule, query, key, value, probe))
 
     return hook
 
@@ -269,7 +280,7 @@ def _residual_hook(state: LRPState, rules: RuleSet, recorder: _Recorder, site: R
     def switched(total: Tensor) -> Tensor:
         branch, skip = recorder.get(site.branch), recorder.get(site.skip)
         rule = lambda g: rules.residual.branch_gradients(branch.detach(), skip.detach(), g)  # noqa: E731
-        return _Switch.apply(total, state, rule, branch, skip)
+        return _Switch.apply(total, state.mode, rule, branch, skip)
 
     module, name = site.total.module, site.total.argument
     if name is None:
