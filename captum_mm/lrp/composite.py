@@ -9,6 +9,11 @@ backward (gradients of the attention maps) and an LRP backward (their relevance)
 Each attention site also takes a *probe*, a zero tensor shaped like its map,
 whose "gradient" in relevance mode is the relevance ``R_A`` at the map.
 
+The rules compute in float32 for half-precision models (see :mod:`captum_mm._precision`):
+they receive ``x``, ``out`` and ``g`` in float32 (weights stay in the model's dtype), the
+probes are float32, so the relevance at the maps is float32; the modified gradients
+between rule sites are held in the model's dtype.
+
 Everything is registered as hooks whose handles are removed on exit, also on error.
 """
 
@@ -22,6 +27,7 @@ from torch import Tensor, nn
 
 from captum_mm.lrp.rules import RuleSet, safe_divide
 from captum_mm._handles import HandleList
+from captum_mm._precision import accumulation_dtype, exact
 
 
 @dataclass(frozen=True)
@@ -129,7 +135,7 @@ class _Switch(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         if ctx.mode.relevance:
-            return (None, None, None, *ctx.rule(grad))
+            return (None, None, None, *ctx.rule(grad.to(accumulation_dtype(grad.dtype))))  # no detach under vmap
         return (grad, None, None) + (None,) * ctx.count
 
 
@@ -220,7 +226,7 @@ def _probability_modules(site: AttentionRuleSite) -> List[nn.Module]:
 def _linear_hook(state: LRPState, rules: RuleSet, recorder: _Recorder):
     def hook(module, args, output):
         x = args[0]
-        rule = lambda g: (rules.linear.input_gradient(module, x.detach(), output.detach(), g),)  # noqa: E731
+        rule = lambda g: (rules.linear.input_gradient(module, exact(x), exact(output), g),)  # noqa: E731
         switched = _Switch.apply(output, state.mode, rule, x)
         recorder.linear_io[id(module)] = (x, switched)
         return switched
@@ -231,7 +237,7 @@ def _linear_hook(state: LRPState, rules: RuleSet, recorder: _Recorder):
 def _pass_hook(state: LRPState, rules: RuleSet):
     def hook(module, args, output):
         x = args[0]
-        rule = lambda g: (rules.pass_through.input_gradient(x.detach(), output.detach(), g),)  # noqa: E731
+        rule = lambda g: (rules.pass_through.input_gradient(exact(x), exact(output), g),)  # noqa: E731
         return _Switch.apply(output, state.mode, rule, x)
 
     return hook
@@ -242,7 +248,7 @@ def _position_hook(state: LRPState, recorder: _Recorder, source: TensorSource):
 
     def hook(module, args):
         x, origin = args[0], recorder.get(source)
-        rule = lambda g: (safe_divide(x.detach() * g, origin.detach()),)  # noqa: E731
+        rule = lambda g: (safe_divide(exact(x) * g, exact(origin)),)  # noqa: E731
         return (_Switch.apply(x, state.mode, rule, origin),) + tuple(args[1:])
 
     return hook
@@ -256,17 +262,17 @@ def _attention_hook(state: LRPState, rules: RuleSet, recorder: _Recorder, site: 
     def hook(module, args, output):
         query, key, value = (recorder.linear_io[id(linear)][1] for linear in (site.query, site.key, site.value))
         attention = output[site.probs.index] if site.probs.module is site.module else recorder.get(site.probs)
-        probs = attention.detach()
-        probe = probs.new_zeros((), requires_grad=True).expand(probs.shape)
+        dtype = accumulation_dtype(attention.dtype)
+        probe = torch.zeros((), dtype=dtype, device=attention.device, requires_grad=True).expand(attention.shape)
         state.probes.append((attention, probe))
         projection = recorder.linear_io[id(site.projection)] if site.projection is not None else None
         heads = site.heads
-        q, k, v = (_split_heads(t.detach(), heads) for t in (query, key, value))
 
         def rule(g):
             if projection is not None:
-                g = rules.linear.input_gradient(site.projection, projection[0].detach(), projection[1].detach(), g)
-            g_q, g_k, g_v, relevance = rules.attention.gradients(q, k, v, probs, _split_heads(g, heads))
+                g = rules.linear.input_gradient(site.projection, exact(projection[0]), exact(projection[1]), g)
+            q, k, v = (_split_heads(exact(t), heads) for t in (query, key, value))
+            g_q, g_k, g_v, relevance = rules.attention.gradients(q, k, v, exact(attention), _split_heads(g, heads))
             merged = (t.transpose(-2, -3).reshape(like.shape) for t, like in ((g_q, query), (g_k, key), (g_v, value)))
             return (*merged, relevance)
 
@@ -279,7 +285,7 @@ def _attention_hook(state: LRPState, rules: RuleSet, recorder: _Recorder, site: 
 def _residual_hook(state: LRPState, rules: RuleSet, recorder: _Recorder, site: ResidualRuleSite):
     def switched(total: Tensor) -> Tensor:
         branch, skip = recorder.get(site.branch), recorder.get(site.skip)
-        rule = lambda g: rules.residual.branch_gradients(branch.detach(), skip.detach(), g)  # noqa: E731
+        rule = lambda g: rules.residual.branch_gradients(exact(branch), exact(skip), g)  # noqa: E731
         return _Switch.apply(total, state.mode, rule, branch, skip)
 
     module, name = site.total.module, site.total.argument
