@@ -230,7 +230,10 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
             matrices = self._relevance_matrices(schedule, maps)
         else:
             dtype = accumulation_dtype(logits.dtype)
-            matrices = {(row, key): logits.new_zeros(0, schedule.sizes[row], schedule.sizes[key], dtype=dtype) for row, key in schedule.pairs}
+            matrices = {
+                (row, key): logits.new_zeros(0, schedule.sizes[row], schedule.sizes[key], dtype=dtype)
+                for row, key in schedule.pairs
+            }
         return _assemble(schedule, selection, _read_out(schedule, matrices), int(logits.shape[0]))
 
     def _fused_maps(
