@@ -90,3 +90,10 @@ def test_attributions_of_half_inputs_are_float32(dtype):
     attributions = METHODS["transformer-attribution"](case.forward, case.model).attribute(pixels, case.target(pixels.shape[0]))
     assert attributions.dtype == torch.float32 and attributions.shape == pixels.shape
     assert attributions.count_nonzero() > 0
+
+
+def test_nothing_to_explain_is_float32_too():
+    case = CASES["detr"]()
+    case.model.half()
+    explanation = METHODS["generic"](case.model).explain(_cast(case.inputs, torch.float16), threshold=0.999)
+    assert explanation.image.dtype == torch.float32 and explanation.image.shape[1] == 0
