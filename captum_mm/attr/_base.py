@@ -16,6 +16,7 @@ from captum_mm._compat import (
     _is_tuple,
     log_usage,
 )
+from captum_mm._precision import accumulation_dtype, exact
 from captum_mm.attr._checks import (
     check_connected,
     check_finite_logits,
@@ -48,7 +49,9 @@ class Explanation:
         scores (Tensor): Predicted probability of the explained class, shaped like ``target``.
         queries (Tensor or None): DETR only: ``[B, K]`` explained query indices, ``-1`` for padding.
 
-    Padded tokens (attention masks, DETR's pixel mask) have zero relevance.
+    Padded tokens (attention masks, DETR's pixel mask) have zero relevance. Relevance is
+    float32 for float16/bfloat16 models (whose own dtype cannot hold its small values), in
+    the model's dtype otherwise.
     """
 
     text: Optional[Tensor]
@@ -159,7 +162,8 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
                         or more is image)
 
         Returns:
-            *Tensor* or *tuple[Tensor, ...]*: Attributions shaped like ``inputs``.
+            *Tensor* or *tuple[Tensor, ...]*: Attributions shaped like ``inputs``, in each
+            input's dtype (float32 for float16/bfloat16 inputs, the default dtype for integer ones).
         """
         is_inputs_tuple = _is_tuple(inputs)
         inputs = _format_tensor_into_tuples(inputs)
@@ -244,7 +248,11 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         if selection.num_elements:
             matrices = self._relevance_matrices(schedule, maps)
         else:
-            matrices = {(row, key): logits.new_zeros(0, schedule.sizes[row], schedule.sizes[key]) for row, key in schedule.pairs}
+            dtype = accumulation_dtype(logits.dtype)
+            matrices = {
+                (row, key): logits.new_zeros(0, schedule.sizes[row], schedule.sizes[key], dtype=dtype)
+                for row, key in schedule.pairs
+            }
         return _assemble(schedule, selection, _read_out(schedule, matrices), int(logits.shape[0]))
 
     def _fused_maps(
@@ -264,7 +272,7 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         if self.uses_gradients or lrp is not None:
             fused = self._fused_from_backward(probs, [e.name for e in events], valid, selection, logits, lrp)
         else:
-            fused = [self._fuse_heads(_take(p.detach(), selection.sample), None, None, v) for p, v in zip(probs, valid)]
+            fused = [self._fuse_heads(_take(exact(p), selection.sample), None, None, v) for p, v in zip(probs, valid)]
         return {event.call: values * mask for event, values, mask in zip(events, fused, valid)}
 
     def _fused_from_backward(
@@ -287,7 +295,7 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         slots = torch.arange(seeds.shape[0], device=seeds.device)
         vectorized = logits.is_cuda if self.vectorized_backward is None else self.vectorized_backward
         chunks = [slots] if vectorized else list(slots.split(1))
-        fused = [p.new_zeros(selection.num_elements, *p.shape[-2:]) for p in probs]
+        fused = [p.new_zeros(selection.num_elements, *p.shape[-2:], dtype=accumulation_dtype(p.dtype)) for p in probs]
         for chunk in chunks:
             grads: List[Optional[Tensor]] = [None] * len(probs)
             if self.uses_gradients:
@@ -304,7 +312,7 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
                         "depend on it through the model's own forward pass (is the model compiled with torch.compile?)."
                     )
                 fused[index][members] = self._fuse_heads(
-                    _take(p.detach(), sample),
+                    _take(exact(p), sample),
                     _take_slots(gradient, position, sample),
                     _take_slots(relevant, position, sample),
                     valid[index][members],
@@ -320,12 +328,13 @@ def _take(tensor: Tensor, index: Tensor) -> Tensor:
 
 
 def _take_slots(tensor: Optional[Tensor], position: Tensor, sample: Tensor) -> Optional[Tensor]:
-    """``tensor[position, sample]`` for ``[K, B, ...]`` tensors (a view when it is the only slot, all samples)."""
+    """``tensor[position, sample]`` for ``[K, B, ...]`` tensors, in the accumulation dtype (a view when
+    it is the only slot, all samples, already in that dtype)."""
     if tensor is None:
         return None
     if tensor.shape[0] == 1:
-        return _take(tensor[0], sample)
-    return tensor[position, sample]
+        return _take(exact(tensor[0]), sample)
+    return exact(tensor[position, sample])
 
 
 def _check_inputs(inputs: Tuple[Tensor, ...]) -> None:
@@ -435,7 +444,7 @@ def spread_to_inputs(
         if modality is not None and modality not in relevance:
             raise ValueError(f"Unknown modality {modality!r}: this model explains {sorted(relevance)} (or None).")
         values = relevance.get(modality) if modality else None
-        dtype = tensor.dtype if tensor.is_floating_point() else torch.get_default_dtype()
+        dtype = accumulation_dtype(tensor.dtype) if tensor.is_floating_point() else torch.get_default_dtype()
         if values is None:
             spread.append(torch.zeros(tensor.shape, dtype=dtype, device=tensor.device))
         elif values.dim() == 3:
