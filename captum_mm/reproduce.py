@@ -56,7 +56,8 @@ class Options:
         on_scenes = [name for name, recipe in RECIPES.items() if recipe.dataset == SHAPE_SCENES]
         if self.images_dir is not None and not set(on_scenes) & set(self.models):
             raise ValueError(
-                f"images_dir/annotations replace the {SHAPE_SCENES} of the segmentation test, but {' or '.join(on_scenes)} is not run."
+                f"images_dir/annotations replace the {SHAPE_SCENES} of the segmentation test, "
+                f"but {' or '.join(on_scenes)} is not run."
             )
 
 

@@ -51,7 +51,10 @@ class EasyVQAInputs:
         """What in ``config`` does not fit easy-VQA's answers, region features and vocabulary."""
         import easy_vqa
 
-        found = {"answers": getattr(config, self.answers_field), "region feature size": getattr(config, self.features_field)}
+        found = {
+            "answers": getattr(config, self.answers_field),
+            "region feature size": getattr(config, self.features_field),
+        }
         expected = {"answers": len(easy_vqa.get_answers()), "region feature size": self.features}
         wrong = [f"{key} {found[key]} (expected {expected[key]})" for key in found if found[key] != expected[key]]
         if config.vocab_size < len(EASY_VQA_VOCABULARY):
@@ -100,11 +103,13 @@ class Recipe:
         config = transformers.AutoConfig.from_pretrained(path)
         expected = self.model_class.config_class.model_type
         if config.model_type != expected:
-            raise ValueError(f"The checkpoint for {self.name} at {path} is a {config.model_type!r} model; expected {expected!r}.")
+            raise ValueError(
+                f"The checkpoint for {self.name} at {path} is a {config.model_type!r} model; expected {expected!r}."
+            )
         wrong = self.easy_vqa.mismatches(config) if self.easy_vqa is not None else []
         if wrong:
             raise ValueError(
-                f"The checkpoint for {self.name} at {path} does not fit captum_mm.datasets.easy_vqa: " + "; ".join(wrong) + "."
+                f"The checkpoint for {self.name} at {path} does not fit captum_mm.datasets.easy_vqa: {'; '.join(wrong)}."
             )
         return self.model_class.from_pretrained(path).eval()
 
@@ -123,18 +128,31 @@ RECIPES: Dict[str, Recipe] = {
     recipe.name: recipe
     for recipe in (
         Recipe(
-            name="lxmert-easyvqa", model_class_name="LxmertForQuestionAnswering", dataset=EASY_VQA,
-            evaluations="perturbation tests, plausibility, gallery", study=studies.vqa_study, build=train.lxmert_model,
-            trainer=train.train_vqa, epochs=3, goal=("easy_vqa_test_accuracy", 90.0),
+            name="lxmert-easyvqa",
+            model_class_name="LxmertForQuestionAnswering",
+            dataset=EASY_VQA,
+            evaluations="perturbation tests, plausibility, gallery",
+            study=studies.vqa_study,
+            build=train.lxmert_model,
+            trainer=train.train_vqa,
+            epochs=3,
+            goal=("easy_vqa_test_accuracy", 90.0),
             easy_vqa=EasyVQAInputs(
                 convert=lambda batch: batch, text=LXMERT_TEXT, image=LXMERT_IMAGE, text_steps=DEFAULT_STEPS,
-                image_steps=DEFAULT_STEPS, features=FEATURES, answers_field="num_qa_labels", features_field="visual_feat_dim",
+                image_steps=DEFAULT_STEPS, features=FEATURES, answers_field="num_qa_labels",
+                features_field="visual_feat_dim",
             ),
         ),
         Recipe(
-            name="visualbert-easyvqa", model_class_name="VisualBertForQuestionAnswering", dataset=EASY_VQA,
-            evaluations="perturbation tests, plausibility, gallery", study=studies.vqa_study, build=train.visual_bert_model,
-            trainer=train.train_vqa, epochs=10, goal=("easy_vqa_test_accuracy", 90.0),
+            name="visualbert-easyvqa",
+            model_class_name="VisualBertForQuestionAnswering",
+            dataset=EASY_VQA,
+            evaluations="perturbation tests, plausibility, gallery",
+            study=studies.vqa_study,
+            build=train.visual_bert_model,
+            trainer=train.train_vqa,
+            epochs=10,
+            goal=("easy_vqa_test_accuracy", 90.0),
             easy_vqa=EasyVQAInputs(
                 convert=for_visual_bert, text=VISUAL_BERT_TEXT, image=VISUAL_BERT_IMAGE, text_steps=DEFAULT_STEPS,
                 image_steps=VISUAL_BERT_IMAGE_STEPS, features=VISUAL_BERT_FEATURES, answers_field="num_labels",
@@ -142,9 +160,16 @@ RECIPES: Dict[str, Recipe] = {
             ),
         ),
         Recipe(
-            name="detr-shapes", model_class_name="DetrForObjectDetection", dataset=SHAPE_SCENES,
-            evaluations="weakly-supervised segmentation, mask figures", study=studies.detr_study, build=train.detr_model,
-            trainer=train.train_detr, epochs=150, goal=("bbox_AP50", 0.5), processor_class_name="DetrImageProcessorPil",
+            name="detr-shapes",
+            model_class_name="DetrForObjectDetection",
+            dataset=SHAPE_SCENES,
+            evaluations="weakly-supervised segmentation, mask figures",
+            study=studies.detr_study,
+            build=train.detr_model,
+            trainer=train.train_detr,
+            epochs=150,
+            goal=("bbox_AP50", 0.5),
+            processor_class_name="DetrImageProcessorPil",
         ),
     )
 }

@@ -23,7 +23,14 @@ from captum_mm.attr.catalog import ABLATIONS, PAPER_METHODS, with_reference_detr
 from captum_mm.datasets import write_shapes_coco
 from captum_mm.datasets.easy_vqa import GRID, EasyVQA, tokenizer
 from captum_mm.metrics.segmentation import IOU_GRIDS, SegmentationEvaluator, relevance_to_masks
-from captum_mm.metrics.study import KeywordModel, StudyResult, attention_method, pad_collate, run_perturbation_study, vqa_settings
+from captum_mm.metrics.study import (
+    KeywordModel,
+    StudyResult,
+    attention_method,
+    pad_collate,
+    run_perturbation_study,
+    vqa_settings,
+)
 from captum_mm.visualization import plot_perturbation_curves, save_perturbation_study
 from captum_mm.visualization.figures import detection_masks_figure, relevance_gallery
 from captum_mm.zoo.train import DETR_IMAGE_SIZE, DETR_SPLITS
