@@ -109,7 +109,7 @@ def segmentation(args: argparse.Namespace) -> None:
 
     from captum_mm.attr.catalog import select_methods
     from captum_mm.metrics.segmentation import SegmentationEvaluator, format_table
-    from captum_mm.metrics.study import init_distributed
+    from captum_mm.metrics.distributed import init_distributed
 
     init_distributed()
     model = DetrForObjectDetection.from_pretrained(args.model).eval()
@@ -147,17 +147,13 @@ def reproduce(args: argparse.Namespace) -> None:
 
 def train(args: argparse.Namespace) -> None:
     """Retrain a shipped model with its seed; prints and saves the measured quality."""
-    import torch
-
-    from captum_mm.zoo.train import train as run
-
     torch.set_num_threads(args.threads)
     options = {"epochs": args.epochs} if args.epochs else {}
     if args.limit is not None:
         if args.limit < 1:
             raise SystemExit(f"--limit takes a positive number of questions or scenes, got {args.limit}.")
         options["limit"] = args.limit
-    print(run(args.name, Path(args.output or f"{args.name}-retrained"), seed=args.seed, **options))
+    print(zoo.recipe(args.name).train(Path(args.output or f"{args.name}-retrained"), seed=args.seed, **options))
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from captum_mm.cli import main
-from captum_mm.reproduce import CAPTIONS, Options, _load
+from captum_mm.reproduce import CAPTIONS, Options
+from captum_mm.zoo.recipes import recipe
 
 
 def test_reproduce_writes_every_output(tmp_path, capsys):
@@ -89,6 +90,6 @@ def test_a_checkpoint_that_does_not_fit_easy_vqa_is_refused(tmp_path):
     visual_bert().save_pretrained(tmp_path / "visual_bert")
     lxmert().save_pretrained(tmp_path / "lxmert")
     with pytest.raises(ValueError, match="is a 'visual_bert' model; expected 'lxmert'"):
-        _load("lxmert-easyvqa", Options(models=["lxmert-easyvqa"], checkpoints={"lxmert-easyvqa": str(tmp_path / "visual_bert")}))
+        recipe("lxmert-easyvqa").load(str(tmp_path / "visual_bert"))
     with pytest.raises(ValueError, match=r"does not fit captum_mm.datasets.easy_vqa: answers \d+ \(expected 13\); region feature size"):
-        _load("lxmert-easyvqa", Options(models=["lxmert-easyvqa"], checkpoints={"lxmert-easyvqa": str(tmp_path / "lxmert")}))
+        recipe("lxmert-easyvqa").load(str(tmp_path / "lxmert"))

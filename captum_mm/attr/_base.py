@@ -12,6 +12,7 @@ from captum_mm._compat import (
     _is_tuple,
     log_usage,
 )
+from captum_mm._precision import accumulation_dtype
 from captum_mm.attr._checks import uncompiled
 from captum_mm.attr.engine import AttentionBundle, Needs, check_inputs, forward_pass, fused_maps
 from captum_mm.attr._readout import Explanation, Matrices, assemble, input_outputs, read_out, spread_to_inputs
@@ -119,7 +120,8 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
                         for the model argument the input is passed as, unchanged)
 
         Returns:
-            *Tensor* or *tuple[Tensor, ...]*: Attributions shaped like ``inputs``.
+            *Tensor* or *tuple[Tensor, ...]*: Attributions shaped like ``inputs``, in each
+            input's dtype (float32 for float16/bfloat16 inputs, the default dtype for integer ones).
         """
         is_inputs_tuple = _is_tuple(inputs)
         inputs = _format_tensor_into_tuples(inputs)
@@ -189,6 +191,6 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         if selection.num_elements:
             matrices = self._relevance_matrices(schedule, maps)
         else:
-            like = forward.logits.new_zeros(())
+            like = forward.logits.new_zeros((), dtype=accumulation_dtype(forward.logits.dtype))
             matrices = {(row, key): like.new_zeros(0, schedule.sizes[row], schedule.sizes[key]) for row, key in schedule.pairs}
         return assemble(selection, read_out(schedule, matrices), int(forward.logits.shape[0])), forward.record.arguments

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from captum_mm._precision import accumulation_dtype
 from captum_mm.models import TargetSelection
 from captum_mm.relevance.rules import read_rows
 from captum_mm.relevance.schedule import Schedule
@@ -36,7 +37,9 @@ class Explanation:
         scores (Tensor): Predicted probability of the explained class, shaped like ``target``.
         queries (Tensor or None): DETR only: ``[B, K]`` explained query indices, ``-1`` for padding.
 
-    Padded tokens (attention masks, DETR's pixel mask) have zero relevance.
+    Padded tokens (attention masks, DETR's pixel mask) have zero relevance. Relevance is
+    float32 for float16/bfloat16 models (whose own dtype cannot hold its small values), in
+    the model's dtype otherwise.
     """
 
     relevance: Dict[str, Tensor]
@@ -126,7 +129,7 @@ def _spread(relevance: Dict[str, Tensor], tensor: Tensor, modality: Optional[str
     if modality is not None and modality not in relevance:
         raise ValueError(f"Unknown modality {modality!r}: this model explains {sorted(relevance)} (or None).")
     values = relevance.get(modality) if modality else None
-    dtype = tensor.dtype if tensor.is_floating_point() else torch.get_default_dtype()
+    dtype = accumulation_dtype(tensor.dtype) if tensor.is_floating_point() else torch.get_default_dtype()
     if values is None:
         return torch.zeros(tensor.shape, dtype=dtype, device=tensor.device)
     if values.dim() == 3:

@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch import Tensor, nn
 
+from captum_mm._precision import accumulation_dtype, exact
 from captum_mm.attr._checks import (
     check_connected,
     check_finite_logits,
@@ -154,7 +155,7 @@ def fused_maps(
     if needs.backward:
         fused = _fused_from_backward(forward, probs, names, valid, fuse, needs, vectorized)
     else:
-        fused = [fuse(AttentionBundle(_take(p.detach(), selection.sample), None, None, v)) for p, v in zip(probs, valid)]
+        fused = [fuse(AttentionBundle(_take(exact(p), selection.sample), None, None, v)) for p, v in zip(probs, valid)]
     return {event.call: values * mask for event, values, mask in zip(events, fused, valid)}
 
 
@@ -173,7 +174,7 @@ def _fused_from_backward(
     slots = torch.arange(seeds.shape[0], device=seeds.device)
     vectorized = logits.is_cuda if vectorized is None else vectorized
     chunks = [slots] if vectorized else list(slots.split(1))
-    fused = [p.new_zeros(selection.num_elements, *p.shape[-2:]) for p in probs]
+    fused = [p.new_zeros(selection.num_elements, *p.shape[-2:], dtype=accumulation_dtype(p.dtype)) for p in probs]
     for chunk in chunks:
         grads: List[Optional[Tensor]] = [None] * len(probs)
         if needs.gradients:
@@ -194,7 +195,7 @@ def _fused_from_backward(
                 )
             fused[index][members] = fuse(
                 AttentionBundle(
-                    _take(p.detach(), sample) if needs.probabilities else None,
+                    _take(exact(p), sample) if needs.probabilities else None,
                     _take_slots(gradient, position, sample),
                     _take_slots(relevant, position, sample),
                     valid[index][members],
@@ -240,9 +241,10 @@ def _take(tensor: Tensor, index: Tensor) -> Tensor:
 
 
 def _take_slots(tensor: Optional[Tensor], position: Tensor, sample: Tensor) -> Optional[Tensor]:
-    """``tensor[position, sample]`` for ``[K, B, ...]`` tensors (a view when it is the only slot, all samples)."""
+    """``tensor[position, sample]`` for ``[K, B, ...]`` tensors, in the accumulation dtype (a view when
+    it is the only slot, all samples, already in that dtype)."""
     if tensor is None:
         return None
     if tensor.shape[0] == 1:
-        return _take(tensor[0], sample)
-    return tensor[position, sample]
+        return _take(exact(tensor[0]), sample)
+    return exact(tensor[position, sample])

@@ -9,6 +9,11 @@ backward (gradients of the attention maps) and an LRP backward (their relevance)
 Each attention site also takes a *probe*, a zero tensor shaped like its map,
 whose "gradient" in relevance mode is the relevance ``R_A`` at the map.
 
+The rules compute in float32 for half-precision models (see :mod:`captum_mm._precision`):
+they receive ``x``, ``out`` and ``g`` in float32 (weights stay in the model's dtype), the
+probes are float32, so the relevance at the maps is float32; the modified gradients
+between rule sites are held in the model's dtype.
+
 Everything is registered as hooks whose handles are removed on exit, also on error.
 """
 
@@ -22,6 +27,7 @@ from torch import Tensor, nn
 
 from captum_mm.lrp.rules import RuleSet, safe_divide
 from captum_mm._handles import HandleList
+from captum_mm._precision import accumulation_dtype, exact
 
 
 @dataclass(frozen=True)
@@ -81,11 +87,22 @@ class LRPStructure:
     pass_through_types: Tuple[type, ...] = ()
 
 
+class _Mode:
+    """The flag every switch reads. It holds no tensor: the autograd contexts keeping it then form no
+    reference cycle with the graph (a cycle through a C++ autograd node is invisible to Python's
+    garbage collector, so the whole graph would leak with every call)."""
+
+    __slots__ = ("relevance",)
+
+    def __init__(self) -> None:
+        self.relevance = False
+
+
 @dataclass
 class LRPState:
-    """The switch shared by all rule sites, and the probes of the attention maps in forward order."""
+    """The mode shared by all rule sites, and the probes of the attention maps in forward order."""
 
-    relevance: bool = False
+    mode: _Mode = field(default_factory=_Mode)
     probes: List[Tuple[Tensor, Tensor]] = field(default_factory=list)  # (attention map, probe)
     linear_io: Dict[int, Tuple[Tensor, Tensor]] = field(default_factory=dict)  # id(linear): (input, switched output)
 
@@ -95,11 +112,11 @@ class LRPState:
 
     @contextmanager
     def relevance_mode(self) -> Iterator[None]:
-        self.relevance = True
+        self.mode.relevance = True
         try:
             yield
         finally:
-            self.relevance = False
+            self.mode.relevance = False
 
 
 class _Switch(torch.autograd.Function):
@@ -108,17 +125,17 @@ class _Switch(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(output, state, rule, *inputs):
+    def forward(output, mode, rule, *inputs):
         return output.view_as(output)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.state, ctx.rule, ctx.count = inputs[1], inputs[2], len(inputs) - 3
+        ctx.mode, ctx.rule, ctx.count = inputs[1], inputs[2], len(inputs) - 3
 
     @staticmethod
     def backward(ctx, grad):
-        if ctx.state.relevance:
-            return (None, None, None, *ctx.rule(grad))
+        if ctx.mode.relevance:
+            return (None, None, None, *ctx.rule(grad.to(accumulation_dtype(grad.dtype))))  # no detach under vmap
         return (grad, None, None) + (None,) * ctx.count
 
 
@@ -209,8 +226,8 @@ def _probability_modules(site: AttentionRuleSite) -> List[nn.Module]:
 def _linear_hook(state: LRPState, rules: RuleSet, recorder: _Recorder):
     def hook(module, args, output):
         x = args[0]
-        rule = lambda g: (rules.linear.input_gradient(module, x.detach(), output.detach(), g),)  # noqa: E731
-        switched = _Switch.apply(output, state, rule, x)
+        rule = lambda g: (rules.linear.input_gradient(module, exact(x), exact(output), g),)  # noqa: E731
+        switched = _Switch.apply(output, state.mode, rule, x)
         recorder.linear_io[id(module)] = (x, switched)
         return switched
 
@@ -220,8 +237,8 @@ def _linear_hook(state: LRPState, rules: RuleSet, recorder: _Recorder):
 def _pass_hook(state: LRPState, rules: RuleSet):
     def hook(module, args, output):
         x = args[0]
-        rule = lambda g: (rules.pass_through.input_gradient(x.detach(), output.detach(), g),)  # noqa: E731
-        return _Switch.apply(output, state, rule, x)
+        rule = lambda g: (rules.pass_through.input_gradient(exact(x), exact(output), g),)  # noqa: E731
+        return _Switch.apply(output, state.mode, rule, x)
 
     return hook
 
@@ -231,8 +248,8 @@ def _position_hook(state: LRPState, recorder: _Recorder, source: TensorSource):
 
     def hook(module, args):
         x, origin = args[0], recorder.get(source)
-        rule = lambda g: (safe_divide(x.detach() * g, origin.detach()),)  # noqa: E731
-        return (_Switch.apply(x, state, rule, origin),) + tuple(args[1:])
+        rule = lambda g: (safe_divide(exact(x) * g, exact(origin)),)  # noqa: E731
+        return (_Switch.apply(x, state.mode, rule, origin),) + tuple(args[1:])
 
     return hook
 
@@ -245,22 +262,22 @@ def _attention_hook(state: LRPState, rules: RuleSet, recorder: _Recorder, site: 
     def hook(module, args, output):
         query, key, value = (recorder.linear_io[id(linear)][1] for linear in (site.query, site.key, site.value))
         attention = output[site.probs.index] if site.probs.module is site.module else recorder.get(site.probs)
-        probs = attention.detach()
-        probe = probs.new_zeros((), requires_grad=True).expand(probs.shape)
+        dtype = accumulation_dtype(attention.dtype)
+        probe = torch.zeros((), dtype=dtype, device=attention.device, requires_grad=True).expand(attention.shape)
         state.probes.append((attention, probe))
         projection = recorder.linear_io[id(site.projection)] if site.projection is not None else None
         heads = site.heads
-        q, k, v = (_split_heads(t.detach(), heads) for t in (query, key, value))
 
         def rule(g):
             if projection is not None:
-                g = rules.linear.input_gradient(site.projection, projection[0].detach(), projection[1].detach(), g)
-            g_q, g_k, g_v, relevance = rules.attention.gradients(q, k, v, probs, _split_heads(g, heads))
+                g = rules.linear.input_gradient(site.projection, exact(projection[0]), exact(projection[1]), g)
+            q, k, v = (_split_heads(exact(t), heads) for t in (query, key, value))
+            g_q, g_k, g_v, relevance = rules.attention.gradients(q, k, v, exact(attention), _split_heads(g, heads))
             merged = (t.transpose(-2, -3).reshape(like.shape) for t, like in ((g_q, query), (g_k, key), (g_v, value)))
             return (*merged, relevance)
 
         first = output[0] if isinstance(output, tuple) else output
-        return _replace_first(output, _Switch.apply(first, state, rule, query, key, value, probe))
+        return _replace_first(output, _Switch.apply(first, state.mode, rule, query, key, value, probe))
 
     return hook
 
@@ -268,8 +285,8 @@ def _attention_hook(state: LRPState, rules: RuleSet, recorder: _Recorder, site: 
 def _residual_hook(state: LRPState, rules: RuleSet, recorder: _Recorder, site: ResidualRuleSite):
     def switched(total: Tensor) -> Tensor:
         branch, skip = recorder.get(site.branch), recorder.get(site.skip)
-        rule = lambda g: rules.residual.branch_gradients(branch.detach(), skip.detach(), g)  # noqa: E731
-        return _Switch.apply(total, state, rule, branch, skip)
+        rule = lambda g: rules.residual.branch_gradients(exact(branch), exact(skip), g)  # noqa: E731
+        return _Switch.apply(total, state.mode, rule, branch, skip)
 
     module, name = site.total.module, site.total.argument
     if name is None:

@@ -34,7 +34,11 @@ def per_sample_sum(tensor: Tensor) -> Tensor:
 
 
 class LinearRule:
-    """How relevance crosses an ``nn.Linear``: ``g_out`` at its output to ``g_x`` at its input."""
+    """How relevance crosses an ``nn.Linear``: ``g_out`` at its output to ``g_x`` at its input.
+
+    ``x``, ``out`` and ``g_out`` come in float32 for a half-precision model, whose weights stay
+    float16/bfloat16: cast them to ``x.dtype``.
+    """
 
     def input_gradient(self, module: nn.Linear, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
         raise NotImplementedError
@@ -62,7 +66,8 @@ class AlphaBeta(LinearRule):
     def input_gradient(self, module: nn.Linear, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
         relevance = out * g_out
         positive, negative = x.clamp(min=0), x.clamp(max=0)
-        w_positive, w_negative = module.weight.clamp(min=0), module.weight.clamp(max=0)
+        weight = module.weight.to(x.dtype)
+        w_positive, w_negative = weight.clamp(min=0), weight.clamp(max=0)
 
         def share(w_first: Tensor, w_second: Tensor) -> Tensor:
             ratio = safe_divide(relevance, positive @ w_first.T + negative @ w_second.T)
@@ -84,7 +89,7 @@ class Epsilon(LinearRule):
 
     def input_gradient(self, module: nn.Linear, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
         stabilized = out + self.epsilon * torch.where(out >= 0, 1.0, -1.0)
-        return ((out * g_out) / stabilized) @ module.weight
+        return ((out * g_out) / stabilized) @ module.weight.to(out.dtype)
 
 
 class PassThrough:

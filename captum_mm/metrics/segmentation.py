@@ -22,6 +22,8 @@ from pycocotools.cocoeval import COCOeval
 from skimage.filters import threshold_otsu
 from torch import Tensor
 
+from captum_mm.metrics.distributed import gather, is_main_process, shard
+
 Size = Tuple[int, int]
 
 IOU_GRIDS = {
@@ -250,26 +252,20 @@ class SegmentationEvaluator:
         batches are dealt to the ranks and the detections gathered on rank 0, which alone
         returns the scores.
         """
-        import torch.distributed as dist
         from tqdm.auto import tqdm
 
         image_ids = self.image_ids(image_ids)
         batches = [image_ids[start : start + batch_size] for start in range(0, len(image_ids), batch_size)]
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         scores = {}
         for name, factory in methods.items():
             explainer = factory(self.model)
             local = {}
-            for position in tqdm(range(rank, len(batches), world), disable=not progress or rank != 0, desc=name):
-                local[position] = self.detections(explainer, batches[position])
-            if world > 1:
-                gathered: List[Any] = [None] * world
-                dist.all_gather_object(gathered, local)
-                local = {position: part for shard in gathered for position, part in shard.items()}
-            if rank == 0:
-                results = [result for position in range(len(batches)) for result in local[position]]
-                scores[name] = evaluate_masks(self.coco, results, image_ids)
-        return scores if rank == 0 else None
+            for position, batch in tqdm(shard(batches), disable=not progress or not is_main_process(), desc=name):
+                local[position] = self.detections(explainer, batch)
+            per_batch = gather(local)
+            if per_batch is not None:
+                scores[name] = evaluate_masks(self.coco, [result for part in per_batch for result in part], image_ids)
+        return scores if is_main_process() else None
 
 
 TABLE_ROWS = ("AP", "AP_medium", "AP_large", "AR", "AR_medium", "AR_large")

@@ -1,9 +1,9 @@
 """The perturbation study over a dataset: every method, every setting, batched, optionally distributed.
 
 Started under ``torchrun``, the batches of the seeded sample selection are dealt to
-the ranks (batch ``j`` to rank ``j % world_size``) and the per-sample scores are
-gathered on rank 0, so the merged result is exactly what one process computes
-(every batch is formed and evaluated the same way).
+the ranks and the per-sample scores gathered on rank 0 (:mod:`captum_mm.metrics.distributed`),
+so the merged result is exactly what one process computes (every batch is formed and
+evaluated the same way).
 """
 
 import json
@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from captum_mm.metrics.distributed import gather, is_main_process, shard
 from captum_mm.metrics.perturbation import TokenGroup, area_under_curve, perturbation_curve, vqa_score
 from captum_mm.models import adapter_for
 
@@ -107,15 +107,6 @@ class StudyResult:
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
-    def write(self, folder: Path, title: Optional[str] = None) -> None:
-        """``results.json`` and ``curves.png`` (one panel per setting, one line per method) in ``folder``."""
-        from captum_mm.visualization import plot_perturbation_curves
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.save(folder / "results.json")
-        plot_perturbation_curves(self, title).savefig(folder / "curves.png", dpi=120)
-
 
 def pad_collate(items: List[Mapping[str, Tensor]], label: str = "answer_scores") -> Tuple[Batch, Tensor]:
     """Stack samples, right-padding every per-token tensor with zeros (masks and ids included).
@@ -135,17 +126,6 @@ def pad_collate(items: List[Mapping[str, Tensor]], label: str = "answer_scores")
             padded[row, : value.shape[0]] = value
         batch[name] = padded
     return batch, batch.pop(label)
-
-
-def init_distributed(backend: Optional[str] = None) -> bool:
-    """Join the process group when started by ``torchrun`` (gloo on CPU, nccl on GPU); True if distributed."""
-    import os
-
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return dist.is_initialized()
-    if not dist.is_initialized():
-        dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
-    return True
 
 
 def select_samples(size: int, count: Optional[int], seed: int) -> List[int]:
@@ -198,23 +178,16 @@ def run_perturbation_study(
     forward = KeywordModel(model, ())
     samples = select_samples(len(dataset), num_samples, seed)
     batches = [samples[start : start + batch_size] for start in range(0, len(samples), batch_size)]
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     local: Dict[int, Dict[str, Dict[str, Tensor]]] = {}
-    for position in tqdm(range(rank, len(batches), world), disable=not progress or rank != 0, desc="perturbation"):
-        local[position] = _evaluate_batch(
-            forward, dataset, collate, batches[position], methods, settings, forward_batch_size, on_relevance
-        )
-    if world > 1:
-        gathered: List[Any] = [None] * world
-        dist.all_gather_object(gathered, local)
-        local = {position: scores for part in gathered for position, scores in part.items()}
-        if rank != 0:
-            return None
+    for position, indices in tqdm(shard(batches), disable=not progress or not is_main_process(), desc="perturbation"):
+        local[position] = _evaluate_batch(forward, dataset, collate, indices, methods, settings, forward_batch_size, on_relevance)
+    per_batch = gather(local)
+    if per_batch is None:
+        return None
     result = StudyResult(samples, {setting.name: list(setting.steps) for setting in settings})
     for method in methods:
         result.scores[method] = {
-            setting.name: torch.cat([local[position][method][setting.name] for position in range(len(batches))])
-            for setting in settings
+            setting.name: torch.cat([scores[method][setting.name] for scores in per_batch]) for setting in settings
         }
     return result
 

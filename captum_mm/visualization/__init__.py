@@ -1,6 +1,6 @@
 """Figures and HTML built on captum.attr.visualization; all usable headless."""
 
-from captum_mm.visualization.curves import plot_perturbation_curves
+from captum_mm.visualization.curves import plot_perturbation_curves, save_perturbation_study
 from captum_mm.visualization.figures import (
     detection_masks_figure,
     region_heatmap,
@@ -17,6 +17,7 @@ __all__ = [
     "region_heatmap",
     "region_relevance_image",
     "relevance_gallery",
+    "save_perturbation_study",
     "text_records_html",
     "text_relevance_html",
     "text_relevance_record",

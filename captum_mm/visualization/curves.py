@@ -1,6 +1,7 @@
 """Perturbation curves, as in the paper's supplementary Figures 2-3."""
 
 import math
+from pathlib import Path
 from typing import Optional
 
 from matplotlib.figure import Figure
@@ -35,3 +36,11 @@ def plot_perturbation_curves(result: StudyResult, title: Optional[str] = None) -
     if title:
         figure.suptitle(title)
     return figure
+
+
+def save_perturbation_study(result: StudyResult, folder: Path, title: Optional[str] = None) -> None:
+    """``results.json`` (:meth:`StudyResult.save`) and ``curves.png`` (:func:`plot_perturbation_curves`) in ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    result.save(folder / "results.json")
+    plot_perturbation_curves(result, title).savefig(folder / "curves.png", dpi=120)

@@ -1,4 +1,5 @@
-"""Seeded training of the shipped models (run with ``captum-mm train NAME``).
+"""Seeded training of the shipped models (run with ``captum-mm train NAME``; each model's
+architecture, training function and epochs are named by its recipe in :mod:`captum_mm.zoo.recipes`).
 
 * ``lxmert-easyvqa`` / ``visualbert-easyvqa``: small LXMERT / VisualBERT question
   answering models trained from scratch on easy-VQA train (region features of
@@ -13,13 +14,16 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch
 from torch import nn
 
-from captum_mm.datasets.easy_vqa import EASY_VQA_VOCABULARY, FEATURES, VISUAL_BERT_FEATURES, EasyVQA, for_visual_bert
+from captum_mm.datasets.easy_vqa import EASY_VQA_VOCABULARY, FEATURES, VISUAL_BERT_FEATURES, EasyVQA
 from captum_mm.metrics.study import KeywordModel, pad_collate
+
+if TYPE_CHECKING:
+    from captum_mm.zoo.recipes import Recipe
 
 #: Fixed subsets on which tests check that a checkpoint still reaches its recorded quality.
 VQA_CHECK_QUESTIONS = 600
@@ -49,25 +53,15 @@ def visual_bert_model() -> nn.Module:
     return VisualBertForQuestionAnswering(config)
 
 
-VQA_MODELS: Dict[str, Callable[[], nn.Module]] = {"lxmert-easyvqa": lxmert_model, "visualbert-easyvqa": visual_bert_model}
-#: The epochs of the shipped checkpoints.
-VQA_EPOCHS = {"lxmert-easyvqa": 3, "visualbert-easyvqa": 10}
-
-
-def vqa_inputs(name: str, batch: Dict[str, Any]) -> Dict[str, Any]:
-    """The model's keyword arguments for a padded easy-VQA batch."""
-    return for_visual_bert(batch) if name.startswith("visualbert") else batch
-
-
-def vqa_accuracy(name: str, model: nn.Module, dataset: EasyVQA, indices=None, batch_size: int = 256) -> float:
-    """Top-1 accuracy (%) on ``dataset`` (all of it, or ``indices``)."""
+def vqa_accuracy(recipe: "Recipe", model: nn.Module, dataset: EasyVQA, indices=None, batch_size: int = 256) -> float:
+    """Top-1 accuracy (%) of ``recipe``'s VQA ``model`` on ``dataset`` (all of it, or ``indices``)."""
     indices = list(range(len(dataset))) if indices is None else list(indices)
     forward, correct = KeywordModel(model, ()), 0
     model.eval()
     with torch.no_grad():
         for start in range(0, len(indices), batch_size):
             batch, scores = pad_collate([dataset[i] for i in indices[start : start + batch_size]])
-            correct += int((scores.argmax(-1) == forward(**vqa_inputs(name, batch)).argmax(-1)).sum())
+            correct += int((scores.argmax(-1) == forward(**recipe.easy_vqa.convert(batch)).argmax(-1)).sum())
     return 100.0 * correct / len(indices)
 
 
@@ -81,21 +75,21 @@ def _schedule(optimizer, total_steps: int, warmup: int):
 
 
 def train_vqa(
-    name: str, output: Path, seed: int = 0, epochs: Optional[int] = None, batch_size: int = 64, lr: float = 5e-4,
+    recipe: "Recipe", output: Path, seed: int = 0, epochs: Optional[int] = None, batch_size: int = 64, lr: float = 5e-4,
     limit: Optional[int] = None,
 ) -> Dict[str, Any]:
-    """Train ``name`` on easy-VQA train, save it to ``output`` and return its measured quality.
+    """Train ``recipe``'s VQA model on easy-VQA train, save it to ``output`` and return its measured quality.
 
     ``limit`` uses only the first ``limit`` questions of each split (a quick check of the recipe).
     """
-    epochs = epochs or VQA_EPOCHS[name]
+    name, epochs = recipe.name, epochs or recipe.epochs
     torch.manual_seed(seed)
     started = time.perf_counter()
     train, test = EasyVQA("train"), EasyVQA("test")
     train_size, test_indices = len(train), None
     if limit is not None:
         train_size, test_indices = min(limit, len(train)), range(min(limit, len(test)))
-    model = VQA_MODELS[name]()
+    model = recipe.build()
     forward = KeywordModel(model, ())
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     steps_per_epoch = math.ceil(train_size / batch_size)
@@ -107,7 +101,7 @@ def train_vqa(
         correct = seen = 0
         for step, start in enumerate(range(0, len(order), batch_size)):
             batch, scores = pad_collate([train[i] for i in order[start : start + batch_size]])
-            logits = forward(**vqa_inputs(name, batch))
+            logits = forward(**recipe.easy_vqa.convert(batch))
             loss = nn.functional.cross_entropy(logits, scores.argmax(-1))
             optimizer.zero_grad()
             loss.backward()
@@ -119,8 +113,8 @@ def train_vqa(
                       f"train accuracy {100 * correct / seen:.1f}%", flush=True)
     model.eval()
     quality = {
-        "easy_vqa_test_accuracy": vqa_accuracy(name, model, test, test_indices),
-        "check_subset_accuracy": vqa_accuracy(name, model, test, range(VQA_CHECK_QUESTIONS)[:limit]),
+        "easy_vqa_test_accuracy": vqa_accuracy(recipe, model, test, test_indices),
+        "check_subset_accuracy": vqa_accuracy(recipe, model, test, range(VQA_CHECK_QUESTIONS)[:limit]),
         "train_seconds": round(time.perf_counter() - started, 1),
         "seed": seed, "epochs": epochs, "torch_threads": torch.get_num_threads(), "limit": limit,
     }
@@ -235,21 +229,22 @@ def calibrate_backbone(model: nn.Module, pixels: torch.Tensor) -> None:
 
 
 def train_detr(
-    output: Path, seed: int = 0, epochs: int = 150, batch_size: int = 16, lr: float = 5e-4, clip: float = 1.0,
-    limit: Optional[int] = None,
+    recipe: "Recipe", output: Path, seed: int = 0, epochs: Optional[int] = None, batch_size: int = 16, lr: float = 5e-4,
+    clip: float = 1.0, limit: Optional[int] = None,
 ) -> Dict[str, Any]:
-    """Train the shapes DETR on the synthetic train scenes, save it and return its validation bbox AP.
+    """Train ``recipe``'s DETR on the synthetic train scenes, save it and return its validation bbox AP.
 
     ``limit`` uses only the first ``limit`` scenes of each split (a quick check of the recipe).
     """
     import tempfile
 
     with tempfile.TemporaryDirectory() as scenes:
-        return _train_detr(output, Path(scenes), seed, epochs, batch_size, lr, clip, limit)
+        return _train_detr(recipe, output, Path(scenes), seed, epochs or recipe.epochs, batch_size, lr, clip, limit)
 
 
 def _train_detr(
-    output: Path, scenes: Path, seed: int, epochs: int, batch_size: int, lr: float, clip: float, limit: Optional[int]
+    recipe: "Recipe", output: Path, scenes: Path, seed: int, epochs: int, batch_size: int, lr: float, clip: float,
+    limit: Optional[int],
 ) -> Dict[str, Any]:
     from pycocotools.coco import COCO
 
@@ -258,7 +253,7 @@ def _train_detr(
     paths = shape_scenes(scenes, limit)
     with contextlib.redirect_stdout(io.StringIO()):
         train, val = COCO(str(paths["train"])), COCO(str(paths["val"]))
-    processor, model = detr_processor(), detr_model()
+    processor, model = detr_processor(), recipe.build()
     model.requires_grad_(True)  # HF freezes the stem and first stage, meant for pretrained backbones
     image_ids = sorted(train.getImgIds())
     pixels = _pixels(train, Path(scenes) / "train", image_ids, processor)
@@ -280,7 +275,7 @@ def _train_detr(
             nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
             scheduler.step()
-        print(f"detr-shapes epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}", flush=True)
+        print(f"{recipe.name} epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}", flush=True)
         if (epoch + 1) % 10 == 0:
             print(f"  validation {detr_box_ap(model, val, Path(scenes) / 'val', processor)}", flush=True)
     calibrate_backbone(model, calibration)
@@ -293,10 +288,3 @@ def _train_detr(
     processor.save_pretrained(output)
     return quality
 
-
-def train(name: str, output: Path, seed: int = 0, **options: Any) -> Dict[str, Any]:
-    if name in VQA_MODELS:
-        return train_vqa(name, output, seed, **options)
-    if name == "detr-shapes":
-        return train_detr(output, seed, **options)
-    raise ValueError(f"Unknown model {name!r}; trainable: {list(VQA_MODELS) + ['detr-shapes']}.")

@@ -10,7 +10,7 @@ from transformers.models.detr.image_processing_pil_detr import DetrImageProcesso
 
 from captum_mm.attr import GenericAttention
 from captum_mm.metrics.segmentation import SegmentationEvaluator
-from captum_mm.metrics.study import init_distributed
+from captum_mm.metrics.distributed import init_distributed
 
 
 def main(folder, output):

@@ -6,7 +6,8 @@ import torch
 
 from captum_mm.attr import GenericAttention, RawAttention
 from captum_mm.metrics import LXMERT_IMAGE, LXMERT_TEXT
-from captum_mm.metrics.study import attention_method, init_distributed, pad_collate, run_perturbation_study, vqa_settings
+from captum_mm.metrics.distributed import init_distributed
+from captum_mm.metrics.study import attention_method, pad_collate, run_perturbation_study, vqa_settings
 from transformers import LxmertConfig, LxmertForQuestionAnswering
 
 

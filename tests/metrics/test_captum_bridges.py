@@ -8,7 +8,7 @@ from captum_mm.attr import GenericAttention
 from captum_mm.metrics import LXMERT_IMAGE, LXMERT_TEXT
 from captum_mm.metrics.captum_bridges import feature_noise, presence_inputs, token_removal
 from captum_mm.metrics.study import KeywordModel, StudyResult
-from captum_mm.visualization import plot_perturbation_curves
+from captum_mm.visualization import plot_perturbation_curves, save_perturbation_study
 from helpers import FEATURES, lxmert, text_batch
 
 
@@ -73,5 +73,5 @@ def test_curves_figure_has_a_panel_per_setting_and_a_line_per_method(tmp_path):
     }
     figure = plot_perturbation_curves(result, "toy")
     assert len(figure.axes) == 2 and all(len(axis.lines) == 2 for axis in figure.axes)
-    result.write(tmp_path / "study", "toy")
+    save_perturbation_study(result, tmp_path / "study", "toy")
     assert (tmp_path / "study" / "curves.png").stat().st_size > 0 and (tmp_path / "study" / "results.json").exists()

@@ -50,3 +50,11 @@ def test_pad_collate_right_pads_tokens():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert scores.tolist() == [[1.0, 0.0], [0.0, 1.0]]
+
+
+def test_without_a_process_group_one_rank_keeps_every_item_and_gathers_them_in_order():
+    from captum_mm.metrics.distributed import gather, init_distributed, is_main_process, shard
+
+    assert not init_distributed() and is_main_process()
+    assert shard(["a", "b", "c"]) == [(0, "a"), (1, "b"), (2, "c")]
+    assert gather({2: "c", 0: "a", 1: "b"}) == ["a", "b", "c"]

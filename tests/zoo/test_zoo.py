@@ -8,9 +8,11 @@ import pytest
 from pycocotools.coco import COCO
 
 from captum_mm import zoo
+from captum_mm.zoo import recipes
 from captum_mm.cli import main
 from captum_mm.datasets import write_shapes_coco
 from captum_mm.datasets.easy_vqa import EasyVQA
+from captum_mm.zoo.recipes import RECIPES, recipe
 from captum_mm.zoo.train import DETR_CHECK_SCENES, DETR_IMAGE_SIZE, DETR_SPLITS, VQA_CHECK_QUESTIONS, detr_box_ap, vqa_accuracy
 
 MARGIN = 1.0  # accuracy points (VQA) / hundredths of AP50 (DETR): the same subset, the same model, one CPU
@@ -25,7 +27,7 @@ def test_all_checkpoints_together_fit_in_30_megabytes():
 def test_vqa_checkpoint_reaches_its_recorded_accuracy(name):
     model = zoo.load(name)
     recorded = zoo.quality(name)
-    accuracy = vqa_accuracy(name, model, EasyVQA("test"), range(VQA_CHECK_QUESTIONS))
+    accuracy = vqa_accuracy(recipe(name), model, EasyVQA("test"), range(VQA_CHECK_QUESTIONS))
     assert accuracy >= recorded["check_subset_accuracy"] - MARGIN
 
 
@@ -34,7 +36,7 @@ def test_detr_checkpoint_reaches_its_recorded_ap50(tmp_path):
     annotations = write_shapes_coco(tmp_path, DETR_CHECK_SCENES, seed, DETR_IMAGE_SIZE, "val")
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(annotations))
-    scores = detr_box_ap(zoo.load("detr-shapes"), coco, tmp_path / "val", zoo.load_processor())
+    scores = detr_box_ap(zoo.load("detr-shapes"), coco, tmp_path / "val", zoo.load_processor("detr-shapes"))
     assert scores["bbox_AP50"] >= zoo.quality("detr-shapes")["check_subset_AP50"] - MARGIN / 100
 
 
@@ -44,16 +46,17 @@ def test_unknown_or_missing_checkpoint():
 
 
 def test_missing_checkpoint_says_how_to_retrain(tmp_path, monkeypatch):
-    monkeypatch.setattr(zoo, "CHECKPOINTS", tmp_path)
+    monkeypatch.setattr(recipes, "CHECKPOINTS", tmp_path)
     with pytest.raises(FileNotFoundError, match="retrain it with `captum-mm train detr-shapes`"):
         zoo.load("detr-shapes")
 
 
 def test_recorded_quality_meets_the_goals():
     """The measured quality in quality.json (written by the training run) meets the project's goals."""
-    for name in ("lxmert-easyvqa", "visualbert-easyvqa"):
-        assert zoo.quality(name)["easy_vqa_test_accuracy"] >= 90.0 and zoo.quality(name).get("limit") is None
-    assert zoo.quality("detr-shapes")["bbox_AP50"] >= 0.5
+    for name, entry in RECIPES.items():
+        key, minimum = entry.goal
+        assert zoo.quality(name)[key] >= minimum and zoo.quality(name).get("limit") is None
+    assert {entry.goal for entry in RECIPES.values()} == {("easy_vqa_test_accuracy", 90.0), ("bbox_AP50", 0.5)}
 
 
 @pytest.mark.parametrize("name, limit", [("lxmert-easyvqa", 64), ("detr-shapes", 4)])
