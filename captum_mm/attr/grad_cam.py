@@ -1,6 +1,5 @@
 """Grad-CAM on attention maps."""
 
-from typing import Optional
 
 from torch import Tensor
 

@@ -1,6 +1,6 @@
 """Raw attention: the head mean of the last attention reaching the readout."""
 
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from torch import Tensor
 
