@@ -102,8 +102,12 @@ def relevance_gallery(
     methods = list(relevance)
     figure = Figure(figsize=(2.3 * len(images), 2.8 * len(methods) + 2.3))
     FigureCanvasAgg(figure)  # a renderer to measure the tokens with
-    axes = figure.subplots(len(methods) + 1, len(images), squeeze=False)
-    figure.subplots_adjust(hspace=0.6, wspace=0.05)  # room for three lines of tokens
+    # the originals' row needs no room for tokens below it; the method rows get room for three lines
+    outer = figure.add_gridspec(2, 1, height_ratios=[1, len(methods) + 0.6 * (len(methods) - 1)], hspace=0.25 / len(methods))
+    rows = [outer[0].subgridspec(1, len(images), wspace=0.05)]
+    rows += [outer[1].subgridspec(len(methods), len(images), hspace=0.6, wspace=0.05)]
+    axes = [[figure.add_subplot(rows[0][0, column]) for column in range(len(images))]]
+    axes += [[figure.add_subplot(rows[1][row, column]) for column in range(len(images))] for row in range(len(methods))]
     for column, image in enumerate(images):
         axes[0][column].imshow(image)
         if titles is not None:
@@ -116,7 +120,7 @@ def relevance_gallery(
             axis.imshow(region_relevance_image(image, image_relevance[column], grid))
             _draw_tokens(axis, tokens[column], text[column][: len(tokens[column])])
         axes[row][0].set_ylabel(method, fontsize=9)
-    for axis in axes.flat:
+    for axis in figure.axes:
         axis.set_xticks([])
         axis.set_yticks([])
     return figure
