@@ -1,6 +1,14 @@
 """Removable handles, Zennit-style: everything done to a model can be undone, safely twice."""
 
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from torch import nn
+
+# Signatures of the forward hooks this package registers: (module, args[, kwargs][, output]) -> replacement or None.
+ForwardHook = Callable[[nn.Module, Tuple[Any, ...], Any], Any]
+ForwardPreHook = Callable[[nn.Module, Tuple[Any, ...]], Any]
+KwargsPreHook = Callable[[nn.Module, Tuple[Any, ...], Dict[str, Any]], Any]
+KwargsHook = Callable[[nn.Module, Tuple[Any, ...], Dict[str, Any], Any], Any]
 
 
 class HandleList(list):

@@ -124,11 +124,11 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
             input's dtype (float32 for float16/bfloat16 inputs, the default dtype for integer ones).
         """
         is_inputs_tuple = _is_tuple(inputs)
-        inputs = _format_tensor_into_tuples(inputs)
-        explanation, arguments = self._explain(inputs, target, additional_forward_args, single=True)
+        input_tuple: Tuple[Tensor, ...] = _format_tensor_into_tuples(inputs)
+        explanation, arguments = self._explain(input_tuple, target, additional_forward_args, single=True)
         if input_modalities is None:
-            input_modalities = input_outputs(inputs, arguments, self.adapter.argument_outputs)
-        attributions = spread_to_inputs(explanation, inputs, input_modalities)
+            input_modalities = input_outputs(input_tuple, arguments, self.adapter.argument_outputs)
+        attributions = spread_to_inputs(explanation, input_tuple, input_modalities)
         return _format_output(is_inputs_tuple, attributions)
 
     def explain(
@@ -154,8 +154,7 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         Returns:
             Explanation: text and image relevance, explained classes (and queries).
         """
-        inputs = _format_tensor_into_tuples(inputs)
-        return self._explain(inputs, target, additional_forward_args, threshold=threshold)[0]
+        return self._explain(_format_tensor_into_tuples(inputs), target, additional_forward_args, threshold=threshold)[0]
 
     # The method's part -----------------------------------------------------------
 

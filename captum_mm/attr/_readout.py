@@ -2,7 +2,7 @@
 (:class:`Explanation`), and Captum's attributions shaped like the inputs."""
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +69,8 @@ def read_out(schedule: Schedule, matrices: Matrices) -> Dict[str, Tensor]:
             rows = rows.scatter(1, spec.rows[:, None], 0.0)
         rows = rows[:, spec.columns]
         if spec.positions is not None:
-            rows = rows.new_zeros(rows.shape[0], spec.grid[0] * spec.grid[1]).scatter(1, spec.positions, rows)
+            grid = cast(Tuple[int, int], spec.grid)  # positions come with a grid
+            rows = rows.new_zeros(rows.shape[0], grid[0] * grid[1]).scatter(1, spec.positions, rows)
         outputs[name] = rows.reshape(rows.shape[0], *spec.grid) if spec.grid else rows
     return outputs
 
@@ -96,7 +97,7 @@ def assemble(selection: TargetSelection, outputs: Dict[str, Tensor], num_samples
 
 
 def input_outputs(
-    inputs: Tuple[Tensor, ...], arguments: Dict[str, Any], argument_outputs: Dict[str, str]
+    inputs: Tuple[Tensor, ...], arguments: Dict[str, Any], argument_outputs: Mapping[str, str]
 ) -> List[Optional[str]]:
     """The output each input carries, as the adapter declares it per forward argument: an input is
     matched to the model argument it was passed as (unchanged). Raises for an input the model

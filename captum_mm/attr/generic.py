@@ -1,6 +1,6 @@
 """Generic attention-model explainability (Chefer, Gur & Wolf, ICCV 2021) and its ablations."""
 
-from typing import Dict, Optional
+from typing import Dict, Optional, cast
 
 from torch import Tensor
 
@@ -103,8 +103,8 @@ class GenericAttention(AttentionAttribution):
 
     def _fuse(self, bundle: AttentionBundle) -> Tensor:
         if self.needs.relevance:
-            return relevance_weighted(bundle.relevance, bundle.grads)
-        return gradient_weighted(bundle.probs, bundle.grads)
+            return relevance_weighted(cast(Tensor, bundle.relevance), cast(Tensor, bundle.grads))
+        return gradient_weighted(cast(Tensor, bundle.probs), cast(Tensor, bundle.grads))
 
     def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
         return generic_relevance(

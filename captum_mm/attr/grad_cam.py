@@ -1,5 +1,6 @@
 """Grad-CAM on attention maps."""
 
+from typing import cast
 
 from torch import Tensor
 
@@ -24,4 +25,4 @@ class AttentionGradCam(LastLayerAttribution):
     needs = Needs(probabilities=True, gradients=True)
 
     def _fuse(self, bundle: AttentionBundle) -> Tensor:
-        return grad_cam(bundle.probs, bundle.grads, bundle.valid)
+        return grad_cam(cast(Tensor, bundle.probs), cast(Tensor, bundle.grads), bundle.valid)

@@ -1,6 +1,6 @@
 """Methods built on LRP relevance at the attention maps: partial LRP and Transformer attribution."""
 
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, cast
 
 from torch import Tensor, nn
 
@@ -38,7 +38,7 @@ class PartialLRP(LastLayerAttribution):
         self.rules = rules
 
     def _fuse(self, bundle: AttentionBundle) -> Tensor:
-        return head_mean(bundle.relevance)
+        return head_mean(cast(Tensor, bundle.relevance))
 
     def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
         return {
@@ -68,13 +68,13 @@ class TransformerAttribution(AttentionAttribution):
         self.rules = rules
 
     def _events(self, schedule: Schedule) -> List[AttentionEvent]:
-        events = []
+        events: List[AttentionEvent] = []
         for row, key in schedule.pairs:
             events += schedule.self_events(row) if key == row else [last_event(schedule, row, key)]
         return list(dict.fromkeys(events))
 
     def _fuse(self, bundle: AttentionBundle) -> Tensor:
-        return relevance_weighted(bundle.relevance, bundle.grads)
+        return relevance_weighted(cast(Tensor, bundle.relevance), cast(Tensor, bundle.grads))
 
     def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
         return transformer_attribution_relevance(schedule, maps)

@@ -1,6 +1,6 @@
 """Raw attention: the head mean of the last attention reaching the readout."""
 
-from typing import Dict, List
+from typing import Dict, List, cast
 
 from torch import Tensor
 
@@ -36,4 +36,4 @@ class RawAttention(LastLayerAttribution):
     needs = Needs(probabilities=True)
 
     def _fuse(self, bundle: AttentionBundle) -> Tensor:
-        return head_mean(bundle.probs)
+        return head_mean(cast(Tensor, bundle.probs))

@@ -1,6 +1,6 @@
 """Attention rollout (Abnar & Zuidema, ACL 2020), extended to bi-modal models as the reference does."""
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, cast
 
 from torch import Tensor, nn
 
@@ -42,7 +42,7 @@ class AttentionRollout(AttentionAttribution):
         self._set_start_layer(start_layer)
 
     def _fuse(self, bundle: AttentionBundle) -> Tensor:
-        return head_mean(bundle.probs)
+        return head_mean(cast(Tensor, bundle.probs))
 
     def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
         return rollout_relevance(schedule, maps)

@@ -7,7 +7,7 @@ own colour), and written with its box as a COCO instance annotation (RLE).
 
 import json
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -56,7 +56,8 @@ def write_shapes_coco(folder, count: int, seed: int, size: int = 128, split: str
     folder = Path(folder)
     images_dir = folder / split
     images_dir.mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
+    images: List[Dict[str, Any]] = []
+    annotations: List[Dict[str, Any]] = []
     for image_id in range(1, count + 1):
         image, objects = shapes_scene(seed + image_id, size)
         file_name = f"{image_id:06d}.png"

@@ -20,13 +20,14 @@ Everything is registered as hooks whose handles are removed on exit, also on err
 import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from captum_mm.lrp.rules import RuleSet, safe_divide
-from captum_mm._handles import HandleList
+from captum_mm._handles import ForwardHook, ForwardPreHook, HandleList, KwargsPreHook
 from captum_mm._precision import accumulation_dtype, exact
 
 
@@ -125,15 +126,15 @@ class _Switch(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(output, mode, rule, *inputs):
+    def forward(output: Tensor, mode: _Mode, rule: Callable[[Tensor], Tuple[Tensor, ...]], *inputs: Tensor) -> Tensor:
         return output.view_as(output)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
+    def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tensor) -> None:
         ctx.mode, ctx.rule, ctx.count = inputs[1], inputs[2], len(inputs) - 3
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
         if ctx.mode.relevance:
             return (None, None, None, *ctx.rule(grad.to(accumulation_dtype(grad.dtype))))  # no detach under vmap
         return (grad, None, None) + (None,) * ctx.count
@@ -162,27 +163,28 @@ class _Recorder:
             if source.argument is None:
                 handles.append(source.module.register_forward_hook(self._keep_output(source)))
             else:
-                handles.append(source.module.register_forward_pre_hook(self._keep_argument(source), with_kwargs=True))
+                hook = self._keep_argument(source, source.argument)
+                handles.append(source.module.register_forward_pre_hook(hook, with_kwargs=True))
         return handles
 
-    def _keep_output(self, source: TensorSource):
-        def hook(module, args, output):
+    def _keep_output(self, source: TensorSource) -> ForwardHook:
+        def hook(module: nn.Module, args: Tuple[Any, ...], output: Any) -> None:
             value = output if source.index is None else output[source.index]
             self.values[(id(module), None, source.index)] = value
 
         return hook
 
-    def _keep_argument(self, source: TensorSource):
+    def _keep_argument(self, source: TensorSource, argument: str) -> KwargsPreHook:
         signature = inspect.signature(source.module.forward)
 
-        def hook(module, args, kwargs):
-            value = signature.bind_partial(*args, **kwargs).arguments[source.argument]
-            self.values[(id(module), source.argument, None)] = value
+        def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+            value = signature.bind_partial(*args, **kwargs).arguments[argument]
+            self.values[(id(module), argument, None)] = value
 
         return hook
 
 
-def _replace_first(output, value):
+def _replace_first(output: Any, value: Tensor) -> Any:
     return (value,) + tuple(output[1:]) if isinstance(output, tuple) else value
 
 
@@ -208,8 +210,8 @@ def lrp_rules(model: nn.Module, structure: LRPStructure, rules: Optional[RuleSet
             for linear, source in site.position_inputs:
                 handles.append(linear.register_forward_pre_hook(_position_hook(state, recorder, source)))
             handles.append(site.module.register_forward_hook(_attention_hook(state, rules, recorder, site)))
-        for site in structure.residuals:
-            handles.append(_residual_hook(state, rules, recorder, site))
+        for residual in structure.residuals:
+            handles.append(_residual_hook(state, rules, recorder, residual))
         sources = [site.probs for site in structure.attention if site.probs.module is not site.module]
         sources += [source for site in structure.attention for _, source in site.position_inputs]
         sources += [s for site in structure.residuals for s in (site.branch, site.skip)]
@@ -223,8 +225,8 @@ def _probability_modules(site: AttentionRuleSite) -> List[nn.Module]:
     return [site.probs.module] if site.probs.module is not site.module else []
 
 
-def _linear_hook(state: LRPState, rules: RuleSet, recorder: _Recorder):
-    def hook(module, args, output):
+def _linear_hook(state: LRPState, rules: RuleSet, recorder: _Recorder) -> Callable[[nn.Linear, Tuple[Any, ...], Tensor], Tensor]:
+    def hook(module: nn.Linear, args: Tuple[Any, ...], output: Tensor) -> Tensor:
         x = args[0]
         rule = lambda g: (rules.linear.input_gradient(module, exact(x), exact(output), g),)  # noqa: E731
         switched = _Switch.apply(output, state.mode, rule, x)
@@ -234,8 +236,8 @@ def _linear_hook(state: LRPState, rules: RuleSet, recorder: _Recorder):
     return hook
 
 
-def _pass_hook(state: LRPState, rules: RuleSet):
-    def hook(module, args, output):
+def _pass_hook(state: LRPState, rules: RuleSet) -> ForwardHook:
+    def hook(module: nn.Module, args: Tuple[Any, ...], output: Tensor) -> Tensor:
         x = args[0]
         rule = lambda g: (rules.pass_through.input_gradient(exact(x), exact(output), g),)  # noqa: E731
         return _Switch.apply(output, state.mode, rule, x)
@@ -243,10 +245,10 @@ def _pass_hook(state: LRPState, rules: RuleSet):
     return hook
 
 
-def _position_hook(state: LRPState, recorder: _Recorder, source: TensorSource):
+def _position_hook(state: LRPState, recorder: _Recorder, source: TensorSource) -> ForwardPreHook:
     """The linear's input is ``source + position``: its relevance goes to ``source`` alone."""
 
-    def hook(module, args):
+    def hook(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
         x, origin = args[0], recorder.get(source)
         rule = lambda g: (safe_divide(exact(x) * g, exact(origin)),)  # noqa: E731
         return (_Switch.apply(x, state.mode, rule, origin),) + tuple(args[1:])
@@ -258,19 +260,20 @@ def _split_heads(tensor: Tensor, heads: int) -> Tensor:
     return tensor.reshape(*tensor.shape[:-1], heads, -1).transpose(-2, -3)
 
 
-def _attention_hook(state: LRPState, rules: RuleSet, recorder: _Recorder, site: AttentionRuleSite):
-    def hook(module, args, output):
+def _attention_hook(state: LRPState, rules: RuleSet, recorder: _Recorder, site: AttentionRuleSite) -> ForwardHook:
+    def hook(module: nn.Module, args: Tuple[Any, ...], output: Any) -> Any:
         query, key, value = (recorder.linear_io[id(linear)][1] for linear in (site.query, site.key, site.value))
         attention = output[site.probs.index] if site.probs.module is site.module else recorder.get(site.probs)
         dtype = accumulation_dtype(attention.dtype)
         probe = torch.zeros((), dtype=dtype, device=attention.device, requires_grad=True).expand(attention.shape)
         state.probes.append((attention, probe))
-        projection = recorder.linear_io[id(site.projection)] if site.projection is not None else None
+        projection = (site.projection, recorder.linear_io[id(site.projection)]) if site.projection is not None else None
         heads = site.heads
 
-        def rule(g):
+        def rule(g: Tensor) -> Tuple[Tensor, ...]:
             if projection is not None:
-                g = rules.linear.input_gradient(site.projection, exact(projection[0]), exact(projection[1]), g)
+                linear, (x, out) = projection
+                g = rules.linear.input_gradient(linear, exact(x), exact(out), g)
             q, k, v = (_split_heads(exact(t), heads) for t in (query, key, value))
             g_q, g_k, g_v, relevance = rules.attention.gradients(q, k, v, exact(attention), _split_heads(g, heads))
             merged = (t.transpose(-2, -3).reshape(like.shape) for t, like in ((g_q, query), (g_k, key), (g_v, value)))
@@ -282,7 +285,7 @@ def _attention_hook(state: LRPState, rules: RuleSet, recorder: _Recorder, site: 
     return hook
 
 
-def _residual_hook(state: LRPState, rules: RuleSet, recorder: _Recorder, site: ResidualRuleSite):
+def _residual_hook(state: LRPState, rules: RuleSet, recorder: _Recorder, site: ResidualRuleSite) -> RemovableHandle:
     def switched(total: Tensor) -> Tensor:
         branch, skip = recorder.get(site.branch), recorder.get(site.skip)
         rule = lambda g: rules.residual.branch_gradients(exact(branch), exact(skip), g)  # noqa: E731
@@ -290,7 +293,7 @@ def _residual_hook(state: LRPState, rules: RuleSet, recorder: _Recorder, site: R
 
     module, name = site.total.module, site.total.argument
     if name is None:
-        def on_output(module, args, output):
+        def on_output(module: nn.Module, args: Tuple[Any, ...], output: Any) -> Any:
             if site.total.index is None:
                 return switched(output)
             return output[: site.total.index] + (switched(output[site.total.index]),) + output[site.total.index + 1 :]
@@ -298,7 +301,7 @@ def _residual_hook(state: LRPState, rules: RuleSet, recorder: _Recorder, site: R
         return module.register_forward_hook(on_output)
     signature = inspect.signature(module.forward)
 
-    def on_argument(module, args, kwargs):
+    def on_argument(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
         bound = signature.bind(*args, **kwargs)
         bound.arguments[name] = switched(bound.arguments[name])
         return bound.args, bound.kwargs

@@ -227,7 +227,7 @@ class SegmentationEvaluator:
         """``[B, Q, h, w]`` relevance of the kept queries (zero elsewhere), ``queries_per_pass`` at a time."""
         queries = [torch.nonzero(row).flatten().tolist() for row in keep]
         step = self.queries_per_pass or max([len(row) for row in queries] + [1])
-        relevance = None
+        relevance: Optional[Tensor] = None
         for start in range(0, max([len(row) for row in queries] + [1]), step):
             chunk = [row[start : start + step] for row in queries]
             explanation = explainer.explain(pixels, chunk, (pixel_mask,))
@@ -236,6 +236,7 @@ class SegmentationEvaluator:
             for index, row in enumerate(chunk):
                 for slot, query in enumerate(row):
                     relevance[index, query] = explanation.image[index, slot].detach().cpu()
+        assert relevance is not None  # the loop runs at least once
         return relevance
 
     def evaluate(

@@ -9,7 +9,7 @@ evaluated the same way).
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -136,9 +136,17 @@ def select_samples(size: int, count: Optional[int], seed: int) -> List[int]:
     return order if count is None else order[: min(count, size)]
 
 
+class Samples(Protocol):
+    """What the study reads of a dataset: its length and its samples by index."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+
 def run_perturbation_study(
     model: nn.Module,
-    dataset: Sequence[Any],
+    dataset: "Samples",
     collate: Callable[[List[Any]], Tuple[Batch, Tensor]],
     methods: Mapping[str, RelevanceMethod],
     settings: Sequence[Setting],
@@ -192,7 +200,16 @@ def run_perturbation_study(
     return result
 
 
-def _evaluate_batch(model, dataset, collate, indices, methods, settings, forward_batch_size, on_relevance):
+def _evaluate_batch(
+    model: Callable[..., Tensor],
+    dataset: Samples,
+    collate: Callable[[List[Any]], Tuple[Batch, Tensor]],
+    indices: List[int],
+    methods: Mapping[str, RelevanceMethod],
+    settings: Sequence[Setting],
+    forward_batch_size: int,
+    on_relevance: Optional[Callable[[str, List[int], Dict[str, Tensor]], None]],
+) -> Dict[str, Dict[str, Tensor]]:
     batch, answer_scores = collate([dataset[index] for index in indices])
     with torch.no_grad():
         targets = model(**batch).argmax(-1)

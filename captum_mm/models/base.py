@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -162,7 +162,7 @@ def select_class_targets(logits: Tensor, target: Any) -> TargetSelection:
     return TargetSelection(grad_outputs, samples, torch.zeros_like(samples), classes, scores)
 
 
-def token_mask(mask: Optional[Tensor], batch_size: int, length: int, device) -> Tensor:
+def token_mask(mask: Optional[Tensor], batch_size: int, length: int, device: torch.device) -> Tensor:
     """A ``[B, N]`` boolean mask from an optional HF attention mask (``None`` means all real)."""
     if mask is None:
         return torch.ones(batch_size, length, dtype=torch.bool, device=device)
@@ -199,7 +199,7 @@ def check_batch_sizes(arguments: Dict[str, Any], names: Sequence[str]) -> None:
 
 def dropout_probabilities(module: nn.Module) -> TensorSource:
     """Hand-written attention (LXMERT, VisualBERT, ViLT): the probabilities are its ``dropout``'s output."""
-    return TensorSource(module.dropout)
+    return TensorSource(cast(nn.Module, module.dropout))
 
 
 def second_output(module: nn.Module) -> TensorSource:
@@ -218,15 +218,18 @@ def bert_like_lrp_structure(
     linears; output modules computing ``LayerNorm(dropout(dense(hidden_states)) + input_tensor)``."""
     attention = [
         AttentionRuleSite(m, m.query, m.key, m.value, probabilities(m), m.num_attention_heads)
-        for m in model.modules()
-        if isinstance(m, attention_class)
+        for m in _modules_of(model, attention_class)
     ]
     residuals = [
         ResidualRuleSite(TensorSource(m.LayerNorm, "input"), TensorSource(m.dropout), TensorSource(m, "input_tensor"))
-        for m in model.modules()
-        if isinstance(m, output_classes)
+        for m in _modules_of(model, output_classes)
     ]
     return LRPStructure(attention, residuals, pass_through_types)
+
+
+def _modules_of(model: nn.Module, classes: type | Tuple[type, ...]) -> List[Any]:
+    """The modules of ``model`` of these classes; their parts are then read by name (duck-typed)."""
+    return [m for m in model.modules() if isinstance(m, classes)]
 
 
 def pre_norm_residuals(
@@ -248,7 +251,7 @@ def single_modality_schedule(
     """A self-attention-only schedule: every recorded call is Eq. 6 on ``modality``, in forward order."""
     from captum_mm.relevance.schedule import AttentionEvent
 
-    steps = [(AttentionEvent(index, modality, modality, call.site),) for index, call in enumerate(record.calls)]
+    steps: List[Tuple[AttentionEvent, ...]] = [(AttentionEvent(index, modality, modality, call.site),) for index, call in enumerate(record.calls)]
     return Schedule(
         sizes={modality: mask.shape[1]}, masks={modality: mask[selection.sample]}, steps=steps, outputs=outputs,
         element_sample=selection.sample,

@@ -6,7 +6,7 @@ its own entry. Capture: the attention modules return the probabilities second un
 eager attention.
 """
 
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import torch
 from transformers import BertForNextSentencePrediction, BertForSequenceClassification, BertModel
@@ -25,7 +25,7 @@ from captum_mm.models.base import (
     text_tokens,
     token_mask,
 )
-from captum_mm.models.capture import AttentionRecord
+from captum_mm.models.capture import AttentionRecord, AttentionSite
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import Readout, Schedule
 
@@ -38,7 +38,7 @@ class BertAdapter(ArchitectureAdapter):
     argument_outputs = TEXT_ARGUMENTS
     outputs = (TEXT,)
 
-    def sites(self):
+    def sites(self) -> List[AttentionSite]:
         return self.named_sites(self.model, [(".attention.self", lambda output: output[1])])
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:

@@ -10,9 +10,10 @@ implementation, ``requires_grad`` flags -- is undone on exit, also on error.
 import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from captum_mm._handles import HandleList, Restore
 
@@ -106,10 +107,10 @@ def require_parameter_gradients(model: nn.Module, skip: Sequence[nn.Module] = ()
     return Restore(restore)
 
 
-def _record_arguments(model: nn.Module, record: AttentionRecord, check: Callable[[Dict[str, Any]], None]):
+def _record_arguments(model: nn.Module, record: AttentionRecord, check: Callable[[Dict[str, Any]], None]) -> RemovableHandle:
     signature = inspect.signature(model.forward)
 
-    def pre_hook(module, args, kwargs):
+    def pre_hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
         record.arguments.update(signature.bind_partial(*args, **kwargs).arguments)
         record.arguments.update(record.arguments.pop("kwargs", None) or {})
         check(record.arguments)
@@ -117,10 +118,10 @@ def _record_arguments(model: nn.Module, record: AttentionRecord, check: Callable
     return model.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
 
-def _record_site(site: AttentionSite, record: AttentionRecord):
+def _record_site(site: AttentionSite, record: AttentionRecord) -> RemovableHandle:
     count = [0]
 
-    def hook(module, args, output):
+    def hook(module: nn.Module, args: Tuple[Any, ...], output: Any) -> None:
         probs = site.read(output)
         if probs is None:
             raise RuntimeError(

@@ -8,13 +8,13 @@ of each image with its own text (``logits_per_image[b, b]``): a batch of image-t
 pairs is explained from one forward and one backward.
 """
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple, cast
 
 from types import MappingProxyType
 
 import torch
 from torch import Tensor
-from transformers import CLIPModel
+from transformers import CLIPModel, CLIPTextConfig, CLIPVisionConfig
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
 from captum_mm.lrp.composite import AttentionRuleSite, LRPState, LRPStructure, TensorSource, relevance_seed
@@ -29,7 +29,7 @@ from captum_mm.models.base import (
     second_output,
     token_mask,
 )
-from captum_mm.models.capture import AttentionRecord
+from captum_mm.models.capture import AttentionRecord, AttentionSite
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule
 
@@ -39,10 +39,11 @@ TEXT, IMAGE = "text", "image"
 @register_adapter
 class ClipAdapter(ArchitectureAdapter):
     model_classes = (CLIPModel,)
+    model: CLIPModel
     argument_outputs = MappingProxyType({**TEXT_ARGUMENTS, "pixel_values": "image"})
     logit_fields = ("logits_per_image",)
 
-    def sites(self):
+    def sites(self) -> List[AttentionSite]:
         return self.named_sites(self.model, [(".self_attn", lambda output: output[1])])
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
@@ -67,7 +68,7 @@ class ClipAdapter(ArchitectureAdapter):
         return logits.diagonal()
 
     def _end_of_text(self, input_ids: Tensor) -> Tensor:
-        eos = self.model.config.text_config.eos_token_id
+        eos = cast(int, cast(CLIPTextConfig, self.model.config.text_config).eos_token_id)  # one id for CLIP
         if eos == 2:  # as CLIPTextTransformer reads old checkpoints: the largest id is end-of-text
             return input_ids.argmax(-1)
         return (input_ids == eos).int().argmax(-1)
@@ -75,11 +76,11 @@ class ClipAdapter(ArchitectureAdapter):
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
         arguments = record.arguments
         ids, pixels = arguments["input_ids"], arguments["pixel_values"]
-        patch = self.model.config.vision_config.patch_size
+        patch = cast(CLIPVisionConfig, self.model.config.vision_config).patch_size
         grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
         image_mask = torch.ones(pixels.shape[0], 1 + grid[0] * grid[1], dtype=torch.bool, device=pixels.device)
         text_mask = token_mask(arguments.get("attention_mask"), ids.shape[0], ids.shape[1], ids.device)
-        steps = []
+        steps: List[Tuple[AttentionEvent, ...]] = []
         for index, call in enumerate(record.calls):
             modality = IMAGE if call.site.startswith("vision_model.") else TEXT
             steps.append((AttentionEvent(index, modality, modality, call.site),))

@@ -14,7 +14,7 @@ probabilities as their second output. The backbone's output gives the feature
 map's size and its padding mask.
 """
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple, cast
 
 from types import MappingProxyType
 
@@ -27,14 +27,14 @@ from captum_mm.lrp.composite import AttentionRuleSite, LRPStructure, ResidualRul
 from captum_mm.lrp.rules import AlphaBeta, RuleSet
 
 from captum_mm.models.base import ArchitectureAdapter, TargetSelection, check_batch_sizes, check_rank, require
-from captum_mm.models.capture import AttentionRecord
+from captum_mm.models.capture import AttentionRecord, AttentionSite
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule
 
 IMAGE, QUERY = "image", "query"
 
 
-def _second_output(output):
+def _second_output(output: Tuple[Any, ...]) -> Tensor:
     return output[1]
 
 
@@ -61,13 +61,13 @@ class DetrAdapter(ArchitectureAdapter):
     outputs = ("image",)
 
     def _detr(self) -> DetrModel:
-        return getattr(self.model, "model", self.model)
+        return cast(DetrModel, getattr(self.model, "model", self.model))
 
-    def sites(self):
+    def sites(self) -> List[AttentionSite]:
         return self.named_sites(self._detr(), [(suffix, _second_output) for suffix in ("self_attn", "encoder_attn")])
 
-    def extra_hooks(self, record: AttentionRecord):
-        def keep_feature_mask(module, args, output):
+    def extra_hooks(self, record: AttentionRecord) -> List[Any]:
+        def keep_feature_mask(module: nn.Module, args: Tuple[Any, ...], output: List[Tuple[Tensor, Tensor]]) -> None:
             record.extras["feature_mask"] = output[-1][1]
 
         return [self._detr().backbone.register_forward_hook(keep_feature_mask)]
@@ -142,7 +142,7 @@ class DetrAdapter(ArchitectureAdapter):
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
         feature_mask: Tensor = record.extras["feature_mask"]
         height, width = feature_mask.shape[-2:]
-        steps = []
+        steps: List[Tuple[AttentionEvent, ...]] = []
         for index, call in enumerate(record.calls):
             if ".encoder." in "." + call.site:
                 query, key = IMAGE, IMAGE
@@ -157,14 +157,14 @@ class DetrAdapter(ArchitectureAdapter):
                 QUERY: feature_mask.new_ones(selection.num_elements, num_queries),
             },
             steps=steps,
-            outputs={IMAGE: Readout(QUERY, selection.queries, IMAGE, grid=(height, width))},
+            outputs={IMAGE: Readout(QUERY, cast(Tensor, selection.queries), IMAGE, grid=(height, width))},
             element_sample=selection.sample,
         )
 
 
-def _layer_residuals(layer) -> List[ResidualRuleSite]:
+def _layer_residuals(layer: DetrEncoderLayer | DetrDecoderLayer) -> List[ResidualRuleSite]:
     """``norm(block(x) + x)`` for each block of a DETR layer, ``x`` the previous norm's output."""
-    blocks = [(layer.self_attn, layer.self_attn_layer_norm)]
+    blocks: List[Tuple[nn.Module, nn.LayerNorm]] = [(layer.self_attn, layer.self_attn_layer_norm)]
     if isinstance(layer, DetrDecoderLayer):
         blocks.append((layer.encoder_attn, layer.encoder_attn_layer_norm))
     sites, skip = [], TensorSource(layer, "hidden_states")

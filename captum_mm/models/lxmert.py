@@ -14,11 +14,12 @@ layer is text->image and its second image->text.
 """
 
 import re
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple, cast
 
 from types import MappingProxyType
 
 import torch
+from torch import Tensor
 from transformers import LxmertForQuestionAnswering, LxmertModel
 from transformers.models.lxmert.modeling_lxmert import GeLU, LxmertAttention, LxmertAttentionOutput, LxmertOutput
 
@@ -36,14 +37,14 @@ from captum_mm.models.base import (
     text_tokens,
     token_mask,
 )
-from captum_mm.models.capture import AttentionRecord
+from captum_mm.models.capture import AttentionRecord, AttentionSite
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule
 
 TEXT, IMAGE = "text", "image"
 
 
-def _probabilities(output):
+def _probabilities(output: Tensor) -> Tensor:
     return output
 
 
@@ -53,8 +54,8 @@ class LxmertAdapter(ArchitectureAdapter):
     argument_outputs = MappingProxyType({**TEXT_ARGUMENTS, "visual_feats": "image", "visual_pos": "image"})
     logit_fields = ("question_answering_score", "logits")
 
-    def sites(self):
-        encoder = getattr(self.model, "lxmert", self.model).encoder
+    def sites(self) -> List[AttentionSite]:
+        encoder = cast(LxmertModel, getattr(self.model, "lxmert", self.model)).encoder
         suffixes = (".attention.self.dropout", ".visual_attention.att.dropout", "_self_att.self.dropout")
         return self.named_sites(encoder, [(suffix, _probabilities) for suffix in suffixes])
 
@@ -71,7 +72,7 @@ class LxmertAdapter(ArchitectureAdapter):
 
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
         language, relational, cross_layers = self._events(record)
-        steps = [(event,) for event in language + relational]
+        steps: List[Tuple[AttentionEvent, ...]] = [(event,) for event in language + relational]
         for position, layer in enumerate(cross_layers):
             if position < len(cross_layers) - 1:
                 steps += [(layer["text->image"], layer["image->text"]), (layer["text"],), (layer["image"],)]
@@ -96,7 +97,7 @@ class LxmertAdapter(ArchitectureAdapter):
         )
 
     @staticmethod
-    def _events(record: AttentionRecord):
+    def _events(record: AttentionRecord) -> Tuple[List[AttentionEvent], List[AttentionEvent], List[Dict[str, AttentionEvent]]]:
         language: List[AttentionEvent] = []
         relational: List[AttentionEvent] = []
         cross: Dict[int, Dict[str, AttentionEvent]] = {}

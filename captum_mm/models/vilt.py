@@ -10,11 +10,13 @@ random state to learn where each patch came from, and restores the state.
 Capture: hand-written attention, whose probabilities pass through a ``dropout`` module.
 """
 
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple, cast
 
 from types import MappingProxyType
 
 import torch
+from torch import Tensor
+from torch.utils.hooks import RemovableHandle
 from transformers import ViltForImageAndTextRetrieval, ViltForQuestionAnswering, ViltModel
 from transformers.models.vilt.modeling_vilt import ViltEmbeddings, ViltLayer, ViltSelfAttention
 
@@ -30,20 +32,20 @@ from captum_mm.models.base import (
     require,
     single_modality_schedule,
 )
-from captum_mm.models.capture import AttentionRecord
+from captum_mm.models.capture import AttentionRecord, AttentionSite
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import Readout, Schedule
 
 JOINT = "joint"
 
 
-def _embeddings_hooks(embeddings: ViltEmbeddings, record: AttentionRecord):
+def _embeddings_hooks(embeddings: ViltEmbeddings, record: AttentionRecord) -> List[RemovableHandle]:
     """Keep the joint token mask and, replaying the patch draw, each image token's grid cell."""
 
-    def before(module, args, kwargs):
+    def before(module: ViltEmbeddings, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
         record.extras["random_state"] = torch.get_rng_state()
 
-    def after(module, args, kwargs, output):
+    def after(module: ViltEmbeddings, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Tuple[Tensor, Tensor]) -> None:
         bound = dict(zip(("input_ids", "attention_mask", "token_type_ids", "pixel_values", "pixel_mask"), args)) | kwargs
         state_after = torch.get_rng_state()
         torch.set_rng_state(record.extras.pop("random_state"))
@@ -68,12 +70,12 @@ class ViltAdapter(ArchitectureAdapter):
     argument_outputs = MappingProxyType({**TEXT_ARGUMENTS, "pixel_values": "image"})
 
     def _vilt(self) -> ViltModel:
-        return getattr(self.model, "vilt", self.model)
+        return cast(ViltModel, getattr(self.model, "vilt", self.model))
 
-    def sites(self):
+    def sites(self) -> List[AttentionSite]:
         return self.named_sites(self.model, [(".attention.attention.dropout", lambda output: output)])
 
-    def extra_hooks(self, record: AttentionRecord):
+    def extra_hooks(self, record: AttentionRecord) -> List[Any]:
         return _embeddings_hooks(self._vilt().embeddings, record)
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:

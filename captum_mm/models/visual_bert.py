@@ -11,7 +11,7 @@ Capture: the probabilities pass through the ``dropout`` module of every
 ``VisualBertSelfAttention``.
 """
 
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from types import MappingProxyType
 
@@ -37,7 +37,7 @@ from captum_mm.models.base import (
     text_tokens,
     token_mask,
 )
-from captum_mm.models.capture import AttentionRecord
+from captum_mm.models.capture import AttentionRecord, AttentionSite
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule
 
@@ -47,9 +47,10 @@ JOINT = "joint"
 @register_adapter
 class VisualBertAdapter(ArchitectureAdapter):
     model_classes = (VisualBertModel, VisualBertForQuestionAnswering, VisualBertForVisualReasoning)
+    model: VisualBertModel | VisualBertForQuestionAnswering | VisualBertForVisualReasoning
     argument_outputs = MappingProxyType({**TEXT_ARGUMENTS, "visual_embeds": "image"})
 
-    def sites(self):
+    def sites(self) -> List[AttentionSite]:
         return self.named_sites(self.model, [(".attention.self.dropout", lambda output: output)])
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:

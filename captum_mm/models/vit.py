@@ -5,7 +5,7 @@ the ``[CLS]`` row without its own entry, returned on the ``h x w`` patch grid.
 Capture: the attention modules return the probabilities second under eager attention.
 """
 
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from types import MappingProxyType
 
@@ -24,7 +24,7 @@ from captum_mm.models.base import (
     second_output,
     single_modality_schedule,
 )
-from captum_mm.models.capture import AttentionRecord
+from captum_mm.models.capture import AttentionRecord, AttentionSite
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import Readout, Schedule
 
@@ -34,13 +34,14 @@ IMAGE = "image"
 @register_adapter
 class ViTAdapter(ArchitectureAdapter):
     model_classes = (ViTModel, ViTForImageClassification)
+    model: ViTModel | ViTForImageClassification
     argument_outputs = MappingProxyType({"pixel_values": "image"})
     outputs = (IMAGE,)
 
-    def _layers(self):
+    def _layers(self) -> List[ViTLayer]:
         return [module for module in self.model.modules() if isinstance(module, ViTLayer)]
 
-    def sites(self):  # ViTAttention returns (output, probabilities) under eager attention
+    def sites(self) -> List[AttentionSite]:  # ViTAttention returns (output, probabilities) under eager attention
         return self.named_sites(self.model, [(".attention", lambda output: output[1])])
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:

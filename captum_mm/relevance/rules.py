@@ -21,7 +21,7 @@ class Relevance(dict):
     (the normalisation of Eq. 8-9 works on exactly that difference). Read through :meth:`full`
     and :meth:`residual`."""
 
-    def __init__(self, blocks: Mapping[Pair, Tensor] = (), implicit_identity: Iterable[str] = ()) -> None:
+    def __init__(self, blocks: Mapping[Pair, Tensor] | Iterable[Tuple[Pair, Tensor]] = (), implicit_identity: Iterable[str] = ()) -> None:
         super().__init__(blocks)
         self.implicit_identity = frozenset(implicit_identity)
 

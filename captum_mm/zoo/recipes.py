@@ -7,7 +7,7 @@ one entry (plus the functions it names: its architecture, training and study).
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type, cast
 
 import transformers
 from torch import nn
@@ -84,7 +84,7 @@ class Recipe:
     processor_class_name: Optional[str] = None  # a transformers image processor saved with the checkpoint
 
     @property
-    def model_class(self) -> type:
+    def model_class(self) -> Type[transformers.PreTrainedModel]:
         return getattr(transformers, self.model_class_name)
 
     def checkpoint(self) -> Path:
@@ -101,7 +101,7 @@ class Recipe:
         if path is None:
             return self.model_class.from_pretrained(self.checkpoint()).eval()
         config = transformers.AutoConfig.from_pretrained(path)
-        expected = self.model_class.config_class.model_type
+        expected = cast(Type[transformers.PreTrainedConfig], self.model_class.config_class).model_type
         if config.model_type != expected:
             raise ValueError(
                 f"The checkpoint for {self.name} at {path} is a {config.model_type!r} model; expected {expected!r}."

@@ -13,7 +13,7 @@ Each returns the study's ``numbers`` (for ``results.json``), its ``tables`` and 
 import json
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, cast
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from captum_mm.zoo.train import DETR_IMAGE_SIZE, DETR_SPLITS
 
 if TYPE_CHECKING:
     from captum_mm.reproduce import Options
-    from captum_mm.zoo.recipes import Recipe
+    from captum_mm.zoo.recipes import EasyVQAInputs, Recipe
 
 SETTING_ROWS = {"negative image": "Neg. img", "positive image": "Pos. img", "negative text": "Neg. text", "positive text": "Pos. text"}
 SEGMENTATION_ROWS = ("AP", "AP_medium", "AP_large", "AR", "AR_medium", "AR_large")
@@ -52,7 +52,9 @@ class Plausibility:
     """Per method: share of image relevance on the shape (coverage-weighted) and the pointing game."""
 
     def __init__(self, dataset: EasyVQA) -> None:
-        self.dataset, self.share, self.hits = dataset, {}, {}
+        self.dataset = dataset
+        self.share: Dict[str, List[float]] = {}
+        self.hits: Dict[str, List[float]] = {}
 
     def __call__(self, method: str, indices: List[int], relevance: Dict[str, torch.Tensor]) -> None:
         coverage = self.dataset.region_coverage(indices).double()
@@ -74,7 +76,7 @@ class Plausibility:
 
 def vqa_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable]) -> Dict[str, Any]:
     """Perturbation tests, plausibility and the gallery of a VQA model on easy-VQA test."""
-    name, inputs = recipe.name, recipe.easy_vqa
+    name, inputs = recipe.name, cast("EasyVQAInputs", recipe.easy_vqa)  # VQA recipes carry their inputs
     model = recipe.load(options.checkpoints.get(name))
     dataset = EasyVQA("test")
 
@@ -85,10 +87,10 @@ def vqa_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable]
     settings = vqa_settings(inputs.text, inputs.image, inputs.text_steps, inputs.image_steps)
     plausibility = Plausibility(dataset)
     relevance_methods = {method: attention_method(factory, model) for method, factory in methods.items()}
-    result = run_perturbation_study(
+    result = cast(StudyResult, run_perturbation_study(  # one process: the whole result
         model, dataset, collate, relevance_methods, settings, num_samples=options.samples, seed=options.seed,
         progress=options.progress, on_relevance=plausibility,
-    )
+    ))
     folder = Path(options.output) / name
     save_perturbation_study(result, folder, f"{name}: perturbation tests on {len(result.samples)} easy-VQA test questions")
     tables = _vqa_tables(name, result, plausibility)
@@ -145,7 +147,7 @@ def detr_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable
     evaluator = SegmentationEvaluator(model, processor, images, annotations)
     image_ids = evaluator.image_ids(limit=options.images)
     methods = with_reference_detr(methods)
-    scores = evaluator.evaluate(methods, image_ids, progress=options.progress)
+    scores = cast(Dict[str, Dict[str, Dict[str, float]]], evaluator.evaluate(methods, image_ids, progress=options.progress))
     tables = []
     for grid in IOU_GRIDS:
         rows = {row: {m: 100 * scores[m][grid][row] for m in scores} for row in SEGMENTATION_ROWS}

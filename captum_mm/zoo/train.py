@@ -14,7 +14,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple, cast
 
 import torch
 from torch import nn
@@ -23,12 +23,16 @@ from captum_mm.datasets.easy_vqa import EASY_VQA_VOCABULARY, FEATURES, VISUAL_BE
 from captum_mm.metrics.study import KeywordModel, pad_collate
 
 if TYPE_CHECKING:
-    from captum_mm.zoo.recipes import Recipe
+    from pycocotools.coco import COCO
+    from transformers import DetrForObjectDetection, PreTrainedModel
+    from transformers.models.detr.image_processing_pil_detr import DetrImageProcessorPil
+
+    from captum_mm.zoo.recipes import EasyVQAInputs, Recipe
 
 #: Fixed subsets on which tests check that a checkpoint still reaches its recorded quality.
 VQA_CHECK_QUESTIONS = 600
 DETR_CHECK_SCENES = 60
-VQA_SIZE = dict(hidden_size=128, num_attention_heads=4, intermediate_size=256, max_position_embeddings=32)
+VQA_SIZE: Dict[str, Any] = dict(hidden_size=128, num_attention_heads=4, intermediate_size=256, max_position_embeddings=32)
 DETR_IMAGE_SIZE = 128
 DETR_SPLITS = {"train": (2000, 0), "val": (200, 100_000)}  # scene count, first seed
 
@@ -46,26 +50,29 @@ def lxmert_model() -> nn.Module:
 def visual_bert_model() -> nn.Module:
     from transformers import VisualBertConfig, VisualBertForQuestionAnswering
 
-    config = VisualBertConfig(
+    config = VisualBertConfig(  # type: ignore[call-arg]  # num_labels goes through PretrainedConfig's **kwargs
         vocab_size=len(EASY_VQA_VOCABULARY), num_hidden_layers=4, visual_embedding_dim=VISUAL_BERT_FEATURES, num_labels=13,
         **VQA_SIZE,
     )
     return VisualBertForQuestionAnswering(config)
 
 
-def vqa_accuracy(recipe: "Recipe", model: nn.Module, dataset: EasyVQA, indices=None, batch_size: int = 256) -> float:
+def vqa_accuracy(
+    recipe: "Recipe", model: nn.Module, dataset: EasyVQA, indices: Optional[Iterable[int]] = None, batch_size: int = 256
+) -> float:
     """Top-1 accuracy (%) of ``recipe``'s VQA ``model`` on ``dataset`` (all of it, or ``indices``)."""
-    indices = list(range(len(dataset))) if indices is None else list(indices)
+    selected = list(range(len(dataset))) if indices is None else list(indices)
     forward, correct = KeywordModel(model, ()), 0
+    convert = cast("EasyVQAInputs", recipe.easy_vqa).convert  # VQA recipes carry their inputs
     model.eval()
     with torch.no_grad():
-        for start in range(0, len(indices), batch_size):
-            batch, scores = pad_collate([dataset[i] for i in indices[start : start + batch_size]])
-            correct += int((scores.argmax(-1) == forward(**recipe.easy_vqa.convert(batch)).argmax(-1)).sum())
-    return 100.0 * correct / len(indices)
+        for start in range(0, len(selected), batch_size):
+            batch, scores = pad_collate([dataset[i] for i in selected[start : start + batch_size]])
+            correct += int((scores.argmax(-1) == forward(**convert(batch)).argmax(-1)).sum())
+    return 100.0 * correct / len(selected)
 
 
-def _schedule(optimizer, total_steps: int, warmup: int):
+def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -91,6 +98,7 @@ def train_vqa(
         train_size, test_indices = min(limit, len(train)), range(min(limit, len(test)))
     model = recipe.build()
     forward = KeywordModel(model, ())
+    convert = cast("EasyVQAInputs", recipe.easy_vqa).convert  # VQA recipes carry their inputs
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     steps_per_epoch = math.ceil(train_size / batch_size)
     scheduler = _schedule(optimizer, epochs * steps_per_epoch, warmup=steps_per_epoch // 2)
@@ -101,7 +109,7 @@ def train_vqa(
         correct = seen = 0
         for step, start in enumerate(range(0, len(order), batch_size)):
             batch, scores = pad_collate([train[i] for i in order[start : start + batch_size]])
-            logits = forward(**recipe.easy_vqa.convert(batch))
+            logits = forward(**convert(batch))
             loss = nn.functional.cross_entropy(logits, scores.argmax(-1))
             optimizer.zero_grad()
             loss.backward()
@@ -124,7 +132,7 @@ def train_vqa(
 
 def _save(model: nn.Module, output: Path, quality: Dict[str, Any]) -> None:
     output = Path(output)
-    model.save_pretrained(output)
+    cast("PreTrainedModel", model).save_pretrained(output)
     (output / "quality.json").write_text(json.dumps(quality, indent=2))
 
 
@@ -134,11 +142,12 @@ def _save(model: nn.Module, output: Path, quality: Dict[str, Any]) -> None:
 def detr_model() -> nn.Module:
     from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
-    backbone = ResNetConfig(
+    # the keywords mypy does not see are taken through PretrainedConfig's **kwargs
+    backbone = ResNetConfig(  # type: ignore[call-arg]
         num_channels=3, embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1],
         layer_type="basic", out_features=["stage3"],
     )
-    config = DetrConfig(
+    config = DetrConfig(  # type: ignore[call-arg]
         backbone_config=backbone, use_pretrained_backbone=False, use_timm_backbone=False, d_model=128,
         encoder_layers=3, decoder_layers=3, encoder_attention_heads=4, decoder_attention_heads=4,
         encoder_ffn_dim=256, decoder_ffn_dim=256, num_queries=12, num_labels=5, auxiliary_loss=True,
@@ -147,7 +156,7 @@ def detr_model() -> nn.Module:
     return DetrForObjectDetection(config)
 
 
-def detr_processor():
+def detr_processor() -> "DetrImageProcessorPil":
     from transformers.models.detr.image_processing_pil_detr import DetrImageProcessorPil
 
     return DetrImageProcessorPil(size={"shortest_edge": DETR_IMAGE_SIZE, "longest_edge": DETR_IMAGE_SIZE})
@@ -165,7 +174,7 @@ def shape_scenes(folder: Path, limit: Optional[int] = None) -> Dict[str, Path]:
     return paths
 
 
-def _detr_targets(coco, image_ids: List[int], size: int) -> List[Dict[str, torch.Tensor]]:
+def _detr_targets(coco: "COCO", image_ids: List[int], size: int) -> List[Dict[str, torch.Tensor]]:
     targets = []
     for image_id in image_ids:
         annotations = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
@@ -176,14 +185,16 @@ def _detr_targets(coco, image_ids: List[int], size: int) -> List[Dict[str, torch
     return targets
 
 
-def _pixels(coco, folder: Path, image_ids: List[int], processor) -> torch.Tensor:
+def _pixels(coco: "COCO", folder: Path, image_ids: List[int], processor: "DetrImageProcessorPil") -> torch.Tensor:
     from PIL import Image
 
     images = [Image.open(folder / coco.imgs[i]["file_name"]).convert("RGB") for i in image_ids]
     return processor(images=images, return_tensors="pt")["pixel_values"]
 
 
-def detr_box_ap(model: nn.Module, coco, folder: Path, processor, limit: Optional[int] = None, batch_size: int = 32) -> Dict[str, float]:
+def detr_box_ap(
+    model: nn.Module, coco: "COCO", folder: Path, processor: "DetrImageProcessorPil", limit: Optional[int] = None, batch_size: int = 32
+) -> Dict[str, float]:
     """pycocotools bbox AP and AP50 of ``model`` on the scenes of ``coco`` (the first ``limit`` ones)."""
     from pycocotools.cocoeval import COCOeval
 
@@ -214,7 +225,7 @@ def calibrate_backbone(model: nn.Module, pixels: torch.Tensor) -> None:
     unnormalised)."""
     from transformers.models.detr.modeling_detr import DetrFrozenBatchNorm2d
 
-    def calibrate(module, args):
+    def calibrate(module: DetrFrozenBatchNorm2d, args: Tuple[torch.Tensor, ...]) -> None:
         module.running_mean.copy_(args[0].mean((0, 2, 3)))
         module.running_var.copy_(args[0].var((0, 2, 3)))
 
@@ -222,7 +233,7 @@ def calibrate_backbone(model: nn.Module, pixels: torch.Tensor) -> None:
     handles = [norm.register_forward_pre_hook(calibrate) for norm in norms]
     try:
         with torch.no_grad():
-            model.model.backbone(pixels, torch.ones(pixels.shape[0], *pixels.shape[-2:], dtype=torch.long))
+            cast("DetrForObjectDetection", model).model.backbone(pixels, torch.ones(pixels.shape[0], *pixels.shape[-2:], dtype=torch.long))
     finally:
         for handle in handles:
             handle.remove()
@@ -279,8 +290,8 @@ def _train_detr(
         if (epoch + 1) % 10 == 0:
             print(f"  validation {detr_box_ap(model, val, Path(scenes) / 'val', processor)}", flush=True)
     calibrate_backbone(model, calibration)
-    model.config.auxiliary_loss = False
-    quality = detr_box_ap(model, val, Path(scenes) / "val", processor)
+    cast("DetrForObjectDetection", model).config.auxiliary_loss = False
+    quality: Dict[str, Any] = detr_box_ap(model, val, Path(scenes) / "val", processor)
     quality["check_subset_AP50"] = detr_box_ap(model, val, Path(scenes) / "val", processor, DETR_CHECK_SCENES)["bbox_AP50"]
     quality.update(train_seconds=round(time.perf_counter() - started, 1), seed=seed, epochs=epochs, lr=lr, clip=clip,
                    torch_threads=torch.get_num_threads(), limit=limit)
