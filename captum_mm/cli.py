@@ -4,6 +4,7 @@ import argparse
 import contextlib
 import os
 import shlex
+import time
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
@@ -37,30 +38,54 @@ def method_name(text: str) -> str:
         raise argparse.ArgumentTypeError(f"unknown method {text!r}; choose from {names}") from None
 
 
-def _cpus_and_load() -> Tuple[int, float]:
-    """The CPUs this process may run on, and the 1-minute load average (0 where the system has none)."""
+def _cpu_times() -> Tuple[int, int, int]:
+    """From /proc/stat: jiffies spent busy and in total over all CPUs, and the number of CPUs."""
+    with open("/proc/stat") as stat:
+        lines = stat.read().splitlines()
+    fields = [int(value) for value in lines[0].split()[1:9]]  # user nice system idle iowait irq softirq steal
+    idle = fields[3] + fields[4]
+    cpus = sum(line.startswith("cpu") and line[3:4].isdigit() for line in lines)
+    return sum(fields) - idle, sum(fields), cpus
+
+
+def _busy_cpus(interval: float = 0.5) -> float:
+    """CPUs kept busy by other processes right now, from two samples of /proc/stat ``interval`` seconds
+    apart (this process is idle meanwhile); the 1-minute load average where there is no /proc/stat
+    (it lags: a process that just ended still counts)."""
+    try:
+        busy, total, cpus = _cpu_times()
+        time.sleep(interval)
+        busy_after, total_after, _ = _cpu_times()
+    except OSError:
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return cpus * (busy_after - busy) / max(total_after - total, 1)
+
+
+def _cpus_and_busy() -> Tuple[int, float]:
+    """The CPUs this process may run on, and how many CPUs other work keeps busy."""
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return available, os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return available, _busy_cpus()
 
 
-def automatic_threads() -> int:
-    """The CPUs available less those kept busy by other processes (the 1-minute load), at least 1:
-    more torch threads than free cores stall at every parallel region."""
-    available, load = _cpus_and_load()
-    return max(1, available - round(load))
+def automatic_threads(available: int, busy: float) -> int:
+    """The CPUs available less those kept busy by other processes, at least 1: more torch threads than
+    free cores stall at every parallel region."""
+    return max(1, available - round(busy))
 
 
 def set_threads(requested: Optional[int]) -> int:
     """Run torch on ``requested`` threads (``None``: :func:`automatic_threads`), one inter-op thread; print the choice."""
-    threads = requested or automatic_threads()
+    if requested:
+        threads, how = requested, "as asked"
+    else:
+        available, busy = _cpus_and_busy()
+        threads, how = automatic_threads(available, busy), f"automatic: {available} CPUs available, {busy:.1f} busy with other work"
     torch.set_num_threads(threads)
     if torch.get_num_interop_threads() != 1:
         try:
             torch.set_num_interop_threads(1)
         except RuntimeError:  # fixed by earlier parallel work in this process (main() called from Python)
             pass
-    available, load = _cpus_and_load()
-    how = "as asked" if requested else f"automatic: {available} CPUs available, 1-minute load {load:.1f}"
     print(f"torch threads: {threads} ({how})", flush=True)
     return threads
 
@@ -185,7 +210,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     study.add_argument("--gallery", type=positive_count, default=4, help="questions in the gallery figure")
     study.add_argument("--seed", type=int, default=0, help="picks the questions and scenes")
     study.add_argument("--threads", type=positive_count,
-                       help="torch threads (default: automatic, the CPUs available less the 1-minute load of others)")
+                       help="torch threads (default: automatic, the CPUs available less those other processes keep busy)")
     study.add_argument("--checkpoint", action="append", metavar="NAME=PATH", help="use your own checkpoint for NAME")
     study.add_argument("--images-dir", help="your own COCO-format image folder for the DETR test")
     study.add_argument("--annotations", help="its instances json")

@@ -1,9 +1,13 @@
 import os
 import re
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
+from captum_mm import cli
 from captum_mm.attr.catalog import ABLATIONS, PAPER_METHODS, method_alias, select_methods
 from captum_mm.cli import automatic_threads, main, method_name, set_threads
 
@@ -82,16 +86,30 @@ def test_methods_are_taken_by_alias():
     assert len(set(aliases)) == len(aliases) and all(re.fullmatch(r"[a-z0-9-]+", alias) for alias in aliases)
 
 
-@pytest.mark.parametrize("cpus, load, threads", [(4, 0.2, 4), (4, 1.4, 3), (2, 1.6, 1), (2, 7.0, 1)])
-def test_automatic_threads_leave_the_cores_busy_elsewhere_alone(monkeypatch, cpus, load, threads):
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
-    monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
-    assert automatic_threads() == threads
+@pytest.mark.parametrize("cpus, busy, threads", [(4, 0.2, 4), (4, 1.4, 3), (2, 1.6, 1), (2, 7.0, 1)])
+def test_automatic_threads_leave_the_cores_busy_elsewhere_alone(cpus, busy, threads):
+    assert automatic_threads(cpus, busy) == threads
+
+
+def test_busy_cpus_from_two_samples_of_proc_stat(monkeypatch):
+    samples = iter([(1000, 4000, 2), (1100, 4200, 2)])  # 100 of 200 jiffies busy on 2 CPUs: one CPU busy
+    monkeypatch.setattr(cli, "_cpu_times", lambda: next(samples))
+    assert cli._busy_cpus(interval=0.0) == pytest.approx(1.0)
+
+
+def test_busy_cpus_sees_a_busy_process():
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        assert cli._busy_cpus() > 0.6
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def test_set_threads_prints_its_choice(monkeypatch, capsys):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 0.0, 0.0))
+    monkeypatch.setattr(cli, "_busy_cpus", lambda: 1.2)
     try:
         assert set_threads(None) == 2 and torch.get_num_threads() == 2
         assert set_threads(1) == 1 and torch.get_num_threads() == 1
@@ -99,7 +117,7 @@ def test_set_threads_prints_its_choice(monkeypatch, capsys):
         torch.set_num_threads(1)
     assert torch.get_num_interop_threads() == 1
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].startswith("torch threads: 2 (automatic: ") and "1-minute load 1.2" in printed[0]
+    assert printed[0] == "torch threads: 2 (automatic: 3 CPUs available, 1.2 busy with other work)"
     assert printed[1] == "torch threads: 1 (as asked)"
 
 
