@@ -24,7 +24,7 @@ from captum_mm.attr._checks import (
 )
 from captum_mm.lrp import LRPState, RuleSet, attention_relevance, lrp_rules
 from captum_mm.models import ArchitectureAdapter, TargetSelection, adapter_for, capture_attention
-from captum_mm.models.capture import AttentionRecord
+from captum_mm.models.capture import AttentionCall, AttentionRecord
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
 
 
@@ -110,15 +110,16 @@ def forward_pass(
     warn_if_training(model)
     with ExitStack() as stack:
         stack.enter_context(torch.set_grad_enabled(needs.backward))
+        specs = adapter.attention_specs()
         record = stack.enter_context(
             capture_attention(
-                model, adapter.sites(), adapter.check_arguments, adapter.extra_hooks, needs.backward,
-                adapter.gradient_free_modules(),
+                model, specs, adapter.check_arguments, adapter.extra_hooks, needs.backward, adapter.gradient_free_modules()
             )
         )
         lrp = None
         if needs.relevance:
-            lrp = stack.enter_context(lrp_rules(model, adapter.lrp_structure(), rules or adapter.default_rules()))
+            structure, rules = adapter.lrp_structure(), rules or adapter.default_rules()
+            lrp = stack.enter_context(lrp_rules(model, structure, rules, specs, record))
         output = run_forward(forward_func, (*inputs, *additional), method)
         if not record.arguments:
             raise ValueError(
@@ -147,13 +148,14 @@ def fused_maps(
     alive at a time. ``vectorized`` overrides that choice.
     """
     schedule, selection = forward.schedule, forward.selection
-    probs = [forward.record.calls[event.call].probs for event in events]
+    calls = [forward.record.calls[event.call] for event in events]
+    probs = [call.probs for call in calls]
     valid = [schedule.masks[e.query][:, :, None] & schedule.masks[e.key][:, None, :] for e in events]
     for event, p, v in zip(events, probs, valid):
         check_finite_map(p, v, selection.sample, event.name)
     names = [event.name for event in events]
     if needs.backward:
-        fused = _fused_from_backward(forward, probs, names, valid, fuse, needs, vectorized)
+        fused = _fused_from_backward(forward, calls, names, valid, fuse, needs, vectorized)
     else:
         fused = [fuse(AttentionBundle(_take(exact(p), selection.sample), None, None, v)) for p, v in zip(probs, valid)]
     return {event.call: values * mask for event, values, mask in zip(events, fused, valid)}
@@ -161,7 +163,7 @@ def fused_maps(
 
 def _fused_from_backward(
     forward: ForwardPass,
-    probs: List[Tensor],
+    calls: List[AttentionCall],
     names: List[str],
     valid: List[Tensor],
     fuse: Callable[[AttentionBundle], Tensor],
@@ -169,6 +171,7 @@ def _fused_from_backward(
     vectorized: Optional[bool],
 ) -> List[Tensor]:
     logits, selection = forward.logits, forward.selection
+    probs = [call.probs for call in calls]
     check_connected(logits, forward.method)
     seeds = selection.grad_outputs
     slots = torch.arange(seeds.shape[0], device=seeds.device)
@@ -179,15 +182,16 @@ def _fused_from_backward(
         grads: List[Optional[Tensor]] = [None] * len(probs)
         if needs.gradients:
             grads = list(attention_gradients(logits, probs, seeds[chunk], retain_graph=True, names=names))
-        relevance = {}
+        relevance: List[Optional[Tensor]] = [None] * len(probs)
         if needs.relevance:
             assert forward.lrp is not None
-            relevance = attention_relevance(forward.lrp, *forward.adapter.lrp_start(forward.lrp, logits, seeds[chunk]))
+            starts = forward.adapter.lrp_start(forward.lrp, logits, seeds[chunk])
+            relevance = attention_relevance(forward.lrp, calls, *starts)
         members = torch.isin(selection.slot, chunk)
         position, sample = selection.slot[members] - chunk[0], selection.sample[members]
         for index, p in enumerate(probs):
             gradient, grads[index] = grads[index], None
-            relevant = relevance.pop(id(p), None)
+            relevant, relevance[index] = relevance[index], None
             if needs.relevance and relevant is None:
                 raise RuntimeError(
                     f"No LRP relevance reaches the attention map {names[index]}: the explained output does not "

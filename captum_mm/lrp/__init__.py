@@ -1,11 +1,9 @@
 """LRP for unmodified transformers, as modified gradients applied inside a context manager."""
 
 from captum_mm.lrp.composite import (
-    AttentionRuleSite,
     LRPState,
     LRPStructure,
     ResidualRuleSite,
-    TensorSource,
     attention_relevance,
     lrp_rules,
     relevance_seed,
@@ -14,7 +12,6 @@ from captum_mm.lrp.rules import AlphaBeta, Epsilon, HalvedAttention, PassThrough
 
 __all__ = [
     "AlphaBeta",
-    "AttentionRuleSite",
     "Epsilon",
     "HalvedAttention",
     "LRPState",
@@ -23,7 +20,6 @@ __all__ = [
     "ProportionalResidual",
     "ResidualRuleSite",
     "RuleSet",
-    "TensorSource",
     "attention_relevance",
     "lrp_rules",
     "relevance_seed",

@@ -6,8 +6,9 @@ passes the ordinary gradient to the original computation (*gradient mode*) or
 hands its rule's modified gradients straight to the site's inputs (*relevance
 mode*, see :mod:`captum_mm.lrp.rules`). So one forward pass serves an ordinary
 backward (gradients of the attention maps) and an LRP backward (their relevance).
-Each attention site also takes a *probe*, a zero tensor shaped like its map,
-whose "gradient" in relevance mode is the relevance ``R_A`` at the map.
+Each attention module (an :class:`~captum_mm.spec.AttentionSpec` with its ``parts``) also
+gives each of its recorded calls a *probe*, a zero tensor shaped like its map, whose
+"gradient" in relevance mode is the relevance ``R_A`` at the map.
 
 The rules compute in float32 for half-precision models (see :mod:`captum_mm._precision`):
 they receive ``x``, ``out`` and ``g`` in float32 (weights stay in the model's dtype), the
@@ -20,7 +21,7 @@ Everything is registered as hooks whose handles are removed on exit, also on err
 import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -29,39 +30,10 @@ from torch.utils.hooks import RemovableHandle
 from captum_mm.lrp.rules import RuleSet, safe_divide
 from captum_mm._handles import ForwardHook, ForwardPreHook, HandleList, KwargsPreHook
 from captum_mm._precision import accumulation_dtype, exact
+from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource
 
-
-@dataclass(frozen=True)
-class TensorSource:
-    """Where a tensor of the forward pass comes from: a module's output, or one of its arguments."""
-
-    module: nn.Module
-    argument: Optional[str] = None  # name of a forward argument; None: the output
-    index: Optional[int] = None  # element of a tuple output
-
-
-@dataclass(frozen=True)
-class AttentionRuleSite:
-    """An attention module whose first output is ``softmax(Q K^T) V`` (optionally projected).
-
-    Attributes:
-        module (nn.Module): The attention module; its first output is replaced.
-        query, key, value (nn.Linear): The projections producing Q, K and V.
-        probs (TensorSource): Where the attention probabilities are produced.
-        heads (int): Number of heads.
-        projection (nn.Linear, optional): Output projection applied inside ``module``.
-        inputs (tuple): ``(linear, source)`` pairs: the input of ``linear`` is ``source``
-                    plus a position embedding, which receives no relevance.
-    """
-
-    module: nn.Module
-    query: nn.Linear
-    key: nn.Linear
-    value: nn.Linear
-    probs: TensorSource
-    heads: int
-    projection: Optional[nn.Linear] = None
-    position_inputs: Tuple[Tuple[nn.Linear, TensorSource], ...] = ()
+if TYPE_CHECKING:  # the capture module's package imports this one
+    from captum_mm.models.capture import AttentionCall, AttentionRecord
 
 
 @dataclass(frozen=True)
@@ -81,9 +53,9 @@ class ResidualRuleSite:
 
 @dataclass
 class LRPStructure:
-    """What an adapter declares for LRP; linear and elementwise modules are found by type."""
+    """What an adapter declares for LRP besides its attention specs; linear and elementwise modules
+    are found by type."""
 
-    attention: List[AttentionRuleSite]
     residuals: List[ResidualRuleSite]
     pass_through_types: Tuple[type, ...] = ()
 
@@ -101,10 +73,9 @@ class _Mode:
 
 @dataclass
 class LRPState:
-    """The mode shared by all rule sites, and the probes of the attention maps in forward order."""
+    """The mode shared by all rule sites (attention maps get their probes on their recorded calls)."""
 
     mode: _Mode = field(default_factory=_Mode)
-    probes: List[Tuple[Tensor, Tensor]] = field(default_factory=list)  # (attention map, probe)
     linear_io: Dict[int, Tuple[Tensor, Tensor]] = field(default_factory=dict)  # id(linear): (input, switched output)
 
     def output_of(self, linear: nn.Linear) -> Tensor:
@@ -189,40 +160,52 @@ def _replace_first(output: Any, value: Tensor) -> Any:
 
 
 @contextmanager
-def lrp_rules(model: nn.Module, structure: LRPStructure, rules: Optional[RuleSet] = None) -> Iterator[LRPState]:
+def lrp_rules(
+    model: nn.Module,
+    structure: LRPStructure,
+    rules: Optional[RuleSet] = None,
+    attention: Sequence[AttentionSpec] = (),
+    record: Optional["AttentionRecord"] = None,
+) -> Iterator[LRPState]:
     """Install ``rules`` on ``model`` for the duration of the ``with`` block.
 
+    Args:
+        attention (sequence of AttentionSpec): The attention modules, each with its ``parts``.
+        record (AttentionRecord): Where ``capture_attention`` (entered first) records their calls;
+                    each call gets the probe that receives its map's relevance.
+
     Yields:
-        LRPState: set ``relevance_mode()`` around the LRP backward; its ``probes``
-        receive the relevance of each attention map.
+        LRPState: set ``relevance_mode()`` around the LRP backward.
     """
     rules = rules or RuleSet()
     state, handles = LRPState(), HandleList()
     recorder = _Recorder(state.linear_io)
-    attention_parts = {id(m) for site in structure.attention for m in _probability_modules(site)}
+    missing = [spec.name for spec in attention if spec.parts is None]
+    if missing or (attention and record is None):
+        raise ValueError(
+            f"LRP needs every attention module's projections (AttentionSpec.parts), missing for {missing}, and the "
+            "capture record its calls are kept in."
+        )
+    attention_parts = {id(spec.probs.module) for spec in attention if spec.probs.module is not spec.module}
     try:
         for module in model.modules():
             if isinstance(module, nn.Linear):
                 handles.append(module.register_forward_hook(_linear_hook(state, rules, recorder)))
             elif id(module) not in attention_parts and _is_pass_through(module, structure.pass_through_types):
                 handles.append(module.register_forward_hook(_pass_hook(state, rules)))
-        for site in structure.attention:
-            for linear, source in site.position_inputs:
+        for spec in attention:
+            parts = cast(AttentionParts, spec.parts)
+            for linear, source in parts.position_inputs:
                 handles.append(linear.register_forward_pre_hook(_position_hook(state, recorder, source)))
-            handles.append(site.module.register_forward_hook(_attention_hook(state, rules, recorder, site)))
+            handles.append(spec.module.register_forward_hook(_attention_hook(state, rules, cast("AttentionRecord", record), spec)))
         for residual in structure.residuals:
             handles.append(_residual_hook(state, rules, recorder, residual))
-        sources = [site.probs for site in structure.attention if site.probs.module is not site.module]
-        sources += [source for site in structure.attention for _, source in site.position_inputs]
+        sources = [source for spec in attention for _, source in cast(AttentionParts, spec.parts).position_inputs]
         sources += [s for site in structure.residuals for s in (site.branch, site.skip)]
         handles.extend(recorder.hooks(sources))
         yield state
     finally:
         handles.remove()
-
-
-def _probability_modules(site: AttentionRuleSite) -> List[nn.Module]:
-    return [site.probs.module] if site.probs.module is not site.module else []
 
 
 def _linear_hook(state: LRPState, rules: RuleSet, recorder: _Recorder) -> Callable[[nn.Linear, Tuple[Any, ...], Tensor], Tensor]:
@@ -260,15 +243,19 @@ def _split_heads(tensor: Tensor, heads: int) -> Tensor:
     return tensor.reshape(*tensor.shape[:-1], heads, -1).transpose(-2, -3)
 
 
-def _attention_hook(state: LRPState, rules: RuleSet, recorder: _Recorder, site: AttentionRuleSite) -> ForwardHook:
+def _attention_hook(state: LRPState, rules: RuleSet, record: "AttentionRecord", spec: AttentionSpec) -> ForwardHook:
+    """The attention rule at ``spec.module``'s first output; the probe goes to the call just recorded
+    (its probabilities were recorded before the module returned)."""
+    parts = cast(AttentionParts, spec.parts)
+
     def hook(module: nn.Module, args: Tuple[Any, ...], output: Any) -> Any:
-        query, key, value = (recorder.linear_io[id(linear)][1] for linear in (site.query, site.key, site.value))
-        attention = output[site.probs.index] if site.probs.module is site.module else recorder.get(site.probs)
+        query, key, value = (state.linear_io[id(linear)][1] for linear in (parts.query, parts.key, parts.value))
+        call = record.latest(spec)
+        attention = call.probs
         dtype = accumulation_dtype(attention.dtype)
-        probe = torch.zeros((), dtype=dtype, device=attention.device, requires_grad=True).expand(attention.shape)
-        state.probes.append((attention, probe))
-        projection = (site.projection, recorder.linear_io[id(site.projection)]) if site.projection is not None else None
-        heads = site.heads
+        call.probe = torch.zeros((), dtype=dtype, device=attention.device, requires_grad=True).expand(attention.shape)
+        projection = (parts.projection, state.linear_io[id(parts.projection)]) if parts.projection is not None else None
+        heads = parts.heads
 
         def rule(g: Tensor) -> Tuple[Tensor, ...]:
             if projection is not None:
@@ -280,7 +267,7 @@ def _attention_hook(state: LRPState, rules: RuleSet, recorder: _Recorder, site: 
             return (*merged, relevance)
 
         first = output[0] if isinstance(output, tuple) else output
-        return _replace_first(output, _Switch.apply(first, state.mode, rule, query, key, value, probe))
+        return _replace_first(output, _Switch.apply(first, state.mode, rule, query, key, value, call.probe))
 
     return hook
 
@@ -315,24 +302,24 @@ def relevance_seed(logits: Tensor, one_hot: Tensor) -> Tensor:
 
 
 def attention_relevance(
-    state: LRPState, outputs: Tuple[Tensor, ...], grad_outputs: Tuple[Tensor, ...]
-) -> Dict[int, Tensor]:
+    state: LRPState, calls: Sequence["AttentionCall"], outputs: Tuple[Tensor, ...], grad_outputs: Tuple[Tensor, ...]
+) -> List[Optional[Tensor]]:
     """One LRP backward from ``outputs`` (seeded by the modified gradients ``grad_outputs``,
-    ``[K, *output.shape]`` for ``K`` slots): ``R_A`` per attention map that the outputs depend on
-    (keyed by ``id`` of the map), ``[K, B, H, Nq, Nk]``."""
-    maps, probes = [m for m, _ in state.probes], [p for _, p in state.probes]
+    ``[K, *output.shape]`` for ``K`` slots): ``R_A`` of each call's map, ``[K, B, H, Nq, Nk]``, or
+    None for a map the outputs do not depend on (e.g. one captured inside a compiled graph)."""
+    probes = [call.probe for call in calls]
     if not probes:
-        return {}
-    slots = grad_outputs[0].shape[0]
-    batched = slots > 1
+        return []
+    if any(probe is None for probe in probes):
+        raise RuntimeError("LRP relevance was asked of attention calls made without LRP rules installed.")
+    batched = grad_outputs[0].shape[0] > 1
     with state.relevance_mode():
         found = torch.autograd.grad(
             outputs,
-            probes,
+            cast(List[Tensor], probes),
             grad_outputs=grad_outputs if batched else tuple(g[0] for g in grad_outputs),
             is_grads_batched=batched,
             allow_unused=True,
             retain_graph=True,
         )
-    # a map the outputs do not depend on (e.g. one captured inside a compiled graph) is left out
-    return {id(attention): value if batched else value[None] for attention, value in zip(maps, found) if value is not None}
+    return [None if value is None else value if batched else value[None] for value in found]

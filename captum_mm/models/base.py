@@ -7,10 +7,11 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from captum_mm.lrp.composite import AttentionRuleSite, LRPState, LRPStructure, ResidualRuleSite, TensorSource, relevance_seed
+from captum_mm.lrp.composite import LRPState, LRPStructure, ResidualRuleSite, relevance_seed
 from captum_mm.lrp.rules import RuleSet
-from captum_mm.models.capture import AttentionRecord, AttentionSite
-from captum_mm.relevance.schedule import Schedule
+from captum_mm.models.capture import AttentionRecord
+from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule
+from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource
 
 
 @dataclass
@@ -43,8 +44,8 @@ class ArchitectureAdapter:
     """Knows one model family: where attention happens and in which order the rules apply.
 
     Subclasses declare the HF classes they serve in ``model_classes`` and implement
-    :meth:`sites`, :meth:`check_arguments` and :meth:`schedule`. They never import
-    methods.
+    :meth:`attention_specs`, :meth:`check_arguments` and :meth:`schedule` (and, for LRP,
+    :meth:`lrp_structure`). They never import methods.
     """
 
     model_classes: Tuple[type, ...] = ()
@@ -58,7 +59,8 @@ class ArchitectureAdapter:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
 
-    def sites(self) -> List[AttentionSite]:
+    def attention_specs(self) -> List[AttentionSpec]:
+        """One spec per attention module: capture, schedule roles and LRP sites derive from it."""
         raise NotImplementedError
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
@@ -75,7 +77,7 @@ class ArchitectureAdapter:
         raise NotImplementedError
 
     def lrp_structure(self) -> LRPStructure:
-        """Attention and residual sites for LRP (see :mod:`captum_mm.lrp.composite`)."""
+        """Residual sites and pass-through modules for LRP (see :mod:`captum_mm.lrp.composite`)."""
         raise NotImplementedError(f"{type(self).__name__} does not declare its LRP structure.")
 
     def default_rules(self) -> RuleSet:
@@ -106,23 +108,6 @@ class ArchitectureAdapter:
     def per_sample_outputs(self, logits: Tensor) -> Tensor:
         """``[B, ...]``: the outputs each sample's explanation depends on (checked to be finite)."""
         return logits
-
-    def named_sites(self, root: nn.Module, suffix_reads: Sequence[Tuple[str, Any]]) -> List[AttentionSite]:
-        """Sites for every module of ``root`` whose name ends with one of the given suffixes."""
-        prefix = _name_of(self.model, root)
-        found = []
-        for name, module in root.named_modules():
-            for suffix, read in suffix_reads:
-                if name.endswith(suffix):
-                    found.append(AttentionSite(prefix + name, module, read))
-        return found
-
-
-def _name_of(model: nn.Module, module: nn.Module) -> str:
-    for name, candidate in model.named_modules():
-        if candidate is module:
-            return name + "." if name else ""
-    raise ValueError("module is not part of the model")
 
 
 def _class_targets(target: Any, batch_size: int) -> Tensor:
@@ -202,29 +187,43 @@ def dropout_probabilities(module: nn.Module) -> TensorSource:
     return TensorSource(cast(nn.Module, module.dropout))
 
 
-def second_output(module: nn.Module) -> TensorSource:
-    """Attention-interface modules under eager attention return the probabilities second."""
-    return TensorSource(module, index=1)
-
-
-def bert_like_lrp_structure(
-    model: nn.Module,
-    attention_class: type,
-    output_classes: Tuple[type, ...],
-    pass_through_types: Tuple[type, ...] = (),
-    probabilities: Callable[[nn.Module], TensorSource] = dropout_probabilities,
-) -> LRPStructure:
-    """LRP sites of post-norm BERT-style layers: attention modules with ``query``/``key``/``value``
-    linears; output modules computing ``LayerNorm(dropout(dense(hidden_states)) + input_tensor)``."""
-    attention = [
-        AttentionRuleSite(m, m.query, m.key, m.value, probabilities(m), m.num_attention_heads)
-        for m in _modules_of(model, attention_class)
+def attention_specs_in(
+    root: nn.Module,
+    classes: type | Tuple[type, ...],
+    roles: Tuple[Tuple[str, str], ...],
+    parts: Callable[[Any], AttentionParts],
+    probs: Callable[[Any], TensorSource] = lambda module: TensorSource(module, index=1),
+    names: Optional[Mapping[nn.Module, str]] = None,
+) -> List[AttentionSpec]:
+    """Specs of the attention modules of these classes under ``root``, all with the same ``roles``;
+    ``names`` maps modules to their names in the explained model (default: names under ``root``).
+    By default the probabilities are the modules' second output (HF attention-interface modules
+    under eager attention)."""
+    names = names or {module: name for name, module in root.named_modules()}
+    return [
+        AttentionSpec(names[module], module, probs(module), roles, parts=parts(module))
+        for module in root.modules() if isinstance(module, classes)
     ]
+
+
+def qkv_parts(module: Any) -> AttentionParts:
+    """BERT-style attention: ``query``/``key``/``value`` linears, no output projection inside."""
+    return AttentionParts(module.query, module.key, module.value, module.num_attention_heads)
+
+
+def projected_parts(module: Any, heads: int, projection: nn.Linear) -> AttentionParts:
+    """Attention-interface modules: ``q_proj``/``k_proj``/``v_proj`` and an output projection inside."""
+    return AttentionParts(module.q_proj, module.k_proj, module.v_proj, heads, projection=projection)
+
+
+def post_norm_residuals(model: nn.Module, output_classes: Tuple[type, ...], pass_through_types: Tuple[type, ...] = ()) -> LRPStructure:
+    """Residual sites of post-norm BERT-style layers: output modules computing
+    ``LayerNorm(dropout(dense(hidden_states)) + input_tensor)``."""
     residuals = [
         ResidualRuleSite(TensorSource(m.LayerNorm, "input"), TensorSource(m.dropout), TensorSource(m, "input_tensor"))
         for m in _modules_of(model, output_classes)
     ]
-    return LRPStructure(attention, residuals, pass_through_types)
+    return LRPStructure(residuals, pass_through_types)
 
 
 def _modules_of(model: nn.Module, classes: type | Tuple[type, ...]) -> List[Any]:
@@ -232,29 +231,41 @@ def _modules_of(model: nn.Module, classes: type | Tuple[type, ...]) -> List[Any]
     return [m for m in model.modules() if isinstance(m, classes)]
 
 
-def pre_norm_residuals(
-    layer: nn.Module, second_norm: nn.Module, attention: nn.Module, total: TensorSource, branch: TensorSource
-) -> List[ResidualRuleSite]:
-    """The two residual additions of a pre-norm layer (ViT, CLIP, ViLT):
-    ``middle = attention(norm1(x)) + x`` (seen as ``second_norm``'s input) and
-    ``total = branch + middle`` (the MLP block's addition)."""
-    middle = TensorSource(second_norm, "input")
-    return [
-        ResidualRuleSite(middle, TensorSource(attention, index=0), TensorSource(layer, "hidden_states")),
-        ResidualRuleSite(total, branch, middle),
-    ]
+def mlp_output(layer: Any) -> Tuple[TensorSource, TensorSource]:
+    """The MLP addition of ViT-style layers: the layer's output, the ``mlp``'s output its branch."""
+    return TensorSource(layer), TensorSource(layer.mlp)
 
 
-def single_modality_schedule(
-    record: AttentionRecord, selection: TargetSelection, modality: str, mask: Tensor, outputs: Dict[str, Any]
+def pre_norm_structure(
+    model: nn.Module,
+    layer_class: type,
+    second_norm: str,
+    attention: str,
+    mlp_addition: Callable[[Any], Tuple[TensorSource, TensorSource]] = mlp_output,
+) -> LRPStructure:
+    """The two residual additions of every pre-norm layer (ViT, CLIP, ViLT):
+    ``middle = attention(norm1(x)) + x``, seen as the input of the layer's ``second_norm``, and
+    ``total = branch + middle``, where ``mlp_addition(layer)`` gives ``(total, branch)``."""
+    residuals = []
+    for layer in _modules_of(model, layer_class):
+        middle, (total, branch) = TensorSource(getattr(layer, second_norm), "input"), mlp_addition(layer)
+        residuals += [
+            ResidualRuleSite(middle, TensorSource(getattr(layer, attention), index=0), TensorSource(layer, "hidden_states")),
+            ResidualRuleSite(total, branch, middle),
+        ]
+    return LRPStructure(residuals)
+
+
+def forward_order_schedule(
+    record: AttentionRecord, selection: TargetSelection, masks: Dict[str, Tensor], outputs: Dict[str, Readout]
 ) -> Schedule:
-    """A self-attention-only schedule: every recorded call is Eq. 6 on ``modality``, in forward order."""
-    from captum_mm.relevance.schedule import AttentionEvent
-
-    steps: List[Tuple[AttentionEvent, ...]] = [(AttentionEvent(index, modality, modality, call.site),) for index, call in enumerate(record.calls)]
+    """Every recorded call one step, in forward order, with its declared roles (self-attention
+    models, CLIP's towers, DETR); ``masks`` are ``[B, N]`` per modality."""
+    steps: List[Tuple[AttentionEvent, ...]] = [(event,) for event in record.events()]
     return Schedule(
-        sizes={modality: mask.shape[1]}, masks={modality: mask[selection.sample]}, steps=steps, outputs=outputs,
-        element_sample=selection.sample,
+        sizes={name: mask.shape[1] for name, mask in masks.items()},
+        masks={name: mask[selection.sample] for name, mask in masks.items()},
+        steps=steps, outputs=outputs, element_sample=selection.sample,
     )
 
 

@@ -6,7 +6,7 @@ its own entry. Capture: the attention modules return the probabilities second un
 eager attention.
 """
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 from transformers import BertForNextSentencePrediction, BertForSequenceClassification, BertModel
@@ -17,17 +17,19 @@ from captum_mm.models.base import (
     TEXT_ARGUMENTS,
     ArchitectureAdapter,
     TargetSelection,
-    bert_like_lrp_structure,
+    attention_specs_in,
     check_batch_sizes,
     check_text_arguments,
-    second_output,
-    single_modality_schedule,
+    forward_order_schedule,
+    post_norm_residuals,
+    qkv_parts,
     text_tokens,
     token_mask,
 )
-from captum_mm.models.capture import AttentionRecord, AttentionSite
+from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import Readout, Schedule
+from captum_mm.spec import AttentionSpec, self_attention
 
 TEXT = "text"
 
@@ -37,9 +39,12 @@ class BertAdapter(ArchitectureAdapter):
     model_classes = (BertModel, BertForSequenceClassification, BertForNextSentencePrediction)
     argument_outputs = TEXT_ARGUMENTS
     outputs = (TEXT,)
+    #: A family with BERT's layout under other class names (RoBERTa) changes only these.
+    attention_classes: Tuple[type, ...] = (BertSelfAttention,)
+    output_classes: Tuple[type, ...] = (BertSelfOutput, BertOutput)
 
-    def sites(self) -> List[AttentionSite]:
-        return self.named_sites(self.model, [(".attention.self", lambda output: output[1])])
+    def attention_specs(self) -> List[AttentionSpec]:
+        return attention_specs_in(self.model, self.attention_classes, self_attention(TEXT), qkv_parts)
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
         check_text_arguments(arguments, "BERT")
@@ -50,9 +55,7 @@ class BertAdapter(ArchitectureAdapter):
         text = text_tokens(arguments)
         mask = token_mask(arguments.get("attention_mask"), text.shape[0], text.shape[1], text.device)
         readout = {TEXT: Readout(TEXT, torch.zeros_like(selection.sample), TEXT)}
-        return single_modality_schedule(record, selection, TEXT, mask, readout)
+        return forward_order_schedule(record, selection, {TEXT: mask}, readout)
 
     def lrp_structure(self) -> LRPStructure:
-        return bert_like_lrp_structure(
-            self.model, BertSelfAttention, (BertSelfOutput, BertOutput), probabilities=second_output
-        )
+        return post_norm_residuals(self.model, self.output_classes)

@@ -16,33 +16,35 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from captum_mm._handles import HandleList, Restore
+from captum_mm.relevance.schedule import AttentionEvent
+from captum_mm.spec import AttentionSpec
 
 EAGER = "eager"
 
 
-@dataclass(frozen=True)
-class AttentionSite:
-    """A module whose forward output holds attention probabilities.
-
-    Attributes:
-        name (str): Module name relative to the explained model.
-        module (nn.Module): The module to hook.
-        read (Callable): Maps the module's output to probabilities ``[B, H, Nq, Nk]``
-                    (or ``None`` when the current implementation hides them).
-    """
-
-    name: str
-    module: nn.Module
-    read: Callable[[Any], Optional[Tensor]]
-
-
 @dataclass
 class AttentionCall:
-    """One recorded attention call: the site, its call count, and the live probabilities."""
+    """One recorded attention call: the module's spec, its call count in this forward pass, the live
+    probabilities and, when LRP rules are installed, the probe receiving their relevance."""
 
-    site: str
+    spec: AttentionSpec
     count: int
     probs: Tensor
+    probe: Optional[Tensor] = None
+
+    @property
+    def site(self) -> str:
+        return self.spec.name
+
+    @property
+    def name(self) -> str:
+        """The site, and the direction when the module serves several (LXMERT's cross-attention)."""
+        return self.site if len(self.spec.roles) == 1 else f"{self.site} {'->'.join(self.roles)}"
+
+    @property
+    def roles(self) -> Tuple[str, str]:
+        """``(query, key)`` modalities of this call."""
+        return self.spec.role(self.count)
 
 
 @dataclass
@@ -53,9 +55,13 @@ class AttentionRecord:
     arguments: Dict[str, Any] = field(default_factory=dict)
     extras: Dict[str, Any] = field(default_factory=dict)
 
-    def of_site(self, prefix: str) -> List[int]:
-        """Indices of the calls whose site name starts with ``prefix``."""
-        return [i for i, call in enumerate(self.calls) if call.site.startswith(prefix)]
+    def events(self) -> List[AttentionEvent]:
+        """Every call as a schedule event with its declared roles, in forward order."""
+        return [AttentionEvent(index, *call.roles, call.name) for index, call in enumerate(self.calls)]
+
+    def latest(self, spec: AttentionSpec) -> AttentionCall:
+        """The most recent call of ``spec``'s module."""
+        return next(call for call in reversed(self.calls) if call.spec is spec)
 
 
 def _configs_of(model: nn.Module) -> List[Any]:
@@ -118,27 +124,27 @@ def _record_arguments(model: nn.Module, record: AttentionRecord, check: Callable
     return model.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
 
-def _record_site(site: AttentionSite, record: AttentionRecord) -> RemovableHandle:
+def _record_calls(spec: AttentionSpec, record: AttentionRecord) -> RemovableHandle:
     count = [0]
 
     def hook(module: nn.Module, args: Tuple[Any, ...], output: Any) -> None:
-        probs = site.read(output)
+        probs = spec.probs.of_output(output)
         if probs is None:
             raise RuntimeError(
-                f"Attention module '{site.name}' did not expose its probabilities. captum_mm switches "
+                f"Attention module '{spec.name}' did not expose its probabilities. captum_mm switches "
                 "models to eager attention while explaining; a custom attention implementation that "
                 "returns no weights cannot be explained."
             )
-        record.calls.append(AttentionCall(site.name, count[0], probs))
+        record.calls.append(AttentionCall(spec, count[0], probs))
         count[0] += 1
 
-    return site.module.register_forward_hook(hook)
+    return spec.probs.module.register_forward_hook(hook)
 
 
 @contextmanager
 def capture_attention(
     model: nn.Module,
-    sites: List[AttentionSite],
+    specs: Sequence[AttentionSpec],
     check_arguments: Callable[[Dict[str, Any]], None] = lambda arguments: None,
     extra_hooks: Callable[[AttentionRecord], List[Any]] = lambda record: [],
     with_gradients: bool = True,
@@ -148,7 +154,8 @@ def capture_attention(
 
     Args:
         model (nn.Module): The model being explained; left exactly as it was on exit.
-        sites (list[AttentionSite]): Modules whose outputs hold attention probabilities.
+        specs (sequence of AttentionSpec): The attention modules; each call is recorded where its
+                    probabilities appear.
         check_arguments (Callable): Called with the model's bound forward arguments
                     before the model runs; raises on bad input.
         extra_hooks (Callable): Registers adapter-specific hooks on the model and
@@ -168,7 +175,7 @@ def capture_attention(
         if with_gradients:
             handles.append(require_parameter_gradients(model, gradient_free))
         handles.append(_record_arguments(model, record, check_arguments))
-        handles.extend(_record_site(site, record) for site in sites)
+        handles.extend(_record_calls(spec, record) for spec in specs)
         handles.extend(extra_hooks(record))
         yield record
     finally:

@@ -15,23 +15,26 @@ from types import MappingProxyType
 import torch
 from torch import Tensor
 from transformers import CLIPModel, CLIPTextConfig, CLIPVisionConfig
-from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
 
-from captum_mm.lrp.composite import AttentionRuleSite, LRPState, LRPStructure, TensorSource, relevance_seed
+from captum_mm.lrp.composite import LRPState, LRPStructure, relevance_seed
 from captum_mm.models.base import (
     TEXT_ARGUMENTS,
     ArchitectureAdapter,
     TargetSelection,
+    attention_specs_in,
     check_batch_sizes,
     check_rank,
-    pre_norm_residuals,
+    forward_order_schedule,
+    pre_norm_structure,
+    projected_parts,
     require,
-    second_output,
     token_mask,
 )
-from captum_mm.models.capture import AttentionRecord, AttentionSite
+from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
-from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule
+from captum_mm.relevance.schedule import Readout, Schedule
+from captum_mm.spec import AttentionSpec, module_names, self_attention
 
 TEXT, IMAGE = "text", "image"
 
@@ -43,8 +46,10 @@ class ClipAdapter(ArchitectureAdapter):
     argument_outputs = MappingProxyType({**TEXT_ARGUMENTS, "pixel_values": "image"})
     logit_fields = ("logits_per_image",)
 
-    def sites(self) -> List[AttentionSite]:
-        return self.named_sites(self.model, [(".self_attn", lambda output: output[1])])
+    def attention_specs(self) -> List[AttentionSpec]:  # each tower attends within its own modality
+        names, parts = module_names(self.model), lambda m: projected_parts(m, m.num_heads, m.out_proj)
+        towers = ((self.model.vision_model, IMAGE), (self.model.text_model, TEXT))
+        return [spec for tower, modality in towers for spec in attention_specs_in(tower, CLIPAttention, self_attention(modality), parts, names=names)]
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
         for name, meaning in (("input_ids", "[batch, tokens]"), ("pixel_values", "[batch, channels, height, width]")):
@@ -80,21 +85,12 @@ class ClipAdapter(ArchitectureAdapter):
         grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
         image_mask = torch.ones(pixels.shape[0], 1 + grid[0] * grid[1], dtype=torch.bool, device=pixels.device)
         text_mask = token_mask(arguments.get("attention_mask"), ids.shape[0], ids.shape[1], ids.device)
-        steps: List[Tuple[AttentionEvent, ...]] = []
-        for index, call in enumerate(record.calls):
-            modality = IMAGE if call.site.startswith("vision_model.") else TEXT
-            steps.append((AttentionEvent(index, modality, modality, call.site),))
         cls = torch.zeros_like(selection.sample)
-        return Schedule(
-            sizes={IMAGE: image_mask.shape[1], TEXT: ids.shape[1]},
-            masks={IMAGE: image_mask[selection.sample], TEXT: text_mask[selection.sample]},
-            steps=steps,
-            outputs={
-                IMAGE: Readout(IMAGE, cls, IMAGE, slice(1, None), grid),
-                TEXT: Readout(TEXT, self._end_of_text(ids)[selection.sample], TEXT),
-            },
-            element_sample=selection.sample,
-        )
+        outputs = {
+            IMAGE: Readout(IMAGE, cls, IMAGE, slice(1, None), grid),
+            TEXT: Readout(TEXT, self._end_of_text(ids)[selection.sample], TEXT),
+        }
+        return forward_order_schedule(record, selection, {IMAGE: image_mask, TEXT: text_mask}, outputs)
 
     def lrp_start(self, state: LRPState, logits: Tensor, seeds: Tensor) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
         """LRP enters each tower at its projected embedding, the L2 normalisation passed through as
@@ -109,13 +105,5 @@ class ClipAdapter(ArchitectureAdapter):
         text_grad = torch.einsum("kij,id->kjd", weights, image.detach() / image_norm) / text_norm
         return (image, text), (image_grad, text_grad)
 
-    def lrp_structure(self) -> LRPStructure:
-        attention, residuals = [], []
-        for layer in (m for m in self.model.modules() if isinstance(m, CLIPEncoderLayer)):
-            block = layer.self_attn
-            attention.append(
-                AttentionRuleSite(block, block.q_proj, block.k_proj, block.v_proj, second_output(block), block.num_heads,
-                                  projection=block.out_proj)
-            )
-            residuals += pre_norm_residuals(layer, layer.layer_norm2, block, TensorSource(layer), TensorSource(layer.mlp))
-        return LRPStructure(attention, residuals)
+    def lrp_structure(self) -> LRPStructure:  # pre-norm layers
+        return pre_norm_structure(self.model, CLIPEncoderLayer, "layer_norm2", "self_attn")

@@ -23,19 +23,27 @@ from torch import Tensor, nn
 from transformers import DetrForObjectDetection, DetrModel
 from transformers.models.detr.modeling_detr import DetrCrossAttention, DetrDecoderLayer, DetrEncoderLayer, DetrSelfAttention
 
-from captum_mm.lrp.composite import AttentionRuleSite, LRPStructure, ResidualRuleSite, TensorSource
+from captum_mm.lrp.composite import LRPStructure, ResidualRuleSite
 from captum_mm.lrp.rules import AlphaBeta, RuleSet
 
-from captum_mm.models.base import ArchitectureAdapter, TargetSelection, check_batch_sizes, check_rank, require
-from captum_mm.models.capture import AttentionRecord, AttentionSite
+from captum_mm.models.base import ArchitectureAdapter, TargetSelection, check_batch_sizes, check_rank, forward_order_schedule, require
+from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
-from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule
+from captum_mm.relevance.schedule import Readout, Schedule
+from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource, module_names
 
 IMAGE, QUERY = "image", "query"
 
 
-def _second_output(output: Tuple[Any, ...]) -> Tensor:
-    return output[1]
+def _spec(names: Dict[nn.Module, str], module: DetrSelfAttention | DetrCrossAttention, query: str, key: str) -> AttentionSpec:
+    """Q and K take ``input + position embedding``: the position embedding receives no relevance."""
+    keys = "key_value_states" if isinstance(module, DetrCrossAttention) else "hidden_states"
+    parts = AttentionParts(
+        module.q_proj, module.k_proj, module.v_proj, heads=module.q_proj.out_features // module.head_dim,
+        projection=module.o_proj,
+        position_inputs=((module.q_proj, TensorSource(module, "hidden_states")), (module.k_proj, TensorSource(module, keys))),
+    )
+    return AttentionSpec(names[module], module, TensorSource(module, index=1), ((query, key),), parts=parts)
 
 
 def _query_lists(target: Any, batch_size: int) -> List[List[int]]:
@@ -63,8 +71,13 @@ class DetrAdapter(ArchitectureAdapter):
     def _detr(self) -> DetrModel:
         return cast(DetrModel, getattr(self.model, "model", self.model))
 
-    def sites(self) -> List[AttentionSite]:
-        return self.named_sites(self._detr(), [(suffix, _second_output) for suffix in ("self_attn", "encoder_attn")])
+    def attention_specs(self) -> List[AttentionSpec]:
+        detr: Any = self._detr()
+        names = module_names(self.model)
+        specs = [_spec(names, layer.self_attn, IMAGE, IMAGE) for layer in detr.encoder.layers]
+        for layer in detr.decoder.layers:
+            specs += [_spec(names, layer.self_attn, QUERY, QUERY), _spec(names, layer.encoder_attn, QUERY, IMAGE)]
+        return specs
 
     def extra_hooks(self, record: AttentionRecord) -> List[Any]:
         def keep_feature_mask(module: nn.Module, args: Tuple[Any, ...], output: List[Tuple[Tensor, Tensor]]) -> None:
@@ -85,23 +98,8 @@ class DetrAdapter(ArchitectureAdapter):
         check_batch_sizes(arguments, ("pixel_values", "pixel_mask"))
 
     def lrp_structure(self) -> LRPStructure:
-        attention, residuals = [], []
-        for module in self._detr().modules():
-            if isinstance(module, (DetrSelfAttention, DetrCrossAttention)):
-                keys = "key_value_states" if isinstance(module, DetrCrossAttention) else "hidden_states"
-                attention.append(
-                    AttentionRuleSite(
-                        module, module.q_proj, module.k_proj, module.v_proj, TensorSource(module, index=1),
-                        heads=module.q_proj.out_features // module.head_dim, projection=module.o_proj,
-                        position_inputs=(
-                            (module.q_proj, TensorSource(module, "hidden_states")),
-                            (module.k_proj, TensorSource(module, keys)),
-                        ),
-                    )
-                )
-            elif isinstance(module, (DetrEncoderLayer, DetrDecoderLayer)):
-                residuals += _layer_residuals(module)
-        return LRPStructure(attention, residuals)
+        detr = self._detr()
+        return LRPStructure([site for layer in [*detr.encoder.layers, *detr.decoder.layers] for site in _layer_residuals(layer)])
 
     def default_rules(self) -> RuleSet:
         # the reference's DETR linear layers rescale their input relevance to the output total
@@ -142,24 +140,9 @@ class DetrAdapter(ArchitectureAdapter):
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
         feature_mask: Tensor = record.extras["feature_mask"]
         height, width = feature_mask.shape[-2:]
-        steps: List[Tuple[AttentionEvent, ...]] = []
-        for index, call in enumerate(record.calls):
-            if ".encoder." in "." + call.site:
-                query, key = IMAGE, IMAGE
-            else:
-                query, key = QUERY, (IMAGE if call.site.endswith("encoder_attn") else QUERY)
-            steps.append((AttentionEvent(index, query, key, call.site),))
-        num_queries = self._detr().config.num_queries
-        return Schedule(
-            sizes={IMAGE: height * width, QUERY: num_queries},
-            masks={
-                IMAGE: feature_mask.flatten(1)[selection.sample],
-                QUERY: feature_mask.new_ones(selection.num_elements, num_queries),
-            },
-            steps=steps,
-            outputs={IMAGE: Readout(QUERY, cast(Tensor, selection.queries), IMAGE, grid=(height, width))},
-            element_sample=selection.sample,
-        )
+        masks = {IMAGE: feature_mask.flatten(1), QUERY: feature_mask.new_ones(feature_mask.shape[0], self._detr().config.num_queries)}
+        outputs = {IMAGE: Readout(QUERY, cast(Tensor, selection.queries), IMAGE, grid=(height, width))}
+        return forward_order_schedule(record, selection, masks, outputs)
 
 
 def _layer_residuals(layer: DetrEncoderLayer | DetrDecoderLayer) -> List[ResidualRuleSite]:

@@ -8,18 +8,18 @@ self-attention: its visual side never reaches the answer head, which reads the
 language ``[CLS]`` row.
 
 Capture: every attention probability map passes through the ``dropout`` module
-of an ``LxmertAttention``; its forward hook sees the live map. The
-cross-attention module is shared by both directions, so its first call in a
-layer is text->image and its second image->text.
+of an ``LxmertAttention``; its forward hook sees the live map. The roles follow
+from where each module sits (language layers, r-layers, x-layers), except that
+HF shares one cross-attention module between both directions: its roles are
+told apart by counting calls, the first in a layer text->image, the second
+image->text (as ``LxmertXLayer.cross_att`` calls it).
 """
 
-import re
 from typing import Any, Dict, List, Tuple, cast
 
 from types import MappingProxyType
 
 import torch
-from torch import Tensor
 from transformers import LxmertForQuestionAnswering, LxmertModel
 from transformers.models.lxmert.modeling_lxmert import GeLU, LxmertAttention, LxmertAttentionOutput, LxmertOutput
 
@@ -29,23 +29,23 @@ from captum_mm.models.base import (
     TEXT_ARGUMENTS,
     ArchitectureAdapter,
     TargetSelection,
-    bert_like_lrp_structure,
     check_batch_sizes,
     check_rank,
     check_text_arguments,
+    dropout_probabilities,
+    post_norm_residuals,
+    qkv_parts,
     require,
     text_tokens,
     token_mask,
 )
-from captum_mm.models.capture import AttentionRecord, AttentionSite
+from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule
+from captum_mm.spec import AttentionSpec, module_names, self_attention
 
 TEXT, IMAGE = "text", "image"
-
-
-def _probabilities(output: Tensor) -> Tensor:
-    return output
+CROSS = ((TEXT, IMAGE), (IMAGE, TEXT))
 
 
 @register_adapter
@@ -54,10 +54,20 @@ class LxmertAdapter(ArchitectureAdapter):
     argument_outputs = MappingProxyType({**TEXT_ARGUMENTS, "visual_feats": "image", "visual_pos": "image"})
     logit_fields = ("question_answering_score", "logits")
 
-    def sites(self) -> List[AttentionSite]:
-        encoder = cast(LxmertModel, getattr(self.model, "lxmert", self.model)).encoder
-        suffixes = (".attention.self.dropout", ".visual_attention.att.dropout", "_self_att.self.dropout")
-        return self.named_sites(encoder, [(suffix, _probabilities) for suffix in suffixes])
+    def attention_specs(self) -> List[AttentionSpec]:
+        encoder: Any = cast(LxmertModel, getattr(self.model, "lxmert", self.model)).encoder
+        names = module_names(self.model)
+
+        def spec(module: LxmertAttention, roles: Tuple[Tuple[str, str], ...], layer: str = "") -> AttentionSpec:
+            return AttentionSpec(names[module], module, dropout_probabilities(module), roles, layer, qkv_parts(module))
+
+        specs = [spec(layer.attention.self, self_attention(TEXT)) for layer in encoder.layer]
+        specs += [spec(layer.attention.self, self_attention(IMAGE)) for layer in encoder.r_layers]
+        for j, layer in enumerate(encoder.x_layers):
+            specs += [spec(layer.visual_attention.att, CROSS, f"x_layers.{j}"),
+                      spec(layer.lang_self_att.self, self_attention(TEXT), f"x_layers.{j}"),
+                      spec(layer.visn_self_att.self, self_attention(IMAGE), f"x_layers.{j}")]
+        return specs
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
         check_text_arguments(arguments, "LXMERT")
@@ -68,16 +78,21 @@ class LxmertAdapter(ArchitectureAdapter):
         check_batch_sizes(arguments, ("input_ids", "inputs_embeds", "attention_mask", "visual_feats", "visual_pos", "visual_attention_mask"))
 
     def lrp_structure(self) -> LRPStructure:
-        return bert_like_lrp_structure(self.model, LxmertAttention, (LxmertAttentionOutput, LxmertOutput), (GeLU,))
+        return post_norm_residuals(self.model, (LxmertAttentionOutput, LxmertOutput), (GeLU,))
 
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
-        language, relational, cross_layers = self._events(record)
-        steps: List[Tuple[AttentionEvent, ...]] = [(event,) for event in language + relational]
-        for position, layer in enumerate(cross_layers):
-            if position < len(cross_layers) - 1:
-                steps += [(layer["text->image"], layer["image->text"]), (layer["text"],), (layer["image"],)]
+        steps: List[Tuple[AttentionEvent, ...]] = []
+        cross_layers: Dict[str, Dict[Tuple[str, str], AttentionEvent]] = {}
+        for event, call in zip(record.events(), record.calls):
+            if call.spec.layer:
+                cross_layers.setdefault(call.spec.layer, {})[call.roles] = event
+            else:  # language and relational layers, in forward order
+                steps.append((event,))
+        for position, layer in enumerate(cross_layers.values()):
+            if position < len(cross_layers) - 1:  # both directions from one pre-layer state
+                steps += [(layer[CROSS[0]], layer[CROSS[1]]), (layer[TEXT, TEXT],), (layer[IMAGE, IMAGE],)]
             else:
-                steps += [(layer["text->image"],), (layer["text"],)]
+                steps += [(layer[CROSS[0]],), (layer[TEXT, TEXT],)]
 
         arguments = record.arguments
         text = text_tokens(arguments)
@@ -95,25 +110,3 @@ class LxmertAdapter(ArchitectureAdapter):
             outputs={TEXT: Readout(TEXT, cls, TEXT), IMAGE: Readout(TEXT, cls, IMAGE)},
             element_sample=selection.sample,
         )
-
-    @staticmethod
-    def _events(record: AttentionRecord) -> Tuple[List[AttentionEvent], List[AttentionEvent], List[Dict[str, AttentionEvent]]]:
-        language: List[AttentionEvent] = []
-        relational: List[AttentionEvent] = []
-        cross: Dict[int, Dict[str, AttentionEvent]] = {}
-        for index, call in enumerate(record.calls):
-            site = call.site.split("encoder.", 1)[-1]
-            x_layer = re.match(r"x_layers\.(\d+)\.", site)
-            if x_layer is None:
-                stream = relational if site.startswith("r_layers.") else language
-                modality = IMAGE if stream is relational else TEXT
-                stream.append(AttentionEvent(index, modality, modality, site))
-                continue
-            layer = cross.setdefault(int(x_layer.group(1)), {})
-            if ".visual_attention." in site:
-                query, key = (TEXT, IMAGE) if call.count == 0 else (IMAGE, TEXT)
-                role = f"{query}->{key}"
-            else:
-                query = key = role = TEXT if ".lang_self_att." in site else IMAGE
-            layer[role] = AttentionEvent(index, query, key, f"x_layers.{x_layer.group(1)} {role}")
-        return language, relational, [cross[j] for j in sorted(cross)]

@@ -20,21 +20,24 @@ from torch.utils.hooks import RemovableHandle
 from transformers import ViltForImageAndTextRetrieval, ViltForQuestionAnswering, ViltModel
 from transformers.models.vilt.modeling_vilt import ViltEmbeddings, ViltLayer, ViltSelfAttention
 
-from captum_mm.lrp.composite import AttentionRuleSite, LRPStructure, TensorSource
+from captum_mm.lrp.composite import LRPStructure
 from captum_mm.models.base import (
     TEXT_ARGUMENTS,
     ArchitectureAdapter,
     TargetSelection,
+    attention_specs_in,
     check_batch_sizes,
     check_rank,
     dropout_probabilities,
-    pre_norm_residuals,
+    forward_order_schedule,
+    pre_norm_structure,
+    qkv_parts,
     require,
-    single_modality_schedule,
 )
-from captum_mm.models.capture import AttentionRecord, AttentionSite
+from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import Readout, Schedule
+from captum_mm.spec import AttentionSpec, TensorSource, self_attention
 
 JOINT = "joint"
 
@@ -72,8 +75,8 @@ class ViltAdapter(ArchitectureAdapter):
     def _vilt(self) -> ViltModel:
         return cast(ViltModel, getattr(self.model, "vilt", self.model))
 
-    def sites(self) -> List[AttentionSite]:
-        return self.named_sites(self.model, [(".attention.attention.dropout", lambda output: output)])
+    def attention_specs(self) -> List[AttentionSpec]:
+        return attention_specs_in(self.model, ViltSelfAttention, self_attention(JOINT), qkv_parts, dropout_probabilities)
 
     def extra_hooks(self, record: AttentionRecord) -> List[Any]:
         return _embeddings_hooks(self._vilt().embeddings, record)
@@ -100,17 +103,9 @@ class ViltAdapter(ArchitectureAdapter):
             "text": Readout(JOINT, cls, JOINT, slice(0, text_length)),
             "image": Readout(JOINT, cls, JOINT, image, record.extras["grid"], cells[selection.sample]),
         }
-        return single_modality_schedule(record, selection, JOINT, record.extras["joint_mask"], outputs)
+        return forward_order_schedule(record, selection, {JOINT: record.extras["joint_mask"]}, outputs)
 
-    def lrp_structure(self) -> LRPStructure:
-        attention, residuals = [], []
-        for module in self.model.modules():
-            if isinstance(module, ViltSelfAttention):
-                attention.append(AttentionRuleSite(module, module.query, module.key, module.value,
-                                                   dropout_probabilities(module), module.num_attention_heads))
-            elif isinstance(module, ViltLayer):
-                residuals += pre_norm_residuals(
-                    module, module.layernorm_after, module.attention, TensorSource(module.output),
-                    TensorSource(module.output.dropout),
-                )
-        return LRPStructure(attention, residuals)
+    def lrp_structure(self) -> LRPStructure:  # pre-norm; the MLP's addition is ViltOutput's
+        return pre_norm_structure(
+            self.model, ViltLayer, "layernorm_after", "attention", lambda layer: (TensorSource(layer.output), TensorSource(layer.output.dropout))
+        )

@@ -29,17 +29,22 @@ from captum_mm.models.base import (
     TEXT_ARGUMENTS,
     ArchitectureAdapter,
     TargetSelection,
-    bert_like_lrp_structure,
+    attention_specs_in,
     check_batch_sizes,
     check_rank,
     check_text_arguments,
+    dropout_probabilities,
+    forward_order_schedule,
+    post_norm_residuals,
+    qkv_parts,
     require,
     text_tokens,
     token_mask,
 )
-from captum_mm.models.capture import AttentionRecord, AttentionSite
+from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
-from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule
+from captum_mm.relevance.schedule import Readout, Schedule
+from captum_mm.spec import AttentionSpec, self_attention
 
 JOINT = "joint"
 
@@ -50,8 +55,8 @@ class VisualBertAdapter(ArchitectureAdapter):
     model: VisualBertModel | VisualBertForQuestionAnswering | VisualBertForVisualReasoning
     argument_outputs = MappingProxyType({**TEXT_ARGUMENTS, "visual_embeds": "image"})
 
-    def sites(self) -> List[AttentionSite]:
-        return self.named_sites(self.model, [(".attention.self.dropout", lambda output: output)])
+    def attention_specs(self) -> List[AttentionSpec]:
+        return attention_specs_in(self.model, VisualBertSelfAttention, self_attention(JOINT), qkv_parts, dropout_probabilities)
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
         require(
@@ -70,7 +75,7 @@ class VisualBertAdapter(ArchitectureAdapter):
         check_batch_sizes(arguments, ("input_ids", "inputs_embeds", "attention_mask", "visual_embeds", "visual_attention_mask"))
 
     def lrp_structure(self) -> LRPStructure:
-        return bert_like_lrp_structure(self.model, VisualBertSelfAttention, (VisualBertSelfOutput, VisualBertOutput))
+        return post_norm_residuals(self.model, (VisualBertSelfOutput, VisualBertOutput))
 
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
         arguments = record.arguments
@@ -84,14 +89,8 @@ class VisualBertAdapter(ArchitectureAdapter):
             rows = text_mask.long().sum(1) - 2
         else:
             rows = torch.zeros(batch_size, dtype=torch.long, device=visual.device)
-        events = [AttentionEvent(index, JOINT, JOINT, call.site) for index, call in enumerate(record.calls)]
-        return Schedule(
-            sizes={JOINT: text_length + region_count},
-            masks={JOINT: mask[selection.sample]},
-            steps=[(event,) for event in events],
-            outputs={
-                "text": Readout(JOINT, rows[selection.sample], JOINT, slice(0, text_length)),
-                "image": Readout(JOINT, rows[selection.sample], JOINT, slice(text_length, text_length + region_count)),
-            },
-            element_sample=selection.sample,
-        )
+        outputs = {
+            "text": Readout(JOINT, rows[selection.sample], JOINT, slice(0, text_length)),
+            "image": Readout(JOINT, rows[selection.sample], JOINT, slice(text_length, text_length + region_count)),
+        }
+        return forward_order_schedule(record, selection, {JOINT: mask}, outputs)

@@ -11,22 +11,24 @@ from types import MappingProxyType
 
 import torch
 from transformers import ViTForImageClassification, ViTModel
-from transformers.models.vit.modeling_vit import ViTLayer
+from transformers.models.vit.modeling_vit import ViTAttention, ViTLayer
 
-from captum_mm.lrp.composite import AttentionRuleSite, LRPStructure, TensorSource
+from captum_mm.lrp.composite import LRPStructure
 from captum_mm.models.base import (
     ArchitectureAdapter,
     TargetSelection,
+    attention_specs_in,
     check_batch_sizes,
     check_rank,
-    pre_norm_residuals,
+    forward_order_schedule,
+    pre_norm_structure,
+    projected_parts,
     require,
-    second_output,
-    single_modality_schedule,
 )
-from captum_mm.models.capture import AttentionRecord, AttentionSite
+from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import Readout, Schedule
+from captum_mm.spec import AttentionSpec, self_attention
 
 IMAGE = "image"
 
@@ -38,11 +40,9 @@ class ViTAdapter(ArchitectureAdapter):
     argument_outputs = MappingProxyType({"pixel_values": "image"})
     outputs = (IMAGE,)
 
-    def _layers(self) -> List[ViTLayer]:
-        return [module for module in self.model.modules() if isinstance(module, ViTLayer)]
-
-    def sites(self) -> List[AttentionSite]:  # ViTAttention returns (output, probabilities) under eager attention
-        return self.named_sites(self.model, [(".attention", lambda output: output[1])])
+    def attention_specs(self) -> List[AttentionSpec]:  # ViTAttention returns (output, probabilities) under eager attention
+        parts = lambda m: projected_parts(m, m.num_attention_heads, m.o_proj)  # noqa: E731
+        return attention_specs_in(self.model, ViTAttention, self_attention(IMAGE), parts)
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
         require(arguments.get("pixel_values") is not None, "ViT needs pixel_values [batch, channels, height, width].")
@@ -56,15 +56,7 @@ class ViTAdapter(ArchitectureAdapter):
         mask = torch.ones(pixels.shape[0], 1 + grid[0] * grid[1], dtype=torch.bool, device=pixels.device)
         cls = torch.zeros_like(selection.sample)
         readout = {IMAGE: Readout(IMAGE, cls, IMAGE, slice(1, None), grid)}
-        return single_modality_schedule(record, selection, IMAGE, mask, readout)
+        return forward_order_schedule(record, selection, {IMAGE: mask}, readout)
 
     def lrp_structure(self) -> LRPStructure:  # pre-norm: x + attention(norm(x)), then + mlp(norm(.))
-        attention, residuals = [], []
-        for layer in self._layers():
-            block = layer.attention
-            attention.append(
-                AttentionRuleSite(block, block.q_proj, block.k_proj, block.v_proj, second_output(block),
-                                  block.num_attention_heads, projection=block.o_proj)
-            )
-            residuals += pre_norm_residuals(layer, layer.layernorm_after, block, TensorSource(layer), TensorSource(layer.mlp))
-        return LRPStructure(attention, residuals)
+        return pre_norm_structure(self.model, ViTLayer, "layernorm_after", "attention")

@@ -84,8 +84,9 @@ def test_lrp_context_leaves_no_trace_also_after_an_exception(make_case):
     before = model_state(model)
     adapter = adapter_for(model)
     with pytest.raises(RuntimeError, match="inside"):
-        with capture_attention(model, adapter.sites(), adapter.check_arguments, adapter.extra_hooks):
-            with lrp_rules(model, adapter.lrp_structure()):
+        specs = adapter.attention_specs()
+        with capture_attention(model, specs, adapter.check_arguments, adapter.extra_hooks) as record:
+            with lrp_rules(model, adapter.lrp_structure(), adapter.default_rules(), specs, record):
                 case.forward(*case.inputs, *case.additional)
                 raise RuntimeError("inside the context")
     assert_same_state(before, model_state(model))

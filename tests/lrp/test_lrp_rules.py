@@ -92,7 +92,7 @@ def test_halved_attention():
 def test_rules_installed_on_a_toy_model_reproduce_the_hand_computed_relevance():
     model = nn.Sequential(toy_linear(), nn.GELU())
     x = t([[2.0, -1.0]]).requires_grad_()
-    with lrp_rules(model, LRPStructure([], [])) as state:
+    with lrp_rules(model, LRPStructure([])) as state:
         logits = model(x)
         seed = relevance_seed(logits, t([[1.0, 0.0]]))
         ordinary = torch.autograd.grad(logits, x, t([[1.0, 0.0]]), retain_graph=True)[0]
@@ -101,4 +101,4 @@ def test_rules_installed_on_a_toy_model_reproduce_the_hand_computed_relevance():
     assert torch.allclose(x * modified, t([[0.5, 0.5]]))  # GELU passes, then alpha1-beta0 as above
     expected = torch.autograd.grad(model(x)[0, 0], x)[0]
     assert torch.allclose(ordinary, expected)  # gradient mode is the ordinary gradient
-    assert attention_relevance(state, (logits,), (seed[None],)) == {}
+    assert attention_relevance(state, [], (logits,), (seed[None],)) == []

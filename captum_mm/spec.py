@@ -1,0 +1,80 @@
+"""What an adapter declares about a model's attention: one :class:`AttentionSpec` per attention
+module, from which the capture, the schedule roles and the LRP site all derive."""
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    """Where a tensor of the forward pass comes from: a module's output, or one of its arguments."""
+
+    module: nn.Module
+    argument: Optional[str] = None  # name of a forward argument; None: the output
+    index: Optional[int] = None  # element of a tuple output
+
+    def of_output(self, output: Any) -> Any:
+        """The tensor inside ``module``'s output (for a source that is an output)."""
+        return output if self.index is None else output[self.index]
+
+
+@dataclass(frozen=True)
+class AttentionParts:
+    """What LRP needs of an attention module whose first output is ``softmax(Q K^T) V`` (optionally
+    projected).
+
+    Attributes:
+        query, key, value (nn.Linear): The projections producing Q, K and V.
+        heads (int): Number of heads.
+        projection (nn.Linear, optional): Output projection applied inside the module.
+        position_inputs (tuple): ``(linear, source)`` pairs: the input of ``linear`` is ``source``
+                    plus a position embedding, which receives no relevance (DETR).
+    """
+
+    query: nn.Linear
+    key: nn.Linear
+    value: nn.Linear
+    heads: int
+    projection: Optional[nn.Linear] = None
+    position_inputs: Tuple[Tuple[nn.Linear, TensorSource], ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class AttentionSpec:
+    """One attention module of the model.
+
+    Attributes:
+        name (str): The module's name in the explained model.
+        module (nn.Module): The attention module (for LRP, its first output is replaced).
+        probs (TensorSource): Where its probabilities ``[B, H, Nq, Nk]`` appear, live: the module's
+                    own output (HF attention-interface modules, second under eager attention) or
+                    that of its ``dropout`` (hand-written attention).
+        roles (tuple): ``(query modality, key modality)`` of its first, second, ... call within
+                    one forward pass; the last pair holds for further calls. A module shared by two
+                    directions (LXMERT's cross-attention) has two.
+        layer (str): The layer it belongs to, for schedules that group calls by layer.
+        parts (AttentionParts, optional): Its projections, for LRP.
+    """
+
+    name: str
+    module: nn.Module
+    probs: TensorSource
+    roles: Tuple[Tuple[str, str], ...]
+    layer: str = ""
+    parts: Optional[AttentionParts] = None
+
+    def role(self, count: int) -> Tuple[str, str]:
+        """``(query, key)`` modalities of the module's ``count``-th call in a forward pass."""
+        return self.roles[min(count, len(self.roles) - 1)]
+
+
+def module_names(model: nn.Module) -> Dict[nn.Module, str]:
+    """Every module of ``model`` and its qualified name."""
+    return {module: name for name, module in model.named_modules()}
+
+
+def self_attention(modality: str) -> Tuple[Tuple[str, str], ...]:
+    """The roles of a module whose tokens attend to tokens of their own modality."""
+    return ((modality, modality),)
