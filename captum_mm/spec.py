@@ -29,8 +29,6 @@ class AttentionParts:
         query, key, value (nn.Linear): The projections producing Q, K and V.
         heads (int): Number of heads.
         projection (nn.Linear, optional): Output projection applied inside the module.
-        position_inputs (tuple): ``(linear, source)`` pairs: the input of ``linear`` is ``source``
-                    plus a position embedding, which receives no relevance (DETR).
     """
 
     query: nn.Linear
@@ -38,7 +36,6 @@ class AttentionParts:
     value: nn.Linear
     heads: int
     projection: Optional[nn.Linear] = None
-    position_inputs: Tuple[Tuple[nn.Linear, TensorSource], ...] = ()
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,5 +1,6 @@
 """LRP for unmodified transformers, as modified gradients applied inside a context manager."""
 
+from captum_mm.lrp.canonizers import Canonizer, PositionEmbeddingInput
 from captum_mm.lrp.composite import (
     LRPState,
     LRPStructure,
@@ -8,15 +9,18 @@ from captum_mm.lrp.composite import (
     lrp_rules,
     relevance_seed,
 )
-from captum_mm.lrp.rules import AlphaBeta, Epsilon, HalvedAttention, PassThrough, ProportionalResidual, RuleSet
+from captum_mm.lrp.rules import AlphaBeta, Epsilon, HalvedAttention, LinearRule, PassThrough, ProportionalResidual, RuleSet
 
 __all__ = [
     "AlphaBeta",
+    "Canonizer",
     "Epsilon",
     "HalvedAttention",
     "LRPState",
     "LRPStructure",
+    "LinearRule",
     "PassThrough",
+    "PositionEmbeddingInput",
     "ProportionalResidual",
     "ResidualRuleSite",
     "RuleSet",

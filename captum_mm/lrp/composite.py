@@ -27,9 +27,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from captum_mm.lrp.rules import RuleSet, safe_divide
-from captum_mm._handles import ForwardHook, ForwardPreHook, HandleList, KwargsPreHook
+from captum_mm._handles import ForwardHook, HandleList
 from captum_mm._precision import accumulation_dtype, exact
+from captum_mm.lrp.canonizers import Canonizer
+from captum_mm.lrp.rules import HalvedAttention, LinearRule, PassThrough, ProportionalResidual, RuleSet, safe_divide
+from captum_mm.lrp.switch import Mode, Recorder, Switch
 from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource
 
 if TYPE_CHECKING:  # the capture module's package imports this one
@@ -53,29 +55,20 @@ class ResidualRuleSite:
 
 @dataclass
 class LRPStructure:
-    """What an adapter declares for LRP besides its attention specs; linear and elementwise modules
-    are found by type."""
+    """What an adapter declares for LRP besides its attention specs: the residual additions, modules
+    relevance passes through unchanged beyond the built-in ones, and canonizers for model-specific
+    blocks. Linear and elementwise modules are found by type."""
 
     residuals: List[ResidualRuleSite]
     pass_through_types: Tuple[type, ...] = ()
-
-
-class _Mode:
-    """The flag every switch reads. It holds no tensor: the autograd contexts keeping it then form no
-    reference cycle with the graph (a cycle through a C++ autograd node is invisible to Python's
-    garbage collector, so the whole graph would leak with every call)."""
-
-    __slots__ = ("relevance",)
-
-    def __init__(self) -> None:
-        self.relevance = False
+    canonizers: Sequence[Canonizer] = ()
 
 
 @dataclass
 class LRPState:
     """The mode shared by all rule sites (attention maps get their probes on their recorded calls)."""
 
-    mode: _Mode = field(default_factory=_Mode)
+    mode: Mode = field(default_factory=Mode)
     linear_io: Dict[int, Tuple[Tensor, Tensor]] = field(default_factory=dict)  # id(linear): (input, switched output)
 
     def output_of(self, linear: nn.Linear) -> Tensor:
@@ -91,68 +84,11 @@ class LRPState:
             self.mode.relevance = False
 
 
-class _Switch(torch.autograd.Function):
-    """``output`` unchanged; backward: gradient to ``output``, or ``rule(g)`` to ``inputs``."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(output: Tensor, mode: _Mode, rule: Callable[[Tensor], Tuple[Tensor, ...]], *inputs: Tensor) -> Tensor:
-        return output.view_as(output)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tensor) -> None:
-        ctx.mode, ctx.rule, ctx.count = inputs[1], inputs[2], len(inputs) - 3
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
-        if ctx.mode.relevance:
-            return (None, None, None, *ctx.rule(grad.to(accumulation_dtype(grad.dtype))))  # no detach under vmap
-        return (grad, None, None) + (None,) * ctx.count
-
-
 BUILT_IN_PASS_THROUGH = (nn.LayerNorm, nn.Dropout, nn.GELU, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.SiLU)
 
 
 def _is_pass_through(module: nn.Module, extra: Tuple[type, ...]) -> bool:
     return isinstance(module, BUILT_IN_PASS_THROUGH + extra) or type(module).__module__ == "transformers.activations"
-
-
-class _Recorder:
-    """The latest tensors of the sources rule sites read, per forward call."""
-
-    def __init__(self, linear_io: Dict[int, Tuple[Tensor, Tensor]]) -> None:
-        self.values: Dict[Tuple[int, Optional[str], Optional[int]], Tensor] = {}
-        self.linear_io = linear_io
-
-    def get(self, source: TensorSource) -> Tensor:
-        return self.values[(id(source.module), source.argument, source.index)]
-
-    def hooks(self, sources: List[TensorSource]) -> List[Any]:
-        handles = []
-        for source in {(id(s.module), s.argument, s.index): s for s in sources}.values():
-            if source.argument is None:
-                handles.append(source.module.register_forward_hook(self._keep_output(source)))
-            else:
-                hook = self._keep_argument(source, source.argument)
-                handles.append(source.module.register_forward_pre_hook(hook, with_kwargs=True))
-        return handles
-
-    def _keep_output(self, source: TensorSource) -> ForwardHook:
-        def hook(module: nn.Module, args: Tuple[Any, ...], output: Any) -> None:
-            value = output if source.index is None else output[source.index]
-            self.values[(id(module), None, source.index)] = value
-
-        return hook
-
-    def _keep_argument(self, source: TensorSource, argument: str) -> KwargsPreHook:
-        signature = inspect.signature(source.module.forward)
-
-        def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
-            value = signature.bind_partial(*args, **kwargs).arguments[argument]
-            self.values[(id(module), argument, None)] = value
-
-        return hook
 
 
 def _replace_first(output: Any, value: Tensor) -> Any:
@@ -179,7 +115,7 @@ def lrp_rules(
     """
     rules = rules or RuleSet()
     state, handles = LRPState(), HandleList()
-    recorder = _Recorder(state.linear_io)
+    recorder = Recorder()
     missing = [spec.name for spec in attention if spec.parts is None]
     if missing or (attention and record is None):
         raise ValueError(
@@ -187,20 +123,26 @@ def lrp_rules(
             "capture record its calls are kept in."
         )
     attention_parts = {id(spec.probs.module) for spec in attention if spec.probs.module is not spec.module}
+    names = {module: name for name, module in model.named_modules()}
     try:
-        for module in model.modules():
+        for module, name in names.items():
             if isinstance(module, nn.Linear):
-                handles.append(module.register_forward_hook(_linear_hook(state, rules, recorder)))
+                rule = rules.for_module(name, module, rules.linear)
+                handles.append(module.register_forward_hook(_linear_hook(state, rule)))
             elif id(module) not in attention_parts and _is_pass_through(module, structure.pass_through_types):
-                handles.append(module.register_forward_hook(_pass_hook(state, rules)))
+                handles.append(module.register_forward_hook(_pass_hook(state, rules.for_module(name, module, rules.pass_through))))
         for spec in attention:
-            parts = cast(AttentionParts, spec.parts)
-            for linear, source in parts.position_inputs:
-                handles.append(linear.register_forward_pre_hook(_position_hook(state, recorder, source)))
-            handles.append(spec.module.register_forward_hook(_attention_hook(state, rules, cast("AttentionRecord", record), spec)))
+            projection = cast(AttentionParts, spec.parts).projection
+            rule_of = (rules.for_module(spec.name, spec.module, rules.attention),
+                       rules.for_module(names.get(projection, ""), projection, rules.linear) if projection is not None else rules.linear)
+            hook = _attention_hook(state, rule_of, cast("AttentionRecord", record), spec)
+            handles.append(spec.module.register_forward_hook(hook))
         for residual in structure.residuals:
-            handles.append(_residual_hook(state, rules, recorder, residual))
-        sources = [source for spec in attention for _, source in cast(AttentionParts, spec.parts).position_inputs]
+            module = residual.total.module
+            handles.append(_residual_hook(state, rules.for_module(names[module], module, rules.residual), recorder, residual))
+        for canonizer in structure.canonizers:
+            handles.extend(canonizer.register(state.mode, recorder.get))
+        sources = [source for canonizer in structure.canonizers for source in canonizer.sources()]
         sources += [s for site in structure.residuals for s in (site.branch, site.skip)]
         handles.extend(recorder.hooks(sources))
         yield state
@@ -208,33 +150,22 @@ def lrp_rules(
         handles.remove()
 
 
-def _linear_hook(state: LRPState, rules: RuleSet, recorder: _Recorder) -> Callable[[nn.Linear, Tuple[Any, ...], Tensor], Tensor]:
+def _linear_hook(state: LRPState, rule: LinearRule) -> Callable[[nn.Linear, Tuple[Any, ...], Tensor], Tensor]:
     def hook(module: nn.Linear, args: Tuple[Any, ...], output: Tensor) -> Tensor:
         x = args[0]
-        rule = lambda g: (rules.linear.input_gradient(module, exact(x), exact(output), g),)  # noqa: E731
-        switched = _Switch.apply(output, state.mode, rule, x)
-        recorder.linear_io[id(module)] = (x, switched)
+        modified = lambda g: (rule.input_gradient(module, exact(x), exact(output), g),)  # noqa: E731
+        switched = Switch.apply(output, state.mode, modified, x)
+        state.linear_io[id(module)] = (x, switched)
         return switched
 
     return hook
 
 
-def _pass_hook(state: LRPState, rules: RuleSet) -> ForwardHook:
+def _pass_hook(state: LRPState, rule: PassThrough) -> ForwardHook:
     def hook(module: nn.Module, args: Tuple[Any, ...], output: Tensor) -> Tensor:
         x = args[0]
-        rule = lambda g: (rules.pass_through.input_gradient(exact(x), exact(output), g),)  # noqa: E731
-        return _Switch.apply(output, state.mode, rule, x)
-
-    return hook
-
-
-def _position_hook(state: LRPState, recorder: _Recorder, source: TensorSource) -> ForwardPreHook:
-    """The linear's input is ``source + position``: its relevance goes to ``source`` alone."""
-
-    def hook(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
-        x, origin = args[0], recorder.get(source)
-        rule = lambda g: (safe_divide(exact(x) * g, exact(origin)),)  # noqa: E731
-        return (_Switch.apply(x, state.mode, rule, origin),) + tuple(args[1:])
+        modified = lambda g: (rule.input_gradient(exact(x), exact(output), g),)  # noqa: E731
+        return Switch.apply(output, state.mode, modified, x)
 
     return hook
 
@@ -243,10 +174,13 @@ def _split_heads(tensor: Tensor, heads: int) -> Tensor:
     return tensor.reshape(*tensor.shape[:-1], heads, -1).transpose(-2, -3)
 
 
-def _attention_hook(state: LRPState, rules: RuleSet, record: "AttentionRecord", spec: AttentionSpec) -> ForwardHook:
-    """The attention rule at ``spec.module``'s first output; the probe goes to the call just recorded
-    (its probabilities were recorded before the module returned)."""
+def _attention_hook(
+    state: LRPState, rules: Tuple[HalvedAttention, LinearRule], record: "AttentionRecord", spec: AttentionSpec
+) -> ForwardHook:
+    """The attention rule (and the output projection's linear rule) at ``spec.module``'s first output;
+    the probe goes to the call just recorded (its probabilities were recorded before the module returned)."""
     parts = cast(AttentionParts, spec.parts)
+    attention_rule, projection_rule = rules
 
     def hook(module: nn.Module, args: Tuple[Any, ...], output: Any) -> Any:
         query, key, value = (state.linear_io[id(linear)][1] for linear in (parts.query, parts.key, parts.value))
@@ -260,23 +194,23 @@ def _attention_hook(state: LRPState, rules: RuleSet, record: "AttentionRecord", 
         def rule(g: Tensor) -> Tuple[Tensor, ...]:
             if projection is not None:
                 linear, (x, out) = projection
-                g = rules.linear.input_gradient(linear, exact(x), exact(out), g)
+                g = projection_rule.input_gradient(linear, exact(x), exact(out), g)
             q, k, v = (_split_heads(exact(t), heads) for t in (query, key, value))
-            g_q, g_k, g_v, relevance = rules.attention.gradients(q, k, v, exact(attention), _split_heads(g, heads))
+            g_q, g_k, g_v, relevance = attention_rule.gradients(q, k, v, exact(attention), _split_heads(g, heads))
             merged = (t.transpose(-2, -3).reshape(like.shape) for t, like in ((g_q, query), (g_k, key), (g_v, value)))
             return (*merged, relevance)
 
         first = output[0] if isinstance(output, tuple) else output
-        return _replace_first(output, _Switch.apply(first, state.mode, rule, query, key, value, call.probe))
+        return _replace_first(output, Switch.apply(first, state.mode, rule, query, key, value, call.probe))
 
     return hook
 
 
-def _residual_hook(state: LRPState, rules: RuleSet, recorder: _Recorder, site: ResidualRuleSite) -> RemovableHandle:
+def _residual_hook(state: LRPState, rule: ProportionalResidual, recorder: Recorder, site: ResidualRuleSite) -> RemovableHandle:
     def switched(total: Tensor) -> Tensor:
         branch, skip = recorder.get(site.branch), recorder.get(site.skip)
-        rule = lambda g: rules.residual.branch_gradients(exact(branch), exact(skip), g)  # noqa: E731
-        return _Switch.apply(total, state.mode, rule, branch, skip)
+        modified = lambda g: rule.branch_gradients(exact(branch), exact(skip), g)  # noqa: E731
+        return Switch.apply(total, state.mode, modified, branch, skip)
 
     module, name = site.total.module, site.total.argument
     if name is None:

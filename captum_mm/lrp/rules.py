@@ -10,10 +10,12 @@ rules of the reference"): alpha=1, beta=0 for linear layers with the bias left
 out of the denominator; LayerNorm, activations, softmax and dropout pass
 relevance through; both operands of each attention matmul take half of the
 z-rule relevance; residual additions split in proportion to each branch's total.
+:class:`RuleSet` chooses among them per module.
 """
 
-from dataclasses import dataclass
-from typing import Tuple
+from dataclasses import dataclass, replace
+from fnmatch import fnmatchcase
+from typing import Tuple, TypeVar, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -129,11 +131,39 @@ class HalvedAttention:
         return ratio @ key / 2, ratio.transpose(-1, -2) @ query / 2, g_value, relevance_probs
 
 
-@dataclass
+#: A rule of any kind; its class says which modules it can apply to.
+Rule = Union[LinearRule, PassThrough, ProportionalResidual, HalvedAttention]
+#: A module class (``isinstance``), or a glob on the module's name in the model (``"*.layer.1.*"``).
+ModuleMatch = Union[type, str]
+R = TypeVar("R", LinearRule, PassThrough, ProportionalResidual, HalvedAttention)
+
+
+@dataclass(frozen=True)
 class RuleSet:
-    """The rules an LRP pass applies; swap any of them, e.g. ``RuleSet(linear=Epsilon(1e-6))``."""
+    """The rules an LRP pass applies, composed like Zennit's composites: a rule of each kind for every
+    module, e.g. ``RuleSet(linear=Epsilon(1e-6))``, and ``modules``, rules for particular modules by
+    class or name (the first entry whose match and kind fit wins).
+
+    Kinds: linear rules apply to ``nn.Linear`` modules, pass-through rules to elementwise ones,
+    attention rules to attention modules (by the module of their spec), residual rules to residual
+    additions (by the module where the sum appears).
+    """
 
     linear: LinearRule = AlphaBeta()
     pass_through: PassThrough = PassThrough()
     residual: ProportionalResidual = ProportionalResidual()
     attention: HalvedAttention = HalvedAttention()
+    modules: Tuple[Tuple[ModuleMatch, Rule], ...] = ()
+
+    def override(self, match: ModuleMatch, rule: Rule) -> "RuleSet":
+        """A copy in which ``rule`` applies to the modules ``match`` selects (ahead of earlier entries)."""
+        return replace(self, modules=((match, rule), *self.modules))
+
+    def for_module(self, name: str, module: nn.Module, default: R) -> R:
+        """The rule of ``default``'s kind for ``module`` (named ``name`` in the model)."""
+        kind = next(k for k in (LinearRule, PassThrough, ProportionalResidual, HalvedAttention) if isinstance(default, k))
+        for match, rule in self.modules:
+            fits = isinstance(module, match) if isinstance(match, type) else fnmatchcase(name, match)
+            if fits and isinstance(rule, kind):
+                return cast(R, rule)
+        return default

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from transformers import DetrForObjectDetection, DetrModel
 from transformers.models.detr.modeling_detr import DetrCrossAttention, DetrDecoderLayer, DetrEncoderLayer, DetrSelfAttention
 
+from captum_mm.lrp.canonizers import PositionEmbeddingInput
 from captum_mm.lrp.composite import LRPStructure, ResidualRuleSite
 from captum_mm.lrp.rules import AlphaBeta, RuleSet
 
@@ -36,14 +37,15 @@ IMAGE, QUERY = "image", "query"
 
 
 def _spec(names: Dict[nn.Module, str], module: DetrSelfAttention | DetrCrossAttention, query: str, key: str) -> AttentionSpec:
+    parts = AttentionParts(module.q_proj, module.k_proj, module.v_proj, module.q_proj.out_features // module.head_dim, module.o_proj)
+    return AttentionSpec(names[module], module, TensorSource(module, index=1), ((query, key),), parts=parts)
+
+
+def _position_inputs(module: DetrSelfAttention | DetrCrossAttention) -> List[PositionEmbeddingInput]:
     """Q and K take ``input + position embedding``: the position embedding receives no relevance."""
     keys = "key_value_states" if isinstance(module, DetrCrossAttention) else "hidden_states"
-    parts = AttentionParts(
-        module.q_proj, module.k_proj, module.v_proj, heads=module.q_proj.out_features // module.head_dim,
-        projection=module.o_proj,
-        position_inputs=((module.q_proj, TensorSource(module, "hidden_states")), (module.k_proj, TensorSource(module, keys))),
-    )
-    return AttentionSpec(names[module], module, TensorSource(module, index=1), ((query, key),), parts=parts)
+    return [PositionEmbeddingInput(module.q_proj, TensorSource(module, "hidden_states")),
+            PositionEmbeddingInput(module.k_proj, TensorSource(module, keys))]
 
 
 def _query_lists(target: Any, batch_size: int) -> List[List[int]]:
@@ -98,8 +100,11 @@ class DetrAdapter(ArchitectureAdapter):
         check_batch_sizes(arguments, ("pixel_values", "pixel_mask"))
 
     def lrp_structure(self) -> LRPStructure:
-        detr = self._detr()
-        return LRPStructure([site for layer in [*detr.encoder.layers, *detr.decoder.layers] for site in _layer_residuals(layer)])
+        detr: Any = self._detr()
+        layers = [*detr.encoder.layers, *detr.decoder.layers]
+        attention = [module for module in detr.modules() if isinstance(module, (DetrSelfAttention, DetrCrossAttention))]
+        canonizers = [canonizer for module in attention for canonizer in _position_inputs(module)]
+        return LRPStructure([site for layer in layers for site in _layer_residuals(layer)], canonizers=canonizers)
 
     def default_rules(self) -> RuleSet:
         # the reference's DETR linear layers rescale their input relevance to the output total

@@ -1,0 +1,49 @@
+"""Canonizers: model-specific blocks shown to LRP in a canonical form while the rules are installed.
+
+As Zennit's canonizers do, a canonizer makes a block that the generic rules would treat wrongly
+look like one they treat right -- but through hooks only: the model's modules and parameters are
+never touched, and every hook is removed when the rules are (also on error). An adapter declares
+its canonizers in :class:`~captum_mm.lrp.composite.LRPStructure`.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Callable, List, Tuple
+
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from captum_mm._precision import exact
+from captum_mm.lrp.rules import safe_divide
+from captum_mm.lrp.switch import Mode, Switch
+from captum_mm.spec import TensorSource
+
+
+class Canonizer:
+    """One model-specific block. ``sources`` are the forward tensors it reads (recorded for it);
+    ``register`` installs its hooks, which route relevance through :class:`Switch` es reading ``mode``."""
+
+    def sources(self) -> List[TensorSource]:
+        return []
+
+    def register(self, mode: Mode, recorded: Callable[[TensorSource], Tensor]) -> List[RemovableHandle]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class PositionEmbeddingInput(Canonizer):
+    """``linear``'s input is ``source`` plus a position embedding (DETR's queries and keys): the
+    relevance goes to ``source`` alone, the position embedding receives none."""
+
+    linear: nn.Linear
+    source: TensorSource
+
+    def sources(self) -> List[TensorSource]:
+        return [self.source]
+
+    def register(self, mode: Mode, recorded: Callable[[TensorSource], Tensor]) -> List[RemovableHandle]:
+        def hook(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
+            x, origin = args[0], recorded(self.source)
+            rule = lambda g: (safe_divide(exact(x) * g, exact(origin)),)  # noqa: E731
+            return (Switch.apply(x, mode, rule, origin),) + tuple(args[1:])
+
+        return [self.linear.register_forward_pre_hook(hook)]

@@ -1,0 +1,101 @@
+"""Rules chosen per module (by name or class), and canonizers for model-specific blocks."""
+
+import torch
+from torch import nn
+from transformers.models.bert.modeling_bert import BertSelfAttention
+
+from captum_mm.attr import TransformerAttribution
+from captum_mm.lrp import AlphaBeta, Epsilon, HalvedAttention, LinearRule, LRPStructure, PositionEmbeddingInput, RuleSet, lrp_rules
+from captum_mm.lrp.composite import relevance_seed
+from captum_mm.spec import TensorSource
+from helpers import bert_case
+
+NAMED = "bert.encoder.layer.1.output.dense"
+
+
+class Recording(LinearRule):
+    """A linear rule that notes the modules it is applied to."""
+
+    def __init__(self, inner: LinearRule) -> None:
+        self.inner, self.seen = inner, []
+
+    def input_gradient(self, module, x, out, g_out):
+        self.seen.append(module)
+        return self.inner.input_gradient(module, x, out, g_out)
+
+
+class RecordingAttention(HalvedAttention):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def gradients(self, *tensors):
+        self.calls += 1
+        return super().gradients(*tensors)
+
+
+def explain(case, rules=None):
+    return TransformerAttribution(case.model, rules=rules).explain(case.inputs, None, case.additional).text
+
+
+def float64_bert():
+    case = bert_case()
+    case.model.double()
+    return case
+
+
+def test_a_named_module_gets_its_own_rule_and_no_other_module_does():
+    case = float64_bert()
+    named = dict(case.model.named_modules())[NAMED]
+    default, special = Recording(AlphaBeta()), Recording(Epsilon(0.25))
+    swapped = explain(case, RuleSet(linear=default).override(NAMED, special))
+    assert {id(m) for m in special.seen} == {id(named)}
+    others = {id(m) for m in default.seen}
+    assert id(named) not in others and len(others) > 8  # every other linear layer kept the default
+    baseline = explain(case)
+    assert torch.equal(explain(case, RuleSet().override(NAMED, AlphaBeta())), baseline)  # the same rule: same numbers
+    assert not torch.allclose(swapped, baseline, rtol=1e-4, atol=0)  # relevance ~1e-9 on a random model
+
+
+def test_rules_by_class_and_by_name_pattern_first_match_wins():
+    case = float64_bert()
+    attention, queries, keys = RecordingAttention(), Recording(AlphaBeta()), Recording(AlphaBeta())
+    rules = RuleSet().override(BertSelfAttention, attention).override("*.attention.self.key", keys).override("*.self.*", queries)
+    explain(case, rules)
+    assert attention.calls == 2  # both layers' attention modules
+    names = {module: name for name, module in case.model.named_modules()}
+    # the LRP backward ends at the first layer's map, so only the second layer's projections are crossed
+    assert sorted({names[m] for m in queries.seen}) == [f"bert.encoder.layer.1.attention.self.{p}" for p in ("key", "query", "value")]
+    assert keys.seen == []  # "*.self.*" was added last, so it comes first and takes the keys too
+
+
+class PositionedLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2, 2).double()
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.tensor([[1.0, -2.0], [3.0, 1.0]]))
+            self.linear.bias.copy_(torch.tensor([0.5, 0.0]))
+
+    def forward(self, x, position):
+        return self.linear(x + position)
+
+
+def relevance_at_input(canonize):
+    model = PositionedLinear()
+    canonizers = [PositionEmbeddingInput(model.linear, TensorSource(model, "x"))] if canonize else []
+    x = torch.tensor([[2.0, -1.0]], dtype=torch.float64, requires_grad=True)
+    with lrp_rules(model, LRPStructure([], canonizers=canonizers)) as state:
+        logits = model(x, torch.tensor([[1.0, 1.0]], dtype=torch.float64))
+        with state.relevance_mode():
+            (gradient,) = torch.autograd.grad(logits, x, relevance_seed(logits, torch.tensor([[1.0, 0.0]], dtype=torch.float64)))
+    assert not model.linear._forward_pre_hooks  # removed on exit
+    return x * gradient
+
+
+def test_position_embedding_canonizer_keeps_the_relevance_on_the_content():
+    # linear input z = x + position = [3, 0]; alpha1-beta0 for output 0: z+ = 1*3 = 3, so R_z = [1, 0] and the
+    # modified gradient g_z = [1/3, -2/3] (W+ column where z > 0, W- column where not: -2 * 1/3)
+    # without the canonizer g_z is passed to x as is: R_x = x * g_z = [2/3, 2/3], not R_z
+    assert torch.allclose(relevance_at_input(False), torch.tensor([[2 / 3, 2 / 3]], dtype=torch.float64))
+    # with it the position embedding receives none: g_x = z * g_z / x, R_x = R_z
+    assert torch.allclose(relevance_at_input(True), torch.tensor([[1.0, 0.0]], dtype=torch.float64))
