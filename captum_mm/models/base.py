@@ -2,13 +2,14 @@
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, cast
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, cast
 
 import torch
 from torch import Tensor, nn
 
 from captum_mm.lrp.composite import LRPState, LRPStructure, ResidualRuleSite, relevance_seed
 from captum_mm.lrp.rules import RuleSet
+from captum_mm.models.arguments import Argument, check_declared, outputs_of
 from captum_mm.models.capture import AttentionRecord
 from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule
 from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource
@@ -43,8 +44,8 @@ class TargetSelection:
 class ArchitectureAdapter:
     """Knows one model family: where attention happens and in which order the rules apply.
 
-    Subclasses declare the HF classes they serve in ``model_classes`` and implement
-    :meth:`attention_specs`, :meth:`check_arguments` and :meth:`schedule` (and, for LRP,
+    Subclasses declare the HF classes they serve in ``model_classes`` and the forward
+    ``arguments``, and implement :meth:`attention_specs` and :meth:`schedule` (and, for LRP,
     :meth:`lrp_structure`). They never import methods.
     """
 
@@ -53,8 +54,13 @@ class ArchitectureAdapter:
     logit_fields: Tuple[str, ...] = ("logits",)
     #: Output names of :class:`~captum_mm.attr.Explanation` this family fills.
     outputs: Tuple[str, ...] = ("text", "image")
-    #: The output each forward argument carries (``attribute`` spreads it over that input).
-    argument_outputs: Mapping[str, str] = MappingProxyType({})
+    #: The forward arguments checked before the model runs, and the output each carries.
+    arguments: Mapping[str, Argument] = MappingProxyType({})
+
+    @property
+    def argument_outputs(self) -> Mapping[str, str]:
+        """The output each forward argument carries (``attribute`` spreads it over that input)."""
+        return outputs_of(self.arguments)
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -64,7 +70,9 @@ class ArchitectureAdapter:
         raise NotImplementedError
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
-        """Raise ``ValueError`` if the model's forward arguments cannot be explained."""
+        """Raise ``ValueError`` if the model's forward arguments cannot be explained (by default:
+        as :attr:`arguments` declares them)."""
+        check_declared(arguments, self.arguments)
 
     def extra_hooks(self, record: AttentionRecord) -> List[Any]:
         return []
@@ -145,41 +153,6 @@ def select_class_targets(logits: Tensor, target: Any) -> TargetSelection:
     samples = torch.arange(batch_size, device=logits.device)
     scores = logits.detach().softmax(-1)[samples, classes]
     return TargetSelection(grad_outputs, samples, torch.zeros_like(samples), classes, scores)
-
-
-def token_mask(mask: Optional[Tensor], batch_size: int, length: int, device: torch.device) -> Tensor:
-    """A ``[B, N]`` boolean mask from an optional HF attention mask (``None`` means all real)."""
-    if mask is None:
-        return torch.ones(batch_size, length, dtype=torch.bool, device=device)
-    return mask.to(device=device) != 0
-
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
-
-
-def check_rank(arguments: Dict[str, Any], name: str, rank: int, meaning: str) -> None:
-    """Raise if ``arguments[name]`` is given with the wrong rank or an empty token axis."""
-    value = arguments.get(name)
-    if value is None:
-        return
-    require(
-        isinstance(value, Tensor) and value.dim() == rank,
-        f"{name} must be a {rank}-D tensor {meaning}, got "
-        + (f"shape {tuple(value.shape)}." if isinstance(value, Tensor) else f"{type(value).__name__}."),
-    )
-    require(value.shape[1] > 0, f"{name} has zero tokens (shape {tuple(value.shape)}): at least one is needed.")
-
-
-def check_batch_sizes(arguments: Dict[str, Any], names: Sequence[str]) -> None:
-    """Raise if the given tensor arguments disagree on the batch size."""
-    sizes = {name: arguments[name].shape[0] for name in names if isinstance(arguments.get(name), Tensor)}
-    require(
-        len(set(sizes.values())) <= 1,
-        "Batch sizes disagree: " + ", ".join(f"{name} has {size}" for name, size in sizes.items())
-        + "; every input must have the same first dimension.",
-    )
 
 
 def dropout_probabilities(module: nn.Module) -> TensorSource:
@@ -269,21 +242,3 @@ def forward_order_schedule(
     )
 
 
-#: The text arguments of HF text models.
-TEXT_ARGUMENTS = MappingProxyType({"input_ids": "text", "inputs_embeds": "text"})
-
-
-def check_text_arguments(arguments: Dict[str, Any], family: str) -> None:
-    """The text arguments every text family takes: ``input_ids`` or ``inputs_embeds``, ``attention_mask``."""
-    require(
-        arguments.get("input_ids") is not None or arguments.get("inputs_embeds") is not None,
-        f"{family} needs input_ids [batch, tokens] or inputs_embeds [batch, tokens, hidden].",
-    )
-    check_rank(arguments, "input_ids", 2, "[batch, tokens]")
-    check_rank(arguments, "inputs_embeds", 3, "[batch, tokens, hidden]")
-    check_rank(arguments, "attention_mask", 2, "[batch, tokens]")
-
-
-def text_tokens(arguments: Dict[str, Any]) -> Tensor:
-    """``input_ids``, or ``inputs_embeds`` when the model was called with embeddings."""
-    return arguments["input_ids"] if arguments.get("input_ids") is not None else arguments["inputs_embeds"]

@@ -6,26 +6,16 @@ its own entry. Capture: the attention modules return the probabilities second un
 eager attention.
 """
 
-from typing import Any, Dict, List, Tuple
+from types import MappingProxyType
+from typing import List, Tuple
 
 import torch
 from transformers import BertForNextSentencePrediction, BertForSequenceClassification, BertModel
 from transformers.models.bert.modeling_bert import BertOutput, BertSelfAttention, BertSelfOutput
 
 from captum_mm.lrp.composite import LRPStructure
-from captum_mm.models.base import (
-    TEXT_ARGUMENTS,
-    ArchitectureAdapter,
-    TargetSelection,
-    attention_specs_in,
-    check_batch_sizes,
-    check_text_arguments,
-    forward_order_schedule,
-    post_norm_residuals,
-    qkv_parts,
-    text_tokens,
-    token_mask,
-)
+from captum_mm.models.arguments import TOKENS, Argument, text_arguments, text_tokens, token_mask
+from captum_mm.models.base import ArchitectureAdapter, TargetSelection, attention_specs_in, forward_order_schedule, post_norm_residuals, qkv_parts
 from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import Readout, Schedule
@@ -37,7 +27,7 @@ TEXT = "text"
 @register_adapter
 class BertAdapter(ArchitectureAdapter):
     model_classes = (BertModel, BertForSequenceClassification, BertForNextSentencePrediction)
-    argument_outputs = TEXT_ARGUMENTS
+    arguments = MappingProxyType({**text_arguments("BERT"), "token_type_ids": Argument(2, TOKENS)})
     outputs = (TEXT,)
     #: A family with BERT's layout under other class names (RoBERTa) changes only these.
     attention_classes: Tuple[type, ...] = (BertSelfAttention,)
@@ -45,10 +35,6 @@ class BertAdapter(ArchitectureAdapter):
 
     def attention_specs(self) -> List[AttentionSpec]:
         return attention_specs_in(self.model, self.attention_classes, self_attention(TEXT), qkv_parts)
-
-    def check_arguments(self, arguments: Dict[str, Any]) -> None:
-        check_text_arguments(arguments, "BERT")
-        check_batch_sizes(arguments, ("input_ids", "inputs_embeds", "attention_mask", "token_type_ids"))
 
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
         arguments = record.arguments

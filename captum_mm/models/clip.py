@@ -3,36 +3,24 @@ joined by the cosine similarity of their pooled embeddings.
 
 Schedule: Eq. 6 for every layer of each tower, each tower on its own modality.
 Readouts: the image tower at its class token (on the ``h x w`` patch grid), the text
-tower at the end-of-text token, each without its own entry. Target: the similarity
-of each image with its own text (``logits_per_image[b, b]``): a batch of image-text
-pairs is explained from one forward and one backward.
+tower at the end-of-text token, each without its own entry. Target and LRP entry:
+:mod:`captum_mm.models.similarity` (each image with its own text, one forward and backward).
 """
 
-from typing import Any, Dict, List, Tuple, cast
-
 from types import MappingProxyType
+from typing import Any, List, Tuple, cast
 
 import torch
 from torch import Tensor
 from transformers import CLIPModel, CLIPTextConfig, CLIPVisionConfig
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
 
-from captum_mm.lrp.composite import LRPState, LRPStructure, relevance_seed
-from captum_mm.models.base import (
-    TEXT_ARGUMENTS,
-    ArchitectureAdapter,
-    TargetSelection,
-    attention_specs_in,
-    check_batch_sizes,
-    check_rank,
-    forward_order_schedule,
-    pre_norm_structure,
-    projected_parts,
-    require,
-    token_mask,
-)
+from captum_mm.lrp.composite import LRPState, LRPStructure
+from captum_mm.models.arguments import PIXELS, TOKENS, Argument, token_mask
+from captum_mm.models.base import ArchitectureAdapter, TargetSelection, attention_specs_in, forward_order_schedule, pre_norm_structure, projected_parts
 from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
+from captum_mm.models.similarity import cosine_lrp_start, paired_targets
 from captum_mm.relevance.schedule import Readout, Schedule
 from captum_mm.spec import AttentionSpec, module_names, self_attention
 
@@ -43,7 +31,11 @@ TEXT, IMAGE = "text", "image"
 class ClipAdapter(ArchitectureAdapter):
     model_classes = (CLIPModel,)
     model: CLIPModel
-    argument_outputs = MappingProxyType({**TEXT_ARGUMENTS, "pixel_values": "image"})
+    arguments = MappingProxyType({
+        "input_ids": Argument(2, TOKENS, TEXT, f"CLIP is explained on image-text pairs: it needs input_ids {TOKENS}."),
+        "pixel_values": Argument(4, PIXELS, IMAGE, f"CLIP is explained on image-text pairs: it needs pixel_values {PIXELS}."),
+        "attention_mask": Argument(2, TOKENS),
+    })
     logit_fields = ("logits_per_image",)
 
     def attention_specs(self) -> List[AttentionSpec]:  # each tower attends within its own modality
@@ -51,23 +43,8 @@ class ClipAdapter(ArchitectureAdapter):
         towers = ((self.model.vision_model, IMAGE), (self.model.text_model, TEXT))
         return [spec for tower, modality in towers for spec in attention_specs_in(tower, CLIPAttention, self_attention(modality), parts, names=names)]
 
-    def check_arguments(self, arguments: Dict[str, Any]) -> None:
-        for name, meaning in (("input_ids", "[batch, tokens]"), ("pixel_values", "[batch, channels, height, width]")):
-            require(arguments.get(name) is not None, f"CLIP is explained on image-text pairs: it needs {name} {meaning}.")
-        check_rank(arguments, "input_ids", 2, "[batch, tokens]")
-        check_rank(arguments, "pixel_values", 4, "[batch, channels, height, width]")
-        check_rank(arguments, "attention_mask", 2, "[batch, tokens]")
-        check_batch_sizes(arguments, ("input_ids", "pixel_values", "attention_mask"))
-
     def select_targets(self, logits: Tensor, target: Any, **options: Any) -> TargetSelection:
-        require(
-            target is None,
-            f"CLIP explains the similarity of each image with its own text (the pairs of the batch): pass target=None, got {target!r}.",
-        )
-        pairs = torch.arange(logits.shape[0], device=logits.device)
-        seeds = torch.zeros_like(logits)
-        seeds[pairs, pairs] = 1.0
-        return TargetSelection(seeds[None], pairs, torch.zeros_like(pairs), pairs, logits.detach()[pairs, pairs])
+        return paired_targets(logits, target, "CLIP")
 
     def per_sample_outputs(self, logits: Tensor) -> Tensor:
         return logits.diagonal()
@@ -93,17 +70,8 @@ class ClipAdapter(ArchitectureAdapter):
         return forward_order_schedule(record, selection, {IMAGE: image_mask, TEXT: text_mask}, outputs)
 
     def lrp_start(self, state: LRPState, logits: Tensor, seeds: Tensor) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
-        """LRP enters each tower at its projected embedding, the L2 normalisation passed through as
-        LayerNorm is: dimension ``d`` of a pair's embeddings gets ``scale * x_d y_d / (|x| |y|)``, its
-        share of the logit (the ordinary gradient would give shares summing to zero: the cosine is
-        scale-invariant). Relevance per target sums to 1 in each tower."""
-        image, text = state.output_of(self.model.visual_projection), state.output_of(self.model.text_projection)
-        image_norm, text_norm = (t.detach().norm(dim=-1, keepdim=True) for t in (image, text))
-        scale = self.model.logit_scale.detach().exp()
-        weights = relevance_seed(logits, seeds) * scale  # [K, images, texts]
-        image_grad = torch.einsum("kij,jd->kid", weights, text.detach() / text_norm) / image_norm
-        text_grad = torch.einsum("kij,id->kjd", weights, image.detach() / image_norm) / text_norm
-        return (image, text), (image_grad, text_grad)
+        projections = (self.model.visual_projection, self.model.text_projection)
+        return cosine_lrp_start(state, logits, seeds, projections, self.model.logit_scale.exp())
 
     def lrp_structure(self) -> LRPStructure:  # pre-norm layers
         return pre_norm_structure(self.model, CLIPEncoderLayer, "layer_norm2", "self_attn")

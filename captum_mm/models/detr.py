@@ -14,9 +14,8 @@ probabilities as their second output. The backbone's output gives the feature
 map's size and its padding mask.
 """
 
-from typing import Any, Dict, List, Tuple, cast
-
 from types import MappingProxyType
+from typing import Any, Dict, List, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +26,8 @@ from captum_mm.lrp.canonizers import PositionEmbeddingInput
 from captum_mm.lrp.composite import LRPStructure, ResidualRuleSite
 from captum_mm.lrp.rules import AlphaBeta, RuleSet
 
-from captum_mm.models.base import ArchitectureAdapter, TargetSelection, check_batch_sizes, check_rank, forward_order_schedule, require
+from captum_mm.models.arguments import PIXELS, Argument, require
+from captum_mm.models.base import ArchitectureAdapter, TargetSelection, forward_order_schedule
 from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import Readout, Schedule
@@ -67,7 +67,10 @@ def _query_lists(target: Any, batch_size: int) -> List[List[int]]:
 @register_adapter
 class DetrAdapter(ArchitectureAdapter):
     model_classes = (DetrModel, DetrForObjectDetection)
-    argument_outputs = MappingProxyType({"pixel_values": "image"})
+    arguments = MappingProxyType({
+        "pixel_values": Argument(4, PIXELS, IMAGE, f"DETR is explained from pixel_values {PIXELS}; inputs_embeds are not supported."),
+        "pixel_mask": Argument(3, "[batch, height, width]"),
+    })
     outputs = ("image",)
 
     def _detr(self) -> DetrModel:
@@ -89,15 +92,6 @@ class DetrAdapter(ArchitectureAdapter):
 
     def gradient_free_modules(self) -> Tuple[nn.Module, ...]:
         return (self._detr().backbone,)
-
-    def check_arguments(self, arguments: Dict[str, Any]) -> None:
-        require(
-            isinstance(arguments.get("pixel_values"), Tensor),
-            "DETR is explained from pixel_values [batch, channels, height, width]; inputs_embeds are not supported.",
-        )
-        check_rank(arguments, "pixel_values", 4, "[batch, channels, height, width]")
-        check_rank(arguments, "pixel_mask", 3, "[batch, height, width]")
-        check_batch_sizes(arguments, ("pixel_values", "pixel_mask"))
 
     def lrp_structure(self) -> LRPStructure:
         detr: Any = self._detr()

@@ -15,9 +15,8 @@ told apart by counting calls, the first in a layer text->image, the second
 image->text (as ``LxmertXLayer.cross_att`` calls it).
 """
 
-from typing import Any, Dict, List, Tuple, cast
-
 from types import MappingProxyType
+from typing import Any, Dict, List, Tuple, cast
 
 import torch
 from transformers import LxmertForQuestionAnswering, LxmertModel
@@ -25,20 +24,8 @@ from transformers.models.lxmert.modeling_lxmert import GeLU, LxmertAttention, Lx
 
 from captum_mm.lrp.composite import LRPStructure
 
-from captum_mm.models.base import (
-    TEXT_ARGUMENTS,
-    ArchitectureAdapter,
-    TargetSelection,
-    check_batch_sizes,
-    check_rank,
-    check_text_arguments,
-    dropout_probabilities,
-    post_norm_residuals,
-    qkv_parts,
-    require,
-    text_tokens,
-    token_mask,
-)
+from captum_mm.models.arguments import REGIONS, Argument, text_arguments, text_tokens, token_mask
+from captum_mm.models.base import ArchitectureAdapter, TargetSelection, dropout_probabilities, post_norm_residuals, qkv_parts
 from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule
@@ -51,7 +38,11 @@ CROSS = ((TEXT, IMAGE), (IMAGE, TEXT))
 @register_adapter
 class LxmertAdapter(ArchitectureAdapter):
     model_classes = (LxmertModel, LxmertForQuestionAnswering)
-    argument_outputs = MappingProxyType({**TEXT_ARGUMENTS, "visual_feats": "image", "visual_pos": "image"})
+    arguments = MappingProxyType({
+        **text_arguments("LXMERT"),
+        **{name: Argument(3, REGIONS, IMAGE, f"LXMERT needs {name} {REGIONS}.") for name in ("visual_feats", "visual_pos")},
+        "visual_attention_mask": Argument(2, "[batch, regions]"),
+    })
     logit_fields = ("question_answering_score", "logits")
 
     def attention_specs(self) -> List[AttentionSpec]:
@@ -68,14 +59,6 @@ class LxmertAdapter(ArchitectureAdapter):
                       spec(layer.lang_self_att.self, self_attention(TEXT), f"x_layers.{j}"),
                       spec(layer.visn_self_att.self, self_attention(IMAGE), f"x_layers.{j}")]
         return specs
-
-    def check_arguments(self, arguments: Dict[str, Any]) -> None:
-        check_text_arguments(arguments, "LXMERT")
-        for name in ("visual_feats", "visual_pos"):
-            require(arguments.get(name) is not None, f"LXMERT needs {name} [batch, regions, features].")
-            check_rank(arguments, name, 3, "[batch, regions, features]")
-        check_rank(arguments, "visual_attention_mask", 2, "[batch, regions]")
-        check_batch_sizes(arguments, ("input_ids", "inputs_embeds", "attention_mask", "visual_feats", "visual_pos", "visual_attention_mask"))
 
     def lrp_structure(self) -> LRPStructure:
         return post_norm_residuals(self.model, (LxmertAttentionOutput, LxmertOutput), (GeLU,))

@@ -10,31 +10,18 @@ random state to learn where each patch came from, and restores the state.
 Capture: hand-written attention, whose probabilities pass through a ``dropout`` module.
 """
 
-from typing import Any, Dict, List, Tuple, cast
-
 from types import MappingProxyType
+from typing import Any, Callable, Dict, List, Tuple, cast
 
 import torch
 from torch import Tensor
-from torch.utils.hooks import RemovableHandle
 from transformers import ViltForImageAndTextRetrieval, ViltForQuestionAnswering, ViltModel
 from transformers.models.vilt.modeling_vilt import ViltEmbeddings, ViltLayer, ViltSelfAttention
 
 from captum_mm.lrp.composite import LRPStructure
-from captum_mm.models.base import (
-    TEXT_ARGUMENTS,
-    ArchitectureAdapter,
-    TargetSelection,
-    attention_specs_in,
-    check_batch_sizes,
-    check_rank,
-    dropout_probabilities,
-    forward_order_schedule,
-    pre_norm_structure,
-    qkv_parts,
-    require,
-)
-from captum_mm.models.capture import AttentionRecord
+from captum_mm.models.arguments import PIXELS, TOKENS, Argument
+from captum_mm.models.base import ArchitectureAdapter, TargetSelection, attention_specs_in, dropout_probabilities, forward_order_schedule, pre_norm_structure, qkv_parts
+from captum_mm.models.capture import AttentionRecord, replay_after_forward
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import Readout, Schedule
 from captum_mm.spec import AttentionSpec, TensorSource, self_attention
@@ -42,57 +29,36 @@ from captum_mm.spec import AttentionSpec, TensorSource, self_attention
 JOINT = "joint"
 
 
-def _embeddings_hooks(embeddings: ViltEmbeddings, record: AttentionRecord) -> List[RemovableHandle]:
-    """Keep the joint token mask and, replaying the patch draw, each image token's grid cell."""
+def _patch_cells(record: AttentionRecord) -> Callable[[Dict[str, Any], Tuple[Tensor, Tensor]], None]:
+    """After ViltEmbeddings: keep the joint token mask and, replaying the patch draw, each image token's grid cell."""
 
-    def before(module: ViltEmbeddings, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
-        record.extras["random_state"] = torch.get_rng_state()
-
-    def after(module: ViltEmbeddings, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Tuple[Tensor, Tensor]) -> None:
-        bound = dict(zip(("input_ids", "attention_mask", "token_type_ids", "pixel_values", "pixel_mask"), args)) | kwargs
-        state_after = torch.get_rng_state()
-        torch.set_rng_state(record.extras.pop("random_state"))
-        try:
-            with torch.no_grad():
-                _, _, (patch_index, grid) = module.visual_embed(
-                    bound["pixel_values"], bound["pixel_mask"], max_image_length=module.config.max_image_length
-                )
-        finally:
-            torch.set_rng_state(state_after)
+    def replay(arguments: Dict[str, Any], output: Tuple[Tensor, Tensor]) -> None:
+        embeddings = cast(ViltEmbeddings, record.extras["embeddings"])
+        _, _, (patch_index, grid) = embeddings.visual_embed(
+            arguments["pixel_values"], arguments["pixel_mask"], max_image_length=embeddings.config.max_image_length
+        )
         record.extras.update(joint_mask=output[1].bool(), patch_cells=patch_index[..., 0] * grid[1] + patch_index[..., 1], grid=grid)
 
-    return [
-        embeddings.register_forward_pre_hook(before, with_kwargs=True),
-        embeddings.register_forward_hook(after, with_kwargs=True),
-    ]
+    return replay
 
 
 @register_adapter
 class ViltAdapter(ArchitectureAdapter):
     model_classes = (ViltModel, ViltForQuestionAnswering, ViltForImageAndTextRetrieval)
-    argument_outputs = MappingProxyType({**TEXT_ARGUMENTS, "pixel_values": "image"})
-
-    def _vilt(self) -> ViltModel:
-        return cast(ViltModel, getattr(self.model, "vilt", self.model))
+    arguments = MappingProxyType({
+        "input_ids": Argument(2, TOKENS, "text", f"ViLT needs input_ids {TOKENS}."),
+        "attention_mask": Argument(2, TOKENS),
+        "pixel_values": Argument(4, PIXELS, "image", f"ViLT is explained from pixel_values {PIXELS} (not image_embeds): "
+                                 "image relevance is returned on the patch grid."),
+        "pixel_mask": Argument(3, "[batch, height, width]"),
+    })
 
     def attention_specs(self) -> List[AttentionSpec]:
         return attention_specs_in(self.model, ViltSelfAttention, self_attention(JOINT), qkv_parts, dropout_probabilities)
 
     def extra_hooks(self, record: AttentionRecord) -> List[Any]:
-        return _embeddings_hooks(self._vilt().embeddings, record)
-
-    def check_arguments(self, arguments: Dict[str, Any]) -> None:
-        require(arguments.get("input_ids") is not None, "ViLT needs input_ids [batch, tokens].")
-        require(
-            arguments.get("pixel_values") is not None,
-            "ViLT is explained from pixel_values [batch, channels, height, width] (not image_embeds): "
-            "image relevance is returned on the patch grid.",
-        )
-        check_rank(arguments, "input_ids", 2, "[batch, tokens]")
-        check_rank(arguments, "attention_mask", 2, "[batch, tokens]")
-        check_rank(arguments, "pixel_values", 4, "[batch, channels, height, width]")
-        check_rank(arguments, "pixel_mask", 3, "[batch, height, width]")
-        check_batch_sizes(arguments, ("input_ids", "attention_mask", "pixel_values", "pixel_mask"))
+        record.extras["embeddings"] = embeddings = cast(ViltModel, getattr(self.model, "vilt", self.model)).embeddings
+        return replay_after_forward(embeddings, _patch_cells(record))
 
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
         text_length = record.arguments["input_ids"].shape[1]

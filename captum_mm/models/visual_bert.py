@@ -11,36 +11,16 @@ Capture: the probabilities pass through the ``dropout`` module of every
 ``VisualBertSelfAttention``.
 """
 
-from typing import Any, Dict, List
-
 from types import MappingProxyType
+from typing import Any, Dict, List
 
 import torch
 from transformers import VisualBertForQuestionAnswering, VisualBertForVisualReasoning, VisualBertModel
-from transformers.models.visual_bert.modeling_visual_bert import (
-    VisualBertOutput,
-    VisualBertSelfAttention,
-    VisualBertSelfOutput,
-)
+from transformers.models.visual_bert.modeling_visual_bert import VisualBertOutput, VisualBertSelfAttention, VisualBertSelfOutput
 
 from captum_mm.lrp.composite import LRPStructure
-
-from captum_mm.models.base import (
-    TEXT_ARGUMENTS,
-    ArchitectureAdapter,
-    TargetSelection,
-    attention_specs_in,
-    check_batch_sizes,
-    check_rank,
-    check_text_arguments,
-    dropout_probabilities,
-    forward_order_schedule,
-    post_norm_residuals,
-    qkv_parts,
-    require,
-    text_tokens,
-    token_mask,
-)
+from captum_mm.models.arguments import REGIONS, Argument, require, text_arguments, text_tokens, token_mask
+from captum_mm.models.base import ArchitectureAdapter, TargetSelection, attention_specs_in, dropout_probabilities, forward_order_schedule, post_norm_residuals, qkv_parts
 from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import Readout, Schedule
@@ -53,7 +33,11 @@ JOINT = "joint"
 class VisualBertAdapter(ArchitectureAdapter):
     model_classes = (VisualBertModel, VisualBertForQuestionAnswering, VisualBertForVisualReasoning)
     model: VisualBertModel | VisualBertForQuestionAnswering | VisualBertForVisualReasoning
-    argument_outputs = MappingProxyType({**TEXT_ARGUMENTS, "visual_embeds": "image"})
+    arguments = MappingProxyType({
+        **text_arguments("VisualBERT"),
+        "visual_embeds": Argument(3, REGIONS, "image", f"VisualBERT needs visual_embeds {REGIONS}."),
+        "visual_attention_mask": Argument(2, "[batch, regions]"),
+    })
 
     def attention_specs(self) -> List[AttentionSpec]:
         return attention_specs_in(self.model, VisualBertSelfAttention, self_attention(JOINT), qkv_parts, dropout_probabilities)
@@ -63,16 +47,12 @@ class VisualBertAdapter(ArchitectureAdapter):
             not self.model.config.bypass_transformer,
             "VisualBERT with bypass_transformer=True is not supported: its text-only layers need another schedule.",
         )
-        check_text_arguments(arguments, "VisualBERT")
-        require(arguments.get("visual_embeds") is not None, "VisualBERT needs visual_embeds [batch, regions, features].")
-        check_rank(arguments, "visual_embeds", 3, "[batch, regions, features]")
-        check_rank(arguments, "visual_attention_mask", 2, "[batch, regions]")
+        super().check_arguments(arguments)
         if isinstance(self.model, VisualBertForQuestionAnswering):
             require(
                 arguments.get("attention_mask") is not None,
                 "VisualBertForQuestionAnswering needs attention_mask: its head pools token attention_mask.sum() - 2.",
             )
-        check_batch_sizes(arguments, ("input_ids", "inputs_embeds", "attention_mask", "visual_embeds", "visual_attention_mask"))
 
     def lrp_structure(self) -> LRPStructure:
         return post_norm_residuals(self.model, (VisualBertSelfOutput, VisualBertOutput))

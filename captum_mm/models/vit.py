@@ -5,26 +5,16 @@ the ``[CLS]`` row without its own entry, returned on the ``h x w`` patch grid.
 Capture: the attention modules return the probabilities second under eager attention.
 """
 
-from typing import Any, Dict, List
-
 from types import MappingProxyType
+from typing import List
 
 import torch
 from transformers import ViTForImageClassification, ViTModel
 from transformers.models.vit.modeling_vit import ViTAttention, ViTLayer
 
 from captum_mm.lrp.composite import LRPStructure
-from captum_mm.models.base import (
-    ArchitectureAdapter,
-    TargetSelection,
-    attention_specs_in,
-    check_batch_sizes,
-    check_rank,
-    forward_order_schedule,
-    pre_norm_structure,
-    projected_parts,
-    require,
-)
+from captum_mm.models.arguments import PIXELS, Argument
+from captum_mm.models.base import ArchitectureAdapter, TargetSelection, attention_specs_in, forward_order_schedule, pre_norm_structure, projected_parts
 from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import Readout, Schedule
@@ -37,17 +27,12 @@ IMAGE = "image"
 class ViTAdapter(ArchitectureAdapter):
     model_classes = (ViTModel, ViTForImageClassification)
     model: ViTModel | ViTForImageClassification
-    argument_outputs = MappingProxyType({"pixel_values": "image"})
+    arguments = MappingProxyType({"pixel_values": Argument(4, PIXELS, IMAGE, f"ViT needs pixel_values {PIXELS}.")})
     outputs = (IMAGE,)
 
     def attention_specs(self) -> List[AttentionSpec]:  # ViTAttention returns (output, probabilities) under eager attention
         parts = lambda m: projected_parts(m, m.num_attention_heads, m.o_proj)  # noqa: E731
         return attention_specs_in(self.model, ViTAttention, self_attention(IMAGE), parts)
-
-    def check_arguments(self, arguments: Dict[str, Any]) -> None:
-        require(arguments.get("pixel_values") is not None, "ViT needs pixel_values [batch, channels, height, width].")
-        check_rank(arguments, "pixel_values", 4, "[batch, channels, height, width]")
-        check_batch_sizes(arguments, ("pixel_values",))
 
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:  # Eq. 6 per layer
         pixels = record.arguments["pixel_values"]

@@ -1,9 +1,6 @@
 """The study runner: seeded selection, JSON, and torchrun sharding giving what one process gives."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,20 +8,14 @@ import torch
 
 from captum_mm.metrics.study import pad_collate, select_samples
 
+from script_runner import run_script
+
 SCRIPT = Path(__file__).with_name("study_script.py")
 
 
-def run(*command, cwd):
-    environment = dict(os.environ, PYTHONPATH=str(SCRIPT.parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    subprocess.run(command, check=True, cwd=cwd, env=environment, capture_output=True, text=True, timeout=300)
-
-
 def test_one_process_and_two_torchrun_ranks_give_the_same_study(tmp_path):
-    run(sys.executable, str(SCRIPT), str(tmp_path / "one.json"), cwd=tmp_path)
-    run(
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT),
-        str(tmp_path / "two.json"), cwd=tmp_path,
-    )
+    run_script(SCRIPT, str(tmp_path / "one.json"), cwd=tmp_path)
+    run_script(SCRIPT, str(tmp_path / "two.json"), cwd=tmp_path, ranks=2)
     one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
     assert one == two
     assert len(one["samples"]) == 9 and set(one["methods"]) == {"generic", "raw"}
