@@ -13,9 +13,19 @@ from transformers import (
     DetrConfig,
     DetrForObjectDetection,
     DetrModel,
+    GemmaConfig,
+    GemmaForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
     LxmertConfig,
     LxmertForQuestionAnswering,
     LxmertModel,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
     ResNetConfig,
     VisualBertConfig,
     VisualBertForQuestionAnswering,
@@ -211,6 +221,34 @@ def vilt_case(batch=3, layers=2) -> Case:
         return (i, p), (m,)
 
     return Case("vilt", model, forward, (ids, pixels), (mask,), alone, {"text": (batch, 6), "image": (batch, 4, 4)})
+
+
+#: Decoder-only LMs: token ids 0 (padding), 1 (begin) and 2 (end) are special.
+LM_VOCAB = 40
+_LM_SPECIAL = dict(vocab_size=LM_VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+_LLAMA_LIKE = dict(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+                   max_position_embeddings=48, **_LM_SPECIAL)
+LANGUAGE_MODELS: Dict[str, Callable[..., nn.Module]] = {
+    "llama": lambda layers=2: LlamaForCausalLM(LlamaConfig(num_hidden_layers=layers, **_LLAMA_LIKE)),
+    "qwen2": lambda layers=2: Qwen2ForCausalLM(Qwen2Config(num_hidden_layers=layers, **_LLAMA_LIKE)),
+    "mistral": lambda layers=2: MistralForCausalLM(MistralConfig(num_hidden_layers=layers, **_LLAMA_LIKE)),
+    "gemma": lambda layers=2: GemmaForCausalLM(GemmaConfig(num_hidden_layers=layers, head_dim=8, **_LLAMA_LIKE)),
+    "gpt2": lambda layers=2: GPT2LMHeadModel(GPT2Config(n_layer=layers, n_embd=32, n_head=4, n_positions=48, **_LM_SPECIAL)),
+}
+
+
+def language_model(name: str, layers: int = 2) -> nn.Module:
+    return LANGUAGE_MODELS[name](layers).eval()
+
+
+def prompt_batch(batch=3, tokens=6) -> Tuple[Tensor, Tensor]:
+    """Left-padded prompts (as generation pads): sample 1 has two padding tokens first."""
+    ids = torch.randint(3, LM_VOCAB, (batch, tokens))
+    mask = torch.ones(batch, tokens, dtype=torch.long)
+    if batch > 1:
+        mask[1, :2] = 0
+        ids[1, :2] = 0
+    return ids, mask
 
 
 CASES: Dict[str, Callable[..., Case]] = {

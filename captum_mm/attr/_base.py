@@ -1,6 +1,6 @@
 """The Captum-facing base of every captum_mm method: Captum's contract over the engine."""
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from captum.attr import GradientAttribution, LayerAttribution
 from torch import Tensor, nn
@@ -15,6 +15,7 @@ from captum_mm._compat import (
 from captum_mm._precision import accumulation_dtype
 from captum_mm.attr._checks import uncompiled
 from captum_mm.attr.engine import AttentionBundle, Needs, check_inputs, forward_pass, fused_maps
+from captum_mm.generation import ContinuationLike, generation_forward, prompt_arguments
 from captum_mm.attr._readout import Explanation, Matrices, assemble, input_outputs, read_out, spread_to_inputs
 from captum_mm.lrp import RuleSet
 from captum_mm.models import adapter_for
@@ -133,27 +134,57 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
 
     def explain(
         self,
-        inputs: TensorOrTuple,
+        inputs: Union[TensorOrTuple, Mapping[str, Any]],
         target: Any = None,
         additional_forward_args: Any = None,
         threshold: float = 0.5,
+        continuation: Optional[ContinuationLike] = None,
+        generate: bool = False,
+        generation_args: Optional[Dict[str, Any]] = None,
     ) -> Explanation:
         r"""
         Per-token relevance per modality, as an :class:`Explanation`.
 
         Args:
-            inputs (Tensor or tuple[Tensor, ...]): As for :meth:`attribute`.
+            inputs (Tensor, tuple[Tensor, ...] or dict): As for :meth:`attribute`; for
+                        generated tokens, the prompt (left-padded): the model's forward
+                        arguments in order, or by name as a dict (a tokenizer's batch).
             target (optional): As for :meth:`attribute`; for DETR also a list of
                         query-index lists (several queries per image). Default: None
                         (each sample's predicted class; for DETR every query whose
                         best class, "no object" excluded, has probability above
                         ``threshold``, as in Algorithm 1)
-            additional_forward_args (Any, optional): As for :meth:`attribute`.
+            additional_forward_args (Any, optional): As for :meth:`attribute`
+                        (e.g. the prompt's ``attention_mask``).
             threshold (float, optional): DETR's query-keeping threshold. Default: 0.5
+            continuation (Tensor or list of lists of int, optional): Generative models: the
+                        tokens to explain after the prompt, ``[B, C]`` ids or one id list
+                        per sample; every token is one explained element. Default: None
+            generate (bool, optional): Generative models: explain what
+                        ``model.generate(**prompt, **generation_args)`` produces (tokens
+                        after a sample's end-of-sequence token are not explained).
+                        Default: False
+            generation_args (dict, optional): Passed to ``model.generate``. Default: None
 
         Returns:
-            Explanation: text and image relevance, explained classes (and queries).
+            Explanation: relevance per output, explained classes (and queries, or, for
+            generated tokens, their positions; ``target`` holds their ids and ``scores``
+            their probabilities).
         """
+        if continuation is not None or generate:
+            if target is not None or self.forward_func is not self.model:
+                raise ValueError(
+                    "Generated tokens are explained on the model itself (forward_func=model) and are their own "
+                    "targets: pass target=None."
+                )
+            additional = _format_additional_forward_args(additional_forward_args) or ()
+            prompt = inputs if isinstance(inputs, Mapping) else (*_format_tensor_into_tuples(inputs), *additional)
+            forward, arguments, target = generation_forward(
+                self.model, prompt_arguments(self.model, prompt), continuation, generate, generation_args
+            )
+            return self._explain(arguments, target, None, forward_func=forward)[0]
+        if isinstance(inputs, Mapping):
+            raise ValueError("inputs as a dict is taken for generated tokens only (with continuation= or generate=True).")
         return self._explain(_format_tensor_into_tuples(inputs), target, additional_forward_args, threshold=threshold)[0]
 
     # The method's part -----------------------------------------------------------
@@ -174,13 +205,18 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
     # The shared part ---------------------------------------------------------------
 
     def _explain(
-        self, inputs: Tuple[Tensor, ...], target: Any, additional_forward_args: Any, **options: Any
+        self,
+        inputs: Tuple[Tensor, ...],
+        target: Any,
+        additional_forward_args: Any,
+        forward_func: Optional[Callable] = None,
+        **options: Any,
     ) -> Tuple[Explanation, Dict[str, Any]]:
         """The explanation, and the model's forward arguments."""
         check_inputs(inputs)
         additional = _format_additional_forward_args(additional_forward_args) or ()
         with forward_pass(
-            self.model, self.forward_func, inputs, additional, target=target, needs=self.needs, rules=self.rules,
+            self.model, forward_func or self.forward_func, inputs, additional, target=target, needs=self.needs, rules=self.rules,
             start_layer=self.start_layer, adapter=self.adapter, method=type(self).__name__, **options,
         ) as forward:
             selection, schedule = forward.selection, forward.schedule

@@ -29,13 +29,17 @@ class Explanation:
 
     Attributes:
         relevance (dict[str, Tensor]): Output name to relevance: ``[B, ...]`` with one
-                    element per sample, or ``[B, K, ...]`` when an image has ``K``
-                    explained queries (DETR). Text outputs are ``[B, T]``; image outputs
-                    ``[B, R]`` over regions or ``[B, h, w]`` over a patch or feature grid.
-        target (Tensor): Explained class, ``[B]`` (or ``[B, K]`` for DETR, ``-1`` where
-                    an image has fewer than ``K`` explained queries).
+                    element per sample, or ``[B, K, ...]`` when a sample has ``K``
+                    explained queries (DETR) or generated tokens. Text outputs are ``[B, T]``;
+                    image outputs ``[B, R]`` over regions or ``[B, h, w]`` over a patch or
+                    feature grid; ``generated`` is ``[B, K, C]`` over the continuation.
+        target (Tensor): Explained class, ``[B]`` (or ``[B, K]`` for DETR and generation,
+                    ``-1`` where a sample has fewer than ``K`` explained elements).
         scores (Tensor): Predicted probability of the explained class, shaped like ``target``.
         queries (Tensor or None): DETR only: ``[B, K]`` explained query indices, ``-1`` for padding.
+        positions (Tensor or None): Generation only: ``[B, K]`` position in the model's sequence
+                    (prompt + continuation) of each explained token, ``-1`` for padding; ``target``
+                    holds the token ids and ``scores`` their probabilities.
 
     Padded tokens (attention masks, DETR's pixel mask) have zero relevance. Relevance is
     float32 for float16/bfloat16 models (whose own dtype cannot hold its small values), in
@@ -46,6 +50,7 @@ class Explanation:
     target: Tensor
     scores: Tensor
     queries: Optional[Tensor] = None
+    positions: Optional[Tensor] = None
 
     def __getattr__(self, name: str) -> Any:
         relevance = self.__dict__.get("relevance", {})
@@ -76,11 +81,12 @@ def read_out(schedule: Schedule, matrices: Matrices) -> Dict[str, Tensor]:
 
 
 def assemble(selection: TargetSelection, outputs: Dict[str, Tensor], num_samples: int) -> Explanation:
-    """Elements back to samples: ``[B, ...]``, or ``[B, K, ...]`` when queries are explained."""
+    """Elements back to samples: ``[B, ...]``, or ``[B, K, ...]`` when queries or generated tokens are
+    explained."""
     slots = selection.grad_outputs.shape[0]
 
     def place(values: Tensor, fill: float = 0.0) -> Tensor:
-        if selection.queries is None:
+        if not selection.several_per_sample:
             placed = values.new_full((num_samples, *values.shape[1:]), fill)
             placed[selection.sample] = values
         else:
@@ -93,6 +99,7 @@ def assemble(selection: TargetSelection, outputs: Dict[str, Tensor], num_samples
         target=place(selection.classes, -1),
         scores=place(selection.scores.to(torch.get_default_dtype())),
         queries=place(selection.queries, -1) if selection.queries is not None else None,
+        positions=place(selection.positions, -1) if selection.positions is not None else None,
     )
 
 

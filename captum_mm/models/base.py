@@ -26,6 +26,8 @@ class TargetSelection:
         slot (Tensor): ``[E]`` slot index of every explained element.
         classes (Tensor): ``[E]`` explained class of every element.
         queries (Tensor, optional): ``[E]`` explained DETR query of every element.
+        positions (Tensor, optional): ``[E]`` position in the model's sequence of every explained
+                    generated token (it is predicted from the position before).
         scores (Tensor): ``[E]`` probability of the explained class.
     """
 
@@ -35,6 +37,12 @@ class TargetSelection:
     classes: Tensor
     scores: Tensor
     queries: Optional[Tensor] = None
+    positions: Optional[Tensor] = None
+
+    @property
+    def several_per_sample(self) -> bool:
+        """Whether a sample can have several elements (DETR queries, generated tokens)."""
+        return self.queries is not None or self.positions is not None
 
     @property
     def num_elements(self) -> int:
@@ -164,14 +172,14 @@ def attention_specs_in(
     root: nn.Module,
     classes: type | Tuple[type, ...],
     roles: Tuple[Tuple[str, str], ...],
-    parts: Callable[[Any], AttentionParts],
+    parts: Callable[[Any], Optional[AttentionParts]] = lambda module: None,
     probs: Callable[[Any], TensorSource] = lambda module: TensorSource(module, index=1),
     names: Optional[Mapping[nn.Module, str]] = None,
 ) -> List[AttentionSpec]:
     """Specs of the attention modules of these classes under ``root``, all with the same ``roles``;
     ``names`` maps modules to their names in the explained model (default: names under ``root``).
     By default the probabilities are the modules' second output (HF attention-interface modules
-    under eager attention)."""
+    under eager attention), and no parts are declared (no LRP)."""
     names = names or {module: name for name, module in root.named_modules()}
     return [
         AttentionSpec(names[module], module, probs(module), roles, parts=parts(module))

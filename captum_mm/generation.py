@@ -1,0 +1,171 @@
+"""Generated tokens as explained elements (docs/METHOD.md, "Decoder-only generation").
+
+A :class:`Continuation` holds the tokens explained after a prompt: given by the user, or produced
+by ``model.generate``. :func:`generation_forward` turns the prompt's forward arguments into one
+forward over prompt + continuation, with the positions ``generate`` uses under left padding, whose
+output is the pre-softmax logit of every continuation token ``[B, C]`` (token ``k`` predicted from
+position ``P + k - 1``); adapters seed one backward slot per token from it.
+"""
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union, cast
+
+import torch
+from torch import Tensor, nn
+
+ContinuationLike = Union[Tensor, Sequence[Sequence[int]]]
+CACHE_ARGUMENTS = ("cache", "past_key_values")
+
+
+@dataclass
+class Continuation:
+    """The tokens explained after the prompt.
+
+    Attributes:
+        ids (Tensor): ``[B, C]`` token ids (any id where ``mask`` is False).
+        mask (Tensor): ``[B, C]`` True for the tokens explained (False after a sample's end).
+        prompt_length (int): ``P``, the prompt's length; token ``k`` sits at position ``P + k``.
+        probabilities (Tensor, optional): ``[B, C]`` each token's probability, filled by the forward.
+    """
+
+    ids: Tensor
+    mask: Tensor
+    prompt_length: int
+    probabilities: Optional[Tensor] = None
+
+
+def generation_forward(
+    model: nn.Module,
+    prompt: Dict[str, Any],
+    continuation: Optional[ContinuationLike],
+    generate: bool,
+    generation_args: Optional[Dict[str, Any]],
+) -> Tuple[Callable[..., Tensor], Tuple[Any, ...], Continuation]:
+    """``(forward_func, inputs, target)`` that explain ``continuation`` (or what ``model.generate``
+    produces from ``prompt``, the model's forward arguments by name: see :func:`prompt_arguments`)."""
+    if generate == (continuation is not None):
+        raise ValueError(
+            "Pass either continuation= (the tokens to explain) or generate=True (explain what model.generate "
+            "produces), not " + ("both." if generate else "neither.")
+        )
+    if not generate and generation_args:
+        raise ValueError("generation_args are used only with generate=True.")
+    ids = prompt.get("input_ids")
+    if not isinstance(ids, Tensor) or ids.dim() != 2:
+        raise ValueError("Explaining generated tokens needs the prompt's input_ids [batch, tokens] as the model's input_ids.")
+    mask = prompt.get("attention_mask")
+    mask = torch.ones_like(ids) if mask is None else mask
+    if mask.shape != ids.shape or not bool(mask[:, -1].all()):
+        raise ValueError(
+            "The prompt's attention_mask must have input_ids' shape and end in real tokens (left padding, as "
+            f"generation pads); got shape {tuple(mask.shape)} with padding at the end."
+        )
+    tokens = _generated(model, prompt, generation_args or {}) if generate else _given(continuation, ids)
+    _check_tokens(model, tokens)
+    names = list(prompt) + [name for name in ("attention_mask", "position_ids") if name not in prompt]
+    full = dict(prompt, **_extended(ids, mask, tokens))
+
+    def forward(*values: Any) -> Tensor:
+        output = model(**dict(zip(names, values)))
+        logits = (output if isinstance(output, Tensor) else output.logits)[:, tokens.prompt_length - 1 : -1]
+        chosen = tokens.ids[..., None]
+        tokens.probabilities = logits.detach().float().softmax(-1).gather(-1, chosen)[..., 0]
+        return logits.gather(-1, chosen)[..., 0]
+
+    return forward, tuple(full[name] for name in names), tokens
+
+
+def prompt_arguments(model: nn.Module, inputs: Union[Mapping[str, Any], Tuple[Any, ...]]) -> Dict[str, Any]:
+    """The prompt as the model's forward arguments by name: a mapping (a tokenizer's batch) as it is,
+    positional inputs bound to ``model.forward``'s signature. A cache is refused: the explanation runs
+    prompt and continuation in one forward."""
+    if isinstance(inputs, Mapping):
+        prompt = dict(inputs)
+    else:
+        try:
+            prompt = dict(inspect.signature(model.forward).bind_partial(*inputs).arguments)
+        except TypeError as error:
+            raise ValueError(f"The prompt inputs do not fit {type(model).__name__}.forward: {error}") from None
+    cached = [name for name in CACHE_ARGUMENTS if prompt.get(name) is not None]
+    if cached:
+        order = ", ".join(list(inspect.signature(model.forward).parameters)[:4])
+        raise ValueError(
+            f"The prompt gives {cached[0]}, which explanations do not take (prompt and continuation run in one "
+            f"forward). {type(model).__name__}.forward takes ({order}, ...): pass the prompt as a dict, e.g. "
+            "{'input_ids': ids, 'attention_mask': mask}."
+        )
+    return {name: value for name, value in prompt.items() if value is not None}
+
+
+def _given(continuation: Any, prompt_ids: Tensor) -> Continuation:
+    """A user's continuation: a ``[B, C]`` tensor (every token explained) or one id list per sample."""
+    (batch_size, prompt_length), device = prompt_ids.shape, prompt_ids.device
+    if isinstance(continuation, Tensor):
+        if continuation.dim() != 2 or continuation.shape[0] != batch_size or continuation.is_floating_point():
+            raise ValueError(
+                f"continuation must be an integer tensor [batch={batch_size}, tokens] or one list of token ids per "
+                f"sample, got a tensor of shape {tuple(continuation.shape)} and dtype {continuation.dtype}."
+            )
+        ids = continuation.to(device=device, dtype=torch.long)
+        return Continuation(ids, torch.ones_like(ids, dtype=torch.bool), prompt_length)
+    rows = [list(row) for row in continuation]
+    if len(rows) != batch_size or not all(isinstance(token, int) for row in rows for token in row):
+        raise ValueError(f"continuation must hold one list of int token ids per sample ({batch_size}), got {continuation!r}.")
+    length = max((len(row) for row in rows), default=0)
+    ids = torch.zeros(batch_size, length, dtype=torch.long, device=device)
+    mask = torch.zeros(batch_size, length, dtype=torch.bool, device=device)
+    for index, row in enumerate(rows):
+        ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[index, : len(row)] = True
+    return Continuation(ids, mask, prompt_length)
+
+
+def _generated(model: nn.Module, prompt: Dict[str, Any], generation_args: Dict[str, Any]) -> Continuation:
+    """What ``model.generate`` continues the prompt with; tokens after a sample's end-of-sequence are
+    not explained."""
+    if not hasattr(model, "generate"):
+        raise ValueError(f"{type(model).__name__} cannot generate (it has no generate method): pass continuation=.")
+    length = prompt["input_ids"].shape[1]
+    with torch.no_grad():
+        sequences = cast(Tensor, cast(Any, model).generate(**prompt, **generation_args, return_dict_in_generate=False))
+    ids = sequences[:, length:]
+    ends = _end_ids(model)
+    ended = torch.isin(ids, torch.tensor(ends, device=ids.device)) if ends else torch.zeros_like(ids, dtype=torch.bool)
+    after_end = (ended.long().cumsum(-1) - ended.long()) > 0  # the end token itself is explained
+    return Continuation(ids, ~after_end, length)
+
+
+def _end_ids(model: nn.Module) -> List[int]:
+    config = getattr(model, "generation_config", None)
+    ends = getattr(config, "eos_token_id", None)
+    return [] if ends is None else [ends] if isinstance(ends, int) else list(ends)
+
+
+def _check_tokens(model: nn.Module, tokens: Continuation) -> None:
+    if tokens.ids.shape[1] == 0:
+        raise ValueError("The continuation is empty: there is no generated token to explain.")
+    vocabulary = cast(nn.Embedding, cast(Any, model).get_input_embeddings()).num_embeddings
+    explained = tokens.ids[tokens.mask]
+    if explained.numel() and (explained.min() < 0 or explained.max() >= vocabulary):
+        raise ValueError(
+            f"continuation holds token ids outside the vocabulary (0..{vocabulary - 1}): "
+            f"{sorted(set(explained[(explained < 0) | (explained >= vocabulary)].tolist()))}."
+        )
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    prompt_length = tokens.prompt_length
+    total = prompt_length + tokens.ids.shape[1]
+    if isinstance(limit, int) and total > limit:
+        raise ValueError(
+            f"Prompt ({prompt_length}) + continuation ({tokens.ids.shape[1]}) = {total} tokens, more than the "
+            f"{limit} positions {type(model).__name__} allows."
+        )
+
+
+def _extended(ids: Tensor, mask: Tensor, tokens: Continuation) -> Dict[str, Tensor]:
+    """``input_ids``, ``attention_mask`` and ``position_ids`` of prompt + continuation, positions
+    counted over real tokens as ``generate`` counts them under left padding."""
+    full_mask = torch.cat([mask.to(tokens.mask.dtype), tokens.mask], dim=1).long()
+    positions = (full_mask.cumsum(-1) - 1).masked_fill(full_mask == 0, 1)
+    filled = tokens.ids.masked_fill(~tokens.mask, 0)
+    return {"input_ids": torch.cat([ids, filled], dim=1), "attention_mask": full_mask, "position_ids": positions}

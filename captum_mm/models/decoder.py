@@ -1,0 +1,76 @@
+"""Decoder-only language models: one causal self-attention stream over prompt and generated tokens.
+
+Schedule (docs/METHOD.md, "Decoder-only generation"): Eq. 6 for every layer, in forward order. The
+token at position ``p`` is predicted from position ``p - 1``: its readout is row ``p - 1`` without its
+own entry, the seed the pre-softmax logit of that token. Outputs: ``text`` over the prompt's
+positions, ``generated`` over the continuation's (zero from the explained token on: attention is
+causal). Called on a prompt alone (``attribute``), the explained token is the next one, predicted
+from the last position, which must be a real token (left padding, as generation pads).
+"""
+
+from types import MappingProxyType
+from typing import Any, Tuple
+
+import torch
+from torch import Tensor
+
+from captum_mm.generation import Continuation
+from captum_mm.models.arguments import TOKENS, Argument, require, text_arguments, text_tokens, token_mask
+from captum_mm.models.base import ArchitectureAdapter, TargetSelection, forward_order_schedule, select_class_targets
+from captum_mm.models.capture import AttentionRecord
+from captum_mm.relevance.schedule import Readout, Schedule
+
+SEQUENCE, TEXT, GENERATED = "sequence", "text", "generated"
+
+
+class DecoderOnlyAdapter(ArchitectureAdapter):
+    """The schedule and targets shared by decoder-only LMs; a family declares its classes and specs."""
+
+    outputs: Tuple[str, ...] = (TEXT, GENERATED)
+    arguments = MappingProxyType({**text_arguments("A decoder-only LM"), "position_ids": Argument(2, TOKENS)})
+
+    def select_targets(self, logits: Tensor, target: Any, **options: Any) -> TargetSelection:
+        if isinstance(target, Continuation):
+            return generated_targets(logits, target)
+        require(logits.dim() == 3, f"Expected next-token logits [batch, tokens, vocabulary], got {tuple(logits.shape)}.")
+        last = select_class_targets(logits[:, -1], target)
+        seeds = torch.zeros_like(logits)[None]
+        seeds[:, :, -1] = last.grad_outputs
+        last.grad_outputs = seeds
+        return last
+
+    def per_sample_outputs(self, logits: Tensor) -> Tensor:
+        return logits if logits.dim() == 2 else logits[:, -1]
+
+    def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
+        ids = text_tokens(record.arguments)
+        mask = token_mask(record.arguments.get("attention_mask"), ids.shape[0], ids.shape[1], ids.device)
+        if selection.positions is None:
+            require(
+                bool(mask[:, -1].all()),
+                "The next token is predicted from the last position, which is padding in some samples: "
+                "decoder-only models are explained with left padding (as generation pads).",
+            )
+            rows, prompt_length = torch.full_like(selection.sample, ids.shape[1] - 1), ids.shape[1]
+        else:
+            rows = selection.positions - 1
+            prompt_length = int(ids.shape[1] - selection.grad_outputs.shape[0])
+        readouts = {
+            TEXT: Readout(SEQUENCE, rows, SEQUENCE, slice(0, prompt_length)),
+            GENERATED: Readout(SEQUENCE, rows, SEQUENCE, slice(prompt_length, None)),
+        }
+        return forward_order_schedule(record, selection, {SEQUENCE: mask}, readouts)
+
+
+def generated_targets(token_logits: Tensor, continuation: Continuation) -> TargetSelection:
+    """One backward slot per continuation token ``k``, seeding its logit ``token_logits[:, k]``."""
+    slots = token_logits.shape[1]
+    samples, steps = torch.nonzero(continuation.mask, as_tuple=True)
+    seeds = torch.zeros(slots, *token_logits.shape, dtype=token_logits.dtype, device=token_logits.device)
+    seeds[steps, samples, steps] = 1.0
+    probabilities = continuation.probabilities
+    assert probabilities is not None  # filled by the forward that computed token_logits
+    return TargetSelection(
+        seeds, samples, steps, continuation.ids[samples, steps], probabilities[samples, steps],
+        positions=continuation.prompt_length + steps,
+    )
