@@ -33,7 +33,7 @@ from captum_mm.metrics.study import (
 )
 from captum_mm.visualization import plot_perturbation_curves, save_perturbation_study
 from captum_mm.visualization.figures import detection_masks_figure, relevance_gallery
-from captum_mm.zoo.train import DETR_IMAGE_SIZE, DETR_SPLITS
+from captum_mm.zoo.train_detr import DETR_IMAGE_SIZE, DETR_SPLITS
 
 if TYPE_CHECKING:
     from captum_mm.reproduce import Options

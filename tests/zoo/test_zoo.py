@@ -13,7 +13,8 @@ from captum_mm.cli import main
 from captum_mm.datasets import write_shapes_coco
 from captum_mm.datasets.easy_vqa import EasyVQA
 from captum_mm.zoo.recipes import RECIPES, recipe
-from captum_mm.zoo.train import DETR_CHECK_SCENES, DETR_IMAGE_SIZE, DETR_SPLITS, VQA_CHECK_QUESTIONS, detr_box_ap, vqa_accuracy
+from captum_mm.zoo.train import VQA_CHECK_QUESTIONS, vqa_accuracy
+from captum_mm.zoo.train_detr import DETR_CHECK_SCENES, DETR_IMAGE_SIZE, DETR_SPLITS, detr_box_ap
 
 MARGIN = 1.0  # accuracy points (VQA) / hundredths of AP50 (DETR): the same subset, the same model, one CPU
 
