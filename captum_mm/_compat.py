@@ -7,3 +7,8 @@ from captum._utils.common import (  # noqa: F401
     _is_tuple,
 )
 from captum.log import log_usage  # noqa: F401
+from captum.attr._core.llm_attr import (  # noqa: F401
+    DEFAULT_GEN_ARGS,
+    BaseLLMAttribution,
+    _convert_ids_to_pretty_tokens,
+)

@@ -1,0 +1,138 @@
+"""Captum's LLM attribution API over captum_mm's attention explanations of generated text.
+
+:class:`AttentionLLMAttribution` takes Captum's interpretable inputs (``TextTokenInput``,
+``TextTemplateInput``) and returns Captum's ``LLMAttributionResult``, so Captum's
+``plot_token_attr`` and ``plot_seq_attr`` work unchanged, next to Captum's own
+``LLMAttribution`` and ``LLMGradientAttribution`` on the same model.
+"""
+
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+from captum.attr import LLMAttributionResult, TextTemplateInput, TextTokenInput
+from torch import Tensor
+
+from captum_mm._compat import DEFAULT_GEN_ARGS, BaseLLMAttribution, _convert_ids_to_pretty_tokens, log_usage
+from captum_mm.attr import AttentionAttribution
+
+__all__ = ["AttentionLLMAttribution"]
+
+
+class AttentionLLMAttribution(BaseLLMAttribution):
+    r"""
+    Attention-based attribution of a language model's generated tokens (any captum_mm
+    method, e.g. the relevancy of Chefer, Gur & Wolf, ICCV 2021) in Captum's LLM API.
+
+    Each output token gets the relevance of every input feature: a token of a
+    ``TextTokenInput``, or a value of a ``TextTemplateInput`` (the relevance of the
+    tokens it spans, summed; values sharing a mask id each get their group's sum, as
+    Captum's ``format_attr`` spreads it). The output tokens' probabilities come with
+    the result.
+
+    Examples::
+
+        >>> explainer = AttentionLLMAttribution(GenericAttention(model), tokenizer)
+        >>> inp = TextTokenInput("What color is the circle?", tokenizer)
+        >>> result = explainer.attribute(inp, target="blue")
+        >>> result.plot_token_attr(show=True)
+    """
+
+    SUPPORTED_METHODS = (AttentionAttribution,)
+    SUPPORTED_INPUTS = (TextTokenInput, TextTemplateInput)
+
+    def __init__(self, explainer: AttentionAttribution, tokenizer: Any) -> None:
+        r"""
+        Args:
+            explainer (AttentionAttribution): A captum_mm method built on the generative
+                        model itself (``forward_func`` is the HuggingFace model).
+            tokenizer: The model's HuggingFace tokenizer (a fast one for template inputs,
+                        whose values are mapped to tokens by character offsets).
+        """
+        super().__init__(explainer, tokenizer)
+        self.explainer = explainer
+
+    @log_usage()
+    def attribute(
+        self,
+        inp: Union[TextTokenInput, TextTemplateInput],
+        target: Union[str, Tensor, None] = None,
+        gen_args: Optional[Dict[str, Any]] = None,
+    ) -> LLMAttributionResult:
+        r"""
+        Args:
+            inp (TextTokenInput or TextTemplateInput): The prompt.
+            target (str or Tensor, optional): The response to explain (a string, encoded
+                        without special tokens, or its token ids). Default: None (what the
+                        model generates with ``gen_args``)
+            gen_args (dict, optional): Arguments of ``model.generate`` when ``target`` is
+                        None. Default: None (Captum's defaults: greedy, 25 new tokens)
+
+        Returns:
+            LLMAttributionResult: ``token_attr`` ``[output tokens, input features]``,
+            ``seq_attr`` its sum over output tokens, and the output tokens' probabilities.
+        """
+        if not isinstance(inp, self.SUPPORTED_INPUTS):
+            raise TypeError(f"inp must be a TextTokenInput or TextTemplateInput, got {type(inp).__name__}.")
+        if target is not None and gen_args is not None:
+            raise ValueError("gen_args are used only when target is None (the response is generated).")
+        prompt, features = self._prompt_and_features(inp)
+        if target is None:
+            explanation = self.explainer.explain(prompt, generate=True, generation_args=gen_args or DEFAULT_GEN_ARGS)
+            explained = explanation.target[0] >= 0
+            target_ids = explanation.target[0, explained]
+        else:
+            target_ids = self._get_target_tokens(inp, target).to(self.device).reshape(-1)
+            explanation = self.explainer.explain(prompt, continuation=target_ids[None])
+            explained = torch.ones_like(target_ids, dtype=torch.bool)
+        token_attr = inp.format_attr(explanation.text[0, explained] @ features.to(explanation.text.dtype))
+        return LLMAttributionResult(
+            seq_attr=token_attr.sum(0),
+            token_attr=token_attr,
+            input_tokens=list(inp.values),
+            output_tokens=_convert_ids_to_pretty_tokens(target_ids, self.tokenizer),
+            output_probs=explanation.scores[0, explained],
+            inp=inp,
+        )
+
+    def _prompt_and_features(self, inp: Union[TextTokenInput, TextTemplateInput]) -> "tuple[Dict[str, Tensor], Tensor]":
+        """The model's prompt, and ``[prompt tokens, features]``: which token belongs to which feature."""
+        if isinstance(inp, TextTokenInput):
+            ids = inp.to_model_input().to(self.device)
+            tokens = torch.arange(ids.shape[1], device=self.device)
+            if inp.itp_mask is not None:
+                tokens = tokens[inp.itp_mask[0].to(self.device)]
+            features = torch.zeros(ids.shape[1], tokens.numel(), device=self.device)
+            features[tokens, torch.arange(tokens.numel(), device=self.device)] = 1.0
+            return {"input_ids": ids}, features
+        text = inp.to_model_input()
+        encoded = self.tokenizer(text, return_tensors="pt", return_offsets_mapping=True)
+        offsets = encoded.pop("offset_mapping")[0].tolist()
+        spans = _value_spans(inp)
+        groups = inp.formatted_mask if inp.mask is not None else list(range(len(spans)))
+        features = torch.zeros(len(offsets), inp.n_itp_features, device=self.device)
+        for token, (start, end) in enumerate(offsets):
+            for value, characters in enumerate(spans):
+                if end > start and any(start <= c < end for c in characters):
+                    features[token, groups[value]] = 1.0
+        return {name: tensor.to(self.device) for name, tensor in encoded.items() if name != "token_type_ids"}, features
+
+
+def _value_spans(inp: TextTemplateInput) -> List[set]:
+    """The character positions each template value occupies in the formatted prompt: those that
+    change when that value alone is replaced (by two different fillers, so no character is missed)."""
+    values = list(inp.values)
+
+    def formatted(replaced: List[str]) -> str:
+        return inp.format_fn(**dict(zip(inp.dict_keys, replaced))) if inp.dict_keys else inp.format_fn(*replaced)
+
+    text = formatted(values)
+    spans = []
+    for index, value in enumerate(values):
+        changed: set = set()
+        for filler in ("\x00", "\x01"):
+            other = formatted(values[:index] + [filler * len(value)] + values[index + 1 :])
+            if len(other) != len(text):
+                raise ValueError(f"The template's output length depends on value {index} ({value!r}) beyond its own length.")
+            changed |= {c for c, (a, b) in enumerate(zip(text, other)) if a != b}
+        spans.append(changed)
+    return spans
