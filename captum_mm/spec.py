@@ -27,8 +27,12 @@ class AttentionParts:
 
     Attributes:
         query, key, value (nn.Linear): The projections producing Q, K and V.
-        heads (int): Number of heads.
+        heads (int): Number of (query) heads.
         projection (nn.Linear, optional): Output projection applied inside the module.
+        key_value_heads (int, optional): Number of key/value heads under grouped-query attention
+                    (each repeated over ``heads / key_value_heads`` query heads). Default: ``heads``
+        rotary (bool): Queries and keys are rotated by HF's rotary position embedding, the
+                    ``(cos, sin)`` the module receives as ``position_embeddings``. Default: False
     """
 
     query: nn.Linear
@@ -36,6 +40,8 @@ class AttentionParts:
     value: nn.Linear
     heads: int
     projection: Optional[nn.Linear] = None
+    key_value_heads: Optional[int] = None
+    rotary: bool = False
 
 
 @dataclass(frozen=True, eq=False)

@@ -47,3 +47,25 @@ class PositionEmbeddingInput(Canonizer):
             return (Switch.apply(x, mode, rule, origin),) + tuple(args[1:])
 
         return [self.linear.register_forward_pre_hook(hook)]
+
+
+@dataclass(frozen=True)
+class GatedProduct(Canonizer):
+    """``linear``'s input is the product ``gate * up`` of a gated MLP (``down(act(gate(x)) * up(x))``):
+    each factor takes half of the product's relevance (AttnLRP's uniform rule for a product), which
+    the ordinary gradient would give in full to both."""
+
+    linear: nn.Linear
+    gate: TensorSource
+    up: TensorSource
+
+    def sources(self) -> List[TensorSource]:
+        return [self.gate, self.up]
+
+    def register(self, mode: Mode, recorded: Callable[[TensorSource], Tensor]) -> List[RemovableHandle]:
+        def hook(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
+            gate, up = recorded(self.gate), recorded(self.up)
+            rule = lambda g: (exact(up) * g / 2, exact(gate) * g / 2)  # noqa: E731
+            return (Switch.apply(args[0], mode, rule, gate, up),) + tuple(args[1:])
+
+        return [self.linear.register_forward_pre_hook(hook)]

@@ -28,9 +28,10 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from captum_mm._handles import ForwardHook, HandleList
-from captum_mm._precision import accumulation_dtype, exact
+from captum_mm._precision import exact
+from captum_mm.lrp.attention import attention_hook, position_keeper
 from captum_mm.lrp.canonizers import Canonizer
-from captum_mm.lrp.rules import HalvedAttention, LinearRule, PassThrough, ProportionalResidual, RuleSet, safe_divide
+from captum_mm.lrp.rules import LinearRule, PassThrough, ProportionalResidual, RuleSet, safe_divide
 from captum_mm.lrp.switch import Mode, Recorder, Switch
 from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource
 
@@ -91,10 +92,6 @@ def _is_pass_through(module: nn.Module, extra: Tuple[type, ...]) -> bool:
     return isinstance(module, BUILT_IN_PASS_THROUGH + extra) or type(module).__module__ == "transformers.activations"
 
 
-def _replace_first(output: Any, value: Tensor) -> Any:
-    return (value,) + tuple(output[1:]) if isinstance(output, tuple) else value
-
-
 @contextmanager
 def lrp_rules(
     model: nn.Module,
@@ -115,6 +112,7 @@ def lrp_rules(
     """
     rules = rules or RuleSet()
     state, handles = LRPState(), HandleList()
+    positions: Dict[int, Tuple[Tensor, Tensor]] = {}  # id(attention module): its latest rotary (cos, sin)
     recorder = Recorder()
     missing = [spec.name for spec in attention if spec.parts is None]
     if missing or (attention and record is None):
@@ -135,8 +133,10 @@ def lrp_rules(
             projection = cast(AttentionParts, spec.parts).projection
             rule_of = (rules.for_module(spec.name, spec.module, rules.attention),
                        rules.for_module(names.get(projection, ""), projection, rules.linear) if projection is not None else rules.linear)
-            hook = _attention_hook(state, rule_of, cast("AttentionRecord", record), spec)
+            hook = attention_hook(state, rule_of, cast("AttentionRecord", record), spec, positions)
             handles.append(spec.module.register_forward_hook(hook))
+            if cast(AttentionParts, spec.parts).rotary:
+                handles.append(spec.module.register_forward_pre_hook(position_keeper(positions), with_kwargs=True))
         for residual in structure.residuals:
             module = residual.total.module
             handles.append(_residual_hook(state, rules.for_module(names[module], module, rules.residual), recorder, residual))
@@ -166,42 +166,6 @@ def _pass_hook(state: LRPState, rule: PassThrough) -> ForwardHook:
         x = args[0]
         modified = lambda g: (rule.input_gradient(exact(x), exact(output), g),)  # noqa: E731
         return Switch.apply(output, state.mode, modified, x)
-
-    return hook
-
-
-def _split_heads(tensor: Tensor, heads: int) -> Tensor:
-    return tensor.reshape(*tensor.shape[:-1], heads, -1).transpose(-2, -3)
-
-
-def _attention_hook(
-    state: LRPState, rules: Tuple[HalvedAttention, LinearRule], record: "AttentionRecord", spec: AttentionSpec
-) -> ForwardHook:
-    """The attention rule (and the output projection's linear rule) at ``spec.module``'s first output;
-    the probe goes to the call just recorded (its probabilities were recorded before the module returned)."""
-    parts = cast(AttentionParts, spec.parts)
-    attention_rule, projection_rule = rules
-
-    def hook(module: nn.Module, args: Tuple[Any, ...], output: Any) -> Any:
-        query, key, value = (state.linear_io[id(linear)][1] for linear in (parts.query, parts.key, parts.value))
-        call = record.latest(spec)
-        attention = call.probs
-        dtype = accumulation_dtype(attention.dtype)
-        call.probe = torch.zeros((), dtype=dtype, device=attention.device, requires_grad=True).expand(attention.shape)
-        projection = (parts.projection, state.linear_io[id(parts.projection)]) if parts.projection is not None else None
-        heads = parts.heads
-
-        def rule(g: Tensor) -> Tuple[Tensor, ...]:
-            if projection is not None:
-                linear, (x, out) = projection
-                g = projection_rule.input_gradient(linear, exact(x), exact(out), g)
-            q, k, v = (_split_heads(exact(t), heads) for t in (query, key, value))
-            g_q, g_k, g_v, relevance = attention_rule.gradients(q, k, v, exact(attention), _split_heads(g, heads))
-            merged = (t.transpose(-2, -3).reshape(like.shape) for t, like in ((g_q, query), (g_k, key), (g_v, value)))
-            return (*merged, relevance)
-
-        first = output[0] if isinstance(output, tuple) else output
-        return _replace_first(output, Switch.apply(first, state.mode, rule, query, key, value, call.probe))
 
     return hook
 

@@ -1,5 +1,6 @@
 """The architecture-adapter interface and what adapters share."""
 
+import inspect
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, cast
@@ -219,22 +220,28 @@ def mlp_output(layer: Any) -> Tuple[TensorSource, TensorSource]:
 
 def pre_norm_structure(
     model: nn.Module,
-    layer_class: type,
+    layer_class: type | Tuple[type, ...],
     second_norm: str,
     attention: str,
     mlp_addition: Callable[[Any], Tuple[TensorSource, TensorSource]] = mlp_output,
 ) -> LRPStructure:
-    """The two residual additions of every pre-norm layer (ViT, CLIP, ViLT):
+    """The two residual additions of every pre-norm layer (ViT, CLIP, ViLT, LLaMA-style LMs):
     ``middle = attention(norm1(x)) + x``, seen as the input of the layer's ``second_norm``, and
     ``total = branch + middle``, where ``mlp_addition(layer)`` gives ``(total, branch)``."""
     residuals = []
     for layer in _modules_of(model, layer_class):
-        middle, (total, branch) = TensorSource(getattr(layer, second_norm), "input"), mlp_addition(layer)
+        norm = getattr(layer, second_norm)
+        middle, (total, branch) = TensorSource(norm, first_argument(norm)), mlp_addition(layer)
         residuals += [
             ResidualRuleSite(middle, TensorSource(getattr(layer, attention), index=0), TensorSource(layer, "hidden_states")),
             ResidualRuleSite(total, branch, middle),
         ]
     return LRPStructure(residuals)
+
+
+def first_argument(module: nn.Module) -> str:
+    """The name of ``module.forward``'s first argument (``input`` for ``nn.LayerNorm``, ``hidden_states`` for HF's RMSNorms)."""
+    return next(iter(inspect.signature(module.forward).parameters))
 
 
 def forward_order_schedule(

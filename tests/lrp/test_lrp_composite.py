@@ -6,6 +6,8 @@ from transformers.models.bert.modeling_bert import BertSelfAttention
 
 from captum_mm.attr import TransformerAttribution
 from captum_mm.lrp import AlphaBeta, Epsilon, HalvedAttention, LinearRule, LRPStructure, PositionEmbeddingInput, RuleSet, lrp_rules
+from captum_mm.lrp.attention import repeat_heads, rotary, rotary_transposed, sum_groups
+from captum_mm.lrp.canonizers import GatedProduct
 from captum_mm.lrp.composite import relevance_seed
 from captum_mm.spec import TensorSource
 from helpers import bert_case
@@ -99,3 +101,50 @@ def test_position_embedding_canonizer_keeps_the_relevance_on_the_content():
     assert torch.allclose(relevance_at_input(False), torch.tensor([[2 / 3, 2 / 3]], dtype=torch.float64))
     # with it the position embedding receives none: g_x = z * g_z / x, R_x = R_z
     assert torch.allclose(relevance_at_input(True), torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+
+
+class GatedMLP(nn.Module):
+    """``down(act(gate(x)) * up(x))`` with scalar weights gate 2, up 3, down 1 and an identity activation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.up, self.down = (nn.Linear(1, 1, bias=False).double() for _ in range(3))
+        self.act = nn.Identity()
+        with torch.no_grad():
+            for linear, weight in ((self.gate, 2.0), (self.up, 3.0), (self.down, 1.0)):
+                linear.weight.fill_(weight)
+
+    def forward(self, x):
+        return self.down(self.act(self.gate(x)) * self.up(x))
+
+
+def test_gated_product_gives_each_factor_half_of_its_relevance():
+    # x = 1: gate 2, up 3, product 6 = output. Relevance 1 at the output reaches the product whole;
+    # each factor takes half (0.5), and each linear passes its half to x: R_x = 1. The ordinary
+    # gradient gives both factors the whole product (d/dx of 2x * 3x at 1 is 12, so x * g = 12 / 6 = 2).
+    model = GatedMLP()
+    gated = [GatedProduct(model.down, TensorSource(model.act), TensorSource(model.up))]
+    for canonizers, expected in ((gated, 1.0), ([], 2.0)):
+        x = torch.ones(1, 1, dtype=torch.float64, requires_grad=True)
+        with lrp_rules(model, LRPStructure([], canonizers=canonizers)) as state:
+            output = model(x)
+            with state.relevance_mode():
+                (gradient,) = torch.autograd.grad(output, x, relevance_seed(output, torch.ones_like(output)))
+        assert torch.allclose(x * gradient, torch.tensor([[expected]], dtype=torch.float64))
+    assert not model.down._forward_pre_hooks
+
+
+def test_rotary_and_grouped_heads_are_crossed_by_their_transposes():
+    # a 2-d head rotated by the angle with cos 0.6, sin 0.8: q = (1, 2) -> (0.6 - 1.6, 1.2 + 0.8) = (-1, 2)
+    cos, sin = torch.tensor([[[0.6, 0.6]]]), torch.tensor([[[0.8, 0.8]]])  # [B, N, d]
+    q = torch.tensor([1.0, 2.0]).reshape(1, 1, 1, 2)  # [B, H, N, d]
+    assert torch.allclose(rotary(q, cos, sin), torch.tensor([-1.0, 2.0]).reshape(1, 1, 1, 2))
+    # the transpose of [[0.6, -0.8], [0.8, 0.6]] applied to g = (1, 0) is (0.6, -0.8)
+    g = torch.tensor([1.0, 0.0]).reshape(1, 1, 1, 2)
+    assert torch.allclose(rotary_transposed(g, cos, sin), torch.tensor([0.6, -0.8]).reshape(1, 1, 1, 2))
+    # relevance q . g is kept: rotated (-1, 2) . (1, 0) = -1 = (1, 2) . (0.6, -0.8)
+    assert torch.allclose((rotary(q, cos, sin) * g).sum(), (q * rotary_transposed(g, cos, sin)).sum())
+    # two key/value heads a, b serve four query heads as a, a, b, b; back, each sums its group
+    kv = torch.tensor([10.0, 20.0]).reshape(1, 2, 1, 1)
+    assert repeat_heads(kv, 2).flatten().tolist() == [10.0, 10.0, 20.0, 20.0]
+    assert sum_groups(torch.tensor([1.0, 2.0, 3.0, 4.0]).reshape(1, 4, 1, 1), 2).flatten().tolist() == [3.0, 7.0]

@@ -111,3 +111,32 @@ def test_self_attention_families_conserve_relevance_at_every_layer(family):
     relevance = relevance_at_cuts(case, cuts)
     for name in cuts:
         assert torch.allclose(relevance[name], torch.ones(3, dtype=torch.float64), atol=TOLERANCE), (family, name)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma"])
+def test_llama_style_lms_conserve_relevance_at_every_layer(family):
+    """Rotary embeddings and grouped-query heads crossed by their transposes, RMSNorm passed through, the
+    gated product halved: the generated token's relevance 1 reaches every layer's input whole."""
+    from captum_mm.generation import generation_forward
+    from helpers import language_model, prompt_batch
+
+    model = language_model(family, layers=3).double()
+    ids, _ = prompt_batch(batch=2)
+    forward, arguments, continuation = generation_forward(model, {"input_ids": ids}, [[5], [6]], False, None)
+    layers = [module for name, module in model.named_modules() if name.startswith("model.layers.") and name.count(".") == 2]
+    cuts = {f"layer{k}": (layer, 0) for k, layer in enumerate(layers)}
+    cuts["final norm"] = (model.model.norm, 0)
+    tensors, handles = {}, []
+    for name, (module, index) in cuts.items():
+        handles.append(module.register_forward_pre_hook(lambda m, a, name=name: tensors.__setitem__(name, a[0])))
+    try:
+        with forward_pass(model, forward, arguments, target=continuation, needs=Needs(gradients=True, relevance=True)) as run:
+            starts, seeds = run.adapter.lrp_start(run.lrp, run.logits, run.selection.grad_outputs[:1])
+            with run.lrp.relevance_mode():
+                grads = torch.autograd.grad(starts, [tensors[n] for n in cuts], [s[0] for s in seeds])
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, gradient in zip(cuts, grads):
+        relevance = (tensors[name] * gradient).flatten(1).sum(1).detach()
+        assert torch.allclose(relevance, torch.ones(2, dtype=torch.float64), atol=TOLERANCE), (family, name, relevance)

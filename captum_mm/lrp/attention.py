@@ -1,0 +1,134 @@
+"""The attention rule site: relevance from an attention module's output to its query, key and value
+projections and to its map ``R_A`` (the probe of the recorded call).
+
+The rule (:class:`~captum_mm.lrp.rules.HalvedAttention`) works on the operands of the matmuls as the
+model's attention function sees them. Two blocks between the projections and those operands are
+bias-free linear maps, for which the z-rule is the transpose of the map (the relevance is conserved):
+rotary position embeddings (``x cos + rotate_half(x) sin``, transposed ``g cos - rotate_half(g sin)``)
+applied to queries and keys, and grouped-query attention's key/value heads repeated over the query
+heads (transposed: the sum over each group).
+"""
+
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, cast
+
+import torch
+from torch import Tensor, nn
+
+from captum_mm._handles import ForwardHook, KwargsPreHook
+from captum_mm._precision import accumulation_dtype, exact
+from captum_mm.lrp.rules import HalvedAttention, LinearRule
+from captum_mm.lrp.switch import Switch
+from captum_mm.spec import AttentionParts, AttentionSpec
+
+if TYPE_CHECKING:  # the composite imports this module; the capture module's package imports both
+    from captum_mm.lrp.composite import LRPState
+    from captum_mm.models.capture import AttentionRecord
+
+
+def split_heads(tensor: Tensor, heads: int) -> Tensor:
+    """``[B, N, heads * d]`` to ``[B, heads, N, d]``."""
+    return tensor.reshape(*tensor.shape[:-1], heads, -1).transpose(-2, -3)
+
+
+def merge_heads(tensor: Tensor, like: Tensor) -> Tensor:
+    """``[B, heads, N, d]`` back to ``like``'s ``[B, N, heads * d]``."""
+    return tensor.transpose(-2, -3).reshape(like.shape)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """HF's rotary position embedding of ``[B, H, N, d]`` heads, with ``cos``/``sin`` ``[B, N, d]``."""
+    return x * cos[:, None] + rotate_half(x) * sin[:, None]
+
+
+def rotary_transposed(g: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """The transpose of :func:`rotary` applied to ``g``: its modified gradient back to the unrotated heads."""
+    return g * cos[:, None] - rotate_half(g * sin[:, None])
+
+
+def repeat_heads(x: Tensor, groups: int) -> Tensor:
+    """Key/value heads ``[B, H_kv, N, d]`` repeated for ``H_kv * groups`` query heads (as HF's ``repeat_kv``)."""
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def sum_groups(g: Tensor, groups: int) -> Tensor:
+    """The transpose of :func:`repeat_heads`: each key/value head gets the sum over its query heads."""
+    return g if groups == 1 else g.reshape(g.shape[0], -1, groups, *g.shape[2:]).sum(2)
+
+
+def attention_operands_gradients(
+    rule: HalvedAttention,
+    parts: AttentionParts,
+    projected: Tuple[Tensor, Tensor, Tensor],
+    probs: Tensor,
+    g_context: Tensor,
+    position: Optional[Tuple[Tensor, Tensor]],
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(g_query, g_key, g_value, R_A)`` for the projections' outputs ``projected`` (``[B, N, heads * d]``),
+    given the modified gradient ``g_context`` of the heads' context ``[B, H, N, d]``."""
+    query, key, value = projected
+    kv_heads = parts.key_value_heads or parts.heads
+    groups = parts.heads // kv_heads
+    q, k, v = split_heads(query, parts.heads), split_heads(key, kv_heads), split_heads(value, kv_heads)
+    if position is not None:
+        q, k = rotary(q, *position), rotary(k, *position)
+    g_q, g_k, g_v, relevance = rule.gradients(q, repeat_heads(k, groups), repeat_heads(v, groups), probs, g_context)
+    g_k, g_v = sum_groups(g_k, groups), sum_groups(g_v, groups)
+    if position is not None:
+        g_q, g_k = rotary_transposed(g_q, *position), rotary_transposed(g_k, *position)
+    return merge_heads(g_q, query), merge_heads(g_k, key), merge_heads(g_v, value), relevance
+
+
+def position_keeper(positions: Dict[int, Tuple[Tensor, Tensor]]) -> KwargsPreHook:
+    """Keeps the ``(cos, sin)`` an attention module receives as ``position_embeddings`` (HF rotary families)."""
+
+    def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+        embeddings = kwargs.get("position_embeddings")
+        if embeddings is None:
+            raise ValueError(f"{type(module).__name__} was called without position_embeddings (cos, sin): its rotary "
+                             "embeddings cannot be followed by LRP.")
+        positions[id(module)] = embeddings
+
+    return hook
+
+
+def attention_hook(
+    state: "LRPState",
+    rules: Tuple[HalvedAttention, LinearRule],
+    record: "AttentionRecord",
+    spec: AttentionSpec,
+    positions: Dict[int, Tuple[Tensor, Tensor]],
+) -> ForwardHook:
+    """The attention rule (and the output projection's linear rule) at ``spec.module``'s first output;
+    the probe goes to the call just recorded (its probabilities were recorded before the module returned)."""
+    parts = cast(AttentionParts, spec.parts)
+    attention_rule, projection_rule = rules
+
+    def hook(module: nn.Module, args: Tuple[Any, ...], output: Any) -> Any:
+        projected = tuple(state.linear_io[id(linear)][1] for linear in (parts.query, parts.key, parts.value))
+        call = record.latest(spec)
+        attention = call.probs
+        call.probe = torch.zeros((), dtype=accumulation_dtype(attention.dtype), device=attention.device,
+                                 requires_grad=True).expand(attention.shape)
+        projection = (parts.projection, state.linear_io[id(parts.projection)]) if parts.projection is not None else None
+        position = tuple(exact(t) for t in positions[id(module)]) if parts.rotary else None
+
+        def rule(g: Tensor) -> Tuple[Tensor, ...]:
+            if projection is not None:
+                linear, (x, out) = projection
+                g = projection_rule.input_gradient(linear, exact(x), exact(out), g)
+            operands = cast(Tuple[Tensor, Tensor, Tensor], tuple(exact(t) for t in projected))
+            return attention_operands_gradients(
+                attention_rule, parts, operands, exact(attention), split_heads(g, parts.heads),
+                cast(Optional[Tuple[Tensor, Tensor]], position),
+            )
+
+        first = output[0] if isinstance(output, tuple) else output
+        switched = Switch.apply(first, state.mode, rule, *projected, call.probe)
+        return (switched,) + tuple(output[1:]) if isinstance(output, tuple) else switched
+
+    return hook
