@@ -14,6 +14,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from captum_mm.models.arguments import check_batch_sizes
+
 ContinuationLike = Union[Tensor, Sequence[Sequence[int]]]
 CACHE_ARGUMENTS = ("cache", "past_key_values")
 
@@ -51,6 +53,7 @@ def generation_forward(
         )
     if not generate and generation_args:
         raise ValueError("generation_args are used only with generate=True.")
+    check_batch_sizes(prompt, tuple(prompt))
     ids = prompt.get("input_ids")
     if not isinstance(ids, Tensor) or ids.dim() != 2:
         raise ValueError("Explaining generated tokens needs the prompt's input_ids [batch, tokens] as the model's input_ids.")

@@ -10,6 +10,7 @@ from transformers import (
     BertForSequenceClassification,
     CLIPConfig,
     CLIPModel,
+    CLIPVisionConfig,
     DetrConfig,
     DetrForObjectDetection,
     DetrModel,
@@ -19,6 +20,8 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
     LxmertConfig,
     LxmertForQuestionAnswering,
     LxmertModel,
@@ -243,12 +246,33 @@ def language_model(name: str, layers: int = 2) -> nn.Module:
 
 def prompt_batch(batch=3, tokens=6) -> Tuple[Tensor, Tensor]:
     """Left-padded prompts (as generation pads): sample 1 has two padding tokens first."""
-    ids = torch.randint(3, LM_VOCAB, (batch, tokens))
+    ids = torch.randint(4, LM_VOCAB, (batch, tokens))  # 0-2 special, 3 the image token
     mask = torch.ones(batch, tokens, dtype=torch.long)
     if batch > 1:
         mask[1, :2] = 0
         ids[1, :2] = 0
     return ids, mask
+
+
+#: LLaVA: image token id 3 (one per vision patch: a 32 x 32 image in 8 x 8 patches gives a 4 x 4 grid).
+IMAGE_TOKEN, IMAGE_GRID = 3, (4, 4)
+
+
+def llava(vision_layers=3, feature_layer=-2, strategy="default", layers=2) -> nn.Module:
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=vision_layers, num_attention_heads=4,
+                              image_size=32, patch_size=8)
+    text = LlamaConfig(num_hidden_layers=layers, **_LLAMA_LIKE)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN,
+                         vision_feature_layer=feature_layer, vision_feature_select_strategy=strategy)
+    return LlavaForConditionalGeneration(config).eval()
+
+
+def vlm_prompts(batch=3, text=4, image_tokens=16) -> Dict[str, Tensor]:
+    """Left-padded prompts ``[image tokens | text]`` with their images; sample 1 has two padding tokens first."""
+    ids, mask = prompt_batch(batch, 2 + image_tokens + text)
+    ids[:, 2:2 + image_tokens] = IMAGE_TOKEN
+    ids[0, :2] = torch.randint(4, LM_VOCAB, (2,))  # a text token before the image
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.randn(batch, 3, 32, 32)}
 
 
 CASES: Dict[str, Callable[..., Case]] = {

@@ -15,7 +15,10 @@ they receive ``x``, ``out`` and ``g`` in float32 (weights stay in the model's dt
 probes are float32, so the relevance at the maps is float32; the modified gradients
 between rule sites are held in the model's dtype.
 
-Everything is registered as hooks whose handles are removed on exit, also on error.
+Everything is registered as hooks whose handles are removed on exit, also on error. Hooks that
+replace a module's output run before the module's other forward hooks (``prepend``), so that what
+those read -- HF's hidden-state capture, which feeds LLaVA's projector -- is the routed output: read
+before, it would carry the relevance past the rules.
 """
 
 import inspect
@@ -126,9 +129,9 @@ def lrp_rules(
         for module, name in names.items():
             if isinstance(module, nn.Linear):
                 rule = rules.for_module(name, module, rules.linear)
-                handles.append(module.register_forward_hook(_linear_hook(state, rule)))
+                handles.append(module.register_forward_hook(_linear_hook(state, rule), prepend=True))
             elif id(module) not in attention_parts and _is_pass_through(module, structure.pass_through_types):
-                handles.append(module.register_forward_hook(_pass_hook(state, rules.for_module(name, module, rules.pass_through))))
+                handles.append(module.register_forward_hook(_pass_hook(state, rules.for_module(name, module, rules.pass_through)), prepend=True))
         for spec in attention:
             projection = cast(AttentionParts, spec.parts).projection
             rule_of = (rules.for_module(spec.name, spec.module, rules.attention),
@@ -183,7 +186,7 @@ def _residual_hook(state: LRPState, rule: ProportionalResidual, recorder: Record
                 return switched(output)
             return output[: site.total.index] + (switched(output[site.total.index]),) + output[site.total.index + 1 :]
 
-        return module.register_forward_hook(on_output)
+        return module.register_forward_hook(on_output, prepend=True)
     signature = inspect.signature(module.forward)
 
     def on_argument(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:

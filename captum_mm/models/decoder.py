@@ -9,7 +9,7 @@ from the last position, which must be a real token (left padding, as generation 
 """
 
 from types import MappingProxyType
-from typing import Any, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 from torch import Tensor
@@ -43,6 +43,11 @@ class DecoderOnlyAdapter(ArchitectureAdapter):
         return logits if logits.dim() == 2 else logits[:, -1]
 
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
+        mask, readouts = self.sequence_readouts(record, selection)
+        return forward_order_schedule(record, selection, {SEQUENCE: mask}, readouts)
+
+    def sequence_readouts(self, record: AttentionRecord, selection: TargetSelection) -> Tuple[Tensor, Dict[str, Readout]]:
+        """The sequence's ``[B, N]`` mask of real tokens, and the ``text`` and ``generated`` readouts."""
         ids = text_tokens(record.arguments)
         mask = token_mask(record.arguments.get("attention_mask"), ids.shape[0], ids.shape[1], ids.device)
         if selection.positions is None:
@@ -55,11 +60,10 @@ class DecoderOnlyAdapter(ArchitectureAdapter):
         else:
             rows = selection.positions - 1
             prompt_length = int(ids.shape[1] - selection.grad_outputs.shape[0])
-        readouts = {
+        return mask, {
             TEXT: Readout(SEQUENCE, rows, SEQUENCE, slice(0, prompt_length)),
             GENERATED: Readout(SEQUENCE, rows, SEQUENCE, slice(prompt_length, None)),
         }
-        return forward_order_schedule(record, selection, {SEQUENCE: mask}, readouts)
 
 
 def generated_targets(token_logits: Tensor, continuation: Continuation) -> TargetSelection:

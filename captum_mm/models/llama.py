@@ -10,7 +10,7 @@ projections and the attention's operands, crossed by their transpose
 (:class:`~captum_mm.lrp.canonizers.GatedProduct`).
 """
 
-from typing import Any, List
+from typing import Any, List, Tuple
 
 from transformers import GemmaForCausalLM, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
 from transformers.models.gemma.modeling_gemma import GemmaAttention, GemmaDecoderLayer, GemmaMLP, GemmaRMSNorm
@@ -34,7 +34,7 @@ def rotary_parts(module: Any) -> AttentionParts:
 
 @register_adapter
 class LlamaAdapter(DecoderOnlyAdapter):
-    model_classes = (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM, GemmaForCausalLM)
+    model_classes: Tuple[type, ...] = (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM, GemmaForCausalLM)
     attention_classes = (LlamaAttention, Qwen2Attention, MistralAttention, GemmaAttention)
     layer_classes = (LlamaDecoderLayer, Qwen2DecoderLayer, MistralDecoderLayer, GemmaDecoderLayer)
     mlp_classes = (LlamaMLP, Qwen2MLP, MistralMLP, GemmaMLP)

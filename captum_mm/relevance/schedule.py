@@ -40,6 +40,27 @@ class AttentionEvent:
 
 
 @dataclass(frozen=True, eq=False)
+class Stage:
+    """An earlier stage whose tokens the read columns are functions of, token by token (a vision
+    tower feeding a language model through a projector): the read values continue through that
+    stage's own relevance, ``R^{g,patch} = R^{g,tok} . P . R^{pair}[rows, columns]``
+    (docs/METHOD.md, "Stages joined by a projection").
+
+    Attributes:
+        pair (tuple[str, str]): The earlier stage's relevance block, e.g. ``("vision", "vision")``.
+        rows (slice): Its tokens the read columns come from, in order.
+        columns (slice): Its tokens the output is over.
+        token_map (Tensor, optional): ``P``, ``[n_read, n_rows]`` weights of each earlier token in
+                    each read column (a pooling such as pixel shuffle). Default: identity
+    """
+
+    pair: Tuple[str, str]
+    rows: slice = field(default_factory=lambda: slice(None))
+    columns: slice = field(default_factory=lambda: slice(None))
+    token_map: Optional[Tensor] = None
+
+
+@dataclass(frozen=True, eq=False)
 class Readout:
     """Where one output (``"text"``, ``"image"``) is read: row ``rows[e]`` of ``R^{row, key}``,
     columns ``columns``, optionally reshaped to a ``grid``.
@@ -52,6 +73,11 @@ class Readout:
         grid (tuple[int, int], optional): Reshape the columns to this spatial grid.
         positions (Tensor, optional): ``[E, N_columns]`` flat grid cell of each column,
                     when the columns are not in grid order (ViLT samples its patches).
+        column_index (Tensor, optional): ``[E, n]`` the columns by index, per element, when
+                    they are not the same slice for all (a VLM's image tokens); replaces ``columns``.
+        column_mask (Tensor, optional): ``[E, N_key]`` the columns kept; the others read 0
+                    (a VLM's text output without its image tokens).
+        through (Stage, optional): Continue the read values through an earlier stage.
     """
 
     row: str
@@ -60,6 +86,9 @@ class Readout:
     columns: slice = field(default_factory=lambda: slice(None))
     grid: Optional[Tuple[int, int]] = None
     positions: Optional[Tensor] = None
+    column_index: Optional[Tensor] = None
+    column_mask: Optional[Tensor] = None
+    through: Optional[Stage] = None
 
     @property
     def pair(self) -> Tuple[str, str]:
@@ -95,8 +124,10 @@ class Schedule:
 
     @property
     def pairs(self) -> List[Tuple[str, str]]:
-        """The ``(row, key)`` relevance blocks the outputs read, each once."""
-        return list(dict.fromkeys(spec.pair for spec in self.outputs.values()))
+        """The ``(row, key)`` relevance blocks the outputs read (and the earlier stages they go through), each once."""
+        pairs = [spec.pair for spec in self.outputs.values()]
+        pairs += [spec.through.pair for spec in self.outputs.values() if spec.through is not None]
+        return list(dict.fromkeys(pairs))
 
     @property
     def events(self) -> List[AttentionEvent]:

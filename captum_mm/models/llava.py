@@ -1,0 +1,122 @@
+"""LLaVA-style VLMs: a vision tower (CLIP or SigLIP) whose hidden states at ``vision_feature_layer``
+are projected, token by token, into image placeholder tokens of a LLaMA-style LM's sequence.
+
+Schedule: the LM's causal stream as for decoder-only LMs (:mod:`captum_mm.models.decoder`), plus
+Eq. 6 over the vision tower's layers up to the feature layer (later layers feed nothing). Readouts
+per generated token: ``text`` over the prompt without its image tokens; ``generated``; ``image`` on
+the vision patch grid, the LM's readout over the image tokens continued through the vision tower's
+own relevance (docs/METHOD.md, "Stages joined by a projection": ``R^{g,patch} = R^{g,tok} .
+R^{vv}[features, patches]``). With ``compose_vision = False`` the image output stops at the LM's
+image tokens (on the patch grid when there is one token per patch).
+"""
+
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Any, Dict, List, Sequence, Set, cast
+
+import torch
+from torch import Tensor, nn
+from transformers import LlavaForConditionalGeneration
+from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
+from transformers.models.siglip.modeling_siglip import SiglipAttention, SiglipEncoderLayer
+
+from captum_mm.lrp.composite import LRPStructure
+from captum_mm.models.arguments import PIXELS, Argument, require, text_tokens
+from captum_mm.models.base import TargetSelection, attention_specs_in, forward_order_schedule, pre_norm_structure, projected_parts
+from captum_mm.models.capture import AttentionRecord
+from captum_mm.models.decoder import SEQUENCE, DecoderOnlyAdapter
+from captum_mm.models.llama import LlamaAdapter, rotary_parts
+from captum_mm.models.registry import register_adapter
+from captum_mm.relevance.schedule import Readout, Schedule, Stage
+from captum_mm.spec import AttentionSpec, module_names, self_attention
+
+VISION, TEXT, GENERATED, IMAGE = "vision", "text", "generated", "image"
+
+
+@register_adapter
+class LlavaAdapter(LlamaAdapter):
+    model_classes = (LlavaForConditionalGeneration,)
+    model: LlavaForConditionalGeneration
+    outputs = (TEXT, GENERATED, IMAGE)
+    arguments = MappingProxyType(
+        dict(DecoderOnlyAdapter.arguments, pixel_values=Argument(4, PIXELS, None, f"A LLaVA prompt needs pixel_values {PIXELS}."))
+    )
+    vision_attention_classes = (CLIPAttention, SiglipAttention)
+    vision_layer_classes = (CLIPEncoderLayer, SiglipEncoderLayer)
+    #: Continue the image tokens' relevance through the vision tower (False: stop at the LM's image tokens).
+    compose_vision: bool = True
+
+    def attention_specs(self) -> List[AttentionSpec]:
+        names, inner = module_names(self.model), self.model.model
+        vision = attention_specs_in(inner.vision_tower, self.vision_attention_classes, self_attention(VISION),
+                                    lambda m: projected_parts(m, m.num_heads, m.out_proj), names=names)
+        language = attention_specs_in(inner.language_model, self.attention_classes, self_attention(SEQUENCE),
+                                      rotary_parts, names=names)
+        return vision + language
+
+    def check_arguments(self, arguments: Dict[str, Any]) -> None:
+        super().check_arguments(arguments)
+        ids, pixels = text_tokens(arguments), arguments["pixel_values"]
+        require(ids.dim() == 2 and "input_ids" in arguments, "A LLaVA prompt needs input_ids with its image tokens.")
+        require(pixels.shape[0] == ids.shape[0], f"One image per prompt: {pixels.shape[0]} images for {ids.shape[0]} prompts.")
+        counts = (ids == self.model.config.image_token_id).sum(-1)
+        features = self._features_per_image(pixels, arguments)
+        wrong = [index for index, count in enumerate(counts.tolist()) if count != features]
+        require(not wrong, f"Each prompt needs {features} image tokens (id {self.model.config.image_token_id}), one per "
+                f"image feature; samples {wrong} have {[counts[i].item() for i in wrong]} (a continuation token with that id "
+                "counts too: the model reads it as an image placeholder).")
+
+    def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
+        mask, readouts = self.sequence_readouts(record, selection)
+        arguments, rows = record.arguments, readouts[TEXT].rows
+        ids, pixels = text_tokens(arguments), arguments["pixel_values"]
+        image_tokens = (ids == self.model.config.image_token_id)[selection.sample]
+        readouts[TEXT] = replace(readouts[TEXT], column_mask=~image_tokens)
+        positions = torch.nonzero(image_tokens)[:, 1].reshape(image_tokens.shape[0], -1)
+        patch, cls = self._patch_size(), int(self._has_class_token())
+        grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
+        first = int(self._strategy(arguments) == "default")
+        stage = Stage((VISION, VISION), slice(first, None), slice(cls, None))
+        if self.compose_vision:
+            readouts[IMAGE] = Readout(SEQUENCE, rows, SEQUENCE, grid=grid, column_index=positions, through=stage)
+        else:
+            on_grid = positions.shape[1] == grid[0] * grid[1]
+            readouts[IMAGE] = Readout(SEQUENCE, rows, SEQUENCE, grid=grid if on_grid else None, column_index=positions)
+        vision_mask = torch.ones(pixels.shape[0], cls + grid[0] * grid[1], dtype=torch.bool, device=pixels.device)
+        schedule = forward_order_schedule(record, selection, {SEQUENCE: mask, VISION: vision_mask}, readouts)
+        unused = self._unused_vision_attention(arguments)
+        kept = [step for step in schedule.steps if record.calls[step[0].call].spec.module not in unused]
+        return replace(schedule, steps=kept)
+
+    def lrp_structure(self) -> LRPStructure:  # the LM's, and the vision tower's pre-norm layers
+        language = super().lrp_structure()
+        vision = pre_norm_structure(self.model.model.vision_tower, self.vision_layer_classes, "layer_norm2", "self_attn")
+        return replace(language, residuals=language.residuals + vision.residuals)
+
+    def _patch_size(self) -> int:
+        return int(cast(Any, self.model.config.vision_config).patch_size)
+
+    def _vision_body(self) -> Any:
+        """The vision tower's module holding ``embeddings`` and ``encoder`` (the tower itself, or its ``vision_model``)."""
+        tower = self.model.model.vision_tower
+        return getattr(tower, "vision_model", tower)
+
+    def _has_class_token(self) -> bool:
+        return hasattr(self._vision_body().embeddings, "class_embedding")
+
+    def _strategy(self, arguments: Dict[str, Any]) -> str:
+        return arguments.get("vision_feature_select_strategy") or self.model.config.vision_feature_select_strategy
+
+    def _features_per_image(self, pixels: Tensor, arguments: Dict[str, Any]) -> int:
+        patch = self._patch_size()
+        tokens = (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch) + int(self._has_class_token())
+        return tokens - int(self._strategy(arguments) == "default")
+
+    def _unused_vision_attention(self, arguments: Dict[str, Any]) -> Set[nn.Module]:
+        """The vision tower's attention modules after the feature layer: nothing the LM reads depends on them."""
+        chosen = arguments.get("vision_feature_layer")
+        chosen = self.model.config.vision_feature_layer if chosen is None else chosen
+        layers: Sequence[Any] = self._vision_body().encoder.layers
+        depth = max((layer if layer >= 0 else len(layers) + 1 + layer) for layer in ([chosen] if isinstance(chosen, int) else chosen))
+        return {module for layer in layers[depth:] for module in layer.modules()}
+

@@ -1,0 +1,151 @@
+"""LLaVA: generated tokens explained over the prompt's text, earlier generated tokens and the image's
+patch grid, composed through the vision tower's own relevance (docs/METHOD.md)."""
+
+import pytest
+import torch
+
+from captum_mm.attr import GenericAttention, RawAttention
+from captum_mm.attr.engine import forward_pass
+from captum_mm.generation import generation_forward
+from captum_mm.models import adapter_for
+from helpers import IMAGE_GRID, IMAGE_TOKEN, assert_same_state, llava, model_state, vlm_prompts
+from methods_under_test import METHODS
+
+CONTINUATION = [[5, 6], [7], [8, 9]]
+#: Greedy, never the image token (a random-init LM may pick it; a trained VLM does not).
+GREEDY = {"do_sample": False, "suppress_tokens": [IMAGE_TOKEN]}
+
+
+def schedule_of(model, batch, continuation=CONTINUATION):
+    forward, arguments, target = generation_forward(model, batch, continuation, False, None)
+    with forward_pass(model, forward, arguments, target=target, needs=RawAttention.needs) as run:
+        return run.schedule, run.record
+
+
+@pytest.mark.parametrize("feature_layer, vision_events", [(-2, 2), (-1, 3), (1, 1)])
+def test_schedule_runs_the_vision_layers_up_to_the_feature_layer_then_the_lm(feature_layer, vision_events):
+    model = llava(vision_layers=3, feature_layer=feature_layer, layers=2)
+    schedule, record = schedule_of(model, vlm_prompts())
+    roles = [(event.query, event.key) for event in schedule.events]
+    assert roles == [("vision", "vision")] * vision_events + [("sequence", "sequence")] * 2
+    assert [record.calls[e.call].name for e in schedule.events[:vision_events]] == [
+        f"model.vision_tower.encoder.layers.{k}.self_attn" for k in range(vision_events)
+    ]
+    image = schedule.outputs["image"]
+    assert image.column_index.tolist()[0] == list(range(2, 18)) and image.grid == IMAGE_GRID
+    assert image.through.pair == ("vision", "vision") and image.through.rows == slice(1, None)  # [CLS] dropped
+    assert image.through.columns == slice(1, None) and schedule.sizes["vision"] == 17
+    assert not schedule.outputs["text"].column_mask[:, 2:18].any()  # the text output leaves the image tokens out
+
+
+def test_full_strategy_reads_the_class_token_feature_too():
+    model = llava(strategy="full")
+    batch = vlm_prompts(image_tokens=17)
+    schedule, _ = schedule_of(model, batch)
+    assert schedule.outputs["image"].through.rows == slice(0, None)
+    assert schedule.outputs["image"].column_index.shape == (5, 17)  # 5 explained tokens
+
+
+def test_raw_attention_image_is_the_lm_row_over_image_tokens_times_the_vision_map():
+    # hand-composed from the model's own eager attention maps (head means): the LM's last layer read at
+    # the row before the token, over the 16 image tokens, times the last used vision layer's map
+    # between patches ([CLS] row and column dropped)
+    model = llava(vision_layers=3, feature_layer=-2)
+    batch = vlm_prompts(batch=1)
+    explanation = RawAttention(model).explain(batch, continuation=[[5]])
+    ids = torch.cat([batch["input_ids"], torch.tensor([[5]])], dim=1)
+    for config in (model.config, model.config.text_config, model.config.vision_config):
+        config._attn_implementation = "eager"
+    try:
+        output = model(input_ids=ids, pixel_values=batch["pixel_values"], output_attentions=True)
+        vision = model.model.vision_tower(batch["pixel_values"], output_attentions=True).attentions[1][0].mean(0)
+    finally:
+        for config in (model.config, model.config.text_config, model.config.vision_config):
+            config._attn_implementation = "sdpa"
+    language = output.attentions[-1][0].mean(0)[ids.shape[1] - 2]  # the row predicting the token
+    expected = language[2:18] @ vision[1:, 1:]
+    torch.testing.assert_close(explanation.image[0, 0].flatten(), expected)
+    text = language.clone()
+    text[ids.shape[1] - 2] = 0.0  # the row token's own entry
+    text[2:18] = 0.0  # image tokens are not text
+    torch.testing.assert_close(explanation.text[0, 0], text[: batch["input_ids"].shape[1]])
+
+
+def test_stopping_at_the_image_tokens():
+    model = llava()
+    batch = vlm_prompts(batch=1)
+    explainer = RawAttention(model)
+    explainer.adapter.compose_vision = False
+    tokens = explainer.explain(batch, continuation=[[5]])
+    full = RawAttention(model).explain(batch, continuation=[[5]])
+    assert tokens.image.shape == full.image.shape == (1, 1, *IMAGE_GRID)
+    explainer.adapter.compose_vision = True
+    torch.testing.assert_close(explainer.explain(batch, continuation=[[5]]).image, full.image)
+    # stopping at the tokens: the LM's row over the image tokens, unchanged by the vision tower
+    language = GenericAttention(model)
+    language.adapter.compose_vision = False
+    relevance = language.explain(batch, continuation=[[5]])
+    assert relevance.image.abs().sum() > 0 and not torch.equal(relevance.image, GenericAttention(model).explain(batch, continuation=[[5]]).image)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_batched_with_left_padding_equals_each_sample_alone(method):
+    model = llava()
+    batch = vlm_prompts()
+    explanation = METHODS[method](model).explain(batch, continuation=CONTINUATION)
+    assert explanation.image.shape == (3, 2, *IMAGE_GRID) and explanation.text.shape == (3, 2, 22)
+    for index in range(3):
+        real = batch["attention_mask"][index].bool()
+        alone = METHODS[method](model).explain(
+            {"input_ids": batch["input_ids"][index : index + 1, real], "pixel_values": batch["pixel_values"][index : index + 1]},
+            continuation=[CONTINUATION[index]],
+        )
+        steps = len(CONTINUATION[index])
+        for name in ("image", "generated"):
+            torch.testing.assert_close(getattr(explanation, name)[index, :steps, ...][:, : getattr(alone, name).shape[2]],
+                                       getattr(alone, name)[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(explanation.text[index, :steps, real], alone.text[0], atol=1e-5, rtol=1e-4)
+
+
+def test_generate_then_explain_equals_the_same_tokens_given():
+    model = llava()
+    batch = vlm_prompts()
+    arguments = dict(GREEDY, max_new_tokens=3)
+    generated = GenericAttention(model).explain(batch, generate=True, generation_args=arguments)
+    with torch.no_grad():
+        tokens = model.generate(**batch, **arguments)[:, batch["input_ids"].shape[1]:]
+    given = GenericAttention(model).explain(batch, continuation=tokens)
+    explained = generated.target >= 0
+    assert torch.equal(generated.target[explained], tokens[explained])
+    torch.testing.assert_close(generated.image[explained], given.image[explained])
+
+
+def test_clear_errors_and_the_model_left_as_it_was():
+    model = llava()
+    batch = vlm_prompts()
+    with torch.no_grad():
+        model(**batch)  # HF installs its own output-capture hooks on a model's first forward, explained or not
+    before = model_state(model)
+    explainer = GenericAttention(model)
+    missing = dict(batch, input_ids=batch["input_ids"].clone())
+    missing["input_ids"][2, 5] = 7  # one image token fewer in sample 2
+    with pytest.raises(ValueError, match=r"needs 16 image tokens \(id 3\).*samples \[2\] have \[15\]"):
+        explainer.explain(missing, continuation=CONTINUATION)
+    with pytest.raises(ValueError, match="Batch sizes disagree: input_ids has 3, attention_mask has 3, pixel_values has 2"):
+        explainer.explain(dict(batch, pixel_values=batch["pixel_values"][:2]), continuation=CONTINUATION)
+    with pytest.raises(ValueError, match="needs pixel_values"):
+        explainer.explain({"input_ids": batch["input_ids"]}, continuation=CONTINUATION)
+    with pytest.raises(ValueError, match=r"samples \[0\] have \[17\] \(a continuation token with that id counts too"):
+        explainer.explain(batch, continuation=[[IMAGE_TOKEN], [5], [5]])
+    explainer.explain(batch, generate=True, generation_args=dict(GREEDY, max_new_tokens=2))
+    assert_same_state(before, model_state(model))
+    assert adapter_for(model).outputs == ("text", "generated", "image") and IMAGE_TOKEN == model.config.image_token_id
+
+
+def test_lrp_reads_the_routed_vision_features_on_every_call():
+    # LLaVA's projector reads the vision tower's hidden states through a forward hook that HF installs on the
+    # first forward; the LRP output hooks run before it, so the second call equals the first
+    model = llava()
+    batch = vlm_prompts(batch=1)
+    first, second = (METHODS["partial-lrp"](model).explain(batch, continuation=[[5]]).image for _ in range(2))
+    torch.testing.assert_close(first, second, atol=0, rtol=0)
