@@ -2,9 +2,11 @@
 
 A :class:`Continuation` holds the tokens explained after a prompt: given by the user, or produced
 by ``model.generate``. :func:`generation_forward` turns the prompt's forward arguments into one
-forward over prompt + continuation, with the positions ``generate`` uses under left padding, whose
-output is the pre-softmax logit of every continuation token ``[B, C]`` (token ``k`` predicted from
-position ``P + k - 1``); adapters seed one backward slot per token from it.
+forward over prompt + continuation (decoder-only models, with the positions ``generate`` uses under
+left padding) or over the prompt in the encoder and start token + continuation in the decoder
+(encoder-decoder models), whose output is the pre-softmax logit of every continuation token
+``[B, C]`` (token ``k`` predicted from position ``P + k - 1``); adapters seed one backward slot per
+token from it.
 """
 
 import inspect
@@ -27,7 +29,9 @@ class Continuation:
     Attributes:
         ids (Tensor): ``[B, C]`` token ids (any id where ``mask`` is False).
         mask (Tensor): ``[B, C]`` True for the tokens explained (False after a sample's end).
-        prompt_length (int): ``P``, the prompt's length; token ``k`` sits at position ``P + k``.
+        prompt_length (int): ``P``, what precedes the continuation in the sequence that predicts it
+                    (the prompt of a decoder-only model, the decoder start token of an encoder-decoder
+                    one); token ``k`` sits at position ``P + k`` of that sequence.
         probabilities (Tensor, optional): ``[B, C]`` each token's probability, filled by the forward.
     """
 
@@ -57,17 +61,22 @@ def generation_forward(
     ids = prompt.get("input_ids")
     if not isinstance(ids, Tensor) or ids.dim() != 2:
         raise ValueError("Explaining generated tokens needs the prompt's input_ids [batch, tokens] as the model's input_ids.")
-    mask = prompt.get("attention_mask")
-    mask = torch.ones_like(ids) if mask is None else mask
-    if mask.shape != ids.shape or not bool(mask[:, -1].all()):
-        raise ValueError(
-            "The prompt's attention_mask must have input_ids' shape and end in real tokens (left padding, as "
-            f"generation pads); got shape {tuple(mask.shape)} with padding at the end."
-        )
-    tokens = _generated(model, prompt, generation_args or {}) if generate else _given(continuation, ids)
+    encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+    if encoder_decoder:
+        if "decoder_input_ids" in prompt:
+            raise ValueError("The decoder's tokens are the continuation: pass them as continuation=, not decoder_input_ids.")
+        start = 1  # the decoder start token precedes the continuation
+    else:
+        _check_left_padding(ids, prompt.get("attention_mask"))
+        start = ids.shape[1]
+    if generate:
+        tokens = _generated(model, prompt, generation_args or {}, start, encoder_decoder)
+    else:
+        tokens = _given(continuation, ids.shape[0], start, ids.device)
     _check_tokens(model, tokens)
-    names = list(prompt) + [name for name in ("attention_mask", "position_ids") if name not in prompt]
-    full = dict(prompt, **_extended(ids, mask, tokens))
+    extended = _decoder_inputs(model, tokens) if encoder_decoder else _extended(ids, prompt.get("attention_mask"), tokens)
+    names = list(prompt) + [name for name in extended if name not in prompt]
+    full = dict(prompt, **extended)
 
     def forward(*values: Any) -> Tensor:
         output = model(**dict(zip(names, values)))
@@ -101,9 +110,16 @@ def prompt_arguments(model: nn.Module, inputs: Union[Mapping[str, Any], Tuple[An
     return {name: value for name, value in prompt.items() if value is not None}
 
 
-def _given(continuation: Any, prompt_ids: Tensor) -> Continuation:
+def _check_left_padding(ids: Tensor, mask: Optional[Tensor]) -> None:
+    if mask is not None and (mask.shape != ids.shape or not bool(mask[:, -1].all())):
+        raise ValueError(
+            "The prompt's attention_mask must have input_ids' shape and end in real tokens (left padding, as "
+            f"generation pads); got shape {tuple(mask.shape)} with padding at the end."
+        )
+
+
+def _given(continuation: Any, batch_size: int, prompt_length: int, device: torch.device) -> Continuation:
     """A user's continuation: a ``[B, C]`` tensor (every token explained) or one id list per sample."""
-    (batch_size, prompt_length), device = prompt_ids.shape, prompt_ids.device
     if isinstance(continuation, Tensor):
         if continuation.dim() != 2 or continuation.shape[0] != batch_size or continuation.is_floating_point():
             raise ValueError(
@@ -124,19 +140,20 @@ def _given(continuation: Any, prompt_ids: Tensor) -> Continuation:
     return Continuation(ids, mask, prompt_length)
 
 
-def _generated(model: nn.Module, prompt: Dict[str, Any], generation_args: Dict[str, Any]) -> Continuation:
-    """What ``model.generate`` continues the prompt with; tokens after a sample's end-of-sequence are
-    not explained."""
+def _generated(
+    model: nn.Module, prompt: Dict[str, Any], generation_args: Dict[str, Any], start: int, encoder_decoder: bool
+) -> Continuation:
+    """What ``model.generate`` continues the prompt with (after the decoder start token for an
+    encoder-decoder model); tokens after a sample's end-of-sequence are not explained."""
     if not hasattr(model, "generate"):
         raise ValueError(f"{type(model).__name__} cannot generate (it has no generate method): pass continuation=.")
-    length = prompt["input_ids"].shape[1]
     with torch.no_grad():
         sequences = cast(Tensor, cast(Any, model).generate(**prompt, **generation_args, return_dict_in_generate=False))
-    ids = sequences[:, length:]
+    ids = sequences[:, 1 if encoder_decoder else start :]
     ends = _end_ids(model)
     ended = torch.isin(ids, torch.tensor(ends, device=ids.device)) if ends else torch.zeros_like(ids, dtype=torch.bool)
     after_end = (ended.long().cumsum(-1) - ended.long()) > 0  # the end token itself is explained
-    return Continuation(ids, ~after_end, length)
+    return Continuation(ids, ~after_end, start)
 
 
 def _end_ids(model: nn.Module) -> List[int]:
@@ -165,10 +182,22 @@ def _check_tokens(model: nn.Module, tokens: Continuation) -> None:
         )
 
 
-def _extended(ids: Tensor, mask: Tensor, tokens: Continuation) -> Dict[str, Tensor]:
+def _extended(ids: Tensor, mask: Optional[Tensor], tokens: Continuation) -> Dict[str, Tensor]:
     """``input_ids``, ``attention_mask`` and ``position_ids`` of prompt + continuation, positions
     counted over real tokens as ``generate`` counts them under left padding."""
+    mask = torch.ones_like(ids) if mask is None else mask
     full_mask = torch.cat([mask.to(tokens.mask.dtype), tokens.mask], dim=1).long()
     positions = (full_mask.cumsum(-1) - 1).masked_fill(full_mask == 0, 1)
     filled = tokens.ids.masked_fill(~tokens.mask, 0)
     return {"input_ids": torch.cat([ids, filled], dim=1), "attention_mask": full_mask, "position_ids": positions}
+
+
+def _decoder_inputs(model: nn.Module, tokens: Continuation) -> Dict[str, Tensor]:
+    """An encoder-decoder model's ``decoder_input_ids`` (its start token, then the continuation) and
+    ``decoder_attention_mask``."""
+    config = getattr(model, "generation_config", None)
+    start = getattr(config, "decoder_start_token_id", None)
+    start = cast(Any, model).config.decoder_start_token_id if start is None else start
+    ids, mask = tokens.ids.masked_fill(~tokens.mask, 0), tokens.mask.long()
+    first = torch.full_like(ids[:, :1], int(start))
+    return {"decoder_input_ids": torch.cat([first, ids], dim=1), "decoder_attention_mask": torch.cat([torch.ones_like(first), mask], dim=1)}

@@ -6,6 +6,8 @@ from typing import Any, Callable, Dict, Tuple
 import torch
 from torch import Tensor, nn
 from transformers import (
+    BartConfig,
+    BartForConditionalGeneration,
     BertConfig,
     BertForSequenceClassification,
     CLIPConfig,
@@ -30,6 +32,8 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
     ResNetConfig,
+    T5Config,
+    T5ForConditionalGeneration,
     VisualBertConfig,
     VisualBertForQuestionAnswering,
     ViltConfig,
@@ -238,6 +242,20 @@ LANGUAGE_MODELS: Dict[str, Callable[..., nn.Module]] = {
     "gemma": lambda layers=2: GemmaForCausalLM(GemmaConfig(num_hidden_layers=layers, head_dim=8, **_LLAMA_LIKE)),
     "gpt2": lambda layers=2: GPT2LMHeadModel(GPT2Config(n_layer=layers, n_embd=32, n_head=4, n_positions=48, **_LM_SPECIAL)),
 }
+
+ENCODER_DECODERS: Dict[str, Callable[..., nn.Module]] = {
+    "bart": lambda layers=2: BartForConditionalGeneration(BartConfig(
+        vocab_size=LM_VOCAB, d_model=32, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=48, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None)),
+    "t5": lambda layers=2: T5ForConditionalGeneration(T5Config(
+        vocab_size=LM_VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=layers, num_decoder_layers=layers, num_heads=4,
+        feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=2, decoder_start_token_id=0)),
+}
+
+
+def encoder_decoder_model(name: str, layers: int = 2) -> nn.Module:
+    return ENCODER_DECODERS[name](layers).eval()
 
 
 def language_model(name: str, layers: int = 2) -> nn.Module:

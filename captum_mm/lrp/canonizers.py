@@ -51,11 +51,11 @@ class PositionEmbeddingInput(Canonizer):
 
 @dataclass(frozen=True)
 class GatedProduct(Canonizer):
-    """``linear``'s input is the product ``gate * up`` of a gated MLP (``down(act(gate(x)) * up(x))``):
-    each factor takes half of the product's relevance (AttnLRP's uniform rule for a product), which
-    the ordinary gradient would give in full to both."""
+    """``consumer``'s input is the product ``gate * up`` of a gated MLP (``down(act(gate(x)) * up(x))``;
+    the consumer is ``down``, or a dropout before it): each factor takes half of the product's relevance
+    (AttnLRP's uniform rule for a product), which the ordinary gradient would give in full to both."""
 
-    linear: nn.Linear
+    consumer: nn.Module
     gate: TensorSource
     up: TensorSource
 
@@ -68,4 +68,4 @@ class GatedProduct(Canonizer):
             rule = lambda g: (exact(up) * g / 2, exact(gate) * g / 2)  # noqa: E731
             return (Switch.apply(args[0], mode, rule, gate, up),) + tuple(args[1:])
 
-        return [self.linear.register_forward_pre_hook(hook)]
+        return [self.consumer.register_forward_pre_hook(hook)]

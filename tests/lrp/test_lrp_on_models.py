@@ -113,30 +113,61 @@ def test_self_attention_families_conserve_relevance_at_every_layer(family):
         assert torch.allclose(relevance[name], torch.ones(3, dtype=torch.float64), atol=TOLERANCE), (family, name)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma"])
-def test_llama_style_lms_conserve_relevance_at_every_layer(family):
-    """Rotary embeddings and grouped-query heads crossed by their transposes, RMSNorm passed through, the
-    gated product halved: the generated token's relevance 1 reaches every layer's input whole."""
+def generation_relevance(model, prompt, continuation, cuts):
+    """Per-sample LRP relevance ``sum(x * g)`` of the first generated token at tensors ``cuts`` =
+    {name: (module, "input" | "output")} (the module's first input or first output)."""
     from captum_mm.generation import generation_forward
-    from helpers import language_model, prompt_batch
 
-    model = language_model(family, layers=3).double()
-    ids, _ = prompt_batch(batch=2)
-    forward, arguments, continuation = generation_forward(model, {"input_ids": ids}, [[5], [6]], False, None)
-    layers = [module for name, module in model.named_modules() if name.startswith("model.layers.") and name.count(".") == 2]
-    cuts = {f"layer{k}": (layer, 0) for k, layer in enumerate(layers)}
-    cuts["final norm"] = (model.model.norm, 0)
+    forward, arguments, target = generation_forward(model, prompt, continuation, False, None)
     tensors, handles = {}, []
-    for name, (module, index) in cuts.items():
-        handles.append(module.register_forward_pre_hook(lambda m, a, name=name: tensors.__setitem__(name, a[0])))
+    for name, (module, where) in cuts.items():
+        if where == "input":
+            handles.append(module.register_forward_pre_hook(lambda m, a, name=name: tensors.__setitem__(name, a[0])))
+        else:
+            keep = lambda m, a, o, name=name: tensors.__setitem__(name, o[0] if isinstance(o, tuple) else o)  # noqa: E731
+            handles.append(module.register_forward_hook(keep))
     try:
-        with forward_pass(model, forward, arguments, target=continuation, needs=Needs(gradients=True, relevance=True)) as run:
+        with forward_pass(model, forward, arguments, target=target, needs=Needs(gradients=True, relevance=True)) as run:
             starts, seeds = run.adapter.lrp_start(run.lrp, run.logits, run.selection.grad_outputs[:1])
             with run.lrp.relevance_mode():
                 grads = torch.autograd.grad(starts, [tensors[n] for n in cuts], [s[0] for s in seeds])
     finally:
         for handle in handles:
             handle.remove()
-    for name, gradient in zip(cuts, grads):
-        relevance = (tensors[name] * gradient).flatten(1).sum(1).detach()
+    return {name: (tensors[name] * gradient).flatten(1).sum(1).detach() for name, gradient in zip(cuts, grads)}
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma"])
+def test_llama_style_lms_conserve_relevance_at_every_layer(family):
+    """Rotary embeddings and grouped-query heads crossed by their transposes, RMSNorm passed through, the
+    gated product halved: the generated token's relevance 1 reaches every layer's input whole."""
+    from helpers import language_model, prompt_batch
+
+    model = language_model(family, layers=3).double()
+    ids, _ = prompt_batch(batch=2)
+    cuts = {f"layer{k}": (layer, "input") for k, layer in enumerate(model.model.layers)}
+    cuts["final norm"] = (model.model.norm, "input")
+    for name, relevance in generation_relevance(model, {"input_ids": ids}, [[5], [6]], cuts).items():
         assert torch.allclose(relevance, torch.ones(2, dtype=torch.float64), atol=TOLERANCE), (family, name, relevance)
+
+
+@pytest.mark.parametrize("family", ["bart", "t5"])
+def test_encoder_decoder_lms_conserve_relevance(family):
+    """What reaches the decoder's first layer and what reaches the encoder's output sum to the token's 1;
+    every encoder layer passes on what reaches the encoder's output."""
+    from helpers import encoder_decoder_model, prompt_batch
+
+    model = encoder_decoder_model(family, layers=3).double()
+    ids, _ = prompt_batch(batch=2)
+    if family == "bart":
+        encoder, decoder, encoder_output = model.model.encoder.layers, model.model.decoder.layers, model.model.encoder.layers[-1]
+    else:
+        encoder, decoder, encoder_output = model.encoder.block, model.decoder.block, model.encoder.final_layer_norm
+    cuts = {f"encoder layer {k}": (layer, "input") for k, layer in enumerate(encoder)}
+    cuts.update({"decoder": (decoder[0], "input"), "encoder output": (encoder_output, "output")})
+    relevance = generation_relevance(model, {"input_ids": ids}, [[5, 6], [7, 8]], cuts)
+    reaching_source = relevance["encoder output"]
+    assert torch.allclose(relevance["decoder"] + reaching_source, torch.ones(2, dtype=torch.float64), atol=TOLERANCE)
+    assert (reaching_source > 0).all()  # some reaches the prompt (0.3 % in the random BART, more in T5)
+    for k in range(3):
+        assert torch.allclose(relevance[f"encoder layer {k}"], reaching_source, atol=TOLERANCE), (family, k)

@@ -1,0 +1,65 @@
+"""Encoder-decoder generation (T5, BART): the prompt in the encoder, the decoder start token and the
+continuation in the decoder.
+
+Schedule (docs/METHOD.md, "Encoder-decoder generation"): encoder self-attention Eq. 6 on
+``R^{ss}``; decoder self-attention Eq. 6-7 on ``R^{tt}``, ``R^{ts}``; decoder->encoder
+cross-attention Eq. 10 on ``R^{ts}`` (Eq. 11 adds nothing: the encoder never attends to the
+decoder), all in forward order. Token ``k`` is predicted from decoder position ``k`` (the start
+token first): readout row ``k``; ``text`` = ``R^{ts}`` over the prompt, ``generated`` = ``R^{tt}``
+over the continuation, without the row's own entry.
+"""
+
+from types import MappingProxyType
+from typing import List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from captum_mm.models.arguments import TOKENS, Argument, require, text_tokens, token_mask
+from captum_mm.models.base import TargetSelection, forward_order_schedule
+from captum_mm.models.capture import AttentionRecord
+from captum_mm.models.decoder import GENERATED, TEXT, DecoderOnlyAdapter
+from captum_mm.relevance.schedule import Readout, Schedule
+from captum_mm.spec import AttentionSpec, module_names
+
+SOURCE, TARGET = "source", "target"
+
+
+class EncoderDecoderAdapter(DecoderOnlyAdapter):
+    """The schedule shared by encoder-decoder LMs; a family declares where its attention modules sit."""
+
+    arguments = MappingProxyType({
+        "input_ids": Argument(2, TOKENS, TEXT, f"An encoder-decoder model needs the prompt's input_ids {TOKENS}."),
+        "attention_mask": Argument(2, TOKENS),
+        "decoder_input_ids": Argument(2, TOKENS, None, f"An encoder-decoder model needs decoder_input_ids {TOKENS}."),
+        "decoder_attention_mask": Argument(2, TOKENS),
+    })
+
+    def attention_modules(self) -> Tuple[Sequence[nn.Module], Sequence[nn.Module], Sequence[nn.Module]]:
+        """The encoder's self-attention modules, the decoder's self-attention and its cross-attention modules."""
+        raise NotImplementedError
+
+    def attention_spec(self, name: str, module: nn.Module, roles: Tuple[Tuple[str, str], ...]) -> AttentionSpec:
+        raise NotImplementedError
+
+    def attention_specs(self) -> List[AttentionSpec]:
+        names = module_names(self.model)
+        roles = ((SOURCE, SOURCE),), ((TARGET, TARGET),), ((TARGET, SOURCE),)
+        return [self.attention_spec(names[m], m, role) for modules, role in zip(self.attention_modules(), roles) for m in modules]
+
+    def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
+        arguments = record.arguments
+        source, target = text_tokens(arguments), arguments["decoder_input_ids"]
+        masks = {
+            SOURCE: token_mask(arguments.get("attention_mask"), source.shape[0], source.shape[1], source.device),
+            TARGET: token_mask(arguments.get("decoder_attention_mask"), target.shape[0], target.shape[1], target.device),
+        }
+        if selection.positions is None:
+            require(bool(masks[TARGET][:, -1].all()), "The next token is predicted from the decoder's last position, "
+                    "which is padding in some samples: end every decoder_input_ids row in a real token.")
+            rows = torch.full_like(selection.sample, target.shape[1] - 1)
+        else:
+            rows = selection.positions - 1
+        readouts = {TEXT: Readout(TARGET, rows, SOURCE), GENERATED: Readout(TARGET, rows, TARGET, slice(1, None))}
+        return forward_order_schedule(record, selection, masks, readouts)
+

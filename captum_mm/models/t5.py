@@ -1,0 +1,54 @@
+"""T5: an encoder-decoder LM with pre-norm sublayers (RMS ``T5LayerNorm``), relative position biases
+added to the attention scores, and a plain or gated (T5 v1.1, Flan-T5) feed-forward block; its
+attention modules return the probabilities third under eager attention. Schedule and targets:
+:mod:`captum_mm.models.encoder_decoder`. LRP: the norms pass relevance through, the position bias
+takes none (the scores' z-rule splits ``Q K^T`` alone), the gated product gives each factor half.
+"""
+
+from typing import Any, List, Sequence, Tuple, cast
+
+from torch import nn
+from transformers import T5ForConditionalGeneration
+from transformers.models.t5.modeling_t5 import (
+    T5DenseGatedActDense,
+    T5LayerCrossAttention,
+    T5LayerFF,
+    T5LayerNorm,
+    T5LayerSelfAttention,
+)
+
+from captum_mm.lrp.canonizers import GatedProduct
+from captum_mm.lrp.composite import LRPStructure, ResidualRuleSite
+from captum_mm.models.encoder_decoder import EncoderDecoderAdapter
+from captum_mm.models.registry import register_adapter
+from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource
+
+
+@register_adapter
+class T5Adapter(EncoderDecoderAdapter):
+    model_classes = (T5ForConditionalGeneration,)
+    model: T5ForConditionalGeneration
+
+    def attention_modules(self) -> Tuple[Sequence[nn.Module], Sequence[nn.Module], Sequence[nn.Module]]:
+        encoder, decoder = cast(Sequence[Any], self.model.encoder.block), cast(Sequence[Any], self.model.decoder.block)
+        return ([block.layer[0].SelfAttention for block in encoder], [block.layer[0].SelfAttention for block in decoder],
+                [block.layer[1].EncDecAttention for block in decoder])
+
+    def attention_spec(self, name: str, module: Any, roles: Tuple[Tuple[str, str], ...]) -> AttentionSpec:
+        parts = AttentionParts(module.q, module.k, module.v, module.n_heads, module.o)
+        return AttentionSpec(name, module, TensorSource(module, index=2), roles, parts=parts)
+
+    def lrp_structure(self) -> LRPStructure:
+        """Each sublayer computes ``x + dropout(branch(norm(x)))``: a residual at its output (the first of a
+        tuple for attention sublayers), the branch its dropout's output, the skip its input."""
+        residuals: List[ResidualRuleSite] = []
+        for sublayer in self.model.modules():
+            if isinstance(sublayer, (T5LayerSelfAttention, T5LayerCrossAttention, T5LayerFF)):
+                index = None if isinstance(sublayer, T5LayerFF) else 0
+                residuals.append(ResidualRuleSite(TensorSource(sublayer, index=index), TensorSource(sublayer.dropout),
+                                                  TensorSource(sublayer, "hidden_states")))
+        gated = [
+            GatedProduct(block.dropout, TensorSource(block.act), TensorSource(block.wi_1))
+            for block in self.model.modules() if isinstance(block, T5DenseGatedActDense)
+        ]
+        return LRPStructure(residuals, (T5LayerNorm,), gated)
