@@ -10,35 +10,18 @@ token from it.
 """
 
 import inspect
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch import Tensor, nn
 
 from captum_mm.models.arguments import check_batch_sizes
+from captum_mm.models.decoder import Continuation
+
+__all__ = ["Continuation", "ContinuationLike", "generation_forward", "prompt_arguments"]
 
 ContinuationLike = Union[Tensor, Sequence[Sequence[int]]]
 CACHE_ARGUMENTS = ("cache", "past_key_values")
-
-
-@dataclass
-class Continuation:
-    """The tokens explained after the prompt.
-
-    Attributes:
-        ids (Tensor): ``[B, C]`` token ids (any id where ``mask`` is False).
-        mask (Tensor): ``[B, C]`` True for the tokens explained (False after a sample's end).
-        prompt_length (int): ``P``, what precedes the continuation in the sequence that predicts it
-                    (the prompt of a decoder-only model, the decoder start token of an encoder-decoder
-                    one); token ``k`` sits at position ``P + k`` of that sequence.
-        probabilities (Tensor, optional): ``[B, C]`` each token's probability, filled by the forward.
-    """
-
-    ids: Tensor
-    mask: Tensor
-    prompt_length: int
-    probabilities: Optional[Tensor] = None
 
 
 def generation_forward(
@@ -47,9 +30,13 @@ def generation_forward(
     continuation: Optional[ContinuationLike],
     generate: bool,
     generation_args: Optional[Dict[str, Any]],
+    extend: Optional[Callable[[Dict[str, Any], Continuation], Dict[str, Tensor]]] = None,
 ) -> Tuple[Callable[..., Tensor], Tuple[Any, ...], Continuation]:
     """``(forward_func, inputs, target)`` that explain ``continuation`` (or what ``model.generate``
-    produces from ``prompt``, the model's forward arguments by name: see :func:`prompt_arguments`)."""
+    produces from ``prompt``, the model's forward arguments by name: see :func:`prompt_arguments`).
+
+    ``extend(prompt, continuation)`` gives a family's other per-token arguments over prompt +
+    continuation (PaliGemma's ``token_type_ids``); one it does not extend is an error."""
     if generate == (continuation is not None):
         raise ValueError(
             "Pass either continuation= (the tokens to explain) or generate=True (explain what model.generate "
@@ -74,7 +61,11 @@ def generation_forward(
     else:
         tokens = _given(continuation, ids.shape[0], start, ids.device)
     _check_tokens(model, tokens)
-    extended = _decoder_inputs(model, tokens) if encoder_decoder else _extended(ids, prompt.get("attention_mask"), tokens)
+    if encoder_decoder:
+        extended = _decoder_inputs(model, tokens)
+    else:
+        extended = dict(_extended(ids, prompt.get("attention_mask"), tokens), **(extend(prompt, tokens) if extend else {}))
+        _check_extended(model, prompt, extended)
     names = list(prompt) + [name for name in extended if name not in prompt]
     full = dict(prompt, **extended)
 
@@ -108,6 +99,16 @@ def prompt_arguments(model: nn.Module, inputs: Union[Mapping[str, Any], Tuple[An
             "{'input_ids': ids, 'attention_mask': mask}."
         )
     return {name: value for name, value in prompt.items() if value is not None}
+
+
+def _check_extended(model: nn.Module, prompt: Dict[str, Any], extended: Dict[str, Tensor]) -> None:
+    """Every per-token prompt argument must have been extended over the continuation."""
+    shape = prompt["input_ids"].shape
+    stale = [name for name, value in prompt.items()
+             if isinstance(value, Tensor) and tuple(value.shape[:2]) == tuple(shape) and name not in extended]
+    if stale:
+        raise ValueError(f"{stale} hold one entry per prompt token, and how {type(model).__name__} extends them over the "
+                         "continuation is unknown: leave them out of the prompt.")
 
 
 def _check_left_padding(ids: Tensor, mask: Optional[Tensor]) -> None:

@@ -28,10 +28,13 @@ from transformers import (
     LxmertForQuestionAnswering,
     LxmertModel,
     MistralConfig,
+    PaliGemmaConfig,
+    PaliGemmaForConditionalGeneration,
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
     ResNetConfig,
+    SiglipVisionConfig,
     T5Config,
     T5ForConditionalGeneration,
     VisualBertConfig,
@@ -283,6 +286,18 @@ def llava(vision_layers=3, feature_layer=-2, strategy="default", layers=2) -> nn
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN,
                          vision_feature_layer=feature_layer, vision_feature_select_strategy=strategy)
     return LlavaForConditionalGeneration(config).eval()
+
+
+def paligemma(vision_layers=2, layers=2) -> nn.Module:
+    """A SigLIP tower (no class token: 16 features) and a Gemma LM."""
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=vision_layers, num_attention_heads=4,
+                                image_size=32, patch_size=8)
+    text = GemmaConfig(num_hidden_layers=layers, head_dim=8, **_LLAMA_LIKE)
+    config = PaliGemmaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN, projection_dim=32)
+    return PaliGemmaForConditionalGeneration(config).eval()
+
+
+VLMS: Dict[str, Callable[..., nn.Module]] = {"llava": llava, "paligemma": paligemma}
 
 
 def vlm_prompts(batch=3, text=4, image_tokens=16) -> Dict[str, Tensor]:

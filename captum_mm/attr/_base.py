@@ -19,6 +19,7 @@ from captum_mm.generation import ContinuationLike, generation_forward, prompt_ar
 from captum_mm.attr._readout import Explanation, Matrices, assemble, input_outputs, read_out, spread_to_inputs
 from captum_mm.lrp import RuleSet
 from captum_mm.models import adapter_for
+from captum_mm.models.decoder import DecoderOnlyAdapter
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
 
 TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
@@ -172,6 +173,9 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
             their probabilities).
         """
         if continuation is not None or generate:
+            if not isinstance(self.adapter, DecoderOnlyAdapter):
+                raise ValueError(f"{type(self.model).__name__} does not generate text: continuation= and generate=True "
+                                 "are for generative models (see the README's supported models).")
             if target is not None or self.forward_func is not self.model:
                 raise ValueError(
                     "Generated tokens are explained on the model itself (forward_func=model) and are their own "
@@ -180,7 +184,8 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
             additional = _format_additional_forward_args(additional_forward_args) or ()
             prompt = inputs if isinstance(inputs, Mapping) else (*_format_tensor_into_tuples(inputs), *additional)
             forward, arguments, target = generation_forward(
-                self.model, prompt_arguments(self.model, prompt), continuation, generate, generation_args
+                self.model, prompt_arguments(self.model, prompt), continuation, generate, generation_args,
+                self.adapter.continuation_arguments,
             )
             return self._explain(arguments, target, None, forward_func=forward)[0]
         if isinstance(inputs, Mapping):

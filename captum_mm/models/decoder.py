@@ -8,13 +8,13 @@ causal). Called on a prompt alone (``attribute``), the explained token is the ne
 from the last position, which must be a real token (left padding, as generation pads).
 """
 
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from captum_mm.generation import Continuation
 from captum_mm.models.arguments import TOKENS, Argument, require, text_arguments, text_tokens, token_mask
 from captum_mm.models.base import ArchitectureAdapter, TargetSelection, forward_order_schedule, select_class_targets
 from captum_mm.models.capture import AttentionRecord
@@ -23,11 +23,35 @@ from captum_mm.relevance.schedule import Readout, Schedule
 SEQUENCE, TEXT, GENERATED = "sequence", "text", "generated"
 
 
+@dataclass
+class Continuation:
+    """The tokens explained after the prompt.
+
+    Attributes:
+        ids (Tensor): ``[B, C]`` token ids (any id where ``mask`` is False).
+        mask (Tensor): ``[B, C]`` True for the tokens explained (False after a sample's end).
+        prompt_length (int): ``P``, what precedes the continuation in the sequence that predicts it
+                    (the prompt of a decoder-only model, the decoder start token of an encoder-decoder
+                    one); token ``k`` sits at position ``P + k`` of that sequence.
+        probabilities (Tensor, optional): ``[B, C]`` each token's probability, filled by the forward.
+    """
+
+    ids: Tensor
+    mask: Tensor
+    prompt_length: int
+    probabilities: Optional[Tensor] = None
+
+
 class DecoderOnlyAdapter(ArchitectureAdapter):
     """The schedule and targets shared by decoder-only LMs; a family declares its classes and specs."""
 
     outputs: Tuple[str, ...] = (TEXT, GENERATED)
     arguments = MappingProxyType({**text_arguments("A decoder-only LM"), "position_ids": Argument(2, TOKENS)})
+
+    def continuation_arguments(self, prompt: Dict[str, Any], continuation: Continuation) -> Dict[str, Tensor]:
+        """The family's per-token forward arguments, other than ids, mask and positions, over prompt +
+        continuation (none by default)."""
+        return {}
 
     def select_targets(self, logits: Tensor, target: Any, **options: Any) -> TargetSelection:
         if isinstance(target, Continuation):

@@ -1,5 +1,6 @@
-"""LLaVA-style VLMs: a vision tower (CLIP or SigLIP) whose hidden states at ``vision_feature_layer``
-are projected, token by token, into image placeholder tokens of a LLaMA-style LM's sequence.
+"""LLaVA-style VLMs (LLaVA, PaliGemma): a vision tower (CLIP or SigLIP) whose hidden states at a
+feature layer are projected, token by token, into image placeholder tokens of a LLaMA-style LM's
+sequence.
 
 Schedule: the LM's causal stream as for decoder-only LMs (:mod:`captum_mm.models.decoder`), plus
 Eq. 6 over the vision tower's layers up to the feature layer (later layers feed nothing). Readouts
@@ -12,11 +13,11 @@ image tokens (on the patch grid when there is one token per patch).
 
 from dataclasses import replace
 from types import MappingProxyType
-from typing import Any, Dict, List, Sequence, Set, cast
+from typing import Any, Dict, List, Sequence, Set, Tuple, cast
 
 import torch
 from torch import Tensor, nn
-from transformers import LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration, PaliGemmaForConditionalGeneration
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
 from transformers.models.siglip.modeling_siglip import SiglipAttention, SiglipEncoderLayer
 
@@ -24,7 +25,7 @@ from captum_mm.lrp.composite import LRPStructure
 from captum_mm.models.arguments import PIXELS, Argument, require, text_tokens
 from captum_mm.models.base import TargetSelection, attention_specs_in, forward_order_schedule, pre_norm_structure, projected_parts
 from captum_mm.models.capture import AttentionRecord
-from captum_mm.models.decoder import SEQUENCE, DecoderOnlyAdapter
+from captum_mm.models.decoder import SEQUENCE, Continuation, DecoderOnlyAdapter
 from captum_mm.models.llama import LlamaAdapter, rotary_parts
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import Readout, Schedule, Stage
@@ -35,11 +36,11 @@ VISION, TEXT, GENERATED, IMAGE = "vision", "text", "generated", "image"
 
 @register_adapter
 class LlavaAdapter(LlamaAdapter):
-    model_classes = (LlavaForConditionalGeneration,)
-    model: LlavaForConditionalGeneration
+    model_classes: Tuple[type, ...] = (LlavaForConditionalGeneration,)
+    model: LlavaForConditionalGeneration | PaliGemmaForConditionalGeneration
     outputs = (TEXT, GENERATED, IMAGE)
     arguments = MappingProxyType(
-        dict(DecoderOnlyAdapter.arguments, pixel_values=Argument(4, PIXELS, None, f"A LLaVA prompt needs pixel_values {PIXELS}."))
+        dict(DecoderOnlyAdapter.arguments, pixel_values=Argument(4, PIXELS, None, f"A VLM prompt needs pixel_values {PIXELS}."))
     )
     vision_attention_classes = (CLIPAttention, SiglipAttention)
     vision_layer_classes = (CLIPEncoderLayer, SiglipEncoderLayer)
@@ -57,7 +58,7 @@ class LlavaAdapter(LlamaAdapter):
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
         super().check_arguments(arguments)
         ids, pixels = text_tokens(arguments), arguments["pixel_values"]
-        require(ids.dim() == 2 and "input_ids" in arguments, "A LLaVA prompt needs input_ids with its image tokens.")
+        require(ids.dim() == 2 and "input_ids" in arguments, "A VLM prompt needs input_ids with its image tokens.")
         require(pixels.shape[0] == ids.shape[0], f"One image per prompt: {pixels.shape[0]} images for {ids.shape[0]} prompts.")
         counts = (ids == self.model.config.image_token_id).sum(-1)
         features = self._features_per_image(pixels, arguments)
@@ -75,8 +76,7 @@ class LlavaAdapter(LlamaAdapter):
         positions = torch.nonzero(image_tokens)[:, 1].reshape(image_tokens.shape[0], -1)
         patch, cls = self._patch_size(), int(self._has_class_token())
         grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
-        first = int(self._strategy(arguments) == "default")
-        stage = Stage((VISION, VISION), slice(first, None), slice(cls, None))
+        stage = Stage((VISION, VISION), slice(self.first_feature(arguments), None), slice(cls, None))
         if self.compose_vision:
             readouts[IMAGE] = Readout(SEQUENCE, rows, SEQUENCE, grid=grid, column_index=positions, through=stage)
         else:
@@ -104,19 +104,45 @@ class LlavaAdapter(LlamaAdapter):
     def _has_class_token(self) -> bool:
         return hasattr(self._vision_body().embeddings, "class_embedding")
 
-    def _strategy(self, arguments: Dict[str, Any]) -> str:
-        return arguments.get("vision_feature_select_strategy") or self.model.config.vision_feature_select_strategy
+    def first_feature(self, arguments: Dict[str, Any]) -> int:
+        """The first vision token the LM reads (1: the "default" select strategy drops the first token)."""
+        strategy = arguments.get("vision_feature_select_strategy") or self.model.config.vision_feature_select_strategy
+        return int(strategy == "default")
+
+    def feature_depth(self, arguments: Dict[str, Any], layers: int) -> int:
+        """How many of the vision tower's ``layers`` the features the LM reads pass through."""
+        chosen = arguments.get("vision_feature_layer")
+        chosen = self.model.config.vision_feature_layer if chosen is None else chosen
+        return max((layer if layer >= 0 else layers + 1 + layer) for layer in ([chosen] if isinstance(chosen, int) else chosen))
 
     def _features_per_image(self, pixels: Tensor, arguments: Dict[str, Any]) -> int:
         patch = self._patch_size()
         tokens = (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch) + int(self._has_class_token())
-        return tokens - int(self._strategy(arguments) == "default")
+        return tokens - self.first_feature(arguments)
 
     def _unused_vision_attention(self, arguments: Dict[str, Any]) -> Set[nn.Module]:
-        """The vision tower's attention modules after the feature layer: nothing the LM reads depends on them."""
-        chosen = arguments.get("vision_feature_layer")
-        chosen = self.model.config.vision_feature_layer if chosen is None else chosen
+        """The vision tower's modules after the feature layer: nothing the LM reads depends on them."""
         layers: Sequence[Any] = self._vision_body().encoder.layers
-        depth = max((layer if layer >= 0 else len(layers) + 1 + layer) for layer in ([chosen] if isinstance(chosen, int) else chosen))
-        return {module for layer in layers[depth:] for module in layer.modules()}
+        return {module for layer in layers[self.feature_depth(arguments, len(layers)):] for module in layer.modules()}
+
+
+@register_adapter
+class PaliGemmaAdapter(LlavaAdapter):
+    """PaliGemma: a SigLIP tower whose last hidden states (all layers, no class token) are projected into
+    image tokens of a Gemma LM attending bidirectionally over its prefix; generated tokens belong to the
+    causal suffix (``token_type_ids`` 1, as ``generate`` extends them)."""
+
+    model_classes = (PaliGemmaForConditionalGeneration,)
+
+    def first_feature(self, arguments: Dict[str, Any]) -> int:
+        return 0
+
+    def feature_depth(self, arguments: Dict[str, Any], layers: int) -> int:
+        return layers
+
+    def continuation_arguments(self, prompt: Dict[str, Any], continuation: Continuation) -> Dict[str, Tensor]:
+        types = prompt.get("token_type_ids")
+        if types is None:
+            return {}
+        return {"token_type_ids": torch.cat([types, torch.ones_like(continuation.ids, dtype=types.dtype)], dim=1)}
 

@@ -9,7 +9,7 @@ from captum_mm.attr import AttentionGradCam, AttentionRollout, GenericAttention,
 from captum_mm.attr.engine import forward_pass
 from captum_mm.generation import Continuation, generation_forward, prompt_arguments
 from captum_mm.models import adapter_for
-from helpers import LANGUAGE_MODELS, LM_VOCAB, assert_same_state, language_model, model_state, prompt_batch
+from helpers import LANGUAGE_MODELS, LM_VOCAB, assert_same_state, bert, language_model, model_state, prompt_batch
 from methods_under_test import METHODS
 
 #: GPT-2 declares no LRP structure yet (its fused Conv1D projections have no rule): only the methods without LRP.
@@ -170,6 +170,8 @@ def test_clear_errors():
         GenericAttention(forward, model).attribute(right_padded[0], additional_forward_args=(right_padded[1],))
     with pytest.raises(NotImplementedError, match="does not declare its LRP structure"):
         PartialLRP(model).explain(batch, continuation=[[5], [6], [7]])
+    with pytest.raises(ValueError, match="BertForSequenceClassification does not generate text"):
+        GenericAttention(bert()).explain(batch["input_ids"], continuation=[[5], [6], [7]])
     with pytest.raises(TypeError, match="cannot explain a GPT2Model: no architecture adapter"):
         GenericAttention(GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2)))
 

@@ -1,5 +1,5 @@
-"""LLaVA: generated tokens explained over the prompt's text, earlier generated tokens and the image's
-patch grid, composed through the vision tower's own relevance (docs/METHOD.md)."""
+"""LLaVA and PaliGemma: generated tokens explained over the prompt's text, earlier generated tokens
+and the image's patch grid, composed through the vision tower's own relevance (docs/METHOD.md)."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ from captum_mm.attr import GenericAttention, RawAttention
 from captum_mm.attr.engine import forward_pass
 from captum_mm.generation import generation_forward
 from captum_mm.models import adapter_for
-from helpers import IMAGE_GRID, IMAGE_TOKEN, assert_same_state, llava, model_state, vlm_prompts
+from helpers import IMAGE_GRID, IMAGE_TOKEN, VLMS, assert_same_state, llava, model_state, paligemma, vlm_prompts
 from methods_under_test import METHODS
 
 CONTINUATION = [[5, 6], [7], [8, 9]]
@@ -89,8 +89,9 @@ def test_stopping_at_the_image_tokens():
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_batched_with_left_padding_equals_each_sample_alone(method):
-    model = llava()
+@pytest.mark.parametrize("family", sorted(VLMS))
+def test_batched_with_left_padding_equals_each_sample_alone(family, method):
+    model = VLMS[family]()
     batch = vlm_prompts()
     explanation = METHODS[method](model).explain(batch, continuation=CONTINUATION)
     assert explanation.image.shape == (3, 2, *IMAGE_GRID) and explanation.text.shape == (3, 2, 22)
@@ -107,8 +108,9 @@ def test_batched_with_left_padding_equals_each_sample_alone(method):
         torch.testing.assert_close(explanation.text[index, :steps, real], alone.text[0], atol=1e-5, rtol=1e-4)
 
 
-def test_generate_then_explain_equals_the_same_tokens_given():
-    model = llava()
+@pytest.mark.parametrize("family", sorted(VLMS))
+def test_generate_then_explain_equals_the_same_tokens_given(family):
+    model = VLMS[family]()
     batch = vlm_prompts()
     arguments = dict(GREEDY, max_new_tokens=3)
     generated = GenericAttention(model).explain(batch, generate=True, generation_args=arguments)
@@ -149,3 +151,24 @@ def test_lrp_reads_the_routed_vision_features_on_every_call():
     batch = vlm_prompts(batch=1)
     first, second = (METHODS["partial-lrp"](model).explain(batch, continuation=[[5]]).image for _ in range(2))
     torch.testing.assert_close(first, second, atol=0, rtol=0)
+
+
+def test_paligemma_reads_every_vision_layer_and_every_token_of_its_tower():
+    model = paligemma(vision_layers=3)
+    batch = vlm_prompts(batch=2)
+    schedule, _ = schedule_of(model, batch, [[5], [6]])
+    assert [(e.query, e.key) for e in schedule.events] == [("vision", "vision")] * 3 + [("sequence", "sequence")] * 2
+    image = schedule.outputs["image"]
+    assert image.through.rows == slice(0, None) and image.through.columns == slice(0, None) and schedule.sizes["vision"] == 16
+
+
+def test_paligemma_continuation_joins_the_causal_suffix():
+    # generate gives generated tokens token type 1 (the causal suffix); the explanation's forward does the same
+    model = paligemma()
+    batch = dict(vlm_prompts(batch=2), token_type_ids=torch.zeros(2, 22, dtype=torch.long))
+    forward, arguments, target = generation_forward(model, batch, [[5, 6], [7]], False, None,
+                                                    adapter_for(model).continuation_arguments)
+    types = dict(zip(list(batch) + ["position_ids"], arguments))["token_type_ids"]
+    assert types.tolist() == [[0] * 22 + [1, 1]] * 2
+    with pytest.raises(ValueError, match=r"\['token_type_ids'\] hold one entry per prompt token"):
+        generation_forward(model, batch, [[5, 6], [7]], False, None)
