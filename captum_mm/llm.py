@@ -3,13 +3,16 @@
 :class:`AttentionLLMAttribution` takes Captum's interpretable inputs (``TextTokenInput``,
 ``TextTemplateInput``) and returns Captum's ``LLMAttributionResult``, so Captum's
 ``plot_token_attr`` and ``plot_seq_attr`` work unchanged, next to Captum's own
-``LLMAttribution`` and ``LLMGradientAttribution`` on the same model.
+``LLMAttribution`` and ``LLMGradientAttribution`` on the same model. For a VLM, Captum's
+``ImageMaskInput`` (an image, its segments and the processor building the prompt) gives each
+segment's relevance, and ``plot_image_heatmap`` works too.
 """
 
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union, cast
 
 import torch
-from captum.attr import LLMAttributionResult, TextTemplateInput, TextTokenInput
+import torch.nn.functional as F
+from captum.attr import ImageMaskInput, LLMAttributionResult, TextTemplateInput, TextTokenInput
 from torch import Tensor
 
 from captum_mm._compat import DEFAULT_GEN_ARGS, BaseLLMAttribution, _convert_ids_to_pretty_tokens, log_usage
@@ -24,10 +27,13 @@ class AttentionLLMAttribution(BaseLLMAttribution):
     method, e.g. the relevancy of Chefer, Gur & Wolf, ICCV 2021) in Captum's LLM API.
 
     Each output token gets the relevance of every input feature: a token of a
-    ``TextTokenInput``, or a value of a ``TextTemplateInput`` (the relevance of the
+    ``TextTokenInput``, a value of a ``TextTemplateInput`` (the relevance of the
     tokens it spans, summed; values sharing a mask id each get their group's sum, as
-    Captum's ``format_attr`` spreads it). The output tokens' probabilities come with
-    the result.
+    Captum's ``format_attr`` spreads it), or a segment of an ``ImageMaskInput`` (the
+    image relevance on the patch grid spread evenly over each patch's pixels, summed
+    over the segment's; the patch grid is taken to cover the whole image, as it does
+    when the processor resizes without cropping). The output tokens' probabilities
+    come with the result.
 
     Examples::
 
@@ -38,7 +44,7 @@ class AttentionLLMAttribution(BaseLLMAttribution):
     """
 
     SUPPORTED_METHODS = (AttentionAttribution,)
-    SUPPORTED_INPUTS = (TextTokenInput, TextTemplateInput)
+    SUPPORTED_INPUTS = (TextTokenInput, TextTemplateInput, ImageMaskInput)
 
     def __init__(self, explainer: AttentionAttribution, tokenizer: Any) -> None:
         r"""
@@ -54,13 +60,14 @@ class AttentionLLMAttribution(BaseLLMAttribution):
     @log_usage()
     def attribute(
         self,
-        inp: Union[TextTokenInput, TextTemplateInput],
+        inp: Union[TextTokenInput, TextTemplateInput, ImageMaskInput],
         target: Union[str, Tensor, None] = None,
         gen_args: Optional[Dict[str, Any]] = None,
     ) -> LLMAttributionResult:
         r"""
         Args:
-            inp (TextTokenInput or TextTemplateInput): The prompt.
+            inp (TextTokenInput, TextTemplateInput or ImageMaskInput): The prompt (for
+                        an image, its processor's output is the prompt).
             target (str or Tensor, optional): The response to explain (a string, encoded
                         without special tokens, or its token ids). Default: None (what the
                         model generates with ``gen_args``)
@@ -72,7 +79,7 @@ class AttentionLLMAttribution(BaseLLMAttribution):
             ``seq_attr`` its sum over output tokens, and the output tokens' probabilities.
         """
         if not isinstance(inp, self.SUPPORTED_INPUTS):
-            raise TypeError(f"inp must be a TextTokenInput or TextTemplateInput, got {type(inp).__name__}.")
+            raise TypeError(f"inp must be a TextTokenInput, TextTemplateInput or ImageMaskInput, got {type(inp).__name__}.")
         if target is not None and gen_args is not None:
             raise ValueError("gen_args are used only when target is None (the response is generated).")
         prompt, features = self._prompt_and_features(inp)
@@ -84,7 +91,10 @@ class AttentionLLMAttribution(BaseLLMAttribution):
             target_ids = self._get_target_tokens(inp, target).to(self.device).reshape(-1)
             explanation = self.explainer.explain(prompt, continuation=target_ids[None])
             explained = torch.ones_like(target_ids, dtype=torch.bool)
-        token_attr = inp.format_attr(explanation.text[0, explained] @ features.to(explanation.text.dtype))
+        if isinstance(inp, ImageMaskInput):
+            token_attr = segment_relevance(explanation.image[0, explained], inp)
+        else:
+            token_attr = inp.format_attr(explanation.text[0, explained] @ cast(Tensor, features).to(explanation.text.dtype))
         return LLMAttributionResult(
             seq_attr=token_attr.sum(0),
             token_attr=token_attr,
@@ -94,8 +104,12 @@ class AttentionLLMAttribution(BaseLLMAttribution):
             inp=inp,
         )
 
-    def _prompt_and_features(self, inp: Union[TextTokenInput, TextTemplateInput]) -> "tuple[Dict[str, Tensor], Tensor]":
-        """The model's prompt, and ``[prompt tokens, features]``: which token belongs to which feature."""
+    def _prompt_and_features(
+        self, inp: Union[TextTokenInput, TextTemplateInput, ImageMaskInput]
+    ) -> "tuple[Dict[str, Tensor], Optional[Tensor]]":
+        """The model's prompt, and ``[prompt tokens, features]``: which token belongs to which text feature."""
+        if isinstance(inp, ImageMaskInput):
+            return {name: value.to(self.device) for name, value in dict(inp.to_model_input()).items()}, None
         if isinstance(inp, TextTokenInput):
             ids = inp.to_model_input().to(self.device)
             tokens = torch.arange(ids.shape[1], device=self.device)
@@ -115,6 +129,25 @@ class AttentionLLMAttribution(BaseLLMAttribution):
                 if end > start and any(start <= c < end for c in characters):
                     features[token, groups[value]] = 1.0
         return {name: tensor.to(self.device) for name, tensor in encoded.items() if name != "token_type_ids"}, features
+
+
+def segment_relevance(grid: Tensor, inp: ImageMaskInput) -> Tensor:
+    """``[tokens, segments]``: patch-grid relevance ``[tokens, h, w]`` spread evenly over the image's pixels
+    (each patch's share divided among the pixels it covers), summed over each segment's pixels."""
+    if grid.dim() != 3:
+        raise ValueError("An ImageMaskInput needs image relevance on a patch grid: this model's explanation has none.")
+    height, width = inp.image.size[1], inp.image.size[0]
+    owner = _pixel_cells(grid.shape[1:], (height, width), grid.device)
+    share = torch.bincount(owner.flatten(), minlength=grid.shape[1] * grid.shape[2]).to(grid.dtype)  # pixels per cell
+    pixels = grid.flatten(1)[:, owner] / share[owner]
+    masks = torch.stack([mask.to(grid.device, grid.dtype) for mask in inp.get_mask_list()])
+    return torch.einsum("nhw,fhw->nf", pixels, masks)
+
+
+def _pixel_cells(grid: "torch.Size", size: "tuple[int, int]", device: torch.device) -> Tensor:
+    """``[height, width]``: the patch-grid cell (flat index) each pixel falls in, as nearest upsampling places it."""
+    index = torch.arange(grid[0] * grid[1], device=device, dtype=torch.float64).reshape(1, 1, *grid)
+    return F.interpolate(index, size=size, mode="nearest")[0, 0].long()
 
 
 def _value_spans(inp: TextTemplateInput) -> List[set]:

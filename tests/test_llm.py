@@ -4,10 +4,14 @@ gives them (same tokens, same shapes, same plots), on a tiny Llama with a real W
 import os
 
 import matplotlib
+import numpy as np
 import pytest
 import torch
 from captum.attr import (
+    FeatureAblation,
+    ImageMaskInput,
     LayerIntegratedGradients,
+    LLMAttribution,
     LLMAttributionResult,
     LLMGradientAttribution,
     TextTemplateInput,
@@ -83,7 +87,50 @@ def test_template_values_sum_the_relevance_of_their_tokens(model, tokenizer):
 
 def test_clear_errors(model, tokenizer):
     explainer = AttentionLLMAttribution(GenericAttention(model), tokenizer)
-    with pytest.raises(TypeError, match="TextTokenInput or TextTemplateInput"):
+    with pytest.raises(TypeError, match="TextTokenInput, TextTemplateInput or ImageMaskInput"):
         explainer.attribute(PROMPT)
     with pytest.raises(ValueError, match="gen_args are used only when target is None"):
         explainer.attribute(TextTokenInput(PROMPT, tokenizer), target="blue", gen_args={"max_new_tokens": 2})
+
+
+def vlm_with_processor(tokenizer):
+    """A tiny LLaVA on the WordPiece vocabulary ([unused0] is the image token) and a hand-made processor:
+    the image resized to 32 x 32 (a 4 x 4 patch grid, one token per patch) after a question."""
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(0)
+    image_token = tokenizer.convert_tokens_to_ids("[unused0]")
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=32, patch_size=8)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=1, pad_token_id=0, eos_token_id=tokenizer.sep_token_id)
+    model = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token,
+                                                      vision_feature_layer=-1)).eval()
+    question = tokenizer.encode(PROMPT, add_special_tokens=False)
+
+    def processor(image):
+        pixels = torch.tensor(np.asarray(image.resize((32, 32)), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        ids = torch.tensor([[tokenizer.cls_token_id] + [image_token] * 16 + question])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
+
+    return model, processor
+
+
+def test_image_segments_sum_the_patch_relevance_they_cover(tokenizer):
+    from PIL import Image
+
+    model, processor = vlm_with_processor(tokenizer)
+    image = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+    halves = torch.zeros(64, 64, dtype=torch.int32)
+    halves[:, 32:] = 1  # left half: segment 0, right half: segment 1
+    inp = ImageMaskInput(image=image, mask=halves, processor_fn=processor)
+    result = AttentionLLMAttribution(GenericAttention(model), tokenizer).attribute(inp, target="blue circle")
+    explanation = GenericAttention(model).explain(processor(image), continuation=torch.tensor(
+        [tokenizer.encode("blue circle", add_special_tokens=False)]))
+    grid = explanation.image[0]  # [2 tokens, 4, 4]: each cell covers 16 x 16 pixels of the 64 x 64 image
+    torch.testing.assert_close(result.token_attr, torch.stack([grid[:, :, :2].sum((1, 2)), grid[:, :, 2:].sum((1, 2))], 1))
+    assert result.input_tokens == ["image_feature_0", "image_feature_1"] and result.output_tokens == ["blue", "circle"]
+    theirs = LLMAttribution(FeatureAblation(model), tokenizer).attribute(inp, target="blue circle")
+    assert theirs.token_attr.shape == result.token_attr.shape
+    figure, _ = result.plot_image_heatmap(show=False, target_token_pos=0)  # Captum's image plot, unchanged
+    assert isinstance(figure, matplotlib.figure.Figure)
