@@ -19,6 +19,8 @@ from transformers import (
     GemmaConfig,
     GemmaForCausalLM,
     GPT2Config,
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
@@ -35,6 +37,8 @@ from transformers import (
     Qwen2ForCausalLM,
     ResNetConfig,
     SiglipVisionConfig,
+    SmolVLMConfig,
+    SmolVLMForConditionalGeneration,
     T5Config,
     T5ForConditionalGeneration,
     VisualBertConfig,
@@ -297,7 +301,27 @@ def paligemma(vision_layers=2, layers=2) -> nn.Module:
     return PaliGemmaForConditionalGeneration(config).eval()
 
 
-VLMS: Dict[str, Callable[..., nn.Module]] = {"llava": llava, "paligemma": paligemma}
+def idefics3(vision_layers=2, layers=2, smolvlm=False) -> nn.Module:
+    """A 32 x 32 image in 4 x 4 patches (an 8 x 8 grid), pixel-shuffled 2 x 2: 16 image tokens."""
+    vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=vision_layers, num_attention_heads=4,
+                  image_size=32, patch_size=4)
+    text = LlamaConfig(num_hidden_layers=layers, **_LLAMA_LIKE).to_dict()
+    config_class, model_class = (SmolVLMConfig, SmolVLMForConditionalGeneration) if smolvlm else (
+        Idefics3Config, Idefics3ForConditionalGeneration)
+    return model_class(config_class(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, scale_factor=2)).eval()
+
+
+VLMS: Dict[str, Callable[..., nn.Module]] = {
+    "llava": llava, "paligemma": paligemma, "idefics3": idefics3, "smolvlm": lambda **kw: idefics3(smolvlm=True, **kw),
+}
+
+
+def family_prompts(family: str, **kwargs) -> Dict[str, Tensor]:
+    """:func:`vlm_prompts` as the family takes them (Idefics3 and SmolVLM: 5-D pixel values, one image per prompt)."""
+    batch = vlm_prompts(**kwargs)
+    if family in ("idefics3", "smolvlm"):
+        batch["pixel_values"] = batch["pixel_values"][:, None]
+    return batch
 
 
 def vlm_prompts(batch=3, text=4, image_tokens=16) -> Dict[str, Tensor]:

@@ -5,6 +5,7 @@ so a merged evaluation is exactly what one process computes. Without a process g
 there is one rank, which keeps every item.
 """
 
+import atexit
 import os
 from typing import Dict, List, Optional, Sequence, Tuple, TypeVar
 
@@ -21,7 +22,16 @@ def init_distributed(backend: Optional[str] = None) -> bool:
         return dist.is_initialized()
     if not dist.is_initialized():
         dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+        atexit.register(_leave)
     return True
+
+
+def _leave() -> None:
+    """Leave the process group before the interpreter exits: a group torn down by the interpreter's own
+    exit can abort a rank (SIGABRT) while its peers are still closing their connections."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def rank_and_world() -> Tuple[int, int]:

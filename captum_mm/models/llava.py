@@ -13,7 +13,7 @@ image tokens (on the patch grid when there is one token per patch).
 
 from dataclasses import replace
 from types import MappingProxyType
-from typing import Any, Dict, List, Sequence, Set, Tuple, cast
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -42,18 +42,24 @@ class LlavaAdapter(LlamaAdapter):
     arguments = MappingProxyType(
         dict(DecoderOnlyAdapter.arguments, pixel_values=Argument(4, PIXELS, None, f"A VLM prompt needs pixel_values {PIXELS}."))
     )
-    vision_attention_classes = (CLIPAttention, SiglipAttention)
-    vision_layer_classes = (CLIPEncoderLayer, SiglipEncoderLayer)
+    vision_attention_classes: Tuple[type, ...] = (CLIPAttention, SiglipAttention)
+    vision_layer_classes: Tuple[type, ...] = (CLIPEncoderLayer, SiglipEncoderLayer)
     #: Continue the image tokens' relevance through the vision tower (False: stop at the LM's image tokens).
     compose_vision: bool = True
 
     def attention_specs(self) -> List[AttentionSpec]:
-        names, inner = module_names(self.model), self.model.model
-        vision = attention_specs_in(inner.vision_tower, self.vision_attention_classes, self_attention(VISION),
+        names = module_names(self.model)
+        vision = attention_specs_in(self.vision_tower(), self.vision_attention_classes, self_attention(VISION),
                                     lambda m: projected_parts(m, m.num_heads, m.out_proj), names=names)
-        language = attention_specs_in(inner.language_model, self.attention_classes, self_attention(SEQUENCE),
+        language = attention_specs_in(self.language_model(), self.attention_classes, self_attention(SEQUENCE),
                                       rotary_parts, names=names)
         return vision + language
+
+    def vision_tower(self) -> nn.Module:
+        return self.model.model.vision_tower
+
+    def language_model(self) -> nn.Module:
+        return self.model.model.language_model
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
         super().check_arguments(arguments)
@@ -76,21 +82,30 @@ class LlavaAdapter(LlamaAdapter):
         positions = torch.nonzero(image_tokens)[:, 1].reshape(image_tokens.shape[0], -1)
         patch, cls = self._patch_size(), int(self._has_class_token())
         grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
-        stage = Stage((VISION, VISION), slice(self.first_feature(arguments), None), slice(cls, None))
         if self.compose_vision:
+            stage = Stage((VISION, VISION), slice(self.first_feature(arguments), None), slice(cls, None), self.token_map(grid))
             readouts[IMAGE] = Readout(SEQUENCE, rows, SEQUENCE, grid=grid, column_index=positions, through=stage)
         else:
-            on_grid = positions.shape[1] == grid[0] * grid[1]
-            readouts[IMAGE] = Readout(SEQUENCE, rows, SEQUENCE, grid=grid if on_grid else None, column_index=positions)
+            tokens = self.token_grid(grid)
+            on_grid = positions.shape[1] == tokens[0] * tokens[1]
+            readouts[IMAGE] = Readout(SEQUENCE, rows, SEQUENCE, grid=tokens if on_grid else None, column_index=positions)
         vision_mask = torch.ones(pixels.shape[0], cls + grid[0] * grid[1], dtype=torch.bool, device=pixels.device)
         schedule = forward_order_schedule(record, selection, {SEQUENCE: mask, VISION: vision_mask}, readouts)
         unused = self._unused_vision_attention(arguments)
         kept = [step for step in schedule.steps if record.calls[step[0].call].spec.module not in unused]
         return replace(schedule, steps=kept)
 
+    def token_map(self, grid: Tuple[int, int]) -> Optional[Tensor]:
+        """``P``: each image token's weights over the vision tokens it is made of (None: one each)."""
+        return None
+
+    def token_grid(self, grid: Tuple[int, int]) -> Tuple[int, int]:
+        """The grid of the LM's image tokens for a ``grid`` of patches."""
+        return grid
+
     def lrp_structure(self) -> LRPStructure:  # the LM's, and the vision tower's pre-norm layers
         language = super().lrp_structure()
-        vision = pre_norm_structure(self.model.model.vision_tower, self.vision_layer_classes, "layer_norm2", "self_attn")
+        vision = pre_norm_structure(self.vision_tower(), self.vision_layer_classes, "layer_norm2", "self_attn")
         return replace(language, residuals=language.residuals + vision.residuals)
 
     def _patch_size(self) -> int:
@@ -98,7 +113,7 @@ class LlavaAdapter(LlamaAdapter):
 
     def _vision_body(self) -> Any:
         """The vision tower's module holding ``embeddings`` and ``encoder`` (the tower itself, or its ``vision_model``)."""
-        tower = self.model.model.vision_tower
+        tower = self.vision_tower()
         return getattr(tower, "vision_model", tower)
 
     def _has_class_token(self) -> bool:

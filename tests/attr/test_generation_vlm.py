@@ -8,7 +8,8 @@ from captum_mm.attr import GenericAttention, RawAttention
 from captum_mm.attr.engine import forward_pass
 from captum_mm.generation import generation_forward
 from captum_mm.models import adapter_for
-from helpers import IMAGE_GRID, IMAGE_TOKEN, VLMS, assert_same_state, llava, model_state, paligemma, vlm_prompts
+from captum_mm.models.capture import use_eager_attention
+from helpers import IMAGE_GRID, IMAGE_TOKEN, VLMS, assert_same_state, family_prompts, idefics3, llava, model_state, paligemma, vlm_prompts
 from methods_under_test import METHODS
 
 CONTINUATION = [[5, 6], [7], [8, 9]]
@@ -92,9 +93,10 @@ def test_stopping_at_the_image_tokens():
 @pytest.mark.parametrize("family", sorted(VLMS))
 def test_batched_with_left_padding_equals_each_sample_alone(family, method):
     model = VLMS[family]()
-    batch = vlm_prompts()
+    batch = family_prompts(family)
     explanation = METHODS[method](model).explain(batch, continuation=CONTINUATION)
-    assert explanation.image.shape == (3, 2, *IMAGE_GRID) and explanation.text.shape == (3, 2, 22)
+    grid = (8, 8) if family in ("idefics3", "smolvlm") else IMAGE_GRID  # the patch grid (Idefics3: 4 x 4 patches)
+    assert explanation.image.shape == (3, 2, *grid) and explanation.text.shape == (3, 2, 22)
     for index in range(3):
         real = batch["attention_mask"][index].bool()
         alone = METHODS[method](model).explain(
@@ -111,7 +113,7 @@ def test_batched_with_left_padding_equals_each_sample_alone(family, method):
 @pytest.mark.parametrize("family", sorted(VLMS))
 def test_generate_then_explain_equals_the_same_tokens_given(family):
     model = VLMS[family]()
-    batch = vlm_prompts()
+    batch = family_prompts(family)
     arguments = dict(GREEDY, max_new_tokens=3)
     generated = GenericAttention(model).explain(batch, generate=True, generation_args=arguments)
     with torch.no_grad():
@@ -172,3 +174,38 @@ def test_paligemma_continuation_joins_the_causal_suffix():
     assert types.tolist() == [[0] * 22 + [1, 1]] * 2
     with pytest.raises(ValueError, match=r"\['token_type_ids'\] hold one entry per prompt token"):
         generation_forward(model, batch, [[5, 6], [7]], False, None)
+
+
+def test_idefics3_token_map_is_its_own_pixel_shuffle():
+    # a 4 x 4 patch grid shuffled 2 x 2: token (i, j) is made of patch rows 2i, 2i+1 and columns 2j, 2j+1
+    token_map = adapter_for(idefics3()).token_map((4, 4))
+    made_of = [torch.nonzero(row).flatten().tolist() for row in token_map]
+    assert made_of == [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]]
+    assert torch.all(token_map[token_map > 0] == 0.25)  # each token's relevance spread evenly over its patches
+
+
+def test_idefics3_raw_attention_image_goes_through_the_pixel_shuffle():
+    model = idefics3()
+    batch = family_prompts("idefics3", batch=1)
+    explanation = RawAttention(model).explain(batch, continuation=[[5]])
+    restore = use_eager_attention(model)
+    try:
+        ids = torch.cat([batch["input_ids"], torch.tensor([[5]])], dim=1)
+        language = model(input_ids=ids, pixel_values=batch["pixel_values"], output_attentions=True).attentions[-1][0].mean(0)
+        vision = model.model.vision_model(batch["pixel_values"][:, 0], output_attentions=True).attentions[-1][0].mean(0)
+    finally:
+        restore.remove()
+    token_map = adapter_for(model).token_map((8, 8)).float()
+    expected = language[ids.shape[1] - 2, 2:18] @ token_map @ vision
+    torch.testing.assert_close(explanation.image[0, 0].flatten(), expected)
+    stopped = RawAttention(model)
+    stopped.adapter.compose_vision = False
+    assert stopped.explain(batch, continuation=[[5]]).image.shape == (1, 1, 4, 4)  # the 4 x 4 grid of image tokens
+
+
+def test_idefics3_one_image_per_prompt():
+    model = idefics3()
+    batch = family_prompts("idefics3")
+    batch["pixel_values"] = batch["pixel_values"].repeat(1, 2, 1, 1, 1)
+    with pytest.raises(ValueError, match="One image per prompt.*got 2 images per prompt"):
+        GenericAttention(model).explain(batch, continuation=CONTINUATION)

@@ -1,0 +1,76 @@
+"""Idefics3 and SmolVLM: a SigLIP-style tower (every layer, no class token), a connector that pixel-
+shuffles each ``s x s`` block of patches into one token and projects it, and a LLaMA-style LM; pixel
+values are 5-D, ``[batch, images, channels, height, width]``.
+
+Schedule and readouts as for LLaVA (:mod:`captum_mm.models.llava`), with the token map ``P`` of the
+pixel shuffle: each image token spreads its relevance evenly over the ``s^2`` patches it is made of
+(``P[token, patch] = 1 / s^2``), so ``image = R^{g,tok} . P . R^{vv}`` on the patch grid; stopping at
+the image tokens gives them on the ``h/s x w/s`` token grid. One image per prompt: the processor's image
+splitting (several sub-images per prompt) is not explained yet and is refused with a clear error.
+"""
+
+from types import MappingProxyType
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from transformers import Idefics3ForConditionalGeneration, SmolVLMForConditionalGeneration
+from transformers.models.idefics3.modeling_idefics3 import Idefics3EncoderLayer, Idefics3VisionAttention
+from transformers.models.smolvlm.modeling_smolvlm import SmolVLMEncoderLayer, SmolVLMVisionAttention
+
+from captum_mm.models.arguments import Argument, require
+from captum_mm.models.decoder import DecoderOnlyAdapter
+from captum_mm.models.llava import LlavaAdapter
+from captum_mm.models.registry import register_adapter
+
+IMAGES = "[batch, images, channels, height, width]"
+
+
+@register_adapter
+class Idefics3Adapter(LlavaAdapter):
+    model_classes = (Idefics3ForConditionalGeneration, SmolVLMForConditionalGeneration)
+    arguments = MappingProxyType(dict(
+        DecoderOnlyAdapter.arguments,
+        pixel_values=Argument(5, IMAGES, None, f"An Idefics3 prompt needs pixel_values {IMAGES}."),
+        pixel_attention_mask=Argument(4, "[batch, images, height, width]"),
+    ))
+    vision_attention_classes = (Idefics3VisionAttention, SmolVLMVisionAttention)
+    vision_layer_classes = (Idefics3EncoderLayer, SmolVLMEncoderLayer)
+
+    def vision_tower(self) -> nn.Module:
+        return self.model.model.vision_model
+
+    def language_model(self) -> nn.Module:
+        return self.model.model.text_model
+
+    def check_arguments(self, arguments: Dict[str, Any]) -> None:
+        pixels = arguments.get("pixel_values")
+        if pixels is not None and pixels.dim() == 5:
+            require(pixels.shape[1] == 1, f"One image per prompt (pixel_values [batch, 1, channels, height, width]), got "
+                    f"{pixels.shape[1]} images per prompt: explain without the processor's image splitting.")
+        super().check_arguments(arguments)
+
+    def first_feature(self, arguments: Dict[str, Any]) -> int:
+        return 0
+
+    def feature_depth(self, arguments: Dict[str, Any], layers: int) -> int:
+        return layers
+
+    def _features_per_image(self, pixels: Tensor, arguments: Dict[str, Any]) -> int:
+        tokens = self.token_grid((pixels.shape[-2] // self._patch_size(), pixels.shape[-1] // self._patch_size()))
+        return tokens[0] * tokens[1]
+
+    def _scale(self) -> int:
+        return int(self.model.config.scale_factor)
+
+    def token_grid(self, grid: Tuple[int, int]) -> Tuple[int, int]:
+        return grid[0] // self._scale(), grid[1] // self._scale()
+
+    def token_map(self, grid: Tuple[int, int]) -> Optional[Tensor]:
+        """The connector's own pixel shuffle applied to the patch indices: which patches make each token."""
+        cells = grid[0] * grid[1]
+        connector: Any = self.model.model.connector
+        patches = connector.pixel_shuffle(torch.arange(cells, dtype=torch.float64)[None, :, None], self._scale())[0]
+        token_map = torch.zeros(patches.shape[0], cells, dtype=torch.float64)
+        token_map.scatter_(1, patches.long(), 1.0 / patches.shape[1])
+        return token_map
