@@ -9,6 +9,10 @@ from transformers import (
     BartConfig,
     BartForConditionalGeneration,
     BertConfig,
+    Blip2Config,
+    Blip2ForConditionalGeneration,
+    Blip2QFormerConfig,
+    Blip2VisionConfig,
     BertForSequenceClassification,
     CLIPConfig,
     CLIPModel,
@@ -309,6 +313,19 @@ def idefics3(vision_layers=2, layers=2, smolvlm=False) -> nn.Module:
     config_class, model_class = (SmolVLMConfig, SmolVLMForConditionalGeneration) if smolvlm else (
         Idefics3Config, Idefics3ForConditionalGeneration)
     return model_class(config_class(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, scale_factor=2)).eval()
+
+
+def blip2(vision_layers=2, qformer_layers=2, layers=2, queries=16) -> nn.Module:
+    """A Q-Former with ``queries`` query tokens (16: one image token each, as in :func:`vlm_prompts`), cross-attending
+    to the image in every layer, and a Llama LM."""
+    vision = Blip2VisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=vision_layers, num_attention_heads=4,
+                               image_size=32, patch_size=8)
+    qformer = Blip2QFormerConfig(hidden_size=32, num_hidden_layers=qformer_layers, num_attention_heads=4, intermediate_size=48,
+                                 encoder_hidden_size=32, cross_attention_frequency=1)
+    text = LlamaConfig(num_hidden_layers=layers, **_LLAMA_LIKE)
+    config = Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
+                         num_query_tokens=queries, image_token_index=IMAGE_TOKEN)
+    return Blip2ForConditionalGeneration(config).eval()
 
 
 VLMS: Dict[str, Callable[..., nn.Module]] = {

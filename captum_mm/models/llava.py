@@ -49,11 +49,14 @@ class LlavaAdapter(LlamaAdapter):
 
     def attention_specs(self) -> List[AttentionSpec]:
         names = module_names(self.model)
-        vision = attention_specs_in(self.vision_tower(), self.vision_attention_classes, self_attention(VISION),
-                                    lambda m: projected_parts(m, m.num_heads, m.out_proj), names=names)
         language = attention_specs_in(self.language_model(), self.attention_classes, self_attention(SEQUENCE),
                                       rotary_parts, names=names)
-        return vision + language
+        return self.vision_specs(names) + language
+
+    def vision_specs(self, names: Dict[nn.Module, str]) -> List[AttentionSpec]:
+        """The specs of every attention module before the LM (the vision tower's)."""
+        return attention_specs_in(self.vision_tower(), self.vision_attention_classes, self_attention(VISION),
+                                  lambda m: projected_parts(m, m.num_heads, m.out_proj), names=names)
 
     def vision_tower(self) -> nn.Module:
         return self.model.model.vision_tower
@@ -83,17 +86,27 @@ class LlavaAdapter(LlamaAdapter):
         patch, cls = self._patch_size(), int(self._has_class_token())
         grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
         if self.compose_vision:
-            stage = Stage((VISION, VISION), slice(self.first_feature(arguments), None), slice(cls, None), self.token_map(grid))
+            stage = self.image_stage(arguments, grid)
             readouts[IMAGE] = Readout(SEQUENCE, rows, SEQUENCE, grid=grid, column_index=positions, through=stage)
         else:
             tokens = self.token_grid(grid)
             on_grid = positions.shape[1] == tokens[0] * tokens[1]
             readouts[IMAGE] = Readout(SEQUENCE, rows, SEQUENCE, grid=tokens if on_grid else None, column_index=positions)
         vision_mask = torch.ones(pixels.shape[0], cls + grid[0] * grid[1], dtype=torch.bool, device=pixels.device)
-        schedule = forward_order_schedule(record, selection, {SEQUENCE: mask, VISION: vision_mask}, readouts)
+        masks = {SEQUENCE: mask, VISION: vision_mask, **self.stage_masks(pixels)}
+        schedule = forward_order_schedule(record, selection, masks, readouts)
         unused = self._unused_vision_attention(arguments)
         kept = [step for step in schedule.steps if record.calls[step[0].call].spec.module not in unused]
         return replace(schedule, steps=kept)
+
+    def image_stage(self, arguments: Dict[str, Any], grid: Tuple[int, int]) -> Stage:
+        """How the LM's image tokens continue to the patches: through the vision tower's ``R^{vv}``."""
+        features = slice(self.first_feature(arguments), None)
+        return Stage((VISION, VISION), features, slice(int(self._has_class_token()), None), self.token_map(grid))
+
+    def stage_masks(self, pixels: Tensor) -> Dict[str, Tensor]:
+        """Masks of the modalities between the vision tower and the LM (none here)."""
+        return {}
 
     def token_map(self, grid: Tuple[int, int]) -> Optional[Tensor]:
         """``P``: each image token's weights over the vision tokens it is made of (None: one each)."""

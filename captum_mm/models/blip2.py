@@ -1,0 +1,77 @@
+"""BLIP-2: a vision tower, a Q-Former whose learned query tokens attend to each other and, every
+``cross_attention_frequency`` layers, to the image, and a LLaMA-style LM reading the projected query
+outputs at its image placeholder tokens (one per query).
+
+Schedule (docs/METHOD.md, "BLIP-2"): Eq. 6 over the vision tower (``R^{vv}``); in the Q-Former, Eq. 6-7
+at the queries' self-attention and Eq. 10 at their cross-attention to the image (``R^{qv}``; Eq. 11
+adds nothing: the image never attends to the queries), all with more than two modalities as METHOD.md
+says; then the LM's stream. The image readout composes the stages: ``image = R^{g,tok} . R^{qv}[:, patches]``
+(query token ``i`` is LM image token ``i``). ``compose_vision = False`` stops at the LM's query tokens.
+"""
+
+from typing import Any, Dict, List, Sequence, Tuple, cast
+
+import torch
+from torch import Tensor, nn
+from transformers import Blip2ForConditionalGeneration
+from transformers.models.blip_2.modeling_blip_2 import Blip2Attention, Blip2EncoderLayer
+
+from captum_mm.lrp.composite import LRPStructure
+from captum_mm.models.arguments import require
+from captum_mm.models.base import attention_specs_in, qkv_parts
+from captum_mm.models.llava import LlavaAdapter
+from captum_mm.models.registry import register_adapter
+from captum_mm.relevance.schedule import Stage
+from captum_mm.spec import AttentionSpec, TensorSource
+
+QUERY, VISION = "query", "vision"
+
+
+@register_adapter
+class Blip2Adapter(LlavaAdapter):
+    model_classes = (Blip2ForConditionalGeneration,)
+    vision_attention_classes = (Blip2Attention,)
+    vision_layer_classes = (Blip2EncoderLayer,)
+
+    def vision_tower(self) -> nn.Module:
+        return cast(nn.Module, self.model.vision_model)
+
+    def language_model(self) -> nn.Module:
+        return cast(nn.Module, self.model.language_model)
+
+    def vision_specs(self, names: Dict[nn.Module, str]) -> List[AttentionSpec]:
+        """The vision tower's, then the Q-Former's: each layer's query self-attention and, where it has
+        one, its cross-attention to the image."""
+        specs = attention_specs_in(self.vision_tower(), Blip2Attention, ((VISION, VISION),), names=names)
+        qformer: Any = self.model.qformer
+        for layer in cast(Sequence[Any], qformer.encoder.layer):
+            specs.append(self._query_spec(layer.attention.attention, (QUERY, QUERY), names))
+            if layer.has_cross_attention:
+                specs.append(self._query_spec(layer.crossattention.attention, (QUERY, VISION), names))
+        return specs
+
+    def _query_spec(self, module: nn.Module, roles: Tuple[str, str], names: Dict[nn.Module, str]) -> AttentionSpec:
+        return AttentionSpec(names[module], module, TensorSource(module, index=1), (roles,), parts=qkv_parts(module))
+
+    def check_arguments(self, arguments: Dict[str, Any]) -> None:
+        require(bool(self.model.config.use_decoder_only_language_model),
+                "BLIP-2 is explained with a decoder-only language model (an encoder-decoder one, as Flan-T5, is not yet).")
+        super().check_arguments(arguments)
+
+    def feature_depth(self, arguments: Dict[str, Any], layers: int) -> int:
+        return layers
+
+    def _features_per_image(self, pixels: Tensor, arguments: Dict[str, Any]) -> int:
+        return int(self.model.config.num_query_tokens)
+
+    def image_stage(self, arguments: Dict[str, Any], grid: Tuple[int, int]) -> Stage:
+        return Stage((QUERY, VISION), slice(None), slice(1, None))  # patches: the tower's class token left out
+
+    def stage_masks(self, pixels: Tensor) -> Dict[str, Tensor]:
+        return {QUERY: torch.ones(pixels.shape[0], int(self.model.config.num_query_tokens), dtype=torch.bool, device=pixels.device)}
+
+    def lrp_structure(self) -> LRPStructure:
+        raise NotImplementedError(
+            "BLIP-2 declares no LRP structure yet: its vision attention projects queries, keys and values with one "
+            "fused linear layer, which the LRP attention rule does not split yet."
+        )
