@@ -388,3 +388,23 @@ def assert_same_state(before: Dict[str, Any], after: Dict[str, Any]) -> None:
         assert torch.equal(value, after["buffers"][name]), name
     for key in ("training", "hooks", "forwards", "attention"):
         assert before[key] == after[key], key
+
+
+def assert_each_sample_as_alone(make: Callable[[], Any], batch: Dict[str, Tensor], continuation) -> Any:
+    """Explain ``continuation`` after the padded prompts ``batch`` with ``make()`` (a fresh explainer), and check that
+    each sample's relevance (text, generated, image; scores) equals that of the sample explained alone, its padding
+    removed; returns the batched explanation."""
+    explanation = make().explain(batch, continuation=continuation)
+    for index, tokens in enumerate(continuation):
+        real = batch["attention_mask"][index].bool()
+        alone = {name: value[index : index + 1] for name, value in batch.items() if name not in ("input_ids", "attention_mask")}
+        alone = make().explain(dict(alone, input_ids=batch["input_ids"][index : index + 1, real]), continuation=[tokens])
+        steps = len(tokens)
+        pairs = [(explanation.text[index, :steps, real], alone.text[0]), (explanation.scores[index, :steps], alone.scores[0]),
+                 (explanation.generated[index, :steps, :steps], alone.generated[0])]
+        if explanation.image is not None:
+            pairs.append((explanation.image[index, :steps], alone.image[0]))
+        for batched, single in pairs:
+            torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
+        assert explanation.text[index, :, ~real].abs().sum() == 0 and explanation.text[index, steps:].abs().sum() == 0
+    return explanation

@@ -8,7 +8,7 @@ from captum_mm.attr import GenericAttention, PartialLRP, RawAttention
 from captum_mm.attr.engine import forward_pass
 from captum_mm.generation import generation_forward
 from captum_mm.models.capture import use_eager_attention
-from helpers import IMAGE_GRID, IMAGE_TOKEN, assert_same_state, blip2, model_state, vlm_prompts
+from helpers import IMAGE_GRID, IMAGE_TOKEN, assert_each_sample_as_alone, assert_same_state, blip2, model_state, vlm_prompts
 from methods_under_test import METHODS
 
 CONTINUATION = [[5, 6], [7], [8, 9]]
@@ -51,18 +51,8 @@ def test_raw_attention_image_is_the_lm_row_times_the_last_cross_attention():
 @pytest.mark.parametrize("method", ATTENTION_METHODS)
 def test_batched_with_left_padding_equals_each_sample_alone(method):
     model = blip2()
-    batch = vlm_prompts()
-    explanation = METHODS[method](model).explain(batch, continuation=CONTINUATION)
+    explanation = assert_each_sample_as_alone(lambda: METHODS[method](model), vlm_prompts(), CONTINUATION)
     assert explanation.image.shape == (3, 2, *IMAGE_GRID)
-    for index in range(3):
-        real = batch["attention_mask"][index].bool()
-        alone = METHODS[method](model).explain(
-            {"input_ids": batch["input_ids"][index : index + 1, real], "pixel_values": batch["pixel_values"][index : index + 1]},
-            continuation=[CONTINUATION[index]],
-        )
-        steps = len(CONTINUATION[index])
-        torch.testing.assert_close(explanation.image[index, :steps], alone.image[0], atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(explanation.text[index, :steps, real], alone.text[0], atol=1e-5, rtol=1e-4)
 
 
 def test_generate_then_explain_and_the_model_left_as_it_was():

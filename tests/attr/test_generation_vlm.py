@@ -9,7 +9,7 @@ from captum_mm.attr.engine import forward_pass
 from captum_mm.generation import generation_forward
 from captum_mm.models import adapter_for
 from captum_mm.models.capture import use_eager_attention
-from helpers import IMAGE_GRID, IMAGE_TOKEN, VLMS, assert_same_state, family_prompts, idefics3, llava, model_state, paligemma, vlm_prompts
+from helpers import IMAGE_GRID, IMAGE_TOKEN, VLMS, assert_each_sample_as_alone, assert_same_state, family_prompts, idefics3, llava, model_state, paligemma, vlm_prompts
 from methods_under_test import METHODS
 
 CONTINUATION = [[5, 6], [7], [8, 9]]
@@ -93,21 +93,9 @@ def test_stopping_at_the_image_tokens():
 @pytest.mark.parametrize("family", sorted(VLMS))
 def test_batched_with_left_padding_equals_each_sample_alone(family, method):
     model = VLMS[family]()
-    batch = family_prompts(family)
-    explanation = METHODS[method](model).explain(batch, continuation=CONTINUATION)
+    explanation = assert_each_sample_as_alone(lambda: METHODS[method](model), family_prompts(family), CONTINUATION)
     grid = (8, 8) if family in ("idefics3", "smolvlm") else IMAGE_GRID  # the patch grid (Idefics3: 4 x 4 patches)
     assert explanation.image.shape == (3, 2, *grid) and explanation.text.shape == (3, 2, 22)
-    for index in range(3):
-        real = batch["attention_mask"][index].bool()
-        alone = METHODS[method](model).explain(
-            {"input_ids": batch["input_ids"][index : index + 1, real], "pixel_values": batch["pixel_values"][index : index + 1]},
-            continuation=[CONTINUATION[index]],
-        )
-        steps = len(CONTINUATION[index])
-        for name in ("image", "generated"):
-            torch.testing.assert_close(getattr(explanation, name)[index, :steps, ...][:, : getattr(alone, name).shape[2]],
-                                       getattr(alone, name)[0], atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(explanation.text[index, :steps, real], alone.text[0], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("family", sorted(VLMS))
