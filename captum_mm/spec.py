@@ -37,6 +37,8 @@ class AttentionParts:
                     (each repeated over ``heads / key_value_heads`` query heads). Default: ``heads``
         rotary (bool): Queries and keys are rotated by HF's rotary position embedding, the
                     ``(cos, sin)`` the module receives as ``position_embeddings``. Default: False
+        fused (bool): ``query``, ``key`` and ``value`` are one projection whose output is Q, K and V
+                    concatenated on the last dimension, in this order (GPT-2's ``c_attn``). Default: False
     """
 
     query: LinearModule
@@ -46,6 +48,16 @@ class AttentionParts:
     projection: Optional[LinearModule] = None
     key_value_heads: Optional[int] = None
     rotary: bool = False
+    fused: bool = False
+
+    def __post_init__(self) -> None:
+        if self.fused and len({id(self.query), id(self.key), id(self.value)}) > 1:
+            raise ValueError("A fused projection is one module: pass it as query, key and value.")
+
+    @property
+    def qkv_modules(self) -> Tuple[LinearModule, ...]:
+        """The modules producing Q, K and V, each once."""
+        return (self.query,) if self.fused else (self.query, self.key, self.value)
 
 
 @dataclass(frozen=True, eq=False)
