@@ -2,9 +2,13 @@
 module, from which the capture, the schedule roles and the LRP site all derive."""
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+#: A linear layer: ``nn.Linear``, or HF's ``Conv1D`` (GPT-2), which holds its weight transposed.
+LinearModule = Union[nn.Linear, Conv1D]
 
 
 @dataclass(frozen=True)
@@ -26,22 +30,34 @@ class AttentionParts:
     projected).
 
     Attributes:
-        query, key, value (nn.Linear): The projections producing Q, K and V.
+        query, key, value (LinearModule): The projections producing Q, K and V.
         heads (int): Number of (query) heads.
-        projection (nn.Linear, optional): Output projection applied inside the module.
+        projection (LinearModule, optional): Output projection applied inside the module.
         key_value_heads (int, optional): Number of key/value heads under grouped-query attention
                     (each repeated over ``heads / key_value_heads`` query heads). Default: ``heads``
         rotary (bool): Queries and keys are rotated by HF's rotary position embedding, the
                     ``(cos, sin)`` the module receives as ``position_embeddings``. Default: False
+        fused (bool): ``query``, ``key`` and ``value`` are one projection whose output is Q, K and V
+                    concatenated on the last dimension, in this order (GPT-2's ``c_attn``). Default: False
     """
 
-    query: nn.Linear
-    key: nn.Linear
-    value: nn.Linear
+    query: LinearModule
+    key: LinearModule
+    value: LinearModule
     heads: int
-    projection: Optional[nn.Linear] = None
+    projection: Optional[LinearModule] = None
     key_value_heads: Optional[int] = None
     rotary: bool = False
+    fused: bool = False
+
+    def __post_init__(self) -> None:
+        if self.fused and len({id(self.query), id(self.key), id(self.value)}) > 1:
+            raise ValueError("A fused projection is one module: pass it as query, key and value.")
+
+    @property
+    def qkv_modules(self) -> Tuple[LinearModule, ...]:
+        """The modules producing Q, K and V, each once."""
+        return (self.query,) if self.fused else (self.query, self.key, self.value)
 
 
 @dataclass(frozen=True, eq=False)

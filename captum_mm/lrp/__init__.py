@@ -9,7 +9,16 @@ from captum_mm.lrp.composite import (
     lrp_rules,
     relevance_seed,
 )
-from captum_mm.lrp.rules import AlphaBeta, Epsilon, HalvedAttention, LinearRule, PassThrough, ProportionalResidual, RuleSet
+from captum_mm.lrp.rules import (
+    AlphaBeta,
+    Epsilon,
+    HalvedAttention,
+    LinearRule,
+    PassThrough,
+    ProportionalResidual,
+    RuleSet,
+    linear_weight,
+)
 
 __all__ = [
     "AlphaBeta",
@@ -25,6 +34,7 @@ __all__ = [
     "ResidualRuleSite",
     "RuleSet",
     "attention_relevance",
+    "linear_weight",
     "lrp_rules",
     "relevance_seed",
 ]

@@ -6,7 +6,8 @@ model's attention function sees them. Two blocks between the projections and tho
 bias-free linear maps, for which the z-rule is the transpose of the map (the relevance is conserved):
 rotary position embeddings (``x cos + rotate_half(x) sin``, transposed ``g cos - rotate_half(g sin)``)
 applied to queries and keys, and grouped-query attention's key/value heads repeated over the query
-heads (transposed: the sum over each group).
+heads (transposed: the sum over each group). A fused projection (GPT-2's ``c_attn``) is split into
+Q, K and V; its modified gradient is theirs concatenated in the same order.
 """
 
 from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, cast
@@ -60,6 +61,14 @@ def sum_groups(g: Tensor, groups: int) -> Tensor:
     return g if groups == 1 else g.reshape(g.shape[0], -1, groups, *g.shape[2:]).sum(2)
 
 
+def split_fused(parts: AttentionParts, fused: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """A fused projection's output ``[B, N, (heads + 2 * key_value_heads) * d]`` as its ``(Q, K, V)``."""
+    kv_heads = parts.key_value_heads or parts.heads
+    head_size = fused.shape[-1] // (parts.heads + 2 * kv_heads)
+    query, key, value = fused.split([parts.heads * head_size, kv_heads * head_size, kv_heads * head_size], dim=-1)
+    return query, key, value
+
+
 def attention_operands_gradients(
     rule: HalvedAttention,
     parts: AttentionParts,
@@ -109,7 +118,7 @@ def attention_hook(
     attention_rule, projection_rule = rules
 
     def hook(module: nn.Module, args: Tuple[Any, ...], output: Any) -> Any:
-        projected = tuple(state.linear_io[id(linear)][1] for linear in (parts.query, parts.key, parts.value))
+        projected = tuple(state.output_of(linear) for linear in parts.qkv_modules)
         call = record.latest(spec)
         attention = call.probs
         call.probe = torch.zeros((), dtype=accumulation_dtype(attention.dtype), device=attention.device,
@@ -121,11 +130,14 @@ def attention_hook(
             if projection is not None:
                 linear, (x, out) = projection
                 g = projection_rule.input_gradient(linear, exact(x), exact(out), g)
-            operands = cast(Tuple[Tensor, Tensor, Tensor], tuple(exact(t) for t in projected))
-            return attention_operands_gradients(
+            outputs = tuple(exact(t) for t in projected)
+            operands = split_fused(parts, outputs[0]) if parts.fused else cast(Tuple[Tensor, Tensor, Tensor], outputs)
+            g_query, g_key, g_value, relevance = attention_operands_gradients(
                 attention_rule, parts, operands, exact(attention), split_heads(g, parts.heads),
                 cast(Optional[Tuple[Tensor, Tensor]], position),
             )
+            gradients = (torch.cat((g_query, g_key, g_value), dim=-1),) if parts.fused else (g_query, g_key, g_value)
+            return (*gradients, relevance)
 
         first = output[0] if isinstance(output, tuple) else output
         switched = Switch.apply(first, state.mode, rule, *projected, call.probe)

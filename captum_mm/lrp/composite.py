@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+from transformers.pytorch_utils import Conv1D
 
 from captum_mm._handles import ForwardHook, HandleList
 from captum_mm._precision import exact
@@ -36,7 +37,7 @@ from captum_mm.lrp.attention import attention_hook, position_keeper
 from captum_mm.lrp.canonizers import Canonizer
 from captum_mm.lrp.rules import LinearRule, PassThrough, ProportionalResidual, RuleSet, safe_divide
 from captum_mm.lrp.switch import Mode, Recorder, Switch
-from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource
+from captum_mm.spec import AttentionParts, AttentionSpec, LinearModule, TensorSource
 
 if TYPE_CHECKING:  # the capture module's package imports this one
     from captum_mm.models.capture import AttentionCall, AttentionRecord
@@ -75,7 +76,7 @@ class LRPState:
     mode: Mode = field(default_factory=Mode)
     linear_io: Dict[int, Tuple[Tensor, Tensor]] = field(default_factory=dict)  # id(linear): (input, switched output)
 
-    def output_of(self, linear: nn.Linear) -> Tensor:
+    def output_of(self, linear: LinearModule) -> Tensor:
         """The latest output of ``linear``, as the rules see it (an LRP backward can start there)."""
         return self.linear_io[id(linear)][1]
 
@@ -88,6 +89,7 @@ class LRPState:
             self.mode.relevance = False
 
 
+LINEAR_TYPES = (nn.Linear, Conv1D)  # LinearModule's
 BUILT_IN_PASS_THROUGH = (nn.LayerNorm, nn.Dropout, nn.GELU, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.SiLU)
 
 
@@ -127,7 +129,7 @@ def lrp_rules(
     names = {module: name for name, module in model.named_modules()}
     try:
         for module, name in names.items():
-            if isinstance(module, nn.Linear):
+            if isinstance(module, LINEAR_TYPES):
                 rule = rules.for_module(name, module, rules.linear)
                 handles.append(module.register_forward_hook(_linear_hook(state, rule), prepend=True))
             elif id(module) not in attention_parts and _is_pass_through(module, structure.pass_through_types):
@@ -153,8 +155,8 @@ def lrp_rules(
         handles.remove()
 
 
-def _linear_hook(state: LRPState, rule: LinearRule) -> Callable[[nn.Linear, Tuple[Any, ...], Tensor], Tensor]:
-    def hook(module: nn.Linear, args: Tuple[Any, ...], output: Tensor) -> Tensor:
+def _linear_hook(state: LRPState, rule: LinearRule) -> Callable[[LinearModule, Tuple[Any, ...], Tensor], Tensor]:
+    def hook(module: LinearModule, args: Tuple[Any, ...], output: Tensor) -> Tensor:
         x = args[0]
         modified = lambda g: (rule.input_gradient(module, exact(x), exact(output), g),)  # noqa: E731
         switched = Switch.apply(output, state.mode, modified, x)

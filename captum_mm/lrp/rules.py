@@ -19,6 +19,9 @@ from typing import Tuple, TypeVar, Union, cast
 
 import torch
 from torch import Tensor, nn
+from transformers.pytorch_utils import Conv1D
+
+from captum_mm.spec import LinearModule
 
 STABILIZER = 1e-9
 
@@ -35,14 +38,20 @@ def per_sample_sum(tensor: Tensor) -> Tensor:
     return tensor.sum(dim=tuple(range(1, tensor.dim())), keepdim=True)
 
 
+def linear_weight(module: LinearModule) -> Tensor:
+    """The weight ``[out, in]`` as ``nn.Linear`` holds it (HF's ``Conv1D`` holds it ``[in, out]``)."""
+    return module.weight.T if isinstance(module, Conv1D) else module.weight
+
+
 class LinearRule:
-    """How relevance crosses an ``nn.Linear``: ``g_out`` at its output to ``g_x`` at its input.
+    """How relevance crosses a linear module (``nn.Linear``, or GPT-2's ``Conv1D``): ``g_out`` at its
+    output to ``g_x`` at its input. Read the weight with :func:`linear_weight`.
 
     ``x``, ``out`` and ``g_out`` come in float32 for a half-precision model, whose weights stay
     float16/bfloat16: cast them to ``x.dtype``.
     """
 
-    def input_gradient(self, module: nn.Linear, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
+    def input_gradient(self, module: LinearModule, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
         raise NotImplementedError
 
 
@@ -65,10 +74,10 @@ class AlphaBeta(LinearRule):
 
     conserve: bool = False
 
-    def input_gradient(self, module: nn.Linear, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
+    def input_gradient(self, module: LinearModule, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
         relevance = out * g_out
         positive, negative = x.clamp(min=0), x.clamp(max=0)
-        weight = module.weight.to(x.dtype)
+        weight = linear_weight(module).to(x.dtype)
         w_positive, w_negative = weight.clamp(min=0), weight.clamp(max=0)
 
         def share(w_first: Tensor, w_second: Tensor) -> Tensor:
@@ -89,9 +98,9 @@ class Epsilon(LinearRule):
 
     epsilon: float = 1e-6
 
-    def input_gradient(self, module: nn.Linear, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
+    def input_gradient(self, module: LinearModule, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
         stabilized = out + self.epsilon * torch.where(out >= 0, 1.0, -1.0)
-        return ((out * g_out) / stabilized) @ module.weight.to(out.dtype)
+        return ((out * g_out) / stabilized) @ linear_weight(module).to(out.dtype)
 
 
 class PassThrough:
@@ -144,8 +153,8 @@ class RuleSet:
     module, e.g. ``RuleSet(linear=Epsilon(1e-6))``, and ``modules``, rules for particular modules by
     class or name (the first entry whose match and kind fit wins).
 
-    Kinds: linear rules apply to ``nn.Linear`` modules, pass-through rules to elementwise ones,
-    attention rules to attention modules (by the module of their spec), residual rules to residual
+    Kinds: linear rules apply to ``nn.Linear`` and ``Conv1D`` modules, pass-through rules to elementwise
+    ones, attention rules to attention modules (by the module of their spec), residual rules to residual
     additions (by the module where the sum appears).
     """
 

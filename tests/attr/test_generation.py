@@ -3,7 +3,7 @@ padding, continuation == generate, model left unchanged, and the errors users ge
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2Model
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
 from captum_mm.attr import AttentionGradCam, AttentionRollout, GenericAttention, PartialLRP, RawAttention
 from captum_mm.attr.engine import forward_pass
@@ -12,10 +12,7 @@ from captum_mm.models import adapter_for
 from helpers import LANGUAGE_MODELS, LM_VOCAB, assert_same_state, bert, language_model, model_state, prompt_batch
 from methods_under_test import METHODS
 
-#: GPT-2 declares no LRP structure yet (its fused Conv1D projections have no rule): only the methods without LRP.
-ATTENTION_METHODS = {name: make for name, make in METHODS.items() if "lrp" not in name and "transformer" not in name}
-CASES = [(family, method) for family in sorted(LANGUAGE_MODELS)
-         for method in sorted(ATTENTION_METHODS if family == "gpt2" else METHODS)]
+CASES = [(family, method) for family in sorted(LANGUAGE_MODELS) for method in sorted(METHODS)]
 GREEDY = {"max_new_tokens": 4, "do_sample": False}
 
 
@@ -134,6 +131,7 @@ def test_model_left_bit_identical_also_after_an_error(family):
     batch = prompt()
     GenericAttention(model).explain(batch, generate=True, generation_args=GREEDY)
     RawAttention(model).explain(batch, continuation=[[5], [6], [7]])
+    PartialLRP(model).explain(batch, continuation=[[5], [6], [7]])  # LRP's hooks removed too
     with pytest.raises(ValueError):
         AttentionRollout(model).explain(batch, continuation=[[5], [6], [LM_VOCAB]])
     assert_same_state(before, model_state(model))
@@ -168,10 +166,11 @@ def test_clear_errors():
     forward = lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits  # noqa: E731
     with pytest.raises(ValueError, match="last position, which is padding"):
         GenericAttention(forward, model).attribute(right_padded[0], additional_forward_args=(right_padded[1],))
-    with pytest.raises(NotImplementedError, match="does not declare its LRP structure"):
-        PartialLRP(model).explain(batch, continuation=[[5], [6], [7]])
     with pytest.raises(ValueError, match="BertForSequenceClassification does not generate text"):
         GenericAttention(bert()).explain(batch["input_ids"], continuation=[[5], [6], [7]])
+    cross = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=LM_VOCAB, add_cross_attention=True)).eval()
+    with pytest.raises(NotImplementedError, match="cross-attention layers .* no LRP structure"):
+        PartialLRP(cross).explain(batch, continuation=[[5], [6], [7]])
     with pytest.raises(TypeError, match="cannot explain a GPT2Model: no architecture adapter"):
         GenericAttention(GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2)))
 

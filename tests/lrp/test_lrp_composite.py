@@ -1,15 +1,18 @@
 """Rules chosen per module (by name or class), and canonizers for model-specific blocks."""
 
+import pytest
 import torch
 from torch import nn
 from transformers.models.bert.modeling_bert import BertSelfAttention
+from transformers.pytorch_utils import Conv1D
 
 from captum_mm.attr import TransformerAttribution
 from captum_mm.lrp import AlphaBeta, Epsilon, HalvedAttention, LinearRule, LRPStructure, PositionEmbeddingInput, RuleSet, lrp_rules
-from captum_mm.lrp.attention import repeat_heads, rotary, rotary_transposed, sum_groups
+from captum_mm.lrp.attention import repeat_heads, rotary, rotary_transposed, split_fused, sum_groups
 from captum_mm.lrp.canonizers import GatedProduct
-from captum_mm.lrp.composite import relevance_seed
-from captum_mm.spec import TensorSource
+from captum_mm.lrp.composite import attention_relevance, relevance_seed
+from captum_mm.models import capture_attention
+from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource, self_attention
 from helpers import bert_case
 
 NAMED = "bert.encoder.layer.1.output.dense"
@@ -148,3 +151,43 @@ def test_rotary_and_grouped_heads_are_crossed_by_their_transposes():
     kv = torch.tensor([10.0, 20.0]).reshape(1, 2, 1, 1)
     assert repeat_heads(kv, 2).flatten().tolist() == [10.0, 10.0, 20.0, 20.0]
     assert sum_groups(torch.tensor([1.0, 2.0, 3.0, 4.0]).reshape(1, 4, 1, 1), 2).flatten().tolist() == [3.0, 7.0]
+
+
+class FusedAttention(nn.Module):
+    """One head, one token: ``c_attn`` (a Conv1D, 2 inputs) gives q, k, v fused; returns ``(A v, A)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c_attn = Conv1D(3, 2).double()
+        with torch.no_grad():
+            self.c_attn.weight.copy_(torch.tensor([[2.0, 1.0, 4.0], [0.0, 1.0, 0.0]]))  # [in, out]: q | k | v
+            self.c_attn.bias.zero_()
+
+    def forward(self, x):
+        q, k, v = (part[:, None] for part in self.c_attn(x).split(1, dim=-1))  # [B, heads, N, d]
+        probs = (q @ k.transpose(-1, -2)).softmax(-1)
+        return (probs @ v)[:, 0], probs
+
+
+def test_a_fused_projection_is_split_and_its_gradient_concatenated():
+    # split: heads 2, one key/value head, head size 1: q | k | v = [0, 1] | [2] | [3]
+    grouped = AttentionParts(nn.Linear(1, 1), nn.Linear(1, 1), nn.Linear(1, 1), heads=2, key_value_heads=1)
+    assert [part.tolist() for part in split_fused(grouped, torch.arange(4.0))] == [[0.0, 1.0], [2.0], [3.0]]
+    # x = [1, 2]: q = 2, k = 1 + 2 = 3, v = 4; one token, so A = 1 and the output is v = 4, relevance 1.
+    # A v: R_A = R_v = 1/2. Q K^T = 6: R_q = R_k = 1/4 (g_q = R_A / 6 * k / 2 = 1/8, g_k = 1/12).
+    # c_attn's output [2, 3, 4] takes the concatenated g = [1/8, 1/12, 1/8]: R = [1/4, 1/4, 1/2].
+    # alpha1-beta0 back to x: q = 2 x0 -> [1/4, 0]; k = x0 + x1 (1, 2 of 3) -> [1/12, 1/6]; v = 4 x0 -> [1/2, 0].
+    model = FusedAttention()
+    parts = AttentionParts(model.c_attn, model.c_attn, model.c_attn, heads=1, fused=True)
+    spec = AttentionSpec("attention", model, TensorSource(model, index=1), self_attention("x"), parts=parts)
+    x = torch.tensor([[[1.0, 2.0]]], dtype=torch.float64, requires_grad=True)
+    with capture_attention(model, [spec]) as record, lrp_rules(model, LRPStructure([]), attention=[spec], record=record) as state:
+        output, _ = model(x)
+        seed = relevance_seed(output, torch.ones_like(output))
+        (relevance_at_map,) = attention_relevance(state, record.calls, (output,), (seed[None],))
+        with state.relevance_mode():
+            (gradient,) = torch.autograd.grad(output, x, seed)
+    torch.testing.assert_close(relevance_at_map, torch.full((1, 1, 1, 1, 1), 0.5, dtype=torch.float64))  # [K, B, H, N, N]
+    torch.testing.assert_close(x * gradient, torch.tensor([[[5 / 6, 1 / 6]]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="one module"):
+        AttentionParts(model.c_attn, model.c_attn, nn.Linear(2, 1), heads=1, fused=True)

@@ -137,16 +137,18 @@ def generation_relevance(model, prompt, continuation, cuts):
     return {name: (tensors[name] * gradient).flatten(1).sum(1).detach() for name, gradient in zip(cuts, grads)}
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma"])
-def test_llama_style_lms_conserve_relevance_at_every_layer(family):
-    """Rotary embeddings and grouped-query heads crossed by their transposes, RMSNorm passed through, the
-    gated product halved: the generated token's relevance 1 reaches every layer's input whole."""
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma", "gpt2"])
+def test_decoder_only_lms_conserve_relevance_at_every_layer(family):
+    """LLaMA-style: rotary embeddings and grouped-query heads crossed by their transposes, RMSNorm passed
+    through, the gated product halved. GPT-2: Conv1D projections under the linear rules, the fused c_attn
+    split into Q, K and V. The generated token's relevance 1 reaches every layer's input whole."""
     from helpers import language_model, prompt_batch
 
     model = language_model(family, layers=3).double()
     ids, _ = prompt_batch(batch=2)
-    cuts = {f"layer{k}": (layer, "input") for k, layer in enumerate(model.model.layers)}
-    cuts["final norm"] = (model.model.norm, "input")
+    layers, norm = (model.transformer.h, model.transformer.ln_f) if family == "gpt2" else (model.model.layers, model.model.norm)
+    cuts = {f"layer{k}": (layer, "input") for k, layer in enumerate(layers)}
+    cuts["final norm"] = (norm, "input")
     for name, relevance in generation_relevance(model, {"input_ids": ids}, [[5], [6]], cuts).items():
         assert torch.allclose(relevance, torch.ones(2, dtype=torch.float64), atol=TOLERANCE), (family, name, relevance)
 

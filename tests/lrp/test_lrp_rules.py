@@ -2,6 +2,7 @@
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from captum_mm.lrp import AlphaBeta, Epsilon, HalvedAttention, PassThrough, ProportionalResidual, lrp_rules
 from captum_mm.lrp.composite import LRPStructure, attention_relevance, relevance_seed
@@ -33,6 +34,26 @@ def test_alpha1_beta0_ignores_the_bias_and_conserves():
     # z0 = W+ x+ + W- x- = 1*2 + (-2)*(-1) = 4; R_x = [2, -1] * [1/4, -2/4] = [.5, .5]
     relevance = relevance_through(AlphaBeta(), toy_linear(), t([[2.0, -1.0]]), t([[1.0, 0.0]]))
     assert torch.allclose(relevance, t([[0.5, 0.5]]))
+
+
+def test_alpha1_beta0_on_a_conv1d_reads_its_weight_as_in_by_out():
+    # GPT-2's Conv1D: out = x @ W + b with W [in, out]. x = [1, 2, -1], W = [[1, 2], [-1, -1], [2, -3]].
+    # Output 0: contributions x_i W_i0 = [1, -2, -2]; only x+ W+ = 1 counts (x- W- needs both negative): R_x = [1, 0, 0].
+    # Output 1: contributions [2, -2, 3]; x+ W+ = 2 and x- W- = (-1)(-3) = 3, z = 5: R_x = [2/5, 0, 3/5].
+    # Relevance 1 at each output: R_x = [1.4, 0, 0.6]; the bias is left out.
+    conv = Conv1D(2, 3).double()
+    with torch.no_grad():
+        conv.weight.copy_(t([[1.0, 2.0], [-1.0, -1.0], [2.0, -3.0]]))
+        conv.bias.copy_(t([0.5, 0.25]))
+    x = t([[1.0, 2.0, -1.0]])
+    assert torch.allclose(relevance_through(AlphaBeta(), conv, x, t([[1.0, 1.0]])), t([[1.4, 0.0, 0.6]]))
+    # installed by lrp_rules: Conv1D modules are found by type, as nn.Linear ones are
+    x.requires_grad_()
+    with lrp_rules(conv, LRPStructure([])) as state:
+        out = conv(x)
+        with state.relevance_mode():
+            (gradient,) = torch.autograd.grad(out, x, relevance_seed(out, t([[1.0, 1.0]])))
+    assert torch.allclose(x * gradient, t([[1.4, 0.0, 0.6]]))
 
 
 def test_alpha2_beta1():
