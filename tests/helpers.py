@@ -408,3 +408,28 @@ def assert_each_sample_as_alone(make: Callable[[], Any], batch: Dict[str, Tensor
             torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
         assert explanation.text[index, :, ~real].abs().sum() == 0 and explanation.text[index, steps:].abs().sum() == 0
     return explanation
+
+
+def generation_relevance(model, prompt, continuation, cuts):
+    """Per-sample LRP relevance ``sum(x * g)`` of the first generated token at tensors ``cuts`` =
+    {name: (module, "input" | "output")} (the module's first input or first output)."""
+    from captum_mm.attr.engine import Needs, forward_pass
+    from captum_mm.generation import generation_forward
+
+    forward, arguments, target = generation_forward(model, prompt, continuation, False, None)
+    tensors, handles = {}, []
+    for name, (module, where) in cuts.items():
+        if where == "input":
+            handles.append(module.register_forward_pre_hook(lambda m, a, name=name: tensors.__setitem__(name, a[0])))
+        else:
+            keep = lambda m, a, o, name=name: tensors.__setitem__(name, o[0] if isinstance(o, tuple) else o)  # noqa: E731
+            handles.append(module.register_forward_hook(keep))
+    try:
+        with forward_pass(model, forward, arguments, target=target, needs=Needs(gradients=True, relevance=True)) as run:
+            starts, seeds = run.adapter.lrp_start(run.lrp, run.logits, run.selection.grad_outputs[:1])
+            with run.lrp.relevance_mode():
+                grads = torch.autograd.grad(starts, [tensors[n] for n in cuts], [s[0] for s in seeds])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: (tensors[name] * gradient).flatten(1).sum(1).detach() for name, gradient in zip(cuts, grads)}

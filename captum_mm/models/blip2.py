@@ -9,20 +9,21 @@ says; then the LM's stream. The image readout composes the stages: ``image = R^{
 (query token ``i`` is LM image token ``i``). ``compose_vision = False`` stops at the LM's query tokens.
 """
 
+from dataclasses import replace
 from typing import Any, Dict, List, Sequence, Tuple, cast
 
 import torch
 from torch import Tensor, nn
 from transformers import Blip2ForConditionalGeneration
-from transformers.models.blip_2.modeling_blip_2 import Blip2Attention, Blip2EncoderLayer
+from transformers.models.blip_2.modeling_blip_2 import Blip2Attention, Blip2EncoderLayer, Blip2QFormerOutput, Blip2QFormerSelfOutput
 
 from captum_mm.lrp.composite import LRPStructure
 from captum_mm.models.arguments import require
-from captum_mm.models.base import attention_specs_in, qkv_parts
+from captum_mm.models.base import attention_specs_in, post_norm_residuals, qkv_parts
 from captum_mm.models.llava import LlavaAdapter
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import Stage
-from captum_mm.spec import AttentionSpec, TensorSource
+from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource
 
 QUERY, VISION = "query", "vision"
 
@@ -42,7 +43,8 @@ class Blip2Adapter(LlavaAdapter):
     def vision_specs(self, names: Dict[nn.Module, str]) -> List[AttentionSpec]:
         """The vision tower's, then the Q-Former's: each layer's query self-attention and, where it has
         one, its cross-attention to the image."""
-        specs = attention_specs_in(self.vision_tower(), Blip2Attention, ((VISION, VISION),), names=names)
+        fused = lambda m: AttentionParts(m.qkv, m.qkv, m.qkv, m.num_heads, m.projection, fused=True)  # noqa: E731
+        specs = attention_specs_in(self.vision_tower(), Blip2Attention, ((VISION, VISION),), fused, names=names)
         qformer: Any = self.model.qformer
         for layer in cast(Sequence[Any], qformer.encoder.layer):
             specs.append(self._query_spec(layer.attention.attention, (QUERY, QUERY), names))
@@ -71,7 +73,7 @@ class Blip2Adapter(LlavaAdapter):
         return {QUERY: torch.ones(pixels.shape[0], int(self.model.config.num_query_tokens), dtype=torch.bool, device=pixels.device)}
 
     def lrp_structure(self) -> LRPStructure:
-        raise NotImplementedError(
-            "BLIP-2 declares no LRP structure yet: its vision attention projects queries, keys and values with one "
-            "fused linear layer, which the LRP attention rule does not split yet."
-        )
+        """The vision tower's pre-norm layers and the LM's (as LLaVA's), and the Q-Former's post-norm residuals."""
+        structure = super().lrp_structure()
+        qformer = post_norm_residuals(cast(nn.Module, self.model.qformer), (Blip2QFormerSelfOutput, Blip2QFormerOutput))
+        return replace(structure, residuals=structure.residuals + qformer.residuals)

@@ -8,12 +8,10 @@ from captum_mm.attr import GenericAttention, PartialLRP, RawAttention
 from captum_mm.attr.engine import forward_pass
 from captum_mm.generation import generation_forward
 from captum_mm.models.capture import use_eager_attention
-from helpers import IMAGE_GRID, IMAGE_TOKEN, assert_each_sample_as_alone, assert_same_state, blip2, model_state, vlm_prompts
+from helpers import IMAGE_GRID, IMAGE_TOKEN, assert_each_sample_as_alone, assert_same_state, blip2, generation_relevance, model_state, vlm_prompts
 from methods_under_test import METHODS
 
 CONTINUATION = [[5, 6], [7], [8, 9]]
-#: The LRP methods wait for the vision tower's fused q/k/v projection (see the adapter).
-ATTENTION_METHODS = sorted(name for name in METHODS if "lrp" not in name and "transformer" not in name)
 
 
 def test_schedule_vision_then_queries_then_the_lm():
@@ -48,7 +46,7 @@ def test_raw_attention_image_is_the_lm_row_times_the_last_cross_attention():
     torch.testing.assert_close(explanation.image[0, 0].flatten(), expected)
 
 
-@pytest.mark.parametrize("method", ATTENTION_METHODS)
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_batched_with_left_padding_equals_each_sample_alone(method):
     model = blip2()
     explanation = assert_each_sample_as_alone(lambda: METHODS[method](model), vlm_prompts(), CONTINUATION)
@@ -66,8 +64,25 @@ def test_generate_then_explain_and_the_model_left_as_it_was():
     with torch.no_grad():
         tokens = model.generate(**batch, **arguments)[:, batch["input_ids"].shape[1]:]
     assert torch.equal(generated.target, tokens)
-    with pytest.raises(NotImplementedError, match="fused linear layer"):
-        PartialLRP(model).explain(batch, continuation=CONTINUATION)
+    PartialLRP(model).explain(batch, continuation=CONTINUATION)
     with pytest.raises(ValueError, match=r"needs 8 image tokens \(id 3\), one per image feature; samples \[0, 1, 2\] have \[16, 16, 16\]"):
         GenericAttention(blip2(queries=8)).explain(batch, continuation=CONTINUATION)  # 8 queries, 16 image tokens
     assert_same_state(before, model_state(model))
+
+
+def test_lrp_relevance_is_conserved_through_the_three_stages():
+    """Relevance 1 at the token: what reaches the LM's first layer is whole; the share on the image tokens reaches
+    the Q-Former's output, and what reaches the vision tower's output passes every vision layer whole."""
+    model = blip2(vision_layers=2, qformer_layers=2).double()
+    batch = vlm_prompts(batch=2)
+    batch["attention_mask"][:] = 1  # no padding: float64 eager attention turns fully masked rows NaN
+    batch["pixel_values"] = batch["pixel_values"].double()
+    vision = model.vision_model.encoder.layers
+    cuts = {"lm": (model.language_model.model.layers[0], "input"), "projection": (model.language_projection, "output"),
+            "vision output": (model.vision_model.encoder.layers[-1], "output")}
+    cuts.update({f"vision layer {k}": (layer, "input") for k, layer in enumerate(vision)})
+    relevance = generation_relevance(model, batch, [[5], [6]], cuts)
+    assert torch.allclose(relevance["lm"], torch.ones(2, dtype=torch.float64), atol=1e-6)
+    assert (relevance["projection"] > 0).all() and (relevance["projection"] < 1).all()
+    for k in range(2):
+        torch.testing.assert_close(relevance[f"vision layer {k}"], relevance["vision output"], atol=1e-6, rtol=0)

@@ -6,7 +6,7 @@ import torch
 from captum_mm.attr.engine import Needs, forward_pass
 from captum_mm.lrp import lrp_rules
 from captum_mm.models import adapter_for, capture_attention
-from helpers import assert_same_state, detr_case, lxmert_case, model_state, visual_bert_case
+from helpers import assert_same_state, detr_case, generation_relevance, lxmert_case, model_state, visual_bert_case
 
 # Float64 models: the rules ignore biases, so relevance is conserved exactly up to the 1e-9
 # stabilisers of the divisions (relative error far below this tolerance).
@@ -111,30 +111,6 @@ def test_self_attention_families_conserve_relevance_at_every_layer(family):
     relevance = relevance_at_cuts(case, cuts)
     for name in cuts:
         assert torch.allclose(relevance[name], torch.ones(3, dtype=torch.float64), atol=TOLERANCE), (family, name)
-
-
-def generation_relevance(model, prompt, continuation, cuts):
-    """Per-sample LRP relevance ``sum(x * g)`` of the first generated token at tensors ``cuts`` =
-    {name: (module, "input" | "output")} (the module's first input or first output)."""
-    from captum_mm.generation import generation_forward
-
-    forward, arguments, target = generation_forward(model, prompt, continuation, False, None)
-    tensors, handles = {}, []
-    for name, (module, where) in cuts.items():
-        if where == "input":
-            handles.append(module.register_forward_pre_hook(lambda m, a, name=name: tensors.__setitem__(name, a[0])))
-        else:
-            keep = lambda m, a, o, name=name: tensors.__setitem__(name, o[0] if isinstance(o, tuple) else o)  # noqa: E731
-            handles.append(module.register_forward_hook(keep))
-    try:
-        with forward_pass(model, forward, arguments, target=target, needs=Needs(gradients=True, relevance=True)) as run:
-            starts, seeds = run.adapter.lrp_start(run.lrp, run.logits, run.selection.grad_outputs[:1])
-            with run.lrp.relevance_mode():
-                grads = torch.autograd.grad(starts, [tensors[n] for n in cuts], [s[0] for s in seeds])
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: (tensors[name] * gradient).flatten(1).sum(1).detach() for name, gradient in zip(cuts, grads)}
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma", "gpt2"])
