@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from captum_mm.models.arguments import check_batch_sizes
-from captum_mm.models.decoder import Continuation
+from captum_mm.models.decoder import Continuation, DecoderOnlyAdapter
+from captum_mm.models.registry import adapter_for
 
 __all__ = ["Continuation", "ContinuationLike", "generation_forward", "prompt_arguments"]
 
@@ -30,13 +31,17 @@ def generation_forward(
     continuation: Optional[ContinuationLike],
     generate: bool,
     generation_args: Optional[Dict[str, Any]],
-    extend: Optional[Callable[[Dict[str, Any], Continuation], Dict[str, Tensor]]] = None,
+    adapter: Optional[DecoderOnlyAdapter] = None,
 ) -> Tuple[Callable[..., Tensor], Tuple[Any, ...], Continuation]:
     """``(forward_func, inputs, target)`` that explain ``continuation`` (or what ``model.generate``
     produces from ``prompt``, the model's forward arguments by name: see :func:`prompt_arguments`).
 
-    ``extend(prompt, continuation)`` gives a family's other per-token arguments over prompt +
-    continuation (PaliGemma's ``token_type_ids``); one it does not extend is an error."""
+    The family's ``adapter`` (by default the model's) gives its other per-token arguments over prompt +
+    continuation (PaliGemma's ``token_type_ids``; None leaves one out, as Qwen2-VL's positions, which
+    the model computes; one it does not extend is an error) and declares the arguments whose first
+    dimension is not the batch (Qwen2-VL's patches)."""
+    adapter = adapter or cast(DecoderOnlyAdapter, adapter_for(model))
+    unbatched = [name for name, argument in adapter.arguments.items() if not argument.batched]
     if generate == (continuation is not None):
         raise ValueError(
             "Pass either continuation= (the tokens to explain) or generate=True (explain what model.generate "
@@ -44,7 +49,7 @@ def generation_forward(
         )
     if not generate and generation_args:
         raise ValueError("generation_args are used only with generate=True.")
-    check_batch_sizes(prompt, tuple(prompt))
+    check_batch_sizes(prompt, tuple(name for name in prompt if name not in unbatched))
     ids = prompt.get("input_ids")
     if not isinstance(ids, Tensor) or ids.dim() != 2:
         raise ValueError("Explaining generated tokens needs the prompt's input_ids [batch, tokens] as the model's input_ids.")
@@ -61,13 +66,13 @@ def generation_forward(
     else:
         tokens = _given(continuation, ids.shape[0], start, ids.device)
     _check_tokens(model, tokens)
-    if encoder_decoder:
-        extended = _decoder_inputs(model, tokens)
-    else:
-        extended = dict(_extended(ids, prompt.get("attention_mask"), tokens), **(extend(prompt, tokens) if extend else {}))
+    extended: Dict[str, Optional[Tensor]] = dict(_decoder_inputs(model, tokens) if encoder_decoder else
+                                                  _extended(ids, prompt.get("attention_mask"), tokens))
+    if not encoder_decoder:
+        extended.update(adapter.continuation_arguments(prompt, tokens))
         _check_extended(model, prompt, extended)
-    names = list(prompt) + [name for name in extended if name not in prompt]
-    full = dict(prompt, **extended)
+    full = {name: value for name, value in dict(prompt, **extended).items() if extended.get(name, value) is not None}
+    names = list(full)
 
     def forward(*values: Any) -> Tensor:
         output = model(**dict(zip(names, values)))
@@ -101,7 +106,7 @@ def prompt_arguments(model: nn.Module, inputs: Union[Mapping[str, Any], Tuple[An
     return {name: value for name, value in prompt.items() if value is not None}
 
 
-def _check_extended(model: nn.Module, prompt: Dict[str, Any], extended: Dict[str, Tensor]) -> None:
+def _check_extended(model: nn.Module, prompt: Dict[str, Any], extended: Mapping[str, Optional[Tensor]]) -> None:
     """Every per-token prompt argument must have been extended over the continuation."""
     shape = prompt["input_ids"].shape
     stale = [name for name, value in prompt.items()

@@ -18,6 +18,9 @@ class TensorSource:
     module: nn.Module
     argument: Optional[str] = None  # name of a forward argument; None: the output
     index: Optional[int] = None  # element of a tuple output
+    #: The attention weights the module's attention function returned during its forward (its calls'
+    #: weights concatenated along the batch), for modules that discard them (Qwen2-VL's vision attention).
+    recorded: bool = False
 
     def of_output(self, output: Any) -> Any:
         """The tensor inside ``module``'s output (for a source that is an output)."""

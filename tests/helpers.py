@@ -39,6 +39,8 @@ from transformers import (
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
     ResNetConfig,
     SiglipVisionConfig,
     SmolVLMConfig,
@@ -328,8 +330,23 @@ def blip2(vision_layers=2, qformer_layers=2, layers=2, queries=16) -> nn.Module:
     return Blip2ForConditionalGeneration(config).eval()
 
 
+def qwen2_vl(vision_layers=2, layers=2) -> nn.Module:
+    """32 x 32 images in 4 x 4 patches (an 8 x 8 grid, 64 flattened patches), merged 2 x 2: 16 image tokens."""
+    vision = dict(depth=vision_layers, embed_dim=32, hidden_size=32, num_heads=4, patch_size=4, spatial_merge_size=2,
+                  temporal_patch_size=2, in_channels=3, mlp_ratio=2)
+    text = dict(_LLAMA_LIKE, num_hidden_layers=layers, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]})
+    config = Qwen2VLConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, vision_start_token_id=38,
+                           vision_end_token_id=39)
+    return Qwen2VLForConditionalGeneration(config).eval()
+
+
+#: Qwen2-VL's flattened patches per image (8 x 8), each of channels x temporal patch x 4 x 4 values.
+QWEN_PATCHES, QWEN_PATCH_VALUES = 64, 3 * 2 * 4 * 4
+
+
 VLMS: Dict[str, Callable[..., nn.Module]] = {
     "llava": llava, "paligemma": paligemma, "idefics3": idefics3, "smolvlm": lambda **kw: idefics3(smolvlm=True, **kw),
+    "qwen2_vl": qwen2_vl,
 }
 
 
@@ -338,7 +355,12 @@ def family_prompts(family: str, **kwargs) -> Dict[str, Tensor]:
     batch = vlm_prompts(**kwargs)
     if family in ("idefics3", "smolvlm"):
         batch["pixel_values"] = batch["pixel_values"][:, None]
+    if family == "qwen2_vl":  # flattened patches and each image's grid; token types mark the image tokens
+        size = batch["input_ids"].shape[0]
+        batch.update(pixel_values=torch.randn(size * QWEN_PATCHES, QWEN_PATCH_VALUES), image_grid_thw=torch.tensor([[1, 8, 8]] * size),
+                     mm_token_type_ids=(batch["input_ids"] == IMAGE_TOKEN).long())
     return batch
+
 
 
 def vlm_prompts(batch=3, text=4, image_tokens=16) -> Dict[str, Tensor]:
@@ -397,8 +419,11 @@ def assert_each_sample_as_alone(make: Callable[[], Any], batch: Dict[str, Tensor
     explanation = make().explain(batch, continuation=continuation)
     for index, tokens in enumerate(continuation):
         real = batch["attention_mask"][index].bool()
-        alone = {name: value[index : index + 1] for name, value in batch.items() if name not in ("input_ids", "attention_mask")}
-        alone = make().explain(dict(alone, input_ids=batch["input_ids"][index : index + 1, real]), continuation=[tokens])
+        rows = {name: value.shape[0] // len(continuation) for name, value in batch.items()}  # Qwen2-VL: patches per image
+        alone = {name: value[index * rows[name] : (index + 1) * rows[name]] for name, value in batch.items() if name != "attention_mask"}
+        per_token = [name for name, value in alone.items() if value.dim() > 1 and value.shape[1] == real.shape[0]]
+        alone.update({name: alone[name][:, real] for name in per_token})  # input ids, token types: padding removed
+        alone = make().explain(alone, continuation=[tokens])
         steps = len(tokens)
         pairs = [(explanation.text[index, :steps, real], alone.text[0]), (explanation.scores[index, :steps], alone.scores[0]),
                  (explanation.generated[index, :steps, :steps], alone.generated[0])]

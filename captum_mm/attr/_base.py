@@ -184,8 +184,7 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
             additional = _format_additional_forward_args(additional_forward_args) or ()
             prompt = inputs if isinstance(inputs, Mapping) else (*_format_tensor_into_tuples(inputs), *additional)
             forward, arguments, target = generation_forward(
-                self.model, prompt_arguments(self.model, prompt), continuation, generate, generation_args,
-                self.adapter.continuation_arguments,
+                self.model, prompt_arguments(self.model, prompt), continuation, generate, generation_args, self.adapter
             )
             return self._explain(arguments, target, None, forward_func=forward)[0]
         if isinstance(inputs, Mapping):
@@ -217,8 +216,10 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         forward_func: Optional[Callable] = None,
         **options: Any,
     ) -> Tuple[Explanation, Dict[str, Any]]:
-        """The explanation, and the model's forward arguments."""
-        check_inputs(inputs)
+        """The explanation, and the model's forward arguments (``forward_func``: generated tokens' own
+        forward, whose arguments :func:`generation_forward` has checked)."""
+        if forward_func is None:
+            check_inputs(inputs)
         additional = _format_additional_forward_args(additional_forward_args) or ()
         with forward_pass(
             self.model, forward_func or self.forward_func, inputs, additional, target=target, needs=self.needs, rules=self.rules,

@@ -21,12 +21,15 @@ class Argument:
         output (str, optional): The output it carries (``"text"``, ``"image"``).
         needed (str): Empty if it is optional; else the error given when it is missing.
                     Arguments sharing the message are alternatives: one of them is needed.
+        batched (bool): Its first dimension is the batch (False: patches or images of the whole
+                    batch, as Qwen2-VL's ``pixel_values`` and ``image_grid_thw``). Default: True
     """
 
     rank: int
     layout: str
     output: Optional[str] = None
     needed: str = ""
+    batched: bool = True
 
 
 def text_arguments(family: str) -> Dict[str, Argument]:
@@ -49,8 +52,9 @@ def check_declared(arguments: Dict[str, Any], declared: Mapping[str, Argument]) 
     for message, names in alternatives.items():
         require(any(arguments.get(name) is not None for name in names), message)
     for name, argument in declared.items():
-        check_rank(arguments, name, argument.rank, argument.layout)
-    check_batch_sizes(arguments, tuple(declared))
+        if argument.batched:
+            check_rank(arguments, name, argument.rank, argument.layout)
+    check_batch_sizes(arguments, tuple(name for name, argument in declared.items() if argument.batched))
 
 
 def outputs_of(declared: Mapping[str, Argument]) -> Mapping[str, str]:

@@ -8,13 +8,16 @@ implementation, ``requires_grad`` flags -- is undone on exit, also on error.
 """
 
 import inspect
+import sys
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+from transformers import AttentionInterface
 
 from captum_mm._handles import HandleList, Restore
 from captum_mm.relevance.schedule import AttentionEvent
@@ -32,6 +35,14 @@ class AttentionCall:
     count: int
     probs: Tensor
     probe: Optional[Tensor] = None
+    #: When ``probs`` concatenates tensors the forward used (one attention call per image), those tensors:
+    #: autograd reaches them, not their concatenation.
+    parts: Optional[List[Tensor]] = None
+
+    @property
+    def differentiable(self) -> List[Tensor]:
+        """The tensors whose gradients make up the gradient of ``probs`` (concatenated along the batch)."""
+        return self.parts if self.parts is not None else [self.probs]
 
     @property
     def site(self) -> str:
@@ -81,15 +92,19 @@ def _configs_of(model: nn.Module) -> List[Any]:
     return list(found.values())
 
 
-def use_eager_attention(model: nn.Module) -> Restore:
-    """Switch every config of ``model`` to eager attention; the returned handle restores it.
+def use_eager_attention(model: nn.Module, recorded: Sequence[Any] = ()) -> Restore:
+    """Switch every config of ``model`` to eager attention (``recorded`` configs to eager attention
+    whose weights are recorded, :func:`recorded_eager_attention`); the returned handle restores them.
 
     The saved values are written back as they were (not through
     ``set_attn_implementation``, which some backbones refuse).
     """
     saved = [(config, config._attn_implementation_internal) for config in _configs_of(model)]
+    recorded_ids = {id(config) for config in recorded}
     for config, implementation in saved:
-        if implementation not in (None, EAGER):
+        if id(config) in recorded_ids:
+            config._attn_implementation_internal = RECORDED_EAGER
+        elif implementation not in (None, EAGER):
             config._attn_implementation_internal = EAGER
 
     def restore() -> None:
@@ -123,6 +138,45 @@ def _record_arguments(model: nn.Module, record: AttentionRecord, check: Callable
         check(record.arguments)
 
     return model.register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+
+#: The attention-interface key under which :func:`recorded_eager_attention` is registered.
+RECORDED_EAGER = "captum_mm_recorded_eager"
+#: id(module): the weights its attention function returned so far in its current forward.
+_recording: ContextVar[Optional[Dict[int, List[Tensor]]]] = ContextVar("captum_mm_recording", default=None)
+
+
+def recorded_eager_attention(module: nn.Module, *args: Any, **kwargs: Any) -> Tuple[Tensor, Tensor]:
+    """The module family's own eager attention function, its weights kept for the module's current forward
+    (for modules that discard them). Registered once under :data:`RECORDED_EAGER`; a model uses it only
+    while ``capture_attention`` switches its config to it."""
+    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward")
+    output, weights = eager(module, *args, **kwargs)
+    recording = _recording.get()
+    if recording is not None and id(module) in recording:
+        recording[id(module)].append(weights)
+    return output, weights
+
+
+AttentionInterface.register(RECORDED_EAGER, recorded_eager_attention)
+
+
+def _record_function_calls(spec: AttentionSpec, record: AttentionRecord) -> List[RemovableHandle]:
+    """Each forward of ``spec.module``: the weights its attention function returned, concatenated along the batch."""
+    count = [0]
+
+    def start(module: nn.Module, args: Tuple[Any, ...]) -> None:
+        cast(Dict[int, List[Tensor]], _recording.get())[id(module)] = []
+
+    def finish(module: nn.Module, args: Tuple[Any, ...], output: Any) -> None:
+        chunks = cast(Dict[int, List[Tensor]], _recording.get()).pop(id(module))
+        if len({chunk.shape[1:] for chunk in chunks}) > 1:
+            raise ValueError(f"The images of the batch differ in size at '{spec.name}' "
+                             f"({[tuple(chunk.shape[-2:]) for chunk in chunks]}): explain images of one size together.")
+        record.calls.append(AttentionCall(spec, count[0], torch.cat(chunks).detach(), parts=chunks))
+        count[0] += 1
+
+    return [spec.module.register_forward_pre_hook(start), spec.module.register_forward_hook(finish)]
 
 
 def _record_calls(spec: AttentionSpec, record: AttentionRecord) -> RemovableHandle:
@@ -203,13 +257,18 @@ def capture_attention(
     """
     record = AttentionRecord()
     handles = HandleList()
+    recorded = [spec for spec in specs if spec.probs.recorded]
+    token = _recording.set({})
     try:
-        handles.append(use_eager_attention(model))
+        handles.append(use_eager_attention(model, [getattr(spec.module, "config") for spec in recorded]))
         if with_gradients:
             handles.append(require_parameter_gradients(model, gradient_free))
         handles.append(_record_arguments(model, record, check_arguments))
-        handles.extend(_record_calls(spec, record) for spec in specs)
+        handles.extend(_record_calls(spec, record) for spec in specs if not spec.probs.recorded)
+        for spec in recorded:
+            handles.extend(_record_function_calls(spec, record))
         handles.extend(extra_hooks(record))
         yield record
     finally:
         handles.remove()
+        _recording.reset(token)

@@ -48,9 +48,9 @@ class DecoderOnlyAdapter(ArchitectureAdapter):
     outputs: Tuple[str, ...] = (TEXT, GENERATED)
     arguments = MappingProxyType({**text_arguments("A decoder-only LM"), "position_ids": Argument(2, TOKENS)})
 
-    def continuation_arguments(self, prompt: Dict[str, Any], continuation: Continuation) -> Dict[str, Tensor]:
+    def continuation_arguments(self, prompt: Dict[str, Any], continuation: Continuation) -> Dict[str, Optional[Tensor]]:
         """The family's per-token forward arguments, other than ids, mask and positions, over prompt +
-        continuation (none by default)."""
+        continuation (none by default); None leaves an argument out."""
         return {}
 
     def select_targets(self, logits: Tensor, target: Any, **options: Any) -> TargetSelection:

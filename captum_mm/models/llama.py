@@ -35,7 +35,7 @@ def rotary_parts(module: Any) -> AttentionParts:
 @register_adapter
 class LlamaAdapter(DecoderOnlyAdapter):
     model_classes: Tuple[type, ...] = (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM, GemmaForCausalLM)
-    attention_classes = (LlamaAttention, Qwen2Attention, MistralAttention, GemmaAttention)
+    attention_classes: Tuple[type, ...] = (LlamaAttention, Qwen2Attention, MistralAttention, GemmaAttention)
     layer_classes = (LlamaDecoderLayer, Qwen2DecoderLayer, MistralDecoderLayer, GemmaDecoderLayer)
     mlp_classes = (LlamaMLP, Qwen2MLP, MistralMLP, GemmaMLP)
     norm_classes = (LlamaRMSNorm, Qwen2RMSNorm, MistralRMSNorm, GemmaRMSNorm)

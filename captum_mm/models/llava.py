@@ -83,16 +83,16 @@ class LlavaAdapter(LlamaAdapter):
         image_tokens = (ids == self.model.config.image_token_id)[selection.sample]
         readouts[TEXT] = replace(readouts[TEXT], column_mask=~image_tokens)
         positions = torch.nonzero(image_tokens)[:, 1].reshape(image_tokens.shape[0], -1)
-        patch, cls = self._patch_size(), int(self._has_class_token())
-        grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
+        grid, cls = self.patch_grid(arguments), int(self._has_class_token())
         if self.compose_vision:
-            stage = self.image_stage(arguments, grid)
-            readouts[IMAGE] = Readout(SEQUENCE, rows, SEQUENCE, grid=grid, column_index=positions, through=stage)
+            stage, cells = self.image_stage(arguments, grid), self.patch_cells(grid)
+            cells = None if cells is None else cells.to(ids.device).expand(rows.shape[0], -1)
+            readouts[IMAGE] = Readout(SEQUENCE, rows, SEQUENCE, grid=grid, positions=cells, column_index=positions, through=stage)
         else:
             tokens = self.token_grid(grid)
             on_grid = positions.shape[1] == tokens[0] * tokens[1]
             readouts[IMAGE] = Readout(SEQUENCE, rows, SEQUENCE, grid=tokens if on_grid else None, column_index=positions)
-        vision_mask = torch.ones(pixels.shape[0], cls + grid[0] * grid[1], dtype=torch.bool, device=pixels.device)
+        vision_mask = torch.ones(ids.shape[0], cls + grid[0] * grid[1], dtype=torch.bool, device=ids.device)
         masks = {SEQUENCE: mask, VISION: vision_mask, **self.stage_masks(pixels)}
         schedule = forward_order_schedule(record, selection, masks, readouts)
         unused = self._unused_vision_attention(arguments)
@@ -107,6 +107,15 @@ class LlavaAdapter(LlamaAdapter):
     def stage_masks(self, pixels: Tensor) -> Dict[str, Tensor]:
         """Masks of the modalities between the vision tower and the LM (none here)."""
         return {}
+
+    def patch_grid(self, arguments: Dict[str, Any]) -> Tuple[int, int]:
+        """The image's grid of patches."""
+        pixels, patch = arguments["pixel_values"], self._patch_size()
+        return pixels.shape[-2] // patch, pixels.shape[-1] // patch
+
+    def patch_cells(self, grid: Tuple[int, int]) -> Optional[Tensor]:
+        """The grid cell (row-major) of each patch of the vision tower's sequence (None: in grid order)."""
+        return None
 
     def token_map(self, grid: Tuple[int, int]) -> Optional[Tensor]:
         """``P``: each image token's weights over the vision tokens it is made of (None: one each)."""
@@ -168,7 +177,7 @@ class PaliGemmaAdapter(LlavaAdapter):
     def feature_depth(self, arguments: Dict[str, Any], layers: int) -> int:
         return layers
 
-    def continuation_arguments(self, prompt: Dict[str, Any], continuation: Continuation) -> Dict[str, Tensor]:
+    def continuation_arguments(self, prompt: Dict[str, Any], continuation: Continuation) -> Dict[str, Optional[Tensor]]:
         types = prompt.get("token_type_ids")
         if types is None:
             return {}

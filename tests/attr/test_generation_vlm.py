@@ -9,7 +9,20 @@ from captum_mm.attr.engine import forward_pass
 from captum_mm.generation import generation_forward
 from captum_mm.models import adapter_for
 from captum_mm.models.capture import use_eager_attention
-from helpers import IMAGE_GRID, IMAGE_TOKEN, VLMS, assert_each_sample_as_alone, assert_same_state, family_prompts, idefics3, llava, model_state, paligemma, vlm_prompts
+from helpers import (
+    IMAGE_GRID,
+    IMAGE_TOKEN,
+    VLMS,
+    assert_each_sample_as_alone,
+    assert_same_state,
+    family_prompts,
+    idefics3,
+    llava,
+    model_state,
+    paligemma,
+    qwen2_vl,
+    vlm_prompts,
+)
 from methods_under_test import METHODS
 
 CONTINUATION = [[5, 6], [7], [8, 9]]
@@ -89,12 +102,16 @@ def test_stopping_at_the_image_tokens():
     assert relevance.image.abs().sum() > 0 and not torch.equal(relevance.image, GenericAttention(model).explain(batch, continuation=[[5]]).image)
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-@pytest.mark.parametrize("family", sorted(VLMS))
+#: Qwen2-VL declares no LRP structure yet.
+CASES = [(family, method) for family in sorted(VLMS) for method in sorted(METHODS)
+         if family != "qwen2_vl" or not ("lrp" in method or "transformer" in method)]
+
+
+@pytest.mark.parametrize("family, method", CASES)
 def test_batched_with_left_padding_equals_each_sample_alone(family, method):
     model = VLMS[family]()
     explanation = assert_each_sample_as_alone(lambda: METHODS[method](model), family_prompts(family), CONTINUATION)
-    grid = (8, 8) if family in ("idefics3", "smolvlm") else IMAGE_GRID  # the patch grid (Idefics3: 4 x 4 patches)
+    grid = (8, 8) if family in ("idefics3", "smolvlm", "qwen2_vl") else IMAGE_GRID  # the patch grid (4 x 4 patches)
     assert explanation.image.shape == (3, 2, *grid) and explanation.text.shape == (3, 2, 22)
 
 
@@ -156,12 +173,11 @@ def test_paligemma_continuation_joins_the_causal_suffix():
     # generate gives generated tokens token type 1 (the causal suffix); the explanation's forward does the same
     model = paligemma()
     batch = dict(vlm_prompts(batch=2), token_type_ids=torch.zeros(2, 22, dtype=torch.long))
-    forward, arguments, target = generation_forward(model, batch, [[5, 6], [7]], False, None,
-                                                    adapter_for(model).continuation_arguments)
+    forward, arguments, target = generation_forward(model, batch, [[5, 6], [7]], False, None)
     types = dict(zip(list(batch) + ["position_ids"], arguments))["token_type_ids"]
     assert types.tolist() == [[0] * 22 + [1, 1]] * 2
     with pytest.raises(ValueError, match=r"\['token_type_ids'\] hold one entry per prompt token"):
-        generation_forward(model, batch, [[5, 6], [7]], False, None)
+        generation_forward(llava(), batch, [[5, 6], [7]], False, None)  # LLaVA does not extend them
 
 
 def test_idefics3_token_map_is_its_own_pixel_shuffle():
@@ -197,3 +213,41 @@ def test_idefics3_one_image_per_prompt():
     batch["pixel_values"] = batch["pixel_values"].repeat(1, 2, 1, 1, 1)
     with pytest.raises(ValueError, match="One image per prompt.*got 2 images per prompt"):
         GenericAttention(model).explain(batch, continuation=CONTINUATION)
+
+
+def test_qwen2_vl_vision_weights_are_recorded_inside_the_attention_function():
+    # its vision attention discards the weights; the recorded ones are softmax(q k^T / sqrt(d)) of each image,
+    # recomputed here from the block's fused projection and rotary embedding
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
+
+    model = qwen2_vl()
+    batch = family_prompts("qwen2_vl", batch=2)
+    with torch.no_grad():
+        model(**batch)  # HF installs its own output-capture hooks on a model's first forward
+    before = model_state(model)
+    attention, kept = model.model.visual.blocks[0].attn, {}
+    handles = [attention.qkv.register_forward_hook(lambda m, a, o: kept.__setitem__("qkv", o)),
+               attention.register_forward_pre_hook(lambda m, a, k: kept.__setitem__("rotary", k["position_embeddings"]),
+                                                   with_kwargs=True)]
+    try:
+        schedule, record = schedule_of(model, batch, [[5], [6]])
+    finally:
+        for handle in handles:
+            handle.remove()
+    q, k, _ = kept["qkv"].reshape(-1, 3, 4, 8).permute(1, 0, 2, 3).unbind(0)
+    q, k = apply_rotary_pos_emb_vision(q, k, *kept["rotary"])
+    scores = torch.einsum("nhd,mhd->hnm", q, k) / 8 ** 0.5
+    expected = torch.stack([scores[:, i * 64 : (i + 1) * 64, i * 64 : (i + 1) * 64].softmax(-1) for i in range(2)])
+    torch.testing.assert_close(record.calls[0].probs, expected)
+    assert record.calls[0].name == "model.visual.blocks.0.attn" and schedule.sizes["vision"] == 64
+    assert_same_state(before, model_state(model))  # the vision attention setting restored
+
+
+def test_qwen2_vl_refuses_what_it_cannot_explain():
+    model = qwen2_vl()
+    batch = family_prompts("qwen2_vl")
+    with pytest.raises(NotImplementedError, match="Qwen2-VL declares no LRP structure yet"):
+        METHODS["partial-lrp"](model).explain(batch, continuation=CONTINUATION)
+    mixed = dict(batch, image_grid_thw=torch.tensor([[1, 8, 8], [1, 8, 8], [1, 4, 16]]))
+    with pytest.raises(ValueError, match="Images of one size"):
+        GenericAttention(model).explain(mixed, continuation=CONTINUATION)

@@ -1,0 +1,117 @@
+"""Qwen2-VL: a vision transformer over flattened patches (``pixel_values`` ``[patches, features]`` and
+``image_grid_thw`` per image, not per prompt), whose attention discards its weights -- captum_mm records
+them inside the attention function (:func:`~captum_mm.models.capture.recorded_eager_attention`) -- a patch
+merger joining each ``m x m`` block of patches into one image token, and a Qwen2 LM with multimodal
+rotary positions, which the model computes itself (the explanation's forward passes none).
+
+Schedule and readouts as for LLaVA (:mod:`captum_mm.models.llava`): Eq. 6 over every vision layer, the
+LM's stream; ``image = R^{g,tok} . P . R^{vv}`` with ``P`` the merger's pooling (each token's relevance
+spread evenly over its ``m^2`` patches), on the patch grid (the tower's patches come block by block:
+their grid cells say where each goes). One image per prompt, all of one size; LRP is not declared yet
+(the vision attention's rotary embedding acts on a fused projection in its own layout, and the LM's
+rotary embedding is multimodal).
+"""
+
+from types import MappingProxyType
+from typing import Any, Dict, List, Optional, Set, Tuple, cast
+
+import torch
+from torch import Tensor, nn
+from transformers import Qwen2VLForConditionalGeneration
+from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLAttention, VisionAttention
+from transformers.vision_utils import get_vision_position_ids
+
+from captum_mm.lrp.composite import LRPStructure
+from captum_mm.models.arguments import TOKENS, Argument, require, text_tokens
+from captum_mm.models.decoder import Continuation, DecoderOnlyAdapter
+from captum_mm.models.llava import VISION, LlavaAdapter
+from captum_mm.models.registry import register_adapter
+from captum_mm.spec import AttentionSpec, TensorSource
+
+PATCHES = "[patches, channels * temporal_patch * patch * patch]"
+
+
+@register_adapter
+class Qwen2VLAdapter(LlavaAdapter):
+    model_classes = (Qwen2VLForConditionalGeneration,)
+    attention_classes = (Qwen2VLAttention,)
+    arguments = MappingProxyType(dict(
+        DecoderOnlyAdapter.arguments,
+        pixel_values=Argument(2, PATCHES, None, f"A Qwen2-VL prompt needs pixel_values {PATCHES}.", batched=False),
+        image_grid_thw=Argument(2, "[images, 3]", None, "A Qwen2-VL prompt needs image_grid_thw [images, 3].", batched=False),
+        mm_token_type_ids=Argument(2, TOKENS),
+    ))
+
+    def vision_tower(self) -> nn.Module:
+        return self.model.model.visual
+
+    def language_model(self) -> nn.Module:
+        return self.model.model.language_model
+
+    def vision_specs(self, names: Dict[nn.Module, str]) -> List[AttentionSpec]:
+        return [
+            AttentionSpec(names[module], module, TensorSource(module, recorded=True), ((VISION, VISION),))
+            for module in self.vision_tower().modules() if isinstance(module, VisionAttention)
+        ]
+
+    def check_arguments(self, arguments: Dict[str, Any]) -> None:
+        DecoderOnlyAdapter.check_arguments(self, arguments)
+        ids, grids = text_tokens(arguments), arguments["image_grid_thw"]
+        require(grids.shape[0] == ids.shape[0], f"One image per prompt: {grids.shape[0]} images for {ids.shape[0]} prompts.")
+        require(bool((grids == grids[:1]).all()) and int(grids[0, 0]) == 1,
+                f"Images of one size (image_grid_thw rows alike, temporal 1) are explained together, got {grids.tolist()}.")
+        features = self._features_per_image(arguments["pixel_values"], arguments)
+        counts = (ids == self.model.config.image_token_id).sum(-1)
+        wrong = [index for index, count in enumerate(counts.tolist()) if count != features]
+        require(not wrong, f"Each prompt needs {features} image tokens (id {self.model.config.image_token_id}), one per "
+                f"merged patch block; samples {wrong} have {[counts[i].item() for i in wrong]}.")
+
+    def continuation_arguments(self, prompt: Dict[str, Any], continuation: Continuation) -> Dict[str, Optional[Tensor]]:
+        """No positions (the model computes its multimodal ones); generated tokens are text (type 0)."""
+        extended: Dict[str, Optional[Tensor]] = {"position_ids": None}
+        types = prompt.get("mm_token_type_ids")
+        if types is not None:
+            extended["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(continuation.ids, dtype=types.dtype)], dim=1)
+        return extended
+
+    def _merge(self) -> int:
+        return int(cast(Any, self.model.config.vision_config).spatial_merge_size)
+
+    def patch_grid(self, arguments: Dict[str, Any]) -> Tuple[int, int]:
+        grid = arguments["image_grid_thw"][0]
+        return int(grid[1]), int(grid[2])
+
+    def patch_cells(self, grid: Tuple[int, int]) -> Optional[Tensor]:
+        rows_columns = get_vision_position_ids(torch.tensor([[1, *grid]]), self._merge())
+        return rows_columns[:, 0] * grid[1] + rows_columns[:, 1]
+
+    def token_grid(self, grid: Tuple[int, int]) -> Tuple[int, int]:
+        return grid[0] // self._merge(), grid[1] // self._merge()
+
+    def token_map(self, grid: Tuple[int, int]) -> Optional[Tensor]:
+        """Token ``j`` is made of the ``m^2`` consecutive patches ``j m^2 ... (j + 1) m^2 - 1``."""
+        block = self._merge() ** 2
+        cells = grid[0] * grid[1]
+        return torch.arange(cells).div(block, rounding_mode="floor")[None, :].eq(torch.arange(cells // block)[:, None]).double() / block
+
+    def _features_per_image(self, pixels: Tensor, arguments: Dict[str, Any]) -> int:
+        tokens = self.token_grid(self.patch_grid(arguments))
+        return tokens[0] * tokens[1]
+
+    def _has_class_token(self) -> bool:
+        return False
+
+    def first_feature(self, arguments: Dict[str, Any]) -> int:
+        return 0
+
+    def _unused_vision_attention(self, arguments: Dict[str, Any]) -> Set[nn.Module]:
+        return set()  # the merger reads the last block's output
+
+    def stage_masks(self, pixels: Tensor) -> Dict[str, Tensor]:
+        return {}
+
+    def lrp_structure(self) -> LRPStructure:
+        raise NotImplementedError(
+            "Qwen2-VL declares no LRP structure yet: its vision attention rotates a fused q/k/v projection in its own "
+            "layout, and its LM's rotary embedding is multimodal; use the methods without LRP."
+        )
