@@ -185,7 +185,7 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
             prompt = inputs if isinstance(inputs, Mapping) else (*_format_tensor_into_tuples(inputs), *additional)
             forward, arguments, target = generation_forward(
                 self.model, prompt_arguments(self.model, prompt), continuation, generate, generation_args,
-                self.adapter.continuation_arguments,
+                self.adapter.continuation_arguments, self.adapter.generation_convention(),
             )
             return self._explain(arguments, target, None, forward_func=forward)[0]
         if isinstance(inputs, Mapping):
