@@ -10,16 +10,16 @@ token from it.
 """
 
 import inspect
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch import Tensor, nn
 
 from captum_mm.models.arguments import check_batch_sizes
-from captum_mm.models.decoder import Continuation, DecoderOnlyAdapter
+from captum_mm.models.decoder import Continuation, DecoderOnlyAdapter, GenerationConvention
 from captum_mm.models.registry import adapter_for
 
-__all__ = ["Continuation", "ContinuationLike", "generation_forward", "prompt_arguments"]
+__all__ = ["Continuation", "ContinuationLike", "GenerationConvention", "generation_forward", "prompt_arguments"]
 
 ContinuationLike = Union[Tensor, Sequence[Sequence[int]]]
 CACHE_ARGUMENTS = ("cache", "past_key_values")
@@ -36,11 +36,13 @@ def generation_forward(
     """``(forward_func, inputs, target)`` that explain ``continuation`` (or what ``model.generate``
     produces from ``prompt``, the model's forward arguments by name: see :func:`prompt_arguments`).
 
-    The family's ``adapter`` (by default the model's) gives its other per-token arguments over prompt +
+    The family's ``adapter`` (by default the model's) says how the model's forward and ``generate`` hold
+    the continuation (its ``generation_convention()``), gives its other per-token arguments over prompt +
     continuation (PaliGemma's ``token_type_ids``; None leaves one out, as Qwen2-VL's positions, which
     the model computes; one it does not extend is an error) and declares the arguments whose first
     dimension is not the batch (Qwen2-VL's patches)."""
     adapter = adapter or cast(DecoderOnlyAdapter, adapter_for(model))
+    convention = adapter.generation_convention()
     unbatched = [name for name, argument in adapter.arguments.items() if not argument.batched]
     if generate == (continuation is not None):
         raise ValueError(
@@ -53,7 +55,7 @@ def generation_forward(
     ids = prompt.get("input_ids")
     if not isinstance(ids, Tensor) or ids.dim() != 2:
         raise ValueError("Explaining generated tokens needs the prompt's input_ids [batch, tokens] as the model's input_ids.")
-    encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+    encoder_decoder = convention.encoder_decoder
     if encoder_decoder:
         if "decoder_input_ids" in prompt:
             raise ValueError("The decoder's tokens are the continuation: pass them as continuation=, not decoder_input_ids.")
@@ -62,12 +64,12 @@ def generation_forward(
         _check_left_padding(ids, prompt.get("attention_mask"))
         start = ids.shape[1]
     if generate:
-        tokens = _generated(model, prompt, generation_args or {}, start, encoder_decoder)
+        tokens = _generated(model, prompt, generation_args or {}, start, convention)
     else:
         tokens = _given(continuation, ids.shape[0], start, ids.device)
-    _check_tokens(model, tokens)
-    extended: Dict[str, Optional[Tensor]] = dict(_decoder_inputs(model, tokens) if encoder_decoder else
-                                                  _extended(ids, prompt.get("attention_mask"), tokens))
+    _check_tokens(model, tokens, convention.max_positions)
+    extended: Dict[str, Optional[Tensor]] = dict(_decoder_inputs(model, tokens, convention.decoder_start) if encoder_decoder
+                                                  else _extended(ids, prompt.get("attention_mask"), tokens))
     if not encoder_decoder:
         extended.update(adapter.continuation_arguments(prompt, tokens))
         _check_extended(model, prompt, extended)
@@ -147,7 +149,7 @@ def _given(continuation: Any, batch_size: int, prompt_length: int, device: torch
 
 
 def _generated(
-    model: nn.Module, prompt: Dict[str, Any], generation_args: Dict[str, Any], start: int, encoder_decoder: bool
+    model: nn.Module, prompt: Dict[str, Any], generation_args: Dict[str, Any], start: int, convention: GenerationConvention
 ) -> Continuation:
     """What ``model.generate`` continues the prompt with (after the decoder start token for an
     encoder-decoder model); tokens after a sample's end-of-sequence are not explained."""
@@ -155,20 +157,14 @@ def _generated(
         raise ValueError(f"{type(model).__name__} cannot generate (it has no generate method): pass continuation=.")
     with torch.no_grad():
         sequences = cast(Tensor, cast(Any, model).generate(**prompt, **generation_args, return_dict_in_generate=False))
-    ids = sequences[:, 1 if encoder_decoder else start :]
-    ends = _end_ids(model)
+    ids = sequences[:, 1 if convention.encoder_decoder else start :]
+    ends = list(convention.end_ids)
     ended = torch.isin(ids, torch.tensor(ends, device=ids.device)) if ends else torch.zeros_like(ids, dtype=torch.bool)
     after_end = (ended.long().cumsum(-1) - ended.long()) > 0  # the end token itself is explained
     return Continuation(ids, ~after_end, start)
 
 
-def _end_ids(model: nn.Module) -> List[int]:
-    config = getattr(model, "generation_config", None)
-    ends = getattr(config, "eos_token_id", None)
-    return [] if ends is None else [ends] if isinstance(ends, int) else list(ends)
-
-
-def _check_tokens(model: nn.Module, tokens: Continuation) -> None:
+def _check_tokens(model: nn.Module, tokens: Continuation, limit: Optional[int]) -> None:
     if tokens.ids.shape[1] == 0:
         raise ValueError("The continuation is empty: there is no generated token to explain.")
     vocabulary = cast(nn.Embedding, cast(Any, model).get_input_embeddings()).num_embeddings
@@ -178,10 +174,9 @@ def _check_tokens(model: nn.Module, tokens: Continuation) -> None:
             f"continuation holds token ids outside the vocabulary (0..{vocabulary - 1}): "
             f"{sorted(set(explained[(explained < 0) | (explained >= vocabulary)].tolist()))}."
         )
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     prompt_length = tokens.prompt_length
     total = prompt_length + tokens.ids.shape[1]
-    if isinstance(limit, int) and total > limit:
+    if limit is not None and total > limit:
         raise ValueError(
             f"Prompt ({prompt_length}) + continuation ({tokens.ids.shape[1]}) = {total} tokens, more than the "
             f"{limit} positions {type(model).__name__} allows."
@@ -198,12 +193,12 @@ def _extended(ids: Tensor, mask: Optional[Tensor], tokens: Continuation) -> Dict
     return {"input_ids": torch.cat([ids, filled], dim=1), "attention_mask": full_mask, "position_ids": positions}
 
 
-def _decoder_inputs(model: nn.Module, tokens: Continuation) -> Dict[str, Tensor]:
+def _decoder_inputs(model: nn.Module, tokens: Continuation, start: Optional[int]) -> Dict[str, Tensor]:
     """An encoder-decoder model's ``decoder_input_ids`` (its start token, then the continuation) and
     ``decoder_attention_mask``."""
-    config = getattr(model, "generation_config", None)
-    start = getattr(config, "decoder_start_token_id", None)
-    start = cast(Any, model).config.decoder_start_token_id if start is None else start
+    if start is None:
+        raise ValueError(f"{type(model).__name__} has no decoder_start_token_id (in its generation config or config): "
+                         "the decoder's first token is unknown.")
     ids, mask = tokens.ids.masked_fill(~tokens.mask, 0), tokens.mask.long()
     first = torch.full_like(ids[:, :1], int(start))
     return {"decoder_input_ids": torch.cat([first, ids], dim=1), "decoder_attention_mask": torch.cat([torch.ones_like(first), mask], dim=1)}

@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Any, Dict, Optional, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from captum_mm.models.arguments import TOKENS, Argument, require, text_arguments, text_tokens, token_mask
 from captum_mm.models.base import ArchitectureAdapter, TargetSelection, forward_order_schedule, select_class_targets
@@ -42,6 +42,38 @@ class Continuation:
     probabilities: Optional[Tensor] = None
 
 
+@dataclass(frozen=True)
+class GenerationConvention:
+    """How a generative model's forward and ``generate`` hold the continuation.
+
+    Attributes:
+        encoder_decoder (bool): The prompt goes to an encoder, and the decoder reads its start token and the
+                    continuation as ``decoder_input_ids``; else prompt and continuation are one sequence.
+        decoder_start (int, optional): The decoder's start token (encoder-decoder models).
+        end_ids (tuple[int, ...]): The ids ``generate`` ends a sequence with.
+        max_positions (int, optional): How many positions the sequence holding the continuation may have.
+    """
+
+    encoder_decoder: bool = False
+    decoder_start: Optional[int] = None
+    end_ids: Tuple[int, ...] = ()
+    max_positions: Optional[int] = None
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "GenerationConvention":
+        """As HF's conventions read the model's config and generation config."""
+        config, generation = getattr(model, "config", None), getattr(model, "generation_config", None)
+        encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+        start = None
+        if encoder_decoder:
+            start = getattr(generation, "decoder_start_token_id", None)
+            start = getattr(config, "decoder_start_token_id", None) if start is None else start
+        ends = getattr(generation, "eos_token_id", None)
+        limit = getattr(config, "max_position_embeddings", None)
+        return cls(encoder_decoder, start, () if ends is None else (ends,) if isinstance(ends, int) else tuple(ends),
+                   limit if isinstance(limit, int) else None)
+
+
 class DecoderOnlyAdapter(ArchitectureAdapter):
     """The schedule and targets shared by decoder-only LMs; a family declares its classes and specs."""
 
@@ -52,6 +84,10 @@ class DecoderOnlyAdapter(ArchitectureAdapter):
         """The family's per-token forward arguments, other than ids, mask and positions, over prompt +
         continuation (none by default); None leaves an argument out."""
         return {}
+
+    def generation_convention(self) -> GenerationConvention:
+        """How the family's forward and ``generate`` hold the continuation (by default as the model's config says)."""
+        return GenerationConvention.of(self.model)
 
     def select_targets(self, logits: Tensor, target: Any, **options: Any) -> TargetSelection:
         if isinstance(target, Continuation):

@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import List, Sequence, Tuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from captum_mm.models.arguments import TOKENS, Argument, require, text_tokens, token_mask
 from captum_mm.models.base import TargetSelection, forward_order_schedule
@@ -54,12 +54,17 @@ class EncoderDecoderAdapter(DecoderOnlyAdapter):
             SOURCE: token_mask(arguments.get("attention_mask"), source.shape[0], source.shape[1], source.device),
             TARGET: token_mask(arguments.get("decoder_attention_mask"), target.shape[0], target.shape[1], target.device),
         }
-        if selection.positions is None:
-            require(bool(masks[TARGET][:, -1].all()), "The next token is predicted from the decoder's last position, "
-                    "which is padding in some samples: end every decoder_input_ids row in a real token.")
-            rows = torch.full_like(selection.sample, target.shape[1] - 1)
-        else:
-            rows = selection.positions - 1
+        rows = decoder_rows(selection, masks[TARGET])
         readouts = {TEXT: Readout(TARGET, rows, SOURCE), GENERATED: Readout(TARGET, rows, TARGET, slice(1, None))}
         return forward_order_schedule(record, selection, masks, readouts)
 
+
+def decoder_rows(selection: TargetSelection, mask: Tensor) -> Tensor:
+    """``[E]`` the decoder position each explained token is predicted at: the one before it (token ``k`` of
+    the continuation at position ``k``, after the start token), or on decoder inputs alone the last, which
+    ``mask`` (``[B, N]``, the decoder's real tokens) must hold."""
+    if selection.positions is not None:
+        return selection.positions - 1
+    require(bool(mask[:, -1].all()), "The next token is predicted from the decoder's last position, which is padding "
+            "in some samples: end every decoder_input_ids row in a real token.")
+    return torch.full_like(selection.sample, mask.shape[1] - 1)

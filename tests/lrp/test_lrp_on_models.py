@@ -149,3 +149,26 @@ def test_encoder_decoder_lms_conserve_relevance(family):
     assert (reaching_source > 0).all()  # some reaches the prompt (0.3 % in the random BART, more in T5)
     for k in range(3):
         assert torch.allclose(relevance[f"encoder layer {k}"], reaching_source, atol=TOLERANCE), (family, k)
+
+
+def test_blip_question_answering_conserves_relevance():
+    """Post-norm text streams (BERT's residuals, also at every cross-attention), pre-norm vision layers (CLIP's), the
+    vision attention's fused qkv split. What reaches the answer decoder's first layer and the question encoder's
+    output sum to the token's 1; the question encoder passes that on to the question and the image embeddings (read
+    by every encoder layer's cross-attention), and every vision layer passes on what reaches the image."""
+    from helpers import blip_questions, blip_vqa
+
+    model = blip_vqa(vision_layers=2, layers=2).double()
+    batch = blip_questions(batch=2, pad=False)
+    batch["pixel_values"] = batch["pixel_values"].double()
+    vision, question = model.vision_model.encoder.layers, model.text_encoder.encoder.layer
+    cuts = {f"vision layer {k}": (layer, "input") for k, layer in enumerate(vision)}
+    cuts.update({"image": (vision[-1], "output"), "question": (question[0], "input"), "question output": (question[-1], "output"),
+                 "answer": (model.text_decoder.bert.encoder.layer[0], "input")})
+    relevance = generation_relevance(model, batch, [[5, 6], [7, 8]], cuts)
+    one = torch.ones(2, dtype=torch.float64)
+    assert torch.allclose(relevance["answer"] + relevance["question output"], one, atol=TOLERANCE)
+    assert torch.allclose(relevance["question"] + relevance["image"], relevance["question output"], atol=TOLERANCE)
+    assert (relevance["image"].abs() > 1e-3).all()
+    for k in range(2):
+        assert torch.allclose(relevance[f"vision layer {k}"], relevance["image"], atol=TOLERANCE), k

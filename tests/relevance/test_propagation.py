@@ -66,3 +66,44 @@ def test_generic_relevance_on_the_schedule():
     #         R_ti += A3 R_ti = [[2.5, 2.5], [2.5, 2.5]] -> [[4, 4], [5, 5]]
     assert torch.allclose(matrices[("text", "text")], t([[[1.5, 2.5], [0.0, 4.0]]]))
     assert torch.allclose(matrices[("text", "image")], t([[[4.0, 4.0], [5.0, 5.0]]]))
+
+
+def test_three_modalities_in_a_chain_compose_through_the_middle_stage():
+    """BLIP question answering's shape: vision self-attention, question self- and cross-attention to the vision
+    tokens, answer self- and cross-attention to the question. Eq. 10 gives R^{tq} and R^{qv} (Eq. 11 void both
+    times); the answer's image relevance is R^{tq}[k] . R^{qv}[:, patches] (a Stage through ("question", "vision"))."""
+    from captum_mm.attr._readout import read_out
+    from captum_mm.relevance.schedule import Stage
+
+    events = [AttentionEvent(0, "vision", "vision"), AttentionEvent(1, "question", "question"),
+              AttentionEvent(2, "question", "vision"), AttentionEvent(3, "target", "target"),
+              AttentionEvent(4, "target", "question")]
+    maps = {
+        0: t([[[0.0, 0.5, 0.5], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]]),
+        1: t([[[0.5, 0.5], [0.0, 1.0]]]),
+        2: t([[[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]]]),
+        3: t([[[1.0, 0.0], [0.5, 0.5]]]),
+        4: t([[[1.0, 0.0], [0.5, 0.5]]]),
+    }
+    row = torch.ones(1, dtype=torch.long)  # the answer's second token
+    image = Readout("target", row, "question", grid=(1, 2), through=Stage(("question", "vision"), slice(None), slice(1, None)))
+    chain = Schedule(
+        sizes={"vision": 3, "question": 2, "target": 2},
+        masks={name: torch.ones(1, size, dtype=torch.bool) for name, size in (("vision", 3), ("question", 2), ("target", 2))},
+        steps=[(event,) for event in events],
+        outputs={"text": Readout("target", row, "question"), "image": image},
+        element_sample=torch.zeros(1, dtype=torch.long),
+    )
+    matrices = generic_relevance(chain, maps)
+    # Every A_hat below has unit row sums, so each R_bar = R. R_vv = I + A0; R_qq = I + A1 = [[1.5, .5], [0, 2]].
+    # Eq. 10, question -> vision: R_qq^T A2 = [[1.5, 0, 0], [.5, 1, 1]], times R_vv = [[1, .5, .5], [1, 1, 0], [0, 1, 1]]
+    assert torch.allclose(matrices[("question", "vision")], t([[[1.5, 0.75, 0.75], [1.5, 2.25, 1.25]]]))
+    # R_tt = I + A3 = [[2, 0], [.5, 1.5]]; R_tq is 0 until Eq. 10, target -> question:
+    # R_tt^T A4 = [[2.25, .25], [.75, .75]], times R_qq
+    assert torch.allclose(matrices[("target", "question")], t([[[3.375, 1.625], [1.125, 1.875]]]))
+    outputs = read_out(chain, matrices)
+    assert torch.allclose(outputs["text"], t([[1.125, 1.875]]))
+    # image = [1.125, 1.875] . R_qv[:, 1:] = 1.125 [.75, .75] + 1.875 [2.25, 1.25]
+    assert torch.allclose(outputs["image"], t([[[5.0625, 3.1875]]]))
+    raw = read_out(chain, last_layer_relevance(chain, maps))  # A4[1] . A2[:, 1:]
+    assert torch.allclose(raw["text"], t([[0.5, 0.5]])) and torch.allclose(raw["image"], t([[[0.25, 0.25]]]))
