@@ -130,14 +130,17 @@ def attention_hook(
             if projection is not None:
                 linear, (x, out) = projection
                 g = projection_rule.input_gradient(linear, exact(x), exact(out), g)
-            outputs = tuple(exact(t) for t in projected)
+            # a 2-D ``[tokens, features]`` layout holds the whole batch's tokens in one sequence (Qwen2-VL's vision
+            # tower, one image after another): seen here as ``[images, tokens, features]``, as its maps are
+            batched = (lambda t: t.reshape(attention.shape[0], -1, t.shape[-1])) if g.dim() == 2 else (lambda t: t)
+            outputs = tuple(batched(exact(t)) for t in projected)
             operands = split_fused(parts, outputs[0]) if parts.fused else cast(Tuple[Tensor, Tensor, Tensor], outputs)
             g_query, g_key, g_value, relevance = attention_operands_gradients(
-                attention_rule, parts, operands, exact(attention), split_heads(g, parts.heads),
-                cast(Optional[Tuple[Tensor, Tensor]], position),
+                attention_rule, parts, operands, exact(attention), split_heads(batched(g), parts.heads),
+                cast(Optional[Tuple[Tensor, Tensor]], None if position is None else tuple(batched(t) for t in position)),
             )
             gradients = (torch.cat((g_query, g_key, g_value), dim=-1),) if parts.fused else (g_query, g_key, g_value)
-            return (*gradients, relevance)
+            return (*(gradient.reshape(t.shape) for gradient, t in zip(gradients, projected)), relevance)
 
         first = output[0] if isinstance(output, tuple) else output
         switched = Switch.apply(first, state.mode, rule, *projected, call.probe)

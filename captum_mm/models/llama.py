@@ -36,17 +36,15 @@ def rotary_parts(module: Any) -> AttentionParts:
 class LlamaAdapter(DecoderOnlyAdapter):
     model_classes: Tuple[type, ...] = (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM, GemmaForCausalLM)
     attention_classes: Tuple[type, ...] = (LlamaAttention, Qwen2Attention, MistralAttention, GemmaAttention)
-    layer_classes = (LlamaDecoderLayer, Qwen2DecoderLayer, MistralDecoderLayer, GemmaDecoderLayer)
-    mlp_classes = (LlamaMLP, Qwen2MLP, MistralMLP, GemmaMLP)
-    norm_classes = (LlamaRMSNorm, Qwen2RMSNorm, MistralRMSNorm, GemmaRMSNorm)
+    layer_classes: Tuple[type, ...] = (LlamaDecoderLayer, Qwen2DecoderLayer, MistralDecoderLayer, GemmaDecoderLayer)
+    mlp_classes: Tuple[type, ...] = (LlamaMLP, Qwen2MLP, MistralMLP, GemmaMLP)
+    norm_classes: Tuple[type, ...] = (LlamaRMSNorm, Qwen2RMSNorm, MistralRMSNorm, GemmaRMSNorm)
 
     def attention_specs(self) -> List[AttentionSpec]:
         return attention_specs_in(self.model, self.attention_classes, self_attention(SEQUENCE), rotary_parts)
 
     def lrp_structure(self) -> LRPStructure:  # pre-norm: x + attention(norm(x)), then + mlp(norm(.))
         residuals = pre_norm_structure(self.model, self.layer_classes, "post_attention_layernorm", "self_attn").residuals
-        gated = [
-            GatedProduct(mlp.down_proj, TensorSource(mlp.act_fn), TensorSource(mlp.up_proj))
-            for mlp in self.model.modules() if isinstance(mlp, self.mlp_classes)
-        ]
+        mlps: List[Any] = [module for module in self.model.modules() if isinstance(module, self.mlp_classes)]
+        gated = [GatedProduct(mlp.down_proj, TensorSource(mlp.act_fn), TensorSource(mlp.up_proj)) for mlp in mlps]
         return LRPStructure(residuals, self.norm_classes, gated)

@@ -7,26 +7,36 @@ rotary positions, which the model computes itself (the explanation's forward pas
 Schedule and readouts as for LLaVA (:mod:`captum_mm.models.llava`): Eq. 6 over every vision layer, the
 LM's stream; ``image = R^{g,tok} . P . R^{vv}`` with ``P`` the merger's pooling (each token's relevance
 spread evenly over its ``m^2`` patches), on the patch grid (the tower's patches come block by block:
-their grid cells say where each goes). One image per prompt, all of one size; LRP is not declared yet
-(the vision attention's rotary embedding acts on a fused projection in its own layout, and the LM's
-rotary embedding is multimodal).
+their grid cells say where each goes). One image per prompt, all of one size. LRP: the vision
+attention's fused, rotated projection as GPT-2's and LLaMA's are crossed, its one sequence of all
+images' patches seen image by image; the LM's rules as LLaMA's (its multimodal rotary embedding
+reaches the attention as plain ``cos``/``sin``).
 """
 
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any, Dict, List, Optional, Set, Tuple, cast
 
 import torch
 from torch import Tensor, nn
 from transformers import Qwen2VLForConditionalGeneration
-from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLAttention, VisionAttention
+from transformers.models.qwen2_vl.modeling_qwen2_vl import (
+    Qwen2MLP,
+    Qwen2VLAttention,
+    Qwen2VLDecoderLayer,
+    Qwen2VLRMSNorm,
+    Qwen2VLVisionBlock,
+    VisionAttention,
+)
 from transformers.vision_utils import get_vision_position_ids
 
-from captum_mm.lrp.composite import LRPStructure
+from captum_mm.lrp.composite import LRPStructure, ResidualRuleSite
 from captum_mm.models.arguments import TOKENS, Argument, require, text_tokens
 from captum_mm.models.decoder import Continuation, DecoderOnlyAdapter
+from captum_mm.models.llama import LlamaAdapter
 from captum_mm.models.llava import VISION, LlavaAdapter
 from captum_mm.models.registry import register_adapter
-from captum_mm.spec import AttentionSpec, TensorSource
+from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource
 
 PATCHES = "[patches, channels * temporal_patch * patch * patch]"
 
@@ -48,9 +58,16 @@ class Qwen2VLAdapter(LlavaAdapter):
     def language_model(self) -> nn.Module:
         return self.model.model.language_model
 
+    layer_classes = (Qwen2VLDecoderLayer,)
+    mlp_classes = (Qwen2MLP,)
+    norm_classes = (Qwen2VLRMSNorm,)
+
     def vision_specs(self, names: Dict[nn.Module, str]) -> List[AttentionSpec]:
+        """The vision attention modules: weights recorded in the attention function; one fused, rotated projection."""
         return [
-            AttentionSpec(names[module], module, TensorSource(module, recorded=True), ((VISION, VISION),))
+            AttentionSpec(names[module], module, TensorSource(module, recorded=True), ((VISION, VISION),),
+                          parts=AttentionParts(module.qkv, module.qkv, module.qkv, module.num_heads, module.proj,
+                                               fused=True, rotary=True))
             for module in self.vision_tower().modules() if isinstance(module, VisionAttention)
         ]
 
@@ -111,7 +128,13 @@ class Qwen2VLAdapter(LlavaAdapter):
         return {}
 
     def lrp_structure(self) -> LRPStructure:
-        raise NotImplementedError(
-            "Qwen2-VL declares no LRP structure yet: its vision attention rotates a fused q/k/v projection in its own "
-            "layout, and its LM's rotary embedding is multimodal; use the methods without LRP."
-        )
+        """The LM's (as LLaMA's), and the vision blocks' pre-norm residuals: ``x + attn(norm1(x))``, seen at
+        ``norm2``'s input, then ``+ mlp(norm2(.))`` at the block's output."""
+        language = LlamaAdapter.lrp_structure(self)
+        vision: List[ResidualRuleSite] = []
+        for block in self.vision_tower().modules():
+            if isinstance(block, Qwen2VLVisionBlock):
+                middle = TensorSource(block.norm2, "input")
+                vision += [ResidualRuleSite(middle, TensorSource(block.attn), TensorSource(block, "hidden_states")),
+                           ResidualRuleSite(TensorSource(block), TensorSource(block.mlp), middle)]
+        return replace(language, residuals=language.residuals + vision)

@@ -16,6 +16,7 @@ from helpers import (
     assert_each_sample_as_alone,
     assert_same_state,
     family_prompts,
+    generation_relevance,
     idefics3,
     llava,
     model_state,
@@ -102,12 +103,8 @@ def test_stopping_at_the_image_tokens():
     assert relevance.image.abs().sum() > 0 and not torch.equal(relevance.image, GenericAttention(model).explain(batch, continuation=[[5]]).image)
 
 
-#: Qwen2-VL declares no LRP structure yet.
-CASES = [(family, method) for family in sorted(VLMS) for method in sorted(METHODS)
-         if family != "qwen2_vl" or not ("lrp" in method or "transformer" in method)]
-
-
-@pytest.mark.parametrize("family, method", CASES)
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("family", sorted(VLMS))
 def test_batched_with_left_padding_equals_each_sample_alone(family, method):
     model = VLMS[family]()
     explanation = assert_each_sample_as_alone(lambda: METHODS[method](model), family_prompts(family), CONTINUATION)
@@ -246,8 +243,24 @@ def test_qwen2_vl_vision_weights_are_recorded_inside_the_attention_function():
 def test_qwen2_vl_refuses_what_it_cannot_explain():
     model = qwen2_vl()
     batch = family_prompts("qwen2_vl")
-    with pytest.raises(NotImplementedError, match="Qwen2-VL declares no LRP structure yet"):
-        METHODS["partial-lrp"](model).explain(batch, continuation=CONTINUATION)
     mixed = dict(batch, image_grid_thw=torch.tensor([[1, 8, 8], [1, 8, 8], [1, 4, 16]]))
     with pytest.raises(ValueError, match="Images of one size"):
         GenericAttention(model).explain(mixed, continuation=CONTINUATION)
+
+
+def test_qwen2_vl_lrp_conserves_relevance_through_the_vision_blocks():
+    """The token's 1 reaches the LM's first layer whole; what reaches the merger's input passes every vision block
+    whole (its fused, rotated projection crossed by its transposes, image by image)."""
+    model = qwen2_vl().double()
+    batch = family_prompts("qwen2_vl", batch=2)
+    batch["attention_mask"][:] = 1  # no padding: float64 eager attention turns fully masked rows NaN
+    batch["pixel_values"] = batch["pixel_values"].double()
+    visual = model.model.visual
+    cuts = {"lm": (model.model.language_model.layers[0], "input"), "merger": (visual.merger, "input")}
+    cuts.update({f"block {k}": (block, "input") for k, block in enumerate(visual.blocks)})
+    relevance = generation_relevance(model, batch, [[5], [6]], cuts)
+    per_image = {name: values.reshape(2, -1).sum(1) for name, values in relevance.items() if name != "lm"}  # patches -> images
+    torch.testing.assert_close(relevance["lm"], torch.ones(2, dtype=torch.float64), atol=1e-6, rtol=0)
+    assert (per_image["merger"] > 0).all()
+    for k in range(2):
+        torch.testing.assert_close(per_image[f"block {k}"], per_image["merger"], atol=1e-6, rtol=0)
