@@ -134,3 +134,20 @@ def test_image_segments_sum_the_patch_relevance_they_cover(tokenizer):
     assert theirs.token_attr.shape == result.token_attr.shape
     figure, _ = result.plot_image_heatmap(show=False, target_token_pos=0)  # Captum's image plot, unchanged
     assert isinstance(figure, matplotlib.figure.Figure)
+
+
+def test_encoder_decoder_models_through_the_same_api(tokenizer):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=2,
+                                                num_heads=4, pad_token_id=0, eos_token_id=tokenizer.sep_token_id,
+                                                decoder_start_token_id=0)).eval()
+    inp = TextTokenInput(PROMPT, tokenizer)
+    result = AttentionLLMAttribution(GenericAttention(model), tokenizer).attribute(inp, target="blue circle")
+    target = torch.tensor([tokenizer.encode("blue circle", add_special_tokens=False)])
+    explanation = GenericAttention(model).explain({"input_ids": inp.to_model_input()}, continuation=target)
+    assert result.output_tokens == ["blue", "circle"] and result.token_attr.shape == (2, len(result.input_tokens))
+    torch.testing.assert_close(result.token_attr, explanation.text[0])  # the prompt, through the cross-attention
+    generated = AttentionLLMAttribution(AttentionRollout(model), tokenizer).attribute(inp, gen_args={"max_new_tokens": 2})
+    assert generated.token_attr.shape[1] == len(generated.input_tokens)

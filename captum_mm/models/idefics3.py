@@ -31,7 +31,7 @@ class Idefics3Adapter(LlavaAdapter):
     model_classes = (Idefics3ForConditionalGeneration, SmolVLMForConditionalGeneration)
     arguments = MappingProxyType(dict(
         DecoderOnlyAdapter.arguments,
-        pixel_values=Argument(5, IMAGES, None, f"An Idefics3 prompt needs pixel_values {IMAGES}."),
+        pixel_values=Argument(5, IMAGES, "image", f"An Idefics3 prompt needs pixel_values {IMAGES}."),
         pixel_attention_mask=Argument(4, "[batch, images, height, width]"),
     ))
     vision_attention_classes = (Idefics3VisionAttention, SmolVLMVisionAttention)

@@ -40,7 +40,7 @@ class LlavaAdapter(LlamaAdapter):
     model: LlavaForConditionalGeneration | PaliGemmaForConditionalGeneration
     outputs = (TEXT, GENERATED, IMAGE)
     arguments = MappingProxyType(
-        dict(DecoderOnlyAdapter.arguments, pixel_values=Argument(4, PIXELS, None, f"A VLM prompt needs pixel_values {PIXELS}."))
+        dict(DecoderOnlyAdapter.arguments, pixel_values=Argument(4, PIXELS, IMAGE, f"A VLM prompt needs pixel_values {PIXELS}."))
     )
     vision_attention_classes: Tuple[type, ...] = (CLIPAttention, SiglipAttention)
     vision_layer_classes: Tuple[type, ...] = (CLIPEncoderLayer, SiglipEncoderLayer)

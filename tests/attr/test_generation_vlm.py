@@ -264,3 +264,21 @@ def test_qwen2_vl_lrp_conserves_relevance_through_the_vision_blocks():
     assert (per_image["merger"] > 0).all()
     for k in range(2):
         torch.testing.assert_close(per_image[f"block {k}"], per_image["merger"], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llava", "idefics3"])
+def test_attribute_explains_the_next_token_over_the_prompt_and_the_image(family):
+    # Captum's contract: one attribution per input, shaped like it; the image's patch-grid relevance spread over
+    # each patch's pixels, the prompt's over its tokens (as explain gives them for the next token)
+    model = VLMS[family]()
+    batch = family_prompts(family)
+    forward = lambda ids, pixels, mask: model(input_ids=ids, pixel_values=pixels, attention_mask=mask).logits  # noqa: E731
+    ids, pixels = batch["input_ids"], batch["pixel_values"]
+    text, image = GenericAttention(forward, model).attribute((ids, pixels), additional_forward_args=(batch["attention_mask"],))
+    assert text.shape == ids.shape and image.shape == pixels.shape
+    with torch.no_grad():
+        next_tokens = model(**batch).logits[:, -1].argmax(-1)
+    explained = GenericAttention(model).explain(batch, continuation=next_tokens[:, None])
+    torch.testing.assert_close(text, explained.text[:, 0])
+    patch = 32 // explained.image.shape[-1]  # pixels per patch side
+    torch.testing.assert_close(image[:, ..., 0, ::patch, ::patch].reshape(explained.image[:, 0].shape), explained.image[:, 0])
