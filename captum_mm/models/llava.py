@@ -51,7 +51,12 @@ class LlavaAdapter(LlamaAdapter):
         names = module_names(self.model)
         language = attention_specs_in(self.language_model(), self.attention_classes, self_attention(SEQUENCE),
                                       rotary_parts, names=names)
-        return self.vision_specs(names) + language
+        require(bool(language), f"{type(self.model).__name__} with a {type(self.language_model()).__name__} language model "
+                f"is not explained: its attention is none of {[c.__name__ for c in self.attention_classes]}.")
+        vision = self.vision_specs(names)
+        require(bool(vision), f"{type(self.model).__name__} with a {type(self.vision_tower()).__name__} vision tower is not "
+                f"explained: its attention is none of {[c.__name__ for c in self.vision_attention_classes]}.")
+        return vision + language
 
     def vision_specs(self, names: Dict[nn.Module, str]) -> List[AttentionSpec]:
         """The specs of every attention module before the LM (the vision tower's)."""

@@ -86,3 +86,14 @@ def test_lrp_relevance_is_conserved_through_the_three_stages():
     assert (relevance["projection"] > 0).all() and (relevance["projection"] < 1).all()
     for k in range(2):
         torch.testing.assert_close(relevance[f"vision layer {k}"], relevance["vision output"], atol=1e-6, rtol=0)
+
+
+def test_a_language_model_of_another_family_is_refused():
+    from transformers import Blip2ForConditionalGeneration, OPTConfig
+
+    config = blip2().config
+    config.text_config = OPTConfig(vocab_size=40, hidden_size=32, ffn_dim=48, num_hidden_layers=1, num_attention_heads=4,
+                                   word_embed_proj_dim=32)
+    model = Blip2ForConditionalGeneration(config).eval()
+    with pytest.raises(ValueError, match="with a OPTForCausalLM language model is not explained: its attention is none of"):
+        GenericAttention(model).explain(vlm_prompts(), continuation=CONTINUATION)
