@@ -193,6 +193,11 @@ def qkv_parts(module: Any) -> AttentionParts:
     return AttentionParts(module.query, module.key, module.value, module.num_attention_heads)
 
 
+def fused_qkv_parts(module: Any) -> AttentionParts:
+    """BLIP-style vision attention: one ``qkv`` projection (Q, K and V concatenated) and an output ``projection``."""
+    return AttentionParts(module.qkv, module.qkv, module.qkv, module.num_heads, projection=module.projection, fused=True)
+
+
 def projected_parts(module: Any, heads: int, projection: nn.Linear) -> AttentionParts:
     """Attention-interface modules: ``q_proj``/``k_proj``/``v_proj`` and an output projection inside."""
     return AttentionParts(module.q_proj, module.k_proj, module.v_proj, heads, projection=projection)

@@ -32,13 +32,21 @@ from transformers.utils import ModelOutput
 
 from captum_mm.lrp.composite import LRPStructure
 from captum_mm.models.arguments import PIXELS, Argument, require, token_mask
-from captum_mm.models.base import TargetSelection, dropout_probabilities, forward_order_schedule, post_norm_residuals, pre_norm_structure, qkv_parts
+from captum_mm.models.base import (
+    TargetSelection,
+    dropout_probabilities,
+    forward_order_schedule,
+    fused_qkv_parts,
+    post_norm_residuals,
+    pre_norm_structure,
+    qkv_parts,
+)
 from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.decoder import GENERATED, TEXT, GenerationConvention
 from captum_mm.models.encoder_decoder import TARGET, EncoderDecoderAdapter, decoder_rows
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import Readout, Schedule, Stage
-from captum_mm.spec import AttentionParts, AttentionSpec, module_names
+from captum_mm.spec import AttentionSpec, module_names
 
 VISION, QUESTION, IMAGE = "vision", "question", "image"
 
@@ -55,7 +63,7 @@ class BlipQuestionAnsweringAdapter(EncoderDecoderAdapter):
 
     def attention_specs(self) -> List[AttentionSpec]:
         names, model = module_names(self.model), self.model
-        specs = [AttentionSpec(names[m], m, dropout_probabilities(m), ((VISION, VISION),), parts=_fused_parts(m))
+        specs = [AttentionSpec(names[m], m, dropout_probabilities(m), ((VISION, VISION),), parts=fused_qkv_parts(m))
                  for m in model.vision_model.modules() if isinstance(m, BlipAttention)]
         for stream, (query, key) in ((model.text_encoder, (QUESTION, VISION)), (model.text_decoder.bert, (TARGET, QUESTION))):
             for layer in cast(Any, stream).encoder.layer:
@@ -118,7 +126,3 @@ class BlipQuestionAnsweringAdapter(EncoderDecoderAdapter):
         vision = pre_norm_structure(self.model.vision_model, BlipEncoderLayer, "layer_norm2", "self_attn")
         return LRPStructure(text.residuals + vision.residuals)
 
-
-def _fused_parts(module: Any) -> AttentionParts:
-    """The vision attention's one ``qkv`` projection (Q, K and V concatenated) and its output ``projection``."""
-    return AttentionParts(module.qkv, module.qkv, module.qkv, module.num_heads, projection=module.projection, fused=True)

@@ -19,11 +19,11 @@ from transformers.models.blip_2.modeling_blip_2 import Blip2Attention, Blip2Enco
 
 from captum_mm.lrp.composite import LRPStructure
 from captum_mm.models.arguments import require
-from captum_mm.models.base import attention_specs_in, post_norm_residuals, qkv_parts
+from captum_mm.models.base import attention_specs_in, fused_qkv_parts, post_norm_residuals, qkv_parts
 from captum_mm.models.llava import LlavaAdapter
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import Stage
-from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource
+from captum_mm.spec import AttentionSpec, TensorSource
 
 QUERY, VISION = "query", "vision"
 
@@ -43,8 +43,7 @@ class Blip2Adapter(LlavaAdapter):
     def vision_specs(self, names: Dict[nn.Module, str]) -> List[AttentionSpec]:
         """The vision tower's, then the Q-Former's: each layer's query self-attention and, where it has
         one, its cross-attention to the image."""
-        fused = lambda m: AttentionParts(m.qkv, m.qkv, m.qkv, m.num_heads, m.projection, fused=True)  # noqa: E731
-        specs = attention_specs_in(self.vision_tower(), Blip2Attention, ((VISION, VISION),), fused, names=names)
+        specs = attention_specs_in(self.vision_tower(), Blip2Attention, ((VISION, VISION),), fused_qkv_parts, names=names)
         qformer: Any = self.model.qformer
         for layer in cast(Sequence[Any], qformer.encoder.layer):
             specs.append(self._query_spec(layer.attention.attention, (QUERY, QUERY), names))
