@@ -10,6 +10,8 @@ from transformers import (
     BartForConditionalGeneration,
     BertConfig,
     Blip2Config,
+    OPTConfig,
+    OPTForCausalLM,
     Blip2ForConditionalGeneration,
     Blip2QFormerConfig,
     Blip2VisionConfig,
@@ -250,11 +252,17 @@ LM_VOCAB = 40
 _LM_SPECIAL = dict(vocab_size=LM_VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 _LLAMA_LIKE = dict(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
                    max_position_embeddings=48, **_LM_SPECIAL)
+def _opt_config(layers: int) -> OPTConfig:
+    return OPTConfig(num_hidden_layers=layers, hidden_size=32, ffn_dim=48, num_attention_heads=4, word_embed_proj_dim=32,
+                     max_position_embeddings=48, **_LM_SPECIAL)
+
+
 LANGUAGE_MODELS: Dict[str, Callable[..., nn.Module]] = {
     "llama": lambda layers=2: LlamaForCausalLM(LlamaConfig(num_hidden_layers=layers, **_LLAMA_LIKE)),
     "qwen2": lambda layers=2: Qwen2ForCausalLM(Qwen2Config(num_hidden_layers=layers, **_LLAMA_LIKE)),
     "mistral": lambda layers=2: MistralForCausalLM(MistralConfig(num_hidden_layers=layers, **_LLAMA_LIKE)),
     "gemma": lambda layers=2: GemmaForCausalLM(GemmaConfig(num_hidden_layers=layers, head_dim=8, **_LLAMA_LIKE)),
+    "opt": lambda layers=2: OPTForCausalLM(_opt_config(layers)),
     "gpt2": lambda layers=2: GPT2LMHeadModel(GPT2Config(n_layer=layers, n_embd=32, n_head=4, n_positions=48, **_LM_SPECIAL)),
 }
 
@@ -319,14 +327,14 @@ def idefics3(vision_layers=2, layers=2, smolvlm=False) -> nn.Module:
     return model_class(config_class(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, scale_factor=2)).eval()
 
 
-def blip2(vision_layers=2, qformer_layers=2, layers=2, queries=16) -> nn.Module:
+def blip2(vision_layers=2, qformer_layers=2, layers=2, queries=16, language="llama") -> nn.Module:
     """A Q-Former with ``queries`` query tokens (16: one image token each, as in :func:`vlm_prompts`), cross-attending
-    to the image in every layer, and a Llama LM."""
+    to the image in every layer, and a ``language`` LM (llama, or opt as BLIP-2's OPT checkpoints)."""
     vision = Blip2VisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=vision_layers, num_attention_heads=4,
                                image_size=32, patch_size=8)
     qformer = Blip2QFormerConfig(hidden_size=32, num_hidden_layers=qformer_layers, num_attention_heads=4, intermediate_size=48,
                                  encoder_hidden_size=32, cross_attention_frequency=1)
-    text = LlamaConfig(num_hidden_layers=layers, **_LLAMA_LIKE)
+    text = {"llama": lambda: LlamaConfig(num_hidden_layers=layers, **_LLAMA_LIKE), "opt": lambda: _opt_config(layers)}[language]()
     config = Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
                          num_query_tokens=queries, image_token_index=IMAGE_TOKEN)
     return Blip2ForConditionalGeneration(config).eval()

@@ -50,7 +50,8 @@ class ResidualRuleSite:
     ``total`` says where the sum appears: as an argument of the module consuming it
     (post-norm layers: the LayerNorm's ``input``) or as a module's output (pre-norm
     layers ending in the addition); it is replaced there by a switch routing
-    relevance to ``branch`` and ``skip``.
+    relevance to ``branch`` and ``skip``, which may hold the same values in another layout
+    (``[B * N, D]`` for ``[B, N, D]``).
     """
 
     total: TensorSource
@@ -178,7 +179,11 @@ def _pass_hook(state: LRPState, rule: PassThrough) -> ForwardHook:
 def _residual_hook(state: LRPState, rule: ProportionalResidual, recorder: Recorder, site: ResidualRuleSite) -> RemovableHandle:
     def switched(total: Tensor) -> Tensor:
         branch, skip = recorder.get(site.branch), recorder.get(site.skip)
-        modified = lambda g: rule.branch_gradients(exact(branch), exact(skip), g)  # noqa: E731
+
+        def modified(g: Tensor) -> Tuple[Tensor, ...]:  # in the sum's layout (OPT flattens tokens around its MLP)
+            gradients = rule.branch_gradients(exact(branch).reshape(g.shape), exact(skip).reshape(g.shape), g)
+            return tuple(gradient.reshape(t.shape) for gradient, t in zip(gradients, (branch, skip)))
+
         return Switch.apply(total, state.mode, modified, branch, skip)
 
     module, name = site.total.module, site.total.argument

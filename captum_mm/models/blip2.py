@@ -1,5 +1,5 @@
 """BLIP-2: a vision tower, a Q-Former whose learned query tokens attend to each other and, every
-``cross_attention_frequency`` layers, to the image, and a LLaMA-style LM reading the projected query
+``cross_attention_frequency`` layers, to the image, and an OPT or LLaMA-style LM reading the projected query
 outputs at its image placeholder tokens (one per query).
 
 Schedule (docs/METHOD.md, "BLIP-2"): Eq. 6 over the vision tower (``R^{vv}``); in the Q-Former, Eq. 6-7
@@ -16,11 +16,13 @@ import torch
 from torch import Tensor, nn
 from transformers import Blip2ForConditionalGeneration
 from transformers.models.blip_2.modeling_blip_2 import Blip2Attention, Blip2EncoderLayer, Blip2QFormerOutput, Blip2QFormerSelfOutput
+from transformers.models.opt.modeling_opt import OPTAttention
 
 from captum_mm.lrp.composite import LRPStructure
 from captum_mm.models.arguments import require
 from captum_mm.models.base import attention_specs_in, fused_qkv_parts, post_norm_residuals, qkv_parts
 from captum_mm.models.llava import LlavaAdapter
+from captum_mm.models.opt import opt_attention_specs, opt_lrp_structure
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import Stage
 from captum_mm.spec import AttentionSpec, TensorSource
@@ -54,6 +56,12 @@ class Blip2Adapter(LlavaAdapter):
     def _query_spec(self, module: nn.Module, roles: Tuple[str, str], names: Dict[nn.Module, str]) -> AttentionSpec:
         return AttentionSpec(names[module], module, TensorSource(module, index=1), (roles,), parts=qkv_parts(module))
 
+    def language_specs(self, names: Dict[nn.Module, str]) -> List[AttentionSpec]:
+        return opt_attention_specs(self.language_model(), names) or super().language_specs(names)
+
+    def language_attention_classes(self) -> Tuple[type, ...]:
+        return (*self.attention_classes, OPTAttention)
+
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
         require(bool(self.model.config.use_decoder_only_language_model),
                 "BLIP-2 is explained with a decoder-only language model (an encoder-decoder one, as Flan-T5, is not yet).")
@@ -72,7 +80,8 @@ class Blip2Adapter(LlavaAdapter):
         return {QUERY: torch.ones(pixels.shape[0], int(self.model.config.num_query_tokens), dtype=torch.bool, device=pixels.device)}
 
     def lrp_structure(self) -> LRPStructure:
-        """The vision tower's pre-norm layers and the LM's (as LLaVA's), and the Q-Former's post-norm residuals."""
+        """The vision tower's pre-norm layers and the LM's (as LLaVA's or OPT's), and the Q-Former's post-norm residuals."""
         structure = super().lrp_structure()
+        structure = replace(structure, residuals=structure.residuals + opt_lrp_structure(self.language_model()).residuals)
         qformer = post_norm_residuals(cast(nn.Module, self.model.qformer), (Blip2QFormerSelfOutput, Blip2QFormerOutput))
         return replace(structure, residuals=structure.residuals + qformer.residuals)

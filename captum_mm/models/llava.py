@@ -49,14 +49,21 @@ class LlavaAdapter(LlamaAdapter):
 
     def attention_specs(self) -> List[AttentionSpec]:
         names = module_names(self.model)
-        language = attention_specs_in(self.language_model(), self.attention_classes, self_attention(SEQUENCE),
-                                      rotary_parts, names=names)
+        language = self.language_specs(names)
         require(bool(language), f"{type(self.model).__name__} with a {type(self.language_model()).__name__} language model "
-                f"is not explained: its attention is none of {[c.__name__ for c in self.attention_classes]}.")
+                f"is not explained: its attention is none of {[c.__name__ for c in self.language_attention_classes()]}.")
         vision = self.vision_specs(names)
         require(bool(vision), f"{type(self.model).__name__} with a {type(self.vision_tower()).__name__} vision tower is not "
                 f"explained: its attention is none of {[c.__name__ for c in self.vision_attention_classes]}.")
         return vision + language
+
+    def language_specs(self, names: Dict[nn.Module, str]) -> List[AttentionSpec]:
+        """The specs of the LM's attention modules."""
+        return attention_specs_in(self.language_model(), self.attention_classes, self_attention(SEQUENCE), rotary_parts, names=names)
+
+    def language_attention_classes(self) -> Tuple[type, ...]:
+        """The LM attention classes the adapter knows."""
+        return self.attention_classes
 
     def vision_specs(self, names: Dict[nn.Module, str]) -> List[AttentionSpec]:
         """The specs of every attention module before the LM (the vision tower's)."""

@@ -12,6 +12,7 @@ from helpers import IMAGE_GRID, IMAGE_TOKEN, assert_each_sample_as_alone, assert
 from methods_under_test import METHODS
 
 CONTINUATION = [[5, 6], [7], [8, 9]]
+LANGUAGES = ["llama", "opt"]
 
 
 def test_schedule_vision_then_queries_then_the_lm():
@@ -27,8 +28,9 @@ def test_schedule_vision_then_queries_then_the_lm():
     assert schedule.sizes == {"sequence": 24, "vision": 17, "query": 16}
 
 
-def test_raw_attention_image_is_the_lm_row_times_the_last_cross_attention():
-    model = blip2()
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_raw_attention_image_is_the_lm_row_times_the_last_cross_attention(language):
+    model = blip2(language=language)
     batch = vlm_prompts(batch=1)
     explanation = RawAttention(model).explain(batch, continuation=[[5]])
     ids = torch.cat([batch["input_ids"], torch.tensor([[5]])], dim=1)
@@ -46,15 +48,17 @@ def test_raw_attention_image_is_the_lm_row_times_the_last_cross_attention():
     torch.testing.assert_close(explanation.image[0, 0].flatten(), expected)
 
 
+@pytest.mark.parametrize("language", LANGUAGES)
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_batched_with_left_padding_equals_each_sample_alone(method):
-    model = blip2()
+def test_batched_with_left_padding_equals_each_sample_alone(method, language):
+    model = blip2(language=language)
     explanation = assert_each_sample_as_alone(lambda: METHODS[method](model), vlm_prompts(), CONTINUATION)
     assert explanation.image.shape == (3, 2, *IMAGE_GRID)
 
 
-def test_generate_then_explain_and_the_model_left_as_it_was():
-    model = blip2()
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_generate_then_explain_and_the_model_left_as_it_was(language):
+    model = blip2(language=language)
     batch = vlm_prompts()
     with torch.no_grad():
         model(**batch)  # HF installs its own output-capture hooks on a model's first forward
@@ -70,15 +74,17 @@ def test_generate_then_explain_and_the_model_left_as_it_was():
     assert_same_state(before, model_state(model))
 
 
-def test_lrp_relevance_is_conserved_through_the_three_stages():
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_lrp_relevance_is_conserved_through_the_three_stages(language):
     """Relevance 1 at the token: what reaches the LM's first layer is whole; the share on the image tokens reaches
     the Q-Former's output, and what reaches the vision tower's output passes every vision layer whole."""
-    model = blip2(vision_layers=2, qformer_layers=2).double()
+    model = blip2(vision_layers=2, qformer_layers=2, language=language).double()
     batch = vlm_prompts(batch=2)
     batch["attention_mask"][:] = 1  # no padding: float64 eager attention turns fully masked rows NaN
     batch["pixel_values"] = batch["pixel_values"].double()
     vision = model.vision_model.encoder.layers
-    cuts = {"lm": (model.language_model.model.layers[0], "input"), "projection": (model.language_projection, "output"),
+    layers = model.language_model.model.decoder.layers if language == "opt" else model.language_model.model.layers
+    cuts = {"lm": (layers[0], "input"), "projection": (model.language_projection, "output"),
             "vision output": (model.vision_model.encoder.layers[-1], "output")}
     cuts.update({f"vision layer {k}": (layer, "input") for k, layer in enumerate(vision)})
     relevance = generation_relevance(model, batch, [[5], [6]], cuts)
@@ -89,11 +95,10 @@ def test_lrp_relevance_is_conserved_through_the_three_stages():
 
 
 def test_a_language_model_of_another_family_is_refused():
-    from transformers import Blip2ForConditionalGeneration, OPTConfig
+    from transformers import Blip2ForConditionalGeneration, GPT2Config
 
     config = blip2().config
-    config.text_config = OPTConfig(vocab_size=40, hidden_size=32, ffn_dim=48, num_hidden_layers=1, num_attention_heads=4,
-                                   word_embed_proj_dim=32)
+    config.text_config = GPT2Config(vocab_size=40, n_embd=32, n_layer=1, n_head=4)
     model = Blip2ForConditionalGeneration(config).eval()
-    with pytest.raises(ValueError, match="with a OPTForCausalLM language model is not explained: its attention is none of"):
+    with pytest.raises(ValueError, match="with a GPT2LMHeadModel language model is not explained: its attention is none of"):
         GenericAttention(model).explain(vlm_prompts(), continuation=CONTINUATION)

@@ -113,16 +113,23 @@ def test_self_attention_families_conserve_relevance_at_every_layer(family):
         assert torch.allclose(relevance[name], torch.ones(3, dtype=torch.float64), atol=TOLERANCE), (family, name)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma", "gpt2", "opt", "opt-post-norm"])
 def test_decoder_only_lms_conserve_relevance_at_every_layer(family):
     """LLaMA-style: rotary embeddings and grouped-query heads crossed by their transposes, RMSNorm passed
     through, the gated product halved. GPT-2: Conv1D projections under the linear rules, the fused c_attn
-    split into Q, K and V. The generated token's relevance 1 reaches every layer's input whole."""
+    split into Q, K and V. OPT: the residual rule on flattened tokens, pre- and post-norm. The generated token's relevance 1 reaches every layer's input whole."""
     from helpers import language_model, prompt_batch
 
-    model = language_model(family, layers=3).double()
+    model = language_model(family.removesuffix("-post-norm"), layers=3).double()
     ids, _ = prompt_batch(batch=2)
-    layers, norm = (model.transformer.h, model.transformer.ln_f) if family == "gpt2" else (model.model.layers, model.model.norm)
+    if family == "gpt2":
+        layers, norm = model.transformer.h, model.transformer.ln_f
+    elif family.startswith("opt"):  # OPT's MLP runs on flattened tokens; OPT-350m's layers are post-norm
+        for layer in model.model.decoder.layers:
+            layer.do_layer_norm_before = family == "opt"
+        layers, norm = model.model.decoder.layers, model.model.decoder.final_layer_norm
+    else:
+        layers, norm = model.model.layers, model.model.norm
     cuts = {f"layer{k}": (layer, "input") for k, layer in enumerate(layers)}
     cuts["final norm"] = (norm, "input")
     for name, relevance in generation_relevance(model, {"input_ids": ids}, [[5], [6]], cuts).items():
