@@ -329,12 +329,13 @@ def idefics3(vision_layers=2, layers=2, smolvlm=False) -> nn.Module:
 
 def blip2(vision_layers=2, qformer_layers=2, layers=2, queries=16, language="llama") -> nn.Module:
     """A Q-Former with ``queries`` query tokens (16: one image token each, as in :func:`vlm_prompts`), cross-attending
-    to the image in every layer, and a ``language`` LM (llama, or opt as BLIP-2's OPT checkpoints)."""
+    to the image in every layer, and a ``language`` LM (llama, or opt and t5 as BLIP-2's OPT and Flan-T5 checkpoints)."""
     vision = Blip2VisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=vision_layers, num_attention_heads=4,
                                image_size=32, patch_size=8)
     qformer = Blip2QFormerConfig(hidden_size=32, num_hidden_layers=qformer_layers, num_attention_heads=4, intermediate_size=48,
                                  encoder_hidden_size=32, cross_attention_frequency=1)
-    text = {"llama": lambda: LlamaConfig(num_hidden_layers=layers, **_LLAMA_LIKE), "opt": lambda: _opt_config(layers)}[language]()
+    text = {"llama": lambda: LlamaConfig(num_hidden_layers=layers, **_LLAMA_LIKE), "opt": lambda: _opt_config(layers),
+            "t5": lambda: ENCODER_DECODERS["t5"](layers).config}[language]()
     config = Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
                          num_query_tokens=queries, image_token_index=IMAGE_TOKEN)
     return Blip2ForConditionalGeneration(config).eval()

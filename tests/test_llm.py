@@ -93,19 +93,34 @@ def test_clear_errors(model, tokenizer):
         explainer.attribute(TextTokenInput(PROMPT, tokenizer), target="blue", gen_args={"max_new_tokens": 2})
 
 
-def vlm_with_processor(tokenizer):
-    """A tiny LLaVA on the WordPiece vocabulary ([unused0] is the image token) and a hand-made processor:
-    the image resized to 32 x 32 (a 4 x 4 patch grid, one token per patch) after a question."""
-    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+def vlm_with_processor(tokenizer, family="llava"):
+    """A tiny LLaVA, or BLIP-2 with a T5 LM (16 queries), on the WordPiece vocabulary ([unused0] is the image token) and
+    a hand-made processor: the image resized to 32 x 32 (a 4 x 4 patch grid; 16 image tokens) after a question."""
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        T5Config,
+    )
 
     torch.manual_seed(0)
     image_token = tokenizer.convert_tokens_to_ids("[unused0]")
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                               image_size=32, patch_size=8)
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                       num_attention_heads=2, num_key_value_heads=1, pad_token_id=0, eos_token_id=tokenizer.sep_token_id)
-    model = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token,
-                                                      vision_feature_layer=-1)).eval()
+    if family == "blip2-t5":
+        text = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4, pad_token_id=0,
+                        eos_token_id=tokenizer.sep_token_id, decoder_start_token_id=0)
+        qformer = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, encoder_hidden_size=32)
+        model = Blip2ForConditionalGeneration(Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer,
+                                                          text_config=text.to_dict(), num_query_tokens=16,
+                                                          image_token_index=image_token)).eval()
+    else:
+        text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, pad_token_id=0, eos_token_id=tokenizer.sep_token_id)
+        model = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token,
+                                                          vision_feature_layer=-1)).eval()
     question = tokenizer.encode(PROMPT, add_special_tokens=False)
 
     def processor(image):
@@ -116,10 +131,11 @@ def vlm_with_processor(tokenizer):
     return model, processor
 
 
-def test_image_segments_sum_the_patch_relevance_they_cover(tokenizer):
+@pytest.mark.parametrize("family", ["llava", "blip2-t5"])
+def test_image_segments_sum_the_patch_relevance_they_cover(tokenizer, family):
     from PIL import Image
 
-    model, processor = vlm_with_processor(tokenizer)
+    model, processor = vlm_with_processor(tokenizer, family)
     image = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
     halves = torch.zeros(64, 64, dtype=torch.int32)
     halves[:, 32:] = 1  # left half: segment 0, right half: segment 1
@@ -130,8 +146,9 @@ def test_image_segments_sum_the_patch_relevance_they_cover(tokenizer):
     grid = explanation.image[0]  # [2 tokens, 4, 4]: each cell covers 16 x 16 pixels of the 64 x 64 image
     torch.testing.assert_close(result.token_attr, torch.stack([grid[:, :, :2].sum((1, 2)), grid[:, :, 2:].sum((1, 2))], 1))
     assert result.input_tokens == ["image_feature_0", "image_feature_1"] and result.output_tokens == ["blue", "circle"]
-    theirs = LLMAttribution(FeatureAblation(model), tokenizer).attribute(inp, target="blue circle")
-    assert theirs.token_attr.shape == result.token_attr.shape
+    if family == "llava":  # Captum's own LLMAttribution runs decoder-only models (it feeds the target to input_ids)
+        theirs = LLMAttribution(FeatureAblation(model), tokenizer).attribute(inp, target="blue circle")
+        assert theirs.token_attr.shape == result.token_attr.shape
     figure, _ = result.plot_image_heatmap(show=False, target_token_pos=0)  # Captum's image plot, unchanged
     assert isinstance(figure, matplotlib.figure.Figure)
 

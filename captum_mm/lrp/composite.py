@@ -69,6 +69,11 @@ class LRPStructure:
     pass_through_types: Tuple[type, ...] = ()
     canonizers: Sequence[Canonizer] = ()
 
+    def __add__(self, other: "LRPStructure") -> "LRPStructure":
+        """Both structures' sites (a model made of parts of several families)."""
+        return LRPStructure(self.residuals + other.residuals, self.pass_through_types + other.pass_through_types,
+                            (*self.canonizers, *other.canonizers))
+
 
 @dataclass
 class LRPState:

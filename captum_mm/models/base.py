@@ -74,6 +74,11 @@ class ArchitectureAdapter:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
 
+    @classmethod
+    def for_model(cls, model: nn.Module) -> "ArchitectureAdapter":
+        """The adapter serving ``model`` (a family whose models differ in layout returns its variant's)."""
+        return cls(model)
+
     def attention_specs(self) -> List[AttentionSpec]:
         """One spec per attention module: capture, schedule roles and LRP sites derive from it."""
         raise NotImplementedError

@@ -7,24 +7,33 @@ at the queries' self-attention and Eq. 10 at their cross-attention to the image 
 adds nothing: the image never attends to the queries), all with more than two modalities as METHOD.md
 says; then the LM's stream. The image readout composes the stages: ``image = R^{g,tok} . R^{qv}[:, patches]``
 (query token ``i`` is LM image token ``i``). ``compose_vision = False`` stops at the LM's query tokens.
+
+With an encoder-decoder LM (Flan-T5) the image tokens are in the encoder's prompt, and the LM's stage is T5's
+schedule (:mod:`captum_mm.models.encoder_decoder`): the image readout starts from ``R^{ts}``, the decoder's
+relevance over the encoder's tokens.
 """
 
-from dataclasses import replace
+from types import MappingProxyType
 from typing import Any, Dict, List, Sequence, Tuple, cast
 
 import torch
 from torch import Tensor, nn
-from transformers import Blip2ForConditionalGeneration
+from transformers import Blip2ForConditionalGeneration, T5ForConditionalGeneration
 from transformers.models.blip_2.modeling_blip_2 import Blip2Attention, Blip2EncoderLayer, Blip2QFormerOutput, Blip2QFormerSelfOutput
 from transformers.models.opt.modeling_opt import OPTAttention
+from transformers.models.t5.modeling_t5 import T5Attention
 
 from captum_mm.lrp.composite import LRPStructure
-from captum_mm.models.arguments import require
-from captum_mm.models.base import attention_specs_in, fused_qkv_parts, post_norm_residuals, qkv_parts
-from captum_mm.models.llava import LlavaAdapter
+from captum_mm.models.arguments import text_tokens, token_mask
+from captum_mm.models.base import TargetSelection, attention_specs_in, fused_qkv_parts, post_norm_residuals, qkv_parts
+from captum_mm.models.capture import AttentionRecord
+from captum_mm.models.decoder import GENERATED, TEXT, GenerationConvention
+from captum_mm.models.encoder_decoder import SOURCE, TARGET, EncoderDecoderAdapter, decoder_rows, encoder_decoder_specs
+from captum_mm.models.llava import IMAGE, LlavaAdapter
 from captum_mm.models.opt import opt_attention_specs, opt_lrp_structure
 from captum_mm.models.registry import register_adapter
-from captum_mm.relevance.schedule import Stage
+from captum_mm.models.t5 import t5_attention_modules, t5_attention_spec, t5_lrp_structure
+from captum_mm.relevance.schedule import Readout, Schedule, Stage
 from captum_mm.spec import AttentionSpec, TensorSource
 
 QUERY, VISION = "query", "vision"
@@ -62,10 +71,10 @@ class Blip2Adapter(LlavaAdapter):
     def language_attention_classes(self) -> Tuple[type, ...]:
         return (*self.attention_classes, OPTAttention)
 
-    def check_arguments(self, arguments: Dict[str, Any]) -> None:
-        require(bool(self.model.config.use_decoder_only_language_model),
-                "BLIP-2 is explained with a decoder-only language model (an encoder-decoder one, as Flan-T5, is not yet).")
-        super().check_arguments(arguments)
+    @classmethod
+    def for_model(cls, model: nn.Module) -> LlavaAdapter:
+        decoder_only = bool(cast(Any, model).config.use_decoder_only_language_model)
+        return cls(model) if decoder_only else Blip2EncoderDecoderAdapter(model)
 
     def feature_depth(self, arguments: Dict[str, Any], layers: int) -> int:
         return layers
@@ -76,12 +85,49 @@ class Blip2Adapter(LlavaAdapter):
     def image_stage(self, arguments: Dict[str, Any], grid: Tuple[int, int]) -> Stage:
         return Stage((QUERY, VISION), slice(None), slice(1, None))  # patches: the tower's class token left out
 
+    image_tokens_on_grid = False
+
     def stage_masks(self, pixels: Tensor) -> Dict[str, Tensor]:
         return {QUERY: torch.ones(pixels.shape[0], int(self.model.config.num_query_tokens), dtype=torch.bool, device=pixels.device)}
 
     def lrp_structure(self) -> LRPStructure:
-        """The vision tower's pre-norm layers and the LM's (as LLaVA's or OPT's), and the Q-Former's post-norm residuals."""
-        structure = super().lrp_structure()
-        structure = replace(structure, residuals=structure.residuals + opt_lrp_structure(self.language_model()).residuals)
-        qformer = post_norm_residuals(cast(nn.Module, self.model.qformer), (Blip2QFormerSelfOutput, Blip2QFormerOutput))
-        return replace(structure, residuals=structure.residuals + qformer.residuals)
+        """The vision tower's pre-norm layers and the LM's (as LLaVA's, OPT's or T5's), and the Q-Former's post-norm residuals."""
+        language = self.language_model()
+        return (super().lrp_structure() + opt_lrp_structure(language) + t5_lrp_structure(language)
+                + post_norm_residuals(cast(nn.Module, self.model.qformer), (Blip2QFormerSelfOutput, Blip2QFormerOutput)))
+
+
+class Blip2EncoderDecoderAdapter(Blip2Adapter):
+    """BLIP-2 with an encoder-decoder LM (Flan-T5): the prompt, with its image tokens, in the encoder; the
+    decoder's start token and the continuation in the decoder."""
+
+    arguments = MappingProxyType(dict(EncoderDecoderAdapter.arguments, pixel_values=LlavaAdapter.arguments["pixel_values"]))
+
+    def language_specs(self, names: Dict[nn.Module, str]) -> List[AttentionSpec]:
+        language = self.language_model()
+        if not isinstance(language, T5ForConditionalGeneration):
+            return []
+        return encoder_decoder_specs(t5_attention_modules(language), t5_attention_spec, names)
+
+    def language_attention_classes(self) -> Tuple[type, ...]:
+        return (T5Attention,)
+
+    def generation_convention(self) -> GenerationConvention:
+        """The LM's: its decoder start token and end of sequence."""
+        return GenerationConvention.of(self.language_model())
+
+    def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
+        arguments = record.arguments
+        source, target = text_tokens(arguments), arguments["decoder_input_ids"]
+        masks = {
+            SOURCE: token_mask(arguments.get("attention_mask"), source.shape[0], source.shape[1], source.device),
+            TARGET: token_mask(arguments.get("decoder_attention_mask"), target.shape[0], target.shape[1], target.device),
+        }
+        rows = decoder_rows(selection, masks[TARGET])
+        image_tokens = (source == self.model.config.image_token_id)[selection.sample]
+        readouts = {
+            TEXT: Readout(TARGET, rows, SOURCE, column_mask=~image_tokens),
+            GENERATED: Readout(TARGET, rows, TARGET, slice(1, None)),
+            IMAGE: self.image_readout(arguments, TARGET, rows, SOURCE, image_tokens),
+        }
+        return self.vision_schedule(record, selection, masks, readouts)

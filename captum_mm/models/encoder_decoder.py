@@ -10,7 +10,7 @@ over the continuation, without the row's own entry.
 """
 
 from types import MappingProxyType
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Mapping, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -43,9 +43,7 @@ class EncoderDecoderAdapter(DecoderOnlyAdapter):
         raise NotImplementedError
 
     def attention_specs(self) -> List[AttentionSpec]:
-        names = module_names(self.model)
-        roles = ((SOURCE, SOURCE),), ((TARGET, TARGET),), ((TARGET, SOURCE),)
-        return [self.attention_spec(names[m], m, role) for modules, role in zip(self.attention_modules(), roles) for m in modules]
+        return encoder_decoder_specs(self.attention_modules(), self.attention_spec, module_names(self.model))
 
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
         arguments = record.arguments
@@ -57,6 +55,17 @@ class EncoderDecoderAdapter(DecoderOnlyAdapter):
         rows = decoder_rows(selection, masks[TARGET])
         readouts = {TEXT: Readout(TARGET, rows, SOURCE), GENERATED: Readout(TARGET, rows, TARGET, slice(1, None))}
         return forward_order_schedule(record, selection, masks, readouts)
+
+
+def encoder_decoder_specs(
+    modules: Tuple[Sequence[nn.Module], Sequence[nn.Module], Sequence[nn.Module]],
+    spec: Callable[[str, nn.Module, Tuple[Tuple[str, str], ...]], AttentionSpec],
+    names: Mapping[nn.Module, str],
+) -> List[AttentionSpec]:
+    """The specs of the encoder's self-attention, the decoder's self-attention and its cross-attention
+    ``modules``, with the roles ``source``/``target``; ``spec(name, module, roles)`` makes one."""
+    roles = ((SOURCE, SOURCE),), ((TARGET, TARGET),), ((TARGET, SOURCE),)
+    return [spec(names[module], module, role) for group, role in zip(modules, roles) for module in group]
 
 
 def decoder_rows(selection: TargetSelection, mask: Tensor) -> Tensor:

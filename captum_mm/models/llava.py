@@ -46,6 +46,8 @@ class LlavaAdapter(LlamaAdapter):
     vision_layer_classes: Tuple[type, ...] = (CLIPEncoderLayer, SiglipEncoderLayer)
     #: Continue the image tokens' relevance through the vision tower (False: stop at the LM's image tokens).
     compose_vision: bool = True
+    #: The LM's image tokens lie on the image's grid (BLIP-2's learned queries do not).
+    image_tokens_on_grid: bool = True
 
     def attention_specs(self) -> List[AttentionSpec]:
         names = module_names(self.model)
@@ -90,23 +92,35 @@ class LlavaAdapter(LlamaAdapter):
 
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
         mask, readouts = self.sequence_readouts(record, selection)
-        arguments, rows = record.arguments, readouts[TEXT].rows
-        ids, pixels = text_tokens(arguments), arguments["pixel_values"]
+        ids, rows = text_tokens(record.arguments), readouts[TEXT].rows
         image_tokens = (ids == self.model.config.image_token_id)[selection.sample]
         readouts[TEXT] = replace(readouts[TEXT], column_mask=~image_tokens)
+        readouts[IMAGE] = self.image_readout(record.arguments, SEQUENCE, rows, SEQUENCE, image_tokens)
+        return self.vision_schedule(record, selection, {SEQUENCE: mask}, readouts)
+
+    def image_readout(self, arguments: Dict[str, Any], query: str, rows: Tensor, key: str, image_tokens: Tensor) -> Readout:
+        """The ``image`` readout of ``rows`` of ``R^{query,key}`` over the columns of the LM's image tokens
+        (``[E, N]`` True there), continued through the vision tower unless ``compose_vision`` is False."""
         positions = torch.nonzero(image_tokens)[:, 1].reshape(image_tokens.shape[0], -1)
-        grid, cls = self.patch_grid(arguments), int(self._has_class_token())
+        grid = self.patch_grid(arguments)
         if self.compose_vision:
-            stage, cells = self.image_stage(arguments, grid), self.patch_cells(grid)
-            cells = None if cells is None else cells.to(ids.device).expand(rows.shape[0], -1)
-            readouts[IMAGE] = Readout(SEQUENCE, rows, SEQUENCE, grid=grid, positions=cells, column_index=positions, through=stage)
-        else:
-            tokens = self.token_grid(grid)
-            on_grid = positions.shape[1] == tokens[0] * tokens[1]
-            readouts[IMAGE] = Readout(SEQUENCE, rows, SEQUENCE, grid=tokens if on_grid else None, column_index=positions)
-        vision_mask = torch.ones(ids.shape[0], cls + grid[0] * grid[1], dtype=torch.bool, device=ids.device)
-        masks = {SEQUENCE: mask, VISION: vision_mask, **self.stage_masks(pixels)}
-        schedule = forward_order_schedule(record, selection, masks, readouts)
+            cells = self.patch_cells(grid)
+            cells = None if cells is None else cells.to(positions.device).expand(rows.shape[0], -1)
+            return Readout(query, rows, key, grid=grid, positions=cells, column_index=positions,
+                           through=self.image_stage(arguments, grid))
+        tokens = self.token_grid(grid)
+        on_grid = self.image_tokens_on_grid and positions.shape[1] == tokens[0] * tokens[1]
+        return Readout(query, rows, key, grid=tokens if on_grid else None, column_index=positions)
+
+    def vision_schedule(self, record: AttentionRecord, selection: TargetSelection, masks: Dict[str, Tensor],
+                        readouts: Dict[str, Readout]) -> Schedule:
+        """Every recorded call in forward order, but the vision layers no feature the LM reads depends on;
+        ``masks`` those of the LM's modalities."""
+        arguments, ids = record.arguments, text_tokens(record.arguments)
+        grid = self.patch_grid(arguments)
+        vision_mask = torch.ones(ids.shape[0], int(self._has_class_token()) + grid[0] * grid[1], dtype=torch.bool, device=ids.device)
+        pixels = arguments["pixel_values"]
+        schedule = forward_order_schedule(record, selection, {**masks, VISION: vision_mask, **self.stage_masks(pixels)}, readouts)
         unused = self._unused_vision_attention(arguments)
         kept = [step for step in schedule.steps if record.calls[step[0].call].spec.module not in unused]
         return replace(schedule, steps=kept)
@@ -138,9 +152,7 @@ class LlavaAdapter(LlamaAdapter):
         return grid
 
     def lrp_structure(self) -> LRPStructure:  # the LM's, and the vision tower's pre-norm layers
-        language = super().lrp_structure()
-        vision = pre_norm_structure(self.vision_tower(), self.vision_layer_classes, "layer_norm2", "self_attn")
-        return replace(language, residuals=language.residuals + vision.residuals)
+        return super().lrp_structure() + pre_norm_structure(self.vision_tower(), self.vision_layer_classes, "layer_norm2", "self_attn")
 
     def _patch_size(self) -> int:
         return int(cast(Any, self.model.config.vision_config).patch_size)

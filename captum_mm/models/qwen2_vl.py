@@ -13,7 +13,6 @@ images' patches seen image by image; the LM's rules as LLaMA's (its multimodal r
 reaches the attention as plain ``cos``/``sin``).
 """
 
-from dataclasses import replace
 from types import MappingProxyType
 from typing import Any, Dict, List, Optional, Set, Tuple, cast
 
@@ -124,9 +123,6 @@ class Qwen2VLAdapter(LlavaAdapter):
     def _unused_vision_attention(self, arguments: Dict[str, Any]) -> Set[nn.Module]:
         return set()  # the merger reads the last block's output
 
-    def stage_masks(self, pixels: Tensor) -> Dict[str, Tensor]:
-        return {}
-
     def lrp_structure(self) -> LRPStructure:
         """The LM's (as LLaMA's), and the vision blocks' pre-norm residuals: ``x + attn(norm1(x))``, seen at
         ``norm2``'s input, then ``+ mlp(norm2(.))`` at the block's output."""
@@ -137,4 +133,4 @@ class Qwen2VLAdapter(LlavaAdapter):
                 middle = TensorSource(block.norm2, "input")
                 vision += [ResidualRuleSite(middle, TensorSource(block.attn), TensorSource(block, "hidden_states")),
                            ResidualRuleSite(TensorSource(block), TensorSource(block.mlp), middle)]
-        return replace(language, residuals=language.residuals + vision)
+        return language + LRPStructure(vision)

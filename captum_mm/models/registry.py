@@ -30,7 +30,7 @@ def adapter_for(model: nn.Module) -> ArchitectureAdapter:
     """The adapter serving ``model``'s most specific registered class, instantiated for it."""
     for model_class in type(model).__mro__:
         if model_class in _ADAPTERS:
-            return _ADAPTERS[model_class](model)
+            return _ADAPTERS[model_class].for_model(model)
     raise TypeError(
         f"captum_mm cannot explain a {type(model).__name__}: no architecture adapter serves it. "
         f"Supported classes: {', '.join(supported_classes())}. Pass the HuggingFace model itself as "

@@ -24,31 +24,44 @@ from captum_mm.models.registry import register_adapter
 from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource
 
 
+def t5_attention_modules(t5: Any) -> Tuple[Sequence[nn.Module], Sequence[nn.Module], Sequence[nn.Module]]:
+    """A T5's encoder self-attention, decoder self-attention and decoder cross-attention modules."""
+    encoder, decoder = cast(Sequence[Any], t5.encoder.block), cast(Sequence[Any], t5.decoder.block)
+    return ([block.layer[0].SelfAttention for block in encoder], [block.layer[0].SelfAttention for block in decoder],
+            [block.layer[1].EncDecAttention for block in decoder])
+
+
+def t5_attention_spec(name: str, module: Any, roles: Tuple[Tuple[str, str], ...]) -> AttentionSpec:
+    parts = AttentionParts(module.q, module.k, module.v, module.n_heads, module.o)
+    return AttentionSpec(name, module, TensorSource(module, index=2), roles, parts=parts)
+
+
+def t5_lrp_structure(t5: nn.Module) -> LRPStructure:
+    """Each sublayer computes ``x + dropout(branch(norm(x)))``: a residual at its output (the first of a
+    tuple for attention sublayers), the branch its dropout's output, the skip its input."""
+    residuals: List[ResidualRuleSite] = []
+    for sublayer in t5.modules():
+        if isinstance(sublayer, (T5LayerSelfAttention, T5LayerCrossAttention, T5LayerFF)):
+            index = None if isinstance(sublayer, T5LayerFF) else 0
+            residuals.append(ResidualRuleSite(TensorSource(sublayer, index=index), TensorSource(sublayer.dropout),
+                                              TensorSource(sublayer, "hidden_states")))
+    gated = [
+        GatedProduct(block.dropout, TensorSource(block.act), TensorSource(block.wi_1))
+        for block in t5.modules() if isinstance(block, T5DenseGatedActDense)
+    ]
+    return LRPStructure(residuals, (T5LayerNorm,), gated)
+
+
 @register_adapter
 class T5Adapter(EncoderDecoderAdapter):
     model_classes = (T5ForConditionalGeneration,)
     model: T5ForConditionalGeneration
 
     def attention_modules(self) -> Tuple[Sequence[nn.Module], Sequence[nn.Module], Sequence[nn.Module]]:
-        encoder, decoder = cast(Sequence[Any], self.model.encoder.block), cast(Sequence[Any], self.model.decoder.block)
-        return ([block.layer[0].SelfAttention for block in encoder], [block.layer[0].SelfAttention for block in decoder],
-                [block.layer[1].EncDecAttention for block in decoder])
+        return t5_attention_modules(self.model)
 
     def attention_spec(self, name: str, module: Any, roles: Tuple[Tuple[str, str], ...]) -> AttentionSpec:
-        parts = AttentionParts(module.q, module.k, module.v, module.n_heads, module.o)
-        return AttentionSpec(name, module, TensorSource(module, index=2), roles, parts=parts)
+        return t5_attention_spec(name, module, roles)
 
     def lrp_structure(self) -> LRPStructure:
-        """Each sublayer computes ``x + dropout(branch(norm(x)))``: a residual at its output (the first of a
-        tuple for attention sublayers), the branch its dropout's output, the skip its input."""
-        residuals: List[ResidualRuleSite] = []
-        for sublayer in self.model.modules():
-            if isinstance(sublayer, (T5LayerSelfAttention, T5LayerCrossAttention, T5LayerFF)):
-                index = None if isinstance(sublayer, T5LayerFF) else 0
-                residuals.append(ResidualRuleSite(TensorSource(sublayer, index=index), TensorSource(sublayer.dropout),
-                                                  TensorSource(sublayer, "hidden_states")))
-        gated = [
-            GatedProduct(block.dropout, TensorSource(block.act), TensorSource(block.wi_1))
-            for block in self.model.modules() if isinstance(block, T5DenseGatedActDense)
-        ]
-        return LRPStructure(residuals, (T5LayerNorm,), gated)
+        return t5_lrp_structure(self.model)
