@@ -10,10 +10,8 @@ from torch import Tensor
 
 from captum_mm._precision import accumulation_dtype
 from captum_mm.models import TargetSelection
-from captum_mm.relevance.rules import read_rows
-from captum_mm.relevance.schedule import Schedule, Stage
-
-Matrices = Dict[Tuple[str, str], Tensor]
+from captum_mm.relevance.propagation import Matrices, continued_through, relevance_rows
+from captum_mm.relevance.schedule import Schedule
 
 #: Outputs today's families fill; reading one a family does not fill gives None.
 _KNOWN_OUTPUTS = ("text", "image")
@@ -69,26 +67,19 @@ def read_out(schedule: Schedule, matrices: Matrices) -> Dict[str, Tensor]:
     """Each output's readout row, the row token's own entry zeroed, padding zeroed."""
     outputs = {}
     for name, spec in schedule.outputs.items():
-        rows = read_rows(matrices[spec.pair], spec.rows) * schedule.masks[spec.key]
+        rows = relevance_rows(matrices, spec.pair, spec.rows) * schedule.masks[spec.key]
         if spec.key == spec.row:
             rows = rows.scatter(1, spec.rows[:, None], 0.0)
         if spec.column_mask is not None:
             rows = rows * spec.column_mask
         rows = rows[:, spec.columns] if spec.column_index is None else rows.gather(1, spec.column_index)
         if spec.through is not None:
-            rows = through_stage(rows, spec.through, matrices)
+            rows = continued_through(rows, spec.through, matrices)
         if spec.positions is not None:
             grid = cast(Tuple[int, int], spec.grid)  # positions come with a grid
             rows = rows.new_zeros(rows.shape[0], grid[0] * grid[1]).scatter(1, spec.positions, rows)
         outputs[name] = rows.reshape(rows.shape[0], *spec.grid) if spec.grid else rows
     return outputs
-
-
-def through_stage(values: Tensor, stage: Stage, matrices: Matrices) -> Tensor:
-    """Read values over a later stage's tokens continued to the earlier stage's tokens: ``values . P . R[rows, columns]``."""
-    if stage.token_map is not None:
-        values = values @ stage.token_map.to(values.dtype)
-    return torch.bmm(values[:, None], matrices[stage.pair][:, stage.rows, stage.columns])[:, 0]
 
 
 def assemble(selection: TargetSelection, outputs: Dict[str, Tensor], num_samples: int) -> Explanation:

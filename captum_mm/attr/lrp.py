@@ -8,7 +8,7 @@ from captum_mm.attr._base import AttentionAttribution, AttentionBundle, Needs
 from captum_mm.attr.raw_attention import LastLayerAttribution
 from captum_mm.lrp import RuleSet
 from captum_mm.relevance.heads import head_mean, relevance_weighted
-from captum_mm.relevance.propagation import Matrices, last_event, min_max_scaled, transformer_attribution_relevance
+from captum_mm.relevance.propagation import Matrices, last_event, last_layer_relevance, min_max_scaled, transformer_attribution_relevance
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
 
 _RULES_DOC = """rules (RuleSet, optional): The LRP rules. Default: None (the reference
@@ -43,7 +43,7 @@ class PartialLRP(LastLayerAttribution):
     def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
         return {
             (row, key): min_max_scaled(matrix, schedule.masks[row], schedule.masks[key])
-            for (row, key), matrix in super()._relevance_matrices(schedule, maps).items()
+            for (row, key), matrix in last_layer_relevance(schedule, maps).items()
         }
 
 

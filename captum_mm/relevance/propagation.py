@@ -5,16 +5,84 @@ the caller reads the readout rows. ``maps`` holds one fused map per event, keyed
 the event's call index.
 """
 
-from typing import Dict, Tuple
+from typing import Callable, Dict, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from captum_mm.relevance.rules import apply_deltas, bimodal_deltas, initial_relevance, rollout, self_attention_deltas
-from captum_mm.relevance.schedule import Schedule
+from captum_mm.relevance.rules import (
+    apply_deltas,
+    bimodal_deltas,
+    initial_relevance,
+    normalized_with_identity,
+    read_rows,
+    rollout,
+    self_attention_deltas,
+)
+from captum_mm.relevance.schedule import Schedule, Stage
 
 Maps = Dict[int, Tensor]
-Matrices = Dict[Tuple[str, str], Tensor]
+#: ``v S`` for rows ``v`` (``[E, k, N]``) and one event's fused map (``[E, N, N]``): one factor of a product ``R = S_L ... S_1``.
+RowStep = Callable[[Tensor, Tensor], Tensor]
+
+
+class RowRelevance:
+    """The rows of self-relevance products that readouts use, without the matrices (docs/METHOD.md,
+    "Row-only propagation"): where every event of the schedule is self-attention, each modality's
+    ``R^{ss} = S_L ... S_1`` (later layers on the left, ``S_l`` from the event's fused map by ``step``),
+    so rows ``v`` of it are ``v <- v S_l`` from the last event down: ``O(L K N^2)`` for ``K`` rows
+    rather than ``O(L N^3)``, with the same values. Cross blocks are zero (no token attends to another
+    modality)."""
+
+    def __init__(self, schedule: Schedule, maps: Maps, step: RowStep) -> None:
+        self.schedule, self.maps, self.step = schedule, maps, step
+
+    def rows(self, pair: Tuple[str, str], rows: Tensor) -> Tensor:
+        """``R^{pair}[e, rows[e]]`` for every element: ``[E, N_key]``."""
+        row, key = pair
+        like = _like(self.schedule, self.maps)
+        if row != key:
+            return like.new_zeros(rows.shape[0], self.schedule.sizes[key])
+        start = torch.nn.functional.one_hot(rows, self.schedule.sizes[row]).to(like.dtype)
+        return self._propagated(row, start)
+
+    def continued(self, values: Tensor, stage: Stage) -> Tensor:
+        """``values . P . R^{stage.pair}[stage.rows, stage.columns]`` (``values``: ``[E, n]``)."""
+        if stage.token_map is not None:
+            values = values @ stage.token_map.to(values.dtype)
+        modality = stage.pair[0]
+        start = values.new_zeros(values.shape[0], self.schedule.sizes[modality])
+        start[:, stage.rows] = values
+        return self._propagated(modality, start)[:, stage.columns]
+
+    def _propagated(self, modality: str, rows: Tensor) -> Tensor:
+        values = rows[:, None]
+        for event in reversed(self.schedule.self_events(modality)):
+            values = self.step(values, self.maps[event.call])
+        return values[:, 0]
+
+
+FullMatrices = Dict[Tuple[str, str], Tensor]
+Matrices = Union[FullMatrices, RowRelevance]
+
+
+def self_attention_only(schedule: Schedule) -> bool:
+    """Whether every event of ``schedule`` is self-attention (row-only propagation applies)."""
+    return all(event.is_self for event in schedule.events)
+
+
+def relevance_rows(matrices: Matrices, pair: Tuple[str, str], rows: Tensor) -> Tensor:
+    """Row ``rows[e]`` of ``R^{pair}`` for every element, ``[E, N_key]``."""
+    return matrices.rows(pair, rows) if isinstance(matrices, RowRelevance) else read_rows(matrices[pair], rows)
+
+
+def continued_through(values: Tensor, stage: Stage, matrices: Matrices) -> Tensor:
+    """Values over a later stage's tokens continued to the earlier stage's: ``values . P . R[rows, columns]``."""
+    if isinstance(matrices, RowRelevance):
+        return matrices.continued(values, stage)
+    if stage.token_map is not None:
+        values = values @ stage.token_map.to(values.dtype)
+    return torch.bmm(values[:, None], matrices[stage.pair][:, stage.rows, stage.columns])[:, 0]
 
 
 def _like(schedule: Schedule, maps: Maps) -> Tensor:
@@ -31,11 +99,14 @@ def generic_relevance(
 ) -> Matrices:
     """Chefer et al. (ICCV 2021): Eq. 6-7 at self-attention, Eq. 10-11 at bi-modal attention, in schedule order.
 
+    Self-attention-only schedules give :class:`RowRelevance` (the readout rows alone, the same values).
     Eq. 11 of an ``s -> q`` attention is applied only if the schedule has some ``q -> s``
     attention: without one ``R^{qs}`` stays zero throughout (DETR's image tokens never attend
     to queries), so the rule is structurally void and "w/o aggregation" must not replace
     ``R^{ss}`` by it. ``drop_on_zero_row``: see :func:`bimodal_deltas`.
     """
+    if self_attention_only(schedule):
+        return RowRelevance(schedule, maps, lambda v, a: v + torch.bmm(v, a) if aggregate else torch.bmm(v, a))
     relevance = initial_relevance(schedule.sizes, schedule.num_elements, _like(schedule, maps))
     attends = {(event.query, event.key) for event in schedule.events}
     for step in schedule.steps:
@@ -61,7 +132,7 @@ def last_event(schedule: Schedule, row: str, key: str):
     return event
 
 
-def last_layer_relevance(schedule: Schedule, maps: Maps) -> Matrices:
+def last_layer_relevance(schedule: Schedule, maps: Maps) -> FullMatrices:
     """The last event from each readout modality to its key modality (raw attention, Grad-CAM)."""
     return {pair: maps[last_event(schedule, *pair).call] for pair in schedule.pairs}
 
@@ -69,6 +140,8 @@ def last_layer_relevance(schedule: Schedule, maps: Maps) -> Matrices:
 def rollout_relevance(schedule: Schedule, maps: Maps) -> Matrices:
     """Attention rollout: ``prod norm(A + I)`` per modality; across modalities
     ``rollout_ss^T . A_last^{sq} . rollout_qq``, each rollout over the self-attentions before ``A_last``."""
+    if self_attention_only(schedule):
+        return RowRelevance(schedule, maps, lambda v, a: torch.bmm(v, normalized_with_identity(a)))
     like = _like(schedule, maps).new_zeros(schedule.num_elements)
 
     def rolled(modality, before=None):
@@ -88,6 +161,8 @@ def rollout_relevance(schedule: Schedule, maps: Maps) -> Matrices:
 def transformer_attribution_relevance(schedule: Schedule, maps: Maps) -> Matrices:
     """Chefer et al. (CVPR 2021): ``prod_l (I + A_bar_l)`` over the readout modality's self-attentions
     (later layers on the left); across modalities the last cross-attention's map alone."""
+    if self_attention_only(schedule):
+        return RowRelevance(schedule, maps, lambda v, a: v + torch.bmm(v, a))
     matrices = {}
     for row, key in schedule.pairs:
         if key != row:

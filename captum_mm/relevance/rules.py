@@ -145,12 +145,16 @@ def rollout(maps: Iterable[Tensor], size: int, like: Tensor) -> Tensor:
 
     ``norm`` divides each row by its sum. With no maps the result is the identity.
     """
-    eye = torch.eye(size, dtype=like.dtype, device=like.device)
-    joint = eye.expand(like.shape[0], size, size)
+    joint = torch.eye(size, dtype=like.dtype, device=like.device).expand(like.shape[0], size, size)
     for attention in maps:
-        augmented = attention + eye
-        joint = torch.bmm(augmented / augmented.sum(dim=-1, keepdim=True), joint)
+        joint = torch.bmm(normalized_with_identity(attention), joint)
     return joint
+
+
+def normalized_with_identity(attention: Tensor) -> Tensor:
+    """Rollout's factor ``norm(A + I)``: each row of ``A + I`` divided by its sum."""
+    augmented = attention + _eye_like(attention)
+    return augmented / augmented.sum(dim=-1, keepdim=True)
 
 
 def read_rows(matrix: Tensor, rows: Tensor) -> Tensor:

@@ -107,3 +107,64 @@ def test_three_modalities_in_a_chain_compose_through_the_middle_stage():
     assert torch.allclose(outputs["image"], t([[[5.0625, 3.1875]]]))
     raw = read_out(chain, last_layer_relevance(chain, maps))  # A4[1] . A2[:, 1:]
     assert torch.allclose(raw["text"], t([[0.5, 0.5]])) and torch.allclose(raw["image"], t([[[0.25, 0.25]]]))
+
+
+def test_row_only_propagation_on_a_hand_computed_chain():
+    # one modality, two layers: R = (I + A2)(I + A1); row 1 of it, v <- v (I + A2), then v <- v (I + A1):
+    # v = [0, 1] (I + A2) = [0, 1] + [.5, .5] = [.5, 1.5]; then + v A1 = [.5, 1.5] + [.25, .25 + 1.5] = [.75, 3.25]
+    from captum_mm.attr._readout import read_out
+    from captum_mm.relevance.propagation import RowRelevance
+
+    events = [AttentionEvent(0, "text", "text"), AttentionEvent(1, "text", "text")]
+    maps = {0: t([[[0.5, 0.5], [0.0, 1.0]]]), 1: t([[[1.0, 0.0], [0.5, 0.5]]])}
+    chain = Schedule(sizes={"text": 2}, masks={"text": torch.ones(1, 2, dtype=torch.bool)}, steps=[(e,) for e in events],
+                     outputs={"text": Readout("text", torch.ones(1, dtype=torch.long), "text")},
+                     element_sample=torch.zeros(1, dtype=torch.long))
+    relevance = generic_relevance(chain, maps)
+    assert isinstance(relevance, RowRelevance)
+    assert torch.allclose(relevance.rows(("text", "text"), torch.ones(1, dtype=torch.long)), t([[0.75, 3.25]]))
+    assert torch.allclose(read_out(chain, relevance)["text"], t([[0.75, 0.0]]))  # the row's own entry zeroed
+
+
+def _full_products(schedule, maps, factor):
+    """Each modality's ``S_L ... S_1`` as full matrices (later layers on the left), ``factor(A)`` giving ``S``."""
+    matrices = {}
+    for modality, size in schedule.sizes.items():
+        product = torch.eye(size, dtype=torch.float64).expand(schedule.num_elements, size, size)
+        for event in schedule.self_events(modality):
+            product = torch.bmm(factor(maps[event.call]), product)
+        matrices[(modality, modality)] = product
+    return matrices
+
+
+def test_row_only_propagation_equals_the_full_matrices_through_a_stage_and_a_token_map():
+    """A LLaVA-like schedule: three vision layers, then two LM layers over a sequence whose tokens 1-2 are image tokens,
+    each pooling two of the vision tokens 1-4 (a token map); three elements read at different rows."""
+    from captum_mm.attr._readout import read_out
+    from captum_mm.relevance.propagation import RowRelevance, transformer_attribution_relevance
+    from captum_mm.relevance.rules import normalized_with_identity
+    from captum_mm.relevance.schedule import Stage
+
+    torch.manual_seed(0)
+    events = [AttentionEvent(k, "vision", "vision") for k in range(3)] + [AttentionEvent(k, "sequence", "sequence") for k in (3, 4)]
+    sizes = {"vision": 5, "sequence": 6}
+    maps = {e.call: torch.rand(3, sizes[e.query], sizes[e.query], dtype=torch.float64).softmax(-1) for e in events}
+    rows = torch.tensor([5, 4, 5])
+    pooling = t([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]])
+    image = Readout("sequence", rows, "sequence", column_index=torch.tensor([[1, 2]] * 3),
+                    through=Stage(("vision", "vision"), slice(1, 5), slice(1, None), pooling), grid=(2, 2))
+    chain = Schedule(sizes=sizes, masks={m: torch.ones(3, n, dtype=torch.bool) for m, n in sizes.items()},
+                     steps=[(e,) for e in events], outputs={"text": Readout("sequence", rows, "sequence"), "image": image},
+                     element_sample=torch.arange(3))
+    eye = lambda a: torch.eye(a.shape[-1], dtype=a.dtype)  # noqa: E731
+    cases = [
+        (generic_relevance(chain, maps), lambda a: eye(a) + a),
+        (generic_relevance(chain, maps, aggregate=False), lambda a: a),
+        (rollout_relevance(chain, maps), normalized_with_identity),
+        (transformer_attribution_relevance(chain, maps), lambda a: eye(a) + a),
+    ]
+    for relevance, factor in cases:
+        assert isinstance(relevance, RowRelevance)
+        rows_only, full = read_out(chain, relevance), read_out(chain, _full_products(chain, maps, factor))
+        for name in ("text", "image"):
+            torch.testing.assert_close(rows_only[name], full[name], rtol=1e-12, atol=1e-12)
