@@ -47,6 +47,10 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
     vectorized_backward: Optional[bool] = None
     #: Self-attention events of each modality before this one are left out (see ``Schedule.starting_at``).
     start_layer: int = 0
+    #: Capture attention lean where the method's head reduction and the model's attention function allow it
+    #: (:mod:`captum_mm.models.lean`: no per-head map kept, memory close to an SDPA forward and backward);
+    #: False records every map's probabilities in eager attention (the reference path).
+    lean: bool = True
 
     def __init__(self, forward_func: Callable, model: Optional[nn.Module] = None) -> None:
         r"""
@@ -223,7 +227,7 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         additional = _format_additional_forward_args(additional_forward_args) or ()
         with forward_pass(
             self.model, forward_func or self.forward_func, inputs, additional, target=target, needs=self.needs, rules=self.rules,
-            start_layer=self.start_layer, adapter=self.adapter, method=type(self).__name__, **options,
+            start_layer=self.start_layer, adapter=self.adapter, method=type(self).__name__, lean=self.lean, **options,
         ) as forward:
             selection, schedule = forward.selection, forward.schedule
             maps = {}

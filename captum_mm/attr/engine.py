@@ -25,6 +25,7 @@ from captum_mm.attr._checks import (
 from captum_mm.lrp import LRPState, RuleSet, attention_relevance, lrp_rules
 from captum_mm.models import ArchitectureAdapter, TargetSelection, adapter_for, capture_attention
 from captum_mm.models.capture import AttentionCall, AttentionRecord
+from captum_mm.models.lean import Fusion, LeanMaps
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
 
 
@@ -38,6 +39,9 @@ class Needs:
     gradients: bool = False
     #: The LRP relevance ``R_A`` at the maps (an LRP backward pass).
     relevance: bool = False
+    #: How the method reduces heads, when it is one lean capture computes (:mod:`captum_mm.models.lean`):
+    #: then no per-head map is kept. None: the method receives the per-head tensors.
+    fusion: Optional[Fusion] = None
 
     @property
     def backward(self) -> bool:
@@ -96,6 +100,7 @@ def forward_pass(
     start_layer: int = 0,
     adapter: Optional[ArchitectureAdapter] = None,
     method: str = "captum_mm",
+    lean: bool = True,
     **target_options: Any,
 ) -> Iterator[ForwardPass]:
     """Run ``forward_func(*inputs, *additional)`` with attention captured (and LRP rules installed
@@ -103,6 +108,7 @@ def forward_pass(
     model is undone on exit, also on error.
 
     Args:
+        lean (bool): Capture lean where the method's ``needs.fusion`` and the model allow it.
         target_options: Passed to the adapter's ``select_targets`` (DETR: ``threshold``, ``single``).
     """
     adapter = adapter or adapter_for(model)
@@ -113,7 +119,8 @@ def forward_pass(
         specs = adapter.attention_specs()
         record = stack.enter_context(
             capture_attention(
-                model, specs, adapter.check_arguments, adapter.extra_hooks, needs.backward, adapter.gradient_free_modules()
+                model, specs, adapter.check_arguments, adapter.extra_hooks, needs.backward, adapter.gradient_free_modules(),
+                lean=needs.fusion if lean else None,
             )
         )
         lrp = None
@@ -140,58 +147,68 @@ def fused_maps(
     needs: Needs,
     vectorized: Optional[bool] = None,
 ) -> Dict[int, Tensor]:
-    """One fused, padding-masked ``[E, Nq, Nk]`` map per event, ``fuse`` applied to each event's bundle.
+    """One fused, padding-masked ``[E, Nq, Nk]`` map per event, ``fuse`` applied to each event's bundle
+    (calls captured lean come with the map ``needs.fusion`` names already computed).
 
     Backward passes (if ``needs`` asks for any) run over the one forward graph. On an accelerator all
-    slots (DETR queries) share one vectorised backward (``is_grads_batched``); on CPU one backward per
-    slot over the retained graph is faster (benchmarks/README.md) and keeps a single slot's gradients
-    alive at a time. ``vectorized`` overrides that choice.
+    slots (DETR queries) share one vectorised backward (``is_grads_batched``); on CPU, or with calls
+    captured lean, one backward per slot over the retained graph is faster (benchmarks/README.md) and
+    keeps a single slot's gradients alive at a time. ``vectorized`` overrides that choice.
     """
     schedule, selection = forward.schedule, forward.selection
     calls = [forward.record.calls[event.call] for event in events]
-    probs = [call.probs for call in calls]
     valid = [schedule.masks[e.query][:, :, None] & schedule.masks[e.key][:, None, :] for e in events]
-    for event, p, v in zip(events, probs, valid):
-        check_finite_map(p, v, selection.sample, event.name)
-    names = [event.name for event in events]
+    for event, call, v in zip(events, calls, valid):
+        if call.probs is not None:
+            check_finite_map(call.probs, v, selection.sample, event.name)
     if needs.backward:
-        fused = _fused_from_backward(forward, calls, names, valid, fuse, needs, vectorized)
+        fused = _fused_from_backward(forward, events, calls, valid, fuse, needs, vectorized)
     else:
-        fused = [fuse(AttentionBundle(_take(exact(p), selection.sample), None, None, v)) for p, v in zip(probs, valid)]
+        fused = [fuse(AttentionBundle(_take(exact(cast(Tensor, call.probs)), selection.sample), None, None, v))
+                 for call, v in zip(calls, valid)]
     return {event.call: values * mask for event, values, mask in zip(events, fused, valid)}
 
 
 def _fused_from_backward(
     forward: ForwardPass,
+    events: List[AttentionEvent],
     calls: List[AttentionCall],
-    names: List[str],
     valid: List[Tensor],
     fuse: Callable[[AttentionBundle], Tensor],
     needs: Needs,
     vectorized: Optional[bool],
 ) -> List[Tensor]:
-    logits, selection = forward.logits, forward.selection
-    probs = [call.probs for call in calls]
+    logits, selection, masks = forward.logits, forward.selection, forward.schedule.masks
+    names = [event.name for event in events]
     check_connected(logits, forward.method)
     seeds = selection.grad_outputs
     slots = torch.arange(seeds.shape[0], device=seeds.device)
-    vectorized = logits.is_cuda if vectorized is None else vectorized
+    lean = any(call.lean is not None for call in calls)
+    vectorized = logits.is_cuda and not lean if vectorized is None else vectorized and not lean
     chunks = [slots] if vectorized else list(slots.split(1))
-    fused = [p.new_zeros(selection.num_elements, *p.shape[-2:], dtype=accumulation_dtype(p.dtype)) for p in probs]
+    fused = [_fused_buffer(call, logits, selection.num_elements) for call in calls]
     for chunk in chunks:
-        grads: List[Optional[Tensor]] = [None] * len(probs)
+        members = torch.isin(selection.slot, chunk)
+        position, sample = selection.slot[members] - chunk[0], selection.sample[members]
+        for event, call in zip(events, calls):
+            if call.lean is not None:
+                _prepare_lean(call.lean, needs, masks[event.query][members], masks[event.key][members], sample, call)
+        grads: List[Optional[Tensor]] = [None] * len(calls)
         if needs.gradients:
             grads = list(attention_gradients(logits, [call.differentiable for call in calls], seeds[chunk], retain_graph=True, names=names))
-        relevance: List[Optional[Tensor]] = [None] * len(probs)
+        relevance: List[Optional[Tensor]] = [None] * len(calls)
         if needs.relevance:
             assert forward.lrp is not None
             starts = forward.adapter.lrp_start(forward.lrp, logits, seeds[chunk])
             relevance = attention_relevance(forward.lrp, calls, *starts)
-        members = torch.isin(selection.slot, chunk)
-        position, sample = selection.slot[members] - chunk[0], selection.sample[members]
-        for index, p in enumerate(probs):
+        for index, call in enumerate(calls):
             gradient, grads[index] = grads[index], None
             relevant, relevance[index] = relevance[index], None
+            if call.lean is not None:
+                lean_map, call.lean.fused = cast(Tensor, call.lean.fused), None
+                check_finite_map(lean_map[:, None], valid[index][members], sample, names[index])
+                fused[index][members] = exact(lean_map)[sample]
+                continue
             if needs.relevance and relevant is None:
                 raise RuntimeError(
                     f"No LRP relevance reaches the attention map {names[index]}: the explained output does not "
@@ -199,13 +216,31 @@ def _fused_from_backward(
                 )
             fused[index][members] = fuse(
                 AttentionBundle(
-                    _take(exact(p), sample) if needs.probabilities else None,
+                    _take(exact(cast(Tensor, call.probs)), sample) if needs.probabilities else None,
                     _take_slots(gradient, position, sample),
                     _take_slots(relevant, position, sample),
                     valid[index][members],
                 )
             )
     return fused
+
+
+def _fused_buffer(call: AttentionCall, logits: Tensor, elements: int) -> Tensor:
+    """Zeros for the call's fused maps of every element, ``[E, Nq, Nk]``."""
+    if call.probs is not None:
+        return call.probs.new_zeros(elements, *call.probs.shape[-2:], dtype=accumulation_dtype(call.probs.dtype))
+    lean = cast(LeanMaps, call.lean)
+    return logits.new_zeros(elements, *lean.shape[-2:], dtype=accumulation_dtype(lean.probe.dtype))
+
+
+def _prepare_lean(lean: LeanMaps, needs: Needs, rows: Tensor, columns: Tensor, sample: Tensor, call: AttentionCall) -> None:
+    """What the call's next backward computes: the method's fusion, with each explained sample's real tokens."""
+    if needs.fusion not in ("gradient_weighted", "grad_cam"):
+        raise RuntimeError(f"{call.name} was captured lean for a fusion ({needs.fusion}) no backward computes.")
+    lean.fusion = needs.fusion
+    batch = lean.shape[0]
+    lean.rows = torch.ones(batch, lean.shape[-2], dtype=torch.bool, device=rows.device).index_copy(0, sample, rows)
+    lean.columns = torch.ones(batch, lean.shape[-1], dtype=torch.bool, device=columns.device).index_copy(0, sample, columns)
 
 
 def attention_gradients(

@@ -96,7 +96,7 @@ class GenericAttention(AttentionAttribution):
         self.self_in_bimodal = self_in_bimodal
         self.head_weighting = head_weighting
         lrp = head_weighting == "lrp"
-        self.needs = Needs(probabilities=not lrp, gradients=True, relevance=lrp)
+        self.needs = Needs(probabilities=not lrp, gradients=True, relevance=lrp, fusion=None if lrp else "gradient_weighted")
         self.rules = rules
         self.zero_row_update = zero_row_update
         self._set_start_layer(start_layer)

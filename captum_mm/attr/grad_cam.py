@@ -22,7 +22,7 @@ class AttentionGradCam(LastLayerAttribution):
         >>> explanation = AttentionGradCam(model).explain((input_ids, visual_feats, visual_pos))
     """
 
-    needs = Needs(probabilities=True, gradients=True)
+    needs = Needs(probabilities=True, gradients=True, fusion="grad_cam")
 
     def _fuse(self, bundle: AttentionBundle) -> Tensor:
         return grad_cam(cast(Tensor, bundle.probs), cast(Tensor, bundle.grads), bundle.valid)

@@ -33,7 +33,7 @@ class RawAttention(LastLayerAttribution):
         >>> explanation = RawAttention(model).explain((input_ids, visual_feats, visual_pos))
     """
 
-    needs = Needs(probabilities=True)
+    needs = Needs(probabilities=True, fusion="head_mean")
 
     def _fuse(self, bundle: AttentionBundle) -> Tensor:
         return head_mean(cast(Tensor, bundle.probs))

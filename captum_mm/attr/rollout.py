@@ -26,7 +26,7 @@ class AttentionRollout(AttentionAttribution):
         >>> explanation = AttentionRollout(model).explain((input_ids, visual_feats, visual_pos))
     """
 
-    needs = Needs(probabilities=True)
+    needs = Needs(probabilities=True, fusion="head_mean")
 
     def __init__(self, forward_func: Callable, model: Optional[nn.Module] = None, start_layer: int = 0) -> None:
         r"""

@@ -120,7 +120,7 @@ def attention_hook(
     def hook(module: nn.Module, args: Tuple[Any, ...], output: Any) -> Any:
         projected = tuple(state.output_of(linear) for linear in parts.qkv_modules)
         call = record.latest(spec)
-        attention = call.probs
+        attention = cast(Tensor, call.probs)  # LRP captures eager
         call.probe = torch.zeros((), dtype=accumulation_dtype(attention.dtype), device=attention.device,
                                  requires_grad=True).expand(attention.shape)
         projection = (parts.projection, state.linear_io[id(parts.projection)]) if parts.projection is not None else None

@@ -20,6 +20,7 @@ from torch.utils.hooks import RemovableHandle
 from transformers import AttentionInterface
 
 from captum_mm._handles import HandleList, Restore
+from captum_mm.models.lean import LEAN, Fusion, LeanMaps, LeanSite, lean_module, recording, stop_recording
 from captum_mm.relevance.schedule import AttentionEvent
 from captum_mm.spec import AttentionSpec
 
@@ -33,16 +34,23 @@ class AttentionCall:
 
     spec: AttentionSpec
     count: int
-    probs: Tensor
+    #: ``[B, H, Nq, Nk]``; under lean capture the head mean ``[B, 1, Nq, Nk]`` (methods needing no gradient) or None.
+    probs: Optional[Tensor]
     probe: Optional[Tensor] = None
     #: When ``probs`` concatenates tensors the forward used (one attention call per image), those tensors:
     #: autograd reaches them, not their concatenation.
     parts: Optional[List[Tensor]] = None
 
+    #: Under lean capture, the call's head-reduced maps (:mod:`captum_mm.models.lean`).
+    lean: Optional[LeanMaps] = None
+
     @property
     def differentiable(self) -> List[Tensor]:
-        """The tensors whose gradients make up the gradient of ``probs`` (concatenated along the batch)."""
-        return self.parts if self.parts is not None else [self.probs]
+        """The tensors whose gradients make up the gradient of ``probs`` (concatenated along the batch); under
+        lean capture the probe whose gradient runs the call's backward."""
+        if self.lean is not None:
+            return [self.lean.probe]
+        return self.parts if self.parts is not None else [cast(Tensor, self.probs)]
 
     @property
     def site(self) -> str:
@@ -92,18 +100,21 @@ def _configs_of(model: nn.Module) -> List[Any]:
     return list(found.values())
 
 
-def use_eager_attention(model: nn.Module, recorded: Sequence[Any] = ()) -> Restore:
+def use_eager_attention(model: nn.Module, recorded: Sequence[Any] = (), lean: Sequence[Any] = ()) -> Restore:
     """Switch every config of ``model`` to eager attention (``recorded`` configs to eager attention
-    whose weights are recorded, :func:`recorded_eager_attention`); the returned handle restores them.
+    whose weights are recorded, :func:`recorded_eager_attention`; ``lean`` ones to lean capture,
+    :mod:`captum_mm.models.lean`); the returned handle restores them.
 
     The saved values are written back as they were (not through
     ``set_attn_implementation``, which some backbones refuse).
     """
     saved = [(config, config._attn_implementation_internal) for config in _configs_of(model)]
-    recorded_ids = {id(config) for config in recorded}
+    recorded_ids, lean_ids = {id(config) for config in recorded}, {id(config) for config in lean}
     for config, implementation in saved:
         if id(config) in recorded_ids:
             config._attn_implementation_internal = RECORDED_EAGER
+        elif id(config) in lean_ids:
+            config._attn_implementation_internal = LEAN
         elif implementation not in (None, EAGER):
             config._attn_implementation_internal = EAGER
 
@@ -228,6 +239,22 @@ def replay_after_forward(module: nn.Module, replay: Callable[[Dict[str, Any], An
     return [module.register_forward_pre_hook(before, with_kwargs=True), module.register_forward_hook(after, with_kwargs=True)]
 
 
+def _lean_sites(specs: Sequence[AttentionSpec], record: AttentionRecord, fusion: Fusion) -> Dict[nn.Module, LeanSite]:
+    """The module computing the attention of each spec lean capture serves, and its site recording into ``record``."""
+    sites = {}
+    for spec in specs:
+        module = lean_module(spec.module)
+        if module is None or spec.probs.recorded or spec.probs.module is not spec.module or spec.probs.argument is not None:
+            continue
+
+        def record_call(mean: Optional[Tensor], maps: LeanMaps, spec: AttentionSpec = spec, count: List[int] = [0]) -> None:
+            record.calls.append(AttentionCall(spec, count[0], None if mean is None else mean[:, None], lean=maps))
+            count[0] += 1
+
+        sites[module] = LeanSite(record_call, "head_mean" if fusion == "head_mean" else None, spec)
+    return sites
+
+
 @contextmanager
 def capture_attention(
     model: nn.Module,
@@ -236,6 +263,7 @@ def capture_attention(
     extra_hooks: Callable[[AttentionRecord], List[Any]] = lambda record: [],
     with_gradients: bool = True,
     gradient_free: Sequence[nn.Module] = (),
+    lean: Optional[Fusion] = None,
 ) -> Iterator[AttentionRecord]:
     """Record every attention call of ``model`` inside the ``with`` block.
 
@@ -251,6 +279,9 @@ def capture_attention(
                     so the recorded maps are part of the autograd graph...
         gradient_free (sequence of nn.Module): ... except the parameters of these
                     modules, on which no attention map depends (DETR's CNN backbone).
+        lean (Fusion, optional): Capture the modules whose attention function allows it lean,
+                    keeping only this head reduction (:mod:`captum_mm.models.lean`; not in
+                    training mode). Default: None (every map's probabilities)
 
     Yields:
         AttentionRecord: filled in while the model runs.
@@ -258,13 +289,16 @@ def capture_attention(
     record = AttentionRecord()
     handles = HandleList()
     recorded = [spec for spec in specs if spec.probs.recorded]
-    token = _recording.set({})
+    sites = _lean_sites(specs, record, lean) if lean is not None and not model.training else {}
+    leaned = {site.spec for site in sites.values()}
+    token, lean_token = _recording.set({}), recording({id(module): site for module, site in sites.items()})
     try:
-        handles.append(use_eager_attention(model, [getattr(spec.module, "config") for spec in recorded]))
+        configs = [getattr(spec.module, "config") for spec in recorded]
+        handles.append(use_eager_attention(model, configs, [getattr(module, "config") for module in sites]))
         if with_gradients:
             handles.append(require_parameter_gradients(model, gradient_free))
         handles.append(_record_arguments(model, record, check_arguments))
-        handles.extend(_record_calls(spec, record) for spec in specs if not spec.probs.recorded)
+        handles.extend(_record_calls(spec, record) for spec in specs if not spec.probs.recorded and spec not in leaned)
         for spec in recorded:
             handles.extend(_record_function_calls(spec, record))
         handles.extend(extra_hooks(record))
@@ -272,3 +306,4 @@ def capture_attention(
     finally:
         handles.remove()
         _recording.reset(token)
+        stop_recording(lean_token)

@@ -26,6 +26,11 @@ def grad_cam(probs: Tensor, grads: Tensor, valid: Optional[Tensor] = None) -> Te
     else:
         valid = valid.unsqueeze(-3).to(grads.dtype)
         weights = (grads * valid).sum(dim=(-2, -1), keepdim=True) / valid.sum(dim=(-2, -1), keepdim=True).clamp(min=1)
+    return weighted_head_mean(weights, probs)
+
+
+def weighted_head_mean(weights: Tensor, probs: Tensor) -> Tensor:
+    """``(mean_h(w_h A_h))^+`` for head weights ``[..., H, 1, 1]``."""
     return (weights * probs).mean(dim=-3).clamp(min=0)
 
 

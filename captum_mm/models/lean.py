@@ -1,0 +1,250 @@
+"""Lean attention capture: attention recorded inside transformers' attention function without keeping
+its per-head probabilities.
+
+A model whose attention modules call transformers' ``AttentionInterface`` is switched, while it is
+explained, to the function registered here under :data:`LEAN`. Its forward computes attention as the
+family's eager function does, row chunk by row chunk, keeping nothing per head (for a method that needs
+no gradient, the head mean of the probabilities, ``[B, Nq, Nk]``). Its backward (a custom autograd
+function) recomputes the probabilities chunk by chunk and returns the standard ``dQ, dK, dV`` and, for
+the method's declared :data:`Fusion`, that call's head-reduced map for the backward's seed: Eq. 5's
+``mean_h((dA * A)^+)`` or attention Grad-CAM's ``(mean_h(w_h A_h))^+``. Peak memory beyond an SDPA
+forward and backward: one ``[B, Nq, Nk]`` map per call and a chunk's temporaries.
+
+The eager path (every call's ``[B, H, Nq, Nk]`` probabilities in the graph) stays as the fallback and
+the test oracle: LRP-based methods need the probabilities themselves, and modules outside
+:data:`LEAN_ATTENTION` (whose eager function differs) are recorded as before.
+"""
+
+import sys
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, cast
+
+import torch
+from torch import Tensor, nn
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+from transformers.models.bart.modeling_bart import BartAttention
+from transformers.models.bert.modeling_bert import BertCrossAttention, BertSelfAttention
+from transformers.models.clip.modeling_clip import CLIPAttention
+from transformers.models.gemma.modeling_gemma import GemmaAttention
+from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
+from transformers.models.idefics3.modeling_idefics3 import Idefics3VisionAttention
+from transformers.models.llama.modeling_llama import LlamaAttention
+from transformers.models.mistral.modeling_mistral import MistralAttention
+from transformers.models.opt.modeling_opt import OPTAttention
+from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention
+from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLAttention
+from transformers.models.siglip.modeling_siglip import SiglipAttention
+from transformers.models.smolvlm.modeling_smolvlm import SmolVLMVisionAttention
+from transformers.models.vit.modeling_vit import ViTAttention
+
+from captum_mm._precision import accumulation_dtype, exact
+from captum_mm.relevance.heads import gradient_weighted, head_mean, weighted_head_mean
+
+#: The attention-interface key lean capture switches a model's configs to.
+LEAN = "captum_mm_lean"
+#: How a method reduces each call's heads when it is known by name (None: the method needs the probabilities).
+Fusion = Literal["head_mean", "gradient_weighted", "grad_cam"]
+
+#: Modules whose attention function lean capture computes as their family's eager function does: the value
+#: says whether that function takes the softmax in float32 (cast back after) or in the model's dtype.
+LEAN_ATTENTION: Dict[type, bool] = {
+    **dict.fromkeys((LlamaAttention, Qwen2Attention, MistralAttention, GemmaAttention, Qwen2VLAttention, OPTAttention,
+                     CLIPAttention, SiglipAttention, Idefics3VisionAttention, SmolVLMVisionAttention, ViTAttention), True),
+    **dict.fromkeys((BertSelfAttention, BertCrossAttention, BartAttention, GPT2Attention), False),
+}
+#: Elements of one chunk's ``[B, H, rows, Nk]`` temporaries (several live at once).
+CHUNK_ELEMENTS = 1 << 22
+
+
+@dataclass
+class LeanMaps:
+    """One lean attention call's head-reduced maps.
+
+    Attributes:
+        fusion (Fusion, optional): What the next backward computes (None: nothing, the call is not used).
+        rows, columns (Tensor, optional): ``[B, Nq]``, ``[B, Nk]`` real tokens, for Grad-CAM's gradient mean.
+        fused (Tensor, optional): ``[B, Nq, Nk]`` the last backward's map.
+        probe (Tensor): A ``[1]`` leaf the call's output depends on: asking autograd for its gradient runs
+                    the call's backward.
+        shape (tuple): The call's ``(B, H, Nq, Nk)``.
+    """
+
+    probe: Tensor
+    shape: Tuple[int, int, int, int]  # the call's B, H, Nq, Nk
+    fusion: Optional[Fusion] = None
+    rows: Optional[Tensor] = None
+    columns: Optional[Tensor] = None
+    fused: Optional[Tensor] = None
+
+
+@dataclass
+class LeanSite:
+    """A module under lean capture, as the lean function finds it: ``record(head_mean, maps)`` keeps each call
+    (``head_mean`` ``[B, Nq, Nk]`` when ``forward_fusion`` is ``"head_mean"``, else None)."""
+
+    record: Callable[[Optional[Tensor], LeanMaps], None]
+    forward_fusion: Optional[Fusion]
+    spec: Any  # the AttentionSpec it serves
+
+
+_sites: ContextVar[Optional[Dict[int, LeanSite]]] = ContextVar("captum_mm_lean_sites", default=None)
+
+
+def lean_module(module: nn.Module) -> Optional[nn.Module]:
+    """The module inside ``module`` (or itself) whose attention function lean capture can compute, if exactly one."""
+    found = [m for m in module.modules() if type(m) in LEAN_ATTENTION]
+    return found[0] if len(found) == 1 else None
+
+
+def _eager(module: nn.Module) -> Callable[..., Tuple[Tensor, Tensor]]:
+    return cast(Callable[..., Tuple[Tensor, Tensor]], getattr(sys.modules[type(module).__module__], "eager_attention_forward"))
+
+
+def lean_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Optional[Tensor],
+    scaling: Optional[float] = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """The attention function registered under :data:`LEAN`: for a recorded module, attention without its
+    per-head probabilities (returned as None); for any other module, its family's eager function."""
+    sites = _sites.get()
+    site = None if sites is None else sites.get(id(module))
+    if site is None:
+        return _eager(module)(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    if dropout > 0 or kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+        raise ValueError(f"{type(module).__name__} called its attention with dropout, a soft cap or attention sinks, "
+                         "which lean capture does not compute: explain the model in eval mode, or set lean = False on the method.")
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    probe = torch.zeros(1, dtype=query.dtype, device=query.device, requires_grad=torch.is_grad_enabled())
+    maps = LeanMaps(probe, (query.shape[0], query.shape[1], query.shape[2], key.shape[2]))
+    options = _Options(scale, query.shape[1] // key.shape[1], LEAN_ATTENTION[type(module)], site.forward_fusion, maps)
+    output, mean = _LeanAttention.apply(query, key, value, attention_mask, maps.probe, options)
+    site.record(mean, maps)
+    return output.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(LEAN, lean_attention)
+ALL_MASK_ATTENTION_FUNCTIONS.register(LEAN, eager_mask)  # the additive masks eager attention takes
+
+
+@dataclass(frozen=True)
+class _Options:
+    scaling: float
+    groups: int  # query heads per key/value head
+    float32_softmax: bool
+    forward_fusion: Optional[Fusion]
+    maps: LeanMaps
+
+
+def _row_chunks(query: Tensor, keys: int) -> List[slice]:
+    rows = max(1, CHUNK_ELEMENTS // max(1, query.shape[0] * query.shape[1] * keys))
+    return [slice(start, start + rows) for start in range(0, query.shape[2], rows)]
+
+
+def _repeated(states: Tensor, groups: int) -> Tensor:
+    return states if groups == 1 else states.repeat_interleave(groups, dim=1)
+
+
+def _summed_groups(gradient: Tensor, groups: int) -> Tensor:
+    return gradient if groups == 1 else gradient.unflatten(1, (-1, groups)).sum(2)
+
+
+def _probabilities(query: Tensor, key: Tensor, mask: Optional[Tensor], rows: slice, options: _Options) -> Tensor:
+    """``softmax(Q K^T * scaling + mask)`` for ``rows`` of the queries, as the family's eager function computes it."""
+    scores = torch.matmul(query[:, :, rows], key.transpose(-1, -2)) * options.scaling
+    if mask is not None:
+        scores = scores + mask[:, :, rows]
+    if options.float32_softmax:
+        return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.softmax(scores, dim=-1)
+
+
+class _LeanAttention(torch.autograd.Function):
+    """``softmax(Q K^T * scaling + mask) V`` per head, ``[B, H, Nq, d]``, and (forward fusion ``head_mean``)
+    the head mean of the probabilities; backward recomputes them chunk by chunk (see the module)."""
+
+    @staticmethod
+    def forward(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor], probe: Tensor,
+                options: _Options) -> Tuple[Tensor, Optional[Tensor]]:
+        keys, values = _repeated(key, options.groups), _repeated(value, options.groups)
+        output = query.new_empty(*query.shape[:3], value.shape[-1])
+        mean = None
+        if options.forward_fusion == "head_mean":  # in the precision methods reduce heads in
+            mean = query.new_empty(query.shape[0], query.shape[2], key.shape[2], dtype=accumulation_dtype(query.dtype))
+        for rows in _row_chunks(query, key.shape[2]):
+            probs = _probabilities(query, keys, mask, rows, options)
+            output[:, :, rows] = torch.matmul(probs, values)
+            if mean is not None:
+                mean[:, rows] = head_mean(exact(probs))
+        return output, mean
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> None:
+        query, key, value, mask, _, options = inputs
+        ctx.save_for_backward(query, key, value, mask)
+        ctx.options = options
+        ctx.mark_non_differentiable(*(t for t in output[1:] if t is not None))
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor, _: Any) -> Tuple[Optional[Tensor], ...]:
+        query, key, value, mask = ctx.saved_tensors
+        options: _Options = ctx.options
+        maps, exact_dtype = options.maps, accumulation_dtype(query.dtype)
+        keys, values = _repeated(key, options.groups), _repeated(value, options.groups)
+        grad_query, grad_keys, grad_values = torch.zeros_like(query), torch.zeros_like(keys), torch.zeros_like(values)
+        fused = None if maps.fusion is None else query.new_zeros(query.shape[0], query.shape[2], key.shape[2], dtype=exact_dtype)
+        gradient_sums = query.new_zeros(query.shape[0], query.shape[1], 1, 1, dtype=exact_dtype)  # Grad-CAM: dA over real entries
+        chunks = _row_chunks(query, key.shape[2])
+        for rows in chunks:
+            probs = _probabilities(query, keys, mask, rows, options)
+            grad_chunk = grad_output[:, :, rows]
+            grad_probs = torch.matmul(grad_chunk, values.transpose(-1, -2))
+            grad_values += torch.matmul(probs.transpose(-1, -2), grad_chunk)
+            grad_scores = _softmax_backward(probs, grad_probs, options.float32_softmax) * options.scaling
+            grad_query[:, :, rows] = torch.matmul(grad_scores, keys)
+            grad_keys += torch.matmul(grad_scores.transpose(-1, -2), query[:, :, rows])
+            if maps.fusion == "gradient_weighted":
+                cast(Tensor, fused)[:, rows] = gradient_weighted(exact(probs), exact(grad_probs))
+            elif maps.fusion == "grad_cam":
+                real = _real(maps, rows)
+                gradient_sums += (exact(grad_probs) * real[:, None]).sum(dim=(-2, -1), keepdim=True)
+        if maps.fusion == "grad_cam":  # a second pass: each head weighted by its mean gradient over the real entries
+            count = (cast(Tensor, maps.rows).sum(-1) * cast(Tensor, maps.columns).sum(-1)).clamp(min=1)
+            weights = gradient_sums / count.to(gradient_sums.dtype)[:, None, None, None]
+            for rows in chunks:
+                cast(Tensor, fused)[:, rows] = weighted_head_mean(weights, exact(_probabilities(query, keys, mask, rows, options)))
+        maps.fused = fused
+        grad_key, grad_value = _summed_groups(grad_keys, options.groups), _summed_groups(grad_values, options.groups)
+        return grad_query, grad_key, grad_value, None, torch.zeros_like(maps.probe), None
+
+
+def _softmax_backward(probs: Tensor, grad_probs: Tensor, float32_softmax: bool) -> Tensor:
+    """The gradient at the scores of ``probs = softmax(scores)``, in the precision the eager function's softmax ran."""
+    if float32_softmax:
+        p, g = probs.float(), grad_probs.float()
+        return (p * (g - (g * p).sum(-1, keepdim=True))).to(probs.dtype)
+    return probs * (grad_probs - (grad_probs * probs).sum(-1, keepdim=True))
+
+
+def _real(maps: LeanMaps, rows: slice) -> Tensor:
+    """``[B, rows, Nk]`` the entries between real tokens."""
+    return cast(Tensor, maps.rows)[:, rows, None] & cast(Tensor, maps.columns)[:, None, :]
+
+
+def recording(sites: Dict[int, LeanSite]) -> Any:
+    """Make ``sites`` (id of a module under lean capture: its site) the modules the lean function records;
+    returns the token to :func:`stop_recording` with."""
+    return _sites.set(sites)
+
+
+def stop_recording(token: Any) -> None:
+    _sites.reset(token)
+
+

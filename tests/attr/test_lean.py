@@ -1,0 +1,151 @@
+"""Lean capture (inside transformers' attention function, no per-head map kept) against the eager path, its
+oracle: the same relevance on every family whose attention function it computes, for every method that can
+use it; the model left as it was."""
+
+import pytest
+import torch
+
+from captum_mm.attr import AttentionGradCam, AttentionRollout, GenericAttention, RawAttention
+from captum_mm.attr.engine import forward_pass
+from captum_mm.generation import generation_forward
+from captum_mm.models import lean as lean_module
+from methods_under_test import MAY_VANISH
+from helpers import (
+    CASES,
+    ENCODER_DECODERS,
+    LANGUAGE_MODELS,
+    VLMS,
+    assert_same_state,
+    blip2,
+    encoder_decoder_model,
+    family_prompts,
+    language_model,
+    model_state,
+    prompt_batch,
+)
+
+LEAN_METHODS = {
+    "generic": GenericAttention,
+    "generic-no-aggregation": lambda *models: GenericAttention(*models, normalize=False, aggregate=False),
+    "raw-attention": RawAttention,
+    "rollout": AttentionRollout,
+    "grad-cam": AttentionGradCam,
+}
+CONTINUATION = [[5, 6], [7], [8, 9]]
+#: Families whose attention goes through transformers' AttentionInterface (T5's position bias, LXMERT, VisualBERT,
+#: ViLT, DETR and BLIP write theirs inline: eager path).
+CLASSIFIERS = ["vit", "bert", "clip"]
+
+
+def generative(family):
+    """A generative model of the family and its prompt."""
+    if family in LANGUAGE_MODELS:
+        ids, mask = prompt_batch()
+        return language_model(family), {"input_ids": ids, "attention_mask": mask}
+    if family in ENCODER_DECODERS:
+        ids, mask = prompt_batch()
+        return encoder_decoder_model(family), {"input_ids": ids, "attention_mask": mask}
+    if family.startswith("blip2"):
+        return blip2(language=family.split("-")[1]), family_prompts("blip2")
+    return VLMS[family](), family_prompts(family)
+
+
+GENERATIVE = sorted(LANGUAGE_MODELS) + ["bart"] + sorted(VLMS) + ["blip2-llama", "blip2-opt"]
+
+
+def lean_calls(model, prompt, method):
+    forward, arguments, target = generation_forward(model, prompt, CONTINUATION, False, None)
+    with forward_pass(model, forward, arguments, target=target, needs=method.needs) as run:
+        return [call.lean is not None for call in run.record.calls]
+
+
+def explanations(make, explain):
+    lean, eager = make(), make()
+    eager.lean = False
+    return explain(lean), explain(eager)
+
+
+def assert_same(lean, eager, method):
+    assert lean.relevance.keys() == eager.relevance.keys()
+    for name in lean.relevance:
+        torch.testing.assert_close(lean.relevance[name], eager.relevance[name], rtol=1e-5, atol=1e-6)
+    assert method in MAY_VANISH or any(bool(values.abs().sum() > 0) for values in lean.relevance.values())
+
+
+@pytest.mark.parametrize("method", sorted(LEAN_METHODS))
+@pytest.mark.parametrize("family", GENERATIVE)
+def test_lean_equals_eager_on_generated_tokens(family, method):
+    model, prompt = generative(family)
+    forward, arguments, _ = generation_forward(model, prompt, CONTINUATION, False, None)
+    with torch.no_grad():
+        forward(*arguments)  # HF installs its own output-capture hooks on a model's first forward
+    before = model_state(model)
+    make = lambda: LEAN_METHODS[method](model)  # noqa: E731
+    lean, eager = explanations(make, lambda explainer: explainer.explain(prompt, continuation=CONTINUATION))
+    assert_same(lean, eager, method)
+    assert_same_state(before, model_state(model))
+
+
+@pytest.mark.parametrize("method", sorted(LEAN_METHODS))
+@pytest.mark.parametrize("family", CLASSIFIERS)
+def test_lean_equals_eager_on_classifiers(family, method):
+    case = CASES[family]()
+    make = lambda: LEAN_METHODS[method](case.forward, case.model)  # noqa: E731
+    lean, eager = explanations(make, lambda e: e.explain(case.inputs, additional_forward_args=case.additional))
+    assert_same(lean, eager, method)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt", "bart", "llava", "qwen2_vl", "blip2-opt"])
+def test_every_attention_interface_call_is_captured_lean(family):
+    """The LMs' and the CLIP/SigLIP towers' calls are lean; Qwen2-VL's vision tower (its weights recorded inside
+    its own eager function) and BLIP-2's inline vision and Q-Former attention stay on the eager path."""
+    model, prompt = generative(family)
+    calls = lean_calls(model, prompt, GenericAttention(model))
+    eager_calls = {"qwen2_vl": 2, "blip2-opt": 2 + 4}.get(family, 0)
+    assert calls.count(False) == eager_calls and calls.count(True) == len(calls) - eager_calls > 0
+    lrp = GenericAttention(model, head_weighting="lrp")  # the LRP rules need the probabilities: eager
+    assert not any(lean_calls(model, prompt, lrp))
+
+
+def test_grad_cam_weights_use_only_real_entries_also_lean():
+    """Grad-CAM's head weights average the gradient over the entries between real tokens; the lean backward gets
+    each explained sample's masks: a left-padded sample gets what it gets alone."""
+    model = language_model("llama")
+    ids, mask = prompt_batch()
+    batched = AttentionGradCam(model).explain({"input_ids": ids, "attention_mask": mask}, continuation=CONTINUATION)
+    alone = AttentionGradCam(model).explain({"input_ids": ids[1:2, 2:]}, continuation=[CONTINUATION[1]])
+    torch.testing.assert_close(batched.text[1, :1, 2:], alone.text[0, :1], rtol=1e-5, atol=1e-6)
+
+
+def test_lean_backward_chunks_rows_as_one(monkeypatch):
+    """Chunks of query rows (forced to one row each) give the same maps as one chunk."""
+    model = language_model("llama")
+    ids, mask = prompt_batch()
+    whole = GenericAttention(model).explain({"input_ids": ids, "attention_mask": mask}, continuation=CONTINUATION)
+    monkeypatch.setattr(lean_module, "CHUNK_ELEMENTS", 1)
+    rows = GenericAttention(model).explain({"input_ids": ids, "attention_mask": mask}, continuation=CONTINUATION)
+    torch.testing.assert_close(rows.text, whole.text)
+    torch.testing.assert_close(rows.generated, whole.generated)
+
+
+def test_training_mode_falls_back_to_the_eager_path():
+    model = language_model("llama")
+    ids, mask = prompt_batch()
+    model.train()
+    try:
+        assert not any(lean_calls(model, {"input_ids": ids, "attention_mask": mask}, GenericAttention(model)))
+    finally:
+        model.eval()
+
+
+def test_an_sdpa_model_is_switched_to_lean_and_back():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**{**language_model("llama").config.to_dict(), "attn_implementation": "sdpa"})
+    model = LlamaForCausalLM(config).eval()
+    ids, mask = prompt_batch()
+    before = model_state(model)
+    assert model.config._attn_implementation == "sdpa"
+    explanation = GenericAttention(model).explain({"input_ids": ids, "attention_mask": mask}, continuation=CONTINUATION)
+    assert explanation.text.abs().sum() > 0 and model.config._attn_implementation == "sdpa"
+    assert_same_state(before, model_state(model))
