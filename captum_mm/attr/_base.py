@@ -2,6 +2,7 @@
 
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+import torch
 from captum.attr import GradientAttribution, LayerAttribution
 from torch import Tensor, nn
 
@@ -14,7 +15,7 @@ from captum_mm._compat import (
 )
 from captum_mm._precision import accumulation_dtype
 from captum_mm.attr._checks import uncompiled
-from captum_mm.attr.engine import AttentionBundle, Needs, check_inputs, forward_pass, fused_maps
+from captum_mm.attr.engine import AttentionBundle, ForwardPass, Needs, check_inputs, forward_pass, fused_maps, slot_groups
 from captum_mm.generation import ContinuationLike, generation_forward, prompt_arguments
 from captum_mm.attr._readout import Explanation, Matrices, assemble, input_outputs, read_out, spread_to_inputs
 from captum_mm.lrp import RuleSet
@@ -47,6 +48,10 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
     vectorized_backward: Optional[bool] = None
     #: Self-attention events of each modality before this one are left out (see ``Schedule.starting_at``).
     start_layer: int = 0
+    #: Bytes the explained elements' relevance buffers (fused maps, relevance matrices) may take at once: the
+    #: elements are then explained in groups of backward passes, with the same results. The model's own
+    #: forward and backward are not counted. None: all elements at once.
+    max_memory: Optional[int] = None
     #: Capture attention lean where the method's head reduction and the model's attention function allow it
     #: (:mod:`captum_mm.models.lean`: no per-head map kept, memory close to an SDPA forward and backward);
     #: False records every map's probabilities in eager attention (the reference path).
@@ -230,12 +235,25 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
             start_layer=self.start_layer, adapter=self.adapter, method=type(self).__name__, lean=self.lean, **options,
         ) as forward:
             selection, schedule = forward.selection, forward.schedule
-            maps = {}
-            if selection.num_elements:
-                maps = fused_maps(forward, self._events(schedule), self._fuse, self.needs, self.vectorized_backward)
-        if selection.num_elements:
-            matrices = self._relevance_matrices(schedule, maps)
-        else:
-            like = forward.logits.new_zeros((), dtype=accumulation_dtype(forward.logits.dtype))
-            matrices = {(row, key): like.new_zeros(0, schedule.sizes[row], schedule.sizes[key]) for row, key in schedule.pairs}
-        return assemble(selection, read_out(schedule, matrices), int(forward.logits.shape[0])), forward.record.arguments
+            if not selection.num_elements:
+                like = forward.logits.new_zeros((), dtype=accumulation_dtype(forward.logits.dtype))
+                empty = {(row, key): like.new_zeros(0, schedule.sizes[row], schedule.sizes[key]) for row, key in schedule.pairs}
+                outputs = read_out(schedule, empty)
+            else:
+                outputs = self._outputs_in_groups(forward)
+        return assemble(selection, outputs, int(forward.logits.shape[0])), forward.record.arguments
+
+    def _outputs_in_groups(self, forward: ForwardPass) -> Dict[str, Tensor]:
+        """Every element's outputs, the elements taken in groups of backward slots whose relevance buffers fit in
+        :attr:`max_memory` (the same values as all at once)."""
+        selection, events = forward.selection, self._events(forward.schedule)
+        outputs: Dict[str, Tensor] = {}
+        for slots in slot_groups(forward, events, self.max_memory):
+            elements = torch.isin(selection.slot, slots).nonzero()[:, 0]
+            schedule = forward.schedule.of_elements(elements)
+            maps = fused_maps(forward, events, self._fuse, self.needs, self.vectorized_backward, slots)
+            for name, values in read_out(schedule, self._relevance_matrices(schedule, maps)).items():
+                if name not in outputs:
+                    outputs[name] = values.new_zeros(selection.num_elements, *values.shape[1:])
+                outputs[name][elements] = values
+        return outputs

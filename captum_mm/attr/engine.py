@@ -6,6 +6,7 @@ Methods declare their :class:`Needs` and receive one :class:`AttentionBundle` pe
 runs no backward pass and hands over no tensor that no method asked for.
 """
 
+import warnings
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union, cast
@@ -146,31 +147,53 @@ def fused_maps(
     fuse: Callable[[AttentionBundle], Tensor],
     needs: Needs,
     vectorized: Optional[bool] = None,
+    slots: Optional[Tensor] = None,
 ) -> Dict[int, Tensor]:
     """One fused, padding-masked ``[E, Nq, Nk]`` map per event, ``fuse`` applied to each event's bundle
-    (calls captured lean come with the map ``needs.fusion`` names already computed).
+    (calls captured lean come with the map ``needs.fusion`` names already computed), for the elements of
+    the backward ``slots`` (default: all; :func:`slot_groups`), in element order.
 
     Backward passes (if ``needs`` asks for any) run over the one forward graph. On an accelerator all
     slots (DETR queries) share one vectorised backward (``is_grads_batched``); on CPU, or with calls
     captured lean, one backward per slot over the retained graph is faster (benchmarks/README.md) and
     keeps a single slot's gradients alive at a time. ``vectorized`` overrides that choice.
     """
-    schedule, selection = forward.schedule, forward.selection
+    selection = forward.selection
+    slots = torch.arange(selection.grad_outputs.shape[0], device=selection.slot.device) if slots is None else slots
+    elements = torch.isin(selection.slot, slots).nonzero()[:, 0]
+    schedule, sample = forward.schedule.of_elements(elements), selection.sample[elements]
     calls = [forward.record.calls[event.call] for event in events]
     valid = [schedule.masks[e.query][:, :, None] & schedule.masks[e.key][:, None, :] for e in events]
     for event, call, v in zip(events, calls, valid):
         if call.probs is not None:
-            check_finite_map(call.probs, v, selection.sample, event.name)
-    if needs.backward:
-        fused = _fused_from_backward(forward, events, calls, valid, fuse, needs, vectorized)
-    else:
-        fused = [fuse(AttentionBundle(_take(exact(cast(Tensor, call.probs)), selection.sample), None, None, v))
-                 for call, v in zip(calls, valid)]
+            check_finite_map(call.probs, v, sample, event.name)
+    if needs.backward:  # into buffers of its own: masked in place
+        fused = _fused_from_backward(forward, schedule, elements, slots, events, calls, valid, fuse, needs, vectorized)
+        return {event.call: values.mul_(mask) for event, values, mask in zip(events, fused, valid)}
+    fused = [fuse(AttentionBundle(_take(exact(cast(Tensor, call.probs)), sample), None, None, v)) for call, v in zip(calls, valid)]
     return {event.call: values * mask for event, values, mask in zip(events, fused, valid)}
+
+
+def slot_groups(forward: ForwardPass, events: List[AttentionEvent], max_memory: Optional[int]) -> List[Tensor]:
+    """The backward slots in groups whose elements' relevance buffers fit in ``max_memory`` bytes (one group
+    when None); a slot that alone needs more forms its own group, with a warning."""
+    selection, schedule = forward.selection, forward.schedule
+    slots = torch.arange(selection.grad_outputs.shape[0], device=selection.slot.device)
+    if max_memory is None or not selection.num_elements:
+        return [slots]
+    itemsize = torch.empty((), dtype=accumulation_dtype(forward.logits.dtype)).element_size()
+    per_slot = schedule.element_bytes(events, itemsize) * int(torch.bincount(selection.slot).max())
+    if per_slot > max_memory:
+        warnings.warn(f"max_memory={max_memory} bytes is less than one backward's explained elements need "
+                      f"({per_slot} bytes): they are explained one backward at a time.", stacklevel=3)
+    return list(slots.split(max(1, max_memory // per_slot)))
 
 
 def _fused_from_backward(
     forward: ForwardPass,
+    schedule: Schedule,
+    elements: Tensor,
+    slots: Tensor,
     events: List[AttentionEvent],
     calls: List[AttentionCall],
     valid: List[Tensor],
@@ -178,18 +201,19 @@ def _fused_from_backward(
     needs: Needs,
     vectorized: Optional[bool],
 ) -> List[Tensor]:
-    logits, selection, masks = forward.logits, forward.selection, forward.schedule.masks
+    """The fused maps of the ``elements`` (those of the backward ``slots``; ``schedule`` is theirs)."""
+    logits, selection, masks = forward.logits, forward.selection, schedule.masks
     names = [event.name for event in events]
     check_connected(logits, forward.method)
     seeds = selection.grad_outputs
-    slots = torch.arange(seeds.shape[0], device=seeds.device)
     lean = any(call.lean is not None for call in calls)
     vectorized = logits.is_cuda and not lean if vectorized is None else vectorized and not lean
     chunks = [slots] if vectorized else list(slots.split(1))
-    fused = [_fused_buffer(call, logits, selection.num_elements) for call in calls]
+    element_slot, element_sample = selection.slot[elements], selection.sample[elements]
+    fused = [_fused_buffer(call, logits, int(elements.numel())) for call in calls]
     for chunk in chunks:
-        members = torch.isin(selection.slot, chunk)
-        position, sample = selection.slot[members] - chunk[0], selection.sample[members]
+        members = torch.isin(element_slot, chunk)
+        position, sample = element_slot[members] - chunk[0], element_sample[members]
         for event, call in zip(events, calls):
             if call.lean is not None:
                 _prepare_lean(call.lean, needs, masks[event.query][members], masks[event.key][members], sample, call)

@@ -94,6 +94,14 @@ class Readout:
     def pair(self) -> Tuple[str, str]:
         return (self.row, self.key)
 
+    def of_elements(self, index: Tensor) -> "Readout":
+        """The readout of the elements ``index`` only."""
+        def chosen(values: Optional[Tensor]) -> Optional[Tensor]:
+            return None if values is None else values[index]
+
+        return replace(self, rows=self.rows[index], positions=chosen(self.positions), column_index=chosen(self.column_index),
+                       column_mask=chosen(self.column_mask))
+
 
 @dataclass
 class Schedule:
@@ -144,6 +152,18 @@ class Schedule:
         if before is not None:
             events = events[: events.index(before)]
         return [e for e in events if e.is_self and e.query == modality]
+
+    def of_elements(self, index: Tensor) -> "Schedule":
+        """The schedule of the elements ``index`` only (the same events)."""
+        return replace(self, masks={name: mask[index] for name, mask in self.masks.items()},
+                       outputs={name: readout.of_elements(index) for name, readout in self.outputs.items()},
+                       element_sample=self.element_sample[index])
+
+    def element_bytes(self, events: List[AttentionEvent], itemsize: int) -> int:
+        """An upper bound on one element's relevance buffers: its fused map of every event in ``events`` and
+        every relevance block (the methods that keep only readout rows take far less)."""
+        maps = sum(self.sizes[event.query] * self.sizes[event.key] for event in events)
+        return (maps + sum(self.sizes.values()) ** 2) * itemsize
 
     def starting_at(self, start_layer: int) -> "Schedule":
         """A copy without each modality's first ``start_layer`` self-attention events.

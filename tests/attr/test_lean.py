@@ -149,3 +149,23 @@ def test_an_sdpa_model_is_switched_to_lean_and_back():
     explanation = GenericAttention(model).explain({"input_ids": ids, "attention_mask": mask}, continuation=CONTINUATION)
     assert explanation.text.abs().sum() > 0 and model.config._attn_implementation == "sdpa"
     assert_same_state(before, model_state(model))
+
+
+@pytest.mark.parametrize("method", ["generic", "grad-cam", "transformer-attribution"])
+@pytest.mark.parametrize("family", ["llama", "llava", "bart"])
+def test_a_memory_budget_explains_in_groups_with_the_same_results(family, method, monkeypatch):
+    from captum_mm.attr import engine
+    from methods_under_test import METHODS
+
+    model, prompt = generative(family)
+    whole = METHODS[method](model).explain(prompt, continuation=CONTINUATION)
+    groups = []
+    slot_groups = engine.slot_groups
+    monkeypatch.setattr("captum_mm.attr._base.slot_groups", lambda *a: groups.extend(slot_groups(*a)) or groups)
+    budgeted = METHODS[method](model)
+    budgeted.max_memory = 1  # less than any element needs: one backward (one generated position) at a time
+    with pytest.warns(UserWarning, match="max_memory=1 bytes is less than one backward's explained elements need"):
+        grouped = budgeted.explain(prompt, continuation=CONTINUATION)
+    assert len(groups) == 2  # the two continuation positions
+    for name in whole.relevance:
+        torch.testing.assert_close(grouped.relevance[name], whole.relevance[name])
