@@ -56,7 +56,8 @@ def run(kind: str, model: Any, work: Dict[str, Any]) -> None:
     """One measurement: the SDPA forward + backward of the explained logit, or the explanation."""
     if kind == "sdpa":
         if "continuation" in work:
-            logits = model(input_ids=torch.cat([work["input_ids"], torch.tensor(work["continuation"])], 1)).logits
+            ids = work["input_ids"]
+            logits = model(input_ids=torch.cat([ids, torch.tensor(work["continuation"], device=ids.device)], 1)).logits
             logits[0, -2, work["continuation"][0][0]].backward()
         else:
             logits = model(pixel_values=work["pixel_values"]).logits

@@ -8,6 +8,9 @@
 3. Released-size LXMERT (random weights, batch 16): peak device memory and time of
    ``GenericAttention.explain`` against a plain forward+backward of the same batch; DETR
    explaining 10 queries, vectorised backward against one backward per query.
+4. ``bench_long_context``'s Llama at N = 256 ... 4096: time and peak device memory
+   (``torch.cuda.max_memory_allocated``) of the lean and eager explanation of one generated token
+   against the SDPA forward+backward.
 """
 
 import argparse
@@ -21,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from benchmarks._measure import median_seconds  # noqa: E402
 from benchmarks.bench_generic import detr, forward_backward, lxmert, lxmert_inputs  # noqa: E402
+from benchmarks.bench_long_context import KINDS, LENGTHS, QUICK_LENGTHS, run, workload  # noqa: E402
 from captum_mm.attr import GenericAttention  # noqa: E402
 from helpers import CASES  # noqa: E402
 from methods_under_test import METHODS  # noqa: E402
@@ -77,6 +81,26 @@ def detr_vectorized_equals_looped(device: str, quick: bool) -> dict:
     }
 
 
+def _peak(run) -> int:
+    """Peak device memory (bytes) one run allocates beyond what is allocated before it, after a warm-up run
+    (kernels, workspaces, transformers' own hooks)."""
+    run()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    run()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - start
+
+
+def _timed(run, cuda: bool, repeats: int = 5) -> float:
+    def synced():
+        run()
+        if cuda:
+            torch.cuda.synchronize()
+    return median_seconds(synced, repeats=repeats)
+
+
 def lxmert_cost(device: str, quick: bool, batch: int = 16) -> dict:
     torch.manual_seed(0)
     model = lxmert(quick).to(device)
@@ -85,32 +109,37 @@ def lxmert_cost(device: str, quick: bool, batch: int = 16) -> dict:
     explainer = GenericAttention(model)
     cuda = device.startswith("cuda")
 
-    def peak(run) -> int:
-        run()  # warm-up: kernels, workspaces, transformers' own hooks
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        run()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - start
-
     def plain():
         forward_backward(model, inputs, additional)
 
     def explain():
         explainer.explain(inputs, None, additional)
 
-    def timed(run):
-        def synced():
-            run()
-            if cuda:
-                torch.cuda.synchronize()
-        return median_seconds(synced, repeats=5)
-
-    result = {"explain / forward+backward time": timed(explain) / timed(plain)}
+    result = {"explain / forward+backward time": _timed(explain, cuda) / _timed(plain, cuda)}
     if cuda:
-        result["explain / forward+backward peak memory"] = peak(explain) / peak(plain)
+        result["explain / forward+backward peak memory"] = _peak(explain) / _peak(plain)
     return result
+
+
+def long_context(device: str, quick: bool) -> dict:
+    """``bench_long_context``'s Llama on the device: time and peak memory of the lean and eager explanation of one
+    generated token over the SDPA forward+backward, per length."""
+    cuda, results = device.startswith("cuda"), {}
+    for size in QUICK_LENGTHS if quick else LENGTHS:
+        torch.manual_seed(0)
+        model, work = workload("llama", size, quick)
+        model.to(device)
+        work["input_ids"] = work["input_ids"].to(device)
+        runs = {kind: (lambda kind=kind: run(kind, model, work)) for kind in KINDS}
+        seconds = {kind: _timed(runs[kind], cuda, repeats=3) for kind in KINDS}
+        row = {f"{kind} / sdpa time": seconds[kind] / seconds["sdpa"] for kind in ("lean", "eager")}
+        if cuda:
+            peaks = {kind: _peak(runs[kind]) for kind in KINDS}
+            row.update({f"{kind} / sdpa peak memory": peaks[kind] / peaks["sdpa"] for kind in ("lean", "eager")})
+            row["sdpa peak memory (MiB)"] = peaks["sdpa"] / 2**20
+        results[size] = row
+        print(f"long context, N = {size}:", row, flush=True)
+    return results
 
 
 def main() -> None:
@@ -131,6 +160,7 @@ def main() -> None:
     print("DETR, 10 queries x 2 images:", results["detr"])
     results["lxmert"] = lxmert_cost(args.device, args.quick)
     print("LXMERT, batch 16:", results["lxmert"])
+    results["long context"] = long_context(args.device, args.quick)
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2))
 

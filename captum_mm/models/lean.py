@@ -26,7 +26,9 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 from transformers.models.bart.modeling_bart import BartAttention
 from transformers.models.bert.modeling_bert import BertCrossAttention, BertSelfAttention
+from transformers.models.blip_2.modeling_blip_2 import Blip2Attention, Blip2QFormerMultiHeadAttention
 from transformers.models.clip.modeling_clip import CLIPAttention
+from transformers.models.detr.modeling_detr import DetrCrossAttention, DetrSelfAttention
 from transformers.models.gemma.modeling_gemma import GemmaAttention
 from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
 from transformers.models.idefics3.modeling_idefics3 import Idefics3VisionAttention
@@ -37,10 +39,11 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLAttention
 from transformers.models.siglip.modeling_siglip import SiglipAttention
 from transformers.models.smolvlm.modeling_smolvlm import SmolVLMVisionAttention
+from transformers.models.t5.modeling_t5 import T5Attention
 from transformers.models.vit.modeling_vit import ViTAttention
 
 from captum_mm._precision import accumulation_dtype, exact
-from captum_mm.relevance.heads import gradient_weighted, head_mean, weighted_head_mean
+from captum_mm.relevance.heads import head_mean, weighted_head_mean
 
 #: The attention-interface key lean capture switches a model's configs to.
 LEAN = "captum_mm_lean"
@@ -52,7 +55,8 @@ Fusion = Literal["head_mean", "gradient_weighted", "grad_cam"]
 LEAN_ATTENTION: Dict[type, bool] = {
     **dict.fromkeys((LlamaAttention, Qwen2Attention, MistralAttention, GemmaAttention, Qwen2VLAttention, OPTAttention,
                      CLIPAttention, SiglipAttention, Idefics3VisionAttention, SmolVLMVisionAttention, ViTAttention), True),
-    **dict.fromkeys((BertSelfAttention, BertCrossAttention, BartAttention, GPT2Attention), False),
+    **dict.fromkeys((BertSelfAttention, BertCrossAttention, BartAttention, GPT2Attention, DetrSelfAttention,
+                     DetrCrossAttention, Blip2Attention, Blip2QFormerMultiHeadAttention, T5Attention), False),
 }
 #: Elements of one chunk's ``[B, H, rows, Nk]`` temporaries (several live at once).
 CHUNK_ELEMENTS = 1 << 22
@@ -90,6 +94,9 @@ class LeanSite:
 
 
 _sites: ContextVar[Optional[Dict[int, LeanSite]]] = ContextVar("captum_mm_lean_sites", default=None)
+#: The row chunks of the masks seen while recording (every layer of a stream gets the same mask, alive -- saved for
+#: the backward -- while the explanation runs).
+_seen_chunks: ContextVar[Dict[Tuple[Any, ...], List[Tuple[slice, slice]]]] = ContextVar("captum_mm_lean_chunks")
 
 
 def lean_module(module: nn.Module) -> Optional[nn.Module]:
@@ -124,8 +131,10 @@ def lean_attention(
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     probe = torch.zeros(1, dtype=query.dtype, device=query.device, requires_grad=torch.is_grad_enabled())
     maps = LeanMaps(probe, (query.shape[0], query.shape[1], query.shape[2], key.shape[2]))
-    options = _Options(scale, query.shape[1] // key.shape[1], LEAN_ATTENTION[type(module)], site.forward_fusion, maps)
-    output, mean = _LeanAttention.apply(query, key, value, attention_mask, maps.probe, options)
+    chunks = _remembered_chunks(query, key.shape[2], attention_mask)
+    options = _Options(scale, query.shape[1] // key.shape[1], LEAN_ATTENTION[type(module)], site.forward_fusion, maps, chunks)
+    bias = kwargs.get("position_bias")  # T5's relative position bias, added to the scores before the mask
+    output, mean = _LeanAttention.apply(query, key, value, attention_mask, bias, maps.probe, options)
     site.record(mean, maps)
     return output.transpose(1, 2).contiguous(), None
 
@@ -141,11 +150,23 @@ class _Options:
     float32_softmax: bool
     forward_fusion: Optional[Fusion]
     maps: LeanMaps
+    chunks: List[Tuple[slice, slice]]  # rows, and the leading keys they see
 
 
-def _row_chunks(query: Tensor, keys: int) -> List[slice]:
-    rows = max(1, CHUNK_ELEMENTS // max(1, query.shape[0] * query.shape[1] * keys))
-    return [slice(start, start + rows) for start in range(0, query.shape[2], rows)]
+def _chunks(query: Tensor, keys: int, mask: Optional[Tensor]) -> List[Tuple[slice, slice]]:
+    """Chunks of query rows, each with the leading keys its rows see (all keys when ``mask`` is None)."""
+    size = max(1, CHUNK_ELEMENTS // max(1, query.shape[0] * query.shape[1] * keys))
+    rows = [slice(start, start + size) for start in range(0, query.shape[2], size)]
+    return [(chunk, _visible_keys(mask, chunk, keys)) for chunk in rows]
+
+
+def _remembered_chunks(query: Tensor, keys: int, mask: Optional[Tensor]) -> List[Tuple[slice, slice]]:
+    """:func:`_chunks`, computed once per mask while recording."""
+    seen = _seen_chunks.get()
+    key = (None if mask is None else (mask.data_ptr(), tuple(mask.shape), tuple(mask.stride())), tuple(query.shape), keys)
+    if key not in seen:
+        seen[key] = _chunks(query, keys, mask)
+    return seen[key]
 
 
 def _repeated(states: Tensor, groups: int) -> Tensor:
@@ -156,81 +177,95 @@ def _summed_groups(gradient: Tensor, groups: int) -> Tensor:
     return gradient if groups == 1 else gradient.unflatten(1, (-1, groups)).sum(2)
 
 
-def _probabilities(query: Tensor, key: Tensor, mask: Optional[Tensor], rows: slice, options: _Options) -> Tensor:
-    """``softmax(Q K^T * scaling + mask)`` for ``rows`` of the queries, as the family's eager function computes it."""
-    scores = torch.matmul(query[:, :, rows], key.transpose(-1, -2)) * options.scaling
+def _visible_keys(mask: Optional[Tensor], rows: slice, keys: int) -> slice:
+    """The leading keys ``rows`` see: keys after the last one any of them sees get probability 0 exactly (a causal
+    mask's), unless some row sees none (eager attention then spreads that row over every key)."""
+    if mask is None:
+        return slice(0, keys)
+    block = mask[:, :, rows]
+    seen = block if block.dtype == torch.bool else block > torch.finfo(block.dtype).min
+    if not bool(seen.any(-1).all()):
+        return slice(0, keys)
+    return slice(0, int(seen.any(dim=2).any(dim=1).any(dim=0).nonzero().max()) + 1)
+
+
+def _probabilities(query: Tensor, key: Tensor, bias: Optional[Tensor], mask: Optional[Tensor], rows: slice,
+                   options: _Options, columns: slice) -> Tensor:
+    """``softmax(Q K^T * scaling + bias + mask)`` for ``rows`` of the queries over the keys ``columns`` (all the keys
+    they see), as the family's eager function computes it."""
+    scores = torch.matmul(query[:, :, rows] * options.scaling, key[:, :, columns].transpose(-1, -2))
+    if bias is not None:
+        scores += bias[:, :, rows, columns]
     if mask is not None:
-        scores = scores + mask[:, :, rows]
+        scores += mask[:, :, rows, columns]
     if options.float32_softmax:
         return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     return torch.softmax(scores, dim=-1)
 
 
 class _LeanAttention(torch.autograd.Function):
-    """``softmax(Q K^T * scaling + mask) V`` per head, ``[B, H, Nq, d]``, and (forward fusion ``head_mean``)
+    """``softmax(Q K^T * scaling + bias + mask) V`` per head, ``[B, H, Nq, d]`` (``bias``: T5's position bias), and (forward fusion ``head_mean``)
     the head mean of the probabilities; backward recomputes them chunk by chunk (see the module)."""
 
     @staticmethod
-    def forward(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor], probe: Tensor,
+    def forward(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor], bias: Optional[Tensor], probe: Tensor,
                 options: _Options) -> Tuple[Tensor, Optional[Tensor]]:
         keys, values = _repeated(key, options.groups), _repeated(value, options.groups)
         output = query.new_empty(*query.shape[:3], value.shape[-1])
         mean = None
         if options.forward_fusion == "head_mean":  # in the precision methods reduce heads in
-            mean = query.new_empty(query.shape[0], query.shape[2], key.shape[2], dtype=accumulation_dtype(query.dtype))
-        for rows in _row_chunks(query, key.shape[2]):
-            probs = _probabilities(query, keys, mask, rows, options)
-            output[:, :, rows] = torch.matmul(probs, values)
+            mean = query.new_zeros(query.shape[0], query.shape[2], key.shape[2], dtype=accumulation_dtype(query.dtype))
+        for rows, columns in options.chunks:
+            probs = _probabilities(query, keys, bias, mask, rows, options, columns)
+            output[:, :, rows] = torch.matmul(probs, values[:, :, columns])
             if mean is not None:
-                mean[:, rows] = head_mean(exact(probs))
+                mean[:, rows, columns] = head_mean(exact(probs))
         return output, mean
 
     @staticmethod
     def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> None:
-        query, key, value, mask, _, options = inputs
-        ctx.save_for_backward(query, key, value, mask)
-        ctx.options = options
+        query, key, value, mask, bias, _, options = inputs
+        ctx.save_for_backward(query, key, value, mask, bias)
+        ctx.options, ctx.chunks = options, options.chunks
         ctx.mark_non_differentiable(*(t for t in output[1:] if t is not None))
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor, _: Any) -> Tuple[Optional[Tensor], ...]:
-        query, key, value, mask = ctx.saved_tensors
+        query, key, value, mask, bias = ctx.saved_tensors
         options: _Options = ctx.options
         maps, exact_dtype = options.maps, accumulation_dtype(query.dtype)
         keys, values = _repeated(key, options.groups), _repeated(value, options.groups)
-        grad_query, grad_keys, grad_values = torch.zeros_like(query), torch.zeros_like(keys), torch.zeros_like(values)
+        grad_query, grad_keys, grad_values = torch.empty_like(query), torch.zeros_like(keys), torch.zeros_like(values)
+        grad_bias = torch.zeros_like(bias) if ctx.needs_input_grad[4] else None
         fused = None if maps.fusion is None else query.new_zeros(query.shape[0], query.shape[2], key.shape[2], dtype=exact_dtype)
         gradient_sums = query.new_zeros(query.shape[0], query.shape[1], 1, 1, dtype=exact_dtype)  # Grad-CAM: dA over real entries
-        chunks = _row_chunks(query, key.shape[2])
-        for rows in chunks:
-            probs = _probabilities(query, keys, mask, rows, options)
+        every = slice(0, key.shape[2])
+        chunks = _chunks(query, key.shape[2], None) if maps.fusion == "grad_cam" else ctx.chunks  # Grad-CAM's mean: every key
+        for rows, columns in chunks:
+            probs = _probabilities(query, keys, bias, mask, rows, options, columns)
             grad_chunk = grad_output[:, :, rows]
-            grad_probs = torch.matmul(grad_chunk, values.transpose(-1, -2))
-            grad_values += torch.matmul(probs.transpose(-1, -2), grad_chunk)
-            grad_scores = _softmax_backward(probs, grad_probs, options.float32_softmax) * options.scaling
-            grad_query[:, :, rows] = torch.matmul(grad_scores, keys)
-            grad_keys += torch.matmul(grad_scores.transpose(-1, -2), query[:, :, rows])
+            grad_probs = torch.matmul(grad_chunk, values[:, :, columns].transpose(-1, -2))
+            grad_values[:, :, columns] += torch.matmul(probs.transpose(-1, -2), grad_chunk)
+            weighted = exact(probs) * exact(grad_probs)  # A * dA, which Eq. 5 reuses
             if maps.fusion == "gradient_weighted":
-                cast(Tensor, fused)[:, rows] = gradient_weighted(exact(probs), exact(grad_probs))
-            elif maps.fusion == "grad_cam":
+                cast(Tensor, fused)[:, rows, columns] = weighted.clamp(min=0).mean(dim=-3)
+            # softmax's backward: A * dA - A * rowsum(A * dA)
+            grad_logits = weighted.addcmul_(exact(probs), weighted.sum(-1, keepdim=True), value=-1).to(probs.dtype)
+            if grad_bias is not None:
+                grad_bias[:, :, rows, columns] += grad_logits.sum(0, keepdim=True) if grad_bias.shape[0] == 1 else grad_logits
+            grad_query[:, :, rows] = torch.matmul(grad_logits, keys[:, :, columns]).mul_(options.scaling)
+            grad_keys[:, :, columns] += torch.matmul(grad_logits.transpose(-1, -2), query[:, :, rows]).mul_(options.scaling)
+            if maps.fusion == "grad_cam":
                 real = _real(maps, rows)
                 gradient_sums += (exact(grad_probs) * real[:, None]).sum(dim=(-2, -1), keepdim=True)
         if maps.fusion == "grad_cam":  # a second pass: each head weighted by its mean gradient over the real entries
             count = (cast(Tensor, maps.rows).sum(-1) * cast(Tensor, maps.columns).sum(-1)).clamp(min=1)
             weights = gradient_sums / count.to(gradient_sums.dtype)[:, None, None, None]
-            for rows in chunks:
-                cast(Tensor, fused)[:, rows] = weighted_head_mean(weights, exact(_probabilities(query, keys, mask, rows, options)))
+            for rows, _ in chunks:
+                cast(Tensor, fused)[:, rows] = weighted_head_mean(weights, exact(_probabilities(query, keys, bias, mask, rows, options, every)))
         maps.fused = fused
         grad_key, grad_value = _summed_groups(grad_keys, options.groups), _summed_groups(grad_values, options.groups)
-        return grad_query, grad_key, grad_value, None, torch.zeros_like(maps.probe), None
-
-
-def _softmax_backward(probs: Tensor, grad_probs: Tensor, float32_softmax: bool) -> Tensor:
-    """The gradient at the scores of ``probs = softmax(scores)``, in the precision the eager function's softmax ran."""
-    if float32_softmax:
-        p, g = probs.float(), grad_probs.float()
-        return (p * (g - (g * p).sum(-1, keepdim=True))).to(probs.dtype)
-    return probs * (grad_probs - (grad_probs * probs).sum(-1, keepdim=True))
+        return grad_query, grad_key, grad_value, None, grad_bias, torch.zeros_like(maps.probe), None
 
 
 def _real(maps: LeanMaps, rows: slice) -> Tensor:
@@ -240,11 +275,12 @@ def _real(maps: LeanMaps, rows: slice) -> Tensor:
 
 def recording(sites: Dict[int, LeanSite]) -> Any:
     """Make ``sites`` (id of a module under lean capture: its site) the modules the lean function records;
-    returns the token to :func:`stop_recording` with."""
-    return _sites.set(sites)
+    returns the tokens to :func:`stop_recording` with."""
+    return _sites.set(sites), _seen_chunks.set({})
 
 
-def stop_recording(token: Any) -> None:
-    _sites.reset(token)
+def stop_recording(tokens: Any) -> None:
+    _sites.reset(tokens[0])
+    _seen_chunks.reset(tokens[1])
 
 
