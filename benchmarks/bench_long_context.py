@@ -120,6 +120,7 @@ def plot(rows: List[Dict[str, Any]], path: str) -> None:
         axis.set_xlabel("tokens N")
         axis.set_ylabel(label)
         axis.set_xticks(sizes, [str(size) for size in sizes])
+        axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         axis.grid(True, which="both", alpha=0.3)
     axes[0].legend()
     figure.suptitle("GenericAttention on LlamaForCausalLM (hidden 256, 8 layers), one generated token, 1 CPU thread")
@@ -148,9 +149,11 @@ def main() -> None:
     sizes = [row["size"] for row in llama_rows]
     for kind in KINDS:
         print(f"growth exponent of {kind} time: {growth_exponent(sizes, [row['seconds'][kind] for row in llama_rows]):.2f}")
-    path = os.path.join(tempfile.gettempdir() if args.quick else os.path.dirname(__file__), "long_context.png")
-    plot(rows, path)
-    print(f"plot: {path}")
+    folder = tempfile.gettempdir() if args.quick else os.path.dirname(__file__)
+    with open(os.path.join(folder, "long_context.json"), "w") as results:
+        json.dump(rows, results, indent=1)
+    plot(rows, os.path.join(folder, "long_context.png"))
+    print(f"results and plot: {folder}/long_context.json, .png")
 
 
 if __name__ == "__main__":
