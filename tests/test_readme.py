@@ -61,7 +61,8 @@ def test_readme_example_runs_alone(line, code, shown, tmp_path):
 
 def test_readme_test_command_is_what_ci_runs():
     ci = (README.parent / ".ci" / "run").read_text()
-    assert "python -m pytest -q" in README.read_text() and ci.rstrip().endswith("python -m pytest -q")
+    assert "python -m pytest -q" in README.read_text() and "\npython -m pytest -q\n" in ci
+    assert "smoke_wheel.py" in ci.splitlines()[-1]  # then the built wheel, installed apart, from outside the tree
 
 
 def test_contributing_worked_example_is_the_vit_adapter():
