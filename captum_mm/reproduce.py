@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from captum_mm.attr.catalog import select_methods
 from captum_mm.zoo.recipes import EASY_VQA, RECIPES, SHAPE_SCENES
+from captum_mm.zoo.study_llava import SAMPLE_SHARE, llava_study
 
 
 @dataclass
@@ -120,12 +121,13 @@ def reproduce(options: Options) -> Dict[str, Any]:
 
 # What each kind of figure in the report shows and how to read it, by the first word of its title.
 CAPTIONS = {
-    "curves": "Perturbation curves: the model's accuracy (%, y axis) on the test questions as a growing fraction of "
-    "its image regions or text tokens (x axis) is removed, least relevant first (negative perturbation: the higher "
+    "curves": "Perturbation curves: the model's accuracy (%, y axis; of its generated answer for the generative VLM) on "
+    "the test questions as a growing fraction of its image regions or patches or its text tokens (x axis) is removed, least relevant first (negative perturbation: the higher "
     "the curve, the better the explanation) or most relevant first (positive: the lower, the better). One line per "
     "method; the legend gives each method's area under the curve, as in the tables.",
-    "gallery": "Gallery: top row, test images with their question and the model's answer. Below, one row per "
-    "method: the image with each region multiplied by its relevance (scaled to the maximum, so irrelevant regions "
+    "gallery": "Gallery: top row, test images with their question and the model's answer (generated, for the "
+    "generative VLM: its relevance summed over the answer's word pieces). Below, one row per "
+    "method: the image with each region (patch) multiplied by its relevance (scaled to the maximum, so irrelevant regions "
     "are black) and the question's tokens shaded red by their relevance (deeper red: more relevant). A good "
     "explanation shows the shape the question is about and its key words.",
     "masks": "DETR masks: one column per object the model detected in this scene, explained by the first method. "
@@ -149,7 +151,10 @@ def _settings(options: Options, methods: Dict[str, Callable], seconds: float) ->
     }
     datasets = {RECIPES[name].dataset for name in options.models}
     if EASY_VQA in datasets:
-        settings["samples"] = f"{options.samples} easy-VQA test questions per VQA model, {options.gallery} in the gallery"
+        generative = f" ({max(1, options.samples // SAMPLE_SHARE)} for the generative VLM, whose every perturbed forward generates)"
+        settings["samples"] = (f"{options.samples} easy-VQA test questions per VQA model"
+                               f"{generative if any(RECIPES[name].study is llava_study for name in options.models) else ''}, "
+                               f"{options.gallery} in the gallery")
     if SHAPE_SCENES in datasets:
         settings["images"] = f"{options.images} scenes from {options.images_dir or 'the synthetic shapes validation split'}"
     settings.update({

@@ -20,27 +20,28 @@ def test_reproduce_writes_every_output(tmp_path, capsys):
     assert "torch threads: 1 (as asked)" in printed and "Loading weights" not in captured.err
     steps = [line for line in printed.splitlines() if line.startswith("Step ")]
     assert steps == [
-        "Step 1 of 3: lxmert-easyvqa: perturbation tests, plausibility, gallery",
-        "Step 2 of 3: visualbert-easyvqa: perturbation tests, plausibility, gallery",
-        "Step 3 of 3: detr-shapes: weakly-supervised segmentation, mask figures",
+        "Step 1 of 4: lxmert-easyvqa: perturbation tests, plausibility, gallery",
+        "Step 2 of 4: visualbert-easyvqa: perturbation tests, plausibility, gallery",
+        "Step 3 of 4: detr-shapes: weakly-supervised segmentation, mask figures",
+        "Step 4 of 4: llava-easyvqa: perturbation tests on generated answers, plausibility, gallery",
     ]
     for name in ("report.html", "results.json"):
         assert (output / name).stat().st_size > 0
     tables = json.loads((output / "results.json").read_text())["tables"]
-    assert len(tables) == 8  # per VQA model: methods, ablations, plausibility; DETR: two IoU grids
+    assert len(tables) == 11  # per VQA model and the generative VLM: methods, ablations, plausibility; DETR: two IoU grids
     for index in range(1, len(tables) + 1):
         assert (output / f"table_{index}.csv").read_text().startswith("setting,ours,")
-    for model in ("lxmert-easyvqa", "visualbert-easyvqa"):
+    for model in ("lxmert-easyvqa", "visualbert-easyvqa", "llava-easyvqa"):
         for name in ("results.json", "curves.png", "gallery.png"):
             assert (output / model / name).stat().st_size > 0
     assert len(list((output / "detr-shapes").glob("masks_*.png"))) == 1 and (output / "detr-shapes" / "segmentation.json").exists()
     report = (output / "report.html").read_text()
-    assert report.count("<img src='data:image/png;base64,") == report.count("<figcaption>") == 5  # curves, gallery x2; masks
+    assert report.count("<img src='data:image/png;base64,") == report.count("<figcaption>") == 7  # curves, gallery x3; masks
     assert "img{max-width:100%;height:auto}" in report
     for caption in CAPTIONS.values():
         assert html.escape(caption) in report
     for setting in ("<th>captum_mm</th><td>0.1.0</td>", "<th>seed</th><td>0</td>", "<th>threads</th><td>1 torch threads</td>",
-                    "<th>methods</th><td>ours, rollout, w/o norm.</td>", "4 easy-VQA test questions per VQA model, 2 in the gallery",
+                    "<th>methods</th><td>ours, rollout, w/o norm.</td>", "4 easy-VQA test questions per VQA model (1 for the generative VLM, whose every perturbed forward generates), 2 in the gallery",
                     "2 scenes from the synthetic shapes", "<th>run time</th><td>", "<th>date</th><td>20"):
         assert setting in report
     main(["reproduce", "--output", str(output), "--models", "detr-shapes", "--images", "3", "--methods", "ours", "--threads", "1"])

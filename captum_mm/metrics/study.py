@@ -9,7 +9,7 @@ evaluated the same way).
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -145,7 +145,7 @@ class Samples(Protocol):
 
 
 def run_perturbation_study(
-    model: nn.Module,
+    model: Union[nn.Module, Callable[..., Tensor]],
     dataset: "Samples",
     collate: Callable[[List[Any]], Tuple[Batch, Tensor]],
     methods: Mapping[str, RelevanceMethod],
@@ -163,7 +163,9 @@ def run_perturbation_study(
     Each sample's predicted answer is explained; scores are VQA soft accuracies.
 
     Args:
-        model (torch.nn.Module): The HuggingFace model, called with the batch's keyword arguments.
+        model (torch.nn.Module or Callable): The HuggingFace model, called with the batch's keyword
+                    arguments, or any callable taking them and returning ``[B, C]`` answer scores
+                    (a generative model's generated answer, one-hot).
         dataset (Sequence): Samples; ``collate(list_of_samples)`` returns the batch's
                     keyword arguments and its ``[B, C]`` answer scores.
         collate (Callable): See ``dataset``.
@@ -183,7 +185,7 @@ def run_perturbation_study(
     Returns:
         StudyResult on rank 0 (or without ``torch.distributed``); None on other ranks.
     """
-    forward = KeywordModel(model, ())
+    forward = KeywordModel(model, ()) if isinstance(model, nn.Module) else model
     samples = select_samples(len(dataset), num_samples, seed)
     batches = [samples[start : start + batch_size] for start in range(0, len(samples), batch_size)]
     local: Dict[int, Dict[str, Dict[str, Tensor]]] = {}

@@ -31,7 +31,7 @@ from transformers.models.blip.modeling_blip_text import BlipTextOutput, BlipText
 from transformers.utils import ModelOutput
 
 from captum_mm.lrp.composite import LRPStructure
-from captum_mm.models.arguments import PIXELS, Argument, require, token_mask
+from captum_mm.models.arguments import PIXELS, Argument, require
 from captum_mm.models.base import (
     TargetSelection,
     dropout_probabilities,
@@ -43,7 +43,7 @@ from captum_mm.models.base import (
 )
 from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.decoder import GENERATED, TEXT, GenerationConvention
-from captum_mm.models.encoder_decoder import TARGET, EncoderDecoderAdapter, decoder_rows
+from captum_mm.models.encoder_decoder import TARGET, EncoderDecoderAdapter, decoder_rows, source_target_masks
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import Readout, Schedule, Stage
 from captum_mm.spec import AttentionSpec, module_names
@@ -103,14 +103,11 @@ class BlipQuestionAnsweringAdapter(EncoderDecoderAdapter):
 
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
         arguments = record.arguments
-        question, answer, pixels = arguments["input_ids"], arguments["decoder_input_ids"], arguments["pixel_values"]
+        pixels = arguments["pixel_values"]
         patch = int(cast(Any, self.model.config.vision_config).patch_size)
         grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
-        masks = {
-            VISION: torch.ones(pixels.shape[0], 1 + grid[0] * grid[1], dtype=torch.bool, device=pixels.device),
-            QUESTION: token_mask(arguments.get("attention_mask"), question.shape[0], question.shape[1], question.device),
-            TARGET: token_mask(arguments.get("decoder_attention_mask"), answer.shape[0], answer.shape[1], answer.device),
-        }
+        masks = {VISION: torch.ones(pixels.shape[0], 1 + grid[0] * grid[1], dtype=torch.bool, device=pixels.device),
+                 **source_target_masks(arguments, QUESTION)}
         rows = decoder_rows(selection, masks[TARGET])
         readouts = {
             TEXT: Readout(TARGET, rows, QUESTION),

@@ -24,11 +24,18 @@ from transformers.models.opt.modeling_opt import OPTAttention
 from transformers.models.t5.modeling_t5 import T5Attention
 
 from captum_mm.lrp.composite import LRPStructure
-from captum_mm.models.arguments import text_tokens, token_mask
+from captum_mm.models.arguments import text_tokens
 from captum_mm.models.base import TargetSelection, attention_specs_in, fused_qkv_parts, post_norm_residuals, qkv_parts
 from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.decoder import GENERATED, TEXT, GenerationConvention
-from captum_mm.models.encoder_decoder import SOURCE, TARGET, EncoderDecoderAdapter, decoder_rows, encoder_decoder_specs
+from captum_mm.models.encoder_decoder import (
+    SOURCE,
+    TARGET,
+    EncoderDecoderAdapter,
+    decoder_rows,
+    encoder_decoder_specs,
+    source_target_masks,
+)
 from captum_mm.models.llava import IMAGE, LlavaAdapter
 from captum_mm.models.opt import opt_attention_specs, opt_lrp_structure
 from captum_mm.models.registry import register_adapter
@@ -118,13 +125,9 @@ class Blip2EncoderDecoderAdapter(Blip2Adapter):
 
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
         arguments = record.arguments
-        source, target = text_tokens(arguments), arguments["decoder_input_ids"]
-        masks = {
-            SOURCE: token_mask(arguments.get("attention_mask"), source.shape[0], source.shape[1], source.device),
-            TARGET: token_mask(arguments.get("decoder_attention_mask"), target.shape[0], target.shape[1], target.device),
-        }
+        masks = source_target_masks(arguments)
         rows = decoder_rows(selection, masks[TARGET])
-        image_tokens = (source == self.model.config.image_token_id)[selection.sample]
+        image_tokens = (text_tokens(arguments) == self.model.config.image_token_id)[selection.sample]
         readouts = {
             TEXT: Readout(TARGET, rows, SOURCE, column_mask=~image_tokens),
             GENERATED: Readout(TARGET, rows, TARGET, slice(1, None)),

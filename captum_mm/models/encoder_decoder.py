@@ -10,7 +10,7 @@ over the continuation, without the row's own entry.
 """
 
 from types import MappingProxyType
-from typing import Callable, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -46,12 +46,7 @@ class EncoderDecoderAdapter(DecoderOnlyAdapter):
         return encoder_decoder_specs(self.attention_modules(), self.attention_spec, module_names(self.model))
 
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
-        arguments = record.arguments
-        source, target = text_tokens(arguments), arguments["decoder_input_ids"]
-        masks = {
-            SOURCE: token_mask(arguments.get("attention_mask"), source.shape[0], source.shape[1], source.device),
-            TARGET: token_mask(arguments.get("decoder_attention_mask"), target.shape[0], target.shape[1], target.device),
-        }
+        masks = source_target_masks(record.arguments)
         rows = decoder_rows(selection, masks[TARGET])
         readouts = {TEXT: Readout(TARGET, rows, SOURCE), GENERATED: Readout(TARGET, rows, TARGET, slice(1, None))}
         return forward_order_schedule(record, selection, masks, readouts)
@@ -66,6 +61,15 @@ def encoder_decoder_specs(
     ``modules``, with the roles ``source``/``target``; ``spec(name, module, roles)`` makes one."""
     roles = ((SOURCE, SOURCE),), ((TARGET, TARGET),), ((TARGET, SOURCE),)
     return [spec(names[module], module, role) for group, role in zip(modules, roles) for module in group]
+
+
+def source_target_masks(arguments: Dict[str, Any], source: str = SOURCE) -> Dict[str, Tensor]:
+    """``[B, N]`` real tokens of the encoder's prompt (as modality ``source``) and of the decoder's sequence."""
+    prompt, target = text_tokens(arguments), arguments["decoder_input_ids"]
+    return {
+        source: token_mask(arguments.get("attention_mask"), prompt.shape[0], prompt.shape[1], prompt.device),
+        TARGET: token_mask(arguments.get("decoder_attention_mask"), target.shape[0], target.shape[1], target.device),
+    }
 
 
 def decoder_rows(selection: TargetSelection, mask: Tensor) -> Tensor:

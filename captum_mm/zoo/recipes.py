@@ -22,7 +22,7 @@ from captum_mm.metrics import (
     VISUAL_BERT_TEXT,
     TokenGroup,
 )
-from captum_mm.zoo import studies, train, train_detr
+from captum_mm.zoo import studies, study_llava, train, train_detr, train_llava
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 
@@ -163,6 +163,17 @@ RECIPES: Dict[str, Recipe] = {
             epochs=150,
             goal=("bbox_AP50", 0.5),
             processor_class_name="DetrImageProcessorPil",
+        ),
+        Recipe(
+            name="llava-easyvqa",
+            model_class_name="LlavaForConditionalGeneration",
+            dataset=EASY_VQA,
+            evaluations="perturbation tests on generated answers, plausibility, gallery",
+            study=study_llava.llava_study,
+            build=train_llava.llava_model,
+            trainer=train_llava.train_llava,
+            epochs=12,
+            goal=("easy_vqa_test_exact_match", 90.0),
         ),
     )
 }

@@ -93,14 +93,14 @@ def vqa_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable]
     ))
     folder = Path(options.output) / name
     save_perturbation_study(result, folder, f"{name}: perturbation tests on {len(result.samples)} easy-VQA test questions")
-    tables = _vqa_tables(name, result, plausibility)
+    tables = vqa_tables(name, result, plausibility)
     gallery = _vqa_gallery(model, dataset, inputs.convert, relevance_methods, result.samples[: options.gallery])
     gallery.savefig(folder / "gallery.png", dpi=110, bbox_inches="tight")
     figures = {"curves": plot_perturbation_curves(result), "gallery": gallery}
     return {"numbers": result.to_dict(), "tables": tables, "figures": figures}
 
 
-def _vqa_tables(name: str, result: StudyResult, plausibility: Plausibility) -> List[Dict[str, Any]]:
+def vqa_tables(name: str, result: StudyResult, plausibility: Plausibility) -> List[Dict[str, Any]]:
     def auc_table(columns, title):
         columns = [c for c in columns if c in result.scores]
         rows = {label: {c: result.auc(c, setting) for c in columns} for setting, label in SETTING_ROWS.items()}

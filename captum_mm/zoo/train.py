@@ -11,10 +11,10 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from captum_mm.datasets.easy_vqa import EASY_VQA_VOCABULARY, FEATURES, VISUAL_BERT_FEATURES, EasyVQA
 from captum_mm.metrics.study import KeywordModel, pad_collate
@@ -73,6 +73,28 @@ def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int) -
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def train_epochs(name: str, model: nn.Module, step: Callable[[List[int], int], Tuple[Tensor, str]], size: int, epochs: int,
+                 batch_size: int, lr: float, seed: int) -> None:
+    """AdamW (half an epoch of warm-up, then cosine decay) over ``epochs`` seeded shuffles of the first ``size``
+    training items; ``step(indices, epoch)`` gives a batch's loss and what to print of it every 100 steps."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    steps_per_epoch = math.ceil(size / batch_size)
+    scheduler = _schedule(optimizer, epochs * steps_per_epoch, warmup=steps_per_epoch // 2)
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(size, generator=generator).tolist()
+        for number, start in enumerate(range(0, size, batch_size)):
+            loss, shown = step(order[start : start + batch_size], epoch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if number % 100 == 0:
+                print(f"{name} epoch {epoch + 1}/{epochs} step {number}: loss {loss.item():.3f}{shown}", flush=True)
+    model.eval()
+
+
 def train_vqa(
     recipe: "Recipe", output: Path, seed: int = 0, epochs: Optional[int] = None, batch_size: int = 64, lr: float = 5e-4,
     limit: Optional[int] = None,
@@ -91,26 +113,18 @@ def train_vqa(
     model = recipe.build()
     forward = KeywordModel(model, ())
     convert = cast("EasyVQAInputs", recipe.easy_vqa).convert  # VQA recipes carry their inputs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    steps_per_epoch = math.ceil(train_size / batch_size)
-    scheduler = _schedule(optimizer, epochs * steps_per_epoch, warmup=steps_per_epoch // 2)
-    generator = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(train_size, generator=generator).tolist()
-        correct = seen = 0
-        for step, start in enumerate(range(0, len(order), batch_size)):
-            batch, scores = pad_collate([train[i] for i in order[start : start + batch_size]])
-            logits = forward(**convert(batch))
-            loss = nn.functional.cross_entropy(logits, scores.argmax(-1))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            correct, seen = correct + int((logits.argmax(-1) == scores.argmax(-1)).sum()), seen + len(scores)
-            if step % 100 == 0:
-                print(f"{name} epoch {epoch + 1}/{epochs} step {step}: loss {loss.item():.3f}, "
-                      f"train accuracy {100 * correct / seen:.1f}%", flush=True)
+    counts = {"epoch": -1, "correct": 0, "seen": 0}  # this epoch's training accuracy
+
+    def step(indices: List[int], epoch: int) -> Tuple[Tensor, str]:
+        if counts["epoch"] != epoch:
+            counts.update(epoch=epoch, correct=0, seen=0)
+        batch, scores = pad_collate([train[i] for i in indices])
+        logits = forward(**convert(batch))
+        counts["correct"] += int((logits.argmax(-1) == scores.argmax(-1)).sum())
+        counts["seen"] += len(scores)
+        return nn.functional.cross_entropy(logits, scores.argmax(-1)), f", train accuracy {100 * counts['correct'] / counts['seen']:.1f}%"
+
+    train_epochs(name, model, step, train_size, epochs, batch_size, lr, seed)
     model.eval()
     quality = {
         "easy_vqa_test_accuracy": vqa_accuracy(recipe, model, test, test_indices),

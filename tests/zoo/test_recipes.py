@@ -8,13 +8,14 @@ import pytest
 
 import captum_mm
 from captum_mm import zoo
+from captum_mm.zoo import studies
 from captum_mm.zoo.recipes import EASY_VQA, RECIPES, SHAPE_SCENES, recipe
 
 
 def test_every_shipped_checkpoint_has_a_recipe_and_every_recipe_a_checkpoint():
     shipped = sorted(path.name for path in zoo.CHECKPOINTS.iterdir() if path.is_dir())
     assert sorted(RECIPES) == shipped == sorted(zoo.NAMES)
-    assert zoo.NAMES == ("lxmert-easyvqa", "visualbert-easyvqa", "detr-shapes")  # the main job's order
+    assert zoo.NAMES == ("lxmert-easyvqa", "visualbert-easyvqa", "detr-shapes", "llava-easyvqa")  # the main job's order
 
 
 @pytest.mark.parametrize("name", list(RECIPES))
@@ -30,17 +31,18 @@ def test_a_recipe_builds_and_loads_the_class_of_its_checkpoint(name):
 def test_each_dataset_brings_what_its_study_needs():
     for entry in RECIPES.values():
         assert entry.dataset in (EASY_VQA, SHAPE_SCENES) and entry.epochs > 0 and entry.evaluations
-        assert (entry.easy_vqa is not None) == (entry.dataset == EASY_VQA)
+        assert (entry.easy_vqa is not None) == (entry.study is studies.vqa_study)  # VQA classifiers' region inputs
     assert type(zoo.load_processor("detr-shapes")).__name__ == "DetrImageProcessorPil"
     with pytest.raises(ValueError, match="lxmert-easyvqa takes no image processor; only detr-shapes do"):
         zoo.load_processor("lxmert-easyvqa")
 
 
 def test_an_unknown_model_is_refused_with_the_shipped_names():
-    with pytest.raises(ValueError, match=r"Unknown model 'llava-easyvqa'; shipped: lxmert-easyvqa, visualbert-easyvqa, detr-shapes\."):
-        recipe("llava-easyvqa")
-    with pytest.raises(ValueError, match="Unknown model 'llava-easyvqa'"):
-        zoo.load("llava-easyvqa")
+    with pytest.raises(ValueError, match=r"Unknown model 'blip2-easyvqa'; shipped: lxmert-easyvqa, visualbert-easyvqa, detr-shapes, "
+                       r"llava-easyvqa\."):
+        recipe("blip2-easyvqa")
+    with pytest.raises(ValueError, match="Unknown model 'blip2-easyvqa'"):
+        zoo.load("blip2-easyvqa")
 
 
 def test_no_code_outside_the_registry_compares_model_names():

@@ -32,6 +32,13 @@ def test_vqa_checkpoint_reaches_its_recorded_accuracy(name):
     assert accuracy >= recorded["check_subset_accuracy"] - MARGIN
 
 
+def test_llava_checkpoint_generates_answers_with_its_recorded_exact_match():
+    from captum_mm.zoo.train_llava import CHECK_QUESTIONS, exact_match
+
+    match = exact_match(zoo.load("llava-easyvqa"), EasyVQA("test"), range(CHECK_QUESTIONS))
+    assert match >= zoo.quality("llava-easyvqa")["check_subset_exact_match"] - MARGIN
+
+
 def test_detr_checkpoint_reaches_its_recorded_ap50(tmp_path):
     count, seed = DETR_SPLITS["val"]
     annotations = write_shapes_coco(tmp_path, DETR_CHECK_SCENES, seed, DETR_IMAGE_SIZE, "val")
@@ -57,10 +64,11 @@ def test_recorded_quality_meets_the_goals():
     for name, entry in RECIPES.items():
         key, minimum = entry.goal
         assert zoo.quality(name)[key] >= minimum and zoo.quality(name).get("limit") is None
-    assert {entry.goal for entry in RECIPES.values()} == {("easy_vqa_test_accuracy", 90.0), ("bbox_AP50", 0.5)}
+    assert {entry.goal for entry in RECIPES.values()} == {
+        ("easy_vqa_test_accuracy", 90.0), ("bbox_AP50", 0.5), ("easy_vqa_test_exact_match", 90.0)}
 
 
-@pytest.mark.parametrize("name, limit", [("lxmert-easyvqa", 64), ("detr-shapes", 4)])
+@pytest.mark.parametrize("name, limit", [("lxmert-easyvqa", 64), ("detr-shapes", 4), ("llava-easyvqa", 64)])
 def test_training_command_runs_the_recipe_on_a_few_items(name, limit, tmp_path, capsys):
     before = zoo.load(name).state_dict()
     main(["train", name, "--epochs", "1", "--limit", str(limit), "--output", str(tmp_path / name)])

@@ -1,0 +1,162 @@
+"""The main job's study of ``llava-easyvqa``, a generative VLM: its generated answers explained and
+perturbation-tested like the VQA models' predicted classes.
+
+Each sample's answer is what the model generates (greedy); every method explains its word pieces
+(``explain(prompt, generate=True)``), their relevance summed over the answer's pieces. The perturbation
+tests drop image tokens or question tokens **from the LM's sequence** in order of that relevance (a
+dropped image token takes its projected vision feature with it; the vision tower still sees the whole
+image; ``[CLS]`` stays) and score whether the answer then generated is still the correct one. Image
+relevance lies on the 8 x 8 patch grid, the same cells as the shapes' ground-truth coverage, so the
+VQA study's plausibility measures apply as they are.
+"""
+
+import textwrap
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Tuple, cast
+
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+from captum_mm.datasets.easy_vqa import GRID, EasyVQA
+from captum_mm.metrics.perturbation import DEFAULT_STEPS, TokenGroup
+from captum_mm.metrics.study import Setting, StudyResult, run_perturbation_study
+from captum_mm.visualization import plot_perturbation_curves, save_perturbation_study
+from captum_mm.visualization.figures import relevance_gallery
+from captum_mm.zoo.train_llava import IMAGE_TOKEN, IMAGE_TOKENS, decoded, pixel_values, tokenizer
+
+if TYPE_CHECKING:
+    from captum_mm.reproduce import Options
+    from captum_mm.zoo.recipes import Recipe
+
+#: The LM sequence's question tokens and image tokens, as the perturbation tests drop them.
+QUESTION = TokenGroup(("question_ids",), "question_mask")
+IMAGE = TokenGroup(("image_positions",), "image_mask")
+#: Generated answers explained and perturbed: a quarter of the VQA models' questions (each perturbed forward generates).
+SAMPLE_SHARE = 4
+
+
+class GeneratedAnswer:
+    """The model's greedy answer (up to 3 word pieces) to the LM sequence ``[CLS]``, the kept image tokens, the kept
+    question tokens (left-padded), as one-hot scores over easy-VQA's answers and a last column for anything else."""
+
+    def __init__(self, model: nn.Module, answers: List[str]) -> None:
+        self.model, self.answers, self.words = model, answers, tokenizer()
+
+    def __call__(self, question_ids: Tensor, question_mask: Tensor, image_positions: Tensor, image_mask: Tensor,
+                 pixel_values: Tensor) -> Tensor:
+        model = cast(Any, self.model)
+        embed = model.get_input_embeddings()
+        output = model.get_image_features(pixel_values=pixel_values)  # every patch of the whole image, projected
+        features = output.pooler_output if hasattr(output, "pooler_output") else output
+        features = torch.stack(list(features)) if isinstance(features, (list, tuple)) else features  # [B, 64, D]
+        start = embed(torch.tensor([self.words.cls_token_id], device=question_ids.device))
+        rows = []
+        for b in range(question_ids.shape[0]):
+            image = features[b, image_positions[b][image_mask[b].bool()]]
+            question = embed(question_ids[b][question_mask[b].bool()])
+            rows.append(torch.cat([start, image, question]))
+        length = max(len(row) for row in rows)
+        embeds = features.new_zeros(len(rows), length, features.shape[-1])
+        mask = torch.zeros(len(rows), length, dtype=torch.long, device=features.device)
+        for b, row in enumerate(rows):
+            embeds[b, length - len(row):], mask[b, length - len(row):] = row, 1
+        output = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=3, do_sample=False)
+        scores = torch.zeros(len(rows), len(self.answers) + 1)
+        for b, ids in enumerate(output.tolist()):
+            answer = decoded(self.words, ids)
+            scores[b, self.answers.index(answer) if answer in self.answers else len(self.answers)] = 1.0
+        return scores
+
+
+def _collate(dataset: EasyVQA) -> Callable[[List[int]], Tuple[Dict[str, Tensor], Tensor]]:
+    """Question ``indices`` as the perturbation tests' keyword arguments (right-padded question tokens, the image
+    token positions, pixels) and their one-hot answers (with the "anything else" column)."""
+    words = tokenizer()
+
+    def collate(indices: List[int]) -> Tuple[Dict[str, Tensor], Tensor]:
+        questions = [words.encode(dataset.questions[i], add_special_tokens=False) for i in indices]
+        ids = torch.zeros(len(indices), max(map(len, questions)), dtype=torch.long)
+        for row, tokens in enumerate(questions):
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+        images = torch.stack([pixel_values(dataset.image(i)[None])[0] for i in indices])
+        labels = torch.tensor([dataset.labels[i] for i in indices])
+        batch = {"question_ids": ids, "question_mask": (ids != 0).long(), "pixel_values": images,
+                 "image_positions": torch.arange(IMAGE_TOKENS).expand(len(indices), -1).clone(),
+                 "image_mask": torch.ones(len(indices), IMAGE_TOKENS, dtype=torch.long)}
+        return batch, nn.functional.one_hot(labels, len(dataset.answers) + 1).float()
+
+    return collate
+
+
+def prompt_of(batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """The model's left-padded prompts ``[CLS] [IMG] x 64 question`` of a batch of :func:`_collate`."""
+    words = tokenizer()
+    rows = [[words.cls_token_id] + [words.convert_tokens_to_ids(IMAGE_TOKEN)] * IMAGE_TOKENS + ids[ids != 0].tolist()
+            for ids in batch["question_ids"]]
+    length = max(map(len, rows))
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    for row, tokens in enumerate(rows):
+        ids[row, length - len(tokens):] = torch.tensor(tokens)
+    return {"input_ids": ids, "attention_mask": (ids != 0).long(), "pixel_values": batch["pixel_values"]}
+
+
+def answer_relevance(factory: Callable[..., Any], model: nn.Module) -> Callable[..., Dict[str, Tensor]]:
+    """A method's relevance for the perturbation tests: the generated answer of each question explained, summed over
+    its word pieces (the end token left out), over the question tokens ``[B, T]`` and the image patches ``[B, 64]``."""
+    end = tokenizer().sep_token_id
+
+    def relevance(batch: Dict[str, Tensor], targets: Tensor) -> Dict[str, Tensor]:
+        explanation = factory(model).explain(prompt_of(batch), generate=True,
+                                            generation_args={"max_new_tokens": 3, "do_sample": False})
+        pieces = ((explanation.target >= 0) & (explanation.target != end)).to(explanation.text.dtype)
+        text = (explanation.text * pieces[..., None]).sum(1)  # [B, P] over the left-padded prompt
+        lengths = batch["question_mask"].sum(1)
+        question = torch.zeros(batch["question_ids"].shape, dtype=text.dtype)
+        for row, length in enumerate(lengths.tolist()):
+            question[row, :length] = text[row, text.shape[1] - length:]
+        image = (explanation.image * pieces[..., None, None]).sum(1).flatten(1)
+        return {"text": question, "image": image}
+
+    return relevance
+
+
+def llava_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable]) -> Dict[str, Any]:
+    """Perturbation tests on the generated answers, plausibility and the gallery of ``llava-easyvqa`` on easy-VQA test."""
+    from captum_mm.zoo.studies import Plausibility, vqa_tables  # the VQA study's measures (it imports this module)
+
+    name = recipe.name
+    model = recipe.load(options.checkpoints.get(name))
+    dataset = EasyVQA("test")
+    settings = [Setting("image", IMAGE, DEFAULT_STEPS, False), Setting("image", IMAGE, DEFAULT_STEPS, True),
+                Setting("text", QUESTION, DEFAULT_STEPS, False), Setting("text", QUESTION, DEFAULT_STEPS, True)]
+    plausibility = Plausibility(dataset)
+    relevance_methods = {method: answer_relevance(factory, model) for method, factory in methods.items()}
+    result = cast(StudyResult, run_perturbation_study(
+        GeneratedAnswer(model, dataset.answers), list(range(len(dataset))), _collate(dataset), relevance_methods, settings,
+        num_samples=max(1, options.samples // SAMPLE_SHARE), seed=options.seed, progress=options.progress,
+        on_relevance=plausibility,
+    ))
+    folder = Path(options.output) / name
+    save_perturbation_study(result, folder, f"{name}: perturbation tests on the generated answers to {len(result.samples)} "
+                            "easy-VQA test questions")
+    gallery = _gallery(model, dataset, relevance_methods, result.samples[: options.gallery])
+    gallery.savefig(folder / "gallery.png", dpi=110, bbox_inches="tight")
+    return {"numbers": result.to_dict(), "tables": vqa_tables(name, result, plausibility),
+            "figures": {"curves": plot_perturbation_curves(result), "gallery": gallery}}
+
+
+def _gallery(model: nn.Module, dataset: EasyVQA, relevance_methods: Dict[str, Callable[..., Dict[str, Tensor]]],
+             indices: List[int]) -> Figure:
+    from captum_mm.zoo.train_llava import generated_answers
+
+    batch, _ = _collate(dataset)(indices)
+    words = tokenizer()
+    tokens = [words.convert_ids_to_tokens(row[row != 0].tolist()) for row in batch["question_ids"]]
+    relevance = {}
+    for method, relevance_of in relevance_methods.items():
+        values = relevance_of(batch, torch.zeros(len(indices)))
+        relevance[method] = (values["text"], values["image"])
+    answers = generated_answers(model, dataset, indices)
+    titles = [f"{textwrap.fill(dataset.questions[i], 24)}\n→ {answer}" for i, answer in zip(indices, answers)]
+    return relevance_gallery([dataset.image(i) for i in indices], tokens, relevance, (GRID, GRID), titles)
