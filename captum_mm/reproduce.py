@@ -125,8 +125,8 @@ CAPTIONS = {
     "the test questions as a growing fraction of its image regions or patches or its text tokens (x axis) is removed, least relevant first (negative perturbation: the higher "
     "the curve, the better the explanation) or most relevant first (positive: the lower, the better). One line per "
     "method; the legend gives each method's area under the curve, as in the tables.",
-    "gallery": "Gallery: top row, test images with their question and the model's answer (generated, for the "
-    "generative VLM: its relevance summed over the answer's word pieces). Below, one row per "
+    "gallery": "Gallery: top row, test images with their question and the model's answer (for the generative VLM, "
+    "one column per generated word piece, the piece named in the title). Below, one row per "
     "method: the image with each region (patch) multiplied by its relevance (scaled to the maximum, so irrelevant regions "
     "are black) and the question's tokens shaded red by their relevance (deeper red: more relevant). A good "
     "explanation shows the shape the question is about and its key words.",

@@ -7,7 +7,7 @@ tests drop image tokens or question tokens **from the LM's sequence** in order o
 dropped image token takes its projected vision feature with it; the vision tower still sees the whole
 image; ``[CLS]`` stays) and score whether the answer then generated is still the correct one. Image
 relevance lies on the 8 x 8 patch grid, the same cells as the shapes' ground-truth coverage, so the
-VQA study's plausibility measures apply as they are.
+VQA study's plausibility measures apply as they are. The gallery shows every generated piece on its own.
 """
 
 import textwrap
@@ -101,22 +101,27 @@ def prompt_of(batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
     return {"input_ids": ids, "attention_mask": (ids != 0).long(), "pixel_values": batch["pixel_values"]}
 
 
+def piece_relevance(factory: Callable[..., Any], model: nn.Module, batch: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    """Each generated word piece of each question of a :func:`_collate` batch, explained by the method ``factory``:
+    its relevance over the question tokens ``[B, K, T]`` and the image patches ``[B, K, 64]``, and the pieces' ids
+    ``[B, K]`` (-1 for the end token and after it)."""
+    explanation = factory(model).explain(prompt_of(batch), generate=True, generation_args={"max_new_tokens": 3, "do_sample": False})
+    ids = explanation.target.masked_fill(explanation.target == tokenizer().sep_token_id, -1)
+    prompt_length = explanation.text.shape[-1]
+    question = explanation.text.new_zeros(*ids.shape, batch["question_ids"].shape[1])
+    for row, length in enumerate(batch["question_mask"].sum(1).tolist()):
+        question[row, :, :length] = explanation.text[row, :, prompt_length - length:]
+    return question, explanation.image.flatten(2), ids
+
+
 def answer_relevance(factory: Callable[..., Any], model: nn.Module) -> Callable[..., Dict[str, Tensor]]:
     """A method's relevance for the perturbation tests: the generated answer of each question explained, summed over
     its word pieces (the end token left out), over the question tokens ``[B, T]`` and the image patches ``[B, 64]``."""
-    end = tokenizer().sep_token_id
 
     def relevance(batch: Dict[str, Tensor], targets: Tensor) -> Dict[str, Tensor]:
-        explanation = factory(model).explain(prompt_of(batch), generate=True,
-                                            generation_args={"max_new_tokens": 3, "do_sample": False})
-        pieces = ((explanation.target >= 0) & (explanation.target != end)).to(explanation.text.dtype)
-        text = (explanation.text * pieces[..., None]).sum(1)  # [B, P] over the left-padded prompt
-        lengths = batch["question_mask"].sum(1)
-        question = torch.zeros(batch["question_ids"].shape, dtype=text.dtype)
-        for row, length in enumerate(lengths.tolist()):
-            question[row, :length] = text[row, text.shape[1] - length:]
-        image = (explanation.image * pieces[..., None, None]).sum(1).flatten(1)
-        return {"text": question, "image": image}
+        question, image, ids = piece_relevance(factory, model, batch)
+        pieces = (ids >= 0).to(question.dtype)[..., None]
+        return {"text": (question * pieces).sum(1), "image": (image * pieces).sum(1)}
 
     return relevance
 
@@ -140,23 +145,25 @@ def llava_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callabl
     folder = Path(options.output) / name
     save_perturbation_study(result, folder, f"{name}: perturbation tests on the generated answers to {len(result.samples)} "
                             "easy-VQA test questions")
-    gallery = _gallery(model, dataset, relevance_methods, result.samples[: options.gallery])
+    gallery = _gallery(model, dataset, methods, result.samples[: options.gallery])
     gallery.savefig(folder / "gallery.png", dpi=110, bbox_inches="tight")
     return {"numbers": result.to_dict(), "tables": vqa_tables(name, result, plausibility),
             "figures": {"curves": plot_perturbation_curves(result), "gallery": gallery}}
 
 
-def _gallery(model: nn.Module, dataset: EasyVQA, relevance_methods: Dict[str, Callable[..., Dict[str, Tensor]]],
-             indices: List[int]) -> Figure:
-    from captum_mm.zoo.train_llava import generated_answers
-
+def _gallery(model: nn.Module, dataset: EasyVQA, methods: Dict[str, Callable], indices: List[int]) -> Figure:
+    """One column per generated word piece of each question: its relevance over the question and the image, per method."""
     batch, _ = _collate(dataset)(indices)
     words = tokenizer()
-    tokens = [words.convert_ids_to_tokens(row[row != 0].tolist()) for row in batch["question_ids"]]
-    relevance = {}
-    for method, relevance_of in relevance_methods.items():
-        values = relevance_of(batch, torch.zeros(len(indices)))
-        relevance[method] = (values["text"], values["image"])
-    answers = generated_answers(model, dataset, indices)
-    titles = [f"{textwrap.fill(dataset.questions[i], 24)}\n→ {answer}" for i, answer in zip(indices, answers)]
-    return relevance_gallery([dataset.image(i) for i in indices], tokens, relevance, (GRID, GRID), titles)
+    explained = {method: piece_relevance(factory, model, batch) for method, factory in methods.items()}
+    columns = [(row, piece) for row, ids in enumerate(next(iter(explained.values()))[2].tolist())
+               for piece, token in enumerate(ids) if token >= 0]
+    question_tokens = [words.convert_ids_to_tokens(row[row != 0].tolist()) for row in batch["question_ids"]]
+    relevance = {method: (torch.stack([question[row, piece] for row, piece in columns]),
+                          torch.stack([image[row, piece] for row, piece in columns]))
+                 for method, (question, image, _) in explained.items()}
+    ids = next(iter(explained.values()))[2]
+    titles = [f"{textwrap.fill(dataset.questions[indices[row]], 24)}\n→ {decoded(words, [t for t in ids[row].tolist() if t >= 0])}"
+              f" (piece {words.convert_ids_to_tokens(int(ids[row, piece]))})" for row, piece in columns]
+    return relevance_gallery([dataset.image(indices[row]) for row, _ in columns], [question_tokens[row] for row, _ in columns],
+                             relevance, (GRID, GRID), titles)
