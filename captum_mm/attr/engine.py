@@ -9,7 +9,7 @@ runs no backward pass and hands over no tensor that no method asked for.
 import warnings
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,7 @@ from captum_mm.attr._checks import (
     run_forward,
     warn_if_training,
 )
+from captum_mm.attr._gradients import attention_gradients
 from captum_mm.lrp import LRPState, RuleSet, attention_relevance, lrp_rules
 from captum_mm.models import ArchitectureAdapter, TargetSelection, adapter_for, capture_attention
 from captum_mm.models.capture import AttentionCall, AttentionRecord
@@ -216,7 +217,9 @@ def _fused_from_backward(
         position, sample = element_slot[members] - chunk[0], element_sample[members]
         for event, call in zip(events, calls):
             if call.lean is not None:
-                _prepare_lean(call.lean, needs, masks[event.query][members], masks[event.key][members], sample, call)
+                if needs.fusion not in ("gradient_weighted", "grad_cam"):
+                    raise RuntimeError(f"{call.name} was captured lean for a fusion ({needs.fusion}) no backward computes.")
+                call.lean.prepare(needs.fusion, masks[event.query][members], masks[event.key][members], sample)
         grads: List[Optional[Tensor]] = [None] * len(calls)
         if needs.gradients:
             grads = list(attention_gradients(logits, [call.differentiable for call in calls], seeds[chunk], retain_graph=True, names=names))
@@ -255,61 +258,6 @@ def _fused_buffer(call: AttentionCall, logits: Tensor, elements: int) -> Tensor:
         return call.probs.new_zeros(elements, *call.probs.shape[-2:], dtype=accumulation_dtype(call.probs.dtype))
     lean = cast(LeanMaps, call.lean)
     return logits.new_zeros(elements, *lean.shape[-2:], dtype=accumulation_dtype(lean.probe.dtype))
-
-
-def _prepare_lean(lean: LeanMaps, needs: Needs, rows: Tensor, columns: Tensor, sample: Tensor, call: AttentionCall) -> None:
-    """What the call's next backward computes: the method's fusion, with each explained sample's real tokens."""
-    if needs.fusion not in ("gradient_weighted", "grad_cam"):
-        raise RuntimeError(f"{call.name} was captured lean for a fusion ({needs.fusion}) no backward computes.")
-    lean.fusion = needs.fusion
-    batch = lean.shape[0]
-    lean.rows = torch.ones(batch, lean.shape[-2], dtype=torch.bool, device=rows.device).index_copy(0, sample, rows)
-    lean.columns = torch.ones(batch, lean.shape[-1], dtype=torch.bool, device=columns.device).index_copy(0, sample, columns)
-
-
-def attention_gradients(
-    logits: Tensor,
-    probs: Sequence[Union[Tensor, Sequence[Tensor]]],
-    seeds: Tensor,
-    retain_graph: bool = False,
-    names: Optional[List[str]] = None,
-) -> List[Tensor]:
-    """``d(seed . logits)/dA`` for every map, ``[K, B, H, Nq, Nk]``; one (batched) backward pass. A map
-    given as the tensors the forward used (one per image) gets their gradients concatenated.
-
-    Every map must be connected to the logits: a map autograd cannot reach (e.g. one captured
-    inside a compiled graph) is an error, never a zero gradient."""
-    names = names or [f"call {index}" for index in range(len(probs))]
-    parts = [[p] if isinstance(p, Tensor) else list(p) for p in probs]
-    unconnected = [name for name, tensors in zip(names, parts) if not all(t.requires_grad for t in tensors)]
-    batched = seeds.shape[0] > 1
-    if not unconnected:
-        found = torch.autograd.grad(
-            logits,
-            [t for tensors in parts for t in tensors],
-            grad_outputs=seeds if batched else seeds[0],
-            is_grads_batched=batched,
-            allow_unused=True,
-            retain_graph=retain_graph,
-        )
-        unconnected = [name for name, gradient in zip(names, _regroup(found, parts)) if any(g is None for g in gradient)]
-    if unconnected:
-        raise RuntimeError(
-            f"The explained output does not depend on the attention maps {unconnected} through autograd, so their "
-            "gradients are unknown. forward_func must return the output of the model's own forward pass, not "
-            "computed by a compiled (torch.compile) or detached copy."
-        )
-    grouped = [torch.cat(cast(List[Tensor], gradients), dim=int(batched)) for gradients in _regroup(found, parts)]
-    return [gradient if batched else gradient[None] for gradient in grouped]
-
-
-def _regroup(flat: Sequence[Optional[Tensor]], parts: List[List[Tensor]]) -> List[List[Optional[Tensor]]]:
-    """``flat`` (one entry per part) back into one list per map."""
-    grouped, start = [], 0
-    for tensors in parts:
-        grouped.append(list(flat[start : start + len(tensors)]))
-        start += len(tensors)
-    return grouped
 
 
 def _take(tensor: Tensor, index: Tensor) -> Tensor:

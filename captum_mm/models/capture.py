@@ -207,38 +207,6 @@ def _record_calls(spec: AttentionSpec, record: AttentionRecord) -> RemovableHand
     return spec.probs.module.register_forward_hook(hook)
 
 
-def _random_states() -> Tuple[Tensor, List[Tensor]]:
-    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [])
-
-
-def _set_random_states(states: Tuple[Tensor, List[Tensor]]) -> None:
-    torch.set_rng_state(states[0])
-    if states[1]:
-        torch.cuda.set_rng_state_all(states[1])
-
-
-def replay_after_forward(module: nn.Module, replay: Callable[[Dict[str, Any], Any], None]) -> List[RemovableHandle]:
-    """Hooks calling ``replay(arguments, output)`` after every forward of ``module``, without gradients,
-    from the random state that forward started from: a module that draws at random (ViLT's patch
-    sampling) draws the same again. The random state after the forward is restored."""
-    signature = inspect.signature(module.forward)
-    started: List[Tuple[Tensor, List[Tensor]]] = []
-
-    def before(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
-        started.append(_random_states())
-
-    def after(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any) -> None:
-        finished = _random_states()
-        _set_random_states(started.pop())
-        try:
-            with torch.no_grad():
-                replay(signature.bind_partial(*args, **kwargs).arguments, output)
-        finally:
-            _set_random_states(finished)
-
-    return [module.register_forward_pre_hook(before, with_kwargs=True), module.register_forward_hook(after, with_kwargs=True)]
-
-
 def _lean_sites(specs: Sequence[AttentionSpec], record: AttentionRecord, fusion: Fusion) -> Dict[nn.Module, LeanSite]:
     """The module computing the attention of each spec lean capture serves, and its site recording into ``record``."""
     sites = {}

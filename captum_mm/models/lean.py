@@ -82,6 +82,14 @@ class LeanMaps:
     columns: Optional[Tensor] = None
     fused: Optional[Tensor] = None
 
+    def prepare(self, fusion: Fusion, rows: Tensor, columns: Tensor, sample: Tensor) -> None:
+        """What the next backward computes: ``fusion``, with the real query ``rows`` and key ``columns`` (``[E, N]``)
+        of the explained elements, whose samples are ``sample``."""
+        self.fusion = fusion
+        batch = self.shape[0]
+        self.rows = torch.ones(batch, self.shape[-2], dtype=torch.bool, device=rows.device).index_copy(0, sample, rows)
+        self.columns = torch.ones(batch, self.shape[-1], dtype=torch.bool, device=columns.device).index_copy(0, sample, columns)
+
 
 @dataclass
 class LeanSite:

@@ -21,7 +21,8 @@ from transformers.models.vilt.modeling_vilt import ViltEmbeddings, ViltLayer, Vi
 from captum_mm.lrp.composite import LRPStructure
 from captum_mm.models.arguments import PIXELS, TOKENS, Argument
 from captum_mm.models.base import ArchitectureAdapter, TargetSelection, attention_specs_in, dropout_probabilities, forward_order_schedule, pre_norm_structure, qkv_parts
-from captum_mm.models.capture import AttentionRecord, replay_after_forward
+from captum_mm.models.capture import AttentionRecord
+from captum_mm.models.replay import replay_after_forward
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import Readout, Schedule
 from captum_mm.spec import AttentionSpec, TensorSource, self_attention

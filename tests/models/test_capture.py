@@ -2,7 +2,8 @@
 
 import torch
 
-from captum_mm.attr.engine import Needs, attention_gradients, forward_pass
+from captum_mm.attr._gradients import attention_gradients
+from captum_mm.attr.engine import Needs, forward_pass
 from helpers import detr_case, lxmert_case
 
 
