@@ -65,6 +65,12 @@ def test_readme_test_command_is_what_ci_runs():
     assert "smoke_wheel.py" in ci.splitlines()[-1]  # then the built wheel, installed apart, from outside the tree
 
 
+def test_docs_getting_started_shows_the_readme_commands():
+    commands = [line for line in README.read_text().splitlines() if line.startswith("python3 -m venv .venv")]
+    index = (README.parent / "docs" / "index.md").read_text()
+    assert len(commands) == 2 and all(command in index for command in commands)
+
+
 def test_contributing_worked_example_is_the_vit_adapter():
     contributing = (README.parent / "CONTRIBUTING.md").read_text()
     vit = (README.parent / "captum_mm" / "models" / "vit.py").read_text()

@@ -95,6 +95,7 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         return False
 
     def attribute_future(self, *args: Any, **kwargs: Any) -> None:
+        """Not available: explanations run synchronously (Captum's ``attribute_future`` contract)."""
         raise NotImplementedError(f"{type(self).__name__} has no asynchronous attribute.")
 
     @log_usage()

@@ -23,9 +23,11 @@ class Canonizer:
     ``register`` installs its hooks, which route relevance through :class:`Switch` es reading ``mode``."""
 
     def sources(self) -> List[TensorSource]:
+        """The forward tensors the canonizer's rule reads (recorded for it)."""
         return []
 
     def register(self, mode: Mode, recorded: Callable[[TensorSource], Tensor]) -> List[RemovableHandle]:
+        """Install the canonizer's hooks on the model; their handles (removed on exit)."""
         raise NotImplementedError
 
 
@@ -38,9 +40,11 @@ class PositionEmbeddingInput(Canonizer):
     source: TensorSource
 
     def sources(self) -> List[TensorSource]:
+        """The forward tensors the canonizer's rule reads (recorded for it)."""
         return [self.source]
 
     def register(self, mode: Mode, recorded: Callable[[TensorSource], Tensor]) -> List[RemovableHandle]:
+        """Install the canonizer's hooks on the model; their handles (removed on exit)."""
         def hook(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
             x, origin = args[0], recorded(self.source)
             rule = lambda g: (safe_divide(exact(x) * g, exact(origin)),)  # noqa: E731
@@ -60,9 +64,11 @@ class GatedProduct(Canonizer):
     up: TensorSource
 
     def sources(self) -> List[TensorSource]:
+        """The forward tensors the canonizer's rule reads (recorded for it)."""
         return [self.gate, self.up]
 
     def register(self, mode: Mode, recorded: Callable[[TensorSource], Tensor]) -> List[RemovableHandle]:
+        """Install the canonizer's hooks on the model; their handles (removed on exit)."""
         def hook(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
             gate, up = recorded(self.gate), recorded(self.up)
             rule = lambda g: (exact(up) * g / 2, exact(gate) * g / 2)  # noqa: E731

@@ -88,6 +88,7 @@ class LRPState:
 
     @contextmanager
     def relevance_mode(self) -> Iterator[None]:
+        """Within the ``with`` block every switch hands its rule's modified gradients on (an LRP backward)."""
         self.mode.relevance = True
         try:
             yield

@@ -52,6 +52,7 @@ class LinearRule:
     """
 
     def input_gradient(self, module: LinearModule, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
+        """The modified gradient at the linear layer's input ``x`` for the modified gradient ``g_out`` at its output."""
         raise NotImplementedError
 
 
@@ -75,6 +76,7 @@ class AlphaBeta(LinearRule):
     conserve: bool = False
 
     def input_gradient(self, module: LinearModule, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
+        """The modified gradient at the linear layer's input ``x`` for the modified gradient ``g_out`` at its output."""
         relevance = out * g_out
         positive, negative = x.clamp(min=0), x.clamp(max=0)
         weight = linear_weight(module).to(x.dtype)
@@ -99,6 +101,7 @@ class Epsilon(LinearRule):
     epsilon: float = 1e-6
 
     def input_gradient(self, module: LinearModule, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
+        """The modified gradient at the linear layer's input ``x`` for the modified gradient ``g_out`` at its output."""
         stabilized = out + self.epsilon * torch.where(out >= 0, 1.0, -1.0)
         return ((out * g_out) / stabilized) @ linear_weight(module).to(out.dtype)
 
@@ -107,6 +110,7 @@ class PassThrough:
     """An elementwise module whose input takes its output's relevance unchanged (LayerNorm, GELU, dropout)."""
 
     def input_gradient(self, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
+        """``out * g_out / x``: the output's relevance passed to the input unchanged."""
         return safe_divide(out * g_out, x)
 
 
@@ -115,6 +119,7 @@ class ProportionalResidual:
     ``|sum a| / (|sum a| + |sum b|)`` of the total (sums per sample)."""
 
     def branch_gradients(self, a: Tensor, b: Tensor, g_z: Tensor) -> Tuple[Tensor, Tensor]:
+        """The modified gradients at the two branches ``a`` and ``b`` of ``z = a + b`` for ``g_z`` at the sum."""
         total = per_sample_sum((a + b) * g_z)
         sum_a, sum_b = per_sample_sum(a * g_z), per_sample_sum(b * g_z)
         magnitude = sum_a.abs() + sum_b.abs()

@@ -89,6 +89,7 @@ class ArchitectureAdapter:
         check_declared(arguments, self.arguments)
 
     def extra_hooks(self, record: AttentionRecord) -> List[Any]:
+        """Hooks the family needs on the model while it is explained (e.g. BLIP's decoder logits); their handles."""
         return []
 
     def gradient_free_modules(self) -> Tuple[nn.Module, ...]:
@@ -96,6 +97,7 @@ class ArchitectureAdapter:
         return ()
 
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
+        """The :class:`Schedule` of one captured forward pass: modalities, padding masks, steps and readouts."""
         raise NotImplementedError
 
     def lrp_structure(self) -> LRPStructure:
@@ -125,6 +127,7 @@ class ArchitectureAdapter:
         )
 
     def select_targets(self, logits: Tensor, target: Any, **options: Any) -> TargetSelection:
+        """The elements explained for ``target`` (None: each sample's prediction), as seeds over ``logits``."""
         return select_class_targets(logits, target)
 
     def per_sample_outputs(self, logits: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ def register_adapter(adapter: Type[ArchitectureAdapter]) -> Type[ArchitectureAda
 
 
 def supported_classes() -> List[str]:
+    """The names of the model classes some registered adapter serves, sorted."""
     return sorted(cls.__name__ for cls in _ADAPTERS)
 
 

@@ -1,0 +1,93 @@
+"""MkDocs hooks of the documentation site (``mkdocs build --strict``, see CONTRIBUTING.md).
+
+* One page per supported family, and the evaluation protocols, generated from ``docs/METHOD.md`` (the
+  specification the code follows), so the site never drifts from it.
+* Every public class and function of the API reference must have a docstring: the build fails naming
+  those without one.
+"""
+
+import importlib
+import inspect
+import logging
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+from mkdocs.structure.files import File, Files
+
+log = logging.getLogger("mkdocs.plugins.captum_mm")
+SPEC = Path(__file__).parent / "METHOD.md"
+#: The modules of the API reference (docs/api/*.md); their public names must be documented.
+API_MODULES = (
+    "captum_mm.attr", "captum_mm.llm", "captum_mm.generation", "captum_mm.models", "captum_mm.spec", "captum_mm.lrp",
+    "captum_mm.relevance.schedule", "captum_mm.relevance.propagation", "captum_mm.relevance.rules",
+    "captum_mm.relevance.heads", "captum_mm.metrics", "captum_mm.visualization", "captum_mm.datasets", "captum_mm.zoo",
+)
+
+
+def _section(text: str, heading: str) -> str:
+    """The body of ``## heading`` in ``text``, up to the next ``## ``."""
+    start = text.index(f"## {heading}")
+    end = text.find("\n## ", start + 1)
+    return text[text.index("\n", start) + 1 : end if end >= 0 else len(text)]
+
+
+def family_pages(text: str) -> List[Tuple[str, str, str]]:
+    """``(slug, title, markdown)`` per family paragraph (``**Name** ...``) of the per-architecture schedules."""
+    body = _section(text, "Per-architecture schedules")
+    parts = re.split(r"\n(?=\*\*)", "\n" + body.strip())
+    pages = []
+    for part in (p.strip() for p in parts if p.strip()):
+        title = re.match(r"\*\*(.+?)\*\*", part)
+        if title is None:
+            continue
+        slug = re.sub(r"[^a-z0-9]+", "-", title.group(1).lower()).strip("-")
+        pages.append((slug, title.group(1), f"# {title.group(1)}\n\nFrom the specification (`docs/METHOD.md`), "
+                      f"\"Per-architecture schedules\":\n\n{part}\n"))
+    return pages
+
+
+def on_files(files: Files, config: Any) -> Files:
+    text = SPEC.read_text()
+    for slug, _, content in family_pages(text):
+        files.append(File.generated(config, f"families/{slug}.md", content=content))
+    protocols = _section(text, "Evaluation protocols")
+    files.append(File.generated(config, "protocols.md", content=f"# Evaluation protocols\n\n{protocols}"))
+    return files
+
+
+def on_config(config: Any) -> Any:
+    """The generated family pages in the navigation, and the docstring check."""
+    families = [{title: f"families/{slug}.md"} for slug, title, _ in family_pages(SPEC.read_text())]
+    for entry in config["nav"]:
+        if isinstance(entry, dict) and "Supported families" in entry:
+            entry["Supported families"] = families
+    missing = undocumented()
+    if missing:
+        log.warning("Public names without a docstring: %s", ", ".join(missing))
+    return config
+
+
+def undocumented() -> List[str]:
+    """Public classes, functions and methods of :data:`API_MODULES` without a docstring of their own."""
+    missing: Dict[str, None] = {}
+    for name in API_MODULES:
+        module = importlib.import_module(name)
+        public = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
+        for attribute in public:
+            value = getattr(module, attribute)
+            if not (inspect.isclass(value) or inspect.isfunction(value)) or not value.__module__.startswith("captum_mm"):
+                continue
+            qualified = f"{value.__module__}.{value.__qualname__}"
+            if not (value.__doc__ or "").strip():
+                missing[qualified] = None
+            if inspect.isclass(value):
+                for method, member in vars(value).items():
+                    if inspect.isfunction(member) and not method.startswith("_") and not _documented_method(value, method):
+                        missing[f"{qualified}.{method}"] = None
+    return list(missing)
+
+
+def _documented_method(cls: type, name: str) -> bool:
+    """A method documented here or by the method it overrides."""
+    return any((getattr(base.__dict__.get(name), "__doc__", None) or "").strip() for base in cls.__mro__ if name in base.__dict__)
