@@ -33,14 +33,28 @@ def generation_forward(
     generation_args: Optional[Dict[str, Any]],
     adapter: Optional[DecoderOnlyAdapter] = None,
 ) -> Tuple[Callable[..., Tensor], Tuple[Any, ...], Continuation]:
-    """``(forward_func, inputs, target)`` that explain ``continuation`` (or what ``model.generate``
-    produces from ``prompt``, the model's forward arguments by name: see :func:`prompt_arguments`).
+    """``(forward_func, inputs, target)`` that explain ``continuation`` (or what ``model.generate`` produces from
+    ``prompt``), for :meth:`~captum_mm.attr.AttentionAttribution.explain`.
 
-    The family's ``adapter`` (by default the model's) says how the model's forward and ``generate`` hold
-    the continuation (its ``generation_convention()``), gives its other per-token arguments over prompt +
-    continuation (PaliGemma's ``token_type_ids``; None leaves one out, as Qwen2-VL's positions, which
-    the model computes; one it does not extend is an error) and declares the arguments whose first
-    dimension is not the batch (Qwen2-VL's patches)."""
+    The family's ``adapter`` says how the model's forward and ``generate`` hold the continuation (its
+    ``generation_convention()``), gives its other per-token arguments over prompt + continuation (PaliGemma's
+    ``token_type_ids``; None leaves one out, as Qwen2-VL's positions, which the model computes; one it does not
+    extend is an error) and declares the arguments whose first dimension is not the batch (Qwen2-VL's patches).
+
+    Args:
+        model (nn.Module): A generative HuggingFace model.
+        prompt (dict): The prompt as the model's forward arguments by name (:func:`prompt_arguments`),
+                    left-padded for decoder-only models.
+        continuation (Tensor or list of lists of int, optional): The tokens to explain, ``[B, C]`` ids or one
+                    id list per sample; None with ``generate=True``.
+        generate (bool): Explain what ``model.generate`` produces instead.
+        generation_args (dict, optional): Passed to ``model.generate``.
+        adapter (DecoderOnlyAdapter, optional): The family's adapter. Default: None (the model's)
+
+    Returns:
+        *tuple*: ``forward_func`` (returning each continuation token's pre-softmax logit ``[B, C]``), its inputs
+        and the :class:`Continuation` explained.
+    """
     adapter = adapter or cast(DecoderOnlyAdapter, adapter_for(model))
     convention = adapter.generation_convention()
     unbatched = [name for name, argument in adapter.arguments.items() if not argument.batched]
@@ -87,9 +101,17 @@ def generation_forward(
 
 
 def prompt_arguments(model: nn.Module, inputs: Union[Mapping[str, Any], Tuple[Any, ...]]) -> Dict[str, Any]:
-    """The prompt as the model's forward arguments by name: a mapping (a tokenizer's batch) as it is,
-    positional inputs bound to ``model.forward``'s signature. A cache is refused: the explanation runs
-    prompt and continuation in one forward."""
+    """The prompt as the model's forward arguments by name: a mapping (a tokenizer's batch) as it is, positional
+    inputs bound to ``model.forward``'s signature. A cache is refused: the explanation runs prompt and
+    continuation in one forward.
+
+    Args:
+        model (nn.Module): The HuggingFace model.
+        inputs (Mapping or tuple): The prompt.
+
+    Returns:
+        *dict*: The forward arguments by name (None values left out).
+    """
     if isinstance(inputs, Mapping):
         prompt = dict(inputs)
     else:

@@ -18,7 +18,17 @@ BACKGROUND = 255
 
 
 def shapes_scene(seed: int, size: int = 128, min_shapes: int = 2, max_shapes: int = 4) -> Tuple[np.ndarray, List[Tuple[str, np.ndarray]]]:
-    """One ``[size, size, 3]`` uint8 scene and its ``(category, mask)`` objects."""
+    """One synthetic scene of non-overlapping shapes (``skimage.draw.random_shapes``).
+
+    Args:
+        seed (int): Its random seed.
+        size (int, optional): Height and width in pixels. Default: 128
+        min_shapes (int, optional): Fewest shapes. Default: 2
+        max_shapes (int, optional): Most shapes. Default: 4
+
+    Returns:
+        *tuple*: The ``[size, size, 3]`` uint8 image and its ``(category, mask)`` objects.
+    """
     image, labels = random_shapes(
         (size, size), max_shapes=max_shapes, min_shapes=min_shapes, min_size=size // 6, max_size=size // 2,
         intensity_range=((0, 200),) * 3, rng=seed,
@@ -47,9 +57,19 @@ def _annotation(index: int, image_id: int, category: str, mask: np.ndarray) -> D
 
 
 def write_shapes_coco(folder, count: int, seed: int, size: int = 128, split: str = "val") -> Path:
-    """Write ``count`` scenes as ``folder/split/*.png`` and ``folder/split.json``; returns the json path.
+    """Write scenes as COCO-format data: ``folder/split/*.png`` and ``folder/split.json`` with masks.
 
     Scene ``k`` uses seed ``seed + k``, so splits written with disjoint seed ranges never share a scene.
+
+    Args:
+        folder (str or Path): Where to write.
+        count (int): How many scenes.
+        seed (int): The first scene's seed.
+        size (int, optional): Image size in pixels. Default: 128
+        split (str, optional): The split's name. Default: "val"
+
+    Returns:
+        *Path*: The json's path.
     """
     from PIL import Image
 

@@ -73,22 +73,51 @@ class PerturbationCurve:
 
 
 def area_under_curve(accuracy: Sequence[float], steps: Sequence[float]) -> float:
-    """Trapezoid rule, accuracy in % over the fraction removed."""
+    """The trapezoid area under accuracy over the fraction removed.
+
+    Args:
+        accuracy (sequence of float): Accuracy (%) at each step.
+        steps (sequence of float): The fractions removed, increasing.
+
+    Returns:
+        *float*: The area (in % x fraction).
+    """
     return float(np.trapezoid(np.asarray(accuracy, dtype=np.float64), np.asarray(steps, dtype=np.float64)))
 
 
 def accuracy(answers: Tensor) -> ScoreFunction:
-    """Score 1 when the predicted class is ``answers[sample]``."""
+    """A score function: 1 when the predicted class is the sample's answer.
+
+    Args:
+        answers (Tensor): ``[B]`` the answer of each sample.
+
+    Returns:
+        *Callable*: ``score(logits, samples) -> [M]`` for the samples of each row of ``logits``.
+    """
     return lambda logits, samples: (logits.argmax(-1) == answers.to(logits.device)[samples]).double()
 
 
 def vqa_score(answer_scores: Tensor) -> ScoreFunction:
-    """VQA soft accuracy: ``answer_scores[sample, predicted class]`` (``[B, C]`` soft labels)."""
+    """A score function: VQA soft accuracy, ``answer_scores[sample, predicted class]``.
+
+    Args:
+        answer_scores (Tensor): ``[B, C]`` soft labels of each sample.
+
+    Returns:
+        *Callable*: ``score(logits, samples) -> [M]``.
+    """
     return lambda logits, samples: answer_scores.to(logits.device)[samples, logits.argmax(-1)].double()
 
 
 def keeps_prediction(predictions: Tensor) -> ScoreFunction:
-    """Score 1 while the model keeps its original prediction ``predictions[sample]``."""
+    """A score function: 1 while the model keeps its original prediction.
+
+    Args:
+        predictions (Tensor): ``[B]`` the unperturbed prediction of each sample.
+
+    Returns:
+        *Callable*: ``score(logits, samples) -> [M]``.
+    """
     return accuracy(predictions)
 
 

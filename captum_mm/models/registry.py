@@ -15,8 +15,22 @@ _ADAPTERS: Dict[type, Type[ArchitectureAdapter]] = {}
 
 
 def register_adapter(adapter: Type[ArchitectureAdapter]) -> Type[ArchitectureAdapter]:
-    """Class decorator making an adapter available to every method; it replaces an adapter
-    registered earlier for the same model classes."""
+    """Class decorator making an adapter available to every method; it replaces an adapter registered
+    earlier for the same model classes (so a user's adapter overrides a built-in one).
+
+    Args:
+        adapter (type): An :class:`~captum_mm.models.ArchitectureAdapter` subclass naming its
+                    ``model_classes``.
+
+    Returns:
+        *type*: ``adapter`` itself.
+
+    Examples::
+
+        >>> @register_adapter
+        ... class RobertaAdapter(BertAdapter):
+        ...     model_classes = (RobertaModel,)
+    """
     for model_class in adapter.model_classes:
         _ADAPTERS[model_class] = adapter
     return adapter
@@ -28,7 +42,17 @@ def supported_classes() -> List[str]:
 
 
 def adapter_for(model: nn.Module) -> ArchitectureAdapter:
-    """The adapter serving ``model``'s most specific registered class, instantiated for it."""
+    """The adapter serving the model's most specific registered class, instantiated for it.
+
+    Args:
+        model (nn.Module): A HuggingFace model.
+
+    Returns:
+        *ArchitectureAdapter*: Its family's adapter (a variant, where the family picks one per model).
+
+    Raises:
+        TypeError: No adapter serves the model's class; the message lists the supported classes.
+    """
     for model_class in type(model).__mro__:
         if model_class in _ADAPTERS:
             return _ADAPTERS[model_class].for_model(model)

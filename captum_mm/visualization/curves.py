@@ -12,8 +12,16 @@ DIRECTIONS = {"negative": "higher is better", "positive": "lower is better"}
 
 
 def plot_perturbation_curves(result: StudyResult, title: Optional[str] = None) -> Figure:
-    """One panel per setting (e.g. negative/positive image/text), two panels a row; one line per method,
-    its AUC in the legend below the panel."""
+    """Perturbation curves: one panel per setting (e.g. negative/positive image/text), two panels a row; one line
+    per method, its AUC in the legend below the panel.
+
+    Args:
+        result (StudyResult): From :func:`captum_mm.metrics.study.run_perturbation_study`.
+        title (str, optional): The figure's title. Default: None
+
+    Returns:
+        *Figure*: The curves.
+    """
     settings = list(result.steps)
     columns = min(2, len(settings))
     rows = math.ceil(len(settings) / columns)
@@ -39,7 +47,13 @@ def plot_perturbation_curves(result: StudyResult, title: Optional[str] = None) -
 
 
 def save_perturbation_study(result: StudyResult, folder: Path, title: Optional[str] = None) -> None:
-    """``results.json`` (:meth:`StudyResult.save`) and ``curves.png`` (:func:`plot_perturbation_curves`) in ``folder``."""
+    """``results.json`` (:meth:`StudyResult.save`) and ``curves.png`` (:func:`plot_perturbation_curves`) in ``folder``.
+
+    Args:
+        result (StudyResult): The study's result.
+        folder (Path): Where to write (created if missing).
+        title (str, optional): The curves' title. Default: None
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     result.save(folder / "results.json")

@@ -23,23 +23,50 @@ def _normalized(values) -> np.ndarray:
 
 
 def text_relevance_html(tokens: Sequence[str], relevance) -> str:
-    """Tokens shaded red by relevance (scaled to its maximum), with Captum's word-importance HTML."""
+    """Tokens shaded red by relevance (scaled to its maximum), with Captum's word-importance HTML.
+
+    Args:
+        tokens (sequence of str): The tokens.
+        relevance (Tensor or array): One value per token.
+
+    Returns:
+        *str*: HTML.
+    """
     # Captum colours negative importances red: pass the scaled relevance negated.
     return captum_visualization.format_word_importances(list(tokens), -np.clip(_normalized(relevance), 0, 1))
 
 
 def text_relevance_record(
     tokens: Sequence[str], relevance, predicted: str, probability: float, true: str = "", score: float = 0.0
-):
-    """A Captum ``VisualizationDataRecord`` (for ``captum.attr.visualization.visualize_text``) whose
-    word importances shade the tokens red by relevance."""
+) -> captum_visualization.VisualizationDataRecord:
+    """A Captum ``VisualizationDataRecord`` (for ``captum.attr.visualization.visualize_text``) whose word
+    importances shade the tokens red by relevance.
+
+    Args:
+        tokens (sequence of str): The tokens.
+        relevance (Tensor or array): One value per token.
+        predicted (str): The predicted label shown.
+        probability (float): Its probability.
+        true (str, optional): The true label. Default: ""
+        score (float, optional): The attribution score shown. Default: 0.0
+
+    Returns:
+        *VisualizationDataRecord*: For ``visualize_text`` or :func:`text_records_html`.
+    """
     return captum_visualization.VisualizationDataRecord(
         -np.clip(_normalized(relevance), 0, 1), probability, predicted, true, predicted, score, list(tokens), None
     )
 
 
 def text_records_html(records) -> str:
-    """Captum's text visualisation of ``records`` as an HTML string (no notebook display needed)."""
+    """Captum's text visualisation of records as an HTML string (no notebook display needed).
+
+    Args:
+        records (sequence of VisualizationDataRecord): From :func:`text_relevance_record`.
+
+    Returns:
+        *str*: HTML.
+    """
     return captum_visualization.visualize_text(records, legend=False).data
 
 
@@ -55,7 +82,17 @@ def _pixel_weights(relevance, grid: Sequence[int], size: Sequence[int]) -> np.nd
 
 
 def region_heatmap(image: np.ndarray, relevance, grid: Sequence[int], title: str = "") -> Figure:
-    """Grid or patch relevance as a Captum ``visualize_image_attr`` blended heat map over the image."""
+    """Grid or patch relevance as a Captum ``visualize_image_attr`` blended heat map over the image.
+
+    Args:
+        image (ndarray): ``[H, W, 3]`` the image.
+        relevance (Tensor or array): One value per cell of a ``grid`` tiling of the image.
+        grid (sequence of int): ``(rows, cols)``.
+        title (str, optional): The figure's title. Default: ""
+
+    Returns:
+        *Figure*: The heat map.
+    """
     attribution = _pixel_weights(relevance, grid, image.shape[:2])[..., None]
     figure, _ = captum_visualization.visualize_image_attr(
         attribution, image.astype(np.float64) / 255.0, method="blended_heat_map", sign="positive",
@@ -67,7 +104,13 @@ def region_heatmap(image: np.ndarray, relevance, grid: Sequence[int], title: str
 def region_relevance_image(image: np.ndarray, relevance, grid: Sequence[int]) -> np.ndarray:
     """The image multiplied by each region's relevance (scaled to its maximum), as in the paper's Figure 1.
 
-    ``relevance`` holds one value per region of a ``grid = (rows, cols)`` tiling of the image.
+    Args:
+        image (ndarray): ``[H, W, 3]`` the image.
+        relevance (Tensor or array): One value per region of a ``grid = (rows, cols)`` tiling of the image.
+        grid (sequence of int): ``(rows, cols)``.
+
+    Returns:
+        *ndarray*: The weighted image, ``[H, W, 3]``.
     """
     return (image.astype(np.float64) / 255.0) * _pixel_weights(relevance, grid, image.shape[:2])[..., None]
 
@@ -96,9 +139,19 @@ def relevance_gallery(
     grid: Sequence[int],
     titles: Optional[Sequence[str]] = None,
 ) -> Figure:
-    """Figure 1 style: one column per sample; the original images on top, then one row per method with
-    image regions multiplied by relevance and question tokens shaded red below.
-    ``relevance[method] = (text [B, T], image [B, R])``."""
+    """Figure 1 style: one column per sample; the original images on top, then one row per method with image
+    regions multiplied by relevance and the question's tokens shaded red below.
+
+    Args:
+        images (sequence of ndarray): One ``[H, W, 3]`` image per column.
+        tokens (sequence of sequence of str): The question's tokens per column.
+        relevance (dict): ``relevance[method] = (text [B, T], image [B, R])``, one row per method.
+        grid (sequence of int): ``(rows, cols)`` of the ``R`` image regions.
+        titles (sequence of str, optional): One title per column. Default: None
+
+    Returns:
+        *Figure*: The gallery.
+    """
     methods = list(relevance)
     figure = Figure(figsize=(2.3 * len(images), 2.8 * len(methods) + 2.3))
     FigureCanvasAgg(figure)  # a renderer to measure the tokens with
@@ -127,8 +180,18 @@ def relevance_gallery(
 
 
 def detection_masks_figure(image: np.ndarray, maps, masks, labels: Sequence[str]) -> Figure:
-    """Each explained DETR query (a column): its relevance map over the image (top row, with a colour
-    bar) and its Algorithm-1 mask (bottom row)."""
+    """Each explained DETR query (a column): its relevance map over the image (top row, with a colour bar) and
+    its Algorithm-1 mask (bottom row).
+
+    Args:
+        image (ndarray): ``[H, W, 3]`` the image.
+        maps (sequence of array): Each query's relevance map.
+        masks (sequence of array): Each query's binary mask.
+        labels (sequence of str): Each query's label.
+
+    Returns:
+        *Figure*: The figure.
+    """
     count = max(len(labels), 1)
     figure = Figure(figsize=(2.2 * count + 1.2, 4.6), layout="constrained")
     axes = figure.subplots(2, count, squeeze=False)

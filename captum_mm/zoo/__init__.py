@@ -19,20 +19,56 @@ __all__ = ["CHECKPOINTS", "NAMES", "checkpoint", "load", "load_processor", "qual
 
 
 def checkpoint(name: str) -> Path:
-    """The folder of the shipped checkpoint ``name``."""
+    """The folder of a shipped checkpoint.
+
+    Args:
+        name (str): One of :data:`NAMES`.
+
+    Returns:
+        *Path*: The folder holding its ``config.json``, weights and ``quality.json``.
+    """
     return recipe(name).checkpoint()
 
 
 def load(name: str, path: Optional[str] = None) -> nn.Module:
-    """The shipped model ``name`` (one of :data:`NAMES`), or your checkpoint of it at ``path``, in eval mode."""
+    """A shipped model, or your checkpoint of it, offline and in eval mode.
+
+    Args:
+        name (str): One of :data:`NAMES`, e.g. ``"llava-easyvqa"``.
+        path (str, optional): Your checkpoint of that model (checked to fit its recipe).
+                    Default: None (the shipped one)
+
+    Returns:
+        *nn.Module*: The HuggingFace model.
+
+    Examples::
+
+        >>> from captum_mm import zoo
+        >>> model = zoo.load("lxmert-easyvqa")
+    """
     return recipe(name).load(path)
 
 
 def load_processor(name: str, path: Optional[str] = None) -> Any:
-    """The image processor saved with the checkpoint ``name`` (or your checkpoint at ``path``)."""
+    """The image processor saved with a checkpoint (``detr-shapes``).
+
+    Args:
+        name (str): One of :data:`NAMES` that takes an image processor.
+        path (str, optional): Your checkpoint. Default: None (the shipped one)
+
+    Returns:
+        The HuggingFace image processor.
+    """
     return recipe(name).load_processor(path)
 
 
 def quality(name: str) -> Dict[str, Any]:
-    """What was measured when ``name`` was trained (accuracy or AP, seconds, seed, epochs)."""
+    """What was measured when a shipped model was trained.
+
+    Args:
+        name (str): One of :data:`NAMES`.
+
+    Returns:
+        *dict*: Its ``quality.json``: accuracy, exact match or AP, training seconds, seed, epochs.
+    """
     return json.loads((checkpoint(name) / "quality.json").read_text())

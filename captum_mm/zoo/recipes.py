@@ -180,7 +180,14 @@ RECIPES: Dict[str, Recipe] = {
 
 
 def recipe(name: str) -> Recipe:
-    """The recipe of the shipped model ``name``."""
+    """The recipe of a shipped model: its class, data, training and the main job's evaluations.
+
+    Args:
+        name (str): One of the shipped models' names.
+
+    Returns:
+        *Recipe*: Its entry of :data:`RECIPES`.
+    """
     if name not in RECIPES:
         raise ValueError(f"Unknown model {name!r}; shipped: {', '.join(RECIPES)}.")
     return RECIPES[name]
