@@ -6,20 +6,41 @@ from torch import Tensor
 
 
 def gradient_weighted(probs: Tensor, grads: Tensor) -> Tensor:
-    """Eq. 5: ``mean_h((grad A * A)^+)`` -- positive part per head and element, then the head mean."""
+    """Eq. 5: ``mean_h((grad A * A)^+)`` -- positive part per head and element, then the head mean.
+
+    Args:
+        probs (Tensor): ``[..., H, Nq, Nk]`` the attention probabilities ``A``.
+        grads (Tensor): Their gradients, the same shape.
+
+    Returns:
+        *Tensor*: ``[..., Nq, Nk]``.
+    """
     return (grads * probs).clamp(min=0).mean(dim=-3)
 
 
 def head_mean(probs: Tensor) -> Tensor:
-    """Plain head mean, as raw attention and rollout use it."""
+    """Plain head mean, as raw attention and rollout use it.
+
+    Args:
+        probs (Tensor): ``[..., H, Nq, Nk]``.
+
+    Returns:
+        *Tensor*: ``[..., Nq, Nk]``.
+    """
     return probs.mean(dim=-3)
 
 
 def grad_cam(probs: Tensor, grads: Tensor, valid: Optional[Tensor] = None) -> Tensor:
     """Attention Grad-CAM: head weight = mean gradient over the map; ``(mean_h(w_h A_h))^+``.
 
-    ``valid`` (``[..., Nq, Nk]``) restricts the mean to the entries between real tokens, so a
-    padded sample gets the weights it gets alone.
+    Args:
+        probs (Tensor): ``[..., H, Nq, Nk]`` the attention probabilities.
+        grads (Tensor): Their gradients, the same shape.
+        valid (Tensor, optional): ``[..., Nq, Nk]`` the entries between real tokens: the mean runs over them
+                    only, so a padded sample gets the weights it gets alone. Default: None (every entry)
+
+    Returns:
+        *Tensor*: ``[..., Nq, Nk]``.
     """
     if valid is None:
         weights = grads.mean(dim=(-2, -1), keepdim=True)
@@ -30,10 +51,26 @@ def grad_cam(probs: Tensor, grads: Tensor, valid: Optional[Tensor] = None) -> Te
 
 
 def weighted_head_mean(weights: Tensor, probs: Tensor) -> Tensor:
-    """``(mean_h(w_h A_h))^+`` for head weights ``[..., H, 1, 1]``."""
+    """``(mean_h(w_h A_h))^+``.
+
+    Args:
+        weights (Tensor): ``[..., H, 1, 1]`` one weight per head.
+        probs (Tensor): ``[..., H, Nq, Nk]``.
+
+    Returns:
+        *Tensor*: ``[..., Nq, Nk]``.
+    """
     return (weights * probs).mean(dim=-3).clamp(min=0)
 
 
 def relevance_weighted(relevance: Tensor, grads: Tensor) -> Tensor:
-    """Eq. 13: ``mean_h((grad A * R_A)^+)`` with ``R_A`` the LRP relevance at the map."""
+    """Eq. 13: ``mean_h((grad A * R_A)^+)`` with ``R_A`` the LRP relevance at the map ("Ours w/ LRP").
+
+    Args:
+        relevance (Tensor): ``[..., H, Nq, Nk]`` the LRP relevance ``R_A``.
+        grads (Tensor): The gradients of ``A``, the same shape.
+
+    Returns:
+        *Tensor*: ``[..., Nq, Nk]``.
+    """
     return gradient_weighted(relevance, grads)

@@ -19,7 +19,7 @@ from captum_mm.relevance.rules import (
     rollout,
     self_attention_deltas,
 )
-from captum_mm.relevance.schedule import Schedule, Stage
+from captum_mm.relevance.schedule import AttentionEvent, Schedule, Stage
 
 Maps = Dict[int, Tensor]
 #: ``v S`` for rows ``v`` (``[E, k, N]``) and one event's fused map (``[E, N, N]``): one factor of a product ``R = S_L ... S_1``.
@@ -27,12 +27,17 @@ RowStep = Callable[[Tensor, Tensor], Tensor]
 
 
 class RowRelevance:
-    """The rows of self-relevance products that readouts use, without the matrices (docs/METHOD.md,
-    "Row-only propagation"): where every event of the schedule is self-attention, each modality's
-    ``R^{ss} = S_L ... S_1`` (later layers on the left, ``S_l`` from the event's fused map by ``step``),
-    so rows ``v`` of it are ``v <- v S_l`` from the last event down: ``O(L K N^2)`` for ``K`` rows
-    rather than ``O(L N^3)``, with the same values. Cross blocks are zero (no token attends to another
-    modality)."""
+    """The rows of self-relevance products that readouts use, without the matrices (docs/METHOD.md, "Row-only
+    propagation"): where every event of the schedule is self-attention, each modality's ``R^{ss} = S_L ... S_1``
+    (later layers on the left, ``S_l`` from the event's fused map by ``step``), so rows ``v`` of it are
+    ``v <- v S_l`` from the last event down: ``O(L K N^2)`` for ``K`` rows rather than ``O(L N^3)``, with the same
+    values. Cross blocks are zero (no token attends to another modality).
+
+    Args:
+        schedule (Schedule): A self-attention-only schedule.
+        maps (dict[int, Tensor]): One fused ``[E, N, N]`` map per event, keyed by its call index.
+        step (Callable): ``step(v, A_bar) = v S_l`` for rows ``v`` ``[E, k, N]``.
+    """
 
     def __init__(self, schedule: Schedule, maps: Maps, step: RowStep) -> None:
         self.schedule, self.maps, self.step = schedule, maps, step
@@ -67,17 +72,42 @@ Matrices = Union[FullMatrices, RowRelevance]
 
 
 def self_attention_only(schedule: Schedule) -> bool:
-    """Whether every event of ``schedule`` is self-attention (row-only propagation applies)."""
+    """Whether every event of a schedule is self-attention (row-only propagation applies).
+
+    Args:
+        schedule (Schedule): The schedule.
+
+    Returns:
+        *bool*
+    """
     return all(event.is_self for event in schedule.events)
 
 
 def relevance_rows(matrices: Matrices, pair: Tuple[str, str], rows: Tensor) -> Tensor:
-    """Row ``rows[e]`` of ``R^{pair}`` for every element, ``[E, N_key]``."""
+    """Row ``rows[e]`` of ``R^{pair}`` for every element.
+
+    Args:
+        matrices (dict or RowRelevance): Full ``[E, N_row, N_key]`` matrices per pair, or their rows.
+        pair (tuple[str, str]): ``(row modality, key modality)``.
+        rows (Tensor): ``[E]`` the row read per element.
+
+    Returns:
+        *Tensor*: ``[E, N_key]``.
+    """
     return matrices.rows(pair, rows) if isinstance(matrices, RowRelevance) else read_rows(matrices[pair], rows)
 
 
 def continued_through(values: Tensor, stage: Stage, matrices: Matrices) -> Tensor:
-    """Values over a later stage's tokens continued to the earlier stage's: ``values . P . R[rows, columns]``."""
+    """Values over a later stage's tokens continued to the earlier stage's: ``values . P . R[rows, columns]``.
+
+    Args:
+        values (Tensor): ``[E, n]`` over the later stage's read columns.
+        stage (Stage): The earlier stage, its token map ``P`` and block.
+        matrices (dict or RowRelevance): The relevance, full or by rows.
+
+    Returns:
+        *Tensor*: ``[E, n_columns]`` over the earlier stage's columns.
+    """
     if isinstance(matrices, RowRelevance):
         return matrices.continued(values, stage)
     if stage.token_map is not None:
@@ -99,11 +129,21 @@ def generic_relevance(
 ) -> Matrices:
     """Chefer et al. (ICCV 2021): Eq. 6-7 at self-attention, Eq. 10-11 at bi-modal attention, in schedule order.
 
-    Self-attention-only schedules give :class:`RowRelevance` (the readout rows alone, the same values).
-    Eq. 11 of an ``s -> q`` attention is applied only if the schedule has some ``q -> s``
-    attention: without one ``R^{qs}`` stays zero throughout (DETR's image tokens never attend
-    to queries), so the rule is structurally void and "w/o aggregation" must not replace
-    ``R^{ss}`` by it. ``drop_on_zero_row``: see :func:`bimodal_deltas`.
+    Self-attention-only schedules give :class:`RowRelevance` (the readout rows alone, the same values). Eq. 11 of
+    an ``s -> q`` attention is applied only if the schedule has some ``q -> s`` attention: without one ``R^{qs}``
+    stays zero throughout (DETR's image tokens never attend to queries), so the rule is structurally void and
+    "w/o aggregation" must not replace ``R^{ss}`` by it.
+
+    Args:
+        schedule (Schedule): The events, masks and readouts.
+        maps (dict[int, Tensor]): One fused ``[E, Nq, Nk]`` map per event, keyed by its call index.
+        normalize (bool, optional): Eq. 8-9 inside Eq. 10. Default: True
+        aggregate (bool, optional): Add each update (False replaces). Default: True
+        self_in_bimodal (bool, optional): The self relevance in Eq. 10. Default: True
+        drop_on_zero_row (bool, optional): See :func:`bimodal_deltas`. Default: False
+
+    Returns:
+        *dict or RowRelevance*: ``R^{row, key}`` per pair the readouts use.
     """
     if self_attention_only(schedule):
         return RowRelevance(schedule, maps, lambda v, a: v + torch.bmm(v, a) if aggregate else torch.bmm(v, a))
@@ -124,8 +164,20 @@ def generic_relevance(
     return {pair: relevance.full(pair) for pair in schedule.pairs}
 
 
-def last_event(schedule: Schedule, row: str, key: str):
-    """The last attention of ``row`` tokens to ``key`` tokens (an error if there is none)."""
+def last_event(schedule: Schedule, row: str, key: str) -> AttentionEvent:
+    """The last attention of ``row`` tokens to ``key`` tokens.
+
+    Args:
+        schedule (Schedule): The schedule.
+        row (str): The query modality.
+        key (str): The key modality.
+
+    Returns:
+        *AttentionEvent*
+
+    Raises:
+        ValueError: The schedule has no such attention.
+    """
     event = schedule.last_event(row, key)
     if event is None:
         raise ValueError(f"The schedule has no attention from {row} to {key} tokens.")
@@ -133,13 +185,29 @@ def last_event(schedule: Schedule, row: str, key: str):
 
 
 def last_layer_relevance(schedule: Schedule, maps: Maps) -> FullMatrices:
-    """The last event from each readout modality to its key modality (raw attention, Grad-CAM)."""
+    """The last event from each readout modality to its key modality (raw attention, Grad-CAM).
+
+    Args:
+        schedule (Schedule): The schedule.
+        maps (dict[int, Tensor]): Fused maps by call index.
+
+    Returns:
+        *dict*: ``[E, N_row, N_key]`` per pair.
+    """
     return {pair: maps[last_event(schedule, *pair).call] for pair in schedule.pairs}
 
 
 def rollout_relevance(schedule: Schedule, maps: Maps) -> Matrices:
-    """Attention rollout: ``prod norm(A + I)`` per modality; across modalities
-    ``rollout_ss^T . A_last^{sq} . rollout_qq``, each rollout over the self-attentions before ``A_last``."""
+    """Attention rollout: ``prod norm(A + I)`` per modality; across modalities ``rollout_ss^T . A_last^{sq} .
+    rollout_qq``, each rollout over the self-attentions before ``A_last``.
+
+    Args:
+        schedule (Schedule): The schedule.
+        maps (dict[int, Tensor]): Head-mean maps by call index.
+
+    Returns:
+        *dict or RowRelevance*: Per pair (rows only for self-attention-only schedules).
+    """
     if self_attention_only(schedule):
         return RowRelevance(schedule, maps, lambda v, a: torch.bmm(v, normalized_with_identity(a)))
     like = _like(schedule, maps).new_zeros(schedule.num_elements)
@@ -159,8 +227,16 @@ def rollout_relevance(schedule: Schedule, maps: Maps) -> Matrices:
 
 
 def transformer_attribution_relevance(schedule: Schedule, maps: Maps) -> Matrices:
-    """Chefer et al. (CVPR 2021): ``prod_l (I + A_bar_l)`` over the readout modality's self-attentions
-    (later layers on the left); across modalities the last cross-attention's map alone."""
+    """Chefer et al. (CVPR 2021): ``prod_l (I + A_bar_l)`` over the readout modality's self-attentions (later layers
+    on the left); across modalities the last cross-attention's map alone.
+
+    Args:
+        schedule (Schedule): The schedule.
+        maps (dict[int, Tensor]): Fused maps by call index.
+
+    Returns:
+        *dict or RowRelevance*: Per pair (rows only for self-attention-only schedules).
+    """
     if self_attention_only(schedule):
         return RowRelevance(schedule, maps, lambda v, a: v + torch.bmm(v, a))
     matrices = {}
@@ -176,7 +252,16 @@ def transformer_attribution_relevance(schedule: Schedule, maps: Maps) -> Matrice
 
 
 def min_max_scaled(matrix: Tensor, row_mask: Tensor, key_mask: Tensor) -> Tensor:
-    """Each element's matrix scaled to [0, 1] over its real (unpadded) entries."""
+    """Each element's matrix scaled to [0, 1] over its real (unpadded) entries.
+
+    Args:
+        matrix (Tensor): ``[E, N_row, N_key]``.
+        row_mask (Tensor): ``[E, N_row]`` real row tokens.
+        key_mask (Tensor): ``[E, N_key]`` real key tokens.
+
+    Returns:
+        *Tensor*: The scaled matrices (0 off the real entries).
+    """
     valid = row_mask[:, :, None] & key_mask[:, None, :]
     low = torch.where(valid, matrix, torch.inf).amin(dim=(1, 2), keepdim=True)
     high = torch.where(valid, matrix, -torch.inf).amax(dim=(1, 2), keepdim=True)

@@ -16,10 +16,15 @@ Pair = Tuple[str, str]
 
 
 class Relevance(dict):
-    """``{(x, y): R^{xy}}``. The self blocks of the modalities in ``implicit_identity`` are held as
-    ``R^{xx} - I``: relevance far smaller than 1 is then not lost to rounding next to the identity
-    (the normalisation of Eq. 8-9 works on exactly that difference). Read through :meth:`full`
-    and :meth:`residual`."""
+    """``{(x, y): R^{xy}}``. The self blocks of the modalities in ``implicit_identity`` are held as ``R^{xx} - I``:
+    relevance far smaller than 1 is then not lost to rounding next to the identity (the normalisation of Eq. 8-9
+    works on exactly that difference). Read through :meth:`full` and :meth:`residual`.
+
+    Args:
+        blocks (Mapping or iterable of pairs): ``(x, y)`` to ``[E, |x|, |y|]`` blocks.
+        implicit_identity (iterable of str, optional): Modalities whose self block is held minus the identity.
+                    Default: ()
+    """
 
     def __init__(self, blocks: Mapping[Pair, Tensor] | Iterable[Tuple[Pair, Tensor]] = (), implicit_identity: Iterable[str] = ()) -> None:
         super().__init__(blocks)
@@ -41,16 +46,29 @@ def _eye_like(matrix: Tensor) -> Tensor:
 
 
 def initial_relevance(sizes: Dict[str, int], num_elements: int, like: Tensor) -> Relevance:
-    """Eq. 1-2: ``R^{xx} = I`` for every modality, every cross block ``R^{xy} = 0``."""
+    """Eq. 1-2: ``R^{xx} = I`` for every modality, every cross block ``R^{xy} = 0``.
+
+    Args:
+        sizes (dict[str, int]): Tokens of each modality.
+        num_elements (int): ``E``, the explained elements.
+        like (Tensor): A tensor of the dtype and device wanted.
+
+    Returns:
+        *Relevance*: The self blocks held implicitly (zero, meaning ``I``).
+    """
     blocks = {(x, y): like.new_zeros(num_elements, nx, ny) for x, nx in sizes.items() for y, ny in sizes.items()}
     return Relevance(blocks, implicit_identity=sizes)
 
 
 def normalize_self_relevance(residual: Tensor) -> Tensor:
-    """Eq. 8-9: ``R_bar = R_hat / rowsum(R_hat) + I``, given ``R_hat = R - I``.
+    """Eq. 8-9: ``R_bar = R_hat / rowsum(R_hat) + I``, given ``R_hat = R - I``. A row of ``R_hat`` summing to zero is
+    treated as all-zero (no NaN). The input is not modified.
 
-    A row of ``R_hat`` summing to zero is treated as all-zero (no NaN). The input
-    is not modified.
+    Args:
+        residual (Tensor): ``[E, N, N]`` the residual ``R_hat``.
+
+    Returns:
+        *Tensor*: ``R_bar``, ``[E, N, N]``.
     """
     row_sums = residual.sum(dim=-1, keepdim=True)
     nonzero = row_sums != 0
@@ -59,10 +77,17 @@ def normalize_self_relevance(residual: Tensor) -> Tensor:
 
 
 def self_attention_deltas(relevance: Relevance, modality: str, attention: Tensor) -> Dict[Pair, Tensor]:
-    """Eq. 6-7: ``dR^{sy} = A_bar . R^{sy}`` for every modality ``y`` (``y = s`` is Eq. 6; with the
-    identity held implicitly ``A_bar . (I + (R - I)) = A_bar + A_bar . (R - I)``).
+    """Eq. 6-7: ``dR^{sy} = A_bar . R^{sy}`` for every modality ``y`` (``y = s`` is Eq. 6; with the identity held
+    implicitly ``A_bar . (I + (R - I)) = A_bar + A_bar . (R - I)``). All-zero blocks (e.g. DETR's ``R^{iq}``)
+    contribute nothing and are skipped.
 
-    All-zero blocks (e.g. DETR's ``R^{iq}``) contribute nothing and are skipped.
+    Args:
+        relevance (Relevance): The state before the event.
+        modality (str): ``s``, whose tokens attend to each other.
+        attention (Tensor): ``[E, N_s, N_s]`` the fused map ``A_bar``.
+
+    Returns:
+        *dict*: The deltas per block.
     """
     deltas = {}
     for (x, y), block in relevance.items():
@@ -77,8 +102,15 @@ def self_attention_deltas(relevance: Relevance, modality: str, attention: Tensor
 
 
 def has_zero_row(residual: Tensor, real: Optional[Tensor] = None) -> Tensor:
-    """``[E]``: whether a row of ``R_hat = R - I`` (a real one: ``real`` masks the real tokens,
-    ``[E, N]``) sums to zero, where the unguarded Eq. 8-9 would divide 0 by 0."""
+    """Whether a row of ``R_hat = R - I`` (a real one) sums to zero, where the unguarded Eq. 8-9 would divide 0 by 0.
+
+    Args:
+        residual (Tensor): ``[E, N, N]`` the residual ``R_hat``.
+        real (Tensor, optional): ``[E, N]`` the real tokens. Default: None (all)
+
+    Returns:
+        *Tensor*: ``[E]`` booleans.
+    """
     zero_rows = residual.sum(dim=-1) == 0
     return (zero_rows if real is None else zero_rows & real).any(dim=-1)
 
@@ -108,6 +140,20 @@ def bimodal_deltas(
     unguarded Eq. 8-9 instead: an element with such a row among its real tokens (``real``:
     ``[E, N]`` masks per modality; all tokens when None) gets no Eq. 10 update (there 0/0
     spreads NaN over the whole update, which is then set to 0).
+
+    Args:
+        relevance (Relevance): The state before the event.
+        query (str): ``s``, the attending modality.
+        key (str): ``q``, the attended modality.
+        attention (Tensor): ``[E, N_s, N_q]`` the fused map ``A_bar``.
+        normalize (bool, optional): Eq. 8-9. Default: True
+        self_in_bimodal (bool, optional): The self relevance in Eq. 10. Default: True
+        key_attends_query (bool, optional): Apply Eq. 11. Default: True
+        drop_on_zero_row (bool, optional): The reference DETR code's unguarded Eq. 8-9. Default: False
+        real (Mapping[str, Tensor], optional): ``[E, N]`` real tokens per modality. Default: None
+
+    Returns:
+        *dict*: The deltas per block.
     """
     if not self_in_bimodal:
         cross = attention
@@ -128,7 +174,16 @@ def bimodal_deltas(
 
 
 def apply_deltas(relevance: Relevance, deltas: Iterable[Dict[Pair, Tensor]], aggregate: bool = True) -> Relevance:
-    """Apply the deltas of one step: ``R <- R + sum(dR)``, or ``R <- sum(dR)`` without aggregation."""
+    """Apply the deltas of one step: ``R <- R + sum(dR)``, or ``R <- sum(dR)`` without aggregation.
+
+    Args:
+        relevance (Relevance): The state before the step.
+        deltas (iterable of dict): The deltas of the step's events, each computed from that state.
+        aggregate (bool, optional): Add (True) or replace. Default: True
+
+    Returns:
+        *Relevance*: The state after the step.
+    """
     summed: Dict[Pair, Tensor] = {}
     for delta in deltas:
         for pair, value in delta.items():
@@ -141,9 +196,16 @@ def apply_deltas(relevance: Relevance, deltas: Iterable[Dict[Pair, Tensor]], agg
 
 
 def rollout(maps: Iterable[Tensor], size: int, like: Tensor) -> Tensor:
-    """Attention rollout (Abnar & Zuidema): ``prod_l norm(A_l + I)``, later layers on the left.
+    """Attention rollout (Abnar & Zuidema): ``prod_l norm(A_l + I)``, later layers on the left; ``norm`` divides each
+    row by its sum. With no maps the result is the identity.
 
-    ``norm`` divides each row by its sum. With no maps the result is the identity.
+    Args:
+        maps (iterable of Tensor): ``[E, N, N]`` head-mean maps in forward order.
+        size (int): ``N``.
+        like (Tensor): ``[E]``, of the dtype and device wanted.
+
+    Returns:
+        *Tensor*: ``[E, N, N]``.
     """
     joint = torch.eye(size, dtype=like.dtype, device=like.device).expand(like.shape[0], size, size)
     for attention in maps:
@@ -152,11 +214,26 @@ def rollout(maps: Iterable[Tensor], size: int, like: Tensor) -> Tensor:
 
 
 def normalized_with_identity(attention: Tensor) -> Tensor:
-    """Rollout's factor ``norm(A + I)``: each row of ``A + I`` divided by its sum."""
+    """Rollout's factor ``norm(A + I)``: each row of ``A + I`` divided by its sum.
+
+    Args:
+        attention (Tensor): ``[E, N, N]``.
+
+    Returns:
+        *Tensor*: ``[E, N, N]``.
+    """
     augmented = attention + _eye_like(attention)
     return augmented / augmented.sum(dim=-1, keepdim=True)
 
 
 def read_rows(matrix: Tensor, rows: Tensor) -> Tensor:
-    """Row ``rows[e]`` of ``matrix[e]`` for every element: ``[E, N, M] -> [E, M]``."""
+    """Row ``rows[e]`` of ``matrix[e]`` for every element.
+
+    Args:
+        matrix (Tensor): ``[E, N, M]``.
+        rows (Tensor): ``[E]``.
+
+    Returns:
+        *Tensor*: ``[E, M]``.
+    """
     return matrix[torch.arange(matrix.shape[0], device=matrix.device), rows]
