@@ -13,7 +13,15 @@ LinearModule = Union[nn.Linear, Conv1D]
 
 @dataclass(frozen=True)
 class TensorSource:
-    """Where a tensor of the forward pass comes from: a module's output, or one of its arguments."""
+    """Where a tensor of the forward pass comes from: a module's output, or one of its arguments.
+
+    Attributes:
+        module (nn.Module): The module.
+        argument (str, optional): The name of one of its forward arguments; None: its output.
+        index (int, optional): The element of a tuple output.
+        recorded (bool): The attention weights the module's attention function returned during its forward
+                    (concatenated along the batch), for modules that discard them (Qwen2-VL's vision attention).
+    """
 
     module: nn.Module
     argument: Optional[str] = None  # name of a forward argument; None: the output
@@ -93,10 +101,24 @@ class AttentionSpec:
 
 
 def module_names(model: nn.Module) -> Dict[nn.Module, str]:
-    """Every module of ``model`` and its qualified name."""
+    """Every module of a model and its qualified name.
+
+    Args:
+        model (nn.Module): The model.
+
+    Returns:
+        *dict*: Module to name.
+    """
     return {module: name for name, module in model.named_modules()}
 
 
 def self_attention(modality: str) -> Tuple[Tuple[str, str], ...]:
-    """The roles of a module whose tokens attend to tokens of their own modality."""
+    """The roles of a module whose tokens attend to tokens of their own modality.
+
+    Args:
+        modality (str): The modality, e.g. ``"text"``.
+
+    Returns:
+        *tuple*: ``((modality, modality),)``, as ``AttentionSpec.roles`` takes it.
+    """
     return ((modality, modality),)

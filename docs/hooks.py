@@ -3,7 +3,7 @@
 * One page per supported family, and the evaluation protocols, generated from ``docs/METHOD.md`` (the
   specification the code follows), so the site never drifts from it.
 * Every public class and function of the API reference must have a docstring, and one taking arguments
-  an ``Args:`` section in Captum's style (but the names of :data:`STYLE_DEBT`): the build fails naming
+  an ``Args:`` (or, for a dataclass, ``Attributes:``) section in Captum's style: the build fails naming
   those without.
 """
 
@@ -66,41 +66,11 @@ def on_config(config: Any) -> Any:
     missing = undocumented()
     if missing:
         log.warning("Public names without a docstring: %s", ", ".join(missing))
-    lacking = without_arguments_section()
-    unstyled = [name for name in lacking if name not in STYLE_DEBT]
+    unstyled = without_arguments_section()
     if unstyled:
         log.warning("Public names taking arguments whose docstring has no Args: (or Attributes:) section, as Captum's "
                     "style asks: %s", ", ".join(unstyled))
-    paid = sorted(STYLE_DEBT - set(lacking))
-    if paid:
-        log.warning("Documented in Captum's style now, remove from STYLE_DEBT in docs/hooks.py: %s", ", ".join(paid))
     return config
-
-
-#: Public names written before the style check, whose docstrings still lack an ``Args:`` section (a list that
-#: only shrinks: a name documented in Captum's style leaves it; a new name never enters it).
-STYLE_DEBT = frozenset((
-    "captum_mm.lrp.canonizers.Canonizer",
-    "captum_mm.lrp.canonizers.PositionEmbeddingInput",
-    "captum_mm.lrp.composite.LRPState",
-    "captum_mm.lrp.composite.LRPStructure",
-    "captum_mm.lrp.composite.ResidualRuleSite",
-    "captum_mm.lrp.composite.attention_relevance",
-    "captum_mm.lrp.composite.relevance_seed",
-    "captum_mm.lrp.rules.Epsilon",
-    "captum_mm.lrp.rules.HalvedAttention",
-    "captum_mm.lrp.rules.LinearRule",
-    "captum_mm.lrp.rules.PassThrough",
-    "captum_mm.lrp.rules.ProportionalResidual",
-    "captum_mm.lrp.rules.RuleSet",
-    "captum_mm.lrp.rules.linear_weight",
-    "captum_mm.models.base.ArchitectureAdapter",
-    "captum_mm.models.capture.AttentionCall",
-    "captum_mm.models.capture.AttentionRecord",
-    "captum_mm.spec.TensorSource",
-    "captum_mm.spec.module_names",
-    "captum_mm.spec.self_attention",
-))
 
 
 def without_arguments_section() -> List[str]:
@@ -111,7 +81,7 @@ def without_arguments_section() -> List[str]:
         module = importlib.import_module(name)
         for value in _public(module):
             target = value.__init__ if inspect.isclass(value) else value
-            parameters = [p for p in inspect.signature(target).parameters if p != "self"]
+            parameters = [] if target is object.__init__ else [p for p in inspect.signature(target).parameters if p != "self"]
             text = (inspect.getdoc(target) or "") + (inspect.getdoc(value) or "")
             if parameters and "Args:" not in text and "Attributes:" not in text:
                 found[f"{value.__module__}.{value.__qualname__}"] = None

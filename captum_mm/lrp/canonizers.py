@@ -33,8 +33,13 @@ class Canonizer:
 
 @dataclass(frozen=True)
 class PositionEmbeddingInput(Canonizer):
-    """``linear``'s input is ``source`` plus a position embedding (DETR's queries and keys): the
-    relevance goes to ``source`` alone, the position embedding receives none."""
+    """``linear``'s input is ``source`` plus a position embedding (DETR's queries and keys): the relevance goes to
+    ``source`` alone, the position embedding receives none.
+
+    Attributes:
+        linear (nn.Linear): The projection reading the sum.
+        source (TensorSource): Where the content part of its input comes from.
+    """
 
     linear: nn.Linear
     source: TensorSource

@@ -52,6 +52,11 @@ class ResidualRuleSite:
     layers ending in the addition); it is replaced there by a switch routing
     relevance to ``branch`` and ``skip``, which may hold the same values in another layout
     (``[B * N, D]`` for ``[B, N, D]``).
+
+    Attributes:
+        total (TensorSource): Where the sum appears.
+        branch (TensorSource): The residual branch's output.
+        skip (TensorSource): The skip connection's tensor.
     """
 
     total: TensorSource
@@ -61,9 +66,15 @@ class ResidualRuleSite:
 
 @dataclass
 class LRPStructure:
-    """What an adapter declares for LRP besides its attention specs: the residual additions, modules
-    relevance passes through unchanged beyond the built-in ones, and canonizers for model-specific
-    blocks. Linear and elementwise modules are found by type."""
+    """What an adapter declares for LRP besides its attention specs. Linear and elementwise modules are
+    found by type.
+
+    Attributes:
+        residuals (list of ResidualRuleSite): The residual additions.
+        pass_through_types (tuple of type): Modules relevance passes through unchanged beyond the built-in
+                    ones (e.g. RMSNorm classes). Default: ()
+        canonizers (sequence of Canonizer): Model-specific blocks (gated products, position embeddings). Default: ()
+    """
 
     residuals: List[ResidualRuleSite]
     pass_through_types: Tuple[type, ...] = ()
@@ -77,7 +88,12 @@ class LRPStructure:
 
 @dataclass
 class LRPState:
-    """The mode shared by all rule sites (attention maps get their probes on their recorded calls)."""
+    """The mode shared by all rule sites (attention maps get their probes on their recorded calls).
+
+    Attributes:
+        mode (Mode): The flag every switch reads (relevance or gradient mode).
+        linear_io (dict): ``id(linear)`` to its latest ``(input, switched output)``.
+    """
 
     mode: Mode = field(default_factory=Mode)
     linear_io: Dict[int, Tuple[Tensor, Tensor]] = field(default_factory=dict)  # id(linear): (input, switched output)
@@ -211,16 +227,33 @@ def _residual_hook(state: LRPState, rule: ProportionalResidual, recorder: Record
 
 
 def relevance_seed(logits: Tensor, one_hot: Tensor) -> Tensor:
-    """The modified gradient at the logits that puts relevance ``one_hot`` on them."""
+    """The modified gradient at the logits that puts relevance ``one_hot`` on them.
+
+    Args:
+        logits (Tensor): The logits.
+        one_hot (Tensor): The relevance wanted on them, the same shape.
+
+    Returns:
+        *Tensor*: ``one_hot / logits``.
+    """
     return safe_divide(one_hot, logits.detach())
 
 
 def attention_relevance(
     state: LRPState, calls: Sequence["AttentionCall"], outputs: Tuple[Tensor, ...], grad_outputs: Tuple[Tensor, ...]
 ) -> List[Optional[Tensor]]:
-    """One LRP backward from ``outputs`` (seeded by the modified gradients ``grad_outputs``,
-    ``[K, *output.shape]`` for ``K`` slots): ``R_A`` of each call's map, ``[K, B, H, Nq, Nk]``, or
-    None for a map the outputs do not depend on (e.g. one captured inside a compiled graph)."""
+    """One LRP backward from ``outputs``: the relevance ``R_A`` of each call's map.
+
+    Args:
+        state (LRPState): The installed rules' state.
+        calls (sequence of AttentionCall): The recorded calls, each with its probe.
+        outputs (tuple of Tensor): Where the backward starts.
+        grad_outputs (tuple of Tensor): Their modified gradients, ``[K, *output.shape]`` for ``K`` slots.
+
+    Returns:
+        *list*: ``[K, B, H, Nq, Nk]`` per call, or None for a map the outputs do not depend on (e.g. one
+        captured inside a compiled graph).
+    """
     probes = [call.probe for call in calls]
     if not probes:
         return []

@@ -39,7 +39,14 @@ def per_sample_sum(tensor: Tensor) -> Tensor:
 
 
 def linear_weight(module: LinearModule) -> Tensor:
-    """The weight ``[out, in]`` as ``nn.Linear`` holds it (HF's ``Conv1D`` holds it ``[in, out]``)."""
+    """A linear module's weight as ``nn.Linear`` holds it, ``[out, in]`` (GPT-2's ``Conv1D`` transposed).
+
+    Args:
+        module (nn.Linear or Conv1D): The module.
+
+    Returns:
+        *Tensor*: ``[out, in]``.
+    """
     return module.weight.T if isinstance(module, Conv1D) else module.weight
 
 
@@ -96,7 +103,11 @@ class AlphaBeta(LinearRule):
 
 @dataclass(frozen=True)
 class Epsilon(LinearRule):
-    """The epsilon rule: ``R_x = x . W^T (R / (z + epsilon * sign(z)))`` with ``z = W x + b``."""
+    """The epsilon rule: ``R_x = x . W^T (R / (z + epsilon * sign(z)))`` with ``z = W x + b``.
+
+    Attributes:
+        epsilon (float): The stabiliser. Default: 1e-6
+    """
 
     epsilon: float = 1e-6
 
@@ -161,6 +172,13 @@ class RuleSet:
     Kinds: linear rules apply to ``nn.Linear`` and ``Conv1D`` modules, pass-through rules to elementwise
     ones, attention rules to attention modules (by the module of their spec), residual rules to residual
     additions (by the module where the sum appears).
+
+    Attributes:
+        linear (LinearRule): For every linear module. Default: ``AlphaBeta()`` (the reference's)
+        pass_through (PassThrough): For every elementwise module. Default: ``PassThrough()``
+        residual (ProportionalResidual): For every residual addition. Default: ``ProportionalResidual()``
+        attention (HalvedAttention): For every attention module. Default: ``HalvedAttention()``
+        modules (tuple): ``(match, rule)`` pairs for particular modules, by class or a glob on their names.
     """
 
     linear: LinearRule = AlphaBeta()

@@ -56,6 +56,9 @@ class ArchitectureAdapter:
     Subclasses declare the HF classes they serve in ``model_classes`` and the forward
     ``arguments``, and implement :meth:`attention_specs` and :meth:`schedule` (and, for LRP,
     :meth:`lrp_structure`). They never import methods.
+
+    Args:
+        model (nn.Module): The HuggingFace model the adapter serves.
     """
 
     model_classes: Tuple[type, ...] = ()

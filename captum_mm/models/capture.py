@@ -29,8 +29,18 @@ EAGER = "eager"
 
 @dataclass
 class AttentionCall:
-    """One recorded attention call: the module's spec, its call count in this forward pass, the live
-    probabilities and, when LRP rules are installed, the probe receiving their relevance."""
+    """One recorded attention call.
+
+    Attributes:
+        spec (AttentionSpec): The module's spec.
+        count (int): Its call count in this forward pass.
+        probs (Tensor, optional): ``[B, H, Nq, Nk]`` the live probabilities; under lean capture the head mean
+                    ``[B, 1, Nq, Nk]`` (methods needing no gradient) or None.
+        probe (Tensor, optional): With LRP rules installed, the tensor receiving the map's relevance.
+        parts (list of Tensor, optional): The tensors the forward used when ``probs`` concatenates them (one
+                    attention call per image).
+        lean (LeanMaps, optional): Under lean capture, the call's head-reduced maps.
+    """
 
     spec: AttentionSpec
     count: int
@@ -69,7 +79,13 @@ class AttentionCall:
 
 @dataclass
 class AttentionRecord:
-    """What one forward pass left behind."""
+    """What one forward pass left behind.
+
+    Attributes:
+        calls (list of AttentionCall): Every attention call, in forward order.
+        arguments (dict): The model's forward arguments by name.
+        extras (dict): What adapters' hooks keep (e.g. ViLT's sampled patches).
+    """
 
     calls: List[AttentionCall] = field(default_factory=list)
     arguments: Dict[str, Any] = field(default_factory=dict)
