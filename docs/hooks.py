@@ -3,8 +3,8 @@
 * One page per supported family, and the evaluation protocols, generated from ``docs/METHOD.md`` (the
   specification the code follows), so the site never drifts from it.
 * Every public class and function of the API reference must have a docstring, and one taking arguments
-  an ``Args:`` (or, for a dataclass, ``Attributes:``) section in Captum's style: the build fails naming
-  those without.
+  an ``Args:`` (or, for a dataclass, ``Attributes:``) section in Captum's style, one returning a value a
+  ``Returns:`` section: the build fails naming those without.
 """
 
 import importlib
@@ -68,14 +68,15 @@ def on_config(config: Any) -> Any:
         log.warning("Public names without a docstring: %s", ", ".join(missing))
     unstyled = without_arguments_section()
     if unstyled:
-        log.warning("Public names taking arguments whose docstring has no Args: (or Attributes:) section, as Captum's "
-                    "style asks: %s", ", ".join(unstyled))
+        log.warning("Public names whose docstring lacks the Args: (Attributes:) or Returns: section Captum's style "
+                    "asks for: %s", ", ".join(unstyled))
     return config
 
 
 def without_arguments_section() -> List[str]:
     """Public classes and functions of :data:`API_MODULES` taking arguments whose docstrings (the class's or its
-    ``__init__``'s) have no ``Args:`` or ``Attributes:`` section."""
+    ``__init__``'s) have no ``Args:`` or ``Attributes:`` section, and functions returning a value without a
+    ``Returns:`` (or ``Yields:``) section."""
     found: Dict[str, None] = {}
     for name in API_MODULES:
         module = importlib.import_module(name)
@@ -83,7 +84,9 @@ def without_arguments_section() -> List[str]:
             target = value.__init__ if inspect.isclass(value) else value
             parameters = [] if target is object.__init__ else [p for p in inspect.signature(target).parameters if p != "self"]
             text = (inspect.getdoc(target) or "") + (inspect.getdoc(value) or "")
-            if parameters and "Args:" not in text and "Attributes:" not in text:
+            returns = inspect.isfunction(value) and inspect.signature(value).return_annotation not in (None, inspect.Signature.empty)
+            if (parameters and "Args:" not in text and "Attributes:" not in text) or (
+                    returns and "Returns:" not in text and "Yields:" not in text):
                 found[f"{value.__module__}.{value.__qualname__}"] = None
     return list(found)
 

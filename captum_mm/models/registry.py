@@ -37,7 +37,11 @@ def register_adapter(adapter: Type[ArchitectureAdapter]) -> Type[ArchitectureAda
 
 
 def supported_classes() -> List[str]:
-    """The names of the model classes some registered adapter serves, sorted."""
+    """The model classes some registered adapter serves.
+
+    Returns:
+        *list of str*: Their names, sorted.
+    """
     return sorted(cls.__name__ for cls in _ADAPTERS)
 
 
