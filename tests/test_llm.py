@@ -21,7 +21,7 @@ from captum.attr import (
 from accelerate import disk_offload
 from transformers import BertTokenizer, LlamaConfig, LlamaForCausalLM
 
-from captum_mm.attr import AttentionRollout, GenericAttention, TransformerAttribution
+from captum_mm.attr import AttentionRollout, GenericAttention, TransformerAttribution, _base
 from captum_mm.llm import AttentionLLMAttribution
 
 matplotlib.use("Agg")
@@ -84,6 +84,13 @@ def test_offloaded_model_gives_the_plain_models_result(model, tokenizer, tmp_pat
         expected = AttentionLLMAttribution(TransformerAttribution(plain), tokenizer).attribute(inp, target, gen_args)
         assert result.output_tokens == expected.output_tokens and expected.token_attr.abs().sum() > 0
         torch.testing.assert_close(result.token_attr, expected.token_attr, rtol=1e-6, atol=1e-12)
+
+
+def test_non_finite_relevance_is_an_error(model, tokenizer, monkeypatch):
+    original = _base.read_out
+    monkeypatch.setattr(_base, "read_out", lambda *args: {name: value * float("nan") for name, value in original(*args).items()})
+    with pytest.raises(ValueError, match=r"GenericAttention computed NaN or infinite relevance \(.*\) for samples \[0\]"):
+        AttentionLLMAttribution(GenericAttention(model), tokenizer).attribute(TextTokenInput(PROMPT, tokenizer), target="blue")
 
 
 def test_template_values_sum_the_relevance_of_their_tokens(model, tokenizer):
