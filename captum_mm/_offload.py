@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 
 def accelerate_hooks(module: nn.Module) -> List[Any]:
-    """The accelerate hooks attached to ``module`` itself (a ``SequentialHook`` unpacked), in order.
+    """The accelerate hooks attached to ``module`` itself (``SequentialHook`` s unpacked), in order.
 
     Args:
         module (nn.Module): The module.
@@ -23,14 +23,14 @@ def accelerate_hooks(module: nn.Module) -> List[Any]:
     Returns:
         *list*: Its hooks; empty for a module accelerate did not dispatch.
     """
-    pending, hooks = [getattr(module, "_hf_hook", None)], []
-    while pending:
-        hook = pending.pop(0)
-        if hook is not None:
-            nested = getattr(hook, "hooks", None)
-            pending[:0] = list(nested) if nested is not None else []
-            hooks += [] if nested is not None else [hook]
-    return hooks
+    return _unpacked(getattr(module, "_hf_hook", None))
+
+
+def _unpacked(hook: Any) -> List[Any]:
+    nested = getattr(hook, "hooks", None)  # a SequentialHook's
+    if hook is None or nested is None:
+        return [] if hook is None else [hook]
+    return [inner for child in nested for inner in _unpacked(child)]
 
 
 def forward_parameter(module: nn.Module, name: str) -> Tensor:
