@@ -17,6 +17,7 @@ from torch import Tensor
 
 from captum_mm._compat import DEFAULT_GEN_ARGS, BaseLLMAttribution, _convert_ids_to_pretty_tokens, log_usage
 from captum_mm.attr import AttentionAttribution
+from captum_mm._offload import execution_device
 
 __all__ = ["AttentionLLMAttribution"]
 
@@ -56,6 +57,9 @@ class AttentionLLMAttribution(BaseLLMAttribution):
         """
         super().__init__(explainer, tokenizer)
         self.explainer = explainer
+        dispatched = execution_device(explainer.model)  # accelerate's: its first parameters may be offloaded (meta)
+        if dispatched is not None:
+            self.device = dispatched
 
     @log_usage()
     def attribute(

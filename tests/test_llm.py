@@ -1,6 +1,7 @@
 """Captum's LLM API over attention explanations: results as Captum's own LLMGradientAttribution
 gives them (same tokens, same shapes, same plots), on a tiny Llama with a real WordPiece tokenizer."""
 
+import copy
 import os
 
 import matplotlib
@@ -17,9 +18,10 @@ from captum.attr import (
     TextTemplateInput,
     TextTokenInput,
 )
+from accelerate import disk_offload
 from transformers import BertTokenizer, LlamaConfig, LlamaForCausalLM
 
-from captum_mm.attr import AttentionRollout, GenericAttention
+from captum_mm.attr import AttentionRollout, GenericAttention, TransformerAttribution, _base
 from captum_mm.llm import AttentionLLMAttribution
 
 matplotlib.use("Agg")
@@ -70,6 +72,25 @@ def test_generated_target_is_what_greedy_generation_says(model, tokenizer):
     )
     assert result.token_attr.shape == theirs.token_attr.shape == (3, len(result.input_tokens))
     assert result.output_tokens == theirs.output_tokens
+
+
+def test_offloaded_model_gives_the_plain_models_result(model, tokenizer, tmp_path):
+    """accelerate leaves the offloaded first parameters on the meta device: inputs go where its hooks compute."""
+    plain = copy.deepcopy(model).double()
+    offloaded = disk_offload(copy.deepcopy(plain), str(tmp_path), execution_device=torch.device("cpu"))
+    inp = TextTokenInput(PROMPT, tokenizer)
+    for target, gen_args in (("blue circle", None), (None, {"max_new_tokens": 3})):
+        result = AttentionLLMAttribution(TransformerAttribution(offloaded), tokenizer).attribute(inp, target, gen_args)
+        expected = AttentionLLMAttribution(TransformerAttribution(plain), tokenizer).attribute(inp, target, gen_args)
+        assert result.output_tokens == expected.output_tokens and expected.token_attr.abs().sum() > 0
+        torch.testing.assert_close(result.token_attr, expected.token_attr, rtol=1e-6, atol=1e-12)
+
+
+def test_non_finite_relevance_is_an_error(model, tokenizer, monkeypatch):
+    original = _base.read_out
+    monkeypatch.setattr(_base, "read_out", lambda *args: {name: value * float("nan") for name, value in original(*args).items()})
+    with pytest.raises(ValueError, match=r"GenericAttention computed NaN or infinite relevance \(.*\) for samples \[0\]"):
+        AttentionLLMAttribution(GenericAttention(model), tokenizer).attribute(TextTokenInput(PROMPT, tokenizer), target="blue")
 
 
 def test_template_values_sum_the_relevance_of_their_tokens(model, tokenizer):

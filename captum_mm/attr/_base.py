@@ -14,7 +14,7 @@ from captum_mm._compat import (
     log_usage,
 )
 from captum_mm._precision import accumulation_dtype
-from captum_mm.attr._checks import uncompiled
+from captum_mm.attr._checks import check_finite_relevance, uncompiled
 from captum_mm.attr.engine import AttentionBundle, ForwardPass, Needs, check_inputs, forward_pass, fused_maps, slot_groups
 from captum_mm.generation import ContinuationLike, generation_forward, prompt_arguments
 from captum_mm.attr._readout import Explanation, Matrices, assemble, input_outputs, read_out, spread_to_inputs
@@ -242,6 +242,7 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
                 outputs = read_out(schedule, empty)
             else:
                 outputs = self._outputs_in_groups(forward)
+                check_finite_relevance(outputs, selection.sample, type(self).__name__)
         return assemble(selection, outputs, int(forward.logits.shape[0])), forward.record.arguments
 
     def _outputs_in_groups(self, forward: ForwardPass) -> Dict[str, Tensor]:

@@ -1,7 +1,7 @@
 """Model states and outputs that cannot be explained: a clear error, or a warning when only doubtful."""
 
 import warnings
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -105,4 +105,20 @@ def check_finite_map(probs: Tensor, valid: Tensor, element_sample: Tensor, site:
             f"The attention probabilities of '{site}' are NaN or infinite for samples "
             f"{_bad_samples(bad, element_sample)}: such attention cannot be explained. Check those samples' inputs "
             "for NaN/inf values, and that no sample has every key masked out."
+        )
+
+
+def check_finite_relevance(outputs: Dict[str, Tensor], element_sample: Tensor, method: str) -> None:
+    """Every returned relevance is finite: ``outputs`` ``{name: [E, ...]}`` per explained element, ``element_sample``
+    ``[E]`` each element's sample. Outputs and attention maps were found finite before, so NaN/inf here is the
+    relevance computation breaking down."""
+    broken = {name: ~torch.isfinite(values).reshape(values.shape[0], -1).all(dim=1) for name, values in outputs.items()}
+    broken = {name: bad for name, bad in broken.items() if bad.any()}
+    if broken:
+        bad = torch.stack(list(broken.values())).any(dim=0)
+        raise ValueError(
+            f"{method} computed NaN or infinite relevance ({', '.join(broken)}) for samples "
+            f"{_bad_samples(bad, element_sample)}, whose model outputs and attention maps are finite: the relevance "
+            "computation broke down numerically (e.g. LRP rules dividing by values that underflow in float16/bfloat16, "
+            "or a custom rule). No relevance is returned; try the model in float32 or float64."
         )

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
+from captum_mm._offload import forward_parameter
 from captum_mm.spec import LinearModule
 
 STABILIZER = 1e-9
@@ -39,7 +40,9 @@ def per_sample_sum(tensor: Tensor) -> Tensor:
 
 
 def linear_weight(module: LinearModule) -> Tensor:
-    """A linear module's weight as ``nn.Linear`` holds it, ``[out, in]`` (GPT-2's ``Conv1D`` transposed).
+    """A linear module's weight as ``nn.Linear`` holds it, ``[out, in]`` (GPT-2's ``Conv1D`` transposed): the
+    value its forward used, also where accelerate offloaded it (a meta tensor between forwards; read from the
+    module's offloading hook's weights map).
 
     Args:
         module (nn.Linear or Conv1D): The module.
@@ -47,7 +50,8 @@ def linear_weight(module: LinearModule) -> Tensor:
     Returns:
         *Tensor*: ``[out, in]``.
     """
-    return module.weight.T if isinstance(module, Conv1D) else module.weight
+    weight = forward_parameter(module, "weight")
+    return weight.T if isinstance(module, Conv1D) else weight
 
 
 class LinearRule:

@@ -266,4 +266,5 @@ def min_max_scaled(matrix: Tensor, row_mask: Tensor, key_mask: Tensor) -> Tensor
     low = torch.where(valid, matrix, torch.inf).amin(dim=(1, 2), keepdim=True)
     high = torch.where(valid, matrix, -torch.inf).amax(dim=(1, 2), keepdim=True)
     spread = high - low
-    return torch.where(valid & (spread > 0), (matrix - low) / torch.where(spread > 0, spread, 1.0), 0.0)
+    constant = spread <= 0  # False for a NaN spread: NaN relevance stays NaN (an error later, not zeros)
+    return torch.where(valid & ~constant, (matrix - low) / torch.where(constant, 1.0, spread), 0.0)

@@ -2,13 +2,15 @@
 
 import copy
 import warnings
+from dataclasses import dataclass
 
 import pytest
 import torch
 
-from captum_mm.attr import AttentionRollout, GenericAttention, RawAttention
+from captum_mm.attr import AttentionRollout, GenericAttention, PartialLRP, RawAttention, TransformerAttribution, _base
 from captum_mm.attr._checks import check_finite_map
-from helpers import CASES, VOCAB, detr_case, lxmert, lxmert_case
+from captum_mm.lrp import AlphaBeta, RuleSet
+from helpers import CASES, VOCAB, detr_case, language_model, lxmert, lxmert_case
 from methods_under_test import METHODS
 
 BACKWARD_FREE = {"raw-attention", "rollout", "rollout-start-layer-1"}
@@ -138,6 +140,55 @@ def test_non_finite_attention_on_padding_is_ignored_elsewhere_named():
     # elements are mapped back to their samples (DETR: several queries of one image)
     with pytest.raises(ValueError, match=r"for samples \[2\]"):
         check_finite_map(probs, valid[[0, 2, 2]], torch.tensor([0, 2, 2]), "layer 0")
+
+
+@dataclass(frozen=True)
+class BreaksDownForSample(AlphaBeta):
+    """The reference's linear rule, except NaN at the input of every linear layer for one sample."""
+
+    sample: int = 1
+
+    def input_gradient(self, module, x, out, g_out):
+        gradient = super().input_gradient(module, x, out, g_out)
+        hit = (torch.arange(gradient.shape[0]) == self.sample).reshape(-1, *[1] * (gradient.dim() - 1))
+        return gradient.masked_fill(hit, float("nan"))
+
+
+@pytest.mark.parametrize("make", [
+    lambda model, rules: GenericAttention(model, head_weighting="lrp", rules=rules),
+    lambda model, rules: PartialLRP(model, rules=rules),
+    lambda model, rules: TransformerAttribution(model, rules=rules),
+])
+def test_non_finite_relevance_names_the_method_and_sample(make):
+    """Outputs and maps finite, an LRP rule breaking down for sample 1: an error, through explain and attribute."""
+    case = CASES["bert"]()
+    explainer = make(case.model, RuleSet(linear=BreaksDownForSample()))
+    expected = rf"{type(explainer).__name__} computed NaN or infinite relevance \(text\) for samples \[1\]"
+    with pytest.raises(ValueError, match=expected):
+        explainer.explain(case.inputs, None, case.additional)
+    with pytest.raises(ValueError, match=expected):
+        explainer.attribute(case.inputs, None, case.additional)
+    assert torch.isfinite(make(case.model, RuleSet(linear=BreaksDownForSample(sample=7))).explain(
+        case.inputs, None, case.additional).text).all()  # no sample 7: finite
+
+
+@pytest.mark.parametrize("method", ["generic", "generic-lrp", "raw-attention", "rollout", "grad-cam", "partial-lrp",
+                                    "transformer-attribution"])
+def test_non_finite_relevance_of_a_generated_token_names_its_sample(method, monkeypatch):
+    """Element 2 (sample 1's first generated token) made NaN where every method's outputs are read out."""
+    original = _base.read_out
+
+    def breaking(schedule, matrices):
+        outputs = original(schedule, matrices)
+        outputs["generated"][2] = float("nan")
+        return outputs
+
+    monkeypatch.setattr(_base, "read_out", breaking)
+    explainer = METHODS[method](language_model("llama"))
+    prompt = {"input_ids": torch.tensor([[4, 5, 6], [7, 8, 9]])}
+    with pytest.raises(ValueError, match=rf"{type(explainer).__name__} computed NaN or infinite relevance \(generated\) "
+                                         r"for samples \[1\]"):
+        explainer.explain(prompt, continuation=[[5, 6], [7, 8]])
 
 
 @pytest.mark.parametrize("method", ["generic", "partial-lrp"])
