@@ -328,11 +328,12 @@ def idefics3(vision_layers=2, layers=2, smolvlm=False) -> nn.Module:
     return model_class(config_class(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, scale_factor=2)).eval()
 
 
-def blip2(vision_layers=2, qformer_layers=2, layers=2, queries=16, language="llama") -> nn.Module:
+def blip2(vision_layers=2, qformer_layers=2, layers=2, queries=16, language="llama", vision_init=1e-10) -> nn.Module:
     """A Q-Former with ``queries`` query tokens (16: one image token each, as in :func:`vlm_prompts`), cross-attending
-    to the image in every layer, and a ``language`` LM (llama, or opt and t5 as BLIP-2's OPT and Flan-T5 checkpoints)."""
+    to the image in every layer, and a ``language`` LM (llama, or opt and t5 as BLIP-2's OPT and Flan-T5 checkpoints).
+    ``vision_init``: the vision tower's initializer range (BLIP-2's default 1e-10 rounds to 0 in float16)."""
     vision = Blip2VisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=vision_layers, num_attention_heads=4,
-                               image_size=32, patch_size=8)
+                               image_size=32, patch_size=8, initializer_range=vision_init)
     qformer = Blip2QFormerConfig(hidden_size=32, num_hidden_layers=qformer_layers, num_attention_heads=4, intermediate_size=48,
                                  encoder_hidden_size=32, cross_attention_frequency=1)
     text = {"llama": lambda: LlamaConfig(num_hidden_layers=layers, **_LLAMA_LIKE), "opt": lambda: _opt_config(layers),
