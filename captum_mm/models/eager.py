@@ -47,13 +47,28 @@ EXACT_EAGER = "captum_mm_exact_eager"
 
 
 def family_eager(module: nn.Module) -> Callable[..., Tuple[Tensor, Tensor]]:
-    """The eager attention function of ``module``'s family (its modeling file's ``eager_attention_forward``)."""
+    """The eager attention function of ``module``'s family.
+
+    Args:
+        module (nn.Module): An attention module calling transformers' ``AttentionInterface``.
+
+    Returns:
+        *Callable*: its modeling file's ``eager_attention_forward``.
+    """
     return cast(Callable[..., Tuple[Tensor, Tensor]], getattr(sys.modules[type(module).__module__], "eager_attention_forward"))
 
 
 def family_softmax(scores: Tensor, float32_softmax: bool) -> Tensor:
-    """The softmax over the last dimension as the family's eager function takes it (``float32_softmax``: in
-    float32, cast back), except in float64, where it is exact (see the module)."""
+    """The softmax over the last dimension as the family's eager function takes it, except in float64, where it
+    is exact (see the module).
+
+    Args:
+        scores (Tensor): The masked, scaled scores.
+        float32_softmax (bool): The family's eager function takes it in float32 and casts back.
+
+    Returns:
+        *Tensor*: the probabilities, in the scores' dtype.
+    """
     if float32_softmax and scores.dtype != torch.float64:
         return torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
     return torch.softmax(scores, dim=-1)
@@ -95,8 +110,14 @@ def exact_eager_attention(
 
 
 def exact_eager_configs(model: nn.Module) -> Set[int]:
-    """``id`` of the configs of ``model``'s modules whose family's eager function takes the softmax in float32:
-    those :func:`exact_eager_attention` serves."""
+    """The configs :func:`exact_eager_attention` serves.
+
+    Args:
+        model (nn.Module): The model.
+
+    Returns:
+        *set*: ``id`` of the configs of its modules whose family's eager function takes the softmax in float32.
+    """
     return {id(module.config) for module in model.modules() if LEAN_ATTENTION.get(type(module), False) and hasattr(module, "config")}
 
 
