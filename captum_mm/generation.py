@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Unio
 import torch
 from torch import Tensor, nn
 
+from captum_mm._precision import exact
 from captum_mm.models.arguments import check_batch_sizes
 from captum_mm.models.decoder import Continuation, DecoderOnlyAdapter, GenerationConvention
 from captum_mm.models.registry import adapter_for
@@ -94,7 +95,7 @@ def generation_forward(
         output = model(**dict(zip(names, values)))
         logits = (output if isinstance(output, Tensor) else output.logits)[:, tokens.prompt_length - 1 : -1]
         chosen = tokens.ids[..., None]
-        tokens.probabilities = logits.detach().float().softmax(-1).gather(-1, chosen)[..., 0]
+        tokens.probabilities = exact(logits).softmax(-1).gather(-1, chosen)[..., 0]  # float32 for half-precision models
         return logits.gather(-1, chosen)[..., 0]
 
     return forward, tuple(full[name] for name in names), tokens

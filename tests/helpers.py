@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Tuple
 
+import pytest
 import torch
 from torch import Tensor, nn
 from transformers import (
@@ -327,11 +328,12 @@ def idefics3(vision_layers=2, layers=2, smolvlm=False) -> nn.Module:
     return model_class(config_class(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, scale_factor=2)).eval()
 
 
-def blip2(vision_layers=2, qformer_layers=2, layers=2, queries=16, language="llama") -> nn.Module:
+def blip2(vision_layers=2, qformer_layers=2, layers=2, queries=16, language="llama", vision_init=1e-10) -> nn.Module:
     """A Q-Former with ``queries`` query tokens (16: one image token each, as in :func:`vlm_prompts`), cross-attending
-    to the image in every layer, and a ``language`` LM (llama, or opt and t5 as BLIP-2's OPT and Flan-T5 checkpoints)."""
+    to the image in every layer, and a ``language`` LM (llama, or opt and t5 as BLIP-2's OPT and Flan-T5 checkpoints).
+    ``vision_init``: the vision tower's initializer range (BLIP-2's default 1e-10 rounds to 0 in float16)."""
     vision = Blip2VisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=vision_layers, num_attention_heads=4,
-                               image_size=32, patch_size=8)
+                               image_size=32, patch_size=8, initializer_range=vision_init)
     qformer = Blip2QFormerConfig(hidden_size=32, num_hidden_layers=qformer_layers, num_attention_heads=4, intermediate_size=48,
                                  encoder_hidden_size=32, cross_attention_frequency=1)
     text = {"llama": lambda: LlamaConfig(num_hidden_layers=layers, **_LLAMA_LIKE), "opt": lambda: _opt_config(layers),
@@ -450,12 +452,34 @@ def assert_same_state(before: Dict[str, Any], after: Dict[str, Any]) -> None:
         assert before[key] == after[key], key
 
 
+def padded_cases(families, methods, float32_family: str):
+    """``(family, method, dtype)`` for the batched == alone tests: every family and method in float64 (exact, so the
+    comparison checks batching, not LRP's conditioning in float32 on random models; float64 models get captum_mm's
+    float64 softmax, without which their left padding turns NaN), and every method of ``float32_family`` in float32 too."""
+    cases = [(f, m, torch.float64) for f in families for m in methods] + [(float32_family, m, torch.float32) for m in methods]
+    return [pytest.param(*case, id=f"{case[0]}-{case[1]}-{str(case[2])[6:]}") for case in cases]
+
+
+def in_dtype(model: nn.Module, batch: Dict[str, Tensor], dtype: torch.dtype) -> Dict[str, Tensor]:
+    """``model`` moved to ``dtype`` (in place), and ``batch`` with its floating-point tensors in ``dtype``."""
+    model.to(dtype)
+    return {name: value.to(dtype) if value.is_floating_point() else value for name, value in batch.items()}
+
+
+#: Batched == alone tolerances ``(atol, rtol)`` by dtype (atol relative to the output's largest value when scaled):
+#: float32 measured within 1e-5; float64 the same rounding amplified as much, in eps 2e-16.
+ALONE_TOLERANCE = {torch.float32: (1e-5, 1e-4), torch.float64: (1e-12, 1e-9)}
+
+
 def assert_each_sample_as_alone(make: Callable[[], Any], batch: Dict[str, Tensor], continuation, scaled: bool = False) -> Any:
     """Explain ``continuation`` after the padded prompts ``batch`` with ``make()`` (a fresh explainer), and check that
     each sample's relevance (text, generated, image; scores) equals that of the sample explained alone, its padding
-    removed; returns the batched explanation. ``scaled``: the absolute tolerance is relative to the largest value
-    of each output of the sample (for relevance far below 1)."""
+    removed, within :data:`ALONE_TOLERANCE` of the relevance's dtype, that padding gets exactly 0, and that scores are
+    in the relevance's dtype (the model's); returns the batched explanation. ``scaled``: the absolute tolerance is
+    relative to the largest value of each output of the sample (for relevance far below 1)."""
     explanation = make().explain(batch, continuation=continuation)
+    assert explanation.scores.dtype == explanation.text.dtype
+    atol, rtol = ALONE_TOLERANCE[explanation.text.dtype]
     for index, tokens in enumerate(continuation):
         real = batch["attention_mask"][index].bool()
         rows = {name: value.shape[0] // len(continuation) for name, value in batch.items()}  # Qwen2-VL: patches per image
@@ -470,7 +494,7 @@ def assert_each_sample_as_alone(make: Callable[[], Any], batch: Dict[str, Tensor
             pairs.append((explanation.image[index, :steps], alone.image[0]))
         for batched, single in pairs:
             scale = float(batched.abs().max()) if scaled else 1.0
-            torch.testing.assert_close(batched, single, atol=1e-5 * scale, rtol=1e-4)
+            torch.testing.assert_close(batched, single, atol=atol * scale, rtol=rtol)
         assert explanation.text[index, :, ~real].abs().sum() == 0 and explanation.text[index, steps:].abs().sum() == 0
     return explanation
 

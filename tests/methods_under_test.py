@@ -36,3 +36,6 @@ SIGNED = set()
 #: self-attention's gradient map all zero. Grad-CAM takes the positive part after the head mean,
 #: which erases a readout row whose gradient-weighted heads sum to a negative value.
 MAY_VANISH = {"generic-no-aggregation", "generic-drop-zero-rows", "grad-cam"}
+
+#: Methods running an LRP backward (their half-precision models computed in float32).
+LRP_BASED = {"generic-lrp", "partial-lrp", "transformer-attribution"}

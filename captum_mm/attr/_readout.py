@@ -33,7 +33,9 @@ class Explanation:
                     feature grid; ``generated`` is ``[B, K, C]`` over the continuation.
         target (Tensor): Explained class, ``[B]`` (or ``[B, K]`` for DETR and generation,
                     ``-1`` where a sample has fewer than ``K`` explained elements).
-        scores (Tensor): Predicted probability of the explained class, shaped like ``target``.
+        scores (Tensor): Predicted probability of the explained class, shaped like ``target``: in the
+                    model's dtype, float32 for float16/bfloat16 models (generated tokens' probabilities
+                    are then computed from the logits in float32).
         queries (Tensor or None): DETR only: ``[B, K]`` explained query indices, ``-1`` for padding.
         positions (Tensor or None): Generation only: ``[B, K]`` position in the model's sequence
                     (prompt + continuation) of each explained token, ``-1`` for padding; ``target``
@@ -99,7 +101,7 @@ def assemble(selection: TargetSelection, outputs: Dict[str, Tensor], num_samples
     return Explanation(
         relevance={name: place(values) for name, values in outputs.items()},
         target=place(selection.classes, -1),
-        scores=place(selection.scores.to(torch.get_default_dtype())),
+        scores=place(selection.scores.to(accumulation_dtype(selection.scores.dtype))),
         queries=place(selection.queries, -1) if selection.queries is not None else None,
         positions=place(selection.positions, -1) if selection.positions is not None else None,
     )

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch import Tensor, nn
 
-from captum_mm._precision import accumulation_dtype, exact
+from captum_mm._precision import accumulation_dtype, computed_in_float32, exact
 from captum_mm.attr._checks import (
     check_connected,
     check_finite_logits,
@@ -129,6 +129,7 @@ def forward_pass(
         if needs.relevance:
             structure, rules = adapter.lrp_structure(), rules or adapter.default_rules()
             lrp = stack.enter_context(lrp_rules(model, structure, rules, specs, record))
+            stack.enter_context(computed_in_float32(model))  # after the hooks reading the user's inputs
         output = run_forward(forward_func, (*inputs, *additional), method)
         if not record.arguments:
             raise ValueError(

@@ -13,7 +13,9 @@ gives each of its recorded calls a *probe*, a zero tensor shaped like its map, w
 The rules compute in float32 for half-precision models (see :mod:`captum_mm._precision`):
 they receive ``x``, ``out`` and ``g`` in float32 (weights stay in the model's dtype), the
 probes are float32, so the relevance at the maps is float32; the modified gradients
-between rule sites are held in the model's dtype.
+between rule sites are held in the model's dtype, where they lose precision (up to the size
+of the relevance), so the methods run a half-precision model in float32 while explaining it
+(:func:`captum_mm._precision.computed_in_float32`).
 
 Everything is registered as hooks whose handles are removed on exit, also on error. Hooks that
 replace a module's output run before the module's other forward hooks (``prepend``), so that what

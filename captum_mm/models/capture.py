@@ -8,7 +8,6 @@ implementation, ``requires_grad`` flags -- is undone on exit, also on error.
 """
 
 import inspect
-import sys
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from torch.utils.hooks import RemovableHandle
 from transformers import AttentionInterface
 
 from captum_mm._handles import HandleList, Restore
+from captum_mm.models.eager import EXACT_EAGER, exact_eager_attention, exact_eager_configs
 from captum_mm.models.lean import LEAN, Fusion, LeanMaps, LeanSite, lean_module, recording, stop_recording
 from captum_mm.relevance.schedule import AttentionEvent
 from captum_mm.spec import AttentionSpec
@@ -119,18 +119,22 @@ def _configs_of(model: nn.Module) -> List[Any]:
 def use_eager_attention(model: nn.Module, recorded: Sequence[Any] = (), lean: Sequence[Any] = ()) -> Restore:
     """Switch every config of ``model`` to eager attention (``recorded`` configs to eager attention
     whose weights are recorded, :func:`recorded_eager_attention`; ``lean`` ones to lean capture,
-    :mod:`captum_mm.models.lean`); the returned handle restores them.
+    :mod:`captum_mm.models.lean`; those of families whose eager softmax is float32 to
+    :func:`~captum_mm.models.eager.exact_eager_attention`); the returned handle restores them.
 
     The saved values are written back as they were (not through
     ``set_attn_implementation``, which some backbones refuse).
     """
     saved = [(config, config._attn_implementation_internal) for config in _configs_of(model)]
     recorded_ids, lean_ids = {id(config) for config in recorded}, {id(config) for config in lean}
+    exact_ids = exact_eager_configs(model)
     for config, implementation in saved:
         if id(config) in recorded_ids:
             config._attn_implementation_internal = RECORDED_EAGER
         elif id(config) in lean_ids:
             config._attn_implementation_internal = LEAN
+        elif id(config) in exact_ids:
+            config._attn_implementation_internal = EXACT_EAGER
         elif implementation not in (None, EAGER):
             config._attn_implementation_internal = EAGER
 
@@ -179,11 +183,10 @@ _recording: ContextVar[Optional[Dict[int, List[Tensor]]]] = ContextVar("captum_m
 
 
 def recorded_eager_attention(module: nn.Module, *args: Any, **kwargs: Any) -> Tuple[Tensor, Tensor]:
-    """The module family's own eager attention function, its weights kept for the module's current forward
-    (for modules that discard them). Registered once under :data:`RECORDED_EAGER`; a model uses it only
-    while ``capture_attention`` switches its config to it."""
-    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward")
-    output, weights = eager(module, *args, **kwargs)
+    """The module family's own eager attention function (:func:`~captum_mm.models.eager.exact_eager_attention`),
+    its weights kept for the module's current forward (for modules that discard them). Registered once under
+    :data:`RECORDED_EAGER`; a model uses it only while ``capture_attention`` switches its config to it."""
+    output, weights = exact_eager_attention(module, *args, **kwargs)
     recording = _recording.get()
     if recording is not None and id(module) in recording:
         recording[id(module)].append(weights)

@@ -12,10 +12,10 @@ forward and backward: one ``[B, Nq, Nk]`` map per call and a chunk's temporaries
 
 The eager path (every call's ``[B, H, Nq, Nk]`` probabilities in the graph) stays as the fallback and
 the test oracle: LRP-based methods need the probabilities themselves, and modules outside
-:data:`LEAN_ATTENTION` (whose eager function differs) are recorded as before.
+:data:`~captum_mm.models.eager.LEAN_ATTENTION` (whose eager function differs) are recorded as before. Float64
+models get an exact float64 softmax (:mod:`captum_mm.models.eager`).
 """
 
-import sys
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, cast
@@ -24,25 +24,9 @@ import torch
 from torch import Tensor, nn
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
-from transformers.models.bart.modeling_bart import BartAttention
-from transformers.models.bert.modeling_bert import BertCrossAttention, BertSelfAttention
-from transformers.models.blip_2.modeling_blip_2 import Blip2Attention, Blip2QFormerMultiHeadAttention
-from transformers.models.clip.modeling_clip import CLIPAttention
-from transformers.models.detr.modeling_detr import DetrCrossAttention, DetrSelfAttention
-from transformers.models.gemma.modeling_gemma import GemmaAttention
-from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
-from transformers.models.idefics3.modeling_idefics3 import Idefics3VisionAttention
-from transformers.models.llama.modeling_llama import LlamaAttention
-from transformers.models.mistral.modeling_mistral import MistralAttention
-from transformers.models.opt.modeling_opt import OPTAttention
-from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention
-from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLAttention
-from transformers.models.siglip.modeling_siglip import SiglipAttention
-from transformers.models.smolvlm.modeling_smolvlm import SmolVLMVisionAttention
-from transformers.models.t5.modeling_t5 import T5Attention
-from transformers.models.vit.modeling_vit import ViTAttention
 
 from captum_mm._precision import accumulation_dtype, exact
+from captum_mm.models.eager import LEAN_ATTENTION, exact_eager_attention, family_softmax
 from captum_mm.relevance.heads import head_mean, weighted_head_mean
 
 #: The attention-interface key lean capture switches a model's configs to.
@@ -50,14 +34,6 @@ LEAN = "captum_mm_lean"
 #: How a method reduces each call's heads when it is known by name (None: the method needs the probabilities).
 Fusion = Literal["head_mean", "gradient_weighted", "grad_cam"]
 
-#: Modules whose attention function lean capture computes as their family's eager function does: the value
-#: says whether that function takes the softmax in float32 (cast back after) or in the model's dtype.
-LEAN_ATTENTION: Dict[type, bool] = {
-    **dict.fromkeys((LlamaAttention, Qwen2Attention, MistralAttention, GemmaAttention, Qwen2VLAttention, OPTAttention,
-                     CLIPAttention, SiglipAttention, Idefics3VisionAttention, SmolVLMVisionAttention, ViTAttention), True),
-    **dict.fromkeys((BertSelfAttention, BertCrossAttention, BartAttention, GPT2Attention, DetrSelfAttention,
-                     DetrCrossAttention, Blip2Attention, Blip2QFormerMultiHeadAttention, T5Attention), False),
-}
 #: Elements of one chunk's ``[B, H, rows, Nk]`` temporaries (several live at once).
 CHUNK_ELEMENTS = 1 << 22
 
@@ -113,10 +89,6 @@ def lean_module(module: nn.Module) -> Optional[nn.Module]:
     return found[0] if len(found) == 1 else None
 
 
-def _eager(module: nn.Module) -> Callable[..., Tuple[Tensor, Tensor]]:
-    return cast(Callable[..., Tuple[Tensor, Tensor]], getattr(sys.modules[type(module).__module__], "eager_attention_forward"))
-
-
 def lean_attention(
     module: nn.Module,
     query: Tensor,
@@ -132,7 +104,7 @@ def lean_attention(
     sites = _sites.get()
     site = None if sites is None else sites.get(id(module))
     if site is None:
-        return _eager(module)(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        return exact_eager_attention(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     if dropout > 0 or kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
         raise ValueError(f"{type(module).__name__} called its attention with dropout, a soft cap or attention sinks, "
                          "which lean capture does not compute: explain the model in eval mode, or set lean = False on the method.")
@@ -206,9 +178,7 @@ def _probabilities(query: Tensor, key: Tensor, bias: Optional[Tensor], mask: Opt
         scores += bias[:, :, rows, columns]
     if mask is not None:
         scores += mask[:, :, rows, columns]
-    if options.float32_softmax:
-        return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    return torch.softmax(scores, dim=-1)
+    return family_softmax(scores, options.float32_softmax)
 
 
 class _LeanAttention(torch.autograd.Function):

@@ -9,10 +9,10 @@ from captum_mm.attr import AttentionGradCam, AttentionRollout, GenericAttention,
 from captum_mm.attr.engine import forward_pass
 from captum_mm.generation import Continuation, generation_forward, prompt_arguments
 from captum_mm.models import adapter_for
-from helpers import LANGUAGE_MODELS, LM_VOCAB, assert_same_state, bert, language_model, model_state, prompt_batch
+from helpers import (LANGUAGE_MODELS, LM_VOCAB, assert_each_sample_as_alone, assert_same_state, bert, in_dtype, language_model, model_state,
+                     padded_cases, prompt_batch)
 from methods_under_test import METHODS
 
-CASES = [(family, method) for family in sorted(LANGUAGE_MODELS) for method in sorted(METHODS)]
 GREEDY = {"max_new_tokens": 4, "do_sample": False}
 
 
@@ -56,24 +56,13 @@ def test_raw_attention_reads_the_last_layers_head_mean_row_before_each_token(fam
     assert explanation.generated[0, 0].abs().sum() == 0  # token 0 comes before every generated token
 
 
-@pytest.mark.parametrize("family, method", CASES)
-def test_batched_with_left_padding_equals_each_sample_alone(family, method):
+@pytest.mark.parametrize("family, method, dtype", padded_cases(sorted(LANGUAGE_MODELS), sorted(METHODS), "llama"))
+def test_batched_with_left_padding_equals_each_sample_alone(family, method, dtype):
     model = language_model(family)
-    batch = prompt()
-    continuation = [[5, 6, 7], [8, 9], [10]]
-    explanation = METHODS[method](model).explain(batch, continuation=continuation)
-    assert explanation.text.shape == (3, 3, 6) and explanation.generated.shape == (3, 3, 3)
+    batch = in_dtype(model, prompt(), dtype)
+    explanation = assert_each_sample_as_alone(lambda: METHODS[method](model), batch, [[5, 6, 7], [8, 9], [10]])
+    assert explanation.text.shape == (3, 3, 6) and explanation.generated.shape == (3, 3, 3) and explanation.text.dtype == dtype
     assert explanation.target.tolist() == [[5, 6, 7], [8, 9, -1], [10, -1, -1]]
-    for index in range(3):
-        real = batch["attention_mask"][index].bool()
-        alone = METHODS[method](model).explain(
-            batch["input_ids"][index : index + 1, real], continuation=[continuation[index]]
-        )
-        steps = len(continuation[index])
-        torch.testing.assert_close(explanation.text[index, :steps, real], alone.text[0], atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(explanation.generated[index, :steps, :steps], alone.generated[0], atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(explanation.scores[index, :steps], alone.scores[0], atol=1e-5, rtol=1e-4)
-        assert explanation.text[index, :, ~real].abs().sum() == 0 and explanation.text[index, steps:].abs().sum() == 0
 
 
 @pytest.mark.parametrize("family", sorted(LANGUAGE_MODELS))

@@ -8,7 +8,7 @@ from captum_mm.attr import GenericAttention, RawAttention
 from captum_mm.attr.engine import forward_pass
 from captum_mm.generation import generation_forward
 from captum_mm.models.capture import use_eager_attention
-from helpers import ENCODER_DECODERS, assert_each_sample_as_alone, assert_same_state, encoder_decoder_model, model_state, prompt_batch
+from helpers import ENCODER_DECODERS, assert_each_sample_as_alone, assert_same_state, in_dtype, padded_cases, encoder_decoder_model, model_state, prompt_batch
 from methods_under_test import METHODS
 
 CONTINUATION = [[5, 6, 7], [8, 9], [10]]
@@ -58,11 +58,10 @@ def test_raw_attention_reads_the_last_cross_and_self_attention_rows(family):
         torch.testing.assert_close(explanation.generated[0, k], row[1:])
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-@pytest.mark.parametrize("family", FAMILIES)
-def test_batched_with_padding_equals_each_sample_alone(family, method):
+@pytest.mark.parametrize("family, method, dtype", padded_cases(FAMILIES, sorted(METHODS), "t5"))
+def test_batched_with_padding_equals_each_sample_alone(family, method, dtype):
     model = encoder_decoder_model(family)
-    explanation = assert_each_sample_as_alone(lambda: METHODS[method](model), prompt(), CONTINUATION)
+    explanation = assert_each_sample_as_alone(lambda: METHODS[method](model), in_dtype(model, prompt(), dtype), CONTINUATION)
     assert explanation.text.shape == (3, 3, 6) and explanation.generated.shape == (3, 3, 3)
 
 
