@@ -261,15 +261,25 @@ def first_argument(module: nn.Module) -> str:
 
 
 def forward_order_schedule(
-    record: AttentionRecord, selection: TargetSelection, masks: Dict[str, Tensor], outputs: Dict[str, Readout]
+    record: AttentionRecord, selection: TargetSelection, masks: Dict[str, Tensor], outputs: Dict[str, Readout],
+    causal: Tuple[str, ...] = (),
 ) -> Schedule:
     """Every recorded call one step, in forward order, with its declared roles (self-attention
-    models, CLIP's towers, DETR); ``masks`` are ``[B, N]`` per modality."""
+    models, CLIP's towers, DETR); ``masks`` are ``[B, N]`` per modality; ``causal`` the modalities
+    whose tokens see only earlier ones (a decoder's), each element's mask of them ending at its readout row."""
     steps: List[Tuple[AttentionEvent, ...]] = [(event,) for event in record.events()]
+    element_masks = {name: mask[selection.sample] for name, mask in masks.items()}
+    for modality in causal:
+        element_masks[modality] = element_masks[modality] & seen_positions(outputs, modality, masks[modality].shape[1])
     return Schedule(
         sizes={name: mask.shape[1] for name, mask in masks.items()},
-        masks={name: mask[selection.sample] for name, mask in masks.items()},
-        steps=steps, outputs=outputs, element_sample=selection.sample,
+        masks=element_masks, steps=steps, outputs=outputs, element_sample=selection.sample, causal=frozenset(causal),
     )
 
 
+def seen_positions(outputs: Dict[str, Readout], modality: str, size: int) -> Tensor:
+    """``[E, size]`` the positions of a causal ``modality`` each element's readout row sees: up to that row."""
+    rows = [readout.rows for readout in outputs.values() if readout.row == modality]
+    if not rows:
+        raise ValueError(f"No output is read from a row of the causal modality {modality!r}.")
+    return torch.arange(size, device=rows[0].device)[None] <= rows[0][:, None]

@@ -13,7 +13,7 @@ query for DETR). All relevance tensors are batched over elements.
 
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Tuple
 
 from torch import Tensor
 
@@ -110,7 +110,7 @@ class Schedule:
     Attributes:
         sizes (dict[str, int]): Number of tokens of each modality.
         masks (dict[str, Tensor]): ``[E, N]`` boolean masks of real tokens per
-                    modality, one row per element.
+                    modality, one row per element (of a causal modality: those it sees).
         steps (list[tuple[AttentionEvent, ...]]): Events in the order the rules
                     apply. Events of one step are applied in parallel: every
                     update of the step is computed from the state before it
@@ -118,6 +118,10 @@ class Schedule:
         outputs (dict[str, Readout]): Output name (``"text"``, ``"image"``) to where
                     it is read.
         element_sample (Tensor): ``[E]`` sample index of every element.
+        causal (frozenset[str]): Modalities whose tokens see only themselves and earlier
+                    tokens (a decoder's): each element's mask of such a modality ends at its
+                    readout row, so no element sees tokens after the one it explains.
+                    Default: none
     """
 
     sizes: Dict[str, int]
@@ -125,6 +129,7 @@ class Schedule:
     steps: List[Tuple[AttentionEvent, ...]]
     outputs: Dict[str, Readout]
     element_sample: Tensor
+    causal: FrozenSet[str] = frozenset()
 
     @property
     def num_elements(self) -> int:
