@@ -12,7 +12,7 @@ from captum_mm.lrp.composite import LRPState, LRPStructure, ResidualRuleSite, re
 from captum_mm.lrp.rules import RuleSet
 from captum_mm.models.arguments import Argument, check_declared, outputs_of
 from captum_mm.models.capture import AttentionRecord
-from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule
+from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule, seen_positions
 from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource
 
 
@@ -264,9 +264,19 @@ def forward_order_schedule(
     record: AttentionRecord, selection: TargetSelection, masks: Dict[str, Tensor], outputs: Dict[str, Readout],
     causal: Tuple[str, ...] = (),
 ) -> Schedule:
-    """Every recorded call one step, in forward order, with its declared roles (self-attention
-    models, CLIP's towers, DETR); ``masks`` are ``[B, N]`` per modality; ``causal`` the modalities
-    whose tokens see only earlier ones (a decoder's), each element's mask of them ending at its readout row."""
+    """Every recorded call one step, in forward order, with its declared roles.
+
+    Args:
+        record (AttentionRecord): The captured calls.
+        selection (TargetSelection): The explained elements.
+        masks (dict[str, Tensor]): ``[B, N]`` real tokens per modality.
+        outputs (dict[str, Readout]): Where each output is read.
+        causal (tuple[str, ...], optional): The modalities whose tokens see only earlier ones (a decoder's):
+                    each element's mask of them ends at its readout row. Default: ()
+
+    Returns:
+        *Schedule*
+    """
     steps: List[Tuple[AttentionEvent, ...]] = [(event,) for event in record.events()]
     element_masks = {name: mask[selection.sample] for name, mask in masks.items()}
     for modality in causal:
@@ -276,10 +286,3 @@ def forward_order_schedule(
         masks=element_masks, steps=steps, outputs=outputs, element_sample=selection.sample, causal=frozenset(causal),
     )
 
-
-def seen_positions(outputs: Dict[str, Readout], modality: str, size: int) -> Tensor:
-    """``[E, size]`` the positions of a causal ``modality`` each element's readout row sees: up to that row."""
-    rows = [readout.rows for readout in outputs.values() if readout.row == modality]
-    if not rows:
-        raise ValueError(f"No output is read from a row of the causal modality {modality!r}.")
-    return torch.arange(size, device=rows[0].device)[None] <= rows[0][:, None]

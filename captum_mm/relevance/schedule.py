@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Dict, FrozenSet, List, Optional, Tuple
 
+import torch
 from torch import Tensor
 
 
@@ -190,3 +191,23 @@ class Schedule:
             if kept:
                 steps.append(tuple(kept))
         return replace(self, steps=steps)
+
+
+def seen_positions(outputs: Dict[str, Readout], modality: str, size: int) -> Tensor:
+    """The positions of a causal ``modality`` each element's readout row sees: up to that row.
+
+    Args:
+        outputs (dict[str, Readout]): The readouts; those read from a row of ``modality`` give the rows.
+        modality (str): The causal modality.
+        size (int): Its number of tokens.
+
+    Returns:
+        *Tensor*: ``[E, size]`` booleans.
+
+    Raises:
+        ValueError: No output is read from a row of ``modality``.
+    """
+    rows = [readout.rows for readout in outputs.values() if readout.row == modality]
+    if not rows:
+        raise ValueError(f"No output is read from a row of the causal modality {modality!r}.")
+    return torch.arange(size, device=rows[0].device)[None] <= rows[0][:, None]

@@ -11,9 +11,8 @@ from torch import Tensor, nn
 
 from captum_mm.attr import Explanation, PartialLRP
 from captum_mm.attr.catalog import PAPER_METHODS, REFERENCE_DETR
-from captum_mm.models.base import seen_positions
+from captum_mm.relevance.schedule import Readout, seen_positions
 from captum_mm.models.lean import LEAN_ATTENTION
-from captum_mm.relevance.schedule import Readout
 from helpers import (
     LANGUAGE_MODELS,
     VLMS,
