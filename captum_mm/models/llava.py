@@ -120,8 +120,8 @@ class LlavaAdapter(LlamaAdapter):
         grid = self.patch_grid(arguments)
         vision_mask = torch.ones(ids.shape[0], int(self._has_class_token()) + grid[0] * grid[1], dtype=torch.bool, device=ids.device)
         pixels = arguments["pixel_values"]
-        schedule = forward_order_schedule(record, selection, {**masks, VISION: vision_mask, **self.stage_masks(pixels)}, readouts,
-                                          causal)
+        masks = {**masks, VISION: vision_mask, **self.stage_masks(pixels)}
+        schedule = forward_order_schedule(record, selection, masks, readouts, causal)
         unused = self._unused_vision_attention(arguments)
         kept = [step for step in schedule.steps if record.calls[step[0].call].spec.module not in unused]
         return replace(schedule, steps=kept)
