@@ -56,7 +56,7 @@ class AttentionBundle:
 
     Attributes:
         probs, grads, relevance (Tensor or None): ``[E, H, Nq, Nk]``, each present only if needed.
-        valid (Tensor): ``[E, Nq, Nk]`` the entries between real (unpadded) tokens.
+        valid (Tensor): ``[E, Nq, Nk]`` the entries between real (unpadded) tokens that the element sees.
     """
 
     probs: Optional[Tensor]

@@ -14,7 +14,8 @@ class AttentionGradCam(LastLayerAttribution):
     Grad-CAM (Selvaraju et al., ICCV 2017) applied to the last attention layer, as
     Chefer, Gur & Wolf (ICCV 2021, https://arxiv.org/abs/2103.15679) compare against
     it: each head weighted by the mean gradient of the explained logit over its whole
-    map, ``cam = (mean_h(w_h A_h))^+`` (positive part after the head mean), read at the
+    map (the entries between real tokens; a generated token's: those up to its readout
+    row), ``cam = (mean_h(w_h A_h))^+`` (positive part after the head mean), read at the
     readout row. Same layers as :class:`RawAttention`.
 
     Examples::

@@ -23,7 +23,8 @@ class PartialLRP(LastLayerAttribution):
     https://arxiv.org/abs/2103.15679) compare against it: the LRP relevance at the
     last layer's attention map (the same layers as :class:`RawAttention`), head
     mean without clamping, each relevance matrix min-max scaled over its real
-    tokens as the reference does (rankings are unchanged). One forward and one LRP
+    tokens as the reference does (rankings are unchanged; a generated token's over
+    the entries up to its readout row, the others 0). One forward and one LRP
     backward pass.
 
     Examples::

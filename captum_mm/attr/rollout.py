@@ -18,8 +18,9 @@ class AttentionRollout(AttentionAttribution):
     Wolf (ICCV 2021, https://arxiv.org/abs/2103.15679):
     ``R^{ti} = rollout_tt^T . A^{ti}_last . rollout_ii`` with both rollouts over the
     self-attentions before the last cross-attention (LXMERT ignores earlier x-layer
-    cross-attentions; DETR: ``rollout_qq^T . A^{qi}_last . rollout_ii``). No backward
-    pass is run.
+    cross-attentions; DETR: ``rollout_qq^T . A^{qi}_last . rollout_ii``). A decoder's
+    generated token reads its own row, ``rollout_tt . A^{ts}_last . rollout_ss``, which
+    sees no later token. No backward pass is run.
 
     Examples::
 

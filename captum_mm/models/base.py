@@ -12,7 +12,7 @@ from captum_mm.lrp.composite import LRPState, LRPStructure, ResidualRuleSite, re
 from captum_mm.lrp.rules import RuleSet
 from captum_mm.models.arguments import Argument, check_declared, outputs_of
 from captum_mm.models.capture import AttentionRecord
-from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule
+from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule, seen_positions
 from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource
 
 
@@ -261,15 +261,28 @@ def first_argument(module: nn.Module) -> str:
 
 
 def forward_order_schedule(
-    record: AttentionRecord, selection: TargetSelection, masks: Dict[str, Tensor], outputs: Dict[str, Readout]
+    record: AttentionRecord, selection: TargetSelection, masks: Dict[str, Tensor], outputs: Dict[str, Readout],
+    causal: Tuple[str, ...] = (),
 ) -> Schedule:
-    """Every recorded call one step, in forward order, with its declared roles (self-attention
-    models, CLIP's towers, DETR); ``masks`` are ``[B, N]`` per modality."""
+    """Every recorded call one step, in forward order, with its declared roles.
+
+    Args:
+        record (AttentionRecord): The captured calls.
+        selection (TargetSelection): The explained elements.
+        masks (dict[str, Tensor]): ``[B, N]`` real tokens per modality.
+        outputs (dict[str, Readout]): Where each output is read.
+        causal (tuple[str, ...], optional): The modalities whose tokens see only earlier ones (a decoder's):
+                    each element's mask of them ends at its readout row. Default: ()
+
+    Returns:
+        *Schedule*
+    """
     steps: List[Tuple[AttentionEvent, ...]] = [(event,) for event in record.events()]
+    element_masks = {name: mask[selection.sample] for name, mask in masks.items()}
+    for modality in causal:
+        element_masks[modality] = element_masks[modality] & seen_positions(outputs, modality, masks[modality].shape[1])
     return Schedule(
         sizes={name: mask.shape[1] for name, mask in masks.items()},
-        masks={name: mask[selection.sample] for name, mask in masks.items()},
-        steps=steps, outputs=outputs, element_sample=selection.sample,
+        masks=element_masks, steps=steps, outputs=outputs, element_sample=selection.sample, causal=frozenset(causal),
     )
-
 

@@ -114,7 +114,7 @@ class BlipQuestionAnsweringAdapter(EncoderDecoderAdapter):
             GENERATED: Readout(TARGET, rows, TARGET, slice(1, None)),
             IMAGE: Readout(TARGET, rows, QUESTION, grid=grid, through=Stage((QUESTION, VISION), slice(None), slice(1, None))),
         }
-        return forward_order_schedule(record, selection, masks, readouts)
+        return forward_order_schedule(record, selection, masks, readouts, causal=(TARGET,))
 
     def lrp_structure(self) -> LRPStructure:
         """The text streams' post-norm residuals (BERT's, at every self- and cross-attention output and

@@ -133,4 +133,4 @@ class Blip2EncoderDecoderAdapter(Blip2Adapter):
             GENERATED: Readout(TARGET, rows, TARGET, slice(1, None)),
             IMAGE: self.image_readout(arguments, TARGET, rows, SOURCE, image_tokens),
         }
-        return self.vision_schedule(record, selection, masks, readouts)
+        return self.vision_schedule(record, selection, masks, readouts, causal=(TARGET,))

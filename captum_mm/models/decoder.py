@@ -104,7 +104,7 @@ class DecoderOnlyAdapter(ArchitectureAdapter):
 
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
         mask, readouts = self.sequence_readouts(record, selection)
-        return forward_order_schedule(record, selection, {SEQUENCE: mask}, readouts)
+        return forward_order_schedule(record, selection, {SEQUENCE: mask}, readouts, causal=(SEQUENCE,))
 
     def sequence_readouts(self, record: AttentionRecord, selection: TargetSelection) -> Tuple[Tensor, Dict[str, Readout]]:
         """The sequence's ``[B, N]`` mask of real tokens, and the ``text`` and ``generated`` readouts."""

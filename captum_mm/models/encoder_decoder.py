@@ -49,7 +49,7 @@ class EncoderDecoderAdapter(DecoderOnlyAdapter):
         masks = source_target_masks(record.arguments)
         rows = decoder_rows(selection, masks[TARGET])
         readouts = {TEXT: Readout(TARGET, rows, SOURCE), GENERATED: Readout(TARGET, rows, TARGET, slice(1, None))}
-        return forward_order_schedule(record, selection, masks, readouts)
+        return forward_order_schedule(record, selection, masks, readouts, causal=(TARGET,))
 
 
 def encoder_decoder_specs(

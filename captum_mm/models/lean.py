@@ -44,7 +44,8 @@ class LeanMaps:
 
     Attributes:
         fusion (Fusion, optional): What the next backward computes (None: nothing, the call is not used).
-        rows, columns (Tensor, optional): ``[B, Nq]``, ``[B, Nk]`` real tokens, for Grad-CAM's gradient mean.
+        rows, columns (Tensor, optional): ``[B, Nq]``, ``[B, Nk]`` real tokens the explained element sees, for
+                    Grad-CAM's gradient mean.
         fused (Tensor, optional): ``[B, Nq, Nk]`` the last backward's map.
         probe (Tensor): A ``[1]`` leaf the call's output depends on: asking autograd for its gradient runs
                     the call's backward.

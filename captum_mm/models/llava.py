@@ -96,7 +96,7 @@ class LlavaAdapter(LlamaAdapter):
         image_tokens = (ids == self.model.config.image_token_id)[selection.sample]
         readouts[TEXT] = replace(readouts[TEXT], column_mask=~image_tokens)
         readouts[IMAGE] = self.image_readout(record.arguments, SEQUENCE, rows, SEQUENCE, image_tokens)
-        return self.vision_schedule(record, selection, {SEQUENCE: mask}, readouts)
+        return self.vision_schedule(record, selection, {SEQUENCE: mask}, readouts, causal=(SEQUENCE,))
 
     def image_readout(self, arguments: Dict[str, Any], query: str, rows: Tensor, key: str, image_tokens: Tensor) -> Readout:
         """The ``image`` readout of ``rows`` of ``R^{query,key}`` over the columns of the LM's image tokens
@@ -113,14 +113,15 @@ class LlavaAdapter(LlamaAdapter):
         return Readout(query, rows, key, grid=tokens if on_grid else None, column_index=positions)
 
     def vision_schedule(self, record: AttentionRecord, selection: TargetSelection, masks: Dict[str, Tensor],
-                        readouts: Dict[str, Readout]) -> Schedule:
+                        readouts: Dict[str, Readout], causal: Tuple[str, ...]) -> Schedule:
         """Every recorded call in forward order, but the vision layers no feature the LM reads depends on;
-        ``masks`` those of the LM's modalities."""
+        ``masks`` those of the LM's modalities, ``causal`` its causal ones."""
         arguments, ids = record.arguments, text_tokens(record.arguments)
         grid = self.patch_grid(arguments)
         vision_mask = torch.ones(ids.shape[0], int(self._has_class_token()) + grid[0] * grid[1], dtype=torch.bool, device=ids.device)
         pixels = arguments["pixel_values"]
-        schedule = forward_order_schedule(record, selection, {**masks, VISION: vision_mask, **self.stage_masks(pixels)}, readouts)
+        masks = {**masks, VISION: vision_mask, **self.stage_masks(pixels)}
+        schedule = forward_order_schedule(record, selection, masks, readouts, causal)
         unused = self._unused_vision_attention(arguments)
         kept = [step for step in schedule.steps if record.calls[step[0].call].spec.module not in unused]
         return replace(schedule, steps=kept)

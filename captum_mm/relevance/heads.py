@@ -36,8 +36,9 @@ def grad_cam(probs: Tensor, grads: Tensor, valid: Optional[Tensor] = None) -> Te
     Args:
         probs (Tensor): ``[..., H, Nq, Nk]`` the attention probabilities.
         grads (Tensor): Their gradients, the same shape.
-        valid (Tensor, optional): ``[..., Nq, Nk]`` the entries between real tokens: the mean runs over them
-                    only, so a padded sample gets the weights it gets alone. Default: None (every entry)
+        valid (Tensor, optional): ``[..., Nq, Nk]`` the entries between real tokens that the explained element
+                    sees: the mean runs over them only, so a padded sample gets the weights it gets alone, and a
+                    generated token weights that no later token changes. Default: None (every entry)
 
     Returns:
         *Tensor*: ``[..., Nq, Nk]``.

@@ -199,7 +199,9 @@ def last_layer_relevance(schedule: Schedule, maps: Maps) -> FullMatrices:
 
 def rollout_relevance(schedule: Schedule, maps: Maps) -> Matrices:
     """Attention rollout: ``prod norm(A + I)`` per modality; across modalities ``rollout_ss^T . A_last^{sq} .
-    rollout_qq``, each rollout over the self-attentions before ``A_last``.
+    rollout_qq``, each rollout over the self-attentions before ``A_last``; for a causal ``s`` (a decoder)
+    ``rollout_ss . A_last^{sq} . rollout_qq``: the transpose would read, at row ``k``, how later tokens draw on
+    token ``k``, which token ``k`` cannot depend on.
 
     Args:
         schedule (Schedule): The schedule.
@@ -222,7 +224,8 @@ def rollout_relevance(schedule: Schedule, maps: Maps) -> Matrices:
             matrices[(row, key)] = rolled(row)
             continue
         last = last_event(schedule, row, key)
-        matrices[(row, key)] = torch.bmm(rolled(row, last).transpose(1, 2), torch.bmm(maps[last.call], rolled(key, last)))
+        rows = rolled(row, last) if row in schedule.causal else rolled(row, last).transpose(1, 2)
+        matrices[(row, key)] = torch.bmm(rows, torch.bmm(maps[last.call], rolled(key, last)))
     return matrices
 
 
@@ -252,12 +255,12 @@ def transformer_attribution_relevance(schedule: Schedule, maps: Maps) -> Matrice
 
 
 def min_max_scaled(matrix: Tensor, row_mask: Tensor, key_mask: Tensor) -> Tensor:
-    """Each element's matrix scaled to [0, 1] over its real (unpadded) entries.
+    """Each element's matrix scaled to [0, 1] over its real (unpadded) entries, those it sees.
 
     Args:
         matrix (Tensor): ``[E, N_row, N_key]``.
-        row_mask (Tensor): ``[E, N_row]`` real row tokens.
-        key_mask (Tensor): ``[E, N_key]`` real key tokens.
+        row_mask (Tensor): ``[E, N_row]`` real row tokens (of a causal stream: up to the element's readout row).
+        key_mask (Tensor): ``[E, N_key]`` real key tokens (likewise).
 
     Returns:
         *Tensor*: The scaled matrices (0 off the real entries).

@@ -13,8 +13,9 @@ query for DETR). All relevance tensors are batched over elements.
 
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Tuple
 
+import torch
 from torch import Tensor
 
 
@@ -110,7 +111,7 @@ class Schedule:
     Attributes:
         sizes (dict[str, int]): Number of tokens of each modality.
         masks (dict[str, Tensor]): ``[E, N]`` boolean masks of real tokens per
-                    modality, one row per element.
+                    modality, one row per element (of a causal modality: those it sees).
         steps (list[tuple[AttentionEvent, ...]]): Events in the order the rules
                     apply. Events of one step are applied in parallel: every
                     update of the step is computed from the state before it
@@ -118,6 +119,10 @@ class Schedule:
         outputs (dict[str, Readout]): Output name (``"text"``, ``"image"``) to where
                     it is read.
         element_sample (Tensor): ``[E]`` sample index of every element.
+        causal (frozenset[str]): Modalities whose tokens see only themselves and earlier
+                    tokens (a decoder's): each element's mask of such a modality ends at its
+                    readout row, so no element sees tokens after the one it explains.
+                    Default: none
     """
 
     sizes: Dict[str, int]
@@ -125,6 +130,7 @@ class Schedule:
     steps: List[Tuple[AttentionEvent, ...]]
     outputs: Dict[str, Readout]
     element_sample: Tensor
+    causal: FrozenSet[str] = frozenset()
 
     @property
     def num_elements(self) -> int:
@@ -185,3 +191,23 @@ class Schedule:
             if kept:
                 steps.append(tuple(kept))
         return replace(self, steps=steps)
+
+
+def seen_positions(outputs: Dict[str, Readout], modality: str, size: int) -> Tensor:
+    """The positions of a causal ``modality`` each element's readout row sees: up to that row.
+
+    Args:
+        outputs (dict[str, Readout]): The readouts; those read from a row of ``modality`` give the rows.
+        modality (str): The causal modality.
+        size (int): Its number of tokens.
+
+    Returns:
+        *Tensor*: ``[E, size]`` booleans.
+
+    Raises:
+        ValueError: No output is read from a row of ``modality``.
+    """
+    rows = [readout.rows for readout in outputs.values() if readout.row == modality]
+    if not rows:
+        raise ValueError(f"No output is read from a row of the causal modality {modality!r}.")
+    return torch.arange(size, device=rows[0].device)[None] <= rows[0][:, None]

@@ -34,7 +34,10 @@ def test_schedule_is_one_causal_stream_read_at_the_position_before_each_token(fa
     assert selection.positions.tolist() == [6, 7, 8, 6]  # prompt of 6, then the continuation
     text, generated = schedule.outputs["text"], schedule.outputs["generated"]
     assert text.rows.tolist() == [5, 6, 7, 5] and text.columns == slice(0, 6) and generated.columns == slice(6, None)
-    assert schedule.masks["sequence"].tolist()[3] == [0, 0, 1, 1, 1, 1, 1, 0, 0]  # left padding, then one token
+    # each element sees up to its readout row (causality): sample 0's three tokens, sample 1 (left padding) its first
+    assert schedule.masks["sequence"].int().tolist() == [
+        [1] * 6 + [0, 0, 0], [1] * 7 + [0, 0], [1] * 8 + [0], [0, 0, 1, 1, 1, 1, 0, 0, 0]
+    ]
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

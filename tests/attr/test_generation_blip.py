@@ -41,7 +41,7 @@ def test_schedule_vision_then_question_layers_then_answer_layers():
     assert image.through.pair == ("question", "vision") and image.through.columns == slice(1, None)  # [CLS] left out
     assert schedule.sizes == {"vision": 17, "question": 6, "target": 4}
     assert schedule.masks["question"][3].tolist() == [True] * 4 + [False] * 2  # sample 1's question is right-padded
-    assert schedule.masks["target"][3:5].tolist() == [[True, True, True, False]] * 2  # sample 1: two answer tokens
+    assert schedule.masks["target"][3:5].tolist() == [[True, False, False, False], [True, True, False, False]]  # up to the row
 
 
 def test_raw_attention_reads_the_models_own_eager_maps():

@@ -35,7 +35,7 @@ def test_schedule_encoder_then_each_decoder_layers_self_and_cross_attention(fami
     assert text.pair == ("target", "source") and generated.pair == ("target", "target")
     assert text.rows.tolist() == [0, 1, 2, 0, 1, 0]  # token k is predicted at decoder position k (start token first)
     assert generated.columns == slice(1, None) and schedule.sizes == {"source": 6, "target": 4}
-    assert schedule.masks["target"][3:5].tolist() == [[True, True, True, False]] * 2  # sample 1: two tokens
+    assert schedule.masks["target"][3:5].tolist() == [[True, False, False, False], [True, True, False, False]]  # up to the row
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -1,5 +1,7 @@
 """Whole-schedule definitions (raw attention, rollout, start_layer) on a hand-computed LXMERT-like schedule."""
 
+from dataclasses import replace
+
 import torch
 
 from captum_mm.relevance.propagation import generic_relevance, last_layer_relevance, rollout_relevance
@@ -45,6 +47,17 @@ def test_rollout_text_and_bimodal():
     # rollout_tt (before the cross-attention) = [[.75, .25], [0, 1]], rollout_ii = [[.5, .5], [.5, .5]]
     # R_ti = rollout_tt^T A_cross rollout_ii = [[.375, .375], [.625, .625]]
     assert torch.allclose(matrices[("text", "image")], t([[[0.375, 0.375], [0.625, 0.625]]]))
+
+
+def test_rollout_reads_a_causal_row_stream_by_its_row():
+    maps = {0: t([[[1.0, 0.0], [0.5, 0.5]]]), 1: t([[[1.0, 0.0], [0.0, 1.0]]]), 2: t([[[0.2, 0.8], [0.6, 0.4]]])}
+    causal = replace(schedule(), steps=[(TEXT_1,), (IMAGE_1,), (CROSS,)], causal=frozenset({"text"}))
+    # rollout_tt = norm(A0 + I) = [[1, 0], [.25, .75]], rollout_ii = norm(A1 + I) = I
+    # causal: rollout_tt A_cross = [[.2, .8], [.25 * .2 + .75 * .6, .25 * .8 + .75 * .4]]
+    assert torch.allclose(rollout_relevance(causal, maps)[("text", "image")], t([[[0.2, 0.8], [0.5, 0.5]]]))
+    # the reference's rollout_tt^T A_cross: row 0 reads token 1's row, [.2 + .25 * .6, .8 + .25 * .4]
+    reference = replace(causal, causal=frozenset())
+    assert torch.allclose(rollout_relevance(reference, maps)[("text", "image")], t([[[0.35, 0.9], [0.45, 0.3]]]))
 
 
 def test_start_layer_drops_each_modalitys_first_self_attentions():
