@@ -13,7 +13,7 @@ query for DETR). All relevance tensors are batched over elements.
 
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Tuple
 
 from torch import Tensor
 
@@ -118,6 +118,10 @@ class Schedule:
         outputs (dict[str, Readout]): Output name (``"text"``, ``"image"``) to where
                     it is read.
         element_sample (Tensor): ``[E]`` sample index of every element.
+        unscheduled_attentions (frozenset of tuple[str, str]): ``(query, key)`` modality pairs the
+                    model attends with outside the scheduled events (LXMERT's last x-layer's
+                    image->text attention, left out since it cannot reach the readout). Eq. 11
+                    decides from them as from the scheduled events. Default: none
     """
 
     sizes: Dict[str, int]
@@ -125,6 +129,7 @@ class Schedule:
     steps: List[Tuple[AttentionEvent, ...]]
     outputs: Dict[str, Readout]
     element_sample: Tensor
+    unscheduled_attentions: FrozenSet[Tuple[str, str]] = frozenset()
 
     @property
     def num_elements(self) -> int:

@@ -1,6 +1,6 @@
 """DETR as the reference generator computes it: "w/o aggregation" and its unguarded Eq. 8-9."""
 
-from typing import Dict, List
+from typing import List
 
 import pytest
 import torch
@@ -8,21 +8,7 @@ from torch import Tensor
 
 from captum_mm.attr import GenericAttention
 from captum_mm.attr.catalog import select_methods, with_reference_detr
-from captum_mm.relevance.schedule import Schedule
-from helpers import detr
-
-
-class Recording(GenericAttention):
-    """GenericAttention that keeps the schedule and fused maps of its last explanation."""
-
-    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]):
-        self.schedule, self.maps = schedule, maps
-        return super()._relevance_matrices(schedule, maps)
-
-
-def maps_of(explainer: Recording, query: str, key: str) -> List[Tensor]:
-    """The fused maps of ``query`` tokens attending to ``key`` tokens, in forward order."""
-    return [explainer.maps[e.call] for e in explainer.schedule.events if (e.query, e.key) == (query, key)]
+from helpers import Recording, detr, maps_of
 
 
 def double_detr(**kwargs):
