@@ -103,3 +103,12 @@ def test_lrp_methods_refuse_blocks_the_reused_adapter_has_no_rule_for(restored_r
         with pytest.raises(TypeError, match=rf"LRP-based methods cannot explain this {model_class}: no LRP rule of its "
                                             rf"adapter covers {UNCOVERED[model_class]}.* unverified.*covered_types"):
             method(model).explain(prompt, continuation=[[3, 4]])
+
+
+def test_an_adapter_finding_no_attention_module_says_so(restored_registry):
+    model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
+        vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8)).eval()
+    register_adapter(type("PlainLlamaReuse", (LlamaAdapter,), {"model_classes": (type(model),)}))
+    with pytest.raises(TypeError, match="PlainLlamaReuse finds no attention module in this Qwen3ForCausalLM"):
+        AttentionRollout(model).explain(torch.randint(0, 50, (1, 4)), continuation=[[3]])
