@@ -1,7 +1,7 @@
 """Tiny random-init HuggingFace models and their inputs, built locally (never downloaded)."""
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 import torch
@@ -59,6 +59,10 @@ from transformers import (
     ViTConfig,
     ViTForImageClassification,
 )
+
+from captum_mm.attr import GenericAttention
+from captum_mm.relevance.propagation import Matrices
+from captum_mm.relevance.schedule import Schedule
 
 VOCAB, FEATURES, CLASSES = 60, 12, 7
 
@@ -522,3 +526,16 @@ def generation_relevance(model, prompt, continuation, cuts):
         for handle in handles:
             handle.remove()
     return {name: (tensors[name] * gradient).flatten(1).sum(1).detach() for name, gradient in zip(cuts, grads)}
+
+
+class Recording(GenericAttention):
+    """GenericAttention that keeps the schedule and fused maps of its last explanation."""
+
+    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
+        self.schedule, self.maps = schedule, maps
+        return super()._relevance_matrices(schedule, maps)
+
+
+def maps_of(explainer: Recording, query: str, key: str) -> List[Tensor]:
+    """The fused maps of ``query`` tokens attending to ``key`` tokens, in forward order."""
+    return [explainer.maps[e.call] for e in explainer.schedule.events if (e.query, e.key) == (query, key)]

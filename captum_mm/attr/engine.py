@@ -119,6 +119,11 @@ def forward_pass(
     with ExitStack() as stack:
         stack.enter_context(torch.set_grad_enabled(needs.backward))
         specs = adapter.attention_specs()
+        if not specs:
+            raise TypeError(
+                f"{type(adapter).__name__} finds no attention module in this {type(model).__name__}: it was written "
+                "for other classes. Register an adapter naming this model's attention classes (tutorial 04)."
+            )
         record = stack.enter_context(
             capture_attention(
                 model, specs, adapter.check_arguments, adapter.extra_hooks, needs.backward, adapter.gradient_free_modules(),

@@ -37,6 +37,7 @@ from captum_mm._handles import ForwardHook, HandleList
 from captum_mm._precision import exact
 from captum_mm.lrp.attention import attention_hook, position_keeper
 from captum_mm.lrp.canonizers import Canonizer
+from captum_mm.lrp.coverage import uncovered_modules
 from captum_mm.lrp.rules import LinearRule, PassThrough, ProportionalResidual, RuleSet, safe_divide
 from captum_mm.lrp.switch import Mode, Recorder, Switch
 from captum_mm.spec import AttentionParts, AttentionSpec, LinearModule, TensorSource
@@ -76,16 +77,21 @@ class LRPStructure:
         pass_through_types (tuple of type): Modules relevance passes through unchanged beyond the built-in
                     ones (e.g. RMSNorm classes). Default: ()
         canonizers (sequence of Canonizer): Model-specific blocks (gated products, position embeddings). Default: ()
+        covered_types (tuple of type): Further modules owning parameters that the adapter's rules cover (e.g. a
+                    block a canonizer handles); LRP refuses a model with a parameterised module inside its
+                    transformer layers that is none of these, linear, an embedding, an attention module or (outside
+                    attention modules) a pass-through type (:mod:`captum_mm.lrp.coverage`). Default: ()
     """
 
     residuals: List[ResidualRuleSite]
     pass_through_types: Tuple[type, ...] = ()
     canonizers: Sequence[Canonizer] = ()
+    covered_types: Tuple[type, ...] = ()
 
     def __add__(self, other: "LRPStructure") -> "LRPStructure":
         """Both structures' sites (a model made of parts of several families)."""
         return LRPStructure(self.residuals + other.residuals, self.pass_through_types + other.pass_through_types,
-                            (*self.canonizers, *other.canonizers))
+                            (*self.canonizers, *other.canonizers), self.covered_types + other.covered_types)
 
 
 @dataclass
@@ -150,6 +156,7 @@ def lrp_rules(
             f"LRP needs every attention module's projections (AttentionSpec.parts), missing for {missing}, and the "
             "capture record its calls are kept in."
         )
+    _check_coverage(model, structure, attention)
     attention_parts = {id(spec.probs.module) for spec in attention if spec.probs.module is not spec.module}
     names = {module: name for name, module in model.named_modules()}
     try:
@@ -178,6 +185,19 @@ def lrp_rules(
         yield state
     finally:
         handles.remove()
+
+
+def _check_coverage(model: nn.Module, structure: LRPStructure, attention: Sequence[AttentionSpec]) -> None:
+    pass_through = BUILT_IN_PASS_THROUGH + structure.pass_through_types
+    uncovered = uncovered_modules(model, attention, LINEAR_TYPES, pass_through, structure.covered_types)
+    if uncovered:
+        shown = ", ".join(uncovered[:3]) + (f" and {len(uncovered) - 3} more" if len(uncovered) > 3 else "")
+        raise TypeError(
+            f"The LRP-based methods cannot explain this {type(model).__name__}: no LRP rule of its adapter covers "
+            f"{shown}, so relevance would pass through them unverified. Declare the module classes the adapter has "
+            "rules for (LRPStructure.pass_through_types or covered_types, see tutorial 04) if they are right, or use "
+            "a method without LRP (GenericAttention, AttentionRollout, RawAttention, AttentionGradCam)."
+        )
 
 
 def _linear_hook(state: LRPState, rule: LinearRule) -> Callable[[LinearModule, Tuple[Any, ...], Tensor], Tensor]:

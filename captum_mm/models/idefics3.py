@@ -29,6 +29,7 @@ IMAGES = "[batch, images, channels, height, width]"
 @register_adapter
 class Idefics3Adapter(LlavaAdapter):
     model_classes = (Idefics3ForConditionalGeneration, SmolVLMForConditionalGeneration)
+    fixed_image_size = False  # its vision embeddings place the patches of any size on their position grid
     arguments = MappingProxyType(dict(
         DecoderOnlyAdapter.arguments,
         pixel_values=Argument(5, IMAGES, "image", f"An Idefics3 prompt needs pixel_values {IMAGES}."),

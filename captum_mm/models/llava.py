@@ -46,6 +46,8 @@ class LlavaAdapter(LlamaAdapter):
     vision_layer_classes: Tuple[type, ...] = (CLIPEncoderLayer, SiglipEncoderLayer)
     #: Continue the image tokens' relevance through the vision tower (False: stop at the LM's image tokens).
     compose_vision: bool = True
+    #: The vision tower takes one image size only (its position embeddings'; Idefics3's takes any).
+    fixed_image_size: bool = True
     #: The LM's image tokens lie on the image's grid (BLIP-2's learned queries do not).
     image_tokens_on_grid: bool = True
 
@@ -83,12 +85,30 @@ class LlavaAdapter(LlamaAdapter):
         ids, pixels = text_tokens(arguments), arguments["pixel_values"]
         require(ids.dim() == 2 and "input_ids" in arguments, "A VLM prompt needs input_ids with its image tokens.")
         require(pixels.shape[0] == ids.shape[0], f"One image per prompt: {pixels.shape[0]} images for {ids.shape[0]} prompts.")
+        self.check_image_size(pixels, arguments)
         counts = (ids == self.model.config.image_token_id).sum(-1)
         features = self._features_per_image(pixels, arguments)
         wrong = [index for index, count in enumerate(counts.tolist()) if count != features]
         require(not wrong, f"Each prompt needs {features} image tokens (id {self.model.config.image_token_id}), one per "
                 f"image feature; samples {wrong} have {[counts[i].item() for i in wrong]} (a continuation token with that id "
                 "counts too: the model reads it as an image placeholder).")
+
+    def check_image_size(self, pixels: Tensor, arguments: Dict[str, Any]) -> None:
+        """Images of the size the vision tower's position embeddings are made for (``vision_config.image_size``),
+        unless ``interpolate_pos_encoding`` is asked for; ``fixed_image_size = False`` (Idefics3) takes any size.
+
+        Args:
+            pixels (Tensor): The images, the spatial size last.
+            arguments (dict): The forward's arguments.
+        """
+        if not self.fixed_image_size or arguments.get("interpolate_pos_encoding"):
+            return
+        size = cast(Any, self.model.config.vision_config).image_size
+        expected = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        got = tuple(pixels.shape[-2:])
+        require(got == expected, f"{type(self.model).__name__}'s vision tower takes {expected[0]}x{expected[1]} images "
+                f"(vision_config.image_size); pixel_values are {got[0]}x{got[1]}. Resize the images to {expected[0]}x"
+                f"{expected[1]} (the model's image processor does).")
 
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
         mask, readouts = self.sequence_readouts(record, selection)

@@ -92,4 +92,6 @@ class LxmertAdapter(ArchitectureAdapter):
             steps=steps,
             outputs={TEXT: Readout(TEXT, cls, TEXT), IMAGE: Readout(TEXT, cls, IMAGE)},
             element_sample=selection.sample,
+            # the last x-layer's image->text attention is left out but exists: Eq. 11 of its text->image applies
+            unscheduled_attentions=frozenset({CROSS[1]}) if cross_layers else frozenset(),
         )

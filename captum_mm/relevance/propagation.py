@@ -130,9 +130,9 @@ def generic_relevance(
     """Chefer et al. (ICCV 2021): Eq. 6-7 at self-attention, Eq. 10-11 at bi-modal attention, in schedule order.
 
     Self-attention-only schedules give :class:`RowRelevance` (the readout rows alone, the same values). Eq. 11 of
-    an ``s -> q`` attention is applied only if the schedule has some ``q -> s`` attention: without one ``R^{qs}``
-    stays zero throughout (DETR's image tokens never attend to queries), so the rule is structurally void and
-    "w/o aggregation" must not replace ``R^{ss}`` by it.
+    an ``s -> q`` attention is applied only if the model has some ``q -> s`` attention (scheduled or in
+    ``schedule.unscheduled_attentions``): without one ``R^{qs}`` stays zero throughout (DETR's image tokens never
+    attend to queries), so the rule is structurally void and "w/o aggregation" must not replace ``R^{ss}`` by it.
 
     Args:
         schedule (Schedule): The events, masks and readouts.
@@ -148,7 +148,7 @@ def generic_relevance(
     if self_attention_only(schedule):
         return RowRelevance(schedule, maps, lambda v, a: v + torch.bmm(v, a) if aggregate else torch.bmm(v, a))
     relevance = initial_relevance(schedule.sizes, schedule.num_elements, _like(schedule, maps))
-    attends = {(event.query, event.key) for event in schedule.events}
+    attends = {(event.query, event.key) for event in schedule.events} | schedule.unscheduled_attentions
     for step in schedule.steps:
         deltas = [
             self_attention_deltas(relevance, event.query, maps[event.call])

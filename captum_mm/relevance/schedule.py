@@ -123,6 +123,10 @@ class Schedule:
                     tokens (a decoder's): each element's mask of such a modality ends at its
                     readout row, so no element sees tokens after the one it explains.
                     Default: none
+        unscheduled_attentions (frozenset of tuple[str, str]): ``(query, key)`` modality pairs the
+                    model attends with outside the scheduled events (LXMERT's last x-layer's
+                    image->text attention, left out since it cannot reach the readout). Eq. 11
+                    decides from them as from the scheduled events. Default: none
     """
 
     sizes: Dict[str, int]
@@ -131,6 +135,7 @@ class Schedule:
     outputs: Dict[str, Readout]
     element_sample: Tensor
     causal: FrozenSet[str] = frozenset()
+    unscheduled_attentions: FrozenSet[Tuple[str, str]] = frozenset()
 
     @property
     def num_elements(self) -> int:

@@ -1,6 +1,6 @@
 """DETR as the reference generator computes it: "w/o aggregation" and its unguarded Eq. 8-9."""
 
-from typing import Dict, List
+from typing import List, Optional
 
 import pytest
 import torch
@@ -8,21 +8,7 @@ from torch import Tensor
 
 from captum_mm.attr import GenericAttention
 from captum_mm.attr.catalog import select_methods, with_reference_detr
-from captum_mm.relevance.schedule import Schedule
-from helpers import detr
-
-
-class Recording(GenericAttention):
-    """GenericAttention that keeps the schedule and fused maps of its last explanation."""
-
-    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]):
-        self.schedule, self.maps = schedule, maps
-        return super()._relevance_matrices(schedule, maps)
-
-
-def maps_of(explainer: Recording, query: str, key: str) -> List[Tensor]:
-    """The fused maps of ``query`` tokens attending to ``key`` tokens, in forward order."""
-    return [explainer.maps[e.call] for e in explainer.schedule.events if (e.query, e.key) == (query, key)]
+from helpers import Recording, detr, maps_of
 
 
 def double_detr(**kwargs):
@@ -78,12 +64,13 @@ def reference_detr_relevance(explainer: Recording) -> Tensor:
     return r_qi
 
 
-def zero_row_detr(query: int):
+def zero_row_detr(query: int, explained: Optional[int] = None):
     """A float64 DETR whose first decoder self-attention gives ``query`` an all-zero fused row and the
     next query a non-zero one. The decoder starts from zero inputs, so every value row of that
     attention is the value bias ``b`` and ``grad A[h, r, :] = g[h, r] . b[h]``, ``g`` the gradient at the
     attention output: ``b[h]`` is chosen with ``g[h, query] . b[h] = -1`` and ``g[h, query + 1] . b[h] = 1``
-    (``g`` taken at ``b = 0``; ``b`` then set at a scale small enough not to change those signs)."""
+    (``g`` taken at ``b = 0``; ``b`` then set at a scale small enough not to change those signs), ``g`` the
+    gradient of ``explained``'s logit (default: ``query``'s)."""
     model, pixels = double_detr(encoder_layers=2, decoder_layers=2)
     pixels = pixels[:1]
     attention = model.model.decoder.layers[0].self_attn
@@ -95,7 +82,8 @@ def zero_row_detr(query: int):
     handle = attention.o_proj.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
     try:
         logits = model(pixels).logits
-        gradient = torch.autograd.grad(logits[0, query, :-1].max(), inputs[0])[0][0].reshape(-1, heads, head_dim)
+        target = query if explained is None else explained
+        gradient = torch.autograd.grad(logits[0, target, :-1].max(), inputs[0])[0][0].reshape(-1, heads, head_dim)
     finally:
         handle.remove()
     bias = []
@@ -118,6 +106,20 @@ def test_detr_drop_on_zero_row_reproduces_the_reference_loop():
     assert torch.allclose(dropped, reference, rtol=1e-9, atol=0) and dropped.abs().sum() > 0
     kept = GenericAttention(model).explain(pixels, target=2).image.flatten()
     assert not torch.allclose(kept, dropped, rtol=1e-3, atol=0)
+
+
+def test_detr_drop_on_every_decoder_layer_leaves_the_query_no_relevance():
+    """Query 2's row of ``R_hat^{qq}`` is zero after both decoder layers (its first self-attention row constructed
+    zero; in the last layer only the explained query 3's row has a gradient), so the reference drops both Eq. 10
+    updates and leaves query 3 no image relevance (checked against its code on identical weights, float64)."""
+    model, pixels = zero_row_detr(query=2, explained=3)
+    dropping = Recording(model, zero_row_update="drop")
+    dropped = dropping.explain(pixels, target=3).image.flatten()
+    assert [m[0, 2].sum().item() for m in maps_of(dropping, "query", "query")] == [0.0, 0.0]
+    assert maps_of(dropping, "query", "query")[0][0, 3].sum() > 0
+    assert torch.equal(dropped, torch.zeros_like(dropped))
+    assert torch.equal(reference_detr_relevance(dropping)[0, 3], dropped)
+    assert GenericAttention(model).explain(pixels, target=3).image.abs().sum() > 0  # "keep" applies the rest
 
 
 def test_zero_row_update_is_checked():

@@ -8,8 +8,9 @@ from captum_mm.attr import GenericAttention
 from helpers import FEATURES, bert, clip_case, detr_case, lxmert, lxmert_case, text_batch, vilt_case, vit
 
 
-def test_unsupported_model_lists_the_supported_classes():
-    with pytest.raises(TypeError, match="cannot explain a Linear.*LxmertForQuestionAnswering.*DetrForObjectDetection|cannot explain a Linear.*Detr"):
+def test_a_module_that_is_no_huggingface_model_points_to_model_and_register_adapter():
+    with pytest.raises(TypeError, match=r"cannot explain a Linear: it is not a HuggingFace model.*as model=.*"
+                                        r"captum_mm\.models\.register_adapter \(tutorial 04_bring_your_own_model\.ipynb\)"):
         GenericAttention(nn.Linear(2, 2))
 
 

@@ -163,7 +163,7 @@ def test_clear_errors():
     cross = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=LM_VOCAB, add_cross_attention=True)).eval()
     with pytest.raises(NotImplementedError, match="cross-attention layers .* no LRP structure"):
         PartialLRP(cross).explain(batch, continuation=[[5], [6], [7]])
-    with pytest.raises(TypeError, match="cannot explain a GPT2Model: no architecture adapter"):
+    with pytest.raises(TypeError, match=r"cannot explain a GPT2Model \(model_type 'gpt2'\): no architecture adapter.*closest supported family by name is GPT2LMHeadModel"):
         GenericAttention(GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2)))
 
 

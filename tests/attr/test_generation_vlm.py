@@ -13,6 +13,7 @@ from helpers import (
     IMAGE_GRID,
     IMAGE_TOKEN,
     VLMS,
+    blip2,
     assert_each_sample_as_alone,
     in_dtype,
     padded_cases,
@@ -282,3 +283,22 @@ def test_attribute_explains_the_next_token_over_the_prompt_and_the_image(family)
     torch.testing.assert_close(text, explained.text[:, 0])
     patch = 32 // explained.image.shape[-1]  # pixels per patch side
     torch.testing.assert_close(image[:, ..., 0, ::patch, ::patch].reshape(explained.image[:, 0].shape), explained.image[:, 0])
+
+
+@pytest.mark.parametrize("family", ["llava", "paligemma", "blip2"])
+def test_images_of_another_size_than_the_vision_tower_takes_are_refused_before_the_model_runs(family):
+    """The towers' position embeddings fix the image size; a 64x64 image on a 32x32 tower would otherwise be told
+    the image-token count of 64x64 (LLaVA) or fail inside HF."""
+    model = {"llava": llava, "paligemma": paligemma, "blip2": blip2}[family]()
+    batch = dict(vlm_prompts(), pixel_values=torch.randn(3, 3, 64, 64))
+    with pytest.raises(ValueError, match=rf"{type(model).__name__}'s vision tower takes 32x32 images "
+                                         r"\(vision_config.image_size\); pixel_values are 64x64\. Resize the images to 32x32"):
+        GenericAttention(model).explain(batch, continuation=CONTINUATION)
+
+
+def test_a_tower_taking_any_size_or_interpolated_positions_is_not_held_to_one_size():
+    batch = dict(vlm_prompts(image_tokens=2), pixel_values=torch.randn(3, 3, 16, 16))
+    adapter_for(blip2(queries=2)).check_arguments(dict(batch, interpolate_pos_encoding=True))
+    smaller = family_prompts("idefics3", image_tokens=4)  # 4 tokens: a 16x16 image's 4x4 patches shuffled
+    smaller["pixel_values"] = smaller["pixel_values"][..., :16, :16]
+    adapter_for(idefics3()).check_arguments(smaller)
