@@ -1,0 +1,123 @@
+"""How many explained elements' relevance buffers fit in memory at once (``max_memory``).
+
+The buffers that grow with the number of explained elements ``E`` are each element's fused map of every event
+``[E, Nq, Nk]``, its relevance blocks, and, one event at a time, that event's mask of real entries and (methods
+without a backward pass) the per-element copy of its stored maps. The model's own forward and backward are not
+counted: they do not grow with ``E`` (one backward per slot, or one vectorised backward per group).
+"""
+
+import os
+import warnings
+from typing import List, Optional, Union
+
+import torch
+from torch import Tensor
+
+from captum_mm._precision import accumulation_dtype
+from captum_mm.attr.engine import ForwardPass
+from captum_mm.models.capture import AttentionRecord
+from captum_mm.relevance.schedule import AttentionEvent, Schedule
+
+MaxMemory = Union[int, str, None]
+
+#: ``max_memory="auto"``: this fraction of the memory available on the device when the explanation starts ...
+AUTO_FRACTION = 4
+#: ... and at most this many bytes: on CPU (and under lean capture) every slot is its own backward whatever the group
+#: size, so larger groups save no time (benchmarks/README.md, "Long generations").
+AUTO_CAP = 1 << 30
+
+
+def memory_budget(max_memory: MaxMemory, device: torch.device) -> Optional[int]:
+    """The bytes ``max_memory`` allows: an int as it is, ``"auto"`` a quarter of the memory available on ``device``
+    (:func:`available_memory`), at most 1 GiB; None (or ``"auto"`` where the available memory is unknown) no limit.
+
+    Args:
+        max_memory (int, str or None): The method's ``max_memory``.
+        device (torch.device): Where the relevance buffers live.
+
+    Returns:
+        *int or None*: The budget in bytes.
+    """
+    if max_memory == "auto":
+        available = available_memory(device)
+        return None if available is None else min(available // AUTO_FRACTION, AUTO_CAP)
+    if max_memory is None or (isinstance(max_memory, int) and not isinstance(max_memory, bool) and max_memory > 0):
+        return max_memory
+    raise ValueError(f'max_memory must be a positive number of bytes, "auto" or None, got {max_memory!r}.')
+
+
+def available_memory(device: torch.device) -> Optional[int]:
+    """Bytes that can still be allocated on ``device``: ``MemAvailable`` of ``/proc/meminfo`` (else the free physical
+    pages) on CPU; on CUDA the free memory plus what torch's caching allocator holds unused. None where unknown.
+
+    Args:
+        device (torch.device): The device.
+
+    Returns:
+        *int or None*: The available bytes.
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def element_bytes(schedule: Schedule, record: AttentionRecord, events: List[AttentionEvent], itemsize: int,
+                  backward: bool) -> int:
+    """An upper bound on one element's relevance buffers (the module's docstring lists them).
+
+    Args:
+        schedule (Schedule): The schedule.
+        record (AttentionRecord): The captured calls (their stored maps).
+        events (list[AttentionEvent]): The events the method fuses.
+        itemsize (int): Bytes per relevance value.
+        backward (bool): Whether the method runs backward passes (then stored maps are not copied per element).
+
+    Returns:
+        *int*: Bytes.
+    """
+    areas = [schedule.sizes[event.query] * schedule.sizes[event.key] for event in events]
+    probs = [record.calls[event.call].probs for event in events]
+    stored = [0 if backward or maps is None else maps.shape[1] for maps in probs]
+    one_event = max((area * (1 + itemsize * (heads + 1)) for area, heads in zip(areas, stored)), default=0)
+    return (sum(areas) + sum(schedule.sizes.values()) ** 2) * itemsize + one_event
+
+
+def slot_groups(forward: ForwardPass, events: List[AttentionEvent], backward: bool, max_memory: MaxMemory) -> List[Tensor]:
+    """The backward slots in groups whose elements' relevance buffers fit in ``max_memory`` (one group when it
+    allows any amount); a slot that alone needs more forms its own group, with a warning.
+
+    Args:
+        forward (ForwardPass): The captured forward pass, its targets and schedule.
+        events (list[AttentionEvent]): The events the method fuses.
+        backward (bool): Whether the method runs backward passes.
+        max_memory (int, str or None): The method's ``max_memory``.
+
+    Returns:
+        *list[Tensor]*: The slot indices of each group, in order.
+    """
+    selection = forward.selection
+    slots = torch.arange(selection.grad_outputs.shape[0], device=selection.slot.device)
+    budget = memory_budget(max_memory, forward.logits.device)
+    if budget is None or not selection.num_elements:
+        return [slots]
+    itemsize = torch.empty((), dtype=accumulation_dtype(forward.logits.dtype)).element_size()
+    per_slot = element_bytes(forward.schedule, forward.record, events, itemsize, backward) * int(torch.bincount(selection.slot).max())
+    if per_slot > budget:
+        allowed = f"max_memory={budget} bytes" if max_memory != "auto" else (
+            f'max_memory="auto" ({budget} bytes: a quarter of the memory available, at most 1 GiB)')
+        warnings.warn(f"{allowed} is less than one backward's explained elements need ({per_slot} bytes): they are "
+                      "explained one backward at a time, which may exhaust the memory.", stacklevel=5)
+    return list(slots.split(max(1, budget // per_slot)))
