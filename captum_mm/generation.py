@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from captum_mm._generate import generated
 from captum_mm.models.arguments import check_batch_sizes
 from captum_mm.models.decoder import Continuation, DecoderOnlyAdapter, GenerationConvention
 from captum_mm.models.registry import adapter_for
@@ -79,7 +80,7 @@ def generation_forward(
         start = ids.shape[1]
     _check_ids(model, "The prompt's input_ids", ids)
     if generate:
-        prompt, tokens = _generated(model, prompt, generation_args or {}, start, convention, unbatched)
+        prompt, tokens = generated(model, prompt, generation_args or {}, start, convention, unbatched)
         ids = prompt["input_ids"]
     else:
         tokens = _given(continuation, ids.shape[0], start, ids.device)
@@ -170,80 +171,6 @@ def _given(continuation: Any, batch_size: int, prompt_length: int, device: torch
         ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
         mask[index, : len(row)] = True
     return Continuation(ids, mask, prompt_length)
-
-
-def _generated(
-    model: nn.Module,
-    prompt: Dict[str, Any],
-    generation_args: Dict[str, Any],
-    start: int,
-    convention: GenerationConvention,
-    unbatched: Sequence[str],
-) -> Tuple[Dict[str, Any], Continuation]:
-    """What ``model.generate`` continues the prompt with (after the decoder start token for an encoder-decoder model),
-    and the prompt of each returned sequence (repeated ``R`` times, as ``generate`` orders them, for
-    ``num_return_sequences=R``); tokens after a sample's end-of-sequence token (``generation_args``' ``eos_token_id``,
-    else the generation config's) are not explained."""
-    if not hasattr(model, "generate"):
-        raise ValueError(f"{type(model).__name__} cannot generate (it has no generate method): pass continuation=.")
-    _check_new_tokens(model, generation_args, start, convention.max_positions)
-    with torch.no_grad():
-        output = cast(Any, model).generate(**prompt, **{**generation_args, "return_dict_in_generate": False})
-    sequences = cast(Tensor, output if isinstance(output, Tensor) else output.sequences)
-    prompt = _per_sequence(model, prompt, int(sequences.shape[0]), unbatched)
-    ids = sequences[:, 1 if convention.encoder_decoder else start :]
-    ends = _end_ids(generation_args, convention)
-    ended = torch.isin(ids, torch.tensor(ends, device=ids.device)) if ends else torch.zeros_like(ids, dtype=torch.bool)
-    after_end = (ended.long().cumsum(-1) - ended.long()) > 0  # the end token itself is explained
-    return prompt, Continuation(ids, ~after_end, start)
-
-
-def _check_new_tokens(model: nn.Module, generation_args: Dict[str, Any], start: int, limit: Optional[int]) -> None:
-    """Before generating: the longest sequence ``generate`` may produce (``max_new_tokens``, else ``max_length``, of
-    ``generation_args``, else of their or the model's generation config) must fit in the model's positions."""
-    if limit is None:
-        return
-    config = generation_args.get("generation_config") or getattr(model, "generation_config", None)
-    for name in ("max_new_tokens", "max_length"):  # max_new_tokens wins, as in generate
-        value = generation_args.get(name, getattr(config, name, None))
-        if value is None:
-            continue
-        longest = start + int(value) if name == "max_new_tokens" else int(value)
-        if longest > limit:
-            raise ValueError(
-                f"{name}={value} lets generate produce {longest} tokens (the prompt's {start} included), more than the "
-                f"{limit} positions {type(model).__name__} allows: ask for at most {limit - start} new tokens."
-            )
-        return
-
-
-def _end_ids(generation_args: Dict[str, Any], convention: GenerationConvention) -> Tuple[int, ...]:
-    """The ids that end a generated sequence: ``eos_token_id`` of ``generation_args`` (or of the generation config
-    given there), else the model's."""
-    config = generation_args.get("generation_config")
-    ends = generation_args.get("eos_token_id", getattr(config, "eos_token_id", None))
-    if ends is None:
-        return convention.end_ids
-    ends = ends.tolist() if isinstance(ends, Tensor) else ends
-    return (int(ends),) if isinstance(ends, int) else tuple(int(end) for end in ends)
-
-
-def _per_sequence(model: nn.Module, prompt: Dict[str, Any], sequences: int, unbatched: Sequence[str]) -> Dict[str, Any]:
-    """The prompt of each of ``sequences`` returned sequences: each sample repeated ``sequences / B`` times in a row."""
-    batch = int(prompt["input_ids"].shape[0])
-    if sequences == batch:
-        return prompt
-    given = [name for name in unbatched if name in prompt]
-    if sequences % batch or given:
-        raise ValueError(
-            f"generate returned {sequences} sequences for {batch} prompts: several sequences per prompt "
-            "(num_return_sequences) are explained by repeating each prompt, "
-            + (f"which {type(model).__name__}'s unbatched {given} do not allow: generate one sequence per prompt."
-               if given else "which needs a whole number of sequences per prompt.")
-        )
-    repeats = sequences // batch
-    return {name: value.repeat_interleave(repeats, dim=0) if isinstance(value, Tensor) and value.dim() and value.shape[0] == batch
-            else value for name, value in prompt.items()}
 
 
 def _check_ids(model: nn.Module, what: str, ids: Tensor) -> None:

@@ -252,7 +252,7 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         :attr:`max_memory` (the same values as all at once)."""
         selection, events = forward.selection, self._events(forward.schedule)
         outputs: Dict[str, Tensor] = {}
-        for slots in slot_groups(forward, events, self.needs.backward, self.max_memory):
+        for slots in slot_groups(forward, events, self.needs, self.vectorized_backward, self.max_memory):
             elements = torch.isin(selection.slot, slots).nonzero()[:, 0]
             for name, values in self._group_outputs(forward, events, slots, elements).items():
                 if name not in outputs:

@@ -14,11 +14,12 @@ import torch
 from torch import Tensor
 
 from captum_mm._precision import accumulation_dtype
-from captum_mm.attr.engine import ForwardPass
+from captum_mm.attr.engine import ForwardPass, Needs, is_vectorized
 from captum_mm.models.capture import AttentionRecord
+from captum_mm.relevance.propagation import self_attention_only
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
 
-MaxMemory = Union[int, str, None]
+MaxMemory = Union[int, float, str, None]
 
 #: ``max_memory="auto"``: this fraction of the memory available on the device when the explanation starts ...
 AUTO_FRACTION = 4
@@ -41,9 +42,11 @@ def memory_budget(max_memory: MaxMemory, device: torch.device) -> Optional[int]:
     if max_memory == "auto":
         available = available_memory(device)
         return None if available is None else min(available // AUTO_FRACTION, AUTO_CAP)
-    if max_memory is None or (isinstance(max_memory, int) and not isinstance(max_memory, bool) and max_memory > 0):
-        return max_memory
-    raise ValueError(f'max_memory must be a positive number of bytes, "auto" or None, got {max_memory!r}.')
+    if max_memory is None:
+        return None
+    if isinstance(max_memory, (int, float)) and not isinstance(max_memory, bool) and max_memory >= 1:
+        return int(max_memory)
+    raise ValueError(f'max_memory must be a number of bytes (at least 1), "auto" or None, got {max_memory!r}.')
 
 
 def available_memory(device: torch.device) -> Optional[int]:
@@ -75,35 +78,45 @@ def available_memory(device: torch.device) -> Optional[int]:
 
 
 def element_bytes(schedule: Schedule, record: AttentionRecord, events: List[AttentionEvent], itemsize: int,
-                  backward: bool) -> int:
-    """An upper bound on one element's relevance buffers (the module's docstring lists them).
+                  needs: Needs, vectorized: bool) -> int:
+    """An upper bound on one element's relevance buffers (the module's docstring lists them). Relevance blocks are
+    counted 6 times where relevance matrices are propagated whole (the state, each update and the products making it)
+    and twice where self-attention-only schedules keep only readout rows (a last layer's matrix scaled by PartialLRP),
+    as measured on Llama and T5 for every method (benchmarks/README.md, "Long generations").
 
     Args:
         schedule (Schedule): The schedule.
         record (AttentionRecord): The captured calls (their stored maps).
         events (list[AttentionEvent]): The events the method fuses.
         itemsize (int): Bytes per relevance value.
-        backward (bool): Whether the method runs backward passes (then stored maps are not copied per element).
+        needs (Needs): What the method needs (without a backward pass each element copies its stored maps).
+        vectorized (bool): Whether a group's slots share one backward (then every slot's per-head gradients and
+                    relevance at every map are alive at once).
 
     Returns:
         *int*: Bytes.
     """
     areas = [schedule.sizes[event.query] * schedule.sizes[event.key] for event in events]
     probs = [record.calls[event.call].probs for event in events]
-    stored = [0 if backward or maps is None else maps.shape[1] for maps in probs]
-    one_event = max((area * (1 + itemsize * (heads + 1)) for area, heads in zip(areas, stored)), default=0)
-    return (sum(areas) + sum(schedule.sizes.values()) ** 2) * itemsize + one_event
+    heads = [0 if maps is None else maps.shape[1] for maps in probs]
+    copied = [0 if needs.backward else count + 1 for count in heads]  # the copy and its fused map
+    one_event = max((area * (1 + itemsize * copies) for area, copies in zip(areas, copied)), default=0)
+    blocks = (2 if self_attention_only(schedule) else 6) * sum(schedule.sizes.values()) ** 2
+    per_head = (int(needs.gradients) + int(needs.relevance)) * sum(area * count for area, count in zip(areas, heads)) if vectorized else 0
+    return (sum(areas) + blocks + per_head) * itemsize + one_event
 
 
-def slot_groups(forward: ForwardPass, events: List[AttentionEvent], backward: bool, max_memory: MaxMemory) -> List[Tensor]:
+def slot_groups(forward: ForwardPass, events: List[AttentionEvent], needs: Needs, vectorized: Optional[bool],
+                max_memory: MaxMemory) -> List[Tensor]:
     """The backward slots in groups whose elements' relevance buffers fit in ``max_memory`` (one group when it
     allows any amount); a slot that alone needs more forms its own group, with a warning.
 
     Args:
         forward (ForwardPass): The captured forward pass, its targets and schedule.
         events (list[AttentionEvent]): The events the method fuses.
-        backward (bool): Whether the method runs backward passes.
-        max_memory (int, str or None): The method's ``max_memory``.
+        needs (Needs): What the method needs.
+        vectorized (bool, optional): The method's ``vectorized_backward``.
+        max_memory (int, float, str or None): The method's ``max_memory``.
 
     Returns:
         *list[Tensor]*: The slot indices of each group, in order.
@@ -114,7 +127,9 @@ def slot_groups(forward: ForwardPass, events: List[AttentionEvent], backward: bo
     if budget is None or not selection.num_elements:
         return [slots]
     itemsize = torch.empty((), dtype=accumulation_dtype(forward.logits.dtype)).element_size()
-    per_slot = element_bytes(forward.schedule, forward.record, events, itemsize, backward) * int(torch.bincount(selection.slot).max())
+    calls = [forward.record.calls[event.call] for event in events]
+    shared = needs.backward and is_vectorized(forward.logits, calls, vectorized)
+    per_slot = element_bytes(forward.schedule, forward.record, events, itemsize, needs, shared) * int(torch.bincount(selection.slot).max())
     if per_slot > budget:
         allowed = f"max_memory={budget} bytes" if max_memory != "auto" else (
             f'max_memory="auto" ({budget} bytes: a quarter of the memory available, at most 1 GiB)')

@@ -188,9 +188,7 @@ def _fused_from_backward(
     names = [event.name for event in events]
     check_connected(logits, forward.method)
     seeds = selection.grad_outputs
-    lean = any(call.lean is not None for call in calls)
-    vectorized = logits.is_cuda and not lean if vectorized is None else vectorized and not lean
-    chunks = [slots] if vectorized else list(slots.split(1))
+    chunks = [slots] if is_vectorized(logits, calls, vectorized) else list(slots.split(1))
     element_slot, element_sample = selection.slot[elements], selection.sample[elements]
     fused = [_fused_buffer(call, logits, int(elements.numel())) for call in calls]
     for chunk in chunks:
@@ -231,6 +229,21 @@ def _fused_from_backward(
                 )
             )
     return fused
+
+
+def is_vectorized(logits: Tensor, calls: List[AttentionCall], vectorized: Optional[bool]) -> bool:
+    """Whether a group's slots share one vectorised backward: on accelerators by default, never with lean calls.
+
+    Args:
+        logits (Tensor): The explained outputs.
+        calls (list[AttentionCall]): The calls the backward reaches.
+        vectorized (bool, optional): The method's ``vectorized_backward`` (None: by device).
+
+    Returns:
+        *bool*
+    """
+    lean = any(call.lean is not None for call in calls)
+    return logits.is_cuda and not lean if vectorized is None else vectorized and not lean
 
 
 def _valid(schedule: Schedule, event: AttentionEvent, members: Optional[Tensor] = None) -> Tensor:
