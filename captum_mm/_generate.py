@@ -69,14 +69,16 @@ def _check_new_tokens(model: nn.Module, generation_args: Dict[str, Any], start: 
 
 
 def _end_ids(generation_args: Dict[str, Any], convention: GenerationConvention) -> Tuple[int, ...]:
-    """The ids that end a generated sequence: ``eos_token_id`` of ``generation_args`` (or of the generation config
-    given there), else the model's."""
-    config = generation_args.get("generation_config")
-    ends = generation_args.get("eos_token_id", getattr(config, "eos_token_id", None))
-    if ends is None:
-        return convention.end_ids
+    """The ids that end a generated sequence: ``eos_token_id`` of ``generation_args`` (None: no end, as ``generate``
+    reads it), else of the generation config given there, else the model's."""
+    if "eos_token_id" in generation_args:
+        ends = generation_args["eos_token_id"]
+    else:
+        ends = getattr(generation_args.get("generation_config"), "eos_token_id", None)
+        if ends is None:
+            return convention.end_ids
     ends = ends.tolist() if isinstance(ends, Tensor) else ends
-    return (int(ends),) if isinstance(ends, int) else tuple(int(end) for end in ends)
+    return () if ends is None else (int(ends),) if isinstance(ends, int) else tuple(int(end) for end in ends)
 
 
 def _per_sequence(prompt: Dict[str, Any], sequences: int) -> Dict[str, Any]:

@@ -176,9 +176,16 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
                         per sample; every token is one explained element. Default: None
             generate (bool, optional): Generative models: explain what
                         ``model.generate(**prompt, **generation_args)`` produces (tokens
-                        after a sample's end-of-sequence token are not explained).
-                        Default: False
-            generation_args (dict, optional): Passed to ``model.generate``. Default: None
+                        after a sample's end-of-sequence token are not explained). A
+                        ``max_new_tokens`` (else ``max_length``) exceeding the model's
+                        positions is refused before generating. Default: False
+            generation_args (dict, optional): Passed to ``model.generate``; its
+                        ``eos_token_id`` (else the generation config's) ends the explained
+                        tokens; ``return_dict_in_generate`` is overridden (the sequences are
+                        read); with ``num_return_sequences=R`` each of the ``R`` sequences is
+                        explained after its prompt (``B·R`` samples, sample ``i·R + r`` the
+                        ``r``-th sequence of prompt ``i``, as ``generate`` orders them).
+                        Default: None
 
         Returns:
             Explanation: relevance per output, explained classes (and queries, or, for

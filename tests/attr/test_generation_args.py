@@ -37,6 +37,19 @@ def test_eos_token_id_of_generation_args_ends_the_explained_tokens_whatever_pads
     assert explanation.text[0, 1:].abs().sum() == 0
 
 
+def test_eos_token_id_none_in_generation_args_ends_nothing():
+    model = language_model("llama")
+    batch = prompt()
+    model.generation_config.eos_token_id = int(first_greedy_tokens(model, batch)[0])  # would end sample 0 at once
+    try:
+        explanation = GenericAttention(model).explain(batch, generate=True, generation_args={**GREEDY, "eos_token_id": None})
+        with torch.no_grad():
+            sequences = model.generate(**batch, **GREEDY, eos_token_id=None)[:, 6:]
+    finally:
+        model.generation_config.eos_token_id = 2
+    assert torch.equal(explanation.target, sequences)  # every generated token explained
+
+
 @pytest.mark.parametrize("family", ["llama", "bart"])
 def test_return_dict_in_generate_gives_the_same_explanation(family):
     model = language_model(family) if family == "llama" else encoder_decoder_model(family)
