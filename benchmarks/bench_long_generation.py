@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_long_generation            # 250, 500 and 1000 tokens (about 20 minutes on one thread)
     python -m benchmarks.bench_long_generation --quick    # 20 and 40 tokens, to check the script runs
+    python -m benchmarks.bench_long_generation --tokens 1000
 
 The README's tiny Llama ("Generated text": hidden 32, 2 layers, 4 heads, bert-base-uncased's 30,522-token vocabulary,
 random weights) continues "what color is the circle?" with ``C`` greedy tokens (``min_new_tokens=C``, so that
@@ -89,12 +90,13 @@ def _row(tokens: int, setting: str, result: Dict[str, float], same: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20 and 40 tokens, to check the script runs")
+    parser.add_argument("--tokens", type=int, nargs="+", help=f"generated token counts (default: {TOKENS})")
     parser.add_argument("--probe", nargs=3, metavar=("TOKENS", "SETTING", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe:
         print(json.dumps(measure(int(args.probe[0]), args.probe[1], args.probe[2])))
         return
-    print("\n".join(table(list(QUICK_TOKENS if args.quick else TOKENS))))
+    print("\n".join(table(args.tokens or list(QUICK_TOKENS if args.quick else TOKENS))))
 
 
 if __name__ == "__main__":

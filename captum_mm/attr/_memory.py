@@ -81,7 +81,8 @@ def element_bytes(schedule: Schedule, record: AttentionRecord, events: List[Atte
                   needs: Needs, vectorized: bool) -> int:
     """An upper bound on one element's relevance buffers (the module's docstring lists them). Relevance blocks are
     counted 6 times where relevance matrices are propagated whole (the state, each update and the products making it)
-    and twice where self-attention-only schedules keep only readout rows (a last layer's matrix scaled by PartialLRP),
+    and 3 times where self-attention-only schedules keep only readout rows (a last layer's matrix min-max scaled by
+    PartialLRP, with its temporaries),
     as measured on Llama and T5 for every method (benchmarks/README.md, "Long generations").
 
     Args:
@@ -101,7 +102,7 @@ def element_bytes(schedule: Schedule, record: AttentionRecord, events: List[Atte
     heads = [0 if maps is None else maps.shape[1] for maps in probs]
     copied = [0 if needs.backward else count + 1 for count in heads]  # the copy and its fused map
     one_event = max((area * (1 + itemsize * copies) for area, copies in zip(areas, copied)), default=0)
-    blocks = (2 if self_attention_only(schedule) else 6) * sum(schedule.sizes.values()) ** 2
+    blocks = (3 if self_attention_only(schedule) else 6) * sum(schedule.sizes.values()) ** 2
     per_head = (int(needs.gradients) + int(needs.relevance)) * sum(area * count for area, count in zip(areas, heads)) if vectorized else 0
     return (sum(areas) + blocks + per_head) * itemsize + one_event
 
