@@ -24,16 +24,18 @@ MaxMemory = Union[int, float, str, None]
 #: ``max_memory="auto"``: this fraction of the memory available on the device when the explanation starts ...
 AUTO_FRACTION = 4
 #: ... and at most this many bytes: on CPU (and under lean capture) every slot is its own backward whatever the group
-#: size, so larger groups save no time (benchmarks/README.md, "Long generations").
+#: size, so larger groups save no time (benchmarks/README.md, "Long generations"); where a group shares one
+#: vectorised backward (accelerators, eager capture) a larger explicit ``max_memory`` may be faster.
 AUTO_CAP = 1 << 30
 
 
 def memory_budget(max_memory: MaxMemory, device: torch.device) -> Optional[int]:
-    """The bytes ``max_memory`` allows: an int as it is, ``"auto"`` a quarter of the memory available on ``device``
-    (:func:`available_memory`), at most 1 GiB; None (or ``"auto"`` where the available memory is unknown) no limit.
+    """The bytes ``max_memory`` allows: a number of bytes as it is, ``"auto"`` a quarter of the memory available on
+    ``device`` (:func:`available_memory`), at most 1 GiB; None (or ``"auto"`` where the available memory is unknown)
+    no limit.
 
     Args:
-        max_memory (int, str or None): The method's ``max_memory``.
+        max_memory (int, float, str or None): The method's ``max_memory``.
         device (torch.device): Where the relevance buffers live.
 
     Returns:
