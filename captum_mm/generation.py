@@ -10,11 +10,12 @@ token from it.
 """
 
 import inspect
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch import Tensor, nn
 
+from captum_mm._generate import generated
 from captum_mm._precision import exact
 from captum_mm.models.arguments import check_batch_sizes
 from captum_mm.models.decoder import Continuation, DecoderOnlyAdapter, GenerationConvention
@@ -78,8 +79,10 @@ def generation_forward(
     else:
         _check_left_padding(ids, prompt.get("attention_mask"))
         start = ids.shape[1]
+    _check_ids(model, "The prompt's input_ids", ids)
     if generate:
-        tokens = _generated(model, prompt, generation_args or {}, start, convention)
+        prompt, tokens = generated(model, prompt, generation_args or {}, start, convention, unbatched)
+        ids = prompt["input_ids"]
     else:
         tokens = _given(continuation, ids.shape[0], start, ids.device)
     _check_tokens(model, tokens, convention.max_positions)
@@ -171,32 +174,26 @@ def _given(continuation: Any, batch_size: int, prompt_length: int, device: torch
     return Continuation(ids, mask, prompt_length)
 
 
-def _generated(
-    model: nn.Module, prompt: Dict[str, Any], generation_args: Dict[str, Any], start: int, convention: GenerationConvention
-) -> Continuation:
-    """What ``model.generate`` continues the prompt with (after the decoder start token for an
-    encoder-decoder model); tokens after a sample's end-of-sequence are not explained."""
-    if not hasattr(model, "generate"):
-        raise ValueError(f"{type(model).__name__} cannot generate (it has no generate method): pass continuation=.")
-    with torch.no_grad():
-        sequences = cast(Tensor, cast(Any, model).generate(**prompt, **generation_args, return_dict_in_generate=False))
-    ids = sequences[:, 1 if convention.encoder_decoder else start :]
-    ends = list(convention.end_ids)
-    ended = torch.isin(ids, torch.tensor(ends, device=ids.device)) if ends else torch.zeros_like(ids, dtype=torch.bool)
-    after_end = (ended.long().cumsum(-1) - ended.long()) > 0  # the end token itself is explained
-    return Continuation(ids, ~after_end, start)
+def _check_ids(model: nn.Module, what: str, ids: Tensor) -> None:
+    """Token ids must index the model's input embeddings (image, video and audio placeholders excepted)."""
+    vocabulary = cast(nn.Embedding, cast(Any, model).get_input_embeddings()).num_embeddings
+    outside = ids[(ids < 0) | (ids >= vocabulary)]
+    outside = outside[~torch.isin(outside, torch.tensor(_placeholder_ids(model), dtype=outside.dtype, device=outside.device))]
+    if outside.numel():
+        raise ValueError(f"{what} holds token ids outside the vocabulary (0..{vocabulary - 1}): {sorted(set(outside.tolist()))}.")
+
+
+def _placeholder_ids(model: nn.Module) -> List[int]:
+    """The image, video and audio placeholder ids the model's config names (VLMs replace them before the embedding)."""
+    settings: Dict[str, Any] = getattr(getattr(model, "config", None), "__dict__", {})
+    return [value for name, value in settings.items() if isinstance(value, int)
+            and name.endswith(("_token_id", "_token_index")) and any(kind in name for kind in ("image", "video", "audio", "vision"))]
 
 
 def _check_tokens(model: nn.Module, tokens: Continuation, limit: Optional[int]) -> None:
     if tokens.ids.shape[1] == 0:
         raise ValueError("The continuation is empty: there is no generated token to explain.")
-    vocabulary = cast(nn.Embedding, cast(Any, model).get_input_embeddings()).num_embeddings
-    explained = tokens.ids[tokens.mask]
-    if explained.numel() and (explained.min() < 0 or explained.max() >= vocabulary):
-        raise ValueError(
-            f"continuation holds token ids outside the vocabulary (0..{vocabulary - 1}): "
-            f"{sorted(set(explained[(explained < 0) | (explained >= vocabulary)].tolist()))}."
-        )
+    _check_ids(model, "continuation", tokens.ids[tokens.mask])
     prompt_length = tokens.prompt_length
     total = prompt_length + tokens.ids.shape[1]
     if limit is not None and total > limit:

@@ -93,6 +93,9 @@ class AttentionLLMAttribution(BaseLLMAttribution):
             target_ids = explanation.target[0, explained]
         else:
             target_ids = self._get_target_tokens(inp, target).to(self.device).reshape(-1)
+            if not target_ids.numel():
+                raise ValueError(f"The target is empty ({target!r} holds no token): give the response to explain, or "
+                                 "target=None to explain what the model generates.")
             explanation = self.explainer.explain(prompt, continuation=target_ids[None])
             explained = torch.ones_like(target_ids, dtype=torch.bool)
         if isinstance(inp, ImageMaskInput):

@@ -112,6 +112,17 @@ def test_clear_errors(model, tokenizer):
         explainer.attribute(PROMPT)
     with pytest.raises(ValueError, match="gen_args are used only when target is None"):
         explainer.attribute(TextTokenInput(PROMPT, tokenizer), target="blue", gen_args={"max_new_tokens": 2})
+    for empty in ("", torch.zeros(0, dtype=torch.long)):
+        with pytest.raises(ValueError, match="The target is empty .* give the response to explain, or target=None"):
+            explainer.attribute(TextTokenInput(PROMPT, tokenizer), target=empty)
+
+
+def test_prompt_ids_outside_the_models_vocabulary_are_a_clear_error(tokenizer):
+    small = LlamaForCausalLM(LlamaConfig(vocab_size=1000, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1)).eval()
+    explainer = AttentionLLMAttribution(GenericAttention(small), tokenizer)
+    with pytest.raises(ValueError, match=r"The prompt's input_ids holds token ids outside the vocabulary \(0..999\): \[1029, 1996, 2003, 2054, 3609, 4418\]"):
+        explainer.attribute(TextTokenInput(PROMPT, tokenizer), target=torch.tensor([5]))
 
 
 def vlm_with_processor(tokenizer, family="llava"):

@@ -15,7 +15,8 @@ from captum_mm._compat import (
 )
 from captum_mm._precision import accumulation_dtype
 from captum_mm.attr._checks import check_finite_relevance, uncompiled
-from captum_mm.attr.engine import AttentionBundle, ForwardPass, Needs, check_inputs, forward_pass, fused_maps, slot_groups
+from captum_mm.attr._memory import MaxMemory, slot_groups
+from captum_mm.attr.engine import AttentionBundle, ForwardPass, Needs, check_inputs, forward_pass, fused_maps
 from captum_mm.generation import ContinuationLike, generation_forward, prompt_arguments
 from captum_mm.attr._readout import Explanation, Matrices, assemble, input_outputs, read_out, spread_to_inputs
 from captum_mm.lrp import RuleSet
@@ -49,9 +50,11 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
     #: Self-attention events of each modality before this one are left out (see ``Schedule.starting_at``).
     start_layer: int = 0
     #: Bytes the explained elements' relevance buffers (fused maps, relevance matrices) may take at once: the
-    #: elements are then explained in groups of backward passes, with the same results. The model's own
-    #: forward and backward are not counted. None: all elements at once.
-    max_memory: Optional[int] = None
+    #: elements (generated tokens, DETR queries) are then explained in groups of backward passes, with the same
+    #: results; a warning says when one backward's elements alone need more. ``"auto"`` (the default): a quarter of
+    #: the memory available on the model's device when the explanation starts (``MemAvailable`` on CPU, free memory on
+    #: CUDA), at most 1 GiB. None: all elements at once. The model's own forward and backward are not counted.
+    max_memory: MaxMemory = "auto"
     #: Capture attention lean where the method's head reduction and the model's attention function allow it
     #: (:mod:`captum_mm.models.lean`: no per-head map kept, memory close to an SDPA forward and backward);
     #: False records every map's probabilities in eager attention (the reference path).
@@ -173,9 +176,16 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
                         per sample; every token is one explained element. Default: None
             generate (bool, optional): Generative models: explain what
                         ``model.generate(**prompt, **generation_args)`` produces (tokens
-                        after a sample's end-of-sequence token are not explained).
-                        Default: False
-            generation_args (dict, optional): Passed to ``model.generate``. Default: None
+                        after a sample's end-of-sequence token are not explained). A
+                        ``max_new_tokens`` (else ``max_length``) exceeding the model's
+                        positions is refused before generating. Default: False
+            generation_args (dict, optional): Passed to ``model.generate``; its
+                        ``eos_token_id`` (else the generation config's) ends the explained
+                        tokens; ``return_dict_in_generate`` is overridden (the sequences are
+                        read); with ``num_return_sequences=R`` each of the ``R`` sequences is
+                        explained after its prompt (``B·R`` samples, sample ``i·R + r`` the
+                        ``r``-th sequence of prompt ``i``, as ``generate`` orders them).
+                        Default: None
 
         Returns:
             Explanation: relevance per output, explained classes (and queries, or, for
@@ -250,12 +260,16 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
         :attr:`max_memory` (the same values as all at once)."""
         selection, events = forward.selection, self._events(forward.schedule)
         outputs: Dict[str, Tensor] = {}
-        for slots in slot_groups(forward, events, self.max_memory):
+        for slots in slot_groups(forward, events, self.needs, self.vectorized_backward, self.max_memory):
             elements = torch.isin(selection.slot, slots).nonzero()[:, 0]
-            schedule = forward.schedule.of_elements(elements)
-            maps = fused_maps(forward, events, self._fuse, self.needs, self.vectorized_backward, slots)
-            for name, values in read_out(schedule, self._relevance_matrices(schedule, maps)).items():
+            for name, values in self._group_outputs(forward, events, slots, elements).items():
                 if name not in outputs:
                     outputs[name] = values.new_zeros(selection.num_elements, *values.shape[1:])
                 outputs[name][elements] = values
         return outputs
+
+    def _group_outputs(self, forward: ForwardPass, events: List[AttentionEvent], slots: Tensor, elements: Tensor) -> Dict[str, Tensor]:
+        """The outputs of the ``elements`` of the backward ``slots`` (their buffers freed on return, before the next group's)."""
+        schedule = forward.schedule.of_elements(elements)
+        maps = fused_maps(forward, events, self._fuse, self.needs, self.vectorized_backward, slots)
+        return read_out(schedule, self._relevance_matrices(schedule, maps))

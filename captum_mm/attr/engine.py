@@ -6,7 +6,6 @@ Methods declare their :class:`Needs` and receive one :class:`AttentionBundle` pe
 runs no backward pass and hands over no tensor that no method asked for.
 """
 
-import warnings
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, cast
@@ -170,30 +169,13 @@ def fused_maps(
     elements = torch.isin(selection.slot, slots).nonzero()[:, 0]
     schedule, sample = forward.schedule.of_elements(elements), selection.sample[elements]
     calls = [forward.record.calls[event.call] for event in events]
-    valid = [schedule.masks[e.query][:, :, None] & schedule.masks[e.key][:, None, :] for e in events]
-    for event, call, v in zip(events, calls, valid):
+    for event, call in zip(events, calls):
         if call.probs is not None:
-            check_finite_map(call.probs, v, sample, event.name)
+            check_finite_map(call.probs, _valid(schedule, event), sample, event.name)
     if needs.backward:  # into buffers of its own: masked in place
-        fused = _fused_from_backward(forward, schedule, elements, slots, events, calls, valid, fuse, needs, vectorized)
-        return {event.call: values.mul_(mask) for event, values, mask in zip(events, fused, valid)}
-    fused = [fuse(AttentionBundle(_take(exact(cast(Tensor, call.probs)), sample), None, None, v)) for call, v in zip(calls, valid)]
-    return {event.call: values * mask for event, values, mask in zip(events, fused, valid)}
-
-
-def slot_groups(forward: ForwardPass, events: List[AttentionEvent], max_memory: Optional[int]) -> List[Tensor]:
-    """The backward slots in groups whose elements' relevance buffers fit in ``max_memory`` bytes (one group
-    when None); a slot that alone needs more forms its own group, with a warning."""
-    selection, schedule = forward.selection, forward.schedule
-    slots = torch.arange(selection.grad_outputs.shape[0], device=selection.slot.device)
-    if max_memory is None or not selection.num_elements:
-        return [slots]
-    itemsize = torch.empty((), dtype=accumulation_dtype(forward.logits.dtype)).element_size()
-    per_slot = schedule.element_bytes(events, itemsize) * int(torch.bincount(selection.slot).max())
-    if per_slot > max_memory:
-        warnings.warn(f"max_memory={max_memory} bytes is less than one backward's explained elements need "
-                      f"({per_slot} bytes): they are explained one backward at a time.", stacklevel=3)
-    return list(slots.split(max(1, max_memory // per_slot)))
+        fused = _fused_from_backward(forward, schedule, elements, slots, events, calls, fuse, needs, vectorized)
+        return {event.call: _masked(values, schedule, event) for event, values in zip(events, fused)}
+    return {event.call: _fused_without_backward(schedule, event, call, sample, fuse) for event, call in zip(events, calls)}
 
 
 def _fused_from_backward(
@@ -203,7 +185,6 @@ def _fused_from_backward(
     slots: Tensor,
     events: List[AttentionEvent],
     calls: List[AttentionCall],
-    valid: List[Tensor],
     fuse: Callable[[AttentionBundle], Tensor],
     needs: Needs,
     vectorized: Optional[bool],
@@ -213,9 +194,7 @@ def _fused_from_backward(
     names = [event.name for event in events]
     check_connected(logits, forward.method)
     seeds = selection.grad_outputs
-    lean = any(call.lean is not None for call in calls)
-    vectorized = logits.is_cuda and not lean if vectorized is None else vectorized and not lean
-    chunks = [slots] if vectorized else list(slots.split(1))
+    chunks = [slots] if is_vectorized(logits, calls, vectorized) else list(slots.split(1))
     element_slot, element_sample = selection.slot[elements], selection.sample[elements]
     fused = [_fused_buffer(call, logits, int(elements.numel())) for call in calls]
     for chunk in chunks:
@@ -239,7 +218,7 @@ def _fused_from_backward(
             relevant, relevance[index] = relevance[index], None
             if call.lean is not None:
                 lean_map, call.lean.fused = cast(Tensor, call.lean.fused), None
-                check_finite_map(lean_map[:, None], valid[index][members], sample, names[index])
+                check_finite_map(lean_map[:, None], _valid(schedule, events[index], members), sample, names[index])
                 fused[index][members] = exact(lean_map)[sample]
                 continue
             if needs.relevance and relevant is None:
@@ -252,10 +231,48 @@ def _fused_from_backward(
                     _take(exact(cast(Tensor, call.probs)), sample) if needs.probabilities else None,
                     _take_slots(gradient, position, sample),
                     _take_slots(relevant, position, sample),
-                    valid[index][members],
+                    _valid(schedule, events[index], members),
                 )
             )
     return fused
+
+
+def is_vectorized(logits: Tensor, calls: List[AttentionCall], vectorized: Optional[bool]) -> bool:
+    """Whether a group's slots share one vectorised backward: on accelerators by default, never with lean calls.
+
+    Args:
+        logits (Tensor): The explained outputs.
+        calls (list[AttentionCall]): The calls the backward reaches.
+        vectorized (bool, optional): The method's ``vectorized_backward`` (None: by device).
+
+    Returns:
+        *bool*
+    """
+    lean = any(call.lean is not None for call in calls)
+    return logits.is_cuda and not lean if vectorized is None else vectorized and not lean
+
+
+def _valid(schedule: Schedule, event: AttentionEvent, members: Optional[Tensor] = None) -> Tensor:
+    """``[E, Nq, Nk]`` the event's entries between real tokens, of every element of ``schedule`` or of ``members``."""
+    rows, columns = schedule.masks[event.query], schedule.masks[event.key]
+    if members is not None:
+        rows, columns = rows[members], columns[members]
+    return rows[:, :, None] & columns[:, None, :]
+
+
+def _masked(values: Tensor, schedule: Schedule, event: AttentionEvent) -> Tensor:
+    """``values`` ``[E, Nq, Nk]`` zeroed in place off the event's real entries (broadcast factors: no ``[E, Nq, Nk]``
+    mask is made)."""
+    rows, columns = schedule.masks[event.query], schedule.masks[event.key]
+    return values.mul_(rows[:, :, None].to(values.dtype)).mul_(columns[:, None, :].to(values.dtype))
+
+
+def _fused_without_backward(
+    schedule: Schedule, event: AttentionEvent, call: AttentionCall, sample: Tensor, fuse: Callable[[AttentionBundle], Tensor]
+) -> Tensor:
+    """The event's fused, padding-masked map from its probabilities alone."""
+    valid = _valid(schedule, event)
+    return fuse(AttentionBundle(_take(exact(cast(Tensor, call.probs)), sample), None, None, valid)) * valid
 
 
 def _fused_buffer(call: AttentionCall, logits: Tensor, elements: int) -> Tensor:

@@ -170,12 +170,6 @@ class Schedule:
                        outputs={name: readout.of_elements(index) for name, readout in self.outputs.items()},
                        element_sample=self.element_sample[index])
 
-    def element_bytes(self, events: List[AttentionEvent], itemsize: int) -> int:
-        """An upper bound on one element's relevance buffers: its fused map of every event in ``events`` and
-        every relevance block (the methods that keep only readout rows take far less)."""
-        maps = sum(self.sizes[event.query] * self.sizes[event.key] for event in events)
-        return (maps + sum(self.sizes.values()) ** 2) * itemsize
-
     def starting_at(self, start_layer: int) -> "Schedule":
         """A copy without each modality's first ``start_layer`` self-attention events.
 

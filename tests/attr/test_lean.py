@@ -155,13 +155,13 @@ def test_an_sdpa_model_is_switched_to_lean_and_back():
 @pytest.mark.parametrize("method", ["generic", "grad-cam", "transformer-attribution"])
 @pytest.mark.parametrize("family", ["llama", "llava", "bart"])
 def test_a_memory_budget_explains_in_groups_with_the_same_results(family, method, monkeypatch):
-    from captum_mm.attr import engine
+    from captum_mm.attr import _memory
     from methods_under_test import METHODS
 
     model, prompt = generative(family)
     whole = METHODS[method](model).explain(prompt, continuation=CONTINUATION)
     groups = []
-    slot_groups = engine.slot_groups
+    slot_groups = _memory.slot_groups
     monkeypatch.setattr("captum_mm.attr._base.slot_groups", lambda *a: groups.extend(slot_groups(*a)) or groups)
     budgeted = METHODS[method](model)
     budgeted.max_memory = 1  # less than any element needs: one backward (one generated position) at a time
