@@ -108,18 +108,35 @@ def test_detr_drop_on_zero_row_reproduces_the_reference_loop():
     assert not torch.allclose(kept, dropped, rtol=1e-3, atol=0)
 
 
-def test_detr_drop_on_every_decoder_layer_leaves_the_query_no_relevance():
+@pytest.mark.parametrize("head_weighting", ["gradient", "lrp"])
+def test_detr_drop_on_every_decoder_layer_leaves_the_query_no_relevance(head_weighting: str):
     """Query 2's row of ``R_hat^{qq}`` is zero after both decoder layers (its first self-attention row constructed
-    zero; in the last layer only the explained query 3's row has a gradient), so the reference drops both Eq. 10
-    updates and leaves query 3 no image relevance (checked against its code on identical weights, float64)."""
+    zero; in the last layer only the explained query 3's row has a gradient and, under LRP, a relevance), so the
+    reference drops both Eq. 10 updates and leaves query 3 no image relevance, for Ours and Ours w/ LRP (checked
+    against its code on identical weights, float64)."""
     model, pixels = zero_row_detr(query=2, explained=3)
-    dropping = Recording(model, zero_row_update="drop")
+    dropping = Recording(model, zero_row_update="drop", head_weighting=head_weighting)
     dropped = dropping.explain(pixels, target=3).image.flatten()
     assert [m[0, 2].sum().item() for m in maps_of(dropping, "query", "query")] == [0.0, 0.0]
     assert maps_of(dropping, "query", "query")[0][0, 3].sum() > 0
     assert torch.equal(dropped, torch.zeros_like(dropped))
     assert torch.equal(reference_detr_relevance(dropping)[0, 3], dropped)
-    assert GenericAttention(model).explain(pixels, target=3).image.abs().sum() > 0  # "keep" applies the rest
+    kept = GenericAttention(model, head_weighting=head_weighting).explain(pixels, target=3).image
+    assert kept.abs().sum() > 0  # "keep" applies the rest
+
+
+def test_detr_lrp_relevance_reaches_earlier_decoder_layers_through_later_ones():
+    """Under LRP only the explained query's row of the last decoder layer's maps carries relevance; an earlier layer
+    receives what the later one passes back through its keys and values, so other queries' rows are non-zero there
+    (the reference's DETR as built, ``return_intermediate_dec=True``; not reseeded at every layer's output)."""
+    model, pixels = double_detr(encoder_layers=1, decoder_layers=2)
+    explainer = Recording(model, head_weighting="lrp")
+    explainer.explain(pixels[:1], target=3)
+    for kind in ("query", "image"):
+        first, last = (m[0].abs().sum(-1) for m in maps_of(explainer, "query", kind))
+        others = torch.arange(len(last)) != 3
+        assert last[3] > 0 and torch.equal(last[others], torch.zeros_like(last[others]))
+        assert (first[others] > 0).sum() >= 2
 
 
 def test_zero_row_update_is_checked():
