@@ -147,11 +147,8 @@ def use_eager_attention(model: nn.Module, recorded: Sequence[Any] = (), lean: Se
 
 def require_parameter_gradients(model: nn.Module, skip: Sequence[nn.Module] = ()) -> Restore:
     """Make every parameter require grad (so attention maps join the graph), except those of ``skip``
-    (modules no attention map depends on); the handle restores the flags.
-
-    Restored by owner and name: accelerate's offloading hooks replace a module's parameter objects at every
-    forward (carrying the flag over), so the objects set here are no longer the model's by then.
-    """
+    (modules no attention map depends on); the handle restores the flags, by owner and name: accelerate's
+    offloading hooks replace a module's parameter objects at every forward (carrying the flag over)."""
     skipped = {id(p) for module in skip for p in module.parameters()}
     frozen = [(owner, name) for owner in model.modules() for name, p in owner.named_parameters(recurse=False)
               if not p.requires_grad and id(p) not in skipped]
