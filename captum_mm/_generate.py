@@ -38,6 +38,7 @@ def generated(
         raise ValueError(f"{type(model).__name__} cannot generate (it has no generate method): pass continuation=.")
     _check_new_tokens(model, generation_args, start, convention.max_positions)
     _check_return_sequences(model, generation_args, prompt, unbatched)
+    _check_stopping(generation_args, prompt)
     with torch.no_grad():
         output = cast(Any, model).generate(**prompt, **{**generation_args, "return_dict_in_generate": False})
     sequences = cast(Tensor, output if isinstance(output, Tensor) else output.sequences)
@@ -103,4 +104,16 @@ def _check_return_sequences(model: nn.Module, generation_args: Dict[str, Any], p
         raise ValueError(
             f"num_return_sequences={returned}: several sequences per prompt are explained by repeating each prompt, "
             f"which {type(model).__name__}'s unbatched {given} do not allow: generate one sequence per prompt."
+        )
+
+
+def _check_stopping(generation_args: Dict[str, Any], prompt: Dict[str, Any]) -> None:
+    """``stop_strings`` and ``stopping_criteria`` end a sample without an end token: in a batch, ``generate`` pads it
+    after that, and the padding cannot be told from generated tokens."""
+    stops = [name for name in ("stop_strings", "stopping_criteria") if generation_args.get(name)]
+    if stops and int(prompt["input_ids"].shape[0]) > 1:
+        raise ValueError(
+            f"generation_args' {stops[0]} ends a sample without an end token, so in a batch the padding generate adds "
+            "after it cannot be told from generated tokens: explain one prompt at a time, or generate yourself and pass "
+            "each sample's tokens as continuation=."
         )

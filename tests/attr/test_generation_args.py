@@ -123,3 +123,20 @@ def test_prompt_ids_outside_the_vocabulary_are_a_clear_error():
     batch["input_ids"][0, 0] = -1
     with pytest.raises(ValueError, match=r"The prompt's input_ids holds token ids outside the vocabulary \(0..39\): \[-1, 40\]"):
         GenericAttention(model).explain(batch, continuation=[[5], [6], [7]])
+
+
+def test_stopping_criteria_in_a_batch_are_refused_and_alone_explain_what_generate_says():
+    """A sample stopped by ``stopping_criteria`` (or ``stop_strings``) has no end token: in a batch its padding would be
+    explained as generated tokens, so a batch is refused; a prompt alone has no padding."""
+    from transformers import MaxLengthCriteria, StoppingCriteriaList
+
+    model = language_model("llama")
+    batch = prompt()
+    stopping = StoppingCriteriaList([MaxLengthCriteria(max_length=batch["input_ids"].shape[1] + 2)])
+    with pytest.raises(ValueError, match="stopping_criteria ends a sample without an end token"):
+        GenericAttention(model).explain(batch, generate=True, generation_args={**GREEDY, "stopping_criteria": stopping})
+    alone = {name: value[:1] for name, value in batch.items()}
+    explanation = GenericAttention(model).explain(alone, generate=True, generation_args={**GREEDY, "stopping_criteria": stopping})
+    with torch.no_grad():
+        sequences = model.generate(**alone, **GREEDY, stopping_criteria=stopping)[:, batch["input_ids"].shape[1]:]
+    assert sequences.shape[1] == 2 and torch.equal(explanation.target, sequences)
