@@ -3,7 +3,6 @@
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Tuple
 
-import pytest
 import torch
 from torch import Tensor, nn
 from transformers import (
@@ -454,20 +453,6 @@ def assert_same_state(before: Dict[str, Any], after: Dict[str, Any]) -> None:
         assert torch.equal(value, after["buffers"][name]), name
     for key in ("training", "hooks", "forwards", "attention"):
         assert before[key] == after[key], key
-
-
-def padded_cases(families, methods, float32_family: str):
-    """``(family, method, dtype)`` for the batched == alone tests: every family and method in float64 (exact, so the
-    comparison checks batching, not LRP's conditioning in float32 on random models; float64 models get captum_mm's
-    float64 softmax, without which their left padding turns NaN), and every method of ``float32_family`` but the
-    LRP-based ones in float32 too: in float32 their relevance (after the residual z-rule's near-cancellations on a
-    random model) differs between a batch and a sample alone by the matmul kernels' rounding, which differs between
-    CPUs (AVX2, AVX-512): such a comparison tests the CPU, not the batching."""
-    from methods_under_test import LRP_BASED
-
-    float32 = [(float32_family, m, torch.float32) for m in methods if m not in LRP_BASED]
-    cases = [(f, m, torch.float64) for f in families for m in methods] + float32
-    return [pytest.param(*case, id=f"{case[0]}-{case[1]}-{str(case[2])[6:]}") for case in cases]
 
 
 def in_dtype(model: nn.Module, batch: Dict[str, Tensor], dtype: torch.dtype) -> Dict[str, Tensor]:

@@ -1,5 +1,8 @@
 """The methods every contract test runs over; a new method adds a line here."""
 
+import pytest
+import torch
+
 from captum_mm.attr import (
     AttentionGradCam,
     AttentionRollout,
@@ -39,3 +42,15 @@ MAY_VANISH = {"generic-no-aggregation", "generic-drop-zero-rows", "grad-cam"}
 
 #: Methods running an LRP backward (their half-precision models computed in float32).
 LRP_BASED = {"generic-lrp", "partial-lrp", "transformer-attribution"}
+
+
+def padded_cases(families, methods, float32_family: str):
+    """``(family, method, dtype)`` for the batched == alone tests: every family and method in float64 (exact, so the
+    comparison checks batching, not LRP's conditioning in float32 on random models; float64 models get captum_mm's
+    float64 softmax, without which their left padding turns NaN), and every method of ``float32_family`` but the
+    LRP-based ones in float32 too: in float32 their relevance (after the residual z-rule's near-cancellations on a
+    random model) differs between a batch and a sample alone by the matmul kernels' rounding, which differs between
+    CPUs (AVX2, AVX-512): such a comparison tests the CPU, not the batching."""
+    float32 = [(float32_family, m, torch.float32) for m in methods if m not in LRP_BASED]
+    cases = [(f, m, torch.float64) for f in families for m in methods] + float32
+    return [pytest.param(*case, id=f"{case[0]}-{case[1]}-{str(case[2])[6:]}") for case in cases]

@@ -10,8 +10,8 @@ from captum_mm.attr.engine import forward_pass
 from captum_mm.generation import Continuation, generation_forward, prompt_arguments
 from captum_mm.models import adapter_for
 from helpers import (LANGUAGE_MODELS, LM_VOCAB, assert_each_sample_as_alone, assert_same_state, bert, in_dtype, language_model, model_state,
-                     padded_cases, prompt_batch)
-from methods_under_test import METHODS
+                     prompt_batch)
+from methods_under_test import METHODS, padded_cases
 
 GREEDY = {"max_new_tokens": 4, "do_sample": False}
 

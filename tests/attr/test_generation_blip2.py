@@ -8,8 +8,8 @@ from captum_mm.attr import GenericAttention, PartialLRP, RawAttention
 from captum_mm.attr.engine import forward_pass
 from captum_mm.generation import generation_forward
 from captum_mm.models.capture import use_eager_attention
-from helpers import IMAGE_GRID, IMAGE_TOKEN, assert_each_sample_as_alone, assert_same_state, in_dtype, padded_cases, blip2, generation_relevance, model_state, vlm_prompts
-from methods_under_test import METHODS
+from helpers import IMAGE_GRID, IMAGE_TOKEN, assert_each_sample_as_alone, assert_same_state, in_dtype, blip2, generation_relevance, model_state, vlm_prompts
+from methods_under_test import METHODS, padded_cases
 
 CONTINUATION = [[5, 6], [7], [8, 9]]
 LANGUAGES = ["llama", "opt", "t5"]

@@ -16,7 +16,6 @@ from helpers import (
     blip2,
     assert_each_sample_as_alone,
     in_dtype,
-    padded_cases,
     assert_same_state,
     family_prompts,
     generation_relevance,
@@ -27,7 +26,7 @@ from helpers import (
     qwen2_vl,
     vlm_prompts,
 )
-from methods_under_test import METHODS
+from methods_under_test import METHODS, padded_cases
 
 CONTINUATION = [[5, 6], [7], [8, 9]]
 #: Greedy, never the image token (a random-init LM may pick it; a trained VLM does not).
