@@ -522,9 +522,9 @@ def generation_relevance(model, prompt, continuation, cuts):
 class Recording(GenericAttention):
     """GenericAttention that keeps the schedule and fused maps of its last explanation."""
 
-    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
+    def relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
         self.schedule, self.maps = schedule, maps
-        return super()._relevance_matrices(schedule, maps)
+        return super().relevance_matrices(schedule, maps)
 
 
 def maps_of(explainer: Recording, query: str, key: str) -> List[Tensor]:

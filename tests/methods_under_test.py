@@ -1,35 +1,25 @@
-"""The methods every contract test runs over; a new method adds a line here."""
+"""The methods every contract test runs over: the package's registry (``captum_mm.attr.catalog.REGISTRY``,
+where a new method is one entry), by key, and two ``start_layer`` variants of registered methods."""
+
+from functools import partial
 
 import pytest
 import torch
 
-from captum_mm.attr import (
-    AttentionGradCam,
-    AttentionRollout,
-    GenericAttention,
-    PartialLRP,
-    RawAttention,
-    TransformerAttribution,
-)
+from captum_mm.attr.catalog import REGISTRY
+
+#: Option variants of registered methods, run by the contract tests beside them.
+OPTION_VARIANTS = {"generic-start-layer-1": ("generic", 1), "rollout-start-layer-1": ("rollout", 1)}
+
+_BY_KEY = {method.key: method.factory for method in REGISTRY}
 
 METHODS = {
-    "generic": lambda forward, model=None: GenericAttention(forward, model),
-    "generic-no-norm": lambda forward, model=None: GenericAttention(forward, model, normalize=False),
-    "generic-no-aggregation": lambda forward, model=None: GenericAttention(forward, model, normalize=False, aggregate=False),
-    "generic-no-self-in-eq10": lambda forward, model=None: GenericAttention(forward, model, self_in_bimodal=False),
-    "generic-drop-zero-rows": lambda forward, model=None: GenericAttention(forward, model, zero_row_update="drop"),
-    "generic-start-layer-1": lambda forward, model=None: GenericAttention(forward, model, start_layer=1),
-    "raw-attention": lambda forward, model=None: RawAttention(forward, model),
-    "rollout": lambda forward, model=None: AttentionRollout(forward, model),
-    "rollout-start-layer-1": lambda forward, model=None: AttentionRollout(forward, model, start_layer=1),
-    "grad-cam": lambda forward, model=None: AttentionGradCam(forward, model),
-    "generic-lrp": lambda forward, model=None: GenericAttention(forward, model, head_weighting="lrp"),
-    "partial-lrp": lambda forward, model=None: PartialLRP(forward, model),
-    "transformer-attribution": lambda forward, model=None: TransformerAttribution(forward, model),
+    **_BY_KEY,
+    **{key: partial(_BY_KEY[base], start_layer=start) for key, (base, start) in OPTION_VARIANTS.items()},
 }
 
 #: Methods whose relevance may be negative (none of those above).
-SIGNED = set()
+SIGNED: set = set()
 
 #: Methods whose relevance may be all zero on a random-init model. Without aggregation, Eq. 11
 #: replaces R^tt by A_bar . R^it, still zero at LXMERT's first cross-attention, so relevance

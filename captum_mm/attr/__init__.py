@@ -3,16 +3,20 @@
 from captum_mm.attr._base import AttentionAttribution, Explanation
 from captum_mm.attr.generic import GenericAttention
 from captum_mm.attr.grad_cam import AttentionGradCam
+from captum_mm.attr.last_layer import LastLayerAttribution
 from captum_mm.attr.lrp import PartialLRP, TransformerAttribution
+from captum_mm.attr.method import AttentionMethod
 from captum_mm.attr.raw_attention import RawAttention
 from captum_mm.attr.rollout import AttentionRollout
 
 __all__ = [
     "AttentionAttribution",
     "AttentionGradCam",
+    "AttentionMethod",
     "AttentionRollout",
     "Explanation",
     "GenericAttention",
+    "LastLayerAttribution",
     "PartialLRP",
     "RawAttention",
     "TransformerAttribution",

@@ -17,30 +17,30 @@ from captum_mm._precision import accumulation_dtype
 from captum_mm.attr._checks import check_finite_relevance, uncompiled
 from captum_mm.attr._memory import MaxMemory, slot_groups
 from captum_mm.attr.engine import AttentionBundle, ForwardPass, Needs, check_inputs, forward_pass, fused_maps
+from captum_mm.attr.method import AttentionMethod
 from captum_mm.generation import ContinuationLike, generation_forward, prompt_arguments
-from captum_mm.attr._readout import Explanation, Matrices, assemble, input_outputs, read_out, spread_to_inputs
+from captum_mm.attr._readout import Explanation, assemble, input_outputs, read_out, spread_to_inputs
 from captum_mm.lrp import RuleSet
 from captum_mm.models import adapter_for
 from captum_mm.models.decoder import DecoderOnlyAdapter
-from captum_mm.relevance.schedule import AttentionEvent, Schedule
+from captum_mm.relevance.schedule import AttentionEvent
 
 TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
 
 __all__ = ["AttentionAttribution", "AttentionBundle", "Explanation", "Needs"]
 
 
-class AttentionAttribution(LayerAttribution, GradientAttribution):
+class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMethod):
     """Base of every captum_mm method: an attention schedule in, per-token relevance out.
 
-    A method subclass declares its :attr:`needs` and implements :meth:`_fuse` (one
-    event's per-head tensors to one map) and :meth:`_relevance_matrices` (fused maps to
-    relevance matrices whose readout row is the explanation). It may restrict the fused
-    events with :meth:`_events`. The engine (:mod:`captum_mm.attr.engine`) runs the
-    model, its backward passes and nothing a method does not need.
+    A method subclass implements the abstract interface of :class:`AttentionMethod`:
+    it declares its :attr:`needs`, implements :meth:`fuse` (one event's per-head
+    tensors to one map) and :meth:`relevance_matrices` (fused maps to relevance
+    matrices whose readout row is the explanation), and may restrict the fused events
+    with :meth:`events`. The engine (:mod:`captum_mm.attr.engine`) runs the model, its
+    backward passes and nothing a method does not need.
     """
 
-    #: What the method needs of each attention map it uses.
-    needs: Needs = Needs(probabilities=True, gradients=True)
     #: LRP rules (None: the adapter's default, the reference implementation's rules).
     rules: Optional[RuleSet] = None
     #: Explain all DETR queries of a batch in one vectorised backward (``is_grads_batched``)
@@ -211,21 +211,6 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
             raise ValueError("inputs as a dict is taken for generated tokens only (with continuation= or generate=True).")
         return self._explain(_format_tensor_into_tuples(inputs), target, additional_forward_args, threshold=threshold)[0]
 
-    # The method's part -----------------------------------------------------------
-
-    def _events(self, schedule: Schedule) -> List[AttentionEvent]:
-        """Events whose fused maps the method uses (all by default)."""
-        return schedule.events
-
-    def _fuse(self, bundle: AttentionBundle) -> Tensor:
-        """One event's per-head ``[E, H, Nq, Nk]`` tensors (those :attr:`needs` asks for) to one
-        ``[E, Nq, Nk]`` map; ``bundle.valid`` marks the entries between real tokens."""
-        raise NotImplementedError
-
-    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
-        """Relevance matrices ``[E, N_row, N_key]`` per ``(row, key)`` pair of the schedule's outputs."""
-        raise NotImplementedError
-
     # The shared part ---------------------------------------------------------------
 
     def _explain(
@@ -258,7 +243,7 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
     def _outputs_in_groups(self, forward: ForwardPass) -> Dict[str, Tensor]:
         """Every element's outputs, the elements taken in groups of backward slots whose relevance buffers fit in
         :attr:`max_memory` (the same values as all at once)."""
-        selection, events = forward.selection, self._events(forward.schedule)
+        selection, events = forward.selection, self.events(forward.schedule)
         outputs: Dict[str, Tensor] = {}
         for slots in slot_groups(forward, events, self.needs, self.vectorized_backward, self.max_memory):
             elements = torch.isin(selection.slot, slots).nonzero()[:, 0]
@@ -271,5 +256,5 @@ class AttentionAttribution(LayerAttribution, GradientAttribution):
     def _group_outputs(self, forward: ForwardPass, events: List[AttentionEvent], slots: Tensor, elements: Tensor) -> Dict[str, Tensor]:
         """The outputs of the ``elements`` of the backward ``slots`` (their buffers freed on return, before the next group's)."""
         schedule = forward.schedule.of_elements(elements)
-        maps = fused_maps(forward, events, self._fuse, self.needs, self.vectorized_backward, slots)
-        return read_out(schedule, self._relevance_matrices(schedule, maps))
+        maps = fused_maps(forward, events, self.fuse, self.needs, self.vectorized_backward, slots)
+        return read_out(schedule, self.relevance_matrices(schedule, maps))

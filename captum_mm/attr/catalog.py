@@ -1,8 +1,9 @@
-"""The methods and ablations of the paper's comparison, by name."""
+"""The method registry: the methods and ablations of the paper's comparison, by name and key."""
 
 import re
+from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional, Tuple
 
 from captum_mm.attr.generic import GenericAttention
 from captum_mm.attr.grad_cam import AttentionGradCam
@@ -10,32 +11,65 @@ from captum_mm.attr.lrp import PartialLRP, TransformerAttribution
 from captum_mm.attr.raw_attention import RawAttention
 from captum_mm.attr.rollout import AttentionRollout
 
+@dataclass(frozen=True)
+class RegisteredMethod:
+    """One method configuration of the registry.
+
+    Attributes:
+        key (str): Its identifier (shell-safe; the contract tests' ids).
+        name (str): Its name in the paper's tables and the reports.
+        factory (Callable): ``(forward_func, model=None) -> explainer``.
+        table (str or None): Where the paper reports it: ``"paper"`` (the methods compared),
+                    ``"ablation"`` (supplementary Tables 1-2), ``"reference DETR"`` ("ours" as the
+                    reference DETR code computes it, reported beside "ours" in the DETR study) or
+                    None (in no table of ``captum-mm reproduce``; selectable by name).
+    """
+
+    key: str
+    name: str
+    factory: Callable
+    table: Optional[str]
+
+
+#: Every method configuration, the one list that the catalog below, the CLI and the contract tests read;
+#: each table's methods in the order of the paper's tables. A new method is one entry here.
+REGISTRY: Tuple[RegisteredMethod, ...] = (
+    RegisteredMethod("generic", "ours", GenericAttention, "paper"),
+    RegisteredMethod("generic-lrp", "ours w/ LRP", partial(GenericAttention, head_weighting="lrp"), "paper"),
+    RegisteredMethod("transformer-attribution", "transformer att.", TransformerAttribution, "paper"),
+    RegisteredMethod("raw-attention", "raw attn.", RawAttention, "paper"),
+    RegisteredMethod("partial-lrp", "partial LRP", PartialLRP, "paper"),
+    RegisteredMethod("grad-cam", "Grad-CAM", AttentionGradCam, "paper"),
+    RegisteredMethod("rollout", "rollout", AttentionRollout, "paper"),
+    RegisteredMethod("generic-no-norm", "w/o norm.", partial(GenericAttention, normalize=False), "ablation"),
+    # No aggregation runs without normalisation, as in supplementary Tables 1-2.
+    RegisteredMethod("generic-no-aggregation", "w/o aggregation",
+                     partial(GenericAttention, normalize=False, aggregate=False), "ablation"),
+    RegisteredMethod("generic-no-self-in-eq10", "Eq.10 w/o self-att.",
+                     partial(GenericAttention, self_in_bimodal=False), "ablation"),
+    # The reference DETR code's unguarded Eq. 8-9 drops a layer's whole Eq. 10 update when a row of R - I sums to zero.
+    RegisteredMethod("generic-drop-zero-rows", "ours (reference Eq. 8-9)",
+                     partial(GenericAttention, zero_row_update="drop"), "reference DETR"),
+)
+
+
+def _table(table: str) -> Dict[str, Callable]:
+    return {method.name: method.factory for method in REGISTRY if method.table == table}
+
+
 #: Name -> factory ``(forward_func, model=None) -> explainer``, in the order of the paper's tables.
-PAPER_METHODS: Dict[str, Callable] = {
-    "ours": GenericAttention,
-    "ours w/ LRP": partial(GenericAttention, head_weighting="lrp"),
-    "transformer att.": TransformerAttribution,
-    "raw attn.": RawAttention,
-    "partial LRP": PartialLRP,
-    "Grad-CAM": AttentionGradCam,
-    "rollout": AttentionRollout,
-}
+PAPER_METHODS: Dict[str, Callable] = _table("paper")
 
-#: The ablations of supplementary Tables 1-2 (no aggregation runs without normalisation, as there).
-ABLATIONS: Dict[str, Callable] = {
-    "w/o norm.": partial(GenericAttention, normalize=False),
-    "w/o aggregation": partial(GenericAttention, normalize=False, aggregate=False),
-    "Eq.10 w/o self-att.": partial(GenericAttention, self_in_bimodal=False),
-}
+#: The ablations of supplementary Tables 1-2.
+ABLATIONS: Dict[str, Callable] = _table("ablation")
 
-#: "ours" as the reference DETR code computes it (its unguarded Eq. 8-9 drops a layer's whole Eq. 10
-#: update when a row of R - I sums to zero), reported beside "ours" in the DETR study.
-REFERENCE_DETR: Dict[str, Callable] = {"ours (reference Eq. 8-9)": partial(GenericAttention, zero_row_update="drop")}
+#: "ours" as the reference DETR code computes it, reported beside "ours" in the DETR study.
+REFERENCE_DETR: Dict[str, Callable] = _table("reference DETR")
 
 
 def every_method() -> Dict[str, Callable]:
     """Every method and ablation a name or alias can select."""
-    return {**PAPER_METHODS, **ABLATIONS, **REFERENCE_DETR}
+    return {method.name: method.factory for method in REGISTRY}
 
 
 def select_methods(names=None) -> Dict[str, Callable]:

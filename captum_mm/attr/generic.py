@@ -101,12 +101,12 @@ class GenericAttention(AttentionAttribution):
         self.zero_row_update = zero_row_update
         self._set_start_layer(start_layer)
 
-    def _fuse(self, bundle: AttentionBundle) -> Tensor:
+    def fuse(self, bundle: AttentionBundle) -> Tensor:
         if self.needs.relevance:
             return relevance_weighted(cast(Tensor, bundle.relevance), cast(Tensor, bundle.grads))
         return gradient_weighted(cast(Tensor, bundle.probs), cast(Tensor, bundle.grads))
 
-    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
+    def relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
         return generic_relevance(
             schedule, maps, self.normalize, self.aggregate, self.self_in_bimodal, self.zero_row_update == "drop"
         )

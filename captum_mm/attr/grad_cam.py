@@ -5,7 +5,7 @@ from typing import cast
 from torch import Tensor
 
 from captum_mm.attr._base import AttentionBundle, Needs
-from captum_mm.attr.raw_attention import LastLayerAttribution
+from captum_mm.attr.last_layer import LastLayerAttribution
 from captum_mm.relevance.heads import grad_cam
 
 
@@ -25,5 +25,5 @@ class AttentionGradCam(LastLayerAttribution):
 
     needs = Needs(probabilities=True, gradients=True, fusion="grad_cam")
 
-    def _fuse(self, bundle: AttentionBundle) -> Tensor:
+    def fuse(self, bundle: AttentionBundle) -> Tensor:
         return grad_cam(cast(Tensor, bundle.probs), cast(Tensor, bundle.grads), bundle.valid)

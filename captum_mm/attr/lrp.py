@@ -5,7 +5,7 @@ from typing import Callable, Dict, List, Optional, cast
 from torch import Tensor, nn
 
 from captum_mm.attr._base import AttentionAttribution, AttentionBundle, Needs
-from captum_mm.attr.raw_attention import LastLayerAttribution
+from captum_mm.attr.last_layer import LastLayerAttribution
 from captum_mm.lrp import RuleSet
 from captum_mm.relevance.heads import head_mean, relevance_weighted
 from captum_mm.relevance.propagation import Matrices, last_event, last_layer_relevance, min_max_scaled, transformer_attribution_relevance
@@ -38,10 +38,10 @@ class PartialLRP(LastLayerAttribution):
         super().__init__(forward_func, model)
         self.rules = rules
 
-    def _fuse(self, bundle: AttentionBundle) -> Tensor:
+    def fuse(self, bundle: AttentionBundle) -> Tensor:
         return head_mean(cast(Tensor, bundle.relevance))
 
-    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
+    def relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
         return {
             (row, key): min_max_scaled(matrix, schedule.masks[row], schedule.masks[key])
             for (row, key), matrix in last_layer_relevance(schedule, maps).items()
@@ -68,16 +68,16 @@ class TransformerAttribution(AttentionAttribution):
         super().__init__(forward_func, model)
         self.rules = rules
 
-    def _events(self, schedule: Schedule) -> List[AttentionEvent]:
+    def events(self, schedule: Schedule) -> List[AttentionEvent]:
         events: List[AttentionEvent] = []
         for row, key in schedule.pairs:
             events += schedule.self_events(row) if key == row else [last_event(schedule, row, key)]
         return list(dict.fromkeys(events))
 
-    def _fuse(self, bundle: AttentionBundle) -> Tensor:
+    def fuse(self, bundle: AttentionBundle) -> Tensor:
         return relevance_weighted(cast(Tensor, bundle.relevance), cast(Tensor, bundle.grads))
 
-    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
+    def relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
         return transformer_attribution_relevance(schedule, maps)
 
 

@@ -1,23 +1,12 @@
 """Raw attention: the head mean of the last attention reaching the readout."""
 
-from typing import Dict, List, cast
+from typing import cast
 
 from torch import Tensor
 
-from captum_mm.attr._base import AttentionAttribution, AttentionBundle, Needs
+from captum_mm.attr._base import AttentionBundle, Needs
+from captum_mm.attr.last_layer import LastLayerAttribution
 from captum_mm.relevance.heads import head_mean
-from captum_mm.relevance.propagation import Matrices, last_event, last_layer_relevance
-from captum_mm.relevance.schedule import AttentionEvent, Schedule
-
-
-class LastLayerAttribution(AttentionAttribution):
-    """Shared by the last-layer baselines: only the last event from the readout modality to each key is used."""
-
-    def _events(self, schedule: Schedule) -> List[AttentionEvent]:
-        return list(dict.fromkeys(last_event(schedule, *pair) for pair in schedule.pairs))
-
-    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
-        return last_layer_relevance(schedule, maps)
 
 
 class RawAttention(LastLayerAttribution):
@@ -35,5 +24,5 @@ class RawAttention(LastLayerAttribution):
 
     needs = Needs(probabilities=True, fusion="head_mean")
 
-    def _fuse(self, bundle: AttentionBundle) -> Tensor:
+    def fuse(self, bundle: AttentionBundle) -> Tensor:
         return head_mean(cast(Tensor, bundle.probs))

@@ -42,8 +42,8 @@ class AttentionRollout(AttentionAttribution):
         super().__init__(forward_func, model)
         self._set_start_layer(start_layer)
 
-    def _fuse(self, bundle: AttentionBundle) -> Tensor:
+    def fuse(self, bundle: AttentionBundle) -> Tensor:
         return head_mean(cast(Tensor, bundle.probs))
 
-    def _relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
+    def relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
         return rollout_relevance(schedule, maps)
