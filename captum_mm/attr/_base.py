@@ -14,14 +14,14 @@ from captum_mm._compat import (
     log_usage,
 )
 from captum_mm._precision import accumulation_dtype
-from captum_mm.attr._checks import check_finite_relevance, uncompiled
-from captum_mm.attr._memory import MaxMemory, slot_groups
+from captum_mm.attr._checks import check_finite_relevance, check_lean, uncompiled
+from captum_mm.attr._memory import MaxMemory, check_max_memory, slot_groups
 from captum_mm.attr.engine import AttentionBundle, ForwardPass, Needs, check_inputs, forward_pass, fused_maps
 from captum_mm.attr.method import AttentionMethod
 from captum_mm.generation import ContinuationLike, generation_forward, prompt_arguments
 from captum_mm.attr._readout import Explanation, assemble, input_outputs, read_out, spread_to_inputs
 from captum_mm.lrp import RuleSet
-from captum_mm.models import adapter_for
+from captum_mm.models import TargetOptions, adapter_for
 from captum_mm.models.decoder import DecoderOnlyAdapter
 from captum_mm.relevance.schedule import AttentionEvent
 
@@ -53,7 +53,8 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
     #: elements (generated tokens, DETR queries) are then explained in groups of backward passes, with the same
     #: results; a warning says when one backward's elements alone need more. ``"auto"`` (the default): a quarter of
     #: the memory available on the model's device when the explanation starts (``MemAvailable`` on CPU, free memory on
-    #: CUDA), at most 1 GiB. None: all elements at once. The model's own forward and backward are not counted.
+    #: CUDA), at most 1 GiB. None: all elements at once. The model's own forward and backward are not counted. The
+    #: default of the ``max_memory`` argument of :meth:`explain` and :meth:`attribute` (as :attr:`lean` of ``lean``).
     max_memory: MaxMemory = "auto"
     #: Capture attention lean where the method's head reduction and the model's attention function allow it
     #: (:mod:`captum_mm.models.lean`: no per-head map kept, memory close to an SDPA forward and backward);
@@ -108,6 +109,9 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
         target: Any = None,
         additional_forward_args: Any = None,
         input_modalities: Optional[Sequence[Optional[str]]] = None,
+        *,
+        max_memory: MaxMemory = None,
+        lean: Optional[bool] = None,
     ) -> TensorOrTuple:
         r"""
         Relevance of every input, each attribution shaped like the input it explains.
@@ -125,7 +129,8 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
                         forms: an int, a list of ints, a tensor with one class per
                         sample). For DETR, the object query explained per image.
                         Default: None (each sample's predicted class; for DETR, each
-                        image's most confident query)
+                        image's most confident query: one query per image, so no
+                        ``threshold`` applies)
             additional_forward_args (Any, optional): Passed to ``forward_func`` after
                         ``inputs`` and not attributed.
                         Default: None
@@ -133,6 +138,10 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
                         input carries (``"text"``, ``"image"`` or None for no
                         relevance). Default: None (as the family's adapter declares it
                         for the model argument the input is passed as, unchanged)
+            max_memory (int, float or str, optional): :attr:`max_memory` for this call
+                        (``math.inf``: no limit). Default: None (:attr:`max_memory`)
+            lean (bool, optional): :attr:`lean` for this call (False: the eager path).
+                        Default: None (:attr:`lean`)
 
         Returns:
             *Tensor* or *tuple[Tensor, ...]*: Attributions shaped like ``inputs``, in each
@@ -140,7 +149,9 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
         """
         is_inputs_tuple = _is_tuple(inputs)
         input_tuple: Tuple[Tensor, ...] = _format_tensor_into_tuples(inputs)
-        explanation, arguments = self._explain(input_tuple, target, additional_forward_args, single=True)
+        explanation, arguments = self._explain(
+            input_tuple, target, additional_forward_args, options=TargetOptions(single=True), max_memory=max_memory, lean=lean
+        )
         if input_modalities is None:
             input_modalities = input_outputs(input_tuple, arguments, self.adapter.argument_outputs)
         attributions = spread_to_inputs(explanation, input_tuple, input_modalities)
@@ -155,6 +166,9 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
         continuation: Optional[ContinuationLike] = None,
         generate: bool = False,
         generation_args: Optional[Dict[str, Any]] = None,
+        *,
+        max_memory: MaxMemory = None,
+        lean: Optional[bool] = None,
     ) -> Explanation:
         r"""
         Per-token relevance per modality, as an :class:`Explanation`.
@@ -170,7 +184,8 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
                         ``threshold``, as in Algorithm 1)
             additional_forward_args (Any, optional): As for :meth:`attribute`
                         (e.g. the prompt's ``attention_mask``).
-            threshold (float, optional): DETR's query-keeping threshold. Default: 0.5
+            threshold (float, optional): DETR's query-keeping threshold, in ``[0, 1)``
+                        (other families have no threshold). Default: 0.5
             continuation (Tensor or list of lists of int, optional): Generative models: the
                         tokens to explain after the prompt, ``[B, C]`` ids or one id list
                         per sample; every token is one explained element. Default: None
@@ -186,6 +201,8 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
                         explained after its prompt (``B·R`` samples, sample ``i·R + r`` the
                         ``r``-th sequence of prompt ``i``, as ``generate`` orders them).
                         Default: None
+            max_memory (int, float or str, optional): As for :meth:`attribute`. Default: None
+            lean (bool, optional): As for :meth:`attribute`. Default: None
 
         Returns:
             Explanation: relevance per output, explained classes (and queries, or, for
@@ -206,10 +223,11 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
             forward, arguments, target = generation_forward(
                 self.model, prompt_arguments(self.model, prompt), continuation, generate, generation_args, self.adapter
             )
-            return self._explain(arguments, target, None, forward_func=forward)[0]
+            return self._explain(arguments, target, None, forward, max_memory=max_memory, lean=lean)[0]
         if isinstance(inputs, Mapping):
             raise ValueError("inputs as a dict is taken for generated tokens only (with continuation= or generate=True).")
-        return self._explain(_format_tensor_into_tuples(inputs), target, additional_forward_args, threshold=threshold)[0]
+        tensors, options = _format_tensor_into_tuples(inputs), TargetOptions(threshold=threshold)
+        return self._explain(tensors, target, additional_forward_args, options=options, max_memory=max_memory, lean=lean)[0]
 
     # The shared part ---------------------------------------------------------------
 
@@ -219,16 +237,22 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
         target: Any,
         additional_forward_args: Any,
         forward_func: Optional[Callable] = None,
-        **options: Any,
+        *,
+        options: TargetOptions = TargetOptions(),
+        max_memory: MaxMemory = None,
+        lean: Optional[bool] = None,
     ) -> Tuple[Explanation, Dict[str, Any]]:
         """The explanation, and the model's forward arguments (``forward_func``: generated tokens' own
-        forward, whose arguments :func:`generation_forward` has checked)."""
+        forward, whose arguments :func:`generation_forward` has checked; None options: the attributes)."""
+        max_memory, lean = self.max_memory if max_memory is None else max_memory, self.lean if lean is None else lean
+        check_max_memory(max_memory)
+        check_lean(lean)
         if forward_func is None:
             check_inputs(inputs)
         additional = _format_additional_forward_args(additional_forward_args) or ()
         with forward_pass(
             self.model, forward_func or self.forward_func, inputs, additional, target=target, needs=self.needs, rules=self.rules,
-            start_layer=self.start_layer, adapter=self.adapter, method=type(self).__name__, lean=self.lean, **options,
+            start_layer=self.start_layer, adapter=self.adapter, method=type(self).__name__, lean=lean, target_options=options,
         ) as forward:
             selection, schedule = forward.selection, forward.schedule
             if not selection.num_elements:
@@ -236,16 +260,16 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
                 empty = {(row, key): like.new_zeros(0, schedule.sizes[row], schedule.sizes[key]) for row, key in schedule.pairs}
                 outputs = read_out(schedule, empty)
             else:
-                outputs = self._outputs_in_groups(forward)
+                outputs = self._outputs_in_groups(forward, max_memory)
                 check_finite_relevance(outputs, selection.sample, type(self).__name__)
         return assemble(selection, outputs, int(forward.logits.shape[0])), forward.record.arguments
 
-    def _outputs_in_groups(self, forward: ForwardPass) -> Dict[str, Tensor]:
+    def _outputs_in_groups(self, forward: ForwardPass, max_memory: MaxMemory) -> Dict[str, Tensor]:
         """Every element's outputs, the elements taken in groups of backward slots whose relevance buffers fit in
-        :attr:`max_memory` (the same values as all at once)."""
+        ``max_memory`` (the same values as all at once)."""
         selection, events = forward.selection, self.events(forward.schedule)
         outputs: Dict[str, Tensor] = {}
-        for slots in slot_groups(forward, events, self.needs, self.vectorized_backward, self.max_memory):
+        for slots in slot_groups(forward, events, self.needs, self.vectorized_backward, max_memory):
             elements = torch.isin(selection.slot, slots).nonzero()[:, 0]
             for name, values in self._group_outputs(forward, events, slots, elements).items():
                 if name not in outputs:

@@ -27,6 +27,12 @@ def check_grad_mode(needs_backward: bool, method: str) -> None:
         raise RuntimeError(f"{method} was called under torch.inference_mode(). {_INFERENCE_HELP}")
 
 
+def check_lean(lean: Any) -> None:
+    """``lean`` (the argument or the explainer's attribute) is a bool."""
+    if not isinstance(lean, bool):
+        raise ValueError(f"lean must be True or False (None as an argument: the explainer's lean), got {lean!r}.")
+
+
 def run_forward(forward_func: Callable, args: Sequence[Any], method: str) -> Any:
     """``forward_func(*args)``, uncompiled, with autograd's error about inference tensors explained."""
     try:

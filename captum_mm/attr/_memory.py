@@ -6,9 +6,10 @@ without a backward pass) the per-element copy of its stored maps. The model's ow
 counted: they do not grow with ``E`` (one backward per slot, or one vectorised backward per group).
 """
 
+import math
 import os
 import warnings
-from typing import List, Optional, Union
+from typing import List, Optional, Union, cast
 
 import torch
 from torch import Tensor
@@ -31,8 +32,8 @@ AUTO_CAP = 1 << 30
 
 def memory_budget(max_memory: MaxMemory, device: torch.device) -> Optional[int]:
     """The bytes ``max_memory`` allows: a number of bytes as it is, ``"auto"`` a quarter of the memory available on
-    ``device`` (:func:`available_memory`), at most 1 GiB; None (or ``"auto"`` where the available memory is unknown)
-    no limit.
+    ``device`` (:func:`available_memory`), at most 1 GiB; None or ``math.inf`` (or ``"auto"`` where the available
+    memory is unknown) no limit.
 
     Args:
         max_memory (int, float, str or None): The method's ``max_memory``.
@@ -41,14 +42,25 @@ def memory_budget(max_memory: MaxMemory, device: torch.device) -> Optional[int]:
     Returns:
         *int or None*: The budget in bytes.
     """
+    check_max_memory(max_memory)
     if max_memory == "auto":
         available = available_memory(device)
         return None if available is None else min(available // AUTO_FRACTION, AUTO_CAP)
-    if max_memory is None:
-        return None
-    if isinstance(max_memory, (int, float)) and not isinstance(max_memory, bool) and max_memory >= 1:
-        return int(max_memory)
-    raise ValueError(f'max_memory must be a number of bytes (at least 1), "auto" or None, got {max_memory!r}.')
+    return None if max_memory is None or max_memory == math.inf else int(cast(float, max_memory))
+
+
+def check_max_memory(max_memory: MaxMemory) -> None:
+    """Raise a ValueError unless ``max_memory`` is a number of bytes (at least 1, ``math.inf`` for no limit),
+    ``"auto"`` or None.
+
+    Args:
+        max_memory (int, float, str or None): The value to check.
+    """
+    if max_memory is None or max_memory == "auto":
+        return
+    if not isinstance(max_memory, (int, float)) or isinstance(max_memory, bool) or not max_memory >= 1:
+        raise ValueError(f'max_memory must be a number of bytes (at least 1), "auto" or None (math.inf: no limit), '
+                         f"got {max_memory!r}.")
 
 
 def available_memory(device: torch.device) -> Optional[int]:

@@ -24,7 +24,7 @@ from captum_mm.attr._checks import (
 )
 from captum_mm.attr._gradients import attention_gradients
 from captum_mm.lrp import LRPState, RuleSet, attention_relevance, lrp_rules
-from captum_mm.models import ArchitectureAdapter, TargetSelection, adapter_for, capture_attention
+from captum_mm.models import ArchitectureAdapter, TargetOptions, TargetSelection, adapter_for, capture_attention
 from captum_mm.models.capture import AttentionCall, AttentionRecord
 from captum_mm.models.lean import Fusion, LeanMaps
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
@@ -102,7 +102,7 @@ def forward_pass(
     adapter: Optional[ArchitectureAdapter] = None,
     method: str = "captum_mm",
     lean: bool = True,
-    **target_options: Any,
+    target_options: TargetOptions = TargetOptions(),
 ) -> Iterator[ForwardPass]:
     """Run ``forward_func(*inputs, *additional)`` with attention captured (and LRP rules installed
     when ``needs.relevance``); yield the pass with its targets and schedule. Everything done to the
@@ -110,7 +110,7 @@ def forward_pass(
 
     Args:
         lean (bool): Capture lean where the method's ``needs.fusion`` and the model allow it.
-        target_options: Passed to the adapter's ``select_targets`` (DETR: ``threshold``, ``single``).
+        target_options (TargetOptions): Passed to the adapter's ``select_targets`` (DETR: ``threshold``, ``single``).
     """
     adapter = adapter or adapter_for(model)
     check_grad_mode(needs.backward, method)
@@ -142,7 +142,7 @@ def forward_pass(
             )
         logits = adapter.logits(output)
         check_finite_logits(adapter.per_sample_outputs(logits))
-        selection = adapter.select_targets(logits, target, **target_options)
+        selection = adapter.select_targets(logits, target, target_options)
         schedule = adapter.schedule(record, selection).starting_at(start_layer)
         yield ForwardPass(adapter, record, output, logits, selection, schedule, lrp, method)
 

@@ -12,6 +12,7 @@ from captum_mm.lrp.composite import LRPState, LRPStructure, ResidualRuleSite, re
 from captum_mm.lrp.rules import RuleSet
 from captum_mm.models.arguments import Argument, check_declared, outputs_of
 from captum_mm.models.capture import AttentionRecord
+from captum_mm.models.target_options import TargetOptions
 from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule, seen_positions
 from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource
 
@@ -129,8 +130,9 @@ class ArchitectureAdapter:
             f"{', '.join(self.logit_fields)}); make forward_func return the logits tensor."
         )
 
-    def select_targets(self, logits: Tensor, target: Any, **options: Any) -> TargetSelection:
-        """The elements explained for ``target`` (None: each sample's prediction), as seeds over ``logits``."""
+    def select_targets(self, logits: Tensor, target: Any, options: TargetOptions = TargetOptions()) -> TargetSelection:
+        """The elements explained for ``target`` (None: each sample's prediction), as seeds over ``logits``; ``options``
+        (DETR's ``threshold``, ``single``) for families whose targets have options."""
         return select_class_targets(logits, target)
 
     def per_sample_outputs(self, logits: Tensor) -> Tensor:

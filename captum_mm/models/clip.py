@@ -21,6 +21,7 @@ from captum_mm.models.base import ArchitectureAdapter, TargetSelection, attentio
 from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
 from captum_mm.models.similarity import cosine_lrp_start, paired_targets
+from captum_mm.models.target_options import TargetOptions
 from captum_mm.relevance.schedule import Readout, Schedule
 from captum_mm.spec import AttentionSpec, module_names, self_attention
 
@@ -43,7 +44,7 @@ class ClipAdapter(ArchitectureAdapter):
         towers = ((self.model.vision_model, IMAGE), (self.model.text_model, TEXT))
         return [spec for tower, modality in towers for spec in attention_specs_in(tower, CLIPAttention, self_attention(modality), parts, names=names)]
 
-    def select_targets(self, logits: Tensor, target: Any, **options: Any) -> TargetSelection:
+    def select_targets(self, logits: Tensor, target: Any, options: TargetOptions = TargetOptions()) -> TargetSelection:
         return paired_targets(logits, target, "CLIP")
 
     def per_sample_outputs(self, logits: Tensor) -> Tensor:

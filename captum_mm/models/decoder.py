@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from captum_mm.models.arguments import TOKENS, Argument, require, text_arguments, text_tokens, token_mask
 from captum_mm.models.base import ArchitectureAdapter, TargetSelection, forward_order_schedule, select_class_targets
 from captum_mm.models.capture import AttentionRecord
+from captum_mm.models.target_options import TargetOptions
 from captum_mm.relevance.schedule import Readout, Schedule
 
 SEQUENCE, TEXT, GENERATED = "sequence", "text", "generated"
@@ -89,7 +90,7 @@ class DecoderOnlyAdapter(ArchitectureAdapter):
         """How the family's forward and ``generate`` hold the continuation (by default as the model's config says)."""
         return GenerationConvention.of(self.model)
 
-    def select_targets(self, logits: Tensor, target: Any, **options: Any) -> TargetSelection:
+    def select_targets(self, logits: Tensor, target: Any, options: TargetOptions = TargetOptions()) -> TargetSelection:
         if isinstance(target, Continuation):
             return generated_targets(logits, target)
         require(logits.dim() == 3, f"Expected next-token logits [batch, tokens, vocabulary], got {tuple(logits.shape)}.")

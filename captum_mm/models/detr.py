@@ -28,6 +28,7 @@ from captum_mm.lrp.rules import AlphaBeta, RuleSet
 
 from captum_mm.models.arguments import PIXELS, Argument, require
 from captum_mm.models.base import ArchitectureAdapter, TargetSelection, forward_order_schedule
+from captum_mm.models.target_options import TargetOptions
 from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import Readout, Schedule
@@ -104,15 +105,13 @@ class DetrAdapter(ArchitectureAdapter):
         # the reference's DETR linear layers rescale their input relevance to the output total
         return RuleSet(linear=AlphaBeta(conserve=True))
 
-    def select_targets(
-        self, logits: Tensor, target: Any, threshold: float = 0.5, single: bool = False, **options: Any
-    ) -> TargetSelection:
-        """Queries to explain: explicit indices, or those whose best class beats ``threshold``.
+    def select_targets(self, logits: Tensor, target: Any, options: TargetOptions = TargetOptions()) -> TargetSelection:
+        """Queries to explain: explicit indices, or those whose best class beats ``options.threshold``.
 
-        With ``single=True`` and ``target=None`` the most confident query of each image is taken.
+        With ``options.single`` and ``target=None`` the most confident query of each image is taken.
         """
         require(logits.dim() == 3, f"Expected DETR logits [batch, queries, classes + 1], got {tuple(logits.shape)}.")
-        require(0.0 <= threshold < 1.0, f"threshold must be in [0, 1), got {threshold}.")
+        threshold, single = options.threshold, options.single
         batch_size, num_queries, _ = logits.shape
         scores, classes = logits.detach().softmax(-1)[..., :-1].max(-1)
         if target is not None:

@@ -5,7 +5,7 @@ import torch
 
 from captum_mm.attr.engine import Needs, forward_pass
 from captum_mm.lrp import lrp_rules
-from captum_mm.models import adapter_for, capture_attention
+from captum_mm.models import TargetOptions, adapter_for, capture_attention
 from helpers import assert_same_state, detr_case, generation_relevance, lxmert_case, model_state, visual_bert_case
 
 # Float64 models: the rules ignore biases, so relevance is conserved exactly up to the 1e-9
@@ -24,9 +24,9 @@ def relevance_at_cuts(case, cuts):
         else:
             handles.append(module.register_forward_pre_hook(lambda m, a, name=name, i=index: tensors.__setitem__(name, a[i])))
     try:
-        options = {"single": True} if case.name == "detr" else {}
+        options = TargetOptions(single=True)  # DETR: one query
         needs = Needs(gradients=True, relevance=True)
-        with forward_pass(model, case.forward, inputs, case.additional, needs=needs, **options) as forward:
+        with forward_pass(model, case.forward, inputs, case.additional, needs=needs, target_options=options) as forward:
             state = forward.lrp
             starts, seeds = forward.adapter.lrp_start(state, forward.logits, forward.selection.grad_outputs[:1])
             names = list(tensors)

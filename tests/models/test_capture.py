@@ -4,10 +4,11 @@ import torch
 
 from captum_mm.attr._gradients import attention_gradients
 from captum_mm.attr.engine import Needs, forward_pass
+from captum_mm.models import TargetOptions
 from helpers import detr_case, lxmert_case
 
 
-def captured(case, references, target_options=None):
+def captured(case, references, target_options=TargetOptions()):
     """Record a forward; ``references(output, selection)`` runs its own backward before ours.
     Returns the gradients of the scheduled maps, keyed by call index."""
 
@@ -15,7 +16,7 @@ def captured(case, references, target_options=None):
         return case.forward(*args, output_attentions=True)
 
     needs = Needs(gradients=True)
-    with forward_pass(case.model, with_attentions, case.inputs, case.additional, needs=needs, **(target_options or {})) as forward:
+    with forward_pass(case.model, with_attentions, case.inputs, case.additional, needs=needs, target_options=target_options) as forward:
         expected = references(forward.output, forward.selection)
         events = forward.schedule.events  # the maps the output depends on
         found = attention_gradients(forward.logits, [forward.record.calls[e.call].probs for e in events], forward.selection.grad_outputs)
@@ -56,7 +57,7 @@ def test_detr_capture_switches_to_eager_and_gives_one_gradient_per_query():
             found[query] = torch.autograd.grad(logit, [output.cross_attentions[-1]], retain_graph=True)[0]
         return found
 
-    record, output, grads, expected = captured(case, references, {"threshold": 0.0})
+    record, output, grads, expected = captured(case, references, TargetOptions(threshold=0.0))
     assert len(record.calls) == 2 + 2 * 2
     assert record.calls[0].probs is output.encoder_attentions[0]
     assert record.calls[-1].probs is output.cross_attentions[-1]

@@ -5,11 +5,12 @@ import torch
 
 from captum_mm.attr import GenericAttention
 from captum_mm.attr.engine import forward_pass
+from captum_mm.models import TargetOptions
 from helpers import detr_case, lxmert_case, visual_bert_case
 
 
-def schedule_of(case, **target_options):
-    with forward_pass(case.model, case.forward, case.inputs, case.additional, **target_options) as forward:
+def schedule_of(case, target_options=TargetOptions()):
+    with forward_pass(case.model, case.forward, case.inputs, case.additional, target_options=target_options) as forward:
         forward.record.extras["logits"] = forward.logits
         return forward.schedule, forward.record
 
@@ -68,7 +69,7 @@ def test_visual_bert_pooler_heads_read_cls():
 @pytest.mark.parametrize("encoder_layers, decoder_layers", [(1, 1), (2, 3)])
 def test_detr_schedule(encoder_layers, decoder_layers):
     case = detr_case(encoder_layers=encoder_layers, decoder_layers=decoder_layers)
-    schedule, record = schedule_of(case, single=True)
+    schedule, record = schedule_of(case, TargetOptions(single=True))
     qq, qi = ("query", "query"), ("query", "image")
     assert kinds(schedule) == [(II,)] * encoder_layers + [(qq,), (qi,)] * decoder_layers
     height, width = 2, 3  # a 64 x 96 image through a stride-32 backbone

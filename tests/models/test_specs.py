@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from captum_mm.attr.engine import Needs, forward_pass
-from captum_mm.models import adapter_for
+from captum_mm.models import TargetOptions, adapter_for
 from helpers import CASES
 
 T, IMG, J, Q = "text", "image", "joint", "query"
@@ -26,9 +26,9 @@ def test_specs_name_their_modules_and_drive_capture_schedule_and_lrp(family):
     modules = dict(case.model.named_modules())
     assert all(modules[spec.name] is spec.module for spec in specs)
     assert len({id(spec.module) for spec in specs}) == len(specs)  # one spec per module
-    options = {"threshold": 0.0} if family == "detr" else {}
+    options = TargetOptions(threshold=0.0)  # DETR: every query; the other families have no options
     needs = Needs(gradients=True, relevance=True)
-    with forward_pass(case.model, case.forward, case.inputs, case.additional, needs=needs, **options) as forward:
+    with forward_pass(case.model, case.forward, case.inputs, case.additional, needs=needs, target_options=options) as forward:
         calls = forward.record.calls
         assert {call.site for call in calls} == {spec.name for spec in specs}  # every module recorded
         assert {call.roles for call in calls} == ROLES[family]
