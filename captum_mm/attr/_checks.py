@@ -100,12 +100,18 @@ def check_finite_logits(per_sample: Tensor) -> None:
         )
 
 
-def check_finite_map(probs: Tensor, valid: Tensor, element_sample: Tensor, site: str) -> None:
-    """``probs`` ``[B, H, Nq, Nk]``; ``valid`` ``[E, Nq, Nk]`` the entries between real tokens of each element."""
-    if torch.isfinite(probs.sum()) or torch.isfinite(probs).all():  # one pass when finite (a sum overflowing is rare)
+def all_finite(tensor: Tensor) -> bool:
+    """Whether every value of ``tensor`` is finite: one pass when it is (a sum overflowing is rare)."""
+    return bool(torch.isfinite(tensor.sum()) or torch.isfinite(tensor).all())
+
+
+def check_finite_map(probs: Tensor, valid: Callable[[], Tensor], element_sample: Tensor, site: str) -> None:
+    """``probs`` ``[B, H, Nq, Nk]``; ``valid()`` ``[E, Nq, Nk]`` the entries between real tokens of each element (made
+    only when some value is not finite)."""
+    if all_finite(probs):
         return
     finite = torch.isfinite(probs.detach()).all(dim=1)[element_sample]
-    bad = (~finite & valid).flatten(1).any(dim=1)
+    bad = (~finite & valid()).flatten(1).any(dim=1)
     if bad.any():
         raise ValueError(
             f"The attention probabilities of '{site}' are NaN or infinite for samples "

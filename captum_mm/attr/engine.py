@@ -171,7 +171,7 @@ def fused_maps(
     calls = [forward.record.calls[event.call] for event in events]
     for event, call in zip(events, calls):
         if call.probs is not None:
-            check_finite_map(call.probs, _valid(schedule, event), sample, event.name)
+            check_finite_map(call.probs, lambda: _valid(schedule, event), sample, event.name)
     if needs.backward:  # into buffers of its own: masked in place
         fused = _fused_from_backward(forward, schedule, elements, slots, events, calls, fuse, needs, vectorized)
         return {event.call: _masked(values, schedule, event) for event, values in zip(events, fused)}
@@ -218,7 +218,7 @@ def _fused_from_backward(
             relevant, relevance[index] = relevance[index], None
             if call.lean is not None:
                 lean_map, call.lean.fused = cast(Tensor, call.lean.fused), None
-                check_finite_map(lean_map[:, None], _valid(schedule, events[index], members), sample, names[index])
+                check_finite_map(lean_map[:, None], lambda: _valid(schedule, events[index], members), sample, names[index])
                 fused[index][members] = exact(lean_map)[sample]
                 continue
             if needs.relevance and relevant is None:

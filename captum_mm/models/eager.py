@@ -98,7 +98,8 @@ def exact_eager_attention(
     Returns:
         *tuple*: the ``[B, Nq, H, d]`` output and the ``[B, H, Nq, Nk]`` probabilities.
     """
-    if query.dtype != torch.float64 or not LEAN_ATTENTION.get(type(module), False):
+    unhandled = kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None  # the family's own function applies them
+    if query.dtype != torch.float64 or not LEAN_ATTENTION.get(type(module), False) or unhandled:
         return family_eager(module)(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     groups = query.shape[1] // key.shape[1]
     keys, values = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)

@@ -133,13 +133,13 @@ def test_non_finite_attention_on_padding_is_ignored_elsewhere_named():
     valid = torch.ones(3, 4, 4, dtype=torch.bool)
     valid[1, 3] = False  # sample 1's last query is padding
     probs[1, :, 3] = float("nan")
-    check_finite_map(probs, valid, torch.arange(3), "layer 0")
+    check_finite_map(probs, lambda: valid, torch.arange(3), "layer 0")
     probs[2, 1, 0, 0] = float("inf")
     with pytest.raises(ValueError, match=r"'layer 0' are NaN or infinite for samples \[2\]"):
-        check_finite_map(probs, valid, torch.arange(3), "layer 0")
+        check_finite_map(probs, lambda: valid, torch.arange(3), "layer 0")
     # elements are mapped back to their samples (DETR: several queries of one image)
     with pytest.raises(ValueError, match=r"for samples \[2\]"):
-        check_finite_map(probs, valid[[0, 2, 2]], torch.tensor([0, 2, 2]), "layer 0")
+        check_finite_map(probs, lambda: valid[[0, 2, 2]], torch.tensor([0, 2, 2]), "layer 0")
 
 
 @dataclass(frozen=True)
