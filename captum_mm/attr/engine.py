@@ -13,20 +13,13 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch import Tensor, nn
 
-from captum_mm._precision import accumulation_dtype, computed_in_float32, exact
-from captum_mm.attr._checks import (
-    check_connected,
-    check_finite_logits,
-    check_finite_map,
-    check_grad_mode,
-    run_forward,
-    warn_if_training,
-)
-from captum_mm.attr._gradients import attention_gradients
-from captum_mm.lrp import LRPState, RuleSet, attention_relevance, lrp_rules
+from captum_mm._precision import computed_in_float32, exact
+from captum_mm.attr._backward import AttentionBundle, BackwardGroup, fused_from_backward, take_rows, valid_entries
+from captum_mm.attr._checks import check_finite_logits, check_finite_map, check_grad_mode, run_forward, warn_if_training
+from captum_mm.lrp import LRPState, RuleSet, lrp_rules
 from captum_mm.models import ArchitectureAdapter, TargetOptions, TargetSelection, adapter_for, capture_attention
 from captum_mm.models.capture import AttentionCall, AttentionRecord
-from captum_mm.models.lean import Fusion, LeanMaps
+from captum_mm.models.lean import Fusion
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
 
 
@@ -47,21 +40,6 @@ class Needs:
     @property
     def backward(self) -> bool:
         return self.gradients or self.relevance
-
-
-@dataclass
-class AttentionBundle:
-    """One attention event for the elements of one backward pass, as a method receives it.
-
-    Attributes:
-        probs, grads, relevance (Tensor or None): ``[E, H, Nq, Nk]``, each present only if needed.
-        valid (Tensor): ``[E, Nq, Nk]`` the entries between real (unpadded) tokens that the element sees.
-    """
-
-    probs: Optional[Tensor]
-    grads: Optional[Tensor]
-    relevance: Optional[Tensor]
-    valid: Tensor
 
 
 @dataclass
@@ -171,70 +149,12 @@ def fused_maps(
     calls = [forward.record.calls[event.call] for event in events]
     for event, call in zip(events, calls):
         if call.probs is not None:
-            check_finite_map(call.probs, lambda: _valid(schedule, event), sample, event.name)
+            check_finite_map(call.probs, lambda: valid_entries(schedule, event), sample, event.name)
     if needs.backward:  # into buffers of its own: masked in place
-        fused = _fused_from_backward(forward, schedule, elements, slots, events, calls, fuse, needs, vectorized)
+        group = BackwardGroup(forward, schedule, elements, events, calls, fuse, needs)
+        fused = fused_from_backward(group, slots, is_vectorized(forward.logits, calls, vectorized))
         return {event.call: _masked(values, schedule, event) for event, values in zip(events, fused)}
     return {event.call: _fused_without_backward(schedule, event, call, sample, fuse) for event, call in zip(events, calls)}
-
-
-def _fused_from_backward(
-    forward: ForwardPass,
-    schedule: Schedule,
-    elements: Tensor,
-    slots: Tensor,
-    events: List[AttentionEvent],
-    calls: List[AttentionCall],
-    fuse: Callable[[AttentionBundle], Tensor],
-    needs: Needs,
-    vectorized: Optional[bool],
-) -> List[Tensor]:
-    """The fused maps of the ``elements`` (those of the backward ``slots``; ``schedule`` is theirs)."""
-    logits, selection, masks = forward.logits, forward.selection, schedule.masks
-    names = [event.name for event in events]
-    check_connected(logits, forward.method)
-    seeds = selection.grad_outputs
-    chunks = [slots] if is_vectorized(logits, calls, vectorized) else list(slots.split(1))
-    element_slot, element_sample = selection.slot[elements], selection.sample[elements]
-    fused = [_fused_buffer(call, logits, int(elements.numel())) for call in calls]
-    for chunk in chunks:
-        members = torch.isin(element_slot, chunk)
-        position, sample = element_slot[members] - chunk[0], element_sample[members]
-        for event, call in zip(events, calls):
-            if call.lean is not None:
-                if needs.fusion not in ("gradient_weighted", "grad_cam"):
-                    raise RuntimeError(f"{call.name} was captured lean for a fusion ({needs.fusion}) no backward computes.")
-                call.lean.prepare(needs.fusion, masks[event.query][members], masks[event.key][members], sample)
-        grads: List[Optional[Tensor]] = [None] * len(calls)
-        if needs.gradients:
-            grads = list(attention_gradients(logits, [call.differentiable for call in calls], seeds[chunk], retain_graph=True, names=names))
-        relevance: List[Optional[Tensor]] = [None] * len(calls)
-        if needs.relevance:
-            assert forward.lrp is not None
-            starts = forward.adapter.lrp_start(forward.lrp, logits, seeds[chunk])
-            relevance = attention_relevance(forward.lrp, calls, *starts)
-        for index, call in enumerate(calls):
-            gradient, grads[index] = grads[index], None
-            relevant, relevance[index] = relevance[index], None
-            if call.lean is not None:
-                lean_map, call.lean.fused = cast(Tensor, call.lean.fused), None
-                check_finite_map(lean_map[:, None], lambda: _valid(schedule, events[index], members), sample, names[index])
-                fused[index][members] = exact(lean_map)[sample]
-                continue
-            if needs.relevance and relevant is None:
-                raise RuntimeError(
-                    f"No LRP relevance reaches the attention map {names[index]}: the explained output does not "
-                    "depend on it through the model's own forward pass."
-                )
-            fused[index][members] = fuse(
-                AttentionBundle(
-                    _take(exact(cast(Tensor, call.probs)), sample) if needs.probabilities else None,
-                    _take_slots(gradient, position, sample),
-                    _take_slots(relevant, position, sample),
-                    _valid(schedule, events[index], members),
-                )
-            )
-    return fused
 
 
 def is_vectorized(logits: Tensor, calls: List[AttentionCall], vectorized: Optional[bool]) -> bool:
@@ -252,14 +172,6 @@ def is_vectorized(logits: Tensor, calls: List[AttentionCall], vectorized: Option
     return logits.is_cuda and not lean if vectorized is None else vectorized and not lean
 
 
-def _valid(schedule: Schedule, event: AttentionEvent, members: Optional[Tensor] = None) -> Tensor:
-    """``[E, Nq, Nk]`` the event's entries between real tokens, of every element of ``schedule`` or of ``members``."""
-    rows, columns = schedule.masks[event.query], schedule.masks[event.key]
-    if members is not None:
-        rows, columns = rows[members], columns[members]
-    return rows[:, :, None] & columns[:, None, :]
-
-
 def _masked(values: Tensor, schedule: Schedule, event: AttentionEvent) -> Tensor:
     """``values`` ``[E, Nq, Nk]`` zeroed in place off the event's real entries (broadcast factors: no ``[E, Nq, Nk]``
     mask is made)."""
@@ -271,30 +183,5 @@ def _fused_without_backward(
     schedule: Schedule, event: AttentionEvent, call: AttentionCall, sample: Tensor, fuse: Callable[[AttentionBundle], Tensor]
 ) -> Tensor:
     """The event's fused, padding-masked map from its probabilities alone."""
-    valid = _valid(schedule, event)
-    return fuse(AttentionBundle(_take(exact(cast(Tensor, call.probs)), sample), None, None, valid)) * valid
-
-
-def _fused_buffer(call: AttentionCall, logits: Tensor, elements: int) -> Tensor:
-    """Zeros for the call's fused maps of every element, ``[E, Nq, Nk]``."""
-    if call.probs is not None:
-        return call.probs.new_zeros(elements, *call.probs.shape[-2:], dtype=accumulation_dtype(call.probs.dtype))
-    lean = cast(LeanMaps, call.lean)
-    return logits.new_zeros(elements, *lean.shape[-2:], dtype=accumulation_dtype(lean.probe.dtype))
-
-
-def _take(tensor: Tensor, index: Tensor) -> Tensor:
-    """``tensor[index]``, without a copy when ``index`` is every row in order."""
-    if index.numel() == tensor.shape[0] and torch.equal(index, torch.arange(tensor.shape[0], device=index.device)):
-        return tensor
-    return tensor[index]
-
-
-def _take_slots(tensor: Optional[Tensor], position: Tensor, sample: Tensor) -> Optional[Tensor]:
-    """``tensor[position, sample]`` for ``[K, B, ...]`` tensors, in the accumulation dtype (a view when
-    it is the only slot, all samples, already in that dtype)."""
-    if tensor is None:
-        return None
-    if tensor.shape[0] == 1:
-        return _take(exact(tensor[0]), sample)
-    return exact(tensor[position, sample])
+    valid = valid_entries(schedule, event)
+    return fuse(AttentionBundle(take_rows(exact(cast(Tensor, call.probs)), sample), None, None, valid)) * valid

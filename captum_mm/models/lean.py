@@ -17,8 +17,8 @@ models get an exact float64 softmax (:mod:`captum_mm.models.eager`).
 """
 
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, cast
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -36,17 +36,40 @@ Fusion = Literal["head_mean", "gradient_weighted", "grad_cam"]
 
 #: Elements of one chunk's ``[B, H, rows, Nk]`` temporaries (several live at once).
 CHUNK_ELEMENTS = 1 << 22
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True)
+class LeanRequest:
+    """What a lean call's backward computes while :func:`lean_backward` runs.
+
+    Attributes:
+        maps (LeanMaps): The call.
+        fusion (Fusion): Its head reduction.
+        rows, columns (Tensor): ``[B, Nq]``, ``[B, Nk]`` real tokens the explained element of each sample sees (True
+                    for samples with none), for Grad-CAM's gradient mean.
+    """
+
+    maps: "LeanMaps"
+    fusion: Fusion
+    rows: Tensor
+    columns: Tensor
 
 
 @dataclass
+class _Exchange:
+    """The channel into a lean call's autograd backward, open only while :func:`lean_backward` runs: the request it
+    serves and the map it computed."""
+
+    request: Optional[LeanRequest] = None
+    fused: Optional[Tensor] = None
+
+
+@dataclass(frozen=True)
 class LeanMaps:
-    """One lean attention call's head-reduced maps.
+    """One lean attention call, as captured.
 
     Attributes:
-        fusion (Fusion, optional): What the next backward computes (None: nothing, the call is not used).
-        rows, columns (Tensor, optional): ``[B, Nq]``, ``[B, Nk]`` real tokens the explained element sees, for
-                    Grad-CAM's gradient mean.
-        fused (Tensor, optional): ``[B, Nq, Nk]`` the last backward's map.
         probe (Tensor): A ``[1]`` leaf the call's output depends on: asking autograd for its gradient runs
                     the call's backward.
         shape (tuple): The call's ``(B, H, Nq, Nk)``.
@@ -54,18 +77,28 @@ class LeanMaps:
 
     probe: Tensor
     shape: Tuple[int, int, int, int]  # the call's B, H, Nq, Nk
-    fusion: Optional[Fusion] = None
-    rows: Optional[Tensor] = None
-    columns: Optional[Tensor] = None
-    fused: Optional[Tensor] = None
+    _exchange: _Exchange = field(default_factory=_Exchange, repr=False, compare=False)
 
-    def prepare(self, fusion: Fusion, rows: Tensor, columns: Tensor, sample: Tensor) -> None:
-        """What the next backward computes: ``fusion``, with the real query ``rows`` and key ``columns`` (``[E, N]``)
-        of the explained elements, whose samples are ``sample``."""
-        self.fusion = fusion
-        batch = self.shape[0]
-        self.rows = torch.ones(batch, self.shape[-2], dtype=torch.bool, device=rows.device).index_copy(0, sample, rows)
-        self.columns = torch.ones(batch, self.shape[-1], dtype=torch.bool, device=columns.device).index_copy(0, sample, columns)
+
+def lean_backward(requests: Sequence[LeanRequest], backward: Callable[[], Result]) -> Tuple[Result, List[Tensor]]:
+    """Run ``backward``, an autograd pass reaching the calls of ``requests``, each computing what its request asks
+    (any other lean call it reaches computes no map).
+
+    Args:
+        requests (sequence of LeanRequest): At most one a call.
+        backward (Callable): Runs the autograd pass.
+
+    Returns:
+        *tuple*: ``backward``'s result, and each request's map ``[B, Nq, Nk]`` for its seed, in order.
+    """
+    for request in requests:
+        request.maps._exchange.request = request
+    try:
+        result = backward()
+        return result, [cast(Tensor, request.maps._exchange.fused) for request in requests]
+    finally:
+        for request in requests:  # closed: no request, no map
+            request.maps._exchange.request, request.maps._exchange.fused = None, None
 
 
 @dataclass
@@ -213,20 +246,22 @@ class _LeanAttention(torch.autograd.Function):
         query, key, value, mask, bias = ctx.saved_tensors
         options: _Options = ctx.options
         maps, exact_dtype = options.maps, accumulation_dtype(query.dtype)
+        request = maps._exchange.request  # None: this backward computes no map of this call
+        fusion = None if request is None else request.fusion
         keys, values = _repeated(key, options.groups), _repeated(value, options.groups)
         grad_query, grad_keys, grad_values = torch.empty_like(query), torch.zeros_like(keys), torch.zeros_like(values)
         grad_bias = torch.zeros_like(bias) if ctx.needs_input_grad[4] else None
-        fused = None if maps.fusion is None else query.new_zeros(query.shape[0], query.shape[2], key.shape[2], dtype=exact_dtype)
+        fused = None if fusion is None else query.new_zeros(query.shape[0], query.shape[2], key.shape[2], dtype=exact_dtype)
         gradient_sums = query.new_zeros(query.shape[0], query.shape[1], 1, 1, dtype=exact_dtype)  # Grad-CAM: dA over real entries
         every = slice(0, key.shape[2])
-        chunks = _chunks(query, key.shape[2], None) if maps.fusion == "grad_cam" else ctx.chunks  # Grad-CAM's mean: every key
+        chunks = _chunks(query, key.shape[2], None) if fusion == "grad_cam" else ctx.chunks  # Grad-CAM's mean: every key
         for rows, columns in chunks:
             probs = _probabilities(query, keys, bias, mask, rows, options, columns)
             grad_chunk = grad_output[:, :, rows]
             grad_probs = torch.matmul(grad_chunk, values[:, :, columns].transpose(-1, -2))
             grad_values[:, :, columns] += torch.matmul(probs.transpose(-1, -2), grad_chunk)
             weighted = exact(probs) * exact(grad_probs)  # A * dA, which Eq. 5 reuses
-            if maps.fusion == "gradient_weighted":
+            if fusion == "gradient_weighted":
                 cast(Tensor, fused)[:, rows, columns] = weighted.clamp(min=0).mean(dim=-3)
             # softmax's backward: A * dA - A * rowsum(A * dA)
             grad_logits = weighted.addcmul_(exact(probs), weighted.sum(-1, keepdim=True), value=-1).to(probs.dtype)
@@ -234,22 +269,22 @@ class _LeanAttention(torch.autograd.Function):
                 grad_bias[:, :, rows, columns] += grad_logits.sum(0, keepdim=True) if grad_bias.shape[0] == 1 else grad_logits
             grad_query[:, :, rows] = torch.matmul(grad_logits, keys[:, :, columns]).mul_(options.scaling)
             grad_keys[:, :, columns] += torch.matmul(grad_logits.transpose(-1, -2), query[:, :, rows]).mul_(options.scaling)
-            if maps.fusion == "grad_cam":
-                real = _real(maps, rows)
+            if fusion == "grad_cam":
+                real = _real(cast(LeanRequest, request), rows)
                 gradient_sums += (exact(grad_probs) * real[:, None]).sum(dim=(-2, -1), keepdim=True)
-        if maps.fusion == "grad_cam":  # a second pass: each head weighted by its mean gradient over the real entries
-            count = (cast(Tensor, maps.rows).sum(-1) * cast(Tensor, maps.columns).sum(-1)).clamp(min=1)
+        if fusion == "grad_cam":  # a second pass: each head weighted by its mean gradient over the real entries
+            count = (cast(LeanRequest, request).rows.sum(-1) * cast(LeanRequest, request).columns.sum(-1)).clamp(min=1)
             weights = gradient_sums / count.to(gradient_sums.dtype)[:, None, None, None]
             for rows, _ in chunks:
                 cast(Tensor, fused)[:, rows] = weighted_head_mean(weights, exact(_probabilities(query, keys, bias, mask, rows, options, every)))
-        maps.fused = fused
+        maps._exchange.fused = fused
         grad_key, grad_value = _summed_groups(grad_keys, options.groups), _summed_groups(grad_values, options.groups)
         return grad_query, grad_key, grad_value, None, grad_bias, torch.zeros_like(maps.probe), None
 
 
-def _real(maps: LeanMaps, rows: slice) -> Tensor:
+def _real(request: LeanRequest, rows: slice) -> Tensor:
     """``[B, rows, Nk]`` the entries between real tokens."""
-    return cast(Tensor, maps.rows)[:, rows, None] & cast(Tensor, maps.columns)[:, None, :]
+    return request.rows[:, rows, None] & request.columns[:, None, :]
 
 
 def recording(sites: Dict[int, LeanSite]) -> Any:

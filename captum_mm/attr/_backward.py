@@ -1,0 +1,224 @@
+"""The backward passes of one group of slots and the maps they give (:func:`~captum_mm.attr.engine.fused_maps`).
+
+The kinds of backward are properties of the whole pass, chosen once from the method's ``Needs``: autograd's for the
+gradients ``dy/dA`` (the calls captured lean compute their head-reduced map in it) and LRP's for the relevance ``R_A``.
+Each chunk of slots (all of them when vectorised, else one) runs those it needs; then each event's map is read in its
+call's mode, chosen once per event since one pass mixes them: a lean call hands over its map, an eager call's
+:class:`AttentionBundle` goes to the method's ``fuse``.
+"""
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple, cast
+
+import torch
+from torch import Tensor
+
+from captum_mm._precision import accumulation_dtype, exact
+from captum_mm.attr._checks import check_connected, check_finite_map
+from captum_mm.attr._gradients import attention_gradients
+from captum_mm.lrp import attention_relevance
+from captum_mm.models.capture import AttentionCall
+from captum_mm.models.lean import LeanMaps, LeanRequest, lean_backward
+from captum_mm.relevance.schedule import AttentionEvent, Schedule
+
+if TYPE_CHECKING:
+    from captum_mm.attr.engine import ForwardPass, Needs
+
+
+@dataclass
+class AttentionBundle:
+    """One attention event for the elements of one backward pass, as a method receives it.
+
+    Attributes:
+        probs, grads, relevance (Tensor or None): ``[E, H, Nq, Nk]``, each present only if needed.
+        valid (Tensor): ``[E, Nq, Nk]`` the entries between real (unpadded) tokens that the element sees.
+    """
+
+    probs: Optional[Tensor]
+    grads: Optional[Tensor]
+    relevance: Optional[Tensor]
+    valid: Tensor
+
+
+@dataclass(frozen=True)
+class BackwardGroup:
+    """The elements of a group of backward slots, and the events whose maps they need.
+
+    Attributes:
+        forward (ForwardPass): The captured forward pass.
+        schedule (Schedule): The elements' schedule.
+        elements (Tensor): ``[E]`` the elements, in order.
+        events (list[AttentionEvent]): The events, ``calls`` their calls.
+        fuse (Callable): The method's fusion of an eager call's bundle.
+        needs (Needs): What the method needs.
+    """
+
+    forward: "ForwardPass"
+    schedule: Schedule
+    elements: Tensor
+    events: List[AttentionEvent]
+    calls: List[AttentionCall]
+    fuse: Callable[[AttentionBundle], Tensor]
+    needs: "Needs"
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """The slots of one backward: their seeds ``[K, ...]``, the group's elements among them (``members``, ``[E]``),
+    and those elements' positions among the chunk's slots and their samples."""
+
+    seeds: Tensor
+    members: Tensor
+    position: Tensor
+    sample: Tensor
+
+
+def fused_from_backward(group: BackwardGroup, slots: Tensor, vectorized: bool) -> List[Tensor]:
+    """The group's fused maps, ``[E, Nq, Nk]`` an event, not yet padding-masked.
+
+    Args:
+        group (BackwardGroup): The elements (those of the backward ``slots``) and events.
+        slots (Tensor): The backward slots.
+        vectorized (bool): All slots in one backward, else one backward a slot.
+
+    Returns:
+        *list[Tensor]*: one map an event, in order.
+    """
+    logits = group.forward.logits
+    check_connected(logits, group.forward.method)
+    fused = [_fused_buffer(call, logits, int(group.elements.numel())) for call in group.calls]
+    for chunk in _chunks(group, slots, vectorized):
+        for index, values in _chunk_maps(group, chunk):
+            fused[index][chunk.members] = values
+    return fused
+
+
+def valid_entries(schedule: Schedule, event: AttentionEvent, members: Optional[Tensor] = None) -> Tensor:
+    """``[E, Nq, Nk]`` the event's entries between real tokens, of every element of ``schedule`` or of ``members``.
+
+    Args:
+        schedule (Schedule): The elements' schedule.
+        event (AttentionEvent): The event.
+        members (Tensor, optional): ``[E]`` which elements (default: all).
+
+    Returns:
+        *Tensor*
+    """
+    rows, columns = schedule.masks[event.query], schedule.masks[event.key]
+    if members is not None:
+        rows, columns = rows[members], columns[members]
+    return rows[:, :, None] & columns[:, None, :]
+
+
+def take_rows(tensor: Tensor, index: Tensor) -> Tensor:
+    """``tensor[index]``, without a copy when ``index`` is every row in order.
+
+    Args:
+        tensor (Tensor): Any tensor.
+        index (Tensor): ``[E]`` row indices.
+
+    Returns:
+        *Tensor*
+    """
+    if index.numel() == tensor.shape[0] and torch.equal(index, torch.arange(tensor.shape[0], device=index.device)):
+        return tensor
+    return tensor[index]
+
+
+def _chunks(group: BackwardGroup, slots: Tensor, vectorized: bool) -> Iterator[_Chunk]:
+    selection = group.forward.selection
+    element_slot, element_sample = selection.slot[group.elements], selection.sample[group.elements]
+    for chunk in [slots] if vectorized else slots.split(1):
+        members = torch.isin(element_slot, chunk)
+        yield _Chunk(selection.grad_outputs[chunk], members, element_slot[members] - chunk[0], element_sample[members])
+
+
+def _chunk_maps(group: BackwardGroup, chunk: _Chunk) -> Iterator[Tuple[int, Tensor]]:
+    """Each event's map for the chunk's elements, by index; each gradient and relevance freed once read."""
+    nothing: List[Optional[Tensor]] = [None] * len(group.calls)
+    requests = _lean_requests(group, chunk)
+    grads, lean_maps = _gradients(group, chunk, requests) if group.needs.gradients else (list(nothing), {})
+    relevance = _relevance(group, chunk) if group.needs.relevance else list(nothing)
+    for index in range(len(group.calls)):
+        gradient, grads[index] = grads[index], None
+        relevant, relevance[index] = relevance[index], None
+        if index in lean_maps:
+            yield index, _lean_map(group, chunk, index, lean_maps.pop(index))
+        else:
+            yield index, _eager_map(group, chunk, index, gradient, relevant)
+
+
+def _lean_requests(group: BackwardGroup, chunk: _Chunk) -> Dict[int, LeanRequest]:
+    """What the backward computes for each lean call (by index): the method's fusion for the chunk's elements."""
+    fusion, masks, requests = group.needs.fusion, group.schedule.masks, {}
+    for index, (event, call) in enumerate(zip(group.events, group.calls)):
+        if call.lean is not None:
+            if fusion not in ("gradient_weighted", "grad_cam"):
+                raise RuntimeError(f"{call.name} was captured lean for a fusion ({fusion}) no backward computes.")
+            rows, columns = masks[event.query][chunk.members], masks[event.key][chunk.members]
+            requests[index] = LeanRequest(call.lean, fusion, _per_sample(rows, chunk.sample, call.lean.shape[0]),
+                                          _per_sample(columns, chunk.sample, call.lean.shape[0]))
+    return requests
+
+
+def _per_sample(real: Tensor, sample: Tensor, batch: int) -> Tensor:
+    """``[B, N]`` the elements' real tokens ``real`` ``[E, N]`` at their samples, every token real elsewhere."""
+    return torch.ones(batch, real.shape[-1], dtype=torch.bool, device=real.device).index_copy(0, sample, real)
+
+
+def _gradients(group: BackwardGroup, chunk: _Chunk, lean: Dict[int, LeanRequest]) -> Tuple[List[Optional[Tensor]], Dict[int, Tensor]]:
+    """Autograd's backward: the gradient at every call's map, and the lean calls' maps (by index)."""
+    differentiable, names = [call.differentiable for call in group.calls], [event.name for event in group.events]
+    logits = group.forward.logits
+
+    def backward() -> List[Tensor]:
+        return attention_gradients(logits, differentiable, chunk.seeds, retain_graph=True, names=names)
+
+    grads, lean_maps = lean_backward(list(lean.values()), backward)
+    return list(grads), dict(zip(lean, lean_maps))
+
+
+def _relevance(group: BackwardGroup, chunk: _Chunk) -> List[Optional[Tensor]]:
+    """LRP's backward: the relevance at every call's map."""
+    forward = group.forward
+    assert forward.lrp is not None
+    starts = forward.adapter.lrp_start(forward.lrp, forward.logits, chunk.seeds)
+    return attention_relevance(forward.lrp, group.calls, *starts)
+
+
+def _lean_map(group: BackwardGroup, chunk: _Chunk, index: int, values: Tensor) -> Tensor:
+    """A lean call's map ``values`` ``[B, Nq, Nk]`` (its backward's, per sample) for the chunk's elements."""
+    event = group.events[index]
+    check_finite_map(values[:, None], lambda: valid_entries(group.schedule, event, chunk.members), chunk.sample, event.name)
+    return exact(values)[chunk.sample]
+
+
+def _eager_map(group: BackwardGroup, chunk: _Chunk, index: int, grads: Optional[Tensor], relevance: Optional[Tensor]) -> Tensor:
+    """An eager call's map for the chunk's elements: the method's ``fuse`` of its bundle."""
+    event, call = group.events[index], group.calls[index]
+    if group.needs.relevance and relevance is None:
+        raise RuntimeError(
+            f"No LRP relevance reaches the attention map {event.name}: the explained output does not "
+            "depend on it through the model's own forward pass."
+        )
+    probs = take_rows(exact(cast(Tensor, call.probs)), chunk.sample) if group.needs.probabilities else None
+    valid = valid_entries(group.schedule, event, chunk.members)
+    return group.fuse(AttentionBundle(probs, _take_slots(grads, chunk), _take_slots(relevance, chunk), valid))
+
+
+def _fused_buffer(call: AttentionCall, logits: Tensor, elements: int) -> Tensor:
+    """Zeros for the call's fused maps of every element, ``[E, Nq, Nk]``."""
+    if call.probs is not None:
+        return call.probs.new_zeros(elements, *call.probs.shape[-2:], dtype=accumulation_dtype(call.probs.dtype))
+    lean = cast(LeanMaps, call.lean)
+    return logits.new_zeros(elements, *lean.shape[-2:], dtype=accumulation_dtype(lean.probe.dtype))
+
+
+def _take_slots(tensor: Optional[Tensor], chunk: _Chunk) -> Optional[Tensor]:
+    """``tensor[position, sample]`` of the chunk's elements for ``[K, B, ...]`` tensors, in the accumulation dtype (a
+    view when it is the only slot, all samples, already in that dtype)."""
+    if tensor is None:
+        return None
+    if tensor.shape[0] == 1:
+        return take_rows(exact(tensor[0]), chunk.sample)
+    return exact(tensor[chunk.position, chunk.sample])
