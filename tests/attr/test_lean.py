@@ -9,6 +9,7 @@ from captum_mm.attr import AttentionGradCam, AttentionRollout, GenericAttention,
 from captum_mm.attr.engine import forward_pass
 from captum_mm.generation import generation_forward
 from captum_mm.models import lean as lean_module
+from captum_mm.models.lean import LeanRequest, lean_backward
 from methods_under_test import MAY_VANISH
 from helpers import (
     CASES,
@@ -127,6 +128,27 @@ def test_lean_backward_chunks_rows_as_one(monkeypatch):
     rows = GenericAttention(model).explain({"input_ids": ids, "attention_mask": mask}, continuation=CONTINUATION)
     torch.testing.assert_close(rows.text, whole.text)
     torch.testing.assert_close(rows.generated, whole.generated)
+
+
+def test_a_backward_computes_only_the_requested_lean_maps_and_leaves_none_behind():
+    """Only the lean calls a backward is asked for compute a map (the later layers it passes through compute none), and
+    the captured calls keep neither request nor map afterwards."""
+    model = language_model("llama")
+    ids, mask = prompt_batch()
+    forward, arguments, target = generation_forward(model, {"input_ids": ids, "attention_mask": mask}, CONTINUATION, False, None)
+    with forward_pass(model, forward, arguments, target=target, needs=GenericAttention(model).needs) as run:
+        lean = [call.lean for call in run.record.calls if call.lean is not None]
+        first, (batch, _, queries, keys) = lean[0], lean[0].shape
+        request = LeanRequest(first, "gradient_weighted", torch.ones(batch, queries, dtype=torch.bool), torch.ones(batch, keys, dtype=torch.bool))
+
+        def backward():
+            torch.autograd.grad(run.logits, [first.probe], run.selection.grad_outputs[0], retain_graph=True)
+            return [maps._exchange.fused for maps in lean]
+
+        during, (fused,) = lean_backward([request], backward)
+    assert len(lean) > 1 and during[0] is fused and fused.abs().sum() > 0
+    assert all(other is None for other in during[1:])
+    assert all(maps._exchange.request is None and maps._exchange.fused is None for maps in lean)
 
 
 def test_training_mode_falls_back_to_the_eager_path():
