@@ -24,7 +24,6 @@ from transformers.models.opt.modeling_opt import OPTAttention
 from transformers.models.t5.modeling_t5 import T5Attention
 
 from captum_mm.lrp.composite import LRPStructure
-from captum_mm.models.arguments import text_tokens
 from captum_mm.models.base import TargetSelection, attention_specs_in, fused_qkv_parts, post_norm_residuals, qkv_parts
 from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.decoder import GENERATED, TEXT, GenerationConvention
@@ -36,10 +35,10 @@ from captum_mm.models.encoder_decoder import (
     encoder_decoder_specs,
     source_target_masks,
 )
-from captum_mm.models.llava import IMAGE, LlavaAdapter
 from captum_mm.models.opt import opt_attention_specs, opt_lrp_structure
 from captum_mm.models.registry import register_adapter
 from captum_mm.models.t5 import t5_attention_modules, t5_attention_spec, t5_lrp_structure
+from captum_mm.models.vision_language import IMAGE, VisionLanguageAdapter
 from captum_mm.relevance.schedule import Readout, Schedule, Stage
 from captum_mm.spec import AttentionSpec, TensorSource
 
@@ -47,8 +46,16 @@ QUERY, VISION = "query", "vision"
 
 
 @register_adapter
-class Blip2Adapter(LlavaAdapter):
+class Blip2Adapter(VisionLanguageAdapter):
+    """BLIP-2: the vision tower and the Q-Former's queries before an OPT or LLaMA-style LM (a Flan-T5 LM:
+    :meth:`for_model` gives :class:`Blip2EncoderDecoderAdapter`).
+
+    Args:
+        model (nn.Module): The BLIP-2 model the adapter serves.
+    """
+
     model_classes = (Blip2ForConditionalGeneration,)
+    model: Blip2ForConditionalGeneration
     vision_attention_classes = (Blip2Attention,)
     vision_layer_classes = (Blip2EncoderLayer,)
 
@@ -79,12 +86,9 @@ class Blip2Adapter(LlavaAdapter):
         return (*self.attention_classes, OPTAttention)
 
     @classmethod
-    def for_model(cls, model: nn.Module) -> LlavaAdapter:
+    def for_model(cls, model: nn.Module) -> VisionLanguageAdapter:
         decoder_only = bool(cast(Any, model).config.use_decoder_only_language_model)
         return cls(model) if decoder_only else Blip2EncoderDecoderAdapter(model)
-
-    def feature_depth(self, arguments: Dict[str, Any], layers: int) -> int:
-        return layers
 
     def _features_per_image(self, pixels: Tensor, arguments: Dict[str, Any]) -> int:
         return int(self.model.config.num_query_tokens)
@@ -98,7 +102,7 @@ class Blip2Adapter(LlavaAdapter):
         return {QUERY: torch.ones(pixels.shape[0], int(self.model.config.num_query_tokens), dtype=torch.bool, device=pixels.device)}
 
     def lrp_structure(self) -> LRPStructure:
-        """The vision tower's pre-norm layers and the LM's (as LLaVA's, OPT's or T5's), and the Q-Former's post-norm residuals."""
+        """The vision tower's pre-norm layers and the LM's (LLaMA-style, OPT's or T5's), and the Q-Former's post-norm residuals."""
         language = self.language_model()
         return (super().lrp_structure() + opt_lrp_structure(language) + t5_lrp_structure(language)
                 + post_norm_residuals(cast(nn.Module, self.model.qformer), (Blip2QFormerSelfOutput, Blip2QFormerOutput)))
@@ -106,9 +110,13 @@ class Blip2Adapter(LlavaAdapter):
 
 class Blip2EncoderDecoderAdapter(Blip2Adapter):
     """BLIP-2 with an encoder-decoder LM (Flan-T5): the prompt, with its image tokens, in the encoder; the
-    decoder's start token and the continuation in the decoder."""
+    decoder's start token and the continuation in the decoder.
 
-    arguments = MappingProxyType(dict(EncoderDecoderAdapter.arguments, pixel_values=LlavaAdapter.arguments["pixel_values"]))
+    Args:
+        model (nn.Module): The BLIP-2 model with a Flan-T5 LM the adapter serves.
+    """
+
+    arguments = MappingProxyType(dict(EncoderDecoderAdapter.arguments, pixel_values=VisionLanguageAdapter.arguments["pixel_values"]))
 
     def language_specs(self, names: Dict[nn.Module, str]) -> List[AttentionSpec]:
         language = self.language_model()
@@ -127,7 +135,7 @@ class Blip2EncoderDecoderAdapter(Blip2Adapter):
         arguments = record.arguments
         masks = source_target_masks(arguments)
         rows = decoder_rows(selection, masks[TARGET])
-        image_tokens = (text_tokens(arguments) == self.model.config.image_token_id)[selection.sample]
+        image_tokens = self.image_tokens(arguments)[selection.sample]
         readouts = {
             TEXT: Readout(TARGET, rows, SOURCE, column_mask=~image_tokens),
             GENERATED: Readout(TARGET, rows, TARGET, slice(1, None)),

@@ -2,7 +2,7 @@
 shuffles each ``s x s`` block of patches into one token and projects it, and a LLaMA-style LM; pixel
 values are 5-D, ``[batch, images, channels, height, width]``.
 
-Schedule and readouts as for LLaVA (:mod:`captum_mm.models.llava`), with the token map ``P`` of the
+Schedule and readouts of the VLM base (:mod:`captum_mm.models.vision_language`), with the token map ``P`` of the
 pixel shuffle: each image token spreads its relevance evenly over the ``s^2`` patches it is made of
 (``P[token, patch] = 1 / s^2``), so ``image = R^{g,tok} . P . R^{vv}`` on the patch grid; stopping at
 the image tokens gives them on the ``h/s x w/s`` token grid. One image per prompt: the processor's image
@@ -20,15 +20,22 @@ from transformers.models.smolvlm.modeling_smolvlm import SmolVLMEncoderLayer, Sm
 
 from captum_mm.models.arguments import Argument, require
 from captum_mm.models.decoder import DecoderOnlyAdapter
-from captum_mm.models.llava import LlavaAdapter
 from captum_mm.models.registry import register_adapter
+from captum_mm.models.vision_language import VisionLanguageAdapter
 
 IMAGES = "[batch, images, channels, height, width]"
 
 
 @register_adapter
-class Idefics3Adapter(LlavaAdapter):
+class Idefics3Adapter(VisionLanguageAdapter):
+    """Idefics3 and SmolVLM: every token of the vision tower's last layer, pixel-shuffled into image tokens.
+
+    Args:
+        model (nn.Module): The Idefics3 or SmolVLM model the adapter serves.
+    """
+
     model_classes = (Idefics3ForConditionalGeneration, SmolVLMForConditionalGeneration)
+    model: Idefics3ForConditionalGeneration | SmolVLMForConditionalGeneration
     fixed_image_size = False  # its vision embeddings place the patches of any size on their position grid
     arguments = MappingProxyType(dict(
         DecoderOnlyAdapter.arguments,
@@ -50,12 +57,6 @@ class Idefics3Adapter(LlavaAdapter):
             require(pixels.shape[1] == 1, f"One image per prompt (pixel_values [batch, 1, channels, height, width]), got "
                     f"{pixels.shape[1]} images per prompt: explain without the processor's image splitting.")
         super().check_arguments(arguments)
-
-    def first_feature(self, arguments: Dict[str, Any]) -> int:
-        return 0
-
-    def feature_depth(self, arguments: Dict[str, Any], layers: int) -> int:
-        return layers
 
     def _features_per_image(self, pixels: Tensor, arguments: Dict[str, Any]) -> int:
         tokens = self.token_grid((pixels.shape[-2] // self._patch_size(), pixels.shape[-1] // self._patch_size()))

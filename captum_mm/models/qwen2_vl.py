@@ -4,7 +4,7 @@ them inside the attention function (:func:`~captum_mm.models.capture.recorded_ea
 merger joining each ``m x m`` block of patches into one image token, and a Qwen2 LM with multimodal
 rotary positions, which the model computes itself (the explanation's forward passes none).
 
-Schedule and readouts as for LLaVA (:mod:`captum_mm.models.llava`): Eq. 6 over every vision layer, the
+Schedule and readouts of the VLM base (:mod:`captum_mm.models.vision_language`): Eq. 6 over every vision layer, the
 LM's stream; ``image = R^{g,tok} . P . R^{vv}`` with ``P`` the merger's pooling (each token's relevance
 spread evenly over its ``m^2`` patches), on the patch grid (the tower's patches come block by block:
 their grid cells say where each goes). One image per prompt, all of one size. LRP: the vision
@@ -33,17 +33,25 @@ from captum_mm.lrp.composite import LRPStructure, ResidualRuleSite
 from captum_mm.models.arguments import TOKENS, Argument, require, text_tokens
 from captum_mm.models.decoder import Continuation, DecoderOnlyAdapter
 from captum_mm.models.llama import LlamaAdapter
-from captum_mm.models.llava import VISION, LlavaAdapter
 from captum_mm.models.registry import register_adapter
+from captum_mm.models.vision_language import VISION, VisionLanguageAdapter
 from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource
 
 PATCHES = "[patches, channels * temporal_patch * patch * patch]"
 
 
 @register_adapter
-class Qwen2VLAdapter(LlavaAdapter):
+class Qwen2VLAdapter(VisionLanguageAdapter):
+    """Qwen2-VL: every vision block, flattened patches merged block by block into image tokens, a Qwen2 LM.
+
+    Args:
+        model (nn.Module): The Qwen2-VL model the adapter serves.
+    """
+
     model_classes = (Qwen2VLForConditionalGeneration,)
+    model: Qwen2VLForConditionalGeneration
     attention_classes = (Qwen2VLAttention,)
+    vision_attention_classes = (VisionAttention,)
     arguments = MappingProxyType(dict(
         DecoderOnlyAdapter.arguments,
         pixel_values=Argument(2, PATCHES, None, f"A Qwen2-VL prompt needs pixel_values {PATCHES}.", batched=False),
@@ -67,7 +75,7 @@ class Qwen2VLAdapter(LlavaAdapter):
             AttentionSpec(names[module], module, TensorSource(module, recorded=True), ((VISION, VISION),),
                           parts=AttentionParts(module.qkv, module.qkv, module.qkv, module.num_heads, module.proj,
                                                fused=True, rotary=True))
-            for module in self.vision_tower().modules() if isinstance(module, VisionAttention)
+            for module in self.vision_tower().modules() if isinstance(module, self.vision_attention_classes)
         ]
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
@@ -76,11 +84,7 @@ class Qwen2VLAdapter(LlavaAdapter):
         require(grids.shape[0] == ids.shape[0], f"One image per prompt: {grids.shape[0]} images for {ids.shape[0]} prompts.")
         require(bool((grids == grids[:1]).all()) and int(grids[0, 0]) == 1,
                 f"Images of one size (image_grid_thw rows alike, temporal 1) are explained together, got {grids.tolist()}.")
-        features = self._features_per_image(arguments["pixel_values"], arguments)
-        counts = (ids == self.model.config.image_token_id).sum(-1)
-        wrong = [index for index, count in enumerate(counts.tolist()) if count != features]
-        require(not wrong, f"Each prompt needs {features} image tokens (id {self.model.config.image_token_id}), one per "
-                f"merged patch block; samples {wrong} have {[counts[i].item() for i in wrong]}.")
+        self._require_image_tokens(arguments, self._features_per_image(arguments["pixel_values"], arguments), "merged patch block")
 
     def continuation_arguments(self, prompt: Dict[str, Any], continuation: Continuation) -> Dict[str, Optional[Tensor]]:
         """No positions (the model computes its multimodal ones); generated tokens are text (type 0)."""
@@ -116,9 +120,6 @@ class Qwen2VLAdapter(LlavaAdapter):
 
     def _has_class_token(self) -> bool:
         return False
-
-    def first_feature(self, arguments: Dict[str, Any]) -> int:
-        return 0
 
     def _unused_vision_attention(self, arguments: Dict[str, Any]) -> Set[nn.Module]:
         return set()  # the merger reads the last block's output

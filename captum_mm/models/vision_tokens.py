@@ -1,0 +1,132 @@
+"""Where a vision-language model's image tokens come from: the vision tower's patch grid, the features the LM
+reads (first token, feature layer), the image placeholder tokens of the prompt, and the projector's token map
+``P`` spreading each image token's relevance over the patches it is made of.
+
+:class:`VisionTokenLayout` holds the hooks with their common defaults (CLIP/SigLIP-style towers whose every
+token the LM reads, one image token per patch); :class:`~captum_mm.models.vision_language.VisionLanguageAdapter`
+builds on it.
+"""
+
+from abc import ABC, abstractmethod
+from typing import Any, Dict, Optional, Sequence, Set, Tuple, cast
+
+from torch import Tensor, nn
+
+from captum_mm.models.arguments import text_tokens
+
+
+class VisionTokenLayout(ABC):
+    """The layout of a vision tower's tokens and of the image tokens the LM reads. Abstract: a family
+    implements :meth:`vision_tower`; the other hooks' defaults fit a CLIP/SigLIP-style tower (patch size and
+    image size in ``config.vision_config``) whose last layer's every token becomes one image token."""
+
+    #: The vision-language model (a HuggingFace ``PreTrainedModel``; set by the adapter).
+    model: Any
+
+    @abstractmethod
+    def vision_tower(self) -> nn.Module:
+        """The vision tower.
+
+        Returns:
+            *nn.Module*: The module holding the vision attention layers.
+        """
+
+    def image_tokens(self, arguments: Dict[str, Any]) -> Tensor:
+        """Where the image placeholder tokens are in the prompt.
+
+        Args:
+            arguments (dict): The forward's arguments.
+
+        Returns:
+            *Tensor*: ``[B, N]`` True at the prompt's image tokens (``config.image_token_id``).
+        """
+        return text_tokens(arguments) == self.model.config.image_token_id
+
+    def patch_grid(self, arguments: Dict[str, Any]) -> Tuple[int, int]:
+        """The image's grid of patches.
+
+        Args:
+            arguments (dict): The forward's arguments.
+
+        Returns:
+            *tuple[int, int]*: Rows and columns of patches.
+        """
+        pixels, patch = arguments["pixel_values"], self._patch_size()
+        return pixels.shape[-2] // patch, pixels.shape[-1] // patch
+
+    def patch_cells(self, grid: Tuple[int, int]) -> Optional[Tensor]:
+        """The grid cell (row-major) of each patch of the vision tower's sequence.
+
+        Args:
+            grid (tuple[int, int]): The patch grid.
+
+        Returns:
+            *Tensor or None*: ``[patches]`` cell indices, None when the patches come in grid order.
+        """
+        return None
+
+    def token_map(self, grid: Tuple[int, int]) -> Optional[Tensor]:
+        """``P``: how the projector spreads each image token's relevance over the vision tokens it is made of.
+
+        Args:
+            grid (tuple[int, int]): The patch grid.
+
+        Returns:
+            *Tensor or None*: ``[tokens, patches]`` weights, None when each token is one vision token.
+        """
+        return None
+
+    def token_grid(self, grid: Tuple[int, int]) -> Tuple[int, int]:
+        """The grid of the LM's image tokens for a ``grid`` of patches.
+
+        Args:
+            grid (tuple[int, int]): The patch grid.
+
+        Returns:
+            *tuple[int, int]*: Rows and columns of image tokens (the patch grid by default).
+        """
+        return grid
+
+    def first_feature(self, arguments: Dict[str, Any]) -> int:
+        """The first vision token the LM reads (by default the first: no token dropped).
+
+        Args:
+            arguments (dict): The forward's arguments.
+
+        Returns:
+            *int*: Its index in the vision tower's sequence.
+        """
+        return 0
+
+    def feature_depth(self, arguments: Dict[str, Any], layers: int) -> int:
+        """How many of the vision tower's ``layers`` the features the LM reads pass through (by default all).
+
+        Args:
+            arguments (dict): The forward's arguments.
+            layers (int): The vision tower's layer count.
+
+        Returns:
+            *int*: The layers before the feature layer's output.
+        """
+        return layers
+
+    def _patch_size(self) -> int:
+        return int(cast(Any, self.model.config.vision_config).patch_size)
+
+    def _vision_body(self) -> Any:
+        """The vision tower's module holding ``embeddings`` and ``encoder`` (the tower itself, or its ``vision_model``)."""
+        tower = self.vision_tower()
+        return getattr(tower, "vision_model", tower)
+
+    def _has_class_token(self) -> bool:
+        return hasattr(self._vision_body().embeddings, "class_embedding")
+
+    def _features_per_image(self, pixels: Tensor, arguments: Dict[str, Any]) -> int:
+        patch = self._patch_size()
+        tokens = (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch) + int(self._has_class_token())
+        return tokens - self.first_feature(arguments)
+
+    def _unused_vision_attention(self, arguments: Dict[str, Any]) -> Set[nn.Module]:
+        """The vision tower's modules after the feature layer: nothing the LM reads depends on them."""
+        layers: Sequence[Any] = self._vision_body().encoder.layers
+        return {module for layer in layers[self.feature_depth(arguments, len(layers)):] for module in layer.modules()}
