@@ -25,7 +25,7 @@ from captum_mm.lrp.composite import LRPStructure
 from captum_mm.models.arguments import PIXELS, Argument, require, text_tokens
 from captum_mm.models.base import TargetSelection, attention_specs_in, forward_order_schedule, pre_norm_structure, projected_parts
 from captum_mm.models.capture import AttentionRecord
-from captum_mm.models.decoder import SEQUENCE, Continuation, DecoderOnlyAdapter
+from captum_mm.models.decoder import SEQUENCE, DecoderOnlyAdapter
 from captum_mm.models.llama import LlamaAdapter, rotary_parts
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import Readout, Schedule, Stage
@@ -215,16 +215,11 @@ class PaliGemmaAdapter(LlavaAdapter):
     causal suffix (``token_type_ids`` 1, as ``generate`` extends them)."""
 
     model_classes = (PaliGemmaForConditionalGeneration,)
+    generated_token_types = MappingProxyType({"token_type_ids": 1})
 
     def first_feature(self, arguments: Dict[str, Any]) -> int:
         return 0
 
     def feature_depth(self, arguments: Dict[str, Any], layers: int) -> int:
         return layers
-
-    def continuation_arguments(self, prompt: Dict[str, Any], continuation: Continuation) -> Dict[str, Optional[Tensor]]:
-        types = prompt.get("token_type_ids")
-        if types is None:
-            return {}
-        return {"token_type_ids": torch.cat([types, torch.ones_like(continuation.ids, dtype=types.dtype)], dim=1)}
 

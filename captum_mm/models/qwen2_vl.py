@@ -31,7 +31,7 @@ from transformers.vision_utils import get_vision_position_ids
 
 from captum_mm.lrp.composite import LRPStructure, ResidualRuleSite
 from captum_mm.models.arguments import TOKENS, Argument, require, text_tokens
-from captum_mm.models.decoder import Continuation, DecoderOnlyAdapter
+from captum_mm.models.decoder import DecoderOnlyAdapter
 from captum_mm.models.llama import LlamaAdapter
 from captum_mm.models.llava import VISION, LlavaAdapter
 from captum_mm.models.registry import register_adapter
@@ -50,6 +50,8 @@ class Qwen2VLAdapter(LlavaAdapter):
         image_grid_thw=Argument(2, "[images, 3]", None, "A Qwen2-VL prompt needs image_grid_thw [images, 3].", batched=False),
         mm_token_type_ids=Argument(2, TOKENS),
     ))
+    generated_token_types = MappingProxyType({"mm_token_type_ids": 0})  # generated tokens are text
+    model_positions = True  # the model computes its multimodal positions
 
     def vision_tower(self) -> nn.Module:
         return self.model.model.visual
@@ -81,14 +83,6 @@ class Qwen2VLAdapter(LlavaAdapter):
         wrong = [index for index, count in enumerate(counts.tolist()) if count != features]
         require(not wrong, f"Each prompt needs {features} image tokens (id {self.model.config.image_token_id}), one per "
                 f"merged patch block; samples {wrong} have {[counts[i].item() for i in wrong]}.")
-
-    def continuation_arguments(self, prompt: Dict[str, Any], continuation: Continuation) -> Dict[str, Optional[Tensor]]:
-        """No positions (the model computes its multimodal ones); generated tokens are text (type 0)."""
-        extended: Dict[str, Optional[Tensor]] = {"position_ids": None}
-        types = prompt.get("mm_token_type_ids")
-        if types is not None:
-            extended["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(continuation.ids, dtype=types.dtype)], dim=1)
-        return extended
 
     def _merge(self) -> int:
         return int(cast(Any, self.model.config.vision_config).spatial_merge_size)
