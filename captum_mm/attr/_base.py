@@ -237,8 +237,9 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
         max_memory: MaxMemory = None,
         lean: Optional[bool] = None,
     ) -> Tuple[Explanation, Dict[str, Any]]:
-        """The explanation, and the model's forward arguments (``forward_func``: generated tokens' own
-        forward, whose arguments :func:`generation_forward` has checked; None options: the attributes)."""
+        """The explanation, and the model's forward arguments (``target``: the explained classes, a
+        :class:`~captum_mm.generation.Continuation` for generated tokens; ``forward_func``: their own forward,
+        whose arguments :func:`generation_forward` has checked; None options: the attributes)."""
         max_memory, lean = self.max_memory if max_memory is None else max_memory, self.lean if lean is None else lean
         check_max_memory(max_memory)
         check_lean(lean)
