@@ -89,15 +89,15 @@ class AttentionLLMAttribution(BaseLLMAttribution):
         prompt, features = self._prompt_and_features(inp)
         if target is None:
             explanation = self.explainer.explain(prompt, generate=True, generation_args=gen_args or DEFAULT_GEN_ARGS)
-            explained = explanation.target[0] >= 0
-            target_ids = explanation.target[0, explained]
         else:
-            target_ids = self._get_target_tokens(inp, target).to(self.device).reshape(-1)
-            if not target_ids.numel():
+            given = self._get_target_tokens(inp, target).to(self.device).reshape(-1)
+            if not given.numel():
                 raise ValueError(f"The target is empty ({target!r} holds no token): give the response to explain, or "
                                  "target=None to explain what the model generates.")
-            explanation = self.explainer.explain(prompt, continuation=target_ids[None])
-            explained = torch.ones_like(target_ids, dtype=torch.bool)
+            explanation = self.explainer.explain(prompt, continuation=given[None])
+        generated = cast(Tensor, explanation.generated_ids)[0]
+        explained = generated >= 0
+        target_ids = generated[explained]
         if isinstance(inp, ImageMaskInput):
             token_attr = segment_relevance(explanation.image[0, explained], inp)
         else:

@@ -1,5 +1,6 @@
 """The Captum-facing base of every captum_mm method: Captum's contract over the engine."""
 
+from dataclasses import replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -18,11 +19,10 @@ from captum_mm.attr._checks import check_finite_relevance, check_lean, uncompile
 from captum_mm.attr._memory import MaxMemory, check_max_memory, slot_groups
 from captum_mm.attr.engine import AttentionBundle, ForwardPass, Needs, check_inputs, forward_pass, fused_maps
 from captum_mm.attr.method import AttentionMethod
-from captum_mm.generation import ContinuationLike, generation_forward, prompt_arguments
+from captum_mm.generation import ContinuationLike, check_generative, generation_forward, prompt_arguments
 from captum_mm.attr._readout import Explanation, assemble, input_outputs, read_out, spread_to_inputs
 from captum_mm.lrp import RuleSet
 from captum_mm.models import TargetOptions, adapter_for
-from captum_mm.models.decoder import DecoderOnlyAdapter
 from captum_mm.relevance.schedule import AttentionEvent
 
 TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
@@ -206,24 +206,19 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
 
         Returns:
             Explanation: relevance per output, explained classes (and queries, or, for
-            generated tokens, their positions; ``target`` holds their ids and ``scores``
-            their probabilities).
+            generated tokens, their ids in ``generated_ids`` and their positions; an LM's
+            class is a token id, so ``target`` holds the same ids, and ``scores`` their
+            probabilities).
         """
         if continuation is not None or generate:
-            if not isinstance(self.adapter, DecoderOnlyAdapter):
-                raise ValueError(f"{type(self.model).__name__} does not generate text: continuation= and generate=True "
-                                 "are for generative models (see the README's supported models).")
-            if target is not None or self.forward_func is not self.model:
-                raise ValueError(
-                    "Generated tokens are explained on the model itself (forward_func=model) and are their own "
-                    "targets: pass target=None."
-                )
+            check_generative(self.adapter, self.model, target, self.forward_func)
             additional = _format_additional_forward_args(additional_forward_args) or ()
             prompt = inputs if isinstance(inputs, Mapping) else (*_format_tensor_into_tuples(inputs), *additional)
-            forward, arguments, target = generation_forward(
+            forward, arguments, tokens = generation_forward(
                 self.model, prompt_arguments(self.model, prompt), continuation, generate, generation_args, self.adapter
             )
-            return self._explain(arguments, target, None, forward, max_memory=max_memory, lean=lean)[0]
+            explanation = self._explain(arguments, tokens, None, forward, max_memory=max_memory, lean=lean)[0]
+            return replace(explanation, generated_ids=tokens.explained_ids())
         if isinstance(inputs, Mapping):
             raise ValueError("inputs as a dict is taken for generated tokens only (with continuation= or generate=True).")
         tensors, options = _format_tensor_into_tuples(inputs), TargetOptions(threshold=threshold)
@@ -242,8 +237,9 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
         max_memory: MaxMemory = None,
         lean: Optional[bool] = None,
     ) -> Tuple[Explanation, Dict[str, Any]]:
-        """The explanation, and the model's forward arguments (``forward_func``: generated tokens' own
-        forward, whose arguments :func:`generation_forward` has checked; None options: the attributes)."""
+        """The explanation, and the model's forward arguments (``target``: the explained classes, a
+        :class:`~captum_mm.generation.Continuation` for generated tokens; ``forward_func``: their own forward,
+        whose arguments :func:`generation_forward` has checked; None options: the attributes)."""
         max_memory, lean = self.max_memory if max_memory is None else max_memory, self.lean if lean is None else lean
         check_max_memory(max_memory)
         check_lean(lean)

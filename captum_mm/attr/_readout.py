@@ -31,15 +31,21 @@ class Explanation:
                     explained queries (DETR) or generated tokens. Text outputs are ``[B, T]``;
                     image outputs ``[B, R]`` over regions or ``[B, h, w]`` over a patch or
                     feature grid; ``generated`` is ``[B, K, C]`` over the continuation.
-        target (Tensor): Explained class, ``[B]`` (or ``[B, K]`` for DETR and generation,
-                    ``-1`` where a sample has fewer than ``K`` explained elements).
+        target (Tensor): Explained class of each element, in every family: ``[B]`` (or ``[B, K]`` for
+                    DETR and generation, ``-1`` where a sample has fewer than ``K`` explained elements).
+                    A language model's class is a vocabulary entry: a generated token's is its id.
         scores (Tensor): Predicted probability of the explained class, shaped like ``target``: in the
                     model's dtype, float32 for float16/bfloat16 models (generated tokens' probabilities
                     are then computed from the logits in float32).
         queries (Tensor or None): DETR only: ``[B, K]`` explained query indices, ``-1`` for padding.
-        positions (Tensor or None): Generation only: ``[B, K]`` position in the model's sequence
-                    (prompt + continuation) of each explained token, ``-1`` for padding; ``target``
-                    holds the token ids and ``scores`` their probabilities.
+        positions (Tensor or None): Generation only: ``[B, K]`` position in the sequence predicting
+                    them (prompt + continuation; an encoder-decoder's decoder) of each explained token,
+                    ``-1`` for padding.
+        generated_ids (Tensor or None): Generation only (``explain`` with ``continuation=`` or
+                    ``generate=True``): ``[B, K]`` the ids of the explained continuation tokens, given
+                    or generated, ``-1`` where a sample has none (after its end token, or a shorter
+                    given continuation). The same values as ``target``, as the explained classes
+                    of a language model are its tokens.
 
     Padded tokens (attention masks, DETR's pixel mask) have zero relevance. Relevance is
     float32 for float16/bfloat16 models (whose own dtype cannot hold its small values), in
@@ -51,6 +57,7 @@ class Explanation:
     scores: Tensor
     queries: Optional[Tensor] = None
     positions: Optional[Tensor] = None
+    generated_ids: Optional[Tensor] = None
 
     def __getattr__(self, name: str) -> Any:
         relevance = self.__dict__.get("relevance", {})

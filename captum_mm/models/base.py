@@ -3,7 +3,7 @@
 import inspect
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +15,9 @@ from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.target_options import TargetOptions
 from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule, seen_positions
 from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource
+
+if TYPE_CHECKING:  # captum_mm.generation reads adapters
+    from captum_mm.generation import GenerationConvention
 
 
 @dataclass
@@ -99,6 +102,10 @@ class ArchitectureAdapter:
     def gradient_free_modules(self) -> Tuple[nn.Module, ...]:
         """Modules no attention map depends on: their parameters are not made to require grad."""
         return ()
+
+    def generation_convention(self) -> Optional["GenerationConvention"]:
+        """How the family's models hold generated tokens (:mod:`captum_mm.generation`); None: they do not generate."""
+        return None
 
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
         """The :class:`Schedule` of one captured forward pass: modalities, padding masks, steps and readouts."""

@@ -5,17 +5,17 @@ Schedule (docs/METHOD.md, "Encoder-decoder generation"): encoder self-attention 
 ``R^{ss}``; decoder self-attention Eq. 6-7 on ``R^{tt}``, ``R^{ts}``; decoder->encoder
 cross-attention Eq. 10 on ``R^{ts}`` (Eq. 11 adds nothing: the encoder never attends to the
 decoder), all in forward order. Token ``k`` is predicted from decoder position ``k`` (the start
-token first): readout row ``k``; ``text`` = ``R^{ts}`` over the prompt, ``generated`` = ``R^{tt}``
-over the continuation, without the row's own entry.
+token first; :func:`captum_mm.generation.decoder_rows`): ``text`` = ``R^{ts}`` over the prompt,
+``generated`` = ``R^{tt}`` over the continuation, without the row's own entry.
 """
 
 from types import MappingProxyType
 from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
-import torch
 from torch import Tensor, nn
 
-from captum_mm.models.arguments import TOKENS, Argument, require, text_tokens, token_mask
+from captum_mm.generation.readout import decoder_rows
+from captum_mm.models.arguments import TOKENS, Argument, text_tokens, token_mask
 from captum_mm.models.base import TargetSelection, forward_order_schedule
 from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.decoder import GENERATED, TEXT, DecoderOnlyAdapter
@@ -23,6 +23,8 @@ from captum_mm.relevance.schedule import Readout, Schedule
 from captum_mm.spec import AttentionSpec, module_names
 
 SOURCE, TARGET = "source", "target"
+
+__all__ = ["SOURCE", "TARGET", "EncoderDecoderAdapter", "decoder_rows", "encoder_decoder_specs", "source_target_masks"]
 
 
 class EncoderDecoderAdapter(DecoderOnlyAdapter):
@@ -71,13 +73,3 @@ def source_target_masks(arguments: Dict[str, Any], source: str = SOURCE) -> Dict
         TARGET: token_mask(arguments.get("decoder_attention_mask"), target.shape[0], target.shape[1], target.device),
     }
 
-
-def decoder_rows(selection: TargetSelection, mask: Tensor) -> Tensor:
-    """``[E]`` the decoder position each explained token is predicted at: the one before it (token ``k`` of
-    the continuation at position ``k``, after the start token), or on decoder inputs alone the last, which
-    ``mask`` (``[B, N]``, the decoder's real tokens) must hold."""
-    if selection.positions is not None:
-        return selection.positions - 1
-    require(bool(mask[:, -1].all()), "The next token is predicted from the decoder's last position, which is padding "
-            "in some samples: end every decoder_input_ids row in a real token.")
-    return torch.full_like(selection.sample, mask.shape[1] - 1)

@@ -7,15 +7,14 @@ up to the feature layer -- later layers feed nothing -- then the LM's causal str
 output continued through the vision tower's relevance unless ``compose_vision`` is False).
 """
 
-from typing import Any, Dict, Optional, Tuple
+from types import MappingProxyType
+from typing import Any, Dict, Tuple
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 from transformers import LlavaForConditionalGeneration, PaliGemmaForConditionalGeneration
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
 from transformers.models.siglip.modeling_siglip import SiglipAttention, SiglipEncoderLayer
 
-from captum_mm.models.decoder import Continuation
 from captum_mm.models.registry import register_adapter
 from captum_mm.models.vision_language import GENERATED, IMAGE, TEXT, VISION, VisionLanguageAdapter
 
@@ -80,12 +79,7 @@ class PaliGemmaAdapter(LlavaAdapter):
     """
 
     model_classes = (PaliGemmaForConditionalGeneration,)
+    generated_token_types = MappingProxyType({"token_type_ids": 1})
     # Every token of the last layer (the base's reading), not LLaVA's configured layer and strategy.
     first_feature = VisionLanguageAdapter.first_feature
     feature_depth = VisionLanguageAdapter.feature_depth
-
-    def continuation_arguments(self, prompt: Dict[str, Any], continuation: Continuation) -> Dict[str, Optional[Tensor]]:
-        types = prompt.get("token_type_ids")
-        if types is None:
-            return {}
-        return {"token_type_ids": torch.cat([types, torch.ones_like(continuation.ids, dtype=types.dtype)], dim=1)}

@@ -31,7 +31,7 @@ from transformers.vision_utils import get_vision_position_ids
 
 from captum_mm.lrp.composite import LRPStructure, ResidualRuleSite
 from captum_mm.models.arguments import TOKENS, Argument, require, text_tokens
-from captum_mm.models.decoder import Continuation, DecoderOnlyAdapter
+from captum_mm.models.decoder import DecoderOnlyAdapter
 from captum_mm.models.llama import LlamaAdapter
 from captum_mm.models.registry import register_adapter
 from captum_mm.models.vision_language import VISION, VisionLanguageAdapter
@@ -58,6 +58,8 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
         image_grid_thw=Argument(2, "[images, 3]", None, "A Qwen2-VL prompt needs image_grid_thw [images, 3].", batched=False),
         mm_token_type_ids=Argument(2, TOKENS),
     ))
+    generated_token_types = MappingProxyType({"mm_token_type_ids": 0})  # generated tokens are text
+    model_positions = True  # the model computes its multimodal positions
 
     def vision_tower(self) -> nn.Module:
         return self.model.model.visual
@@ -85,14 +87,6 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
         require(bool((grids == grids[:1]).all()) and int(grids[0, 0]) == 1,
                 f"Images of one size (image_grid_thw rows alike, temporal 1) are explained together, got {grids.tolist()}.")
         self._require_image_tokens(arguments, self._features_per_image(arguments["pixel_values"], arguments), "merged patch block")
-
-    def continuation_arguments(self, prompt: Dict[str, Any], continuation: Continuation) -> Dict[str, Optional[Tensor]]:
-        """No positions (the model computes its multimodal ones); generated tokens are text (type 0)."""
-        extended: Dict[str, Optional[Tensor]] = {"position_ids": None}
-        types = prompt.get("mm_token_type_ids")
-        if types is not None:
-            extended["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(continuation.ids, dtype=types.dtype)], dim=1)
-        return extended
 
     def _merge(self) -> int:
         return int(cast(Any, self.model.config.vision_config).spatial_merge_size)

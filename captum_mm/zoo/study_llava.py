@@ -106,7 +106,7 @@ def piece_relevance(factory: Callable[..., Any], model: nn.Module, batch: Dict[s
     its relevance over the question tokens ``[B, K, T]`` and the image patches ``[B, K, 64]``, and the pieces' ids
     ``[B, K]`` (-1 for the end token and after it)."""
     explanation = factory(model).explain(prompt_of(batch), generate=True, generation_args={"max_new_tokens": 3, "do_sample": False})
-    ids = explanation.target.masked_fill(explanation.target == tokenizer().sep_token_id, -1)
+    ids = explanation.generated_ids.masked_fill(explanation.generated_ids == tokenizer().sep_token_id, -1)
     prompt_length = explanation.text.shape[-1]
     question = explanation.text.new_zeros(*ids.shape, batch["question_ids"].shape[1])
     for row, length in enumerate(batch["question_mask"].sum(1).tolist()):

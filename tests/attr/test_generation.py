@@ -1,6 +1,8 @@
 """Generated tokens of decoder-only LMs as explained elements: schedule, readout, batching with left
 padding, continuation == generate, model left unchanged, and the errors users get."""
 
+from types import MappingProxyType
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
@@ -173,3 +175,30 @@ def test_prompt_arguments_binds_positional_inputs_to_the_forward_signature():
     assert prompt_arguments(model, (ids, mask)).keys() == {"input_ids", "attention_mask"}
     assert isinstance(generation_forward(model, {"input_ids": ids}, [[4]] * 3, False, None)[2], Continuation)
     assert adapter_for(model).outputs == ("text", "generated")
+
+
+def test_generated_ids_hold_the_explained_tokens_and_target_the_explained_classes():
+    model = language_model("llama")
+    explanation = GenericAttention(model).explain(prompt(), continuation=[[5, 6, 7], [8, 9], [10]])
+    assert explanation.generated_ids.tolist() == [[5, 6, 7], [8, 9, -1], [10, -1, -1]]
+    assert torch.equal(explanation.target, explanation.generated_ids)  # an LM's explained class is a token id
+    ids, mask = prompt_batch()
+    next_token = GenericAttention(model).explain(ids, target=[5, 6, 7], additional_forward_args=(mask,))
+    assert next_token.target.tolist() == [5, 6, 7] and next_token.generated_ids is None and next_token.positions is None
+
+
+def test_generation_extends_what_the_adapter_declares_and_nothing_else():
+    assert adapter_for(bert()).generation_convention() is None  # families that do not generate declare none
+    model = language_model("llama")
+    ids, mask = prompt_batch()
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    with pytest.raises(ValueError, match=r"\['token_type_ids'\] hold one entry per prompt token"):
+        generation_forward(model, batch, [[4, 5]] * 3, False, None)
+
+    class Declaring(type(adapter_for(model))):
+        generated_token_types = MappingProxyType({"token_type_ids": 1})
+        model_positions = True
+
+    arguments = generation_forward(model, batch, [[4, 5]] * 3, False, None, Declaring(model))[1]
+    assert len(arguments) == 3  # input_ids, attention_mask, token_type_ids: no position_ids, the model computes them
+    assert arguments[2].tolist() == [[0] * ids.shape[1] + [1, 1]] * 3

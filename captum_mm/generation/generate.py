@@ -6,7 +6,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, cast
 import torch
 from torch import Tensor, nn
 
-from captum_mm.models.decoder import Continuation, GenerationConvention
+from captum_mm.generation.convention import Continuation, GenerationConvention
 
 
 def generated(
