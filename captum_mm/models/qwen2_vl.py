@@ -44,6 +44,7 @@ PATCHES = "[patches, channels * temporal_patch * patch * patch]"
 class Qwen2VLAdapter(LlavaAdapter):
     model_classes = (Qwen2VLForConditionalGeneration,)
     attention_classes = (Qwen2VLAttention,)
+    attention_functions = MappingProxyType({Qwen2VLAttention: True})
     arguments = MappingProxyType(dict(
         DecoderOnlyAdapter.arguments,
         pixel_values=Argument(2, PATCHES, None, f"A Qwen2-VL prompt needs pixel_values {PATCHES}.", batched=False),
