@@ -19,13 +19,7 @@ from typing import Any, Dict, List, Sequence, Tuple, cast
 import torch
 from torch import Tensor, nn
 from transformers import Blip2ForConditionalGeneration, T5ForConditionalGeneration
-from transformers.models.blip_2.modeling_blip_2 import (
-    Blip2Attention,
-    Blip2EncoderLayer,
-    Blip2QFormerMultiHeadAttention,
-    Blip2QFormerOutput,
-    Blip2QFormerSelfOutput,
-)
+from transformers.models.blip_2.modeling_blip_2 import Blip2Attention, Blip2EncoderLayer, Blip2QFormerMultiHeadAttention, Blip2QFormerOutput, Blip2QFormerSelfOutput
 from transformers.models.opt.modeling_opt import OPTAttention
 from transformers.models.t5.modeling_t5 import T5Attention
 
@@ -57,8 +51,8 @@ QUERY, VISION = "query", "vision"
 class Blip2Adapter(LlavaAdapter):
     model_classes = (Blip2ForConditionalGeneration,)
     vision_attention_classes = (Blip2Attention,)
-    attention_functions = MappingProxyType({**LlamaAdapter.attention_functions, **OPTAdapter.attention_functions, **T5Adapter.attention_functions,
-                                            Blip2Attention: False, Blip2QFormerMultiHeadAttention: False})
+    attention_functions = MappingProxyType({**LlamaAdapter.attention_functions, **OPTAdapter.attention_functions,  # its LMs'
+                                            **T5Adapter.attention_functions, Blip2Attention: False, Blip2QFormerMultiHeadAttention: False})
     vision_layer_classes = (Blip2EncoderLayer,)
 
     def vision_tower(self) -> nn.Module:

@@ -1,8 +1,8 @@
 """Eager attention as captum_mm computes it: each family's eager function, with an exact softmax in float64.
 
 The eager functions of many families (LLaMA, OPT, CLIP, ...: True in their adapter's ``attention_functions``,
-:data:`AttentionFunctions`) take the softmax in float32 and cast back. On a float64 model their additive mask (``finfo(float64).min``) becomes -inf
-in float32, so a query row that sees no key (a left-padding row) turns NaN, and ``0 * NaN`` carries it into the
+:data:`AttentionFunctions`) take the softmax in float32 and cast back. On a float64 model their additive mask
+(``finfo(float64).min``) becomes -inf in float32, so a query row that sees no key (a left-padding row) turns NaN, and ``0 * NaN`` carries it into the
 real tokens of every later layer. For float64 models captum_mm takes those softmaxes in float64: a fully masked
 row is then uniform over the keys, as ``finfo.min`` masks give in float32, and the real rows are exact (they
 differ from HF's eager function by its float32 rounding, and agree with HF's float64 SDPA). Every other dtype,
@@ -25,6 +25,7 @@ from captum_mm._handles import Restore
 #: with their family's ``eager_attention_forward`` (lean capture and this module compute it): module class (its
 #: exact type) -> whether that function takes the softmax in float32 (cast back after) or in the model's dtype.
 AttentionFunctions = Mapping[type, bool]
+#: No module declared: every module gets its family's own eager function, none is captured lean.
 NO_ATTENTION_FUNCTIONS: AttentionFunctions = MappingProxyType({})
 #: The declaration of the model being explained (:func:`declare_attention_functions`).
 _declared: ContextVar[AttentionFunctions] = ContextVar("captum_mm_attention_functions", default=NO_ATTENTION_FUNCTIONS)

@@ -25,7 +25,6 @@ from captum_mm.lrp.composite import LRPStructure
 from captum_mm.models.arguments import PIXELS, Argument, require, text_tokens
 from captum_mm.models.base import TargetSelection, attention_specs_in, forward_order_schedule, pre_norm_structure, projected_parts
 from captum_mm.models.capture import AttentionRecord
-from captum_mm.models.clip import ClipAdapter
 from captum_mm.models.decoder import SEQUENCE, Continuation, DecoderOnlyAdapter
 from captum_mm.models.llama import LlamaAdapter, rotary_parts
 from captum_mm.models.registry import register_adapter
@@ -44,7 +43,7 @@ class LlavaAdapter(LlamaAdapter):
         dict(DecoderOnlyAdapter.arguments, pixel_values=Argument(4, PIXELS, IMAGE, f"A VLM prompt needs pixel_values {PIXELS}."))
     )
     vision_attention_classes: Tuple[type, ...] = (CLIPAttention, SiglipAttention)
-    attention_functions = MappingProxyType({**LlamaAdapter.attention_functions, **ClipAdapter.attention_functions, SiglipAttention: True})
+    attention_functions = MappingProxyType({**LlamaAdapter.attention_functions, **dict.fromkeys(vision_attention_classes, True)})
     vision_layer_classes: Tuple[type, ...] = (CLIPEncoderLayer, SiglipEncoderLayer)
     #: Continue the image tokens' relevance through the vision tower (False: stop at the LM's image tokens).
     compose_vision: bool = True
