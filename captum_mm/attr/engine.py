@@ -104,7 +104,7 @@ def forward_pass(
         record = stack.enter_context(
             capture_attention(
                 model, specs, adapter.check_arguments, adapter.extra_hooks, needs.backward, adapter.gradient_free_modules(),
-                lean=needs.fusion if lean else None,
+                lean=needs.fusion if lean else None, attention_functions=adapter.attention_functions,
             )
         )
         lrp = None

@@ -3,10 +3,12 @@ the probabilities second under eager attention. Schedule and targets:
 :mod:`captum_mm.models.encoder_decoder`.
 """
 
+from types import MappingProxyType
 from typing import Any, List, Sequence, Tuple
 
 from torch import nn
 from transformers import BartForConditionalGeneration
+from transformers.models.bart.modeling_bart import BartAttention
 
 from captum_mm.lrp.composite import LRPStructure, ResidualRuleSite
 from captum_mm.models.base import projected_parts
@@ -18,6 +20,7 @@ from captum_mm.spec import AttentionSpec, TensorSource
 @register_adapter
 class BartAdapter(EncoderDecoderAdapter):
     model_classes = (BartForConditionalGeneration,)
+    attention_functions = MappingProxyType({BartAttention: False})
     model: BartForConditionalGeneration
 
     def attention_modules(self) -> Tuple[Sequence[nn.Module], Sequence[nn.Module], Sequence[nn.Module]]:

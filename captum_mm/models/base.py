@@ -12,6 +12,7 @@ from captum_mm.lrp.composite import LRPState, LRPStructure, ResidualRuleSite, re
 from captum_mm.lrp.rules import RuleSet
 from captum_mm.models.arguments import Argument, check_declared, outputs_of
 from captum_mm.models.capture import AttentionRecord
+from captum_mm.models.eager import NO_ATTENTION_FUNCTIONS, AttentionFunctions
 from captum_mm.models.target_options import TargetOptions
 from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule, seen_positions
 from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource
@@ -72,6 +73,9 @@ class ArchitectureAdapter:
     outputs: Tuple[str, ...] = ("text", "image")
     #: The forward arguments checked before the model runs, and the output each carries.
     arguments: Mapping[str, Argument] = MappingProxyType({})
+    #: The attention classes (exact types) lean capture serves: their family's eager function takes the softmax in
+    #: float32 (True) or the model's dtype (:data:`~captum_mm.models.eager.AttentionFunctions`).
+    attention_functions: AttentionFunctions = NO_ATTENTION_FUNCTIONS
 
     @property
     def argument_outputs(self) -> Mapping[str, str]:

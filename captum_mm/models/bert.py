@@ -11,7 +11,7 @@ from typing import List, Tuple
 
 import torch
 from transformers import BertForNextSentencePrediction, BertForSequenceClassification, BertModel
-from transformers.models.bert.modeling_bert import BertOutput, BertSelfAttention, BertSelfOutput
+from transformers.models.bert.modeling_bert import BertCrossAttention, BertOutput, BertSelfAttention, BertSelfOutput
 
 from captum_mm.lrp.composite import LRPStructure
 from captum_mm.models.arguments import TOKENS, Argument, text_arguments, text_tokens, token_mask
@@ -27,6 +27,7 @@ TEXT = "text"
 @register_adapter
 class BertAdapter(ArchitectureAdapter):
     model_classes = (BertModel, BertForSequenceClassification, BertForNextSentencePrediction)
+    attention_functions = MappingProxyType({BertSelfAttention: False, BertCrossAttention: False})
     arguments = MappingProxyType({**text_arguments("BERT"), "token_type_ids": Argument(2, TOKENS)})
     outputs = (TEXT,)
     #: A family with BERT's layout under other class names (RoBERTa) changes only these.

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Sequence, Tuple, cast
 import torch
 from torch import Tensor, nn
 from transformers import Blip2ForConditionalGeneration, T5ForConditionalGeneration
-from transformers.models.blip_2.modeling_blip_2 import Blip2Attention, Blip2EncoderLayer, Blip2QFormerOutput, Blip2QFormerSelfOutput
+from transformers.models.blip_2.modeling_blip_2 import Blip2Attention, Blip2EncoderLayer, Blip2QFormerMultiHeadAttention, Blip2QFormerOutput, Blip2QFormerSelfOutput
 from transformers.models.opt.modeling_opt import OPTAttention
 from transformers.models.t5.modeling_t5 import T5Attention
 
@@ -35,9 +35,10 @@ from captum_mm.models.encoder_decoder import (
     encoder_decoder_specs,
     source_target_masks,
 )
-from captum_mm.models.opt import opt_attention_specs, opt_lrp_structure
+from captum_mm.models.llama import LlamaAdapter
+from captum_mm.models.opt import OPTAdapter, opt_attention_specs, opt_lrp_structure
 from captum_mm.models.registry import register_adapter
-from captum_mm.models.t5 import t5_attention_modules, t5_attention_spec, t5_lrp_structure
+from captum_mm.models.t5 import T5Adapter, t5_attention_modules, t5_attention_spec, t5_lrp_structure
 from captum_mm.models.vision_language import IMAGE, VisionLanguageAdapter
 from captum_mm.relevance.schedule import Readout, Schedule, Stage
 from captum_mm.spec import AttentionSpec, TensorSource
@@ -57,6 +58,8 @@ class Blip2Adapter(VisionLanguageAdapter):
     model_classes = (Blip2ForConditionalGeneration,)
     model: Blip2ForConditionalGeneration
     vision_attention_classes = (Blip2Attention,)
+    attention_functions = MappingProxyType({**LlamaAdapter.attention_functions, **OPTAdapter.attention_functions,  # its LMs'
+                                            **T5Adapter.attention_functions, Blip2Attention: False, Blip2QFormerMultiHeadAttention: False})
     vision_layer_classes = (Blip2EncoderLayer,)
 
     def vision_tower(self) -> nn.Module:

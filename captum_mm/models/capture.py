@@ -19,7 +19,8 @@ from torch.utils.hooks import RemovableHandle
 from transformers import AttentionInterface
 
 from captum_mm._handles import HandleList, Restore
-from captum_mm.models.eager import EXACT_EAGER, exact_eager_attention, exact_eager_configs
+from captum_mm.models.eager import (EXACT_EAGER, NO_ATTENTION_FUNCTIONS, AttentionFunctions, declare_attention_functions,
+                                    exact_eager_attention, exact_eager_configs, model_configs)
 from captum_mm.models.lean import LEAN, Fusion, LeanMaps, LeanSite, lean_module, recording, stop_recording
 from captum_mm.relevance.schedule import AttentionEvent
 from captum_mm.spec import AttentionSpec
@@ -100,34 +101,19 @@ class AttentionRecord:
         return next(call for call in reversed(self.calls) if call.spec is spec)
 
 
-def _configs_of(model: nn.Module) -> List[Any]:
-    """Every distinct HF config reachable from the model's modules, sub-configs included."""
-    found: Dict[int, Any] = {}
-    pending = [module.config for module in model.modules() if hasattr(module, "config")]
-    while pending:
-        config = pending.pop()
-        if id(config) in found or not hasattr(config, "_attn_implementation_internal"):
-            continue
-        found[id(config)] = config
-        for key in getattr(config, "sub_configs", {}) or {}:
-            sub = getattr(config, key, None)
-            if sub is not None:
-                pending.append(sub)
-    return list(found.values())
-
-
-def use_eager_attention(model: nn.Module, recorded: Sequence[Any] = (), lean: Sequence[Any] = ()) -> Restore:
+def use_eager_attention(model: nn.Module, recorded: Sequence[Any] = (), lean: Sequence[Any] = (),
+                        attention_functions: AttentionFunctions = NO_ATTENTION_FUNCTIONS) -> Restore:
     """Switch every config of ``model`` to eager attention (``recorded`` configs to eager attention
     whose weights are recorded, :func:`recorded_eager_attention`; ``lean`` ones to lean capture,
-    :mod:`captum_mm.models.lean`; those of families whose eager softmax is float32 to
-    :func:`~captum_mm.models.eager.exact_eager_attention`); the returned handle restores them.
+    :mod:`captum_mm.models.lean`; those of modules ``attention_functions``, the adapter's declaration, says take
+    the softmax in float32 to :func:`~captum_mm.models.eager.exact_eager_attention`); the returned handle restores them.
 
     The saved values are written back as they were (not through
     ``set_attn_implementation``, which some backbones refuse).
     """
-    saved = [(config, config._attn_implementation_internal) for config in _configs_of(model)]
+    saved = [(config, config._attn_implementation_internal) for config in model_configs(model)]
     recorded_ids, lean_ids = {id(config) for config in recorded}, {id(config) for config in lean}
-    exact_ids = exact_eager_configs(model)
+    exact_ids, declared = exact_eager_configs(model, attention_functions), declare_attention_functions(attention_functions)
     for config, implementation in saved:
         if id(config) in recorded_ids:
             config._attn_implementation_internal = RECORDED_EAGER
@@ -141,6 +127,7 @@ def use_eager_attention(model: nn.Module, recorded: Sequence[Any] = (), lean: Se
     def restore() -> None:
         for config, implementation in saved:
             config._attn_implementation_internal = implementation
+        declared.remove()
 
     return Restore(restore)
 
@@ -228,11 +215,12 @@ def _record_calls(spec: AttentionSpec, record: AttentionRecord) -> RemovableHand
     return spec.probs.module.register_forward_hook(hook)
 
 
-def _lean_sites(specs: Sequence[AttentionSpec], record: AttentionRecord, fusion: Fusion) -> Dict[nn.Module, LeanSite]:
+def _lean_sites(specs: Sequence[AttentionSpec], record: AttentionRecord, fusion: Fusion,
+                attention_functions: AttentionFunctions) -> Dict[nn.Module, LeanSite]:
     """The module computing the attention of each spec lean capture serves, and its site recording into ``record``."""
     sites = {}
     for spec in specs:
-        module = lean_module(spec.module)
+        module = lean_module(spec.module, attention_functions)
         if module is None or spec.probs.recorded or spec.probs.module is not spec.module or spec.probs.argument is not None:
             continue
 
@@ -240,7 +228,7 @@ def _lean_sites(specs: Sequence[AttentionSpec], record: AttentionRecord, fusion:
             record.calls.append(AttentionCall(spec, count[0], None if mean is None else mean[:, None], lean=maps))
             count[0] += 1
 
-        sites[module] = LeanSite(record_call, "head_mean" if fusion == "head_mean" else None, spec)
+        sites[module] = LeanSite(record_call, "head_mean" if fusion == "head_mean" else None, spec, attention_functions[type(module)])
     return sites
 
 
@@ -253,6 +241,7 @@ def capture_attention(
     with_gradients: bool = True,
     gradient_free: Sequence[nn.Module] = (),
     lean: Optional[Fusion] = None,
+    attention_functions: AttentionFunctions = NO_ATTENTION_FUNCTIONS,
 ) -> Iterator[AttentionRecord]:
     """Record every attention call of ``model`` inside the ``with`` block.
 
@@ -271,6 +260,8 @@ def capture_attention(
         lean (Fusion, optional): Capture the modules whose attention function allows it lean,
                     keeping only this head reduction (:mod:`captum_mm.models.lean`; not in
                     training mode). Default: None (every map's probabilities)
+        attention_functions (AttentionFunctions): The adapter's ``attention_functions``: the modules lean
+                    capture and the exact float64 softmax serve. Default: none (every module's own function)
 
     Yields:
         AttentionRecord: filled in while the model runs.
@@ -278,12 +269,12 @@ def capture_attention(
     record = AttentionRecord()
     handles = HandleList()
     recorded = [spec for spec in specs if spec.probs.recorded]
-    sites = _lean_sites(specs, record, lean) if lean is not None and not model.training else {}
+    sites = _lean_sites(specs, record, lean, attention_functions) if lean is not None and not model.training else {}
     leaned = {site.spec for site in sites.values()}
     token, lean_token = _recording.set({}), recording({id(module): site for module, site in sites.items()})
     try:
         configs = [getattr(spec.module, "config") for spec in recorded]
-        handles.append(use_eager_attention(model, configs, [getattr(module, "config") for module in sites]))
+        handles.append(use_eager_attention(model, configs, [getattr(module, "config") for module in sites], attention_functions))
         if with_gradients:
             handles.append(require_parameter_gradients(model, gradient_free))
         handles.append(_record_arguments(model, record, check_arguments))

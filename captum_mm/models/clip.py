@@ -31,6 +31,7 @@ TEXT, IMAGE = "text", "image"
 @register_adapter
 class ClipAdapter(ArchitectureAdapter):
     model_classes = (CLIPModel,)
+    attention_functions = MappingProxyType({CLIPAttention: True})
     model: CLIPModel
     arguments = MappingProxyType({
         "input_ids": Argument(2, TOKENS, TEXT, f"CLIP is explained on image-text pairs: it needs input_ids {TOKENS}."),

@@ -68,6 +68,7 @@ def _query_lists(target: Any, batch_size: int) -> List[List[int]]:
 @register_adapter
 class DetrAdapter(ArchitectureAdapter):
     model_classes = (DetrModel, DetrForObjectDetection)
+    attention_functions = MappingProxyType({DetrSelfAttention: False, DetrCrossAttention: False})
     arguments = MappingProxyType({
         "pixel_values": Argument(4, PIXELS, IMAGE, f"DETR is explained from pixel_values {PIXELS}; inputs_embeds are not supported."),
         "pixel_mask": Argument(3, "[batch, height, width]"),

@@ -7,6 +7,7 @@ transposed), the fused ``c_attn`` output is split into Q, K and V for the attent
 pre-norm (``x + attn(ln_1(x))``, then ``+ mlp(ln_2(.))``), LayerNorm and the activation pass relevance through.
 """
 
+from types import MappingProxyType
 from typing import Any, List, Optional
 
 from transformers import GPT2LMHeadModel
@@ -29,6 +30,7 @@ def fused_parts(module: Any) -> Optional[AttentionParts]:
 @register_adapter
 class GPT2Adapter(DecoderOnlyAdapter):
     model_classes = (GPT2LMHeadModel,)
+    attention_functions = MappingProxyType({GPT2Attention: False})
     model: GPT2LMHeadModel
 
     def attention_specs(self) -> List[AttentionSpec]:

@@ -20,6 +20,7 @@ from transformers.models.smolvlm.modeling_smolvlm import SmolVLMEncoderLayer, Sm
 
 from captum_mm.models.arguments import Argument, require
 from captum_mm.models.decoder import DecoderOnlyAdapter
+from captum_mm.models.llama import LlamaAdapter
 from captum_mm.models.registry import register_adapter
 from captum_mm.models.vision_language import VisionLanguageAdapter
 
@@ -43,6 +44,7 @@ class Idefics3Adapter(VisionLanguageAdapter):
         pixel_attention_mask=Argument(4, "[batch, images, height, width]"),
     ))
     vision_attention_classes = (Idefics3VisionAttention, SmolVLMVisionAttention)
+    attention_functions = MappingProxyType({**LlamaAdapter.attention_functions, **dict.fromkeys(vision_attention_classes, True)})
     vision_layer_classes = (Idefics3EncoderLayer, SmolVLMEncoderLayer)
 
     def vision_tower(self) -> nn.Module:

@@ -11,8 +11,8 @@ the method's declared :data:`Fusion`, that call's head-reduced map for the backw
 forward and backward: one ``[B, Nq, Nk]`` map per call and a chunk's temporaries.
 
 The eager path (every call's ``[B, H, Nq, Nk]`` probabilities in the graph) stays as the fallback and
-the test oracle: LRP-based methods need the probabilities themselves, and modules outside
-:data:`~captum_mm.models.eager.LEAN_ATTENTION` (whose eager function differs) are recorded as before. Float64
+the test oracle: LRP-based methods need the probabilities themselves, and modules their adapter's
+``attention_functions`` (:data:`~captum_mm.models.eager.AttentionFunctions`) leave out are recorded as before. Float64
 models get an exact float64 softmax (:mod:`captum_mm.models.eager`).
 """
 
@@ -26,7 +26,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
 from captum_mm._precision import accumulation_dtype, exact
-from captum_mm.models.eager import LEAN_ATTENTION, exact_eager_attention, family_softmax
+from captum_mm.models.eager import AttentionFunctions, exact_eager_attention, family_softmax
 from captum_mm.relevance.heads import head_mean, weighted_head_mean
 
 #: The attention-interface key lean capture switches a model's configs to.
@@ -104,11 +104,13 @@ def lean_backward(requests: Sequence[LeanRequest], backward: Callable[[], Result
 @dataclass
 class LeanSite:
     """A module under lean capture, as the lean function finds it: ``record(head_mean, maps)`` keeps each call
-    (``head_mean`` ``[B, Nq, Nk]`` when ``forward_fusion`` is ``"head_mean"``, else None)."""
+    (``head_mean`` ``[B, Nq, Nk]`` when ``forward_fusion`` is ``"head_mean"``, else None); ``float32_softmax``:
+    its family's eager function takes the softmax in float32."""
 
     record: Callable[[Optional[Tensor], LeanMaps], None]
     forward_fusion: Optional[Fusion]
     spec: Any  # the AttentionSpec it serves
+    float32_softmax: bool
 
 
 _sites: ContextVar[Optional[Dict[int, LeanSite]]] = ContextVar("captum_mm_lean_sites", default=None)
@@ -117,9 +119,10 @@ _sites: ContextVar[Optional[Dict[int, LeanSite]]] = ContextVar("captum_mm_lean_s
 _seen_chunks: ContextVar[Dict[Tuple[Any, ...], List[Tuple[slice, slice]]]] = ContextVar("captum_mm_lean_chunks")
 
 
-def lean_module(module: nn.Module) -> Optional[nn.Module]:
-    """The module inside ``module`` (or itself) whose attention function lean capture can compute, if exactly one."""
-    found = [m for m in module.modules() if type(m) in LEAN_ATTENTION]
+def lean_module(module: nn.Module, attention_functions: AttentionFunctions) -> Optional[nn.Module]:
+    """The module inside ``module`` (or itself) whose attention function lean capture can compute (its exact type
+    declared in ``attention_functions``), if exactly one."""
+    found = [m for m in module.modules() if type(m) in attention_functions]
     return found[0] if len(found) == 1 else None
 
 
@@ -146,7 +149,7 @@ def lean_attention(
     probe = torch.zeros(1, dtype=query.dtype, device=query.device, requires_grad=torch.is_grad_enabled())
     maps = LeanMaps(probe, (query.shape[0], query.shape[1], query.shape[2], key.shape[2]))
     chunks = _remembered_chunks(query, key.shape[2], attention_mask)
-    options = _Options(scale, query.shape[1] // key.shape[1], LEAN_ATTENTION[type(module)], site.forward_fusion, maps, chunks)
+    options = _Options(scale, query.shape[1] // key.shape[1], site.float32_softmax, site.forward_fusion, maps, chunks)
     bias = kwargs.get("position_bias")  # T5's relative position bias, added to the scores before the mask
     output, mean = _LeanAttention.apply(query, key, value, attention_mask, bias, maps.probe, options)
     site.record(mean, maps)

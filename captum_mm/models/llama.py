@@ -10,6 +10,7 @@ projections and the attention's operands, crossed by their transpose
 (:class:`~captum_mm.lrp.canonizers.GatedProduct`).
 """
 
+from types import MappingProxyType
 from typing import Any, List, Tuple
 
 from transformers import GemmaForCausalLM, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
@@ -39,6 +40,7 @@ class LlamaAdapter(DecoderOnlyAdapter):
     layer_classes: Tuple[type, ...] = (LlamaDecoderLayer, Qwen2DecoderLayer, MistralDecoderLayer, GemmaDecoderLayer)
     mlp_classes: Tuple[type, ...] = (LlamaMLP, Qwen2MLP, MistralMLP, GemmaMLP)
     norm_classes: Tuple[type, ...] = (LlamaRMSNorm, Qwen2RMSNorm, MistralRMSNorm, GemmaRMSNorm)
+    attention_functions = MappingProxyType(dict.fromkeys(attention_classes, True))  # each softmax in float32
 
     def attention_specs(self) -> List[AttentionSpec]:
         return attention_specs_in(self.model, self.attention_classes, self_attention(SEQUENCE), rotary_parts)

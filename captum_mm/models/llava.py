@@ -15,6 +15,7 @@ from transformers import LlavaForConditionalGeneration, PaliGemmaForConditionalG
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
 from transformers.models.siglip.modeling_siglip import SiglipAttention, SiglipEncoderLayer
 
+from captum_mm.models.llama import LlamaAdapter
 from captum_mm.models.registry import register_adapter
 from captum_mm.models.vision_language import GENERATED, IMAGE, TEXT, VISION, VisionLanguageAdapter
 
@@ -33,6 +34,7 @@ class LlavaAdapter(VisionLanguageAdapter):
     model_classes: Tuple[type, ...] = (LlavaForConditionalGeneration,)
     model: LlavaForConditionalGeneration | PaliGemmaForConditionalGeneration
     vision_attention_classes: Tuple[type, ...] = (CLIPAttention, SiglipAttention)
+    attention_functions = MappingProxyType({**LlamaAdapter.attention_functions, **dict.fromkeys(vision_attention_classes, True)})
     vision_layer_classes: Tuple[type, ...] = (CLIPEncoderLayer, SiglipEncoderLayer)
 
     def vision_tower(self) -> nn.Module:

@@ -8,6 +8,7 @@ post-norm where ``config.do_layer_norm_before`` is False (OPT-350m); the feed-fo
 tokens flattened to ``[B * N, D]``, which the residual rule reads in the sum's layout.
 """
 
+from types import MappingProxyType
 from typing import Any, Dict, List, Optional
 
 from torch import nn
@@ -47,6 +48,7 @@ def opt_lrp_structure(model: nn.Module) -> LRPStructure:
 @register_adapter
 class OPTAdapter(DecoderOnlyAdapter):
     model_classes = (OPTForCausalLM,)
+    attention_functions = MappingProxyType({OPTAttention: True})
 
     def attention_specs(self) -> List[AttentionSpec]:
         return opt_attention_specs(self.model)

@@ -52,6 +52,7 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
     model: Qwen2VLForConditionalGeneration
     attention_classes = (Qwen2VLAttention,)
     vision_attention_classes = (VisionAttention,)
+    attention_functions = MappingProxyType({Qwen2VLAttention: True})
     arguments = MappingProxyType(dict(
         DecoderOnlyAdapter.arguments,
         pixel_values=Argument(2, PATCHES, None, f"A Qwen2-VL prompt needs pixel_values {PATCHES}.", batched=False),

@@ -9,8 +9,11 @@ For a model no adapter serves, the error names the closest supported class by na
 class name from ``For``/``LMHeadModel``/``Model`` on, e.g. ``ForCausalLM``), with the adapter serving it.
 """
 
+import importlib
+import pkgutil
 import re
 from difflib import SequenceMatcher
+from types import ModuleType
 from typing import Dict, List, Optional, Type
 
 from torch import nn
@@ -40,6 +43,22 @@ def register_adapter(adapter: Type[ArchitectureAdapter]) -> Type[ArchitectureAda
     for model_class in adapter.model_classes:
         _ADAPTERS[model_class] = adapter
     return adapter
+
+
+def import_modules(package: ModuleType) -> List[str]:
+    """Import every module of ``package``, so that the adapters defined in them register themselves (a family is
+    one file: nothing lists the adapters).
+
+    Args:
+        package (ModuleType): An imported package, e.g. ``captum_mm.models``.
+
+    Returns:
+        *list of str*: the imported modules' names, sorted.
+    """
+    names = sorted(info.name for info in pkgutil.iter_modules(package.__path__, f"{package.__name__}."))
+    for name in names:
+        importlib.import_module(name)
+    return names
 
 
 def supported_classes() -> List[str]:

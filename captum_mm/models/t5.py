@@ -5,11 +5,13 @@ attention modules return the probabilities third under eager attention. Schedule
 takes none (the scores' z-rule splits ``Q K^T`` alone), the gated product gives each factor half.
 """
 
+from types import MappingProxyType
 from typing import Any, List, Sequence, Tuple, cast
 
 from torch import nn
 from transformers import T5ForConditionalGeneration
 from transformers.models.t5.modeling_t5 import (
+    T5Attention,
     T5DenseGatedActDense,
     T5LayerCrossAttention,
     T5LayerFF,
@@ -55,6 +57,7 @@ def t5_lrp_structure(t5: nn.Module) -> LRPStructure:
 @register_adapter
 class T5Adapter(EncoderDecoderAdapter):
     model_classes = (T5ForConditionalGeneration,)
+    attention_functions = MappingProxyType({T5Attention: False})
     model: T5ForConditionalGeneration
 
     def attention_modules(self) -> Tuple[Sequence[nn.Module], Sequence[nn.Module], Sequence[nn.Module]]:

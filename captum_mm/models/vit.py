@@ -26,6 +26,7 @@ IMAGE = "image"
 @register_adapter
 class ViTAdapter(ArchitectureAdapter):
     model_classes = (ViTModel, ViTForImageClassification)
+    attention_functions = MappingProxyType({ViTAttention: True})
     model: ViTModel | ViTForImageClassification
     arguments = MappingProxyType({"pixel_values": Argument(4, PIXELS, IMAGE, f"ViT needs pixel_values {PIXELS}.")})
     outputs = (IMAGE,)

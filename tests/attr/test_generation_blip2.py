@@ -7,6 +7,7 @@ import torch
 from captum_mm.attr import GenericAttention, PartialLRP, RawAttention
 from captum_mm.attr.engine import forward_pass
 from captum_mm.generation import generation_forward
+from captum_mm.models import adapter_for
 from captum_mm.models.capture import use_eager_attention
 from helpers import IMAGE_GRID, IMAGE_TOKEN, assert_each_sample_as_alone, assert_same_state, in_dtype, blip2, generation_relevance, model_state, vlm_prompts
 from methods_under_test import METHODS, padded_cases
@@ -50,7 +51,7 @@ def test_raw_attention_image_with_an_encoder_decoder_lm_is_the_cross_attention_r
     cross = {}
     last = model.qformer.encoder.layer[-1].crossattention.attention
     handle = last.register_forward_hook(lambda module, args, output: cross.__setitem__("map", output[1]))
-    restore = use_eager_attention(model)
+    restore = use_eager_attention(model, attention_functions=adapter_for(model).attention_functions)
     try:
         language = model(**batch, decoder_input_ids=decoder_ids, output_attentions=True).language_model_outputs
     finally:
@@ -73,7 +74,7 @@ def test_raw_attention_image_is_the_lm_row_times_the_last_cross_attention(langua
     cross = {}
     last = model.qformer.encoder.layer[-1].crossattention.attention
     handle = last.register_forward_hook(lambda module, args, output: cross.__setitem__("map", output[1]))
-    restore = use_eager_attention(model)
+    restore = use_eager_attention(model, attention_functions=adapter_for(model).attention_functions)
     try:
         language = model(input_ids=ids, pixel_values=batch["pixel_values"], output_attentions=True).language_model_outputs
     finally:

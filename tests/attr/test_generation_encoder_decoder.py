@@ -7,6 +7,7 @@ import torch
 from captum_mm.attr import GenericAttention, RawAttention
 from captum_mm.attr.engine import forward_pass
 from captum_mm.generation import generation_forward
+from captum_mm.models import adapter_for
 from captum_mm.models.capture import use_eager_attention
 from helpers import ENCODER_DECODERS, assert_each_sample_as_alone, assert_same_state, in_dtype, encoder_decoder_model, model_state, prompt_batch
 from methods_under_test import METHODS, padded_cases
@@ -45,7 +46,7 @@ def test_raw_attention_reads_the_last_cross_and_self_attention_rows(family):
     explanation = RawAttention(model).explain(batch, continuation=[[5, 6, 7]])
     start = model.generation_config.decoder_start_token_id
     decoder_ids = torch.tensor([[start, 5, 6, 7]])
-    restore = use_eager_attention(model)
+    restore = use_eager_attention(model, attention_functions=adapter_for(model).attention_functions)
     try:
         output = model(**batch, decoder_input_ids=decoder_ids, output_attentions=True)
     finally:

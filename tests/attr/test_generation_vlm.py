@@ -190,7 +190,7 @@ def test_idefics3_raw_attention_image_goes_through_the_pixel_shuffle():
     model = idefics3()
     batch = family_prompts("idefics3", batch=1)
     explanation = RawAttention(model).explain(batch, continuation=[[5]])
-    restore = use_eager_attention(model)
+    restore = use_eager_attention(model, attention_functions=adapter_for(model).attention_functions)
     try:
         ids = torch.cat([batch["input_ids"], torch.tensor([[5]])], dim=1)
         language = model(input_ids=ids, pixel_values=batch["pixel_values"], output_attentions=True).attentions[-1][0].mean(0)

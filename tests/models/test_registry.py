@@ -1,5 +1,8 @@
 """The registry picks the adapter of the most specific class; a user's adapter overrides a built-in one."""
 
+import importlib
+import sys
+
 import pytest
 import torch
 import transformers
@@ -8,7 +11,7 @@ from transformers.models.mixtral.modeling_mixtral import MixtralAttention, Mixtr
 from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention, Qwen3DecoderLayer, Qwen3MLP, Qwen3RMSNorm
 
 from captum_mm.attr import AttentionGradCam, AttentionRollout, GenericAttention, PartialLRP, RawAttention, TransformerAttribution
-from captum_mm.models import adapter_for, register_adapter
+from captum_mm.models import adapter_for, register_adapter, supported_classes
 from captum_mm.models import registry
 from captum_mm.models.bert import BertAdapter
 from captum_mm.models.llama import LlamaAdapter
@@ -112,3 +115,26 @@ def test_an_adapter_finding_no_attention_module_says_so(restored_registry):
     register_adapter(type("PlainLlamaReuse", (LlamaAdapter,), {"model_classes": (type(model),)}))
     with pytest.raises(TypeError, match="PlainLlamaReuse finds no attention module in this Qwen3ForCausalLM"):
         AttentionRollout(model).explain(torch.randint(0, 50, (1, 4)), continuation=[[3]])
+
+
+def test_an_adapter_file_registers_itself_when_its_package_is_scanned(restored_registry, tmp_path, monkeypatch):
+    package = tmp_path / "my_adapters"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "my_bert.py").write_text(
+        "from transformers import BertForSequenceClassification\n\nfrom captum_mm.models import register_adapter\n"
+        "from captum_mm.models.bert import BertAdapter\n\n\nclass MyBertForScan(BertForSequenceClassification):\n    pass\n\n\n"
+        "@register_adapter\nclass MyBertAdapter(BertAdapter):\n    model_classes = (MyBertForScan,)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("my_adapters", "my_adapters.my_bert"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert "MyBertForScan" not in supported_classes()
+    assert registry.import_modules(importlib.import_module("my_adapters")) == ["my_adapters.my_bert"]
+    model = sys.modules["my_adapters.my_bert"].MyBertForScan(bert().config)
+    assert type(adapter_for(model)).__name__ == "MyBertAdapter"
+
+
+def test_every_built_in_adapter_module_is_imported():
+    names = registry.import_modules(importlib.import_module("captum_mm.models"))
+    assert {adapter.__module__ for adapter in registry._ADAPTERS.values()} <= set(names)
+    assert {"captum_mm.models.llama", "captum_mm.models.blip2", "captum_mm.models.registry"} <= set(names)
