@@ -1,6 +1,7 @@
 """The declared vision-language base: abstract where a family must fill in, and enough for a new family that
 declares only its stages."""
 
+from types import MappingProxyType
 from typing import Tuple
 
 import pytest
@@ -11,15 +12,19 @@ from transformers.models.siglip.modeling_siglip import SiglipAttention, SiglipEn
 from captum_mm.attr import GenericAttention, TransformerAttribution
 from captum_mm.models import adapter_for
 from captum_mm.models.blip2 import Blip2EncoderDecoderAdapter
+from captum_mm.models.llama import LlamaAdapter
 from captum_mm.models.llava import LlavaAdapter, PaliGemmaAdapter
 from captum_mm.models.vision_language import VisionLanguageAdapter
 from helpers import VLMS, blip2, family_prompts, paligemma
 
 
 class StagesOnly(VisionLanguageAdapter):
-    """A new family declaring only its stages: PaliGemma's vision tower and LM."""
+    """A new family declaring only its stages (PaliGemma's vision tower and LM), the attention functions lean capture
+    serves and how generated tokens extend its token types."""
 
     vision_attention_classes: Tuple[type, ...] = (SiglipAttention,)
+    attention_functions = MappingProxyType({**LlamaAdapter.attention_functions, SiglipAttention: True})
+    generated_token_types = MappingProxyType({"token_type_ids": 1})
     vision_layer_classes: Tuple[type, ...] = (SiglipEncoderLayer,)
 
     def vision_tower(self) -> nn.Module:
