@@ -1,51 +1,27 @@
-"""The main job's evaluations of the shipped models, named by their recipes (:mod:`captum_mm.zoo.recipes`).
-
-* :func:`vqa_study`: a VQA model on easy-VQA test: positive/negative perturbation of image
-  regions and text tokens for every method and ablation (supplementary Tables 2-3,
-  Figures 2-3), plausibility against the shapes' ground-truth masks, a Figure 1-style gallery.
-* :func:`detr_study`: DETR on synthetic shape scenes (or a user's COCO-format data):
-  weakly-supervised segmentation (Algorithm 1) on both IoU grids (supplementary Table 1),
-  per-query mask figures.
-
-Each returns the study's ``numbers`` (for ``results.json``), its ``tables`` and ``figures``.
+"""The main job's study of a VQA model on easy-VQA test (:func:`vqa_study`): positive/negative
+perturbation of image regions and text tokens for every method and ablation (supplementary
+Tables 2-3, Figures 2-3), plausibility against the shapes' ground-truth masks, a Figure 1-style
+gallery. It returns the study's ``numbers`` (for ``results.json``), its ``tables`` and ``figures``.
 """
 
-import json
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, cast
+from typing import Any, Callable, Dict, List, cast
 
-import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from captum_mm.attr.catalog import ABLATIONS, PAPER_METHODS, with_reference_detr
-from captum_mm.datasets import write_shapes_coco
+from captum_mm.attr.catalog import ABLATIONS, PAPER_METHODS
+from captum_mm.datasets.batches import KeywordModel, pad_collate
 from captum_mm.datasets.easy_vqa import GRID, EasyVQA, tokenizer
-from captum_mm.metrics.segmentation import IOU_GRIDS, SegmentationEvaluator, relevance_to_masks
-from captum_mm.metrics.study import (
-    KeywordModel,
-    StudyResult,
-    attention_method,
-    pad_collate,
-    run_perturbation_study,
-    vqa_settings,
-)
+from captum_mm.metrics.study import StudyResult, attention_method, run_perturbation_study, vqa_settings
+from captum_mm.study.options import Options
+from captum_mm.study.report import table
 from captum_mm.visualization import plot_perturbation_curves, save_perturbation_study
-from captum_mm.visualization.figures import detection_masks_figure, relevance_gallery
-from captum_mm.zoo.train_detr import DETR_IMAGE_SIZE, DETR_SPLITS
-
-if TYPE_CHECKING:
-    from captum_mm.reproduce import Options
-    from captum_mm.zoo.recipes import EasyVQAInputs, Recipe
+from captum_mm.visualization.figures import relevance_gallery
+from captum_mm.zoo.model_recipe import EasyVQAInputs, Recipe
 
 SETTING_ROWS = {"negative image": "Neg. img", "positive image": "Pos. img", "negative text": "Neg. text", "positive text": "Pos. text"}
-SEGMENTATION_ROWS = ("AP", "AP_medium", "AP_large", "AR", "AR_medium", "AR_large")
-
-
-def table(rows: Dict[str, Dict[str, float]], columns: List[str], title: str) -> Dict[str, Any]:
-    """``rows[row][column]`` as a printable/HTML/CSV table."""
-    return {"title": title, "columns": columns, "rows": rows}
 
 
 class Plausibility:
@@ -128,54 +104,3 @@ def _vqa_gallery(model, dataset, convert, relevance_methods, indices) -> Figure:
     answers = [dataset.answers[p] for p in predictions.tolist()]
     titles = [f"{textwrap.fill(dataset.questions[i], 24)}\n→ {answer}" for i, answer in zip(indices, answers)]
     return relevance_gallery([dataset.image(i) for i in indices], tokens, relevance, (GRID, GRID), titles)
-
-
-def detr_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable]) -> Dict[str, Any]:
-    """Weakly-supervised segmentation and per-query mask figures of DETR on shape scenes or the user's COCO data."""
-    name = recipe.name
-    model = recipe.load(options.checkpoints.get(name))
-    processor = recipe.load_processor(options.checkpoints.get(name))
-    if options.images_dir and options.annotations:
-        images, annotations = Path(options.images_dir), Path(options.annotations)
-    else:
-        folder = Path(options.output) / "scenes"
-        count, seed = DETR_SPLITS["val"]
-        annotations, wanted = folder / "val.json", min(count, options.images)
-        if not annotations.exists() or len(json.loads(annotations.read_text())["images"]) != wanted:
-            write_shapes_coco(folder, wanted, seed, DETR_IMAGE_SIZE, "val")
-        images = folder / "val"
-    evaluator = SegmentationEvaluator(model, processor, images, annotations)
-    image_ids = evaluator.image_ids(limit=options.images)
-    methods = with_reference_detr(methods)
-    scores = cast(Dict[str, Dict[str, Dict[str, float]]], evaluator.evaluate(methods, image_ids, progress=options.progress))
-    tables = []
-    for grid in IOU_GRIDS:
-        rows = {row: {m: 100 * scores[m][grid][row] for m in scores} for row in SEGMENTATION_ROWS}
-        label = "0.50:0.05:0.95" if grid == "coco" else "0.20:0.05:0.95"
-        tables.append(table(rows, list(scores), f"{name}: segmentation, IoU {label} (as supplementary Table 1)"))
-    out = Path(options.output) / name
-    out.mkdir(parents=True, exist_ok=True)
-    figures = {}
-    for image_id in image_ids[: max(1, options.gallery // 2)]:
-        figures[f"masks of scene {image_id}"] = figure = _detr_masks(model, evaluator, image_id, methods)
-        figure.savefig(out / f"masks_{image_id}.png", dpi=110, bbox_inches="tight")
-    (out / "segmentation.json").write_text(json.dumps(scores, indent=2))
-    return {"numbers": scores, "tables": tables, "figures": figures}
-
-
-def _detr_masks(model, evaluator: SegmentationEvaluator, image_id: int, methods) -> Figure:
-    """Per-query relevance and masks of the first method ("ours" by default) on one scene."""
-    name, factory = next(iter(methods.items()))
-    explainer = factory(model)
-    image = evaluator.load_images([image_id])[0]
-    inputs = evaluator.processor(images=[image], return_tensors="pt")
-    with torch.no_grad():
-        logits = model(**inputs).logits
-    scores, labels = logits.softmax(-1)[..., :-1].max(-1)
-    keep = scores[0] > evaluator.threshold
-    relevance = evaluator.relevance(explainer, inputs["pixel_values"], inputs["pixel_mask"], keep[None])[0]
-    size = (image.height, image.width)
-    masks = relevance_to_masks(relevance, keep, tuple(inputs["pixel_values"].shape[-2:]), size, size)
-    kept = torch.nonzero(keep).flatten().tolist()
-    names = [f"{name}: {model.config.id2label.get(int(labels[0, q]), labels[0, q])} (query {q})" for q in kept]
-    return detection_masks_figure(np.array(image), [relevance[q] for q in kept], [masks[q] for q in kept], names)

@@ -12,7 +12,7 @@ VQA study's plausibility measures apply as they are. The gallery shows every gen
 
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Tuple, cast
+from typing import Any, Callable, Dict, List, Tuple, cast
 
 import torch
 from matplotlib.figure import Figure
@@ -21,13 +21,12 @@ from torch import Tensor, nn
 from captum_mm.datasets.easy_vqa import GRID, EasyVQA
 from captum_mm.metrics.perturbation import DEFAULT_STEPS, TokenGroup
 from captum_mm.metrics.study import Setting, StudyResult, run_perturbation_study
+from captum_mm.study.options import Options
+from captum_mm.study.vqa import Plausibility, vqa_tables
 from captum_mm.visualization import plot_perturbation_curves, save_perturbation_study
 from captum_mm.visualization.figures import relevance_gallery
+from captum_mm.zoo.model_recipe import Recipe
 from captum_mm.zoo.train_llava import IMAGE_TOKEN, IMAGE_TOKENS, decoded, pixel_values, tokenizer
-
-if TYPE_CHECKING:
-    from captum_mm.reproduce import Options
-    from captum_mm.zoo.recipes import Recipe
 
 #: The LM sequence's question tokens and image tokens, as the perturbation tests drop them.
 QUESTION = TokenGroup(("question_ids",), "question_mask")
@@ -128,8 +127,6 @@ def answer_relevance(factory: Callable[..., Any], model: nn.Module) -> Callable[
 
 def llava_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable]) -> Dict[str, Any]:
     """Perturbation tests on the generated answers, plausibility and the gallery of ``llava-easyvqa`` on easy-VQA test."""
-    from captum_mm.zoo.studies import Plausibility, vqa_tables  # the VQA study's measures (it imports this module)
-
     name = recipe.name
     model = recipe.load(options.checkpoints.get(name))
     dataset = EasyVQA("test")
