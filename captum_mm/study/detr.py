@@ -24,7 +24,17 @@ SEGMENTATION_ROWS = ("AP", "AP_medium", "AP_large", "AR", "AR_medium", "AR_large
 
 
 def detr_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable]) -> Dict[str, Any]:
-    """Weakly-supervised segmentation and per-query mask figures of DETR on shape scenes or the user's COCO data."""
+    r"""
+    Weakly-supervised segmentation and per-query mask figures of DETR on shape scenes or the user's COCO data.
+
+    Args:
+        recipe (Recipe): The model's recipe.
+        options (Options): The main job's options (its checkpoint, sample counts, seed, output folder).
+        methods (dict): Method name to explainer factory, from :func:`captum_mm.attr.catalog.select_methods`.
+
+    Returns:
+        *dict*: The study's ``numbers`` (for ``results.json``), its ``tables`` and ``figures``.
+    """
     name = recipe.name
     model = recipe.load(options.checkpoints.get(name))
     processor = recipe.load_processor(options.checkpoints.get(name))

@@ -10,7 +10,22 @@ from captum_mm.zoo.recipes import RECIPES, SHAPE_SCENES
 
 @dataclass
 class Options:
-    """What ``captum-mm reproduce`` runs (defaults finish in minutes on 2 CPU cores)."""
+    r"""
+    What ``captum-mm reproduce`` runs (defaults finish in minutes on 2 CPU cores); checked when made.
+
+    Attributes:
+        output (Path): The folder of the report, ``results.json``, the tables and each model's figures.
+        models (sequence of str): Shipped models to study, in order. Default: all of them
+        methods (sequence of str, optional): Methods and ablations by name or alias. Default: None (all)
+        samples (int): easy-VQA test questions per VQA model (a quarter for the generative VLM).
+        images (int): Scenes of the segmentation test.
+        gallery (int): Questions in each gallery (half as many DETR scenes, at least one).
+        seed (int): Seed of the sample selection.
+        checkpoints (dict): Model name to the user's checkpoint replacing the shipped one.
+        images_dir (str, optional): The user's COCO-format images for the segmentation test (with ``annotations``).
+        annotations (str, optional): Their COCO annotations file.
+        progress (bool): Show progress bars.
+    """
 
     output: Path = Path("captum_mm_output")
     models: Sequence[str] = tuple(RECIPES)

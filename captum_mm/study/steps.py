@@ -14,9 +14,16 @@ from captum_mm.study.vqa import vqa_study
 
 @dataclass(frozen=True)
 class Step:
-    """A shipped model's evaluations in the main job: their description and the study that runs them."""
+    r"""
+    A shipped model's evaluations in the main job: their description and the study that runs them.
 
-    evaluations: str  # what the main job runs on the model, as its stage line says
+    Attributes:
+        evaluations (str): What the main job runs on the model, as its stage line says.
+        run (Callable): ``run(recipe, options, methods)``: the study, returning its ``numbers``, ``tables`` and
+                    ``figures``.
+    """
+
+    evaluations: str
     run: Callable[..., Dict[str, Any]]
 
 

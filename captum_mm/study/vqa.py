@@ -25,7 +25,13 @@ SETTING_ROWS = {"negative image": "Neg. img", "positive image": "Pos. img", "neg
 
 
 class Plausibility:
-    """Per method: share of image relevance on the shape (coverage-weighted) and the pointing game."""
+    r"""
+    Per method: share of image relevance on the shape (coverage-weighted) and the pointing game; called with each
+    explained batch's relevance (the perturbation study's ``on_relevance``).
+
+    Args:
+        dataset (EasyVQA): The split explained, whose shapes' region coverage is the ground truth.
+    """
 
     def __init__(self, dataset: EasyVQA) -> None:
         self.dataset = dataset
@@ -51,7 +57,17 @@ class Plausibility:
 
 
 def vqa_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable]) -> Dict[str, Any]:
-    """Perturbation tests, plausibility and the gallery of a VQA model on easy-VQA test."""
+    r"""
+    Perturbation tests, plausibility and the gallery of a VQA model on easy-VQA test.
+
+    Args:
+        recipe (Recipe): The model's recipe.
+        options (Options): The main job's options (its checkpoint, sample counts, seed, output folder).
+        methods (dict): Method name to explainer factory, from :func:`captum_mm.attr.catalog.select_methods`.
+
+    Returns:
+        *dict*: The study's ``numbers`` (for ``results.json``), its ``tables`` and ``figures``.
+    """
     name, inputs = recipe.name, cast("EasyVQAInputs", recipe.easy_vqa)  # VQA recipes carry their inputs
     model = recipe.load(options.checkpoints.get(name))
     dataset = EasyVQA("test")
@@ -77,6 +93,17 @@ def vqa_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable]
 
 
 def vqa_tables(name: str, result: StudyResult, plausibility: Plausibility) -> List[Dict[str, Any]]:
+    r"""
+    A VQA study's tables: the AUC of every method, of the ablations (when run) and the plausibility.
+
+    Args:
+        name (str): The model's name, as the titles give it.
+        result (StudyResult): The perturbation study's result.
+        plausibility (Plausibility): Its plausibility scores.
+
+    Returns:
+        *list of dict*: The tables (:func:`captum_mm.study.report.table`).
+    """
     def auc_table(columns, title):
         columns = [c for c in columns if c in result.scores]
         rows = {label: {c: result.auc(c, setting) for c in columns} for setting, label in SETTING_ROWS.items()}

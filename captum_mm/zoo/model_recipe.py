@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type, cast
 import transformers
 from torch import nn
 
+from captum_mm.datasets.batches import Batch
 from captum_mm.datasets.easy_vqa import EASY_VQA_VOCABULARY
 from captum_mm.metrics import TokenGroup
 
@@ -17,22 +18,32 @@ CHECKPOINTS = Path(__file__).parent / "checkpoints"
 EASY_VQA = "easy-VQA"
 SHAPE_SCENES = "synthetic shape scenes"
 
-Batch = Dict[str, Any]
-
 
 @dataclass(frozen=True)
 class EasyVQAInputs:
-    """How a VQA model takes easy-VQA: its keyword arguments, its token groups and perturbation
-    steps, and the config fields that must match the dataset."""
+    r"""
+    How a VQA model takes easy-VQA: its keyword arguments, its token groups and perturbation
+    steps, and the config fields that must match the dataset.
 
-    convert: Callable[[Batch], Batch]  # a padded easy-VQA batch to the model's keyword arguments
+    Attributes:
+        convert (Callable): A padded easy-VQA batch to the model's keyword arguments.
+        text (TokenGroup): The model's text tokens, as the perturbation tests drop them.
+        image (TokenGroup): Its image regions, likewise.
+        text_steps (tuple of float): Fractions of text tokens removed.
+        image_steps (tuple of float): Fractions of image regions removed.
+        features (int): Region feature size the model takes.
+        answers_field (str): Config attribute: number of answers.
+        features_field (str): Config attribute: region feature size.
+    """
+
+    convert: Callable[[Batch], Batch]
     text: TokenGroup
     image: TokenGroup
     text_steps: Tuple[float, ...]
     image_steps: Tuple[float, ...]
-    features: int  # region feature size the model takes
-    answers_field: str  # config attribute: number of answers
-    features_field: str  # config attribute: region feature size
+    features: int
+    answers_field: str
+    features_field: str
 
     def mismatches(self, config: transformers.PretrainedConfig) -> List[str]:
         """What in ``config`` does not fit easy-VQA's answers, region features and vocabulary."""
@@ -51,21 +62,30 @@ class EasyVQAInputs:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A shipped model: what it is, what it learns from and how it is trained.
+    r"""
+    A shipped model: what it is, what it learns from and how it is trained.
 
-    ``trainer(recipe, output, seed, **options)`` retrains it; ``goal`` is the quality (a key
-    of ``quality.json``) it must reach.
+    Attributes:
+        name (str): The model's name, also its checkpoint folder's.
+        model_class_name (str): A transformers class.
+        dataset (str): What it is trained and studied on (:data:`EASY_VQA` or :data:`SHAPE_SCENES`).
+        build (Callable): The untrained architecture.
+        trainer (Callable): ``trainer(recipe, output, seed, **options)`` retrains it.
+        epochs (int): Its training epochs.
+        goal (tuple): The quality (a key of ``quality.json``) it must reach, and the minimum.
+        easy_vqa (EasyVQAInputs, optional): How a VQA classifier takes easy-VQA. Default: None
+        processor_class_name (str, optional): A transformers image processor saved with the checkpoint. Default: None
     """
 
     name: str
-    model_class_name: str  # a transformers class
+    model_class_name: str
     dataset: str
-    build: Callable[[], nn.Module]  # the untrained architecture
+    build: Callable[[], nn.Module]
     trainer: Callable[..., Dict[str, Any]]
     epochs: int
     goal: Tuple[str, float]
     easy_vqa: Optional[EasyVQAInputs] = None
-    processor_class_name: Optional[str] = None  # a transformers image processor saved with the checkpoint
+    processor_class_name: Optional[str] = None
 
     @property
     def model_class(self) -> Type[transformers.PreTrainedModel]:

@@ -27,7 +27,19 @@ __all__ = ["CHECKPOINTS", "EASY_VQA", "RECIPES", "SHAPE_SCENES", "EasyVQAInputs"
 
 
 def vqa_recipe(name: str, model_class_name: str, build: Callable[..., nn.Module], epochs: int, inputs: EasyVQAInputs) -> Recipe:
-    """A VQA model trained on easy-VQA to the 90 % test-accuracy goal."""
+    r"""
+    The recipe of a VQA model trained on easy-VQA to the 90 % test-accuracy goal.
+
+    Args:
+        name (str): The model's name.
+        model_class_name (str): A transformers class.
+        build (Callable): The untrained architecture.
+        epochs (int): Its training epochs.
+        inputs (EasyVQAInputs): How it takes easy-VQA.
+
+    Returns:
+        *Recipe*: The recipe.
+    """
     return Recipe(
         name=name, model_class_name=model_class_name, dataset=EASY_VQA, build=build, trainer=train_vqa.train_vqa,
         epochs=epochs, goal=("easy_vqa_test_accuracy", 90.0), easy_vqa=inputs,

@@ -22,6 +22,12 @@ VQA_SIZE: Dict[str, Any] = dict(hidden_size=128, num_attention_heads=4, intermed
 
 
 def lxmert_model() -> nn.Module:
+    r"""
+    The untrained architecture of ``lxmert-easyvqa``.
+
+    Returns:
+        *nn.Module*: A small ``LxmertForQuestionAnswering`` for easy-VQA's vocabulary, region features and answers.
+    """
     from transformers import LxmertConfig, LxmertForQuestionAnswering
 
     config = LxmertConfig(
@@ -32,6 +38,12 @@ def lxmert_model() -> nn.Module:
 
 
 def visual_bert_model() -> nn.Module:
+    r"""
+    The untrained architecture of ``visualbert-easyvqa``.
+
+    Returns:
+        *nn.Module*: A small ``VisualBertForQuestionAnswering`` for easy-VQA's vocabulary, region features and answers.
+    """
     from transformers import VisualBertConfig, VisualBertForQuestionAnswering
 
     config = VisualBertConfig(  # type: ignore[call-arg]  # num_labels goes through PretrainedConfig's **kwargs
@@ -44,7 +56,19 @@ def visual_bert_model() -> nn.Module:
 def vqa_accuracy(
     recipe: "Recipe", model: nn.Module, dataset: EasyVQA, indices: Optional[Iterable[int]] = None, batch_size: int = 256
 ) -> float:
-    """Top-1 accuracy (%) of ``recipe``'s VQA ``model`` on ``dataset`` (all of it, or ``indices``)."""
+    r"""
+    Top-1 accuracy (%) of ``recipe``'s VQA ``model`` on ``dataset`` (all of it, or ``indices``).
+
+    Args:
+        recipe (Recipe): The model's recipe (how it takes easy-VQA).
+        model (torch.nn.Module): The model (left in eval mode).
+        dataset (EasyVQA): The split scored.
+        indices (Iterable[int], optional): The questions scored. Default: None (all)
+        batch_size (int, optional): Questions per forward. Default: 256
+
+    Returns:
+        *float*: The accuracy, in %.
+    """
     selected = list(range(len(dataset))) if indices is None else list(indices)
     forward, correct = KeywordModel(model, ()), 0
     convert = cast("EasyVQAInputs", recipe.easy_vqa).convert  # VQA recipes carry their inputs
@@ -60,9 +84,21 @@ def train_vqa(
     recipe: "Recipe", output: Path, seed: int = 0, epochs: Optional[int] = None, batch_size: int = 64, lr: float = 5e-4,
     limit: Optional[int] = None,
 ) -> Dict[str, Any]:
-    """Train ``recipe``'s VQA model on easy-VQA train, save it to ``output`` and return its measured quality.
+    r"""
+    Train ``recipe``'s VQA model on easy-VQA train, save it to ``output`` and return its measured quality.
 
-    ``limit`` uses only the first ``limit`` questions of each split (a quick check of the recipe).
+    Args:
+        recipe (Recipe): The model's recipe.
+        output (Path): The checkpoint folder written.
+        seed (int, optional): Seed of the initialisation and the shuffles. Default: 0
+        epochs (int, optional): Default: None (the recipe's)
+        batch_size (int, optional): Questions per step. Default: 64
+        lr (float, optional): Peak learning rate. Default: 5e-4
+        limit (int, optional): Only the first ``limit`` questions of each split (a quick check of the recipe).
+                    Default: None (all)
+
+    Returns:
+        *dict*: The measured quality, as ``quality.json`` holds it.
     """
     name, epochs = recipe.name, epochs or recipe.epochs
     torch.manual_seed(seed)
