@@ -29,11 +29,12 @@ def detr_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable
 
     Args:
         recipe (Recipe): The model's recipe.
-        options (Options): The main job's options (its checkpoint, sample counts, seed, output folder).
-        methods (dict): Method name to explainer factory, from :func:`captum_mm.attr.catalog.select_methods`.
+        options (Options): The main job's options (DETR's checkpoint, the scene count, the user's COCO data, the
+                    gallery size setting the mask figures, the output folder).
+        methods (dict): Method name to explainer factory (the reference Eq. 8-9 variant is added to them).
 
     Returns:
-        *dict*: The study's ``numbers`` (for ``results.json``), its ``tables`` and ``figures``.
+        *dict*: The segmentation scores as ``numbers``, a table per IoU grid, the mask figures.
     """
     name = recipe.name
     model = recipe.load(options.checkpoints.get(name))

@@ -164,11 +164,12 @@ def llava_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callabl
 
     Args:
         recipe (Recipe): The model's recipe.
-        options (Options): The main job's options (its checkpoint, sample counts, seed, output folder).
-        methods (dict): Method name to explainer factory, from :func:`captum_mm.attr.catalog.select_methods`.
+        options (Options): The main job's options (the VLM's checkpoint, ``samples`` of which a quarter are
+                    explained, gallery size, seed, output folder).
+        methods (dict): Method name to explainer factory; each explains the generated answers.
 
     Returns:
-        *dict*: The study's ``numbers`` (for ``results.json``), its ``tables`` and ``figures``.
+        *dict*: The perturbation result as ``numbers``, the VQA study's tables, the curves and the gallery.
     """
     name = recipe.name
     model = recipe.load(options.checkpoints.get(name))
