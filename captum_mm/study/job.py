@@ -21,7 +21,8 @@ from captum_mm.study.llava import SAMPLE_SHARE, llava_study
 from captum_mm.study.options import Options
 from captum_mm.study.report import csv_table, html_report, text_table
 from captum_mm.study.steps import STEPS
-from captum_mm.zoo.recipes import EASY_VQA, RECIPES, SHAPE_SCENES
+from captum_mm.zoo.model_recipe import EASY_VQA, SHAPE_SCENES
+from captum_mm.zoo.recipes import RECIPES
 
 
 def reproduce(options: Options) -> Dict[str, Any]:

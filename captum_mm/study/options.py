@@ -5,7 +5,8 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from captum_mm.attr.catalog import select_methods
-from captum_mm.zoo.recipes import RECIPES, SHAPE_SCENES
+from captum_mm.zoo.model_recipe import SHAPE_SCENES
+from captum_mm.zoo.recipes import RECIPES
 
 
 @dataclass
