@@ -150,8 +150,8 @@ def segmentation(args: argparse.Namespace) -> None:
 
 def reproduce(args: argparse.Namespace) -> None:
     """The paper's tables and figures on the shipped models: perturbation tests, segmentation, gallery, report."""
-    from captum_mm.reproduce import Options
-    from captum_mm.reproduce import reproduce as run
+    from captum_mm.study import Options
+    from captum_mm.study import reproduce as run
 
     malformed = [item for item in args.checkpoint or [] if "=" not in item]
     if malformed:

@@ -23,6 +23,7 @@ API_MODULES = (
     "captum_mm.attr", "captum_mm.llm", "captum_mm.generation", "captum_mm.models", "captum_mm.spec", "captum_mm.lrp",
     "captum_mm.relevance.schedule", "captum_mm.relevance.propagation", "captum_mm.relevance.rules",
     "captum_mm.relevance.heads", "captum_mm.metrics", "captum_mm.visualization", "captum_mm.datasets", "captum_mm.zoo",
+    "captum_mm.study",
 )
 
 

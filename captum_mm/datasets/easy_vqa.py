@@ -88,7 +88,7 @@ class EasyVQA:
 
     ``dataset[i]`` maps argument names to unbatched tensors (``input_ids``,
     ``attention_mask``, ``token_type_ids``, ``visual_feats``, ``visual_pos``) plus
-    ``answer_scores`` (one-hot over the 13 answers); :func:`captum_mm.metrics.study.pad_collate`
+    ``answer_scores`` (one-hot over the 13 answers); :func:`captum_mm.datasets.batches.pad_collate`
     batches them. ``for_visual_bert(batch)`` turns a batch into VisualBERT's arguments.
     """
 

@@ -15,24 +15,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from captum_mm.datasets.batches import Batch, KeywordModel
+from captum_mm.datasets.batches import pad_collate as pad_collate  # its documented path here
 from captum_mm.metrics.distributed import gather, is_main_process, shard
 from captum_mm.metrics.perturbation import TokenGroup, area_under_curve, perturbation_curve, vqa_score
-from captum_mm.models import adapter_for
 
-Batch = Dict[str, Any]
 #: ``method(inputs, targets) -> {"text": [B, T], "image": [B, R]}``: per-token relevance of each modality.
 RelevanceMethod = Callable[[Batch, Tensor], Dict[str, Tensor]]
-
-
-class KeywordModel:
-    """A HuggingFace model called with keyword arguments (or positionally, in ``names`` order), returning logits."""
-
-    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
-        self.model, self.names, self.adapter = model, tuple(names), adapter_for(model)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
-        kwargs.update(zip(self.names, args))
-        return self.adapter.logits(self.model(**kwargs))
 
 
 def attention_method(factory: Callable[..., Any], model: nn.Module, **options: Any) -> RelevanceMethod:
@@ -106,26 +95,6 @@ class StudyResult:
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
-
-
-def pad_collate(items: List[Mapping[str, Tensor]], label: str = "answer_scores") -> Tuple[Batch, Tensor]:
-    """Stack samples, right-padding every per-token tensor with zeros (masks and ids included).
-
-    Each sample maps argument names to unbatched tensors, plus ``label`` (its ``[C]``
-    answer scores), which is returned separately.
-    """
-    batch: Batch = {}
-    for name in items[0]:
-        values = [item[name] for item in items]
-        if values[0].dim() == 0:
-            batch[name] = torch.stack(values)
-            continue
-        length = max(value.shape[0] for value in values)
-        padded = values[0].new_zeros(len(values), length, *values[0].shape[1:])
-        for row, value in enumerate(values):
-            padded[row, : value.shape[0]] = value
-        batch[name] = padded
-    return batch, batch.pop(label)
 
 
 def select_samples(size: int, count: Optional[int], seed: int) -> List[int]:

@@ -1,8 +1,9 @@
 """Small models trained by this project on real and synthetic data, shipped inside the package.
 
 ``load(name)`` returns the model in eval mode, offline; ``quality(name)`` what was measured
-when it was trained (see ``captum-mm train --help`` to retrain). What each model is, how it
-is trained and what the main job runs on it: its recipe, :func:`captum_mm.zoo.recipes.recipe`.
+when it was trained (see ``captum-mm train --help`` to retrain). What each model is and how it
+is trained: its recipe, :func:`captum_mm.zoo.recipes.recipe`; what the main job runs on it:
+:mod:`captum_mm.study`.
 """
 
 import json
@@ -11,7 +12,8 @@ from typing import Any, Dict, Optional
 
 from torch import nn
 
-from captum_mm.zoo.recipes import CHECKPOINTS, RECIPES, recipe
+from captum_mm.zoo.model_recipe import CHECKPOINTS
+from captum_mm.zoo.recipes import RECIPES, recipe, with_processors
 
 NAMES = tuple(RECIPES)
 
@@ -59,7 +61,10 @@ def load_processor(name: str, path: Optional[str] = None) -> Any:
     Returns:
         The HuggingFace image processor.
     """
-    return recipe(name).load_processor(path)
+    entry = recipe(name)
+    if entry.processor_class_name is None:
+        raise ValueError(f"{name} takes no image processor; only {', '.join(with_processors())} do.")
+    return entry.load_processor(path)
 
 
 def quality(name: str) -> Dict[str, Any]:

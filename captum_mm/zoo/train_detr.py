@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, cast
 import torch
 from torch import nn
 
-from captum_mm.zoo.train import _save, _schedule
+from captum_mm.datasets import write_shapes_coco
+from captum_mm.zoo.model_recipe import Recipe
+from captum_mm.zoo.training import cosine_schedule, save_checkpoint
 
 if TYPE_CHECKING:
     from pycocotools.coco import COCO
     from transformers import DetrForObjectDetection
     from transformers.models.detr.image_processing_pil_detr import DetrImageProcessorPil
-
-    from captum_mm.zoo.recipes import Recipe
 
 #: Fixed subset on which tests check that the checkpoint still reaches its recorded quality.
 DETR_CHECK_SCENES = 60
@@ -52,8 +52,6 @@ def detr_processor() -> "DetrImageProcessorPil":
 
 def shape_scenes(folder: Path, limit: Optional[int] = None) -> Dict[str, Path]:
     """The fixed train/validation split of synthetic scenes (the first ``limit`` of each), written once under ``folder``."""
-    from captum_mm.datasets import write_shapes_coco
-
     paths = {}
     for split, (count, seed) in DETR_SPLITS.items():
         path = Path(folder) / f"{split}.json"
@@ -160,7 +158,7 @@ def _train_detr(
     calibration = pixels[torch.randperm(len(image_ids), generator=torch.Generator().manual_seed(seed))[:64]]
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps_per_epoch = math.ceil(len(image_ids) / batch_size)
-    scheduler = _schedule(optimizer, epochs * steps_per_epoch, warmup=steps_per_epoch)
+    scheduler = cosine_schedule(optimizer, epochs * steps_per_epoch, warmup=steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         calibrate_backbone(model, calibration)
@@ -183,7 +181,7 @@ def _train_detr(
     quality["check_subset_AP50"] = detr_box_ap(model, val, Path(scenes) / "val", processor, DETR_CHECK_SCENES)["bbox_AP50"]
     quality.update(train_seconds=round(time.perf_counter() - started, 1), seed=seed, epochs=epochs, lr=lr, clip=clip,
                    torch_threads=torch.get_num_threads(), limit=limit)
-    _save(model, output, quality)
+    save_checkpoint(model, output, quality)
     processor.save_pretrained(output)
     return quality
 

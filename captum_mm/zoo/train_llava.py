@@ -9,7 +9,6 @@ WordPiece vocabulary (:data:`GENERATIVE_VOCABULARY`: the questions' pieces, ``ye
 token), so a ``BertTokenizer`` reads and writes it.
 """
 
-import json
 import tempfile
 import time
 from functools import lru_cache
@@ -21,11 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from captum_mm.datasets.easy_vqa import EASY_VQA_VOCABULARY, EasyVQA
+from captum_mm.zoo.model_recipe import Recipe
+from captum_mm.zoo.training import save_checkpoint, train_epochs
 
 if TYPE_CHECKING:
     from transformers import BertTokenizer, LlavaForConditionalGeneration
-
-    from captum_mm.zoo.recipes import Recipe
 
 IMAGE_TOKEN = "[IMG]"
 #: easy-VQA's question word pieces, the answers' (``yes`` is the one the questions lack) and the image token.
@@ -40,9 +39,8 @@ CHECK_QUESTIONS = 300
 def tokenizer() -> "BertTokenizer":
     """The WordPiece tokenizer of :data:`GENERATIVE_VOCABULARY`: ``encode`` begins a prompt with ``[CLS]`` (no ``[SEP]``,
     which ends the generated answer)."""
-    from transformers import BertTokenizer
-
     from tokenizers.processors import TemplateProcessing
+    from transformers import BertTokenizer
 
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "vocab.txt").write_text("\n".join(GENERATIVE_VOCABULARY) + "\n")
@@ -141,8 +139,6 @@ def train_llava(recipe: "Recipe", output: Path, seed: int = 0, epochs: Optional[
                 lr: float = 1e-3, limit: Optional[int] = None) -> Dict[str, Any]:
     """Train ``llava-easyvqa`` on easy-VQA train by teacher forcing, save it to ``output`` (with its tokenizer's
     vocabulary) and return its measured quality. ``limit`` uses only the first ``limit`` questions of each split."""
-    from captum_mm.zoo.train import train_epochs
-
     epochs = epochs or recipe.epochs
     torch.manual_seed(seed)
     started = time.perf_counter()
@@ -162,8 +158,6 @@ def train_llava(recipe: "Recipe", output: Path, seed: int = 0, epochs: Optional[
         "train_seconds": round(time.perf_counter() - started, 1),
         "seed": seed, "epochs": epochs, "torch_threads": torch.get_num_threads(), "limit": limit,
     }
-    output = Path(output)
-    cast(Any, model).save_pretrained(output)
+    save_checkpoint(model, output, quality)
     tokenizer().save_pretrained(output)
-    (output / "quality.json").write_text(json.dumps(quality, indent=2))
     return quality

@@ -8,7 +8,7 @@ import torch
 from skimage import measure
 
 from captum_mm.datasets.easy_vqa import FEATURES, GRID, EasyVQA, for_visual_bert, region_boxes, region_features, shape_mask, tokenizer
-from captum_mm.metrics.study import pad_collate
+from captum_mm.datasets.batches import pad_collate
 
 
 IDEAL_FILL = {"rectangle": 1.0, "circle": np.pi / 4, "triangle": 0.5}

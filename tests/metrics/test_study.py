@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from captum_mm.metrics.study import pad_collate, select_samples
+from captum_mm.datasets.batches import pad_collate
+from captum_mm.metrics.study import select_samples
 
 from script_runner import run_script
 

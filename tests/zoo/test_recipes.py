@@ -8,7 +8,8 @@ import pytest
 
 import captum_mm
 from captum_mm import zoo
-from captum_mm.zoo import studies
+from captum_mm.study.steps import STEPS
+from captum_mm.study.vqa import vqa_study
 from captum_mm.zoo.recipes import EASY_VQA, RECIPES, SHAPE_SCENES, recipe
 
 
@@ -29,9 +30,10 @@ def test_a_recipe_builds_and_loads_the_class_of_its_checkpoint(name):
 
 
 def test_each_dataset_brings_what_its_study_needs():
-    for entry in RECIPES.values():
-        assert entry.dataset in (EASY_VQA, SHAPE_SCENES) and entry.epochs > 0 and entry.evaluations
-        assert (entry.easy_vqa is not None) == (entry.study is studies.vqa_study)  # VQA classifiers' region inputs
+    assert list(STEPS) == list(RECIPES)  # every shipped model has its step of the main job, in the same order
+    for name, entry in RECIPES.items():
+        assert entry.dataset in (EASY_VQA, SHAPE_SCENES) and entry.epochs > 0 and STEPS[name].evaluations
+        assert (entry.easy_vqa is not None) == (STEPS[name].run is vqa_study)  # VQA classifiers' region inputs
     assert type(zoo.load_processor("detr-shapes")).__name__ == "DetrImageProcessorPil"
     with pytest.raises(ValueError, match="lxmert-easyvqa takes no image processor; only detr-shapes do"):
         zoo.load_processor("lxmert-easyvqa")

@@ -8,13 +8,13 @@ import pytest
 from pycocotools.coco import COCO
 
 from captum_mm import zoo
-from captum_mm.zoo import recipes
 from captum_mm.cli import main
 from captum_mm.datasets import write_shapes_coco
 from captum_mm.datasets.easy_vqa import EasyVQA
+from captum_mm.zoo import model_recipe
 from captum_mm.zoo.recipes import RECIPES, recipe
-from captum_mm.zoo.train import VQA_CHECK_QUESTIONS, vqa_accuracy
 from captum_mm.zoo.train_detr import DETR_CHECK_SCENES, DETR_IMAGE_SIZE, DETR_SPLITS, detr_box_ap
+from captum_mm.zoo.train_vqa import VQA_CHECK_QUESTIONS, vqa_accuracy
 
 MARGIN = 1.0  # accuracy points (VQA) / hundredths of AP50 (DETR): the same subset, the same model, one CPU
 
@@ -54,7 +54,7 @@ def test_unknown_or_missing_checkpoint():
 
 
 def test_missing_checkpoint_says_how_to_retrain(tmp_path, monkeypatch):
-    monkeypatch.setattr(recipes, "CHECKPOINTS", tmp_path)
+    monkeypatch.setattr(model_recipe, "CHECKPOINTS", tmp_path)
     with pytest.raises(FileNotFoundError, match="retrain it with `captum-mm train detr-shapes`"):
         zoo.load("detr-shapes")
 

@@ -7,7 +7,7 @@ from captum_mm import zoo
 from captum_mm.attr import GenericAttention
 from captum_mm.datasets.easy_vqa import EasyVQA
 from captum_mm.metrics.perturbation import perturbation_curve, vqa_score
-from captum_mm.zoo.study_llava import IMAGE, QUESTION, GeneratedAnswer, _collate, answer_relevance, prompt_of
+from captum_mm.study.llava import IMAGE, QUESTION, GeneratedAnswer, _collate, answer_relevance, prompt_of
 from captum_mm.zoo.train_llava import generated_answers, prompts
 
 QUESTIONS = list(range(16))

@@ -12,7 +12,7 @@ VQA study's plausibility measures apply as they are. The gallery shows every gen
 
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Tuple, cast
+from typing import Any, Callable, Dict, List, Tuple, cast
 
 import torch
 from matplotlib.figure import Figure
@@ -21,13 +21,12 @@ from torch import Tensor, nn
 from captum_mm.datasets.easy_vqa import GRID, EasyVQA
 from captum_mm.metrics.perturbation import DEFAULT_STEPS, TokenGroup
 from captum_mm.metrics.study import Setting, StudyResult, run_perturbation_study
+from captum_mm.study.options import Options
+from captum_mm.study.vqa import Plausibility, vqa_tables
 from captum_mm.visualization import plot_perturbation_curves, save_perturbation_study
 from captum_mm.visualization.figures import relevance_gallery
+from captum_mm.zoo.model_recipe import Recipe
 from captum_mm.zoo.train_llava import IMAGE_TOKEN, IMAGE_TOKENS, decoded, pixel_values, tokenizer
-
-if TYPE_CHECKING:
-    from captum_mm.reproduce import Options
-    from captum_mm.zoo.recipes import Recipe
 
 #: The LM sequence's question tokens and image tokens, as the perturbation tests drop them.
 QUESTION = TokenGroup(("question_ids",), "question_mask")
@@ -37,8 +36,14 @@ SAMPLE_SHARE = 4
 
 
 class GeneratedAnswer:
-    """The model's greedy answer (up to 3 word pieces) to the LM sequence ``[CLS]``, the kept image tokens, the kept
-    question tokens (left-padded), as one-hot scores over easy-VQA's answers and a last column for anything else."""
+    r"""
+    The model's greedy answer (up to 3 word pieces) to the LM sequence ``[CLS]``, the kept image tokens, the kept
+    question tokens (left-padded), as one-hot scores over easy-VQA's answers and a last column for anything else.
+
+    Args:
+        model (torch.nn.Module): The ``LlavaForConditionalGeneration``.
+        answers (list of str): easy-VQA's answers, in label order.
+    """
 
     def __init__(self, model: nn.Module, answers: List[str]) -> None:
         self.model, self.answers, self.words = model, answers, tokenizer()
@@ -90,7 +95,15 @@ def _collate(dataset: EasyVQA) -> Callable[[List[int]], Tuple[Dict[str, Tensor],
 
 
 def prompt_of(batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
-    """The model's left-padded prompts ``[CLS] [IMG] x 64 question`` of a batch of :func:`_collate`."""
+    r"""
+    The model's left-padded prompts ``[CLS] [IMG] x 64 question`` of a batch of :func:`_collate`.
+
+    Args:
+        batch (dict): Right-padded ``question_ids`` and ``pixel_values``.
+
+    Returns:
+        *dict*: ``input_ids``, ``attention_mask`` and ``pixel_values``.
+    """
     words = tokenizer()
     rows = [[words.cls_token_id] + [words.convert_tokens_to_ids(IMAGE_TOKEN)] * IMAGE_TOKENS + ids[ids != 0].tolist()
             for ids in batch["question_ids"]]
@@ -102,9 +115,18 @@ def prompt_of(batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
 
 
 def piece_relevance(factory: Callable[..., Any], model: nn.Module, batch: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-    """Each generated word piece of each question of a :func:`_collate` batch, explained by the method ``factory``:
-    its relevance over the question tokens ``[B, K, T]`` and the image patches ``[B, K, 64]``, and the pieces' ids
-    ``[B, K]`` (-1 for the end token and after it)."""
+    r"""
+    Each generated word piece of each question of a :func:`_collate` batch, explained by the method ``factory``.
+
+    Args:
+        factory (Callable): The method: ``factory(model)`` is its explainer.
+        model (torch.nn.Module): The ``LlavaForConditionalGeneration``.
+        batch (dict): A batch of :func:`_collate`.
+
+    Returns:
+        *tuple*: The relevance over the question tokens ``[B, K, T]`` and the image patches ``[B, K, 64]``, and the
+        pieces' ids ``[B, K]`` (-1 for the end token and after it).
+    """
     explanation = factory(model).explain(prompt_of(batch), generate=True, generation_args={"max_new_tokens": 3, "do_sample": False})
     ids = explanation.generated_ids.masked_fill(explanation.generated_ids == tokenizer().sep_token_id, -1)
     prompt_length = explanation.text.shape[-1]
@@ -115,8 +137,18 @@ def piece_relevance(factory: Callable[..., Any], model: nn.Module, batch: Dict[s
 
 
 def answer_relevance(factory: Callable[..., Any], model: nn.Module) -> Callable[..., Dict[str, Tensor]]:
-    """A method's relevance for the perturbation tests: the generated answer of each question explained, summed over
-    its word pieces (the end token left out), over the question tokens ``[B, T]`` and the image patches ``[B, 64]``."""
+    r"""
+    A method's relevance for the perturbation tests: the generated answer of each question explained, summed over
+    its word pieces (the end token left out).
+
+    Args:
+        factory (Callable): The method: ``factory(model)`` is its explainer.
+        model (torch.nn.Module): The ``LlavaForConditionalGeneration``.
+
+    Returns:
+        *Callable*: ``relevance(batch, targets)`` giving ``text`` (question tokens ``[B, T]``) and ``image``
+        (patches ``[B, 64]``).
+    """
 
     def relevance(batch: Dict[str, Tensor], targets: Tensor) -> Dict[str, Tensor]:
         question, image, ids = piece_relevance(factory, model, batch)
@@ -127,9 +159,18 @@ def answer_relevance(factory: Callable[..., Any], model: nn.Module) -> Callable[
 
 
 def llava_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable]) -> Dict[str, Any]:
-    """Perturbation tests on the generated answers, plausibility and the gallery of ``llava-easyvqa`` on easy-VQA test."""
-    from captum_mm.zoo.studies import Plausibility, vqa_tables  # the VQA study's measures (it imports this module)
+    r"""
+    Perturbation tests on the generated answers, plausibility and the gallery of ``llava-easyvqa`` on easy-VQA test.
 
+    Args:
+        recipe (Recipe): The model's recipe.
+        options (Options): The main job's options (the VLM's checkpoint, ``samples`` of which a quarter are
+                    explained, gallery size, seed, output folder).
+        methods (dict): Method name to explainer factory; each explains the generated answers.
+
+    Returns:
+        *dict*: The perturbation result as ``numbers``, the VQA study's tables, the curves and the gallery.
+    """
     name = recipe.name
     model = recipe.load(options.checkpoints.get(name))
     dataset = EasyVQA("test")

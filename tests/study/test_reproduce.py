@@ -6,7 +6,7 @@ import json
 import pytest
 
 from captum_mm.cli import main
-from captum_mm.reproduce import CAPTIONS, Options
+from captum_mm.study import CAPTIONS, Options
 from captum_mm.zoo.recipes import recipe
 
 
@@ -94,3 +94,16 @@ def test_a_checkpoint_that_does_not_fit_easy_vqa_is_refused(tmp_path):
         recipe("lxmert-easyvqa").load(str(tmp_path / "visual_bert"))
     with pytest.raises(ValueError, match=r"does not fit captum_mm.datasets.easy_vqa: answers \d+ \(expected 13\); region feature size"):
         recipe("lxmert-easyvqa").load(str(tmp_path / "lxmert"))
+
+
+def test_the_old_path_of_the_main_job_still_works_and_says_where_it_moved():
+    import importlib
+    import sys
+
+    import captum_mm.study
+
+    sys.modules.pop("captum_mm.reproduce", None)
+    with pytest.warns(DeprecationWarning, match="captum_mm.reproduce is deprecated; import Options, reproduce and CAPTIONS "
+                      "from captum_mm.study"):
+        old = importlib.import_module("captum_mm.reproduce")
+    assert (old.Options, old.reproduce, old.CAPTIONS) == (captum_mm.study.Options, captum_mm.study.reproduce, CAPTIONS)

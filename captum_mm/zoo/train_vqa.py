@@ -1,28 +1,20 @@
-"""Seeded training of the shipped models (run with ``captum-mm train NAME``; each model's
-architecture, training function and epochs are named by its recipe in :mod:`captum_mm.zoo.recipes`).
-
-* ``lxmert-easyvqa`` / ``visualbert-easyvqa``: small LXMERT / VisualBERT question
-  answering models trained from scratch on easy-VQA train (region features of
-  :mod:`captum_mm.datasets.easy_vqa`), scored on easy-VQA test.
-* ``detr-shapes``: :mod:`captum_mm.zoo.train_detr`.
+"""Seeded training of ``lxmert-easyvqa`` / ``visualbert-easyvqa`` (``captum-mm train NAME``; each model's
+architecture, training function and epochs are named by its recipe in :mod:`captum_mm.zoo.recipes`): small
+LXMERT / VisualBERT question answering models trained from scratch on easy-VQA train (region features of
+:mod:`captum_mm.datasets.easy_vqa`), scored on easy-VQA test.
 """
 
-import json
-import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
+from typing import Any, Dict, Iterable, List, Optional, Tuple, cast
 
 import torch
 from torch import Tensor, nn
 
+from captum_mm.datasets.batches import KeywordModel, pad_collate
 from captum_mm.datasets.easy_vqa import EASY_VQA_VOCABULARY, FEATURES, VISUAL_BERT_FEATURES, EasyVQA
-from captum_mm.metrics.study import KeywordModel, pad_collate
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel
-
-    from captum_mm.zoo.recipes import EasyVQAInputs, Recipe
+from captum_mm.zoo.model_recipe import EasyVQAInputs, Recipe
+from captum_mm.zoo.training import save_checkpoint, train_epochs
 
 #: Fixed subsets on which tests check that a checkpoint still reaches its recorded quality.
 VQA_CHECK_QUESTIONS = 600
@@ -30,6 +22,12 @@ VQA_SIZE: Dict[str, Any] = dict(hidden_size=128, num_attention_heads=4, intermed
 
 
 def lxmert_model() -> nn.Module:
+    r"""
+    The untrained architecture of ``lxmert-easyvqa``.
+
+    Returns:
+        *nn.Module*: A small ``LxmertForQuestionAnswering`` for easy-VQA's vocabulary, region features and answers.
+    """
     from transformers import LxmertConfig, LxmertForQuestionAnswering
 
     config = LxmertConfig(
@@ -40,6 +38,12 @@ def lxmert_model() -> nn.Module:
 
 
 def visual_bert_model() -> nn.Module:
+    r"""
+    The untrained architecture of ``visualbert-easyvqa``.
+
+    Returns:
+        *nn.Module*: A small ``VisualBertForQuestionAnswering`` for easy-VQA's vocabulary, region features and answers.
+    """
     from transformers import VisualBertConfig, VisualBertForQuestionAnswering
 
     config = VisualBertConfig(  # type: ignore[call-arg]  # num_labels goes through PretrainedConfig's **kwargs
@@ -52,7 +56,19 @@ def visual_bert_model() -> nn.Module:
 def vqa_accuracy(
     recipe: "Recipe", model: nn.Module, dataset: EasyVQA, indices: Optional[Iterable[int]] = None, batch_size: int = 256
 ) -> float:
-    """Top-1 accuracy (%) of ``recipe``'s VQA ``model`` on ``dataset`` (all of it, or ``indices``)."""
+    r"""
+    Top-1 accuracy (%) of ``recipe``'s VQA ``model`` on ``dataset`` (all of it, or ``indices``).
+
+    Args:
+        recipe (Recipe): The model's recipe (how it takes easy-VQA).
+        model (torch.nn.Module): The model (left in eval mode).
+        dataset (EasyVQA): The split scored.
+        indices (Iterable[int], optional): The questions scored. Default: None (all)
+        batch_size (int, optional): Questions per forward. Default: 256
+
+    Returns:
+        *float*: The accuracy, in %.
+    """
     selected = list(range(len(dataset))) if indices is None else list(indices)
     forward, correct = KeywordModel(model, ()), 0
     convert = cast("EasyVQAInputs", recipe.easy_vqa).convert  # VQA recipes carry their inputs
@@ -64,44 +80,25 @@ def vqa_accuracy(
     return 100.0 * correct / len(selected)
 
 
-def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def train_epochs(name: str, model: nn.Module, step: Callable[[List[int], int], Tuple[Tensor, str]], size: int, epochs: int,
-                 batch_size: int, lr: float, seed: int) -> None:
-    """AdamW (half an epoch of warm-up, then cosine decay) over ``epochs`` seeded shuffles of the first ``size``
-    training items; ``step(indices, epoch)`` gives a batch's loss and what to print of it every 100 steps."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    steps_per_epoch = math.ceil(size / batch_size)
-    scheduler = _schedule(optimizer, epochs * steps_per_epoch, warmup=steps_per_epoch // 2)
-    generator = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(size, generator=generator).tolist()
-        for number, start in enumerate(range(0, size, batch_size)):
-            loss, shown = step(order[start : start + batch_size], epoch)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if number % 100 == 0:
-                print(f"{name} epoch {epoch + 1}/{epochs} step {number}: loss {loss.item():.3f}{shown}", flush=True)
-    model.eval()
-
-
 def train_vqa(
     recipe: "Recipe", output: Path, seed: int = 0, epochs: Optional[int] = None, batch_size: int = 64, lr: float = 5e-4,
     limit: Optional[int] = None,
 ) -> Dict[str, Any]:
-    """Train ``recipe``'s VQA model on easy-VQA train, save it to ``output`` and return its measured quality.
+    r"""
+    Train ``recipe``'s VQA model on easy-VQA train, save it to ``output`` and return its measured quality.
 
-    ``limit`` uses only the first ``limit`` questions of each split (a quick check of the recipe).
+    Args:
+        recipe (Recipe): The model's recipe.
+        output (Path): The checkpoint folder written.
+        seed (int, optional): Seed of the initialisation and the shuffles. Default: 0
+        epochs (int, optional): Default: None (the recipe's)
+        batch_size (int, optional): Questions per step. Default: 64
+        lr (float, optional): Peak learning rate. Default: 5e-4
+        limit (int, optional): Only the first ``limit`` questions of each split (a quick check of the recipe).
+                    Default: None (all)
+
+    Returns:
+        *dict*: The measured quality, as ``quality.json`` holds it.
     """
     name, epochs = recipe.name, epochs or recipe.epochs
     torch.manual_seed(seed)
@@ -132,11 +129,6 @@ def train_vqa(
         "train_seconds": round(time.perf_counter() - started, 1),
         "seed": seed, "epochs": epochs, "torch_threads": torch.get_num_threads(), "limit": limit,
     }
-    _save(model, output, quality)
+    save_checkpoint(model, output, quality)
     return quality
 
-
-def _save(model: nn.Module, output: Path, quality: Dict[str, Any]) -> None:
-    output = Path(output)
-    cast("PreTrainedModel", model).save_pretrained(output)
-    (output / "quality.json").write_text(json.dumps(quality, indent=2))

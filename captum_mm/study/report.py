@@ -1,0 +1,130 @@
+"""The main job's tables (as text, HTML and CSV) and its self-contained HTML report."""
+
+import base64
+import html
+import io
+from typing import Any, Dict, List
+
+from matplotlib.figure import Figure
+
+
+def table(rows: Dict[str, Dict[str, float]], columns: List[str], title: str) -> Dict[str, Any]:
+    r"""
+    ``rows[row][column]`` as a printable/HTML/CSV table.
+
+    Args:
+        rows (dict): ``rows[row][column]``: the table's numbers.
+        columns (list of str): The columns, in order.
+        title (str): The table's title.
+
+    Returns:
+        *dict*: The table's ``title``, ``columns`` and ``rows``.
+    """
+    return {"title": title, "columns": columns, "rows": rows}
+
+
+def _png(figure: Figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _number(value: float) -> str:
+    """Two decimals; pycocotools' -1 (no object of that size) as n/a."""
+    return "n/a" if value < 0 else f"{value:.2f}"
+
+
+def text_table(table: Dict[str, Any]) -> str:
+    r"""
+    A table as the terminal prints it: fixed-width columns, two decimals.
+
+    Args:
+        table (dict): From :func:`table`.
+
+    Returns:
+        *str*: Its title line, header line and one line per row.
+    """
+    columns, width = table["columns"], max([10] + [len(c) for c in table["columns"]]) + 2
+    lines = [table["title"], " " * 12 + "".join(c.rjust(width) for c in columns)]
+    for row, values in table["rows"].items():
+        lines.append(row.ljust(12) + "".join(_number(values[c]).rjust(width) for c in columns))
+    return "\n".join(lines)
+
+
+def _html_table(table: Dict[str, Any]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in table["columns"])
+    body = "".join(
+        f"<tr><th>{html.escape(row)}</th>" + "".join(f"<td>{_number(values[c])}</td>" for c in table["columns"]) + "</tr>"
+        for row, values in table["rows"].items()
+    )
+    return f"<h3>{html.escape(table['title'])}</h3><table><tr><th></th>{head}</tr>{body}</table>"
+
+
+def csv_table(table: Dict[str, Any]) -> str:
+    r"""
+    A table as CSV: a ``setting`` column, then one per column of the table, four decimals.
+
+    Args:
+        table (dict): From :func:`table`.
+
+    Returns:
+        *str*: The CSV text.
+    """
+    lines = [",".join(["setting"] + table["columns"])]
+    lines += [",".join([row] + [f"{values[c]:.4f}" for c in table["columns"]]) for row, values in table["rows"].items()]
+    return "\n".join(lines) + "\n"
+
+
+# What each kind of figure in the report shows and how to read it, by the first word of its title.
+CAPTIONS = {
+    "curves": "Perturbation curves: the model's accuracy (%, y axis; of its generated answer for the generative VLM) on "
+    "the test questions as a growing fraction of its image regions or patches or its text tokens (x axis) is removed, least relevant first (negative perturbation: the higher "
+    "the curve, the better the explanation) or most relevant first (positive: the lower, the better). One line per "
+    "method; the legend gives each method's area under the curve, as in the tables.",
+    "gallery": "Gallery: top row, test images with their question and the model's answer (for the generative VLM, "
+    "one column per generated word piece, the piece named in the title). Below, one row per "
+    "method: the image with each region (patch) multiplied by its relevance (scaled to the maximum, so irrelevant regions "
+    "are black) and the question's tokens shaded red by their relevance (deeper red: more relevant). A good "
+    "explanation shows the shape the question is about and its key words.",
+    "masks": "DETR masks: one column per object the model detected in this scene, explained by the first method. "
+    "Top row: the detection's relevance over the image (jet colours, scaled to its maximum: red most relevant, "
+    "blue least). Bottom row: the weakly-supervised segmentation mask (Algorithm 1) made from it, in red. A good "
+    "explanation covers the detected object and little else.",
+}
+
+
+def html_report(studies: Dict[str, Any], tables: List[Dict[str, Any]], settings: Dict[str, str]) -> str:
+    r"""
+    The self-contained HTML report: the run's settings, every table, each model's figures with their captions.
+
+    Args:
+        studies (dict): Per model, its study's ``figures`` (title to matplotlib figure).
+        tables (list of dict): Every table, in order.
+        settings (dict): The run's settings, as the report states them.
+
+    Returns:
+        *str*: The HTML page (figures embedded as PNG).
+    """
+    parts = [
+        "<html><head><meta charset='utf-8'><title>captum_mm: the study on the shipped models</title><style>",
+        "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:0 1em} td,th{padding:2px 8px;text-align:right}",
+        "table{border-collapse:collapse;margin-bottom:1em} tr:nth-child(even){background:#f4f4f4}",
+        "figure{margin:0 0 2em} img{max-width:100%;height:auto} figcaption{color:#333;max-width:60em}",
+        "table.settings td,table.settings th{text-align:left}</style></head><body>",
+        "<h1>Generic attention-model explainability on the shipped models</h1>",
+        "<table class='settings'>"
+        + "".join(f"<tr><th>{html.escape(key)}</th><td>{html.escape(value)}</td></tr>" for key, value in settings.items())
+        + "</table>",
+        "<p>Perturbation AUC: higher is better for negative perturbation, lower for positive. Segmentation: COCO "
+        "<code>segm</code> scores (%) from pycocotools.</p>",
+    ]
+    parts += [_html_table(table) for table in tables]
+    for name, study in studies.items():
+        parts.append(f"<h2>{html.escape(name)}</h2>")
+        for title, figure in study["figures"].items():
+            parts.append(
+                f"<figure><h3>{html.escape(title)}</h3><img src='data:image/png;base64,{_png(figure)}' alt='{html.escape(title)}'/>"
+                f"<figcaption>{html.escape(CAPTIONS[title.split()[0]])}</figcaption></figure>"
+            )
+    parts.append("</body></html>")
+    return "".join(parts)

@@ -1,0 +1,133 @@
+"""The main job's study of a VQA model on easy-VQA test (:func:`vqa_study`): positive/negative
+perturbation of image regions and text tokens for every method and ablation (supplementary
+Tables 2-3, Figures 2-3), plausibility against the shapes' ground-truth masks, a Figure 1-style
+gallery. It returns the study's ``numbers`` (for ``results.json``), its ``tables`` and ``figures``.
+"""
+
+import textwrap
+from pathlib import Path
+from typing import Any, Callable, Dict, List, cast
+
+import torch
+from matplotlib.figure import Figure
+
+from captum_mm.attr.catalog import ABLATIONS, PAPER_METHODS
+from captum_mm.datasets.batches import KeywordModel, pad_collate
+from captum_mm.datasets.easy_vqa import GRID, EasyVQA, tokenizer
+from captum_mm.metrics.study import StudyResult, attention_method, run_perturbation_study, vqa_settings
+from captum_mm.study.options import Options
+from captum_mm.study.report import table
+from captum_mm.visualization import plot_perturbation_curves, save_perturbation_study
+from captum_mm.visualization.figures import relevance_gallery
+from captum_mm.zoo.model_recipe import EasyVQAInputs, Recipe
+
+SETTING_ROWS = {"negative image": "Neg. img", "positive image": "Pos. img", "negative text": "Neg. text", "positive text": "Pos. text"}
+
+
+class Plausibility:
+    r"""
+    Per method: share of image relevance on the shape (coverage-weighted) and the pointing game; called with each
+    explained batch's relevance (the perturbation study's ``on_relevance``).
+
+    Args:
+        dataset (EasyVQA): The split explained, whose shapes' region coverage is the ground truth.
+    """
+
+    def __init__(self, dataset: EasyVQA) -> None:
+        self.dataset = dataset
+        self.share: Dict[str, List[float]] = {}
+        self.hits: Dict[str, List[float]] = {}
+
+    def __call__(self, method: str, indices: List[int], relevance: Dict[str, torch.Tensor]) -> None:
+        coverage = self.dataset.region_coverage(indices).double()
+        image = relevance["image"].detach().double().clamp(min=0)
+        total = image.sum(1)
+        share = torch.where(total > 0, (image * coverage).sum(1) / total.clamp(min=1e-12), torch.zeros_like(total))
+        hits = coverage.gather(1, image.argmax(1, keepdim=True))[:, 0] > 0
+        self.share.setdefault(method, []).extend(share.tolist())
+        self.hits.setdefault(method, []).extend(hits.double().tolist())
+
+    def table(self, title: str) -> Dict[str, Any]:
+        methods = list(self.share)
+        rows = {
+            "on shape %": {m: 100 * sum(self.share[m]) / len(self.share[m]) for m in methods},
+            "pointing %": {m: 100 * sum(self.hits[m]) / len(self.hits[m]) for m in methods},
+        }
+        return table(rows, methods, title)
+
+
+def vqa_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable]) -> Dict[str, Any]:
+    r"""
+    Perturbation tests, plausibility and the gallery of a VQA model on easy-VQA test.
+
+    Args:
+        recipe (Recipe): The model's recipe.
+        options (Options): The main job's options (its checkpoint, sample counts, seed, output folder).
+        methods (dict): Method name to explainer factory, from :func:`captum_mm.attr.catalog.select_methods`.
+
+    Returns:
+        *dict*: The study's ``numbers`` (for ``results.json``), its ``tables`` and ``figures``.
+    """
+    name, inputs = recipe.name, cast("EasyVQAInputs", recipe.easy_vqa)  # VQA recipes carry their inputs
+    model = recipe.load(options.checkpoints.get(name))
+    dataset = EasyVQA("test")
+
+    def collate(items):
+        batch, scores = pad_collate(items)
+        return inputs.convert(batch), scores
+
+    settings = vqa_settings(inputs.text, inputs.image, inputs.text_steps, inputs.image_steps)
+    plausibility = Plausibility(dataset)
+    relevance_methods = {method: attention_method(factory, model) for method, factory in methods.items()}
+    result = cast(StudyResult, run_perturbation_study(  # one process: the whole result
+        model, dataset, collate, relevance_methods, settings, num_samples=options.samples, seed=options.seed,
+        progress=options.progress, on_relevance=plausibility,
+    ))
+    folder = Path(options.output) / name
+    save_perturbation_study(result, folder, f"{name}: perturbation tests on {len(result.samples)} easy-VQA test questions")
+    tables = vqa_tables(name, result, plausibility)
+    gallery = _vqa_gallery(model, dataset, inputs.convert, relevance_methods, result.samples[: options.gallery])
+    gallery.savefig(folder / "gallery.png", dpi=110, bbox_inches="tight")
+    figures = {"curves": plot_perturbation_curves(result), "gallery": gallery}
+    return {"numbers": result.to_dict(), "tables": tables, "figures": figures}
+
+
+def vqa_tables(name: str, result: StudyResult, plausibility: Plausibility) -> List[Dict[str, Any]]:
+    r"""
+    A VQA study's tables: the AUC of every method, of the ablations (when run) and the plausibility.
+
+    Args:
+        name (str): The model's name, as the titles give it.
+        result (StudyResult): The perturbation study's result.
+        plausibility (Plausibility): Its plausibility scores.
+
+    Returns:
+        *list of dict*: The tables (:func:`captum_mm.study.report.table`).
+    """
+    def auc_table(columns, title):
+        columns = [c for c in columns if c in result.scores]
+        rows = {label: {c: result.auc(c, setting) for c in columns} for setting, label in SETTING_ROWS.items()}
+        return table(rows, columns, title)
+
+    tables = [auc_table(list(PAPER_METHODS), f"{name}: AUC of every method (as supplementary Table 3)")]
+    ablation_columns = ["ours"] + list(ABLATIONS)
+    if any(c in result.scores for c in ABLATIONS):
+        tables.append(auc_table(ablation_columns, f"{name}: AUC of the ablations (as supplementary Table 2)"))
+    tables.append(plausibility.table(f"{name}: plausibility against the ground-truth shape masks"))
+    return tables
+
+
+def _vqa_gallery(model, dataset, convert, relevance_methods, indices) -> Figure:
+    batch, _ = pad_collate([dataset[i] for i in indices])
+    inputs = convert(batch)
+    with torch.no_grad():
+        predictions = KeywordModel(model, ())(**inputs).argmax(-1)
+    vocabulary = tokenizer()
+    tokens = [vocabulary.convert_ids_to_tokens(dataset[i]["input_ids"].tolist()) for i in indices]
+    relevance = {}
+    for method, relevance_of in relevance_methods.items():
+        values = relevance_of(inputs, predictions)
+        relevance[method] = (values["text"].detach(), values["image"].detach())
+    answers = [dataset.answers[p] for p in predictions.tolist()]
+    titles = [f"{textwrap.fill(dataset.questions[i], 24)}\n→ {answer}" for i, answer in zip(indices, answers)]
+    return relevance_gallery([dataset.image(i) for i in indices], tokens, relevance, (GRID, GRID), titles)
