@@ -73,8 +73,8 @@ def test_docs_getting_started_shows_the_readme_commands():
 
 def test_contributing_worked_example_is_the_vit_adapter():
     contributing = (README.parent / "CONTRIBUTING.md").read_text()
-    vit = (README.parent / "captum_mm" / "models" / "vit.py").read_text()
-    lines = re.search(r"`captum_mm/models/vit.py`, (\d+) lines", contributing)
+    vit = (README.parent / "captum_mm" / "adapters" / "vit.py").read_text()
+    lines = re.search(r"`captum_mm/adapters/vit.py`, (\d+) lines", contributing)
     assert lines and int(lines.group(1)) == len(vit.splitlines())
     example = re.search(r"```python\n(@register_adapter.*?)```", contributing, flags=re.S).group(1)
     assert example == vit[vit.index("@register_adapter"):]

@@ -8,7 +8,7 @@ call's mode, chosen once per event since one pass mixes them: a lean call hands 
 """
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple, cast
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, cast
 
 import torch
 from torch import Tensor
@@ -16,13 +16,11 @@ from torch import Tensor
 from captum_mm._precision import accumulation_dtype, exact
 from captum_mm.attr._checks import check_connected, check_finite_map
 from captum_mm.attr._gradients import attention_gradients
+from captum_mm.attr._pass import ForwardPass, Needs
+from captum_mm.capture.lean import LeanMaps, LeanRequest, lean_backward
+from captum_mm.capture.record import AttentionCall
 from captum_mm.lrp import attention_relevance
-from captum_mm.models.capture import AttentionCall
-from captum_mm.models.lean import LeanMaps, LeanRequest, lean_backward
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
-
-if TYPE_CHECKING:
-    from captum_mm.attr.engine import ForwardPass, Needs
 
 
 @dataclass
@@ -53,13 +51,13 @@ class BackwardGroup:
         needs (Needs): What the method needs.
     """
 
-    forward: "ForwardPass"
+    forward: ForwardPass
     schedule: Schedule
     elements: Tensor
     events: List[AttentionEvent]
     calls: List[AttentionCall]
     fuse: Callable[[AttentionBundle], Tensor]
-    needs: "Needs"
+    needs: Needs
 
 
 @dataclass(frozen=True)

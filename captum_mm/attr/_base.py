@@ -17,10 +17,10 @@ from captum_mm._compat import (
 from captum_mm._precision import accumulation_dtype
 from captum_mm.attr._checks import check_finite_relevance, check_lean, uncompiled
 from captum_mm.attr._memory import MaxMemory, check_max_memory, slot_groups
+from captum_mm.attr._readout import Explanation, assemble, input_outputs, read_out, spread_to_inputs
 from captum_mm.attr.engine import AttentionBundle, ForwardPass, Needs, check_inputs, forward_pass, fused_maps
 from captum_mm.attr.method import AttentionMethod
 from captum_mm.generation import ContinuationLike, check_generative, generation_forward, prompt_arguments
-from captum_mm.attr._readout import Explanation, assemble, input_outputs, read_out, spread_to_inputs
 from captum_mm.lrp import RuleSet
 from captum_mm.models import TargetOptions, adapter_for
 from captum_mm.relevance.schedule import AttentionEvent
@@ -57,7 +57,7 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
     #: default of the ``max_memory`` argument of :meth:`explain` and :meth:`attribute` (as :attr:`lean` of ``lean``).
     max_memory: MaxMemory = "auto"
     #: Capture attention lean where the method's head reduction and the model's attention function allow it
-    #: (:mod:`captum_mm.models.lean`: no per-head map kept, memory close to an SDPA forward and backward);
+    #: (:mod:`captum_mm.capture.lean`: no per-head map kept, memory close to an SDPA forward and backward);
     #: False records every map's probabilities in eager attention (the reference path).
     lean: bool = True
 

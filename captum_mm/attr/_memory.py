@@ -16,7 +16,7 @@ from torch import Tensor
 
 from captum_mm._precision import accumulation_dtype
 from captum_mm.attr.engine import ForwardPass, Needs, is_vectorized
-from captum_mm.models.capture import AttentionRecord
+from captum_mm.capture.record import AttentionRecord
 from captum_mm.relevance.propagation import self_attention_only
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
 

@@ -7,7 +7,6 @@ runs no backward pass and hands over no tensor that no method asked for.
 """
 
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 import torch
@@ -16,44 +15,11 @@ from torch import Tensor, nn
 from captum_mm._precision import computed_in_float32, exact
 from captum_mm.attr._backward import AttentionBundle, BackwardGroup, fused_from_backward, take_rows, valid_entries
 from captum_mm.attr._checks import check_finite_logits, check_finite_map, check_grad_mode, run_forward, warn_if_training
-from captum_mm.lrp import LRPState, RuleSet, lrp_rules
-from captum_mm.models import ArchitectureAdapter, TargetOptions, TargetSelection, adapter_for, capture_attention
-from captum_mm.models.capture import AttentionCall, AttentionRecord
-from captum_mm.models.lean import Fusion
+from captum_mm.attr._pass import ForwardPass, Needs
+from captum_mm.capture.record import AttentionCall
+from captum_mm.lrp import RuleSet, lrp_rules
+from captum_mm.models import ArchitectureAdapter, TargetOptions, adapter_for, capture_attention
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
-
-
-@dataclass(frozen=True)
-class Needs:
-    """What a method needs of every attention map it uses."""
-
-    #: The attention probabilities ``A``.
-    probabilities: bool = True
-    #: Their gradients ``dy/dA`` (an ordinary backward pass).
-    gradients: bool = False
-    #: The LRP relevance ``R_A`` at the maps (an LRP backward pass).
-    relevance: bool = False
-    #: How the method reduces heads, when it is one lean capture computes (:mod:`captum_mm.models.lean`):
-    #: then no per-head map is kept. None: the method receives the per-head tensors.
-    fusion: Optional[Fusion] = None
-
-    @property
-    def backward(self) -> bool:
-        return self.gradients or self.relevance
-
-
-@dataclass
-class ForwardPass:
-    """What one captured forward pass left behind; the model's hooks are live while it is in use."""
-
-    adapter: ArchitectureAdapter
-    record: AttentionRecord
-    output: Any
-    logits: Tensor
-    selection: TargetSelection
-    schedule: Schedule
-    lrp: Optional[LRPState]
-    method: str
 
 
 def check_inputs(inputs: Tuple[Tensor, ...]) -> None:

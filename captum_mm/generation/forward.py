@@ -16,7 +16,7 @@ from captum_mm.models.arguments import check_batch_sizes
 from captum_mm.models.registry import adapter_for
 
 if TYPE_CHECKING:
-    from captum_mm.models.base import ArchitectureAdapter
+    from captum_mm.models.adapter import ArchitectureAdapter
 
 
 def check_generative(adapter: "ArchitectureAdapter", model: nn.Module, target: Any, forward_func: Callable) -> None:

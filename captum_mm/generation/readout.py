@@ -12,10 +12,10 @@ from typing import Any, Dict, Tuple
 import torch
 from torch import Tensor
 
+from captum_mm.capture.record import AttentionRecord
 from captum_mm.generation.convention import Continuation
 from captum_mm.models.arguments import require, text_tokens, token_mask
-from captum_mm.models.base import TargetSelection, select_class_targets
-from captum_mm.models.capture import AttentionRecord
+from captum_mm.models.targets import TargetSelection, select_class_targets
 from captum_mm.relevance.schedule import Readout
 
 #: The decoder-only sequence (prompt + continuation) and the outputs over its prompt and its continuation.

@@ -22,8 +22,8 @@ from captum_mm.lrp.switch import Switch
 from captum_mm.spec import AttentionParts, AttentionSpec
 
 if TYPE_CHECKING:  # the composite imports this module; the capture module's package imports both
+    from captum_mm.capture.record import AttentionRecord
     from captum_mm.lrp.composite import LRPState
-    from captum_mm.models.capture import AttentionRecord
 
 
 def split_heads(tensor: Tensor, heads: int) -> Tensor:

@@ -43,7 +43,7 @@ from captum_mm.lrp.switch import Mode, Recorder, Switch
 from captum_mm.spec import AttentionParts, AttentionSpec, LinearModule, TensorSource
 
 if TYPE_CHECKING:  # the capture module's package imports this one
-    from captum_mm.models.capture import AttentionCall, AttentionRecord
+    from captum_mm.capture.record import AttentionCall, AttentionRecord
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,13 @@
-"""Architecture adapters: capture attention on HuggingFace models and describe its schedule."""
+"""The architecture-adapter interface: what an adapter declares (:class:`ArchitectureAdapter`, its forward
+arguments, targets, spec and structure builders) and the registry that picks one for a model. The families
+themselves live in :mod:`captum_mm.adapters`, capture in :mod:`captum_mm.capture`."""
 
-import sys
-
-from captum_mm.models.base import ArchitectureAdapter, TargetSelection
-from captum_mm.models.target_options import TargetOptions
-from captum_mm.models.capture import AttentionCall, AttentionRecord, capture_attention
+from captum_mm import adapters  # noqa: F401,E402  (registers every family; after the interface it builds on)
+from captum_mm.capture.record import AttentionCall, AttentionRecord, capture_attention
+from captum_mm.models.adapter import ArchitectureAdapter
+from captum_mm.models.registry import adapter_for, register_adapter, supported_classes
+from captum_mm.models.targets import TargetOptions, TargetSelection
 from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource
-from captum_mm.models.registry import adapter_for, import_modules, register_adapter, supported_classes
-
-import_modules(sys.modules[__name__])  # every adapter file registers its adapters
 
 __all__ = [
     "ArchitectureAdapter",

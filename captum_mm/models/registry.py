@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Type
 
 from torch import nn
 
-from captum_mm.models.base import ArchitectureAdapter
+from captum_mm.models.adapter import ArchitectureAdapter
 
 _ADAPTERS: Dict[type, Type[ArchitectureAdapter]] = {}
 

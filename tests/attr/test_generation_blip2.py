@@ -3,14 +3,24 @@ cross-attention to the image (Eq. 10) and its queries' self-attention (docs/METH
 
 import pytest
 import torch
+from helpers import (
+    IMAGE_GRID,
+    IMAGE_TOKEN,
+    assert_each_sample_as_alone,
+    assert_same_state,
+    blip2,
+    generation_relevance,
+    in_dtype,
+    model_state,
+    vlm_prompts,
+)
+from methods_under_test import METHODS, padded_cases
 
 from captum_mm.attr import GenericAttention, PartialLRP, RawAttention
 from captum_mm.attr.engine import forward_pass
+from captum_mm.capture.record import use_eager_attention
 from captum_mm.generation import generation_forward
 from captum_mm.models import adapter_for
-from captum_mm.models.capture import use_eager_attention
-from helpers import IMAGE_GRID, IMAGE_TOKEN, assert_each_sample_as_alone, assert_same_state, in_dtype, blip2, generation_relevance, model_state, vlm_prompts
-from methods_under_test import METHODS, padded_cases
 
 CONTINUATION = [[5, 6], [7], [8, 9]]
 LANGUAGES = ["llama", "opt", "t5"]

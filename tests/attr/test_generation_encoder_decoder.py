@@ -3,14 +3,22 @@ cross-attention, Eq. 10) and the earlier generated tokens."""
 
 import pytest
 import torch
+from helpers import (
+    ENCODER_DECODERS,
+    assert_each_sample_as_alone,
+    assert_same_state,
+    encoder_decoder_model,
+    in_dtype,
+    model_state,
+    prompt_batch,
+)
+from methods_under_test import METHODS, padded_cases
 
 from captum_mm.attr import GenericAttention, RawAttention
 from captum_mm.attr.engine import forward_pass
+from captum_mm.capture.record import use_eager_attention
 from captum_mm.generation import generation_forward
 from captum_mm.models import adapter_for
-from captum_mm.models.capture import use_eager_attention
-from helpers import ENCODER_DECODERS, assert_each_sample_as_alone, assert_same_state, in_dtype, encoder_decoder_model, model_state, prompt_batch
-from methods_under_test import METHODS, padded_cases
 
 CONTINUATION = [[5, 6, 7], [8, 9], [10]]
 FAMILIES = sorted(ENCODER_DECODERS)

@@ -3,23 +3,17 @@ and the image's patch grid, composed through the vision tower's own relevance (d
 
 import pytest
 import torch
-
-from captum_mm.attr import GenericAttention, RawAttention
-from captum_mm.attr.engine import forward_pass
-from captum_mm.generation import generation_forward
-from captum_mm.models import adapter_for
-from captum_mm.models.capture import use_eager_attention
 from helpers import (
     IMAGE_GRID,
     IMAGE_TOKEN,
     VLMS,
-    blip2,
     assert_each_sample_as_alone,
-    in_dtype,
     assert_same_state,
+    blip2,
     family_prompts,
     generation_relevance,
     idefics3,
+    in_dtype,
     llava,
     model_state,
     paligemma,
@@ -27,6 +21,12 @@ from helpers import (
     vlm_prompts,
 )
 from methods_under_test import METHODS, padded_cases
+
+from captum_mm.attr import GenericAttention, RawAttention
+from captum_mm.attr.engine import forward_pass
+from captum_mm.capture.record import use_eager_attention
+from captum_mm.generation import generation_forward
+from captum_mm.models import adapter_for
 
 CONTINUATION = [[5, 6], [7], [8, 9]]
 #: Greedy, never the image token (a random-init LM may pick it; a trained VLM does not).

@@ -4,13 +4,6 @@ use it; the model left as it was."""
 
 import pytest
 import torch
-
-from captum_mm.attr import AttentionGradCam, AttentionRollout, GenericAttention, RawAttention
-from captum_mm.attr.engine import forward_pass
-from captum_mm.generation import generation_forward
-from captum_mm.models import lean as lean_module
-from captum_mm.models.lean import LeanRequest, lean_backward
-from methods_under_test import MAY_VANISH
 from helpers import (
     CASES,
     ENCODER_DECODERS,
@@ -24,6 +17,13 @@ from helpers import (
     model_state,
     prompt_batch,
 )
+from methods_under_test import MAY_VANISH
+
+from captum_mm.attr import AttentionGradCam, AttentionRollout, GenericAttention, RawAttention
+from captum_mm.attr.engine import forward_pass
+from captum_mm.capture import lean as lean_module
+from captum_mm.capture.lean import LeanRequest, lean_backward
+from captum_mm.generation import generation_forward
 
 LEAN_METHODS = {
     "generic": GenericAttention,
@@ -177,8 +177,9 @@ def test_an_sdpa_model_is_switched_to_lean_and_back():
 @pytest.mark.parametrize("method", ["generic", "grad-cam", "transformer-attribution"])
 @pytest.mark.parametrize("family", ["llama", "llava", "bart"])
 def test_a_memory_budget_explains_in_groups_with_the_same_results(family, method, monkeypatch):
-    from captum_mm.attr import _memory
     from methods_under_test import METHODS
+
+    from captum_mm.attr import _memory
 
     model, prompt = generative(family)
     whole = METHODS[method](model).explain(prompt, continuation=CONTINUATION)

@@ -4,13 +4,13 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from helpers import language_model
 from transformers.models.llama.modeling_llama import LlamaAttention
 from transformers.models.llama.modeling_llama import eager_attention_forward as llama_eager
 
-from captum_mm.models.capture import use_eager_attention
-from captum_mm.models.eager import EXACT_EAGER, declare_attention_functions, exact_eager_attention, family_eager
-from captum_mm.models.llama import LlamaAdapter
-from helpers import language_model
+from captum_mm.adapters.llama import LlamaAdapter
+from captum_mm.capture.eager import EXACT_EAGER, declare_attention_functions, exact_eager_attention, family_eager
+from captum_mm.capture.record import use_eager_attention
 
 
 class SubclassedAttention(LlamaAttention):

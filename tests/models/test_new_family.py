@@ -5,15 +5,15 @@ from types import MappingProxyType
 
 import pytest
 import torch
+from helpers import language_model, prompt_batch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaAttention
 
+from captum_mm.adapters.llama import LlamaAdapter
 from captum_mm.attr import GenericAttention
 from captum_mm.attr.engine import forward_pass
 from captum_mm.generation import generation_forward
 from captum_mm.models import adapter_for, register_adapter, registry
-from captum_mm.models.llama import LlamaAdapter
-from helpers import language_model, prompt_batch
 
 CONTINUATION = [[5, 6], [7], [8, 9]]
 

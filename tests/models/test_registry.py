@@ -6,16 +6,15 @@ import sys
 import pytest
 import torch
 import transformers
+from helpers import bert, bert_case
 from transformers import BertForSequenceClassification
 from transformers.models.mixtral.modeling_mixtral import MixtralAttention, MixtralDecoderLayer, MixtralRMSNorm
 from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention, Qwen3DecoderLayer, Qwen3MLP, Qwen3RMSNorm
 
+from captum_mm.adapters.bert import BertAdapter
+from captum_mm.adapters.llama import LlamaAdapter
 from captum_mm.attr import AttentionGradCam, AttentionRollout, GenericAttention, PartialLRP, RawAttention, TransformerAttribution
-from captum_mm.models import adapter_for, register_adapter, supported_classes
-from captum_mm.models import registry
-from captum_mm.models.bert import BertAdapter
-from captum_mm.models.llama import LlamaAdapter
-from helpers import bert, bert_case
+from captum_mm.models import adapter_for, register_adapter, registry, supported_classes
 
 
 class MyBert(BertForSequenceClassification):
@@ -123,7 +122,7 @@ def test_an_adapter_file_registers_itself_when_its_package_is_scanned(restored_r
     (package / "__init__.py").write_text("")
     (package / "my_bert.py").write_text(
         "from transformers import BertForSequenceClassification\n\nfrom captum_mm.models import register_adapter\n"
-        "from captum_mm.models.bert import BertAdapter\n\n\nclass MyBertForScan(BertForSequenceClassification):\n    pass\n\n\n"
+        "from captum_mm.adapters.bert import BertAdapter\n\n\nclass MyBertForScan(BertForSequenceClassification):\n    pass\n\n\n"
         "@register_adapter\nclass MyBertAdapter(BertAdapter):\n    model_classes = (MyBertForScan,)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in ("my_adapters", "my_adapters.my_bert"):
@@ -137,4 +136,4 @@ def test_an_adapter_file_registers_itself_when_its_package_is_scanned(restored_r
 def test_every_built_in_adapter_module_is_imported():
     names = registry.import_modules(importlib.import_module("captum_mm.models"))
     assert {adapter.__module__ for adapter in registry._ADAPTERS.values()} <= set(names)
-    assert {"captum_mm.models.llama", "captum_mm.models.blip2", "captum_mm.models.registry"} <= set(names)
+    assert {"captum_mm.adapters.llama", "captum_mm.adapters.blip2", "captum_mm.models.registry"} <= set(names)

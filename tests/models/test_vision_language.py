@@ -6,16 +6,16 @@ from typing import Tuple
 
 import pytest
 import torch
+from helpers import VLMS, blip2, family_prompts, paligemma
 from torch import nn
 from transformers.models.siglip.modeling_siglip import SiglipAttention, SiglipEncoderLayer
 
+from captum_mm.adapters.blip2 import Blip2EncoderDecoderAdapter
+from captum_mm.adapters.llama import LlamaAdapter
+from captum_mm.adapters.llava import LlavaAdapter, PaliGemmaAdapter
+from captum_mm.adapters.vision_language import VisionLanguageAdapter
 from captum_mm.attr import GenericAttention, TransformerAttribution
 from captum_mm.models import adapter_for
-from captum_mm.models.blip2 import Blip2EncoderDecoderAdapter
-from captum_mm.models.llama import LlamaAdapter
-from captum_mm.models.llava import LlavaAdapter, PaliGemmaAdapter
-from captum_mm.models.vision_language import VisionLanguageAdapter
-from helpers import VLMS, blip2, family_prompts, paligemma
 
 
 class StagesOnly(VisionLanguageAdapter):

@@ -49,11 +49,11 @@ def test_reproduce_writes_every_output(tmp_path, capsys):
 
 
 def test_reproduce_takes_a_users_checkpoints_and_coco_data(tmp_path, capsys):
+    from helpers import detr
     from transformers.models.detr.image_processing_pil_detr import DetrImageProcessorPil
 
     from captum_mm import zoo
     from captum_mm.datasets import write_shapes_coco
-    from helpers import detr
 
     zoo.load("lxmert-easyvqa").save_pretrained(tmp_path / "lxmert")
     detr(num_queries=4).save_pretrained(tmp_path / "detr")
@@ -103,7 +103,6 @@ def test_the_old_path_of_the_main_job_still_works_and_says_where_it_moved():
     import captum_mm.study
 
     sys.modules.pop("captum_mm.reproduce", None)
-    with pytest.warns(DeprecationWarning, match="captum_mm.reproduce is deprecated; import Options, reproduce and CAPTIONS "
-                      "from captum_mm.study"):
+    with pytest.warns(FutureWarning, match="captum_mm.reproduce moved to captum_mm.study: import from there"):
         old = importlib.import_module("captum_mm.reproduce")
     assert (old.Options, old.reproduce, old.CAPTIONS) == (captum_mm.study.Options, captum_mm.study.reproduce, CAPTIONS)

@@ -2,7 +2,7 @@
 shuffles each ``s x s`` block of patches into one token and projects it, and a LLaMA-style LM; pixel
 values are 5-D, ``[batch, images, channels, height, width]``.
 
-Schedule and readouts of the VLM base (:mod:`captum_mm.models.vision_language`), with the token map ``P`` of the
+Schedule and readouts of the VLM base (:mod:`captum_mm.adapters.vision_language`), with the token map ``P`` of the
 pixel shuffle: each image token spreads its relevance evenly over the ``s^2`` patches it is made of
 (``P[token, patch] = 1 / s^2``), so ``image = R^{g,tok} . P . R^{vv}`` on the patch grid; stopping at
 the image tokens gives them on the ``h/s x w/s`` token grid. One image per prompt: the processor's image
@@ -18,11 +18,11 @@ from transformers import Idefics3ForConditionalGeneration, SmolVLMForConditional
 from transformers.models.idefics3.modeling_idefics3 import Idefics3EncoderLayer, Idefics3VisionAttention
 from transformers.models.smolvlm.modeling_smolvlm import SmolVLMEncoderLayer, SmolVLMVisionAttention
 
+from captum_mm.adapters.decoder import DecoderOnlyAdapter
+from captum_mm.adapters.llama import LlamaAdapter
+from captum_mm.adapters.vision_language import VisionLanguageAdapter
 from captum_mm.models.arguments import Argument, require
-from captum_mm.models.decoder import DecoderOnlyAdapter
-from captum_mm.models.llama import LlamaAdapter
 from captum_mm.models.registry import register_adapter
-from captum_mm.models.vision_language import VisionLanguageAdapter
 
 IMAGES = "[batch, images, channels, height, width]"
 

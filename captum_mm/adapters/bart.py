@@ -1,6 +1,6 @@
 """BART: an encoder-decoder LM with post-norm layers; its attention modules (``BartAttention``) return
 the probabilities second under eager attention. Schedule and targets:
-:mod:`captum_mm.models.encoder_decoder`.
+:mod:`captum_mm.adapters.encoder_decoder`.
 """
 
 from types import MappingProxyType
@@ -10,10 +10,10 @@ from torch import nn
 from transformers import BartForConditionalGeneration
 from transformers.models.bart.modeling_bart import BartAttention
 
+from captum_mm.adapters.encoder_decoder import EncoderDecoderAdapter
 from captum_mm.lrp.composite import LRPStructure, ResidualRuleSite
-from captum_mm.models.base import projected_parts
-from captum_mm.models.encoder_decoder import EncoderDecoderAdapter
 from captum_mm.models.registry import register_adapter
+from captum_mm.models.specs import projected_parts
 from captum_mm.spec import AttentionSpec, TensorSource
 
 

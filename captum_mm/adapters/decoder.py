@@ -11,12 +11,13 @@ from typing import Any, Dict, Mapping, Tuple
 
 from torch import Tensor
 
+from captum_mm.capture.record import AttentionRecord
 from captum_mm.generation.convention import GenerationConvention
 from captum_mm.generation.readout import GENERATED, SEQUENCE, TEXT, sequence_readouts, token_targets
+from captum_mm.models.adapter import ArchitectureAdapter
 from captum_mm.models.arguments import TOKENS, Argument, text_arguments
-from captum_mm.models.base import ArchitectureAdapter, TargetSelection, forward_order_schedule
-from captum_mm.models.capture import AttentionRecord
-from captum_mm.models.target_options import TargetOptions
+from captum_mm.models.structure import forward_order_schedule
+from captum_mm.models.targets import TargetOptions, TargetSelection
 from captum_mm.relevance.schedule import Readout, Schedule
 
 __all__ = ["GENERATED", "SEQUENCE", "TEXT", "DecoderOnlyAdapter", "GenerationConvention"]

@@ -14,11 +14,12 @@ from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 from torch import Tensor, nn
 
+from captum_mm.adapters.decoder import GENERATED, TEXT, DecoderOnlyAdapter
+from captum_mm.capture.record import AttentionRecord
 from captum_mm.generation.readout import decoder_rows
 from captum_mm.models.arguments import TOKENS, Argument, text_tokens, token_mask
-from captum_mm.models.base import TargetSelection, forward_order_schedule
-from captum_mm.models.capture import AttentionRecord
-from captum_mm.models.decoder import GENERATED, TEXT, DecoderOnlyAdapter
+from captum_mm.models.structure import forward_order_schedule
+from captum_mm.models.targets import TargetSelection
 from captum_mm.relevance.schedule import Readout, Schedule
 from captum_mm.spec import AttentionSpec, module_names
 

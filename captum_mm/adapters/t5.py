@@ -1,7 +1,7 @@
 """T5: an encoder-decoder LM with pre-norm sublayers (RMS ``T5LayerNorm``), relative position biases
 added to the attention scores, and a plain or gated (T5 v1.1, Flan-T5) feed-forward block; its
 attention modules return the probabilities third under eager attention. Schedule and targets:
-:mod:`captum_mm.models.encoder_decoder`. LRP: the norms pass relevance through, the position bias
+:mod:`captum_mm.adapters.encoder_decoder`. LRP: the norms pass relevance through, the position bias
 takes none (the scores' z-rule splits ``Q K^T`` alone), the gated product gives each factor half.
 """
 
@@ -19,9 +19,9 @@ from transformers.models.t5.modeling_t5 import (
     T5LayerSelfAttention,
 )
 
+from captum_mm.adapters.encoder_decoder import EncoderDecoderAdapter
 from captum_mm.lrp.canonizers import GatedProduct
 from captum_mm.lrp.composite import LRPStructure, ResidualRuleSite
-from captum_mm.models.encoder_decoder import EncoderDecoderAdapter
 from captum_mm.models.registry import register_adapter
 from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource
 

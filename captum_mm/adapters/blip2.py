@@ -9,7 +9,7 @@ says; then the LM's stream. The image readout composes the stages: ``image = R^{
 (query token ``i`` is LM image token ``i``). ``compose_vision = False`` stops at the LM's query tokens.
 
 With an encoder-decoder LM (Flan-T5) the image tokens are in the encoder's prompt, and the LM's stage is T5's
-schedule (:mod:`captum_mm.models.encoder_decoder`): the image readout starts from ``R^{ts}``, the decoder's
+schedule (:mod:`captum_mm.adapters.encoder_decoder`): the image readout starts from ``R^{ts}``, the decoder's
 relevance over the encoder's tokens.
 """
 
@@ -19,15 +19,18 @@ from typing import Any, Dict, List, Sequence, Tuple, cast
 import torch
 from torch import Tensor, nn
 from transformers import Blip2ForConditionalGeneration, T5ForConditionalGeneration
-from transformers.models.blip_2.modeling_blip_2 import Blip2Attention, Blip2EncoderLayer, Blip2QFormerMultiHeadAttention, Blip2QFormerOutput, Blip2QFormerSelfOutput
+from transformers.models.blip_2.modeling_blip_2 import (
+    Blip2Attention,
+    Blip2EncoderLayer,
+    Blip2QFormerMultiHeadAttention,
+    Blip2QFormerOutput,
+    Blip2QFormerSelfOutput,
+)
 from transformers.models.opt.modeling_opt import OPTAttention
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from captum_mm.lrp.composite import LRPStructure
-from captum_mm.models.base import TargetSelection, attention_specs_in, fused_qkv_parts, post_norm_residuals, qkv_parts
-from captum_mm.models.capture import AttentionRecord
-from captum_mm.models.decoder import GENERATED, TEXT, GenerationConvention
-from captum_mm.models.encoder_decoder import (
+from captum_mm.adapters.decoder import GENERATED, TEXT, GenerationConvention
+from captum_mm.adapters.encoder_decoder import (
     SOURCE,
     TARGET,
     EncoderDecoderAdapter,
@@ -35,11 +38,16 @@ from captum_mm.models.encoder_decoder import (
     encoder_decoder_specs,
     source_target_masks,
 )
-from captum_mm.models.llama import LlamaAdapter
-from captum_mm.models.opt import OPTAdapter, opt_attention_specs, opt_lrp_structure
+from captum_mm.adapters.llama import LlamaAdapter
+from captum_mm.adapters.opt import OPTAdapter, opt_attention_specs, opt_lrp_structure
+from captum_mm.adapters.t5 import T5Adapter, t5_attention_modules, t5_attention_spec, t5_lrp_structure
+from captum_mm.adapters.vision_language import IMAGE, VisionLanguageAdapter
+from captum_mm.capture.record import AttentionRecord
+from captum_mm.lrp.composite import LRPStructure
 from captum_mm.models.registry import register_adapter
-from captum_mm.models.t5 import T5Adapter, t5_attention_modules, t5_attention_spec, t5_lrp_structure
-from captum_mm.models.vision_language import IMAGE, VisionLanguageAdapter
+from captum_mm.models.specs import attention_specs_in, fused_qkv_parts, qkv_parts
+from captum_mm.models.structure import post_norm_residuals
+from captum_mm.models.targets import TargetSelection
 from captum_mm.relevance.schedule import Readout, Schedule, Stage
 from captum_mm.spec import AttentionSpec, TensorSource
 

@@ -30,21 +30,15 @@ from transformers.models.blip.modeling_blip import BlipAttention, BlipEncoderLay
 from transformers.models.blip.modeling_blip_text import BlipTextOutput, BlipTextSelfOutput
 from transformers.utils import ModelOutput
 
+from captum_mm.adapters.decoder import GENERATED, TEXT, GenerationConvention
+from captum_mm.adapters.encoder_decoder import TARGET, EncoderDecoderAdapter, decoder_rows, source_target_masks
+from captum_mm.capture.record import AttentionRecord
 from captum_mm.lrp.composite import LRPStructure
 from captum_mm.models.arguments import PIXELS, Argument, require
-from captum_mm.models.base import (
-    TargetSelection,
-    dropout_probabilities,
-    forward_order_schedule,
-    fused_qkv_parts,
-    post_norm_residuals,
-    pre_norm_structure,
-    qkv_parts,
-)
-from captum_mm.models.capture import AttentionRecord
-from captum_mm.models.decoder import GENERATED, TEXT, GenerationConvention
-from captum_mm.models.encoder_decoder import TARGET, EncoderDecoderAdapter, decoder_rows, source_target_masks
 from captum_mm.models.registry import register_adapter
+from captum_mm.models.specs import dropout_probabilities, fused_qkv_parts, qkv_parts
+from captum_mm.models.structure import forward_order_schedule, post_norm_residuals, pre_norm_structure
+from captum_mm.models.targets import TargetSelection
 from captum_mm.relevance.schedule import Readout, Schedule, Stage
 from captum_mm.spec import AttentionSpec, module_names
 

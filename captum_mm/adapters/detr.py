@@ -22,15 +22,15 @@ from torch import Tensor, nn
 from transformers import DetrForObjectDetection, DetrModel
 from transformers.models.detr.modeling_detr import DetrCrossAttention, DetrDecoderLayer, DetrEncoderLayer, DetrSelfAttention
 
+from captum_mm.capture.record import AttentionRecord
 from captum_mm.lrp.canonizers import PositionEmbeddingInput
 from captum_mm.lrp.composite import LRPStructure, ResidualRuleSite
 from captum_mm.lrp.rules import AlphaBeta, RuleSet
-
+from captum_mm.models.adapter import ArchitectureAdapter
 from captum_mm.models.arguments import PIXELS, Argument, require
-from captum_mm.models.base import ArchitectureAdapter, TargetSelection, forward_order_schedule
-from captum_mm.models.target_options import TargetOptions
-from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
+from captum_mm.models.structure import forward_order_schedule
+from captum_mm.models.targets import TargetOptions, TargetSelection
 from captum_mm.relevance.schedule import Readout, Schedule
 from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource, module_names
 

@@ -1,6 +1,6 @@
 """OPT: a decoder-only LM (learned absolute positions, q/k/v/out projections, the query scaled after its
 projection), the LM of BLIP-2's OPT checkpoints; its attention modules return the probabilities second
-under eager attention. Schedule and targets: :mod:`captum_mm.models.decoder`.
+under eager attention. Schedule and targets: :mod:`captum_mm.adapters.decoder`.
 
 LRP (README, "LRP"): the attention rule reads the projections' outputs (the query's scaling cancels in the
 z-rule's ratios); the layers are pre-norm (``x + attn(norm(x))``, then ``+ fc2(act(fc1(norm(.))))``), or
@@ -15,10 +15,11 @@ from torch import nn
 from transformers import OPTForCausalLM
 from transformers.models.opt.modeling_opt import OPTAttention, OPTDecoderLayer
 
+from captum_mm.adapters.decoder import SEQUENCE, DecoderOnlyAdapter
 from captum_mm.lrp.composite import LRPStructure, ResidualRuleSite
-from captum_mm.models.base import attention_specs_in, pre_norm_structure, projected_parts
-from captum_mm.models.decoder import SEQUENCE, DecoderOnlyAdapter
 from captum_mm.models.registry import register_adapter
+from captum_mm.models.specs import attention_specs_in, projected_parts
+from captum_mm.models.structure import pre_norm_structure
 from captum_mm.spec import AttentionSpec, TensorSource, self_attention
 
 

@@ -13,11 +13,14 @@ import torch
 from transformers import BertForNextSentencePrediction, BertForSequenceClassification, BertModel
 from transformers.models.bert.modeling_bert import BertCrossAttention, BertOutput, BertSelfAttention, BertSelfOutput
 
+from captum_mm.capture.record import AttentionRecord
 from captum_mm.lrp.composite import LRPStructure
+from captum_mm.models.adapter import ArchitectureAdapter
 from captum_mm.models.arguments import TOKENS, Argument, text_arguments, text_tokens, token_mask
-from captum_mm.models.base import ArchitectureAdapter, TargetSelection, attention_specs_in, forward_order_schedule, post_norm_residuals, qkv_parts
-from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
+from captum_mm.models.specs import attention_specs_in, qkv_parts
+from captum_mm.models.structure import forward_order_schedule, post_norm_residuals
+from captum_mm.models.targets import TargetSelection
 from captum_mm.relevance.schedule import Readout, Schedule
 from captum_mm.spec import AttentionSpec, self_attention
 

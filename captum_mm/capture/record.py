@@ -19,9 +19,16 @@ from torch.utils.hooks import RemovableHandle
 from transformers import AttentionInterface
 
 from captum_mm._handles import HandleList, Restore
-from captum_mm.models.eager import (EXACT_EAGER, NO_ATTENTION_FUNCTIONS, AttentionFunctions, declare_attention_functions,
-                                    exact_eager_attention, exact_eager_configs, model_configs)
-from captum_mm.models.lean import LEAN, Fusion, LeanMaps, LeanSite, lean_module, recording, stop_recording
+from captum_mm.capture.eager import (
+    EXACT_EAGER,
+    NO_ATTENTION_FUNCTIONS,
+    AttentionFunctions,
+    declare_attention_functions,
+    exact_eager_attention,
+    exact_eager_configs,
+    model_configs,
+)
+from captum_mm.capture.lean import LEAN, Fusion, LeanMaps, LeanSite, lean_module, recording, stop_recording
 from captum_mm.relevance.schedule import AttentionEvent
 from captum_mm.spec import AttentionSpec
 
@@ -52,7 +59,7 @@ class AttentionCall:
     #: autograd reaches them, not their concatenation.
     parts: Optional[List[Tensor]] = None
 
-    #: Under lean capture, the call's head-reduced maps (:mod:`captum_mm.models.lean`).
+    #: Under lean capture, the call's head-reduced maps (:mod:`captum_mm.capture.lean`).
     lean: Optional[LeanMaps] = None
 
     @property
@@ -105,8 +112,8 @@ def use_eager_attention(model: nn.Module, recorded: Sequence[Any] = (), lean: Se
                         attention_functions: AttentionFunctions = NO_ATTENTION_FUNCTIONS) -> Restore:
     """Switch every config of ``model`` to eager attention (``recorded`` configs to eager attention
     whose weights are recorded, :func:`recorded_eager_attention`; ``lean`` ones to lean capture,
-    :mod:`captum_mm.models.lean`; those of modules ``attention_functions``, the adapter's declaration, says take
-    the softmax in float32 to :func:`~captum_mm.models.eager.exact_eager_attention`); the returned handle restores them.
+    :mod:`captum_mm.capture.lean`; those of modules ``attention_functions``, the adapter's declaration, says take
+    the softmax in float32 to :func:`~captum_mm.capture.eager.exact_eager_attention`); the returned handle restores them.
 
     The saved values are written back as they were (not through
     ``set_attn_implementation``, which some backbones refuse).
@@ -167,7 +174,7 @@ _recording: ContextVar[Optional[Dict[int, List[Tensor]]]] = ContextVar("captum_m
 
 
 def recorded_eager_attention(module: nn.Module, *args: Any, **kwargs: Any) -> Tuple[Tensor, Tensor]:
-    """The module family's own eager attention function (:func:`~captum_mm.models.eager.exact_eager_attention`),
+    """The module family's own eager attention function (:func:`~captum_mm.capture.eager.exact_eager_attention`),
     its weights kept for the module's current forward (for modules that discard them). Registered once under
     :data:`RECORDED_EAGER`; a model uses it only while ``capture_attention`` switches its config to it."""
     output, weights = exact_eager_attention(module, *args, **kwargs)
@@ -258,7 +265,7 @@ def capture_attention(
         gradient_free (sequence of nn.Module): ... except the parameters of these
                     modules, on which no attention map depends (DETR's CNN backbone).
         lean (Fusion, optional): Capture the modules whose attention function allows it lean,
-                    keeping only this head reduction (:mod:`captum_mm.models.lean`; not in
+                    keeping only this head reduction (:mod:`captum_mm.capture.lean`; not in
                     training mode). Default: None (every map's probabilities)
         attention_functions (AttentionFunctions): The adapter's ``attention_functions``: the modules lean
                     capture and the exact float64 softmax serve. Default: none (every module's own function)

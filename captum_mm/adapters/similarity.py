@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from captum_mm.lrp.composite import LRPState, relevance_seed
 from captum_mm.models.arguments import require
-from captum_mm.models.base import TargetSelection
+from captum_mm.models.targets import TargetSelection
 
 
 def paired_targets(logits: Tensor, target: Any, family: str) -> TargetSelection:

@@ -1,6 +1,6 @@
 """GPT-2: a decoder-only LM (learned absolute positions, fused ``c_attn`` projection); its attention
 modules return the probabilities second under eager attention. Schedule and targets:
-:mod:`captum_mm.models.decoder`.
+:mod:`captum_mm.adapters.decoder`.
 
 LRP (README, "LRP"): the ``Conv1D`` projections take the linear rules (their weight is ``nn.Linear``'s
 transposed), the fused ``c_attn`` output is split into Q, K and V for the attention rule; the blocks are
@@ -13,10 +13,11 @@ from typing import Any, List, Optional
 from transformers import GPT2LMHeadModel
 from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, GPT2Block
 
+from captum_mm.adapters.decoder import SEQUENCE, DecoderOnlyAdapter
 from captum_mm.lrp.composite import LRPStructure
-from captum_mm.models.base import attention_specs_in, pre_norm_structure
-from captum_mm.models.decoder import SEQUENCE, DecoderOnlyAdapter
 from captum_mm.models.registry import register_adapter
+from captum_mm.models.specs import attention_specs_in
+from captum_mm.models.structure import pre_norm_structure
 from captum_mm.spec import AttentionParts, AttentionSpec, self_attention
 
 

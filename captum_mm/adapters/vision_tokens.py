@@ -3,7 +3,7 @@ reads (first token, feature layer), the image placeholder tokens of the prompt, 
 ``P`` spreading each image token's relevance over the patches it is made of.
 
 :class:`VisionTokenLayout` holds the hooks with their common defaults (CLIP/SigLIP-style towers whose every
-token the LM reads, one image token per patch); :class:`~captum_mm.models.vision_language.VisionLanguageAdapter`
+token the LM reads, one image token per patch); :class:`~captum_mm.adapters.vision_language.VisionLanguageAdapter`
 builds on it.
 """
 

@@ -1,10 +1,10 @@
 """Qwen2-VL: a vision transformer over flattened patches (``pixel_values`` ``[patches, features]`` and
 ``image_grid_thw`` per image, not per prompt), whose attention discards its weights -- captum_mm records
-them inside the attention function (:func:`~captum_mm.models.capture.recorded_eager_attention`) -- a patch
+them inside the attention function (:func:`~captum_mm.capture.record.recorded_eager_attention`) -- a patch
 merger joining each ``m x m`` block of patches into one image token, and a Qwen2 LM with multimodal
 rotary positions, which the model computes itself (the explanation's forward passes none).
 
-Schedule and readouts of the VLM base (:mod:`captum_mm.models.vision_language`): Eq. 6 over every vision layer, the
+Schedule and readouts of the VLM base (:mod:`captum_mm.adapters.vision_language`): Eq. 6 over every vision layer, the
 LM's stream; ``image = R^{g,tok} . P . R^{vv}`` with ``P`` the merger's pooling (each token's relevance
 spread evenly over its ``m^2`` patches), on the patch grid (the tower's patches come block by block:
 their grid cells say where each goes). One image per prompt, all of one size. LRP: the vision
@@ -29,12 +29,12 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import (
 )
 from transformers.vision_utils import get_vision_position_ids
 
+from captum_mm.adapters.decoder import DecoderOnlyAdapter
+from captum_mm.adapters.llama import LlamaAdapter
+from captum_mm.adapters.vision_language import VISION, VisionLanguageAdapter
 from captum_mm.lrp.composite import LRPStructure, ResidualRuleSite
 from captum_mm.models.arguments import TOKENS, Argument, require, text_tokens
-from captum_mm.models.decoder import DecoderOnlyAdapter
-from captum_mm.models.llama import LlamaAdapter
 from captum_mm.models.registry import register_adapter
-from captum_mm.models.vision_language import VISION, VisionLanguageAdapter
 from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource
 
 PATCHES = "[patches, channels * temporal_patch * patch * patch]"

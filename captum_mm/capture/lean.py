@@ -12,8 +12,8 @@ forward and backward: one ``[B, Nq, Nk]`` map per call and a chunk's temporaries
 
 The eager path (every call's ``[B, H, Nq, Nk]`` probabilities in the graph) stays as the fallback and
 the test oracle: LRP-based methods need the probabilities themselves, and modules their adapter's
-``attention_functions`` (:data:`~captum_mm.models.eager.AttentionFunctions`) leave out are recorded as before. Float64
-models get an exact float64 softmax (:mod:`captum_mm.models.eager`).
+``attention_functions`` (:data:`~captum_mm.capture.eager.AttentionFunctions`) leave out are recorded as before. Float64
+models get an exact float64 softmax (:mod:`captum_mm.capture.eager`).
 """
 
 from contextvars import ContextVar
@@ -26,7 +26,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
 from captum_mm._precision import accumulation_dtype, exact
-from captum_mm.models.eager import AttentionFunctions, exact_eager_attention, family_softmax
+from captum_mm.capture.eager import AttentionFunctions, exact_eager_attention, family_softmax
 from captum_mm.relevance.heads import head_mean, weighted_head_mean
 
 #: The attention-interface key lean capture switches a model's configs to.

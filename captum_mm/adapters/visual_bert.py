@@ -18,11 +18,14 @@ import torch
 from transformers import VisualBertForQuestionAnswering, VisualBertForVisualReasoning, VisualBertModel
 from transformers.models.visual_bert.modeling_visual_bert import VisualBertOutput, VisualBertSelfAttention, VisualBertSelfOutput
 
+from captum_mm.capture.record import AttentionRecord
 from captum_mm.lrp.composite import LRPStructure
+from captum_mm.models.adapter import ArchitectureAdapter
 from captum_mm.models.arguments import REGIONS, Argument, require, text_arguments, text_tokens, token_mask
-from captum_mm.models.base import ArchitectureAdapter, TargetSelection, attention_specs_in, dropout_probabilities, forward_order_schedule, post_norm_residuals, qkv_parts
-from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
+from captum_mm.models.specs import attention_specs_in, dropout_probabilities, qkv_parts
+from captum_mm.models.structure import forward_order_schedule, post_norm_residuals
+from captum_mm.models.targets import TargetSelection
 from captum_mm.relevance.schedule import Readout, Schedule
 from captum_mm.spec import AttentionSpec, self_attention
 

@@ -4,7 +4,7 @@ joined by the cosine similarity of their pooled embeddings.
 Schedule: Eq. 6 for every layer of each tower, each tower on its own modality.
 Readouts: the image tower at its class token (on the ``h x w`` patch grid), the text
 tower at the end-of-text token, each without its own entry. Target and LRP entry:
-:mod:`captum_mm.models.similarity` (each image with its own text, one forward and backward).
+:mod:`captum_mm.adapters.similarity` (each image with its own text, one forward and backward).
 """
 
 from types import MappingProxyType
@@ -15,13 +15,15 @@ from torch import Tensor
 from transformers import CLIPModel, CLIPTextConfig, CLIPVisionConfig
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
 
+from captum_mm.adapters.similarity import cosine_lrp_start, paired_targets
+from captum_mm.capture.record import AttentionRecord
 from captum_mm.lrp.composite import LRPState, LRPStructure
+from captum_mm.models.adapter import ArchitectureAdapter
 from captum_mm.models.arguments import PIXELS, TOKENS, Argument, token_mask
-from captum_mm.models.base import ArchitectureAdapter, TargetSelection, attention_specs_in, forward_order_schedule, pre_norm_structure, projected_parts
-from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
-from captum_mm.models.similarity import cosine_lrp_start, paired_targets
-from captum_mm.models.target_options import TargetOptions
+from captum_mm.models.specs import attention_specs_in, projected_parts
+from captum_mm.models.structure import forward_order_schedule, pre_norm_structure
+from captum_mm.models.targets import TargetOptions, TargetSelection
 from captum_mm.relevance.schedule import Readout, Schedule
 from captum_mm.spec import AttentionSpec, module_names, self_attention
 

@@ -2,7 +2,7 @@
 feature layer are projected, token by token, into image placeholder tokens of a LLaMA-style LM's
 sequence.
 
-Schedule and readouts: :mod:`captum_mm.models.vision_language` (Eq. 6 over the vision tower's layers
+Schedule and readouts: :mod:`captum_mm.adapters.vision_language` (Eq. 6 over the vision tower's layers
 up to the feature layer -- later layers feed nothing -- then the LM's causal stream; the ``image``
 output continued through the vision tower's relevance unless ``compose_vision`` is False).
 """
@@ -15,9 +15,9 @@ from transformers import LlavaForConditionalGeneration, PaliGemmaForConditionalG
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
 from transformers.models.siglip.modeling_siglip import SiglipAttention, SiglipEncoderLayer
 
-from captum_mm.models.llama import LlamaAdapter
+from captum_mm.adapters.llama import LlamaAdapter
+from captum_mm.adapters.vision_language import GENERATED, IMAGE, TEXT, VISION, VisionLanguageAdapter
 from captum_mm.models.registry import register_adapter
-from captum_mm.models.vision_language import GENERATED, IMAGE, TEXT, VISION, VisionLanguageAdapter
 
 __all__ = ["GENERATED", "IMAGE", "TEXT", "VISION", "LlavaAdapter", "PaliGemmaAdapter"]
 

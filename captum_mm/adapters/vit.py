@@ -12,11 +12,14 @@ import torch
 from transformers import ViTForImageClassification, ViTModel
 from transformers.models.vit.modeling_vit import ViTAttention, ViTLayer
 
+from captum_mm.capture.record import AttentionRecord
 from captum_mm.lrp.composite import LRPStructure
+from captum_mm.models.adapter import ArchitectureAdapter
 from captum_mm.models.arguments import PIXELS, Argument
-from captum_mm.models.base import ArchitectureAdapter, TargetSelection, attention_specs_in, forward_order_schedule, pre_norm_structure, projected_parts
-from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
+from captum_mm.models.specs import attention_specs_in, projected_parts
+from captum_mm.models.structure import forward_order_schedule, pre_norm_structure
+from captum_mm.models.targets import TargetSelection
 from captum_mm.relevance.schedule import Readout, Schedule
 from captum_mm.spec import AttentionSpec, self_attention
 

@@ -22,12 +22,14 @@ import torch
 from transformers import LxmertForQuestionAnswering, LxmertModel
 from transformers.models.lxmert.modeling_lxmert import GeLU, LxmertAttention, LxmertAttentionOutput, LxmertOutput
 
+from captum_mm.capture.record import AttentionRecord
 from captum_mm.lrp.composite import LRPStructure
-
+from captum_mm.models.adapter import ArchitectureAdapter
 from captum_mm.models.arguments import REGIONS, Argument, text_arguments, text_tokens, token_mask
-from captum_mm.models.base import ArchitectureAdapter, TargetSelection, dropout_probabilities, post_norm_residuals, qkv_parts
-from captum_mm.models.capture import AttentionRecord
 from captum_mm.models.registry import register_adapter
+from captum_mm.models.specs import dropout_probabilities, qkv_parts
+from captum_mm.models.structure import post_norm_residuals
+from captum_mm.models.targets import TargetSelection
 from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule
 from captum_mm.spec import AttentionSpec, module_names, self_attention
 

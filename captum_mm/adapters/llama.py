@@ -1,7 +1,7 @@
 """LLaMA-style decoder-only LMs: Llama, Qwen2, Mistral and Gemma, whose layers share Llama's layout:
 pre-norm (RMSNorm) layers, attention with q/k/v/o projections, rotary position embeddings and
 grouped-query attention (returning the probabilities second under eager attention), and a gated MLP
-``down(act(gate(x)) * up(x))``. Schedule and targets: :mod:`captum_mm.models.decoder`.
+``down(act(gate(x)) * up(x))``. Schedule and targets: :mod:`captum_mm.adapters.decoder`.
 
 LRP (README, "LRP"): RMSNorm and the activation pass relevance through (as LayerNorm does in the
 reference); rotary embeddings and grouped-query heads are bias-free linear maps between the
@@ -19,11 +19,12 @@ from transformers.models.llama.modeling_llama import LlamaAttention, LlamaDecode
 from transformers.models.mistral.modeling_mistral import MistralAttention, MistralDecoderLayer, MistralMLP, MistralRMSNorm
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention, Qwen2DecoderLayer, Qwen2MLP, Qwen2RMSNorm
 
+from captum_mm.adapters.decoder import SEQUENCE, DecoderOnlyAdapter
 from captum_mm.lrp.canonizers import GatedProduct
 from captum_mm.lrp.composite import LRPStructure
-from captum_mm.models.base import attention_specs_in, pre_norm_structure
-from captum_mm.models.decoder import SEQUENCE, DecoderOnlyAdapter
 from captum_mm.models.registry import register_adapter
+from captum_mm.models.specs import attention_specs_in
+from captum_mm.models.structure import pre_norm_structure
 from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource, self_attention
 
 

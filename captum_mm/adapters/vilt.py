@@ -18,12 +18,15 @@ from torch import Tensor
 from transformers import ViltForImageAndTextRetrieval, ViltForQuestionAnswering, ViltModel
 from transformers.models.vilt.modeling_vilt import ViltEmbeddings, ViltLayer, ViltSelfAttention
 
+from captum_mm.capture.record import AttentionRecord
+from captum_mm.capture.replay import replay_after_forward
 from captum_mm.lrp.composite import LRPStructure
+from captum_mm.models.adapter import ArchitectureAdapter
 from captum_mm.models.arguments import PIXELS, TOKENS, Argument
-from captum_mm.models.base import ArchitectureAdapter, TargetSelection, attention_specs_in, dropout_probabilities, forward_order_schedule, pre_norm_structure, qkv_parts
-from captum_mm.models.capture import AttentionRecord
-from captum_mm.models.replay import replay_after_forward
 from captum_mm.models.registry import register_adapter
+from captum_mm.models.specs import attention_specs_in, dropout_probabilities, qkv_parts
+from captum_mm.models.structure import forward_order_schedule, pre_norm_structure
+from captum_mm.models.targets import TargetSelection
 from captum_mm.relevance.schedule import Readout, Schedule
 from captum_mm.spec import AttentionSpec, TensorSource, self_attention
 

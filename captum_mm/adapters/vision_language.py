@@ -1,7 +1,7 @@
 """The base of vision-language adapters (LLaVA, PaliGemma, Idefics3/SmolVLM, Qwen2-VL, BLIP-2): a vision tower
 whose features, through a projector, fill the image placeholder tokens of a language model's sequence.
 
-Schedule: the LM's stream (:mod:`captum_mm.models.decoder`), plus Eq. 6 over the vision tower's layers up to
+Schedule: the LM's stream (:mod:`captum_mm.adapters.decoder`), plus Eq. 6 over the vision tower's layers up to
 the feature layer. Readouts per generated token: ``text`` over the prompt without its image tokens;
 ``generated``; ``image`` on the patch grid, ``R^{g,patch} = R^{g,tok} . P . R^{vv}[features, patches]``
 (docs/METHOD.md, "Stages joined by a projection"; ``P`` the projector's token map), or, with
@@ -16,13 +16,15 @@ from typing import Any, Dict, List, Tuple, cast
 import torch
 from torch import Tensor, nn
 
+from captum_mm.adapters.decoder import GENERATED, SEQUENCE, TEXT, DecoderOnlyAdapter
+from captum_mm.adapters.llama import LlamaAdapter, rotary_parts
+from captum_mm.adapters.vision_tokens import VisionTokenLayout
+from captum_mm.capture.record import AttentionRecord
 from captum_mm.lrp.composite import LRPStructure
 from captum_mm.models.arguments import PIXELS, Argument, require, text_tokens
-from captum_mm.models.base import TargetSelection, attention_specs_in, forward_order_schedule, pre_norm_structure, projected_parts
-from captum_mm.models.capture import AttentionRecord
-from captum_mm.models.decoder import GENERATED, SEQUENCE, TEXT, DecoderOnlyAdapter
-from captum_mm.models.llama import LlamaAdapter, rotary_parts
-from captum_mm.models.vision_tokens import VisionTokenLayout
+from captum_mm.models.specs import attention_specs_in, projected_parts
+from captum_mm.models.structure import forward_order_schedule, pre_norm_structure
+from captum_mm.models.targets import TargetSelection
 from captum_mm.relevance.schedule import Readout, Schedule, Stage
 from captum_mm.spec import AttentionSpec, module_names, self_attention
 
@@ -32,7 +34,7 @@ VISION, IMAGE = "vision", "image"
 class VisionLanguageAdapter(VisionTokenLayout, LlamaAdapter):
     """What every vision-language adapter shares: the stages (vision tower, projector, LM), the image
     placeholder tokens, the image readout composed through the vision tower, and the token map spreading
-    each image token over its patches (the hooks of :class:`~captum_mm.models.vision_tokens.VisionTokenLayout`).
+    each image token over its patches (the hooks of :class:`~captum_mm.adapters.vision_tokens.VisionTokenLayout`).
     A family implements the abstract :meth:`vision_tower` and :meth:`language_model`, declares ``model_classes``,
     ``vision_attention_classes`` and (for LRP) ``vision_layer_classes``, and overrides the hooks where its layout
     differs.
