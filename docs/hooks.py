@@ -20,7 +20,8 @@ log = logging.getLogger("mkdocs.plugins.captum_mm")
 SPEC = Path(__file__).parent / "METHOD.md"
 #: The modules of the API reference (docs/api/*.md); their public names must be documented.
 API_MODULES = (
-    "captum_mm.attr", "captum_mm.llm", "captum_mm.generation", "captum_mm.models", "captum_mm.spec", "captum_mm.lrp",
+    "captum_mm.attr", "captum_mm.llm", "captum_mm.generation", "captum_mm.models", "captum_mm.capture", "captum_mm.spec",
+    "captum_mm.lrp",
     "captum_mm.relevance.schedule", "captum_mm.relevance.propagation", "captum_mm.relevance.rules",
     "captum_mm.relevance.heads", "captum_mm.metrics", "captum_mm.visualization", "captum_mm.datasets", "captum_mm.zoo",
     "captum_mm.study",
