@@ -26,6 +26,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
 from captum_mm._precision import accumulation_dtype, exact
+from captum_mm.capture.chunks import remembered_row_chunks, row_chunks, start_remembering, stop_remembering
 from captum_mm.capture.eager import AttentionFunctions, exact_eager_attention, family_softmax
 from captum_mm.relevance.heads import head_mean, weighted_head_mean
 
@@ -34,8 +35,6 @@ LEAN = "captum_mm_lean"
 #: How a method reduces each call's heads when it is known by name (None: the method needs the probabilities).
 Fusion = Literal["head_mean", "gradient_weighted", "grad_cam"]
 
-#: Elements of one chunk's ``[B, H, rows, Nk]`` temporaries (several live at once).
-CHUNK_ELEMENTS = 1 << 22
 Result = TypeVar("Result")
 
 
@@ -114,9 +113,6 @@ class LeanSite:
 
 
 _sites: ContextVar[Optional[Dict[int, LeanSite]]] = ContextVar("captum_mm_lean_sites", default=None)
-#: The row chunks of the masks seen while recording (every layer of a stream gets the same mask, alive -- saved for
-#: the backward -- while the explanation runs).
-_seen_chunks: ContextVar[Dict[Tuple[Any, ...], List[Tuple[slice, slice]]]] = ContextVar("captum_mm_lean_chunks")
 
 
 def lean_module(module: nn.Module, attention_functions: AttentionFunctions) -> Optional[nn.Module]:
@@ -148,7 +144,7 @@ def lean_attention(
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     probe = torch.zeros(1, dtype=query.dtype, device=query.device, requires_grad=torch.is_grad_enabled())
     maps = LeanMaps(probe, (query.shape[0], query.shape[1], query.shape[2], key.shape[2]))
-    chunks = _remembered_chunks(query, key.shape[2], attention_mask)
+    chunks = remembered_row_chunks(query, key.shape[2], attention_mask)
     options = _Options(scale, query.shape[1] // key.shape[1], site.float32_softmax, site.forward_fusion, maps, chunks)
     bias = kwargs.get("position_bias")  # T5's relative position bias, added to the scores before the mask
     output, mean = _LeanAttention.apply(query, key, value, attention_mask, bias, maps.probe, options)
@@ -170,40 +166,12 @@ class _Options:
     chunks: List[Tuple[slice, slice]]  # rows, and the leading keys they see
 
 
-def _chunks(query: Tensor, keys: int, mask: Optional[Tensor]) -> List[Tuple[slice, slice]]:
-    """Chunks of query rows, each with the leading keys its rows see (all keys when ``mask`` is None)."""
-    size = max(1, CHUNK_ELEMENTS // max(1, query.shape[0] * query.shape[1] * keys))
-    rows = [slice(start, start + size) for start in range(0, query.shape[2], size)]
-    return [(chunk, _visible_keys(mask, chunk, keys)) for chunk in rows]
-
-
-def _remembered_chunks(query: Tensor, keys: int, mask: Optional[Tensor]) -> List[Tuple[slice, slice]]:
-    """:func:`_chunks`, computed once per mask while recording."""
-    seen = _seen_chunks.get()
-    key = (None if mask is None else (mask.data_ptr(), tuple(mask.shape), tuple(mask.stride())), tuple(query.shape), keys)
-    if key not in seen:
-        seen[key] = _chunks(query, keys, mask)
-    return seen[key]
-
-
 def _repeated(states: Tensor, groups: int) -> Tensor:
     return states if groups == 1 else states.repeat_interleave(groups, dim=1)
 
 
 def _summed_groups(gradient: Tensor, groups: int) -> Tensor:
     return gradient if groups == 1 else gradient.unflatten(1, (-1, groups)).sum(2)
-
-
-def _visible_keys(mask: Optional[Tensor], rows: slice, keys: int) -> slice:
-    """The leading keys ``rows`` see: keys after the last one any of them sees get probability 0 exactly (a causal
-    mask's), unless some row sees none (eager attention then spreads that row over every key)."""
-    if mask is None:
-        return slice(0, keys)
-    block = mask[:, :, rows]
-    seen = block if block.dtype == torch.bool else block > torch.finfo(block.dtype).min
-    if not bool(seen.any(-1).all()):
-        return slice(0, keys)
-    return slice(0, int(seen.any(dim=2).any(dim=1).any(dim=0).nonzero().max()) + 1)
 
 
 def _probabilities(query: Tensor, key: Tensor, bias: Optional[Tensor], mask: Optional[Tensor], rows: slice,
@@ -257,7 +225,7 @@ class _LeanAttention(torch.autograd.Function):
         fused = None if fusion is None else query.new_zeros(query.shape[0], query.shape[2], key.shape[2], dtype=exact_dtype)
         gradient_sums = query.new_zeros(query.shape[0], query.shape[1], 1, 1, dtype=exact_dtype)  # Grad-CAM: dA over real entries
         every = slice(0, key.shape[2])
-        chunks = _chunks(query, key.shape[2], None) if fusion == "grad_cam" else ctx.chunks  # Grad-CAM's mean: every key
+        chunks = row_chunks(query, key.shape[2], None) if fusion == "grad_cam" else ctx.chunks  # Grad-CAM's mean: every key
         for rows, columns in chunks:
             probs = _probabilities(query, keys, bias, mask, rows, options, columns)
             grad_chunk = grad_output[:, :, rows]
@@ -293,11 +261,11 @@ def _real(request: LeanRequest, rows: slice) -> Tensor:
 def recording(sites: Dict[int, LeanSite]) -> Any:
     """Make ``sites`` (id of a module under lean capture: its site) the modules the lean function records;
     returns the tokens to :func:`stop_recording` with."""
-    return _sites.set(sites), _seen_chunks.set({})
+    return _sites.set(sites), start_remembering()
 
 
 def stop_recording(tokens: Any) -> None:
     _sites.reset(tokens[0])
-    _seen_chunks.reset(tokens[1])
+    stop_remembering(tokens[1])
 
 

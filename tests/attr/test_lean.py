@@ -21,7 +21,7 @@ from methods_under_test import MAY_VANISH
 
 from captum_mm.attr import AttentionGradCam, AttentionRollout, GenericAttention, RawAttention
 from captum_mm.attr.engine import forward_pass
-from captum_mm.capture import lean as lean_module
+from captum_mm.capture import chunks
 from captum_mm.capture.lean import LeanRequest, lean_backward
 from captum_mm.generation import generation_forward
 
@@ -124,7 +124,7 @@ def test_lean_backward_chunks_rows_as_one(monkeypatch):
     model = language_model("llama")
     ids, mask = prompt_batch()
     whole = GenericAttention(model).explain({"input_ids": ids, "attention_mask": mask}, continuation=CONTINUATION)
-    monkeypatch.setattr(lean_module, "CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(chunks, "CHUNK_ELEMENTS", 1)
     rows = GenericAttention(model).explain({"input_ids": ids, "attention_mask": mask}, continuation=CONTINUATION)
     torch.testing.assert_close(rows.text, whole.text)
     torch.testing.assert_close(rows.generated, whole.generated)
