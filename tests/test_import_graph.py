@@ -9,10 +9,6 @@ from typing import Dict, List, Set, Tuple
 import captum_mm
 
 PACKAGE = Path(captum_mm.__file__).parent
-#: Cycles known when this test was written, each to be removed by its own change (issue 23); any other cycle fails.
-KNOWN_CYCLES: Set[Tuple[str, ...]] = {
-    ("captum_mm.lrp.attention", "captum_mm.lrp.composite"),  # the composite's attention rule types (TYPE_CHECKING)
-}
 
 
 def module_names() -> Dict[str, Path]:
@@ -86,7 +82,7 @@ def test_the_module_level_import_graph_has_no_new_cycle():
     modules = module_names()
     graph = {name: imports_of(name, path, set(modules)) for name, path in modules.items()}
     assert graph["captum_mm.study.job"] >= {"captum_mm.study.steps", "captum_mm.zoo.recipes"}  # the scan sees imports
-    assert cycles(graph) - KNOWN_CYCLES == set()
+    assert cycles(graph) == set()
 
 
 def test_a_cycle_is_found():

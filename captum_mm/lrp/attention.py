@@ -10,20 +10,17 @@ heads (transposed: the sum over each group). A fused projection (GPT-2's ``c_att
 Q, K and V; its modified gradient is theirs concatenated in the same order.
 """
 
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, cast
+from typing import Any, Dict, Optional, Tuple, cast
 
 import torch
 from torch import Tensor, nn
 
 from captum_mm._handles import ForwardHook, KwargsPreHook
 from captum_mm._precision import accumulation_dtype, exact
+from captum_mm.capture.record import AttentionRecord
 from captum_mm.lrp.rules import HalvedAttention, LinearRule
-from captum_mm.lrp.switch import Switch
+from captum_mm.lrp.switch import LRPState, Switch
 from captum_mm.spec import AttentionParts, AttentionSpec
-
-if TYPE_CHECKING:  # the composite imports this module; the capture module's package imports both
-    from captum_mm.capture.record import AttentionRecord
-    from captum_mm.lrp.composite import LRPState
 
 
 def split_heads(tensor: Tensor, heads: int) -> Tensor:
@@ -106,9 +103,9 @@ def position_keeper(positions: Dict[int, Tuple[Tensor, Tensor]]) -> KwargsPreHoo
 
 
 def attention_hook(
-    state: "LRPState",
+    state: LRPState,
     rules: Tuple[HalvedAttention, LinearRule],
-    record: "AttentionRecord",
+    record: AttentionRecord,
     spec: AttentionSpec,
     positions: Dict[int, Tuple[Tensor, Tensor]],
 ) -> ForwardHook:

@@ -25,8 +25,8 @@ before, it would carry the relevance past the rules.
 
 import inspect
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, cast
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -35,15 +35,13 @@ from transformers.pytorch_utils import Conv1D
 
 from captum_mm._handles import ForwardHook, HandleList
 from captum_mm._precision import exact
+from captum_mm.capture.record import AttentionCall, AttentionRecord
 from captum_mm.lrp.attention import attention_hook, position_keeper
 from captum_mm.lrp.canonizers import Canonizer
 from captum_mm.lrp.coverage import uncovered_modules
 from captum_mm.lrp.rules import LinearRule, PassThrough, ProportionalResidual, RuleSet, safe_divide
-from captum_mm.lrp.switch import Mode, Recorder, Switch
+from captum_mm.lrp.switch import LRPState, Recorder, Switch
 from captum_mm.spec import AttentionParts, AttentionSpec, LinearModule, TensorSource
-
-if TYPE_CHECKING:  # the capture module's package imports this one
-    from captum_mm.capture.record import AttentionCall, AttentionRecord
 
 
 @dataclass(frozen=True)
@@ -94,32 +92,6 @@ class LRPStructure:
                             (*self.canonizers, *other.canonizers), self.covered_types + other.covered_types)
 
 
-@dataclass
-class LRPState:
-    """The mode shared by all rule sites (attention maps get their probes on their recorded calls).
-
-    Attributes:
-        mode (Mode): The flag every switch reads (relevance or gradient mode).
-        linear_io (dict): ``id(linear)`` to its latest ``(input, switched output)``.
-    """
-
-    mode: Mode = field(default_factory=Mode)
-    linear_io: Dict[int, Tuple[Tensor, Tensor]] = field(default_factory=dict)  # id(linear): (input, switched output)
-
-    def output_of(self, linear: LinearModule) -> Tensor:
-        """The latest output of ``linear``, as the rules see it (an LRP backward can start there)."""
-        return self.linear_io[id(linear)][1]
-
-    @contextmanager
-    def relevance_mode(self) -> Iterator[None]:
-        """Within the ``with`` block every switch hands its rule's modified gradients on (an LRP backward)."""
-        self.mode.relevance = True
-        try:
-            yield
-        finally:
-            self.mode.relevance = False
-
-
 LINEAR_TYPES = (nn.Linear, Conv1D)  # LinearModule's
 BUILT_IN_PASS_THROUGH = (nn.LayerNorm, nn.Dropout, nn.GELU, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.SiLU)
 
@@ -134,7 +106,7 @@ def lrp_rules(
     structure: LRPStructure,
     rules: Optional[RuleSet] = None,
     attention: Sequence[AttentionSpec] = (),
-    record: Optional["AttentionRecord"] = None,
+    record: Optional[AttentionRecord] = None,
 ) -> Iterator[LRPState]:
     """Install ``rules`` on ``model`` for the duration of the ``with`` block.
 
@@ -170,7 +142,7 @@ def lrp_rules(
             projection = cast(AttentionParts, spec.parts).projection
             rule_of = (rules.for_module(spec.name, spec.module, rules.attention),
                        rules.for_module(names.get(projection, ""), projection, rules.linear) if projection is not None else rules.linear)
-            hook = attention_hook(state, rule_of, cast("AttentionRecord", record), spec, positions)
+            hook = attention_hook(state, rule_of, cast(AttentionRecord, record), spec, positions)
             handles.append(spec.module.register_forward_hook(hook))
             if cast(AttentionParts, spec.parts).rotary:
                 handles.append(spec.module.register_forward_pre_hook(position_keeper(positions), with_kwargs=True))
@@ -262,7 +234,7 @@ def relevance_seed(logits: Tensor, one_hot: Tensor) -> Tensor:
 
 
 def attention_relevance(
-    state: LRPState, calls: Sequence["AttentionCall"], outputs: Tuple[Tensor, ...], grad_outputs: Tuple[Tensor, ...]
+    state: LRPState, calls: Sequence[AttentionCall], outputs: Tuple[Tensor, ...], grad_outputs: Tuple[Tensor, ...]
 ) -> List[Optional[Tensor]]:
     """One LRP backward from ``outputs``: the relevance ``R_A`` of each call's map.
 

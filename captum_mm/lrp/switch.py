@@ -6,14 +6,16 @@ gradient on (*gradient mode*) or hands its rule's modified gradients straight to
 """
 
 import inspect
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from captum_mm._handles import ForwardHook, KwargsPreHook
 from captum_mm._precision import accumulation_dtype
-from captum_mm.spec import TensorSource
+from captum_mm.spec import LinearModule, TensorSource
 
 
 class Mode:
@@ -81,3 +83,29 @@ class Recorder:
             self.values[(id(module), argument, None)] = value
 
         return hook
+
+
+@dataclass
+class LRPState:
+    """The mode shared by all rule sites (attention maps get their probes on their recorded calls).
+
+    Attributes:
+        mode (Mode): The flag every switch reads (relevance or gradient mode).
+        linear_io (dict): ``id(linear)`` to its latest ``(input, switched output)``.
+    """
+
+    mode: Mode = field(default_factory=Mode)
+    linear_io: Dict[int, Tuple[Tensor, Tensor]] = field(default_factory=dict)  # id(linear): (input, switched output)
+
+    def output_of(self, linear: LinearModule) -> Tensor:
+        """The latest output of ``linear``, as the rules see it (an LRP backward can start there)."""
+        return self.linear_io[id(linear)][1]
+
+    @contextmanager
+    def relevance_mode(self) -> Iterator[None]:
+        """Within the ``with`` block every switch hands its rule's modified gradients on (an LRP backward)."""
+        self.mode.relevance = True
+        try:
+            yield
+        finally:
+            self.mode.relevance = False
