@@ -134,6 +134,6 @@ def test_an_adapter_file_registers_itself_when_its_package_is_scanned(restored_r
 
 
 def test_every_built_in_adapter_module_is_imported():
-    names = registry.import_modules(importlib.import_module("captum_mm.models"))
+    names = registry.import_modules(importlib.import_module("captum_mm.adapters"))
     assert {adapter.__module__ for adapter in registry._ADAPTERS.values()} <= set(names)
-    assert {"captum_mm.adapters.llama", "captum_mm.adapters.blip2", "captum_mm.models.registry"} <= set(names)
+    assert {"captum_mm.adapters.llama", "captum_mm.adapters.blip2", "captum_mm.adapters.vision_language"} <= set(names)
