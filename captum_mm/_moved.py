@@ -66,6 +66,7 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def install() -> None:
-    """Make the old module paths importable (once per interpreter)."""
+    """Make the old module paths importable (once per interpreter), ahead of the other finders: an old path names no
+    module of this version, but a stale copy of an earlier one (an older install on the path) must not answer it."""
     if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
-        sys.meta_path.append(_MovedModuleFinder())
+        sys.meta_path.insert(0, _MovedModuleFinder())
