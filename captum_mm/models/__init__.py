@@ -1,6 +1,6 @@
-"""The architecture-adapter interface: what an adapter declares (:class:`ArchitectureAdapter`, its forward
+"""The architecture-adapter interface: what an adapter declares (`ArchitectureAdapter`, its forward
 arguments, targets, spec and structure builders) and the registry that picks one for a model. The families
-themselves live in :mod:`captum_mm.adapters`, capture in :mod:`captum_mm.capture`."""
+themselves live in `captum_mm.adapters`, capture in `captum_mm.capture`."""
 
 from captum_mm import adapters  # noqa: F401,E402  (registers every family; after the interface it builds on)
 from captum_mm.capture.record import AttentionCall, AttentionRecord, capture_attention
