@@ -530,3 +530,32 @@ class Recording(GenericAttention):
 def maps_of(explainer: Recording, query: str, key: str) -> List[Tensor]:
     """The fused maps of ``query`` tokens attending to ``key`` tokens, in forward order."""
     return [explainer.maps[e.call] for e in explainer.schedule.events if (e.query, e.key) == (query, key)]
+
+
+#: Whisper: 16 encoder frames from 32 feature time steps of 8 mel bins; tokens 0 pad, 1 start the decoder, 2 end.
+WHISPER_FRAMES, WHISPER_MELS = 16, 8
+
+
+def whisper(layers=2) -> nn.Module:
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    config = WhisperConfig(
+        vocab_size=LM_VOCAB, num_mel_bins=WHISPER_MELS, d_model=32, encoder_layers=layers, decoder_layers=layers,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48,
+        max_source_positions=WHISPER_FRAMES, max_target_positions=24, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        decoder_start_token_id=1, suppress_tokens=None, begin_suppress_tokens=None, init_std=0.2)
+    return WhisperForConditionalGeneration(config).eval()
+
+
+def whisper_features(batch=3, seed=0) -> Dict[str, Tensor]:
+    """Log-mel ``input_features`` ``[batch, 8, 32]`` of a different synthetic waveform per sample (a chirp plus noise),
+    as transformers' WhisperFeatureExtractor computes them (10 ms hops), cut to the model's 32 time steps."""
+    import numpy as np
+    from transformers import WhisperFeatureExtractor
+
+    extractor = WhisperFeatureExtractor(feature_size=WHISPER_MELS, sampling_rate=16000, hop_length=160, chunk_length=1, n_fft=400)
+    rng = np.random.default_rng(seed)
+    time = np.arange(16000 * 2 * WHISPER_FRAMES // 100) / 16000
+    waves = [np.sin(2 * np.pi * (200 + 300 * k) * time * (1 + time)) + 0.3 * rng.standard_normal(time.shape) for k in range(batch)]
+    features = extractor([wave.astype(np.float32) for wave in waves], sampling_rate=16000, return_tensors="pt").input_features
+    return {"input_features": features[..., : 2 * WHISPER_FRAMES]}

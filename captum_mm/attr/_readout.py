@@ -84,6 +84,8 @@ def read_out(schedule: Schedule, matrices: Matrices) -> Dict[str, Tensor]:
         rows = rows[:, spec.columns] if spec.column_index is None else rows.gather(1, spec.column_index)
         if spec.through is not None:
             rows = continued_through(rows, spec.through, matrices)
+        if spec.spread is not None:
+            rows = rows @ spec.spread.to(rows)
         if spec.positions is not None:
             grid = cast(Tuple[int, int], spec.grid)  # positions come with a grid
             rows = rows.new_zeros(rows.shape[0], grid[0] * grid[1]).scatter(1, spec.positions, rows)

@@ -51,6 +51,10 @@ class GenerationConvention:
                     continuation when the prompt gives them.
         model_positions (bool): The model computes its own positions (Qwen2-VL's multimodal ones): the forward
                     passes no ``position_ids``; else the positions ``generate`` uses under left padding.
+        prompt_input (str): The argument holding an encoder-decoder model's prompt (Whisper's ``input_features``).
+                    Default: ``"input_ids"``
+        sequences_in_dict (bool): ``generate``'s sequences are read with ``return_dict_in_generate=True``: its plain
+                    tensor leaves out the decoder prompt (Whisper's start token and forced tokens).
     """
 
     encoder_decoder: bool = False
@@ -59,6 +63,8 @@ class GenerationConvention:
     max_positions: Optional[int] = None
     generated_token_types: Tuple[Tuple[str, int], ...] = ()
     model_positions: bool = False
+    prompt_input: str = "input_ids"
+    sequences_in_dict: bool = False
 
     @classmethod
     def of(cls, model: nn.Module, generated_token_types: Mapping[str, int] = MappingProxyType({}),

@@ -79,6 +79,8 @@ class Readout:
         column_mask (Tensor, optional): ``[E, N_key]`` the columns kept; the others read 0
                     (a VLM's text output without its image tokens).
         through (Stage, optional): Continue the read values through an earlier stage.
+        spread (Tensor, optional): ``[n_columns, n]`` token map spreading the read values over ``n`` input positions
+                    (Whisper's encoder frames over the features' time steps), before the ``grid``.
     """
 
     row: str
@@ -90,6 +92,7 @@ class Readout:
     column_index: Optional[Tensor] = None
     column_mask: Optional[Tensor] = None
     through: Optional[Stage] = None
+    spread: Optional[Tensor] = None
 
     @property
     def pair(self) -> Tuple[str, str]:
