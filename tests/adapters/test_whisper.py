@@ -169,3 +169,24 @@ def test_model_left_as_it_was_clear_errors_and_attribute():
     assert spread.shape == batch["input_features"].shape
     torch.testing.assert_close(spread, explanation.audio.expand(-1, 8, -1))
     assert_same_state(before, model_state(model))
+
+
+@pytest.mark.parametrize("method", ["generic", "partial-lrp", "transformer-attribution", "generic-lrp"])
+def test_half_precision(method):
+    """float16 and bfloat16 models: finite float32 relevance; LRP runs on the half weights in float32, exactly."""
+    from helpers import in_dtype
+    from methods_under_test import LRP_BASED
+
+    model, batch = whisper(layers=1), features(batch=2, dtype=torch.float32)
+    weights = {name: value.clone() for name, value in model.state_dict().items()}
+    for dtype in (torch.float16, torch.bfloat16):
+        model.float().load_state_dict(weights)
+        half = METHODS[method](model).explain(in_dtype(model, batch, dtype), continuation=[[5, 6], [7]])
+        assert next(model.parameters()).dtype == dtype and half.scores.dtype == torch.float32
+        assert all(value.dtype == torch.float32 and torch.isfinite(value).all() for value in half.outputs().values())
+        assert half.frames.abs().sum() > 0
+        if method in LRP_BASED:
+            rounded = in_dtype(model, batch, dtype)
+            single = METHODS[method](model).explain(in_dtype(model, rounded, torch.float32), continuation=[[5, 6], [7]])
+            for name, value in single.outputs().items():
+                torch.testing.assert_close(half.outputs()[name], value, atol=0.0, rtol=0.0)
