@@ -559,3 +559,23 @@ def whisper_features(batch=3, seed=0) -> Dict[str, Tensor]:
     waves = [np.sin(2 * np.pi * (200 + 300 * k) * time * (1 + time)) + 0.3 * rng.standard_normal(time.shape) for k in range(batch)]
     features = extractor([wave.astype(np.float32) for wave in waves], sampling_rate=16000, return_tensors="pt").input_features
     return {"input_features": features[..., : 2 * WHISPER_FRAMES]}
+
+
+def assert_last_layer_rows(model, batch: Dict[str, Tensor], decoder_ids: Tensor, over_source: Tensor, generated: Tensor) -> None:
+    """An encoder-decoder's raw attention of one sample: ``over_source[k]`` the last cross-attention's head-mean row
+    ``k``, ``generated[k]`` the last decoder self-attention's without its own entry and the start token, as the model's
+    own eager maps (``output_attentions=True``) give them."""
+    from captum_mm.capture.record import use_eager_attention
+    from captum_mm.models import adapter_for
+
+    restore = use_eager_attention(model, attention_functions=adapter_for(model).attention_functions)
+    try:
+        output = model(**batch, decoder_input_ids=decoder_ids, output_attentions=True)
+    finally:
+        restore.remove()
+    cross, self_attention = output.cross_attentions[-1][0].mean(0), output.decoder_attentions[-1][0].mean(0)
+    for k in range(decoder_ids.shape[1] - 1):
+        torch.testing.assert_close(over_source[k], cross[k])
+        row = self_attention[k].clone()
+        row[k] = 0.0  # the row token's own entry
+        torch.testing.assert_close(generated[k], row[1:])

@@ -54,6 +54,9 @@ def frames_to_time(frames: int, stride: int = 2) -> Tensor:
 
 @register_adapter
 class WhisperAdapter(EncoderDecoderAdapter):
+    """Whisper's speech-to-text models: the encoder's frames as the source, the feature time steps through the stem's
+    token map (:func:`frames_to_time`)."""
+
     model_classes = (WhisperForConditionalGeneration,)
     #: Whisper's eager attention: softmax in the model's dtype, the query scaled before (the call's scaling is 1).
     attention_functions = MappingProxyType({WhisperAttention: False})

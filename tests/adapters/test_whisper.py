@@ -6,16 +6,14 @@ from functools import lru_cache
 
 import pytest
 import torch
-from helpers import assert_same_state, model_state, whisper, whisper_features
+from helpers import assert_last_layer_rows, assert_same_state, model_state, whisper, whisper_features
 from methods_under_test import MAY_VANISH, METHODS
 
 from captum_mm.adapters.whisper import frames_to_time
 from captum_mm.attr import GenericAttention, RawAttention
 from captum_mm.attr.catalog import PAPER_METHODS, REFERENCE_DETR
 from captum_mm.attr.engine import forward_pass
-from captum_mm.capture.record import use_eager_attention
 from captum_mm.generation import generation_forward
-from captum_mm.models import adapter_for
 
 CONTINUATION = [[5, 6, 7], [8, 9], [10]]
 
@@ -46,17 +44,7 @@ def test_raw_attention_reads_the_models_own_eager_maps_and_audio_is_frames_over_
     model = whisper(layers=2)
     batch = features(batch=1, dtype=torch.float32)
     explanation = RawAttention(model).explain(batch, continuation=[[5, 6, 7]])
-    restore = use_eager_attention(model, attention_functions=adapter_for(model).attention_functions)
-    try:
-        output = model(**batch, decoder_input_ids=torch.tensor([[1, 5, 6, 7]]), output_attentions=True)
-    finally:
-        restore.remove()
-    cross, self_attention = output.cross_attentions[-1][0].mean(0), output.decoder_attentions[-1][0].mean(0)
-    for k in range(3):
-        torch.testing.assert_close(explanation.frames[0, k], cross[k])
-        row = self_attention[k].clone()
-        row[k] = 0.0
-        torch.testing.assert_close(explanation.generated[0, k], row[1:])
+    assert_last_layer_rows(model, batch, torch.tensor([[1, 5, 6, 7]]), explanation.frames[0], explanation.generated[0])
     assert explanation.audio.shape == (1, 3, 1, 32)
     torch.testing.assert_close(explanation.audio[:, :, 0], explanation.frames.repeat_interleave(2, dim=-1) / 2)
 
@@ -161,6 +149,8 @@ def test_model_left_as_it_was_clear_errors_and_attribute():
     GenericAttention(model).explain(batch, continuation=[[5], [6]])
     with pytest.raises(ValueError, match="exactly 32 time steps"):
         GenericAttention(model).explain({"input_features": batch["input_features"][..., :30]}, continuation=[[5], [6]])
+    with pytest.raises(ValueError, match="needs the prompt's input_features"):  # a text prompt (Captum's LLM inputs)
+        GenericAttention(model).explain({"input_ids": torch.tensor([[5, 6]])}, continuation=[[5]])
     with pytest.warns(UserWarning, match="attention_mask is ignored"):
         GenericAttention(model).explain(dict(batch, attention_mask=torch.ones(2, 32, dtype=torch.long)), continuation=[[5], [6]])
     decoder = torch.tensor([[1, 5], [1, 6]])
