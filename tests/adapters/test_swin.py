@@ -1,0 +1,96 @@
+"""Swin: the schedule by stage, windows' maps laid out on token positions (shift and padding undone), patch
+merging as a token map, raw attention by hand from the model's own eager maps, the pooled readout."""
+
+import torch
+from transformers import SwinConfig, SwinModel
+
+from captum_mm.adapters.swin import merge_map
+from captum_mm.attr import GenericAttention, RawAttention
+from captum_mm.attr.engine import forward_pass
+from helpers import swin, swin_case
+
+
+def schedule_of(model, pixels):
+    with forward_pass(model, model, (pixels,)) as forward:
+        return forward.schedule, forward.record
+
+
+def test_schedule_is_eq6_per_layer_per_stage_read_from_the_pooled_row_through_the_merging():
+    case = swin_case()
+    schedule, record = schedule_of(case.model, case.inputs[0])
+    assert [tuple((e.query, e.key) for e in step) for step in schedule.steps] == [(("stage0", "stage0"),)] * 2 + [
+        (("stage1", "stage1"),)] * 2
+    assert schedule.sizes == {"stage0": 16, "stage1": 4}
+    readout = schedule.outputs["image"]
+    assert readout.pair == ("stage1", "stage1") and readout.grid == (4, 4)
+    assert torch.equal(readout.row_weights, torch.full((3, 4), 0.25, dtype=torch.float64))
+    assert [stage.pair for stage in readout.through.chain()] == [("stage0", "stage0")]
+    assert readout.through.token_map.shape == (4, 16)
+    assert all(call.probs.shape == (3, heads, size, size) for call, heads, size in
+               zip(record.calls, (2, 2, 4, 4), (16, 16, 4, 4)))
+
+
+def test_merging_spreads_each_merged_token_evenly_over_its_real_cells():
+    token_map = merge_map((5, 5))  # padded to 6 x 6, merged to 3 x 3
+    assert token_map.shape == (9, 25)
+    assert torch.equal(token_map[0].nonzero()[:, 0], torch.tensor([0, 1, 5, 6])) and bool((token_map[0, [0, 1, 5, 6]] == 0.25).all())
+    assert torch.equal(token_map[2].nonzero()[:, 0], torch.tensor([4, 9])) and bool((token_map[2, [4, 9]] == 0.5).all())
+    assert torch.equal(token_map[8].nonzero()[:, 0], torch.tensor([24])) and float(token_map[8, 24]) == 1.0
+
+
+def by_hand(windows, grid, window, shift):
+    """A layer's windows' maps ``[B * windows, H, w^2, w^2]`` on the ``grid``'s tokens, entry by entry: window
+    ``(a, b)``'s position ``(p, q)`` is padded-grid cell ``(a w + p, b w + q)`` rolled back by ``shift``."""
+    padded = [-(-side // window) * window for side in grid]
+    per_row = padded[1] // window
+    batch = windows.shape[0] // (padded[0] // window * per_row)
+    size = grid[0] * grid[1]
+    full = windows.new_zeros(batch, windows.shape[1], size, size)
+
+    def token(index, position):
+        row = ((index // per_row) * window + position // window + shift) % padded[0]
+        column = ((index % per_row) * window + position % window + shift) % padded[1]
+        return row * grid[1] + column if row < grid[0] and column < grid[1] else None
+
+    count = windows.shape[0] // batch
+    for index in range(count):
+        for i in range(window * window):
+            for j in range(window * window):
+                query, key = token(index, i), token(index, j)
+                if query is not None and key is not None:
+                    full[:, :, query, key] = windows[index::count][:, :, i, j]
+    return full
+
+
+def test_window_maps_and_raw_attention_by_hand_from_the_models_eager_maps():
+    """28 px: a 7 x 7 grid in windows of 4 (padded to 8, the second layer shifted by 2), merged (padded) to 4 x 4,
+    one window, unshifted (Swin clamps the shift). HF returns each stage's last layer's windows' maps."""
+    model, pixels = swin(image_size=28, window=4).double(), torch.randn(2, 3, 28, 28, dtype=torch.float64)
+    model.set_attn_implementation("eager")
+    own = model(pixels, output_attentions=True).attentions
+    _, record = schedule_of(model, pixels)
+    stage0, stage1 = by_hand(own[0], (7, 7), 4, 2), by_hand(own[1], (4, 4), 4, 0)
+    assert torch.allclose(record.calls[1].probs, stage0) and torch.allclose(record.calls[3].probs, stage1)
+    assert torch.allclose(stage0.sum(-1)[:, :, 0], torch.ones(2, 2, dtype=torch.float64))  # window 0: no padding
+    pooled = stage1.mean(1).mean(1)  # the mean row of the head-mean map
+    expected = torch.einsum("bn,bnm->bm", pooled @ merge_map((7, 7)), stage0.mean(1)).reshape(2, 7, 7)
+    assert torch.allclose(RawAttention(model).explain((pixels,)).image, expected)
+
+
+def test_relative_position_tables_are_random_and_matter_and_the_image_changes_the_logits():
+    model, pixels = swin(), torch.randn(2, 3, 16, 16)
+    tables = [p for name, p in model.named_parameters() if name.endswith("relative_position_bias_table")]
+    assert tables and all(bool(table.abs().min() > 0) for table in tables)
+    logits = model(pixels).logits
+    assert not torch.allclose(logits[0], logits[1])
+    with torch.no_grad():
+        for table in tables:
+            table.zero_()
+    assert not torch.allclose(model(pixels).logits, logits)
+
+
+def test_a_swin_model_of_ones_own_explains_its_pooled_output():
+    config = SwinConfig(image_size=16, patch_size=4, embed_dim=16, depths=[2, 1], num_heads=[2, 4], window_size=2)
+    model = SwinModel(config).eval()
+    explanation = GenericAttention(model).explain((torch.randn(2, 3, 16, 16),), target=3)
+    assert explanation.image.shape == (2, 4, 4) and bool(torch.isfinite(explanation.image).all())
