@@ -189,7 +189,7 @@ def vit_case(batch=3, layers=2) -> Case:
 def swin(depths=(2, 2), image_size=16, window=2) -> nn.Module:
     """Two stages (the second after a patch merging), patches of 4 pixels, the first stage's second layer shifted;
     the relative position tables (zeros in HF's init) randomised."""
-    config = SwinConfig(image_size=image_size, patch_size=4, embed_dim=16, depths=list(depths), num_heads=[2, 4][:len(depths)],
+    config = SwinConfig(image_size=image_size, patch_size=4, embed_dim=16, depths=list(depths), num_heads=[2, 4, 4][:len(depths)],
                         window_size=window, mlp_ratio=2.0, num_labels=CLASSES)
     model = SwinForImageClassification(config).eval()
     with torch.no_grad():

@@ -5,7 +5,7 @@ import torch
 from transformers import SwinConfig, SwinModel
 
 from captum_mm.adapters.swin import merge_map
-from captum_mm.attr import GenericAttention, RawAttention
+from captum_mm.attr import AttentionRollout, GenericAttention, RawAttention
 from captum_mm.attr.engine import forward_pass
 from helpers import swin, swin_case
 
@@ -75,6 +75,22 @@ def test_window_maps_and_raw_attention_by_hand_from_the_models_eager_maps():
     pooled = stage1.mean(1).mean(1)  # the mean row of the head-mean map
     expected = torch.einsum("bn,bnm->bm", pooled @ merge_map((7, 7)), stage0.mean(1)).reshape(2, 7, 7)
     assert torch.allclose(RawAttention(model).explain((pixels,)).image, expected)
+
+
+def test_raw_attention_and_rollout_by_hand_through_two_mergings():
+    """Three stages of one layer (8 x 8, 4 x 4, 2 x 2 tokens): the readout continues through both mergings."""
+    model, pixels = swin((1, 1, 1), image_size=32).double(), torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    model.set_attn_implementation("eager")
+    maps = [by_hand(own, (side, side), 2, 0).mean(1) for own, side in zip(model(pixels, output_attentions=True).attentions, (8, 4, 2))]
+    merges = [merge_map((8, 8)), merge_map((4, 4))]
+    rolled = [(m + torch.eye(m.shape[-1], dtype=m.dtype)) / 2 for m in maps]  # rows of A sum to 1: no padding
+
+    def composed(stages):
+        values = torch.full((2, 4), 0.25, dtype=torch.float64)[:, None] @ stages[2]
+        return ((values @ merges[1] @ stages[1]) @ merges[0] @ stages[0])[:, 0].reshape(2, 8, 8)
+
+    assert torch.allclose(RawAttention(model).explain((pixels,)).image, composed(maps))
+    assert torch.allclose(AttentionRollout(model).explain((pixels,)).image, composed(rolled))
 
 
 def test_relative_position_tables_are_random_and_matter_and_the_image_changes_the_logits():
