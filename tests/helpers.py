@@ -187,7 +187,7 @@ def vit_case(batch=3, layers=2) -> Case:
 
 
 def swin(depths=(2, 2), image_size=16, window=2) -> nn.Module:
-    """Two stages (the second after a patch merging), patches of 4 pixels, the first stage's second layer shifted;
+    """Stages of ``depths`` layers joined by patch merging, patches of 4 pixels, every second layer of a stage shifted;
     the relative position tables (zeros in HF's init) randomised."""
     config = SwinConfig(image_size=image_size, patch_size=4, embed_dim=16, depths=list(depths), num_heads=[2, 4, 4][:len(depths)],
                         window_size=window, mlp_ratio=2.0, num_labels=CLASSES)
@@ -199,7 +199,7 @@ def swin(depths=(2, 2), image_size=16, window=2) -> nn.Module:
     return model
 
 
-def swin_case(batch=3, layers=4, image_size=16) -> Case:
+def swin_case(batch=3, layers=3, image_size=16) -> Case:
     model, pixels = swin((2, layers - 2), image_size), torch.randn(batch, 3, image_size, image_size)
     grid = -(-image_size // 4)
     return Case("swin", model, model, (pixels,), (), lambda i: ((pixels[i:i + 1],), ()), {"image": (batch, grid, grid)})
