@@ -77,7 +77,14 @@ class AttentionCall:
         self.parts, self.layout, self.probs = [own], layout, layout(own.detach())
 
     def in_token_layout(self, tensor: Optional[Tensor]) -> Optional[Tensor]:
-        """A tensor shaped like the module's own map (its gradient, its relevance) in ``probs``' token positions."""
+        """A tensor shaped like the module's own map (its gradient, its relevance) in ``probs``' token positions.
+
+        Args:
+            tensor (Tensor, optional): ``[..., units, H, n, n]``, or None.
+
+        Returns:
+            *Tensor or None*: ``tensor`` laid out as ``probs`` (unchanged when the module's map already is).
+        """
         return tensor if tensor is None or self.layout is None else self.layout(tensor)
 
     @property

@@ -63,7 +63,11 @@ class Stage:
     through: Optional["Stage"] = None
 
     def chain(self) -> List["Stage"]:
-        """This stage and the earlier ones it continues through, in order."""
+        """This stage and the earlier ones it continues through, in order.
+
+        Returns:
+            *list[Stage]*: From this stage back to the first.
+        """
         return [self] + (self.through.chain() if self.through is not None else [])
 
 
