@@ -63,17 +63,18 @@ def by_hand(windows, grid, window, shift):
 
 
 def test_window_maps_and_raw_attention_by_hand_from_the_models_eager_maps():
-    """28 px: a 7 x 7 grid in windows of 4 (padded to 8, the second layer shifted by 2), merged (padded) to 4 x 4,
-    one window, unshifted (Swin clamps the shift). HF returns each stage's last layer's windows' maps."""
-    model, pixels = swin(image_size=28, window=4).double(), torch.randn(2, 3, 28, 28, dtype=torch.float64)
+    """28 x 36 px: a 7 x 9 grid in windows of 4 (padded to 8 x 12, the second layer shifted by 2), merged (padded)
+    to 4 x 5, in windows of 4 (padded to 4 x 8) unshifted (Swin clamps the shift). HF returns each stage's last
+    layer's windows' maps."""
+    model, pixels = swin(image_size=28, window=4).double(), torch.randn(2, 3, 28, 36, dtype=torch.float64)
     model.set_attn_implementation("eager")
     own = model(pixels, output_attentions=True).attentions
     _, record = schedule_of(model, pixels)
-    stage0, stage1 = by_hand(own[0], (7, 7), 4, 2), by_hand(own[1], (4, 4), 4, 0)
+    stage0, stage1 = by_hand(own[0], (7, 9), 4, 2), by_hand(own[1], (4, 5), 4, 0)
     assert torch.allclose(record.calls[1].probs, stage0) and torch.allclose(record.calls[3].probs, stage1)
     assert torch.allclose(stage0.sum(-1)[:, :, 0], torch.ones(2, 2, dtype=torch.float64))  # window 0: no padding
     pooled = stage1.mean(1).mean(1)  # the mean row of the head-mean map
-    expected = torch.einsum("bn,bnm->bm", pooled @ merge_map((7, 7)), stage0.mean(1)).reshape(2, 7, 7)
+    expected = torch.einsum("bn,bnm->bm", pooled @ merge_map((7, 9)), stage0.mean(1)).reshape(2, 7, 9)
     assert torch.allclose(RawAttention(model).explain((pixels,)).image, expected)
 
 
