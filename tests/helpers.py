@@ -6,6 +6,8 @@ from typing import Any, Callable, Dict, List, Tuple
 import torch
 from torch import Tensor, nn
 from transformers import (
+    SwinConfig,
+    SwinForImageClassification,
     BartConfig,
     BartForConditionalGeneration,
     BertConfig,
@@ -182,6 +184,25 @@ def vit(layers=2, image_size=32, patch_size=8, **overrides) -> nn.Module:
 def vit_case(batch=3, layers=2) -> Case:
     model, pixels = vit(layers), torch.randn(batch, 3, 32, 32)
     return Case("vit", model, model, (pixels,), (), lambda i: ((pixels[i:i + 1],), ()), {"image": (batch, 4, 4)})
+
+
+def swin(depths=(2, 2), image_size=16, window=2) -> nn.Module:
+    """Stages of ``depths`` layers joined by patch merging, patches of 4 pixels, every second layer of a stage shifted;
+    the relative position tables (zeros in HF's init) randomised."""
+    config = SwinConfig(image_size=image_size, patch_size=4, embed_dim=16, depths=list(depths), num_heads=[2, 4, 4][:len(depths)],
+                        window_size=window, mlp_ratio=2.0, num_labels=CLASSES)
+    model = SwinForImageClassification(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("relative_position_bias_table"):
+                parameter.normal_()
+    return model
+
+
+def swin_case(batch=3, layers=3, image_size=16) -> Case:
+    model, pixels = swin((2, layers - 2), image_size), torch.randn(batch, 3, image_size, image_size)
+    grid = -(-image_size // 4)
+    return Case("swin", model, model, (pixels,), (), lambda i: ((pixels[i:i + 1],), ()), {"image": (batch, grid, grid)})
 
 
 def bert(layers=2) -> nn.Module:
@@ -417,6 +438,7 @@ def vlm_prompts(batch=3, text=4, image_tokens=16) -> Dict[str, Tensor]:
 CASES: Dict[str, Callable[..., Case]] = {
     "lxmert": lxmert_case, "visual_bert": visual_bert_case, "detr": detr_case,
     "vit": vit_case, "bert": bert_case, "clip": clip_case, "vilt": vilt_case,
+    "swin": swin_case,
 }
 
 

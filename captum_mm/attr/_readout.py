@@ -76,8 +76,8 @@ def read_out(schedule: Schedule, matrices: Matrices) -> Dict[str, Tensor]:
     """Each output's readout row, the row token's own entry zeroed, padding zeroed."""
     outputs = {}
     for name, spec in schedule.outputs.items():
-        rows = relevance_rows(matrices, spec.pair, spec.rows) * schedule.masks[spec.key]
-        if spec.key == spec.row:
+        rows = relevance_rows(matrices, spec.pair, spec.rows, spec.row_weights) * schedule.masks[spec.key]
+        if spec.key == spec.row and spec.row_weights is None:
             rows = rows.scatter(1, spec.rows[:, None], 0.0)
         if spec.column_mask is not None:
             rows = rows * spec.column_mask

@@ -48,6 +48,8 @@ class AttentionCall:
         parts (list of Tensor, optional): The tensors the forward used when ``probs`` concatenates them (one
                     attention call per image).
         lean (LeanMaps, optional): Under lean capture, the call's head-reduced maps.
+        layout (Callable, optional): Maps tensors in the module's own map layout (``parts``: Swin's windows) to
+                    ``probs``' token positions; set by :meth:`lay_out`.
     """
 
     spec: AttentionSpec
@@ -61,6 +63,29 @@ class AttentionCall:
 
     #: Under lean capture, the call's head-reduced maps (:mod:`captum_mm.capture.lean`).
     lean: Optional[LeanMaps] = None
+    #: Maps tensors in the module's own map layout (its gradient, its relevance) to ``probs``' token positions.
+    layout: Optional[Callable[[Tensor], Tensor]] = None
+
+    def lay_out(self, layout: Callable[[Tensor], Tensor]) -> None:
+        """Express the map in token positions (``probs`` becomes ``layout(map)``, ``[B, H, N, N]``) when the module
+        computes it over other units (Swin's windows); the module's own map is kept in ``parts`` for autograd.
+
+        Args:
+            layout (Callable): ``[..., units, H, n, n]`` to ``[..., B, H, N, N]``.
+        """
+        own = cast(Tensor, self.probs)
+        self.parts, self.layout, self.probs = [own], layout, layout(own.detach())
+
+    def in_token_layout(self, tensor: Optional[Tensor]) -> Optional[Tensor]:
+        """A tensor shaped like the module's own map (its gradient, its relevance) in ``probs``' token positions.
+
+        Args:
+            tensor (Tensor, optional): ``[..., units, H, n, n]``, or None.
+
+        Returns:
+            *Tensor or None*: ``tensor`` laid out as ``probs`` (unchanged when the module's map already is).
+        """
+        return tensor if tensor is None or self.layout is None else self.layout(tensor)
 
     @property
     def differentiable(self) -> List[Tensor]:
