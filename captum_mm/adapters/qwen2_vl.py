@@ -52,6 +52,9 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
     model: Qwen2VLForConditionalGeneration
     attention_classes = (Qwen2VLAttention,)
     vision_attention_classes = (VisionAttention,)
+    vision_layer_classes = (Qwen2VLVisionBlock,)
+    #: The forward argument of the vision blocks' ``norm2`` (a LayerNorm's), where the attention residual's sum appears.
+    vision_norm_input = "input"
     attention_functions = MappingProxyType({Qwen2VLAttention: True})
     arguments = MappingProxyType(dict(
         DecoderOnlyAdapter.arguments,
@@ -75,11 +78,15 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
     def vision_specs(self, names: Dict[nn.Module, str]) -> List[AttentionSpec]:
         """The vision attention modules: weights recorded in the attention function; one fused, rotated projection."""
         return [
-            AttentionSpec(names[module], module, TensorSource(module, recorded=True), ((VISION, VISION),),
+            AttentionSpec(names[module], module, self._vision_probs(module), ((VISION, VISION),),
                           parts=AttentionParts(module.qkv, module.qkv, module.qkv, module.num_heads, module.proj,
                                                fused=True, rotary=True))
             for module in self.vision_tower().modules() if isinstance(module, self.vision_attention_classes)
         ]
+
+    def _vision_probs(self, module: nn.Module) -> TensorSource:
+        """Where a vision attention module's weights are: recorded inside its attention function, one call per image."""
+        return TensorSource(module, recorded=True)
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
         DecoderOnlyAdapter.check_arguments(self, arguments)
@@ -125,8 +132,8 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
         language = LlamaAdapter.lrp_structure(self)
         vision: List[ResidualRuleSite] = []
         for block in self.vision_tower().modules():
-            if isinstance(block, Qwen2VLVisionBlock):
-                middle = TensorSource(block.norm2, "input")
+            if isinstance(block, self.vision_layer_classes):
+                middle = TensorSource(block.norm2, self.vision_norm_input)
                 vision += [ResidualRuleSite(middle, TensorSource(block.attn), TensorSource(block, "hidden_states")),
                            ResidualRuleSite(TensorSource(block), TensorSource(block.mlp), middle)]
         return language + LRPStructure(vision)

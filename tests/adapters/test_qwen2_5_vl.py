@@ -1,0 +1,160 @@
+"""Qwen2.5-VL: the windowed vision tower's maps (block-diagonal per image), its window order undone on the patch
+grid and in the merger's token map, raw attention against the model's own maps, and LRP conserved in float64."""
+
+import torch
+from helpers import assert_same_state, family_prompts, generation_relevance, model_state, qwen2_5_vl
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+from captum_mm.attr import RawAttention
+from captum_mm.attr.engine import forward_pass
+from captum_mm.generation import generation_forward
+from captum_mm.models import adapter_for
+
+GRID = (8, 8)
+
+
+def _schedule_and_record(model, batch, continuation):
+    forward, arguments, target = generation_forward(model, batch, continuation, False, None)
+    with forward_pass(model, forward, arguments, target=target, needs=RawAttention.needs) as run:
+        return run.schedule, run.record
+
+
+def _kept_vision_inputs(model, batch, blocks):
+    """Each block's fused projection output, rotary embedding and window bounds, from one plain forward."""
+    kept, handles = {}, []
+    for k in blocks:
+        attention = model.model.visual.blocks[k].attn
+        handles += [attention.qkv.register_forward_hook(lambda m, a, o, k=k: kept.__setitem__(("qkv", k), o)),
+                    attention.register_forward_pre_hook(lambda m, a, kw, k=k: kept.__setitem__(("kw", k), kw), with_kwargs=True)]
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return kept
+
+
+def _hand_maps(kept, k):
+    """``[images, H, 64, 64]``: softmax(q k^T / sqrt(d)) inside each window (``cu_seqlens``), zero outside."""
+    q, key, _ = kept[("qkv", k)].reshape(-1, 3, 4, 8).permute(1, 0, 2, 3).unbind(0)
+    q, key = apply_rotary_pos_emb_vision(q, key, *kept[("kw", k)]["position_embeddings"])
+    scores = torch.einsum("nhd,mhd->hnm", q, key) / 8 ** 0.5
+    full = torch.zeros_like(scores)
+    bounds = kept[("kw", k)]["cu_seqlens"].tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        full[:, start:end, start:end] = scores[:, start:end, start:end].softmax(-1)
+    return torch.stack([full[:, i * 64:(i + 1) * 64, i * 64:(i + 1) * 64] for i in range(full.shape[1] // 64)])
+
+
+def test_windowed_maps_are_recorded_block_diagonal_per_image_and_the_model_left_as_it_was():
+    model = qwen2_5_vl()
+    batch = family_prompts("qwen2_5_vl", batch=2)
+    kept = _kept_vision_inputs(model, batch, (0, 1))
+    assert kept[("kw", 0)]["cu_seqlens"].diff().tolist() == [36, 12, 12, 4] * 2  # uneven windows in block 0
+    assert kept[("kw", 1)]["cu_seqlens"].diff().tolist() == [64, 64]  # full attention in block 1
+    before = model_state(model)
+    schedule, record = _schedule_and_record(model, batch, [[5], [6]])
+    assert_same_state(before, model_state(model))
+    vision = [call for call in record.calls if call.spec.roles == (("vision", "vision"),)]
+    assert [call.name for call in vision] == ["model.visual.blocks.0.attn", "model.visual.blocks.1.attn"]
+    for k, call in enumerate(vision):
+        torch.testing.assert_close(call.probs, _hand_maps(kept, k))
+    assert (vision[0].probs[0, :, :36, 36:] == 0).all() and (vision[1].probs > 0).all()
+    assert schedule.sizes["vision"] == 64 and [e.query for e in schedule.events] == ["vision"] * 2 + ["sequence"] * 2
+
+
+def _cells_and_tokens_seen_in_the_model(model, batch):
+    """Read off the model itself, for its window-ordered vision sequence: each position's grid cell (matching the
+    first block's input rows to the patch embeddings of the processor's rows) and the image token made from it
+    (matching the merger's rows to the tower's reordered output)."""
+    visual, kept = model.model.visual, {}
+    handles = [visual.patch_embed.register_forward_hook(lambda m, a, o: kept.__setitem__("embedded", o)),
+               visual.blocks[0].register_forward_pre_hook(lambda m, a: kept.__setitem__("ordered", a[0])),
+               visual.merger.register_forward_hook(lambda m, a, o: kept.__setitem__("merged", o))]
+    try:
+        with torch.no_grad():
+            tokens = visual(batch["pixel_values"][:64], grid_thw=batch["image_grid_thw"][:1]).pooler_output
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows = torch.cdist(kept["ordered"], kept["embedded"]).argmin(1)  # the processor's row at each position
+    block, within = rows // 4, rows % 4  # the processor's rows: 2 x 2 blocks, row-major, each row-major
+    cells = (2 * (block // 4) + within // 2) * GRID[1] + 2 * (block % 4) + within % 2
+    token_of_block = torch.cdist(kept["merged"], tokens).argmin(1)  # merger row (window-ordered block) -> token
+    return cells, token_of_block.repeat_interleave(4)
+
+
+def test_window_order_is_undone_on_the_patch_grid_and_in_the_token_map():
+    model = qwen2_5_vl()
+    batch = family_prompts("qwen2_5_vl", batch=1)
+    cells, token_of_position = _cells_and_tokens_seen_in_the_model(model, batch)
+    assert not torch.equal(token_of_position, torch.arange(64) // 4)  # the windows do reorder
+    adapter = adapter_for(model)
+    assert torch.equal(adapter.patch_cells(GRID), cells)
+    expected = torch.zeros(16, 64, dtype=torch.float64)
+    expected[token_of_position, torch.arange(64)] = 0.25
+    torch.testing.assert_close(adapter.token_map(GRID), expected)
+
+
+def test_one_patch_changes_only_its_image_token_and_its_relevance_lands_on_its_cell():
+    # no vision block: a patch reaches only the image token merged from it
+    model = qwen2_5_vl(vision_layers=0)
+    batch = family_prompts("qwen2_5_vl", batch=1)
+    changed = dict(batch, pixel_values=batch["pixel_values"].clone())
+    changed["pixel_values"][13] += 1.0  # the processor's row 13: block 3 (cells (0, 6), (0, 7), (1, 6), (1, 7)), its second
+    visual = model.model.visual
+    with torch.no_grad():
+        before, after = (visual(b["pixel_values"], grid_thw=b["image_grid_thw"]).pooler_output for b in (batch, changed))
+    assert (before - after).abs().sum(-1).nonzero().flatten().tolist() == [3]
+    adapter = adapter_for(model)
+    spread = torch.zeros(64, dtype=torch.float64).index_add_(0, adapter.patch_cells(GRID), adapter.token_map(GRID)[3])
+    assert spread.reshape(GRID).nonzero().tolist() == [[0, 6], [0, 7], [1, 6], [1, 7]]
+
+
+def test_raw_attention_image_is_the_lm_row_times_the_token_map_times_the_last_vision_map():
+    model = qwen2_5_vl()
+    batch = family_prompts("qwen2_5_vl", batch=1)
+    explanation = RawAttention(model).explain(batch, continuation=[[5]])
+    vision = _hand_maps(_kept_vision_inputs(model, batch, (1,)), 1)[0].mean(0)  # the last block's map, window order
+    ids = torch.cat([batch["input_ids"], torch.tensor([[5]])], dim=1)
+    types = torch.cat([batch["mm_token_type_ids"], torch.zeros(1, 1, dtype=torch.long)], dim=1)
+    configs = (model.config, model.config.text_config)
+    for config in configs:
+        config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            output = model(input_ids=ids, pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+                           mm_token_type_ids=types, output_attentions=True)
+    finally:
+        for config in configs:
+            config._attn_implementation = "sdpa"
+    language = output.attentions[-1][0].mean(0)[ids.shape[1] - 2]  # the LM's last layer, the row predicting the token
+    cells, token_of_position = _cells_and_tokens_seen_in_the_model(model, batch)
+    per_position = (language[2:18][token_of_position] / 4) @ vision
+    expected = torch.zeros(64).index_copy(0, cells, per_position)
+    torch.testing.assert_close(explanation.image[0, 0].flatten(), expected)
+
+
+def test_lrp_conserves_relevance_at_every_layer_in_float64():
+    """The token's 1 reaches every LM layer's input whole; what reaches the merger's input passes each vision
+    block whole (windowed and full attention), as it passes the merger (its RMSNorm, its MLP: alpha-beta, bias left out)."""
+    model = qwen2_5_vl().double()
+    for parameter in model.model.visual.merger.parameters():  # RMSNorm's ones and the default biases, drawn afresh
+        torch.nn.init.normal_(parameter, std=0.2)
+    batch = family_prompts("qwen2_5_vl", batch=2)
+    batch["pixel_values"] = batch["pixel_values"].double()
+    visual, language = model.model.visual, model.model.language_model
+    cuts = {f"lm {k}": (layer, "input") for k, layer in enumerate(language.layers)}
+    cuts.update({"merger": (visual.merger, "input"), "merger mlp": (visual.merger.mlp, "input"),
+                 "image tokens": (visual.merger, "output")})
+    cuts.update({f"block {k}": (block, "input") for k, block in enumerate(visual.blocks)})
+    relevance = generation_relevance(model, batch, [[5], [6]], cuts)
+    per_image = {name: values.reshape(2, -1).sum(1) for name, values in relevance.items() if not name.startswith("lm")}
+    for k in range(len(language.layers)):
+        torch.testing.assert_close(relevance[f"lm {k}"], torch.ones(2, dtype=torch.float64), atol=1e-6, rtol=0)
+    assert (per_image["merger"].abs() > 1e-3).all()
+    for name in ("merger mlp", "image tokens"):
+        torch.testing.assert_close(per_image[name], per_image["merger"], atol=1e-6, rtol=0)
+    for k in range(len(visual.blocks)):
+        torch.testing.assert_close(per_image[f"block {k}"], per_image["merger"], atol=1e-6, rtol=0)
