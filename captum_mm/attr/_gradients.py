@@ -5,7 +5,7 @@ from typing import Callable, List, Optional, Sequence, Union, cast
 import torch
 from torch import Tensor
 
-from captum_mm.capture.record import concatenate_images
+from captum_mm.capture.windows import concatenate_images
 
 
 def attention_gradients(

@@ -8,6 +8,7 @@ implementation, ``requires_grad`` flags -- is undone on exit, also on error.
 """
 
 import inspect
+from functools import partial
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from captum_mm.capture.eager import (
     exact_eager_configs,
     model_configs,
 )
+from captum_mm.capture.windows import concatenate_images, join_windows
 from captum_mm.capture.lean import LEAN, Fusion, LeanMaps, LeanSite, lean_module, recording, stop_recording
 from captum_mm.relevance.schedule import AttentionEvent
 from captum_mm.spec import AttentionSpec
@@ -48,23 +50,17 @@ class AttentionCall:
         parts (list of Tensor, optional): The tensors the forward used when ``probs`` concatenates them (one
                     attention call per image).
         lean (LeanMaps, optional): Under lean capture, the call's head-reduced maps.
-        join (Callable): How ``parts`` (or their gradients) make up ``probs``. Default: along the batch
+        join (Callable): How ``parts`` (or their gradients) make up ``probs``: along the batch (the default), or
+                    windows joined block-diagonally (:func:`~captum_mm.capture.windows.join_windows`).
     """
 
     spec: AttentionSpec
     count: int
-    #: ``[B, H, Nq, Nk]``; under lean capture the head mean ``[B, 1, Nq, Nk]`` (methods needing no gradient) or None.
     probs: Optional[Tensor]
     probe: Optional[Tensor] = None
-    #: When ``probs`` concatenates tensors the forward used (one attention call per image), those tensors:
-    #: autograd reaches them, not their concatenation.
-    parts: Optional[List[Tensor]] = None
-
-    #: Under lean capture, the call's head-reduced maps (:mod:`captum_mm.capture.lean`).
+    parts: Optional[List[Tensor]] = None  # autograd reaches them, not their join
     lean: Optional[LeanMaps] = None
-    #: How ``parts`` (or tensors shaped like them, e.g. their gradients) make up ``probs``: along the batch, or
-    #: windows joined block-diagonally (:func:`join_windows`).
-    join: Callable[[Sequence[Tensor]], Tensor] = field(default=lambda parts: concatenate_images(parts))
+    join: Callable[[Sequence[Tensor]], Tensor] = field(default=concatenate_images)
 
     @property
     def differentiable(self) -> List[Tensor]:
@@ -191,46 +187,6 @@ def recorded_eager_attention(module: nn.Module, *args: Any, **kwargs: Any) -> Tu
 AttentionInterface.register(RECORDED_EAGER, recorded_eager_attention)
 
 
-def concatenate_images(parts: Sequence[Tensor]) -> Tensor:
-    """Maps (or their gradients) of one image each, along the batch (dimension -4); one tensor as it is.
-
-    Args:
-        parts (sequence of Tensor): The maps.
-
-    Returns:
-        *Tensor*: Their concatenation.
-    """
-    return parts[0] if len(parts) == 1 else torch.cat(list(parts), dim=-4)
-
-
-def join_windows(windows: Sequence[Tensor], tokens: int) -> Tensor:
-    """Consecutive windows' maps ``[..., 1, H, n, n]`` joined block-diagonally into maps of ``tokens`` tokens
-    (zero outside each window), one per group of windows filling ``tokens``, along the batch (dimension -4).
-
-    Args:
-        windows (sequence of Tensor): The windows' maps, in sequence order.
-        tokens (int): The tokens of one joined map.
-
-    Returns:
-        *Tensor*: ``[..., maps, H, tokens, tokens]``.
-    """
-    maps: List[Tensor] = []
-    rows: List[Tensor] = []
-    start = 0
-    for window in windows:
-        size = window.shape[-1]
-        if start + size > tokens:
-            raise ValueError(f"An attention window of {size} tokens crosses the end of a map of {tokens} tokens.")
-        rows.append(nn.functional.pad(window, (start, tokens - start - size)))
-        start += size
-        if start == tokens:
-            maps.append(torch.cat(rows, dim=-2))
-            rows, start = [], 0
-    if rows or not maps:
-        raise ValueError(f"The attention windows ({[w.shape[-1] for w in windows]} tokens) do not fill maps of {tokens} tokens.")
-    return torch.cat(maps, dim=-4)
-
-
 def _record_function_calls(spec: AttentionSpec, record: AttentionRecord) -> List[RemovableHandle]:
     """Each forward of ``spec.module``: the weights its attention function returned, concatenated along the batch."""
     count = [0]
@@ -240,10 +196,8 @@ def _record_function_calls(spec: AttentionSpec, record: AttentionRecord) -> List
 
     def finish(module: nn.Module, args: Tuple[Any, ...], output: Any) -> None:
         chunks = cast(Dict[int, List[Tensor]], _recording.get()).pop(id(module))
-        map_tokens = spec.probs.map_tokens
-        if map_tokens is not None:
-            tokens = map_tokens(record.arguments)
-            join: Callable[[Sequence[Tensor]], Tensor] = lambda parts: join_windows(parts, tokens)  # noqa: E731
+        if spec.probs.map_tokens is not None:  # windows: each image's map block-diagonal
+            join = partial(join_windows, tokens=spec.probs.map_tokens(record.arguments))
             record.calls.append(AttentionCall(spec, count[0], join(chunks).detach(), parts=chunks, join=join))
         else:
             if len({chunk.shape[1:] for chunk in chunks}) > 1:
