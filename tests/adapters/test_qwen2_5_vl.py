@@ -225,3 +225,16 @@ def test_captums_llm_api_sums_the_patch_relevance_each_image_segment_covers():
     grid = GenericAttention(model).explain(processor(image), continuation=target).image[0]  # [2 tokens, 8, 8]
     torch.testing.assert_close(result.token_attr, torch.stack([grid[:, :, :4].sum((1, 2)), grid[:, :, 4:].sum((1, 2))], 1))
     assert result.input_tokens == ["image_feature_0", "image_feature_1"] and result.output_tokens == ["blue", "circle"]
+
+
+def test_windows_are_joined_block_diagonally_into_maps_and_a_window_crossing_a_map_is_an_error():
+    from captum_mm.capture.windows import join_windows
+
+    first, second, third = torch.full((1, 1, 1, 1), 1.0), torch.full((1, 1, 2, 2), 2.0), torch.full((1, 1, 3, 3), 3.0)
+    joined = join_windows([first, second, third], tokens=3)  # two maps: [first | second], [third]
+    assert joined.shape == (2, 1, 3, 3)
+    assert joined[0, 0].tolist() == [[1, 0, 0], [0, 2, 2], [0, 2, 2]] and (joined[1] == 3).all()
+    with pytest.raises(ValueError, match="An attention window of 2 tokens crosses the end of a map of 2 tokens"):
+        join_windows([first, second], tokens=2)
+    with pytest.raises(ValueError, match=r"The attention windows \(\[1, 2\] tokens\) do not fill maps of 4 tokens"):
+        join_windows([first, second], tokens=4)
