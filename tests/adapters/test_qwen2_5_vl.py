@@ -134,6 +134,9 @@ def test_raw_attention_image_is_the_lm_row_times_the_token_map_times_the_last_vi
     finally:
         for config in configs:
             config._attn_implementation = "sdpa"
+    with torch.no_grad():  # the image reaches the logits (no zero-initialised projection hides it)
+        other = model(**dict(batch, pixel_values=torch.randn_like(batch["pixel_values"]))).logits
+    assert not torch.allclose(other[0, -1], output.logits[0, -2])
     language = output.attentions[-1][0].mean(0)[ids.shape[1] - 2]  # the LM's last layer, the row predicting the token
     cells, token_of_position = _cells_and_tokens_seen_in_the_model(model, batch)
     per_position = (language[2:18][token_of_position] / 4) @ vision
