@@ -2,7 +2,7 @@
 module, from which the capture, the schedule roles and the LRP site all derive."""
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -21,6 +21,9 @@ class TensorSource:
         index (int, optional): The element of a tuple output.
         recorded (bool): The attention weights the module's attention function returned during its forward
                     (concatenated along the batch), for modules that discard them (Qwen2-VL's vision attention).
+        map_tokens (Callable, optional): For a recorded module whose attention function is called once per window
+                    (Qwen2.5-VL's windowed vision attention): the tokens of one map given the forward's arguments;
+                    consecutive windows are joined block-diagonally (zero outside each window) into maps of that size.
     """
 
     module: nn.Module
@@ -29,6 +32,8 @@ class TensorSource:
     #: The attention weights the module's attention function returned during its forward (its calls'
     #: weights concatenated along the batch), for modules that discard them (Qwen2-VL's vision attention).
     recorded: bool = False
+    #: Recorded per window: the tokens of one map (one image) given the forward's arguments; windows joined block-diagonally.
+    map_tokens: Optional[Callable[[Dict[str, Any]], int]] = None
 
     def of_output(self, output: Any) -> Any:
         """The tensor inside ``module``'s output (for a source that is an output)."""

@@ -47,6 +47,8 @@ from transformers import (
     Qwen2ForCausalLM,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
     ResNetConfig,
     SiglipVisionConfig,
     SmolVLMConfig,
@@ -377,6 +379,18 @@ def qwen2_vl(vision_layers=2, layers=2) -> nn.Module:
     return Qwen2VLForConditionalGeneration(config).eval()
 
 
+def qwen2_5_vl(vision_layers=2, layers=2) -> nn.Module:
+    """Qwen2-VL's images (8 x 8 patches, 16 image tokens) through windows of 3 x 3 merged tokens (12 x 12 patches,
+    uneven at the edges: 3 x 3, 3 x 1, 1 x 3 and 1 x 1 tokens) in block 0, full attention in block 1."""
+    vision = dict(depth=vision_layers, hidden_size=32, out_hidden_size=32, intermediate_size=48, num_heads=4, patch_size=4,
+                  spatial_merge_size=2, temporal_patch_size=2, in_channels=3, window_size=24, fullatt_block_indexes=[1])
+    text = dict(_LLAMA_LIKE, num_hidden_layers=layers, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                                        "mrope_section": [1, 1, 2]})
+    config = Qwen2_5_VLConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, vision_start_token_id=38,
+                              vision_end_token_id=39)
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
 #: Qwen2-VL's flattened patches per image (8 x 8), each of channels x temporal patch x 4 x 4 values.
 QWEN_PATCHES, QWEN_PATCH_VALUES = 64, 3 * 2 * 4 * 4
 
@@ -410,7 +424,7 @@ def blip_questions(batch=3, tokens=6, pad=True) -> Dict[str, Tensor]:
 
 VLMS: Dict[str, Callable[..., nn.Module]] = {
     "llava": llava, "paligemma": paligemma, "idefics3": idefics3, "smolvlm": lambda **kw: idefics3(smolvlm=True, **kw),
-    "qwen2_vl": qwen2_vl,
+    "qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl,
 }
 
 
@@ -419,7 +433,7 @@ def family_prompts(family: str, **kwargs) -> Dict[str, Tensor]:
     batch = vlm_prompts(**kwargs)
     if family in ("idefics3", "smolvlm"):
         batch["pixel_values"] = batch["pixel_values"][:, None]
-    if family == "qwen2_vl":  # flattened patches and each image's grid; token types mark the image tokens
+    if family in ("qwen2_vl", "qwen2_5_vl"):  # flattened patches and each image's grid; token types mark the image tokens
         size = batch["input_ids"].shape[0]
         batch.update(pixel_values=torch.randn(size * QWEN_PATCHES, QWEN_PATCH_VALUES), image_grid_thw=torch.tensor([[1, 8, 8]] * size),
                      mm_token_type_ids=(batch["input_ids"] == IMAGE_TOKEN).long())
@@ -587,7 +601,7 @@ def assert_last_layer_rows(model, batch: Dict[str, Tensor], decoder_ids: Tensor,
     """An encoder-decoder's raw attention of one sample: ``over_source[k]`` the last cross-attention's head-mean row
     ``k``, ``generated[k]`` the last decoder self-attention's without its own entry and the start token, as the model's
     own eager maps (``output_attentions=True``) give them."""
-    from captum_mm.capture.record import use_eager_attention
+    from captum_mm.capture.settings import use_eager_attention
     from captum_mm.models import adapter_for
 
     restore = use_eager_attention(model, attention_functions=adapter_for(model).attention_functions)

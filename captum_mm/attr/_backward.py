@@ -170,10 +170,11 @@ def _gradients(group: BackwardGroup, chunk: _Chunk, lean: Dict[int, LeanRequest]
     logits = group.forward.logits
 
     def backward() -> List[Tensor]:
-        return attention_gradients(logits, differentiable, chunk.seeds, retain_graph=True, names=names)
+        return attention_gradients(logits, differentiable, chunk.seeds, retain_graph=True, names=names,
+                                   joins=[call.join for call in group.calls])
 
     grads, lean_maps = lean_backward(list(lean.values()), backward)
-    return [call.in_token_layout(g) for call, g in zip(group.calls, grads)], dict(zip(lean, lean_maps))
+    return list(grads), dict(zip(lean, lean_maps))
 
 
 def _relevance(group: BackwardGroup, chunk: _Chunk) -> List[Optional[Tensor]]:
