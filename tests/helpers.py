@@ -5,6 +5,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
+from transformers import Phi3Config, Phi3ForCausalLM
 from transformers import (
     BartConfig,
     BartForConditionalGeneration,
@@ -268,6 +269,8 @@ LANGUAGE_MODELS: Dict[str, Callable[..., nn.Module]] = {
     "gemma": lambda layers=2: GemmaForCausalLM(GemmaConfig(num_hidden_layers=layers, head_dim=8, **_LLAMA_LIKE)),
     "opt": lambda layers=2: OPTForCausalLM(_opt_config(layers)),
     "gpt2": lambda layers=2: GPT2LMHeadModel(GPT2Config(n_layer=layers, n_embd=32, n_head=4, n_positions=48, **_LM_SPECIAL)),
+    # Phi-3: fused qkv_proj and gate_up_proj, a partial rotary embedding (its default pad id 32000 is set to 0)
+    "phi3": lambda layers=2: Phi3ForCausalLM(Phi3Config(num_hidden_layers=layers, partial_rotary_factor=0.5, **_LLAMA_LIKE)),
 }
 
 ENCODER_DECODERS: Dict[str, Callable[..., nn.Module]] = {

@@ -39,13 +39,16 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """HF's rotary position embedding of ``[B, H, N, d]`` heads, with ``cos``/``sin`` ``[B, N, d]``."""
-    return x * cos[:, None] + rotate_half(x) * sin[:, None]
+    """HF's rotary position embedding of ``[B, H, N, d]`` heads, with ``cos``/``sin`` ``[B, N, r]``: the first
+    ``r`` features of each head rotate, the others pass unchanged (partial rotary, Phi-3's ``partial_rotary_factor``)."""
+    rotated, kept = x.split([cos.shape[-1], x.shape[-1] - cos.shape[-1]], dim=-1)
+    return torch.cat((rotated * cos[:, None] + rotate_half(rotated) * sin[:, None], kept), dim=-1)
 
 
 def rotary_transposed(g: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """The transpose of :func:`rotary` applied to ``g``: its modified gradient back to the unrotated heads."""
-    return g * cos[:, None] - rotate_half(g * sin[:, None])
+    rotated, kept = g.split([cos.shape[-1], g.shape[-1] - cos.shape[-1]], dim=-1)
+    return torch.cat((rotated * cos[:, None] - rotate_half(rotated * sin[:, None]), kept), dim=-1)
 
 
 def repeat_heads(x: Tensor, groups: int) -> Tensor:
