@@ -1,4 +1,4 @@
-"""Mixtral and Qwen3-MoE: raw attention against the model's own eager maps, the mixture rule (half of each selected
+"""Mixtral and Qwen3-MoE (and Phi-3): raw attention against the model's own eager maps, the mixture rule (half of each selected
 expert's term to the router, half to the expert, none to unselected experts, the block's relevance conserved), the
 operands the attention rule reads (Qwen3-MoE's QK-norm outputs, Phi-3's fused split), and a user's model with the
 default experts implementation explained with no adapter code, and Captum's LLM API on all three. Schedule, padding, causality, lean capture, half
@@ -28,7 +28,7 @@ def eager_maps(model, ids):
         model.config._attn_implementation = "sdpa"
 
 
-@pytest.mark.parametrize("family", MOE)
+@pytest.mark.parametrize("family", ["phi3", *MOE])
 def test_raw_attention_is_the_last_layers_eager_map_head_mean(family):
     model = language_model(family)
     ids, _ = prompt_batch(batch=1)

@@ -1,34 +1,14 @@
-"""Phi-3: raw attention against the model's own eager maps, the partial rotary embedding LRP crosses, and a user's
-Phi-3 explained through explain, attribute and Captum's LLM API with no adapter code. Schedule, padding, causality,
-lean capture, half precision and conservation: the shared suites (tests/helpers.py's LANGUAGE_MODELS)."""
+"""Phi-3: the partial rotary embedding LRP crosses, and a user's Phi-3 explained through explain and attribute with no
+adapter code. Raw attention against the eager maps, the fused split's operands and Captum's LLM API: test_moe.py;
+schedule, padding, causality, lean capture, half precision and conservation: the shared suites (LANGUAGE_MODELS)."""
 
 import torch
 from helpers import language_model, prompt_batch
 from transformers.models.phi3.modeling_phi3 import apply_rotary_pos_emb
 
-from captum_mm.attr import GenericAttention, RawAttention, TransformerAttribution
+from captum_mm.attr import GenericAttention, TransformerAttribution
 from captum_mm.lrp.attention import rotary, rotary_transposed
 from captum_mm.models import adapter_for
-
-
-def eager_maps(model, ids):
-    model.config._attn_implementation = "eager"
-    try:
-        return model(input_ids=ids, output_attentions=True).attentions
-    finally:
-        model.config._attn_implementation = "sdpa"
-
-
-def test_raw_attention_is_the_last_layers_eager_map_head_mean():
-    model = language_model("phi3")
-    ids, _ = prompt_batch(batch=1)
-    explanation = RawAttention(model).explain({"input_ids": ids}, continuation=[[5, 6]])
-    attention = eager_maps(model, torch.cat([ids, torch.tensor([[5, 6]])], dim=1))[-1][0].mean(0)
-    for k in range(2):
-        row = attention[5 + k].clone()
-        row[5 + k] = 0.0  # the readout row's own entry
-        torch.testing.assert_close(explanation.text[0, k], row[:6])
-        torch.testing.assert_close(explanation.generated[0, k], row[6:])
 
 
 def test_partial_rotary_is_phi3s_and_its_transpose_crosses_it():
