@@ -7,7 +7,8 @@ bias-free linear maps, for which the z-rule is the transpose of the map (the rel
 rotary position embeddings (``x cos + rotate_half(x) sin``, transposed ``g cos - rotate_half(g sin)``)
 applied to queries and keys, and grouped-query attention's key/value heads repeated over the query
 heads (transposed: the sum over each group). A fused projection (GPT-2's ``c_attn``) is split into
-Q, K and V; its modified gradient is theirs concatenated in the same order.
+Q, K and V; its modified gradient is theirs concatenated in the same order. Under QK-norm (Qwen3-MoE's) the rule
+reads the norms' outputs, through which relevance passes on by the pass-through rule.
 """
 
 from typing import Any, Callable, Dict, List, Optional, Tuple, cast
