@@ -5,6 +5,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
+from transformers import MixtralConfig, MixtralForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 from transformers import (
     SwinConfig,
     SwinForImageClassification,
@@ -291,6 +292,15 @@ LANGUAGE_MODELS: Dict[str, Callable[..., nn.Module]] = {
     "gemma": lambda layers=2: GemmaForCausalLM(GemmaConfig(num_hidden_layers=layers, head_dim=8, **_LLAMA_LIKE)),
     "opt": lambda layers=2: OPTForCausalLM(_opt_config(layers)),
     "gpt2": lambda layers=2: GPT2LMHeadModel(GPT2Config(n_layer=layers, n_embd=32, n_head=4, n_positions=48, **_LM_SPECIAL)),
+    # Phi-3: fused qkv_proj and gate_up_proj, a partial rotary embedding (its default pad id 32000 is set to 0)
+    "phi3": lambda layers=2: Phi3ForCausalLM(Phi3Config(num_hidden_layers=layers, partial_rotary_factor=0.5, **_LLAMA_LIKE)),
+    # sparse mixtures of experts (4 experts, 2 a token; the eager experts: grouped_mm takes no float64); Qwen3-MoE
+    # with QK-norm, its last layer a dense MLP
+    "mixtral": lambda layers=2: MixtralForCausalLM(MixtralConfig(
+        num_hidden_layers=layers, num_local_experts=4, experts_implementation="eager", **_LLAMA_LIKE)),
+    "qwen3-moe": lambda layers=2: Qwen3MoeForCausalLM(Qwen3MoeConfig(
+        num_hidden_layers=layers, head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24,
+        mlp_only_layers=[layers - 1], experts_implementation="eager", **_LLAMA_LIKE)),
 }
 
 ENCODER_DECODERS: Dict[str, Callable[..., nn.Module]] = {

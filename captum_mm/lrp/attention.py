@@ -7,10 +7,11 @@ bias-free linear maps, for which the z-rule is the transpose of the map (the rel
 rotary position embeddings (``x cos + rotate_half(x) sin``, transposed ``g cos - rotate_half(g sin)``)
 applied to queries and keys, and grouped-query attention's key/value heads repeated over the query
 heads (transposed: the sum over each group). A fused projection (GPT-2's ``c_attn``) is split into
-Q, K and V; its modified gradient is theirs concatenated in the same order.
+Q, K and V; its modified gradient is theirs concatenated in the same order. Under QK-norm (Qwen3-MoE's) the rule
+reads the norms' outputs, through which relevance passes on by the pass-through rule.
 """
 
-from typing import Any, Dict, Optional, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +21,7 @@ from captum_mm._precision import accumulation_dtype, exact
 from captum_mm.capture.record import AttentionRecord
 from captum_mm.lrp.rules import HalvedAttention, LinearRule
 from captum_mm.lrp.switch import LRPState, Switch
-from captum_mm.spec import AttentionParts, AttentionSpec
+from captum_mm.spec import AttentionParts, AttentionSpec, LinearModule, TensorSource
 
 
 def split_heads(tensor: Tensor, heads: int) -> Tensor:
@@ -39,13 +40,16 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """HF's rotary position embedding of ``[B, H, N, d]`` heads, with ``cos``/``sin`` ``[B, N, d]``."""
-    return x * cos[:, None] + rotate_half(x) * sin[:, None]
+    """HF's rotary position embedding of ``[B, H, N, d]`` heads, with ``cos``/``sin`` ``[B, N, r]``: the first
+    ``r`` features of each head rotate, the others pass unchanged (partial rotary, Phi-3's ``partial_rotary_factor``)."""
+    rotated, kept = x.split([cos.shape[-1], x.shape[-1] - cos.shape[-1]], dim=-1)
+    return torch.cat((rotated * cos[:, None] + rotate_half(rotated) * sin[:, None], kept), dim=-1)
 
 
 def rotary_transposed(g: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """The transpose of :func:`rotary` applied to ``g``: its modified gradient back to the unrotated heads."""
-    return g * cos[:, None] - rotate_half(g * sin[:, None])
+    rotated, kept = g.split([cos.shape[-1], g.shape[-1] - cos.shape[-1]], dim=-1)
+    return torch.cat((rotated * cos[:, None] - rotate_half(rotated * sin[:, None]), kept), dim=-1)
 
 
 def repeat_heads(x: Tensor, groups: int) -> Tensor:
@@ -102,20 +106,31 @@ def position_keeper(positions: Dict[int, Tuple[Tensor, Tensor]]) -> KwargsPreHoo
     return hook
 
 
+def normalised_sources(parts: AttentionParts) -> List[TensorSource]:
+    """Where a QK-norm's normalised queries and keys appear (recorded for the attention rule)."""
+    return [TensorSource(norm) for norm in (parts.query_norm, parts.key_norm) if norm is not None]
+
+
 def attention_hook(
     state: LRPState,
     rules: Tuple[HalvedAttention, LinearRule],
     record: AttentionRecord,
     spec: AttentionSpec,
     positions: Dict[int, Tuple[Tensor, Tensor]],
+    recorded: Callable[[TensorSource], Tensor],
 ) -> ForwardHook:
     """The attention rule (and the output projection's linear rule) at ``spec.module``'s first output;
-    the probe goes to the call just recorded (its probabilities were recorded before the module returned)."""
+    the probe goes to the call just recorded (its probabilities were recorded before the module returned).
+    Under QK-norm the rule's queries and keys are the norms' outputs (``recorded``), flattened over the heads."""
     parts = cast(AttentionParts, spec.parts)
     attention_rule, projection_rule = rules
 
+    def operand(linear: LinearModule, norm: Optional[nn.Module]) -> Tensor:
+        return state.output_of(linear) if norm is None else recorded(TensorSource(norm))
+
     def hook(module: nn.Module, args: Tuple[Any, ...], output: Any) -> Any:
-        projected = tuple(state.output_of(linear) for linear in parts.qkv_modules)
+        norms = (parts.query_norm, parts.key_norm, None)
+        projected = tuple(operand(linear, norm) for linear, norm in zip(parts.qkv_modules, norms))
         call = record.latest(spec)
         attention = cast(Tensor, call.probs)  # LRP captures eager
         call.probe = torch.zeros((), dtype=accumulation_dtype(attention.dtype), device=attention.device,
@@ -130,7 +145,7 @@ def attention_hook(
             # a 2-D ``[tokens, features]`` layout holds the whole batch's tokens in one sequence (Qwen2-VL's vision
             # tower, one image after another): seen here as ``[images, tokens, features]``, as its maps are
             batched = (lambda t: t.reshape(attention.shape[0], -1, t.shape[-1])) if g.dim() == 2 else (lambda t: t)
-            outputs = tuple(batched(exact(t)) for t in projected)
+            outputs = tuple(batched(exact(t.flatten(-2) if t.dim() == 4 else t)) for t in projected)  # QK-norm heads
             operands = split_fused(parts, outputs[0]) if parts.fused else cast(Tuple[Tensor, Tensor, Tensor], outputs)
             g_query, g_key, g_value, relevance = attention_operands_gradients(
                 attention_rule, parts, operands, exact(attention), split_heads(batched(g), parts.heads),

@@ -116,7 +116,7 @@ def test_self_attention_families_conserve_relevance_at_every_layer(family):
         assert torch.allclose(relevance[name], torch.ones(3, dtype=torch.float64), atol=TOLERANCE), (family, name)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma", "gpt2", "opt", "opt-post-norm"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma", "gpt2", "opt", "opt-post-norm", "phi3", "mixtral", "qwen3-moe"])
 def test_decoder_only_lms_conserve_relevance_at_every_layer(family):
     """LLaMA-style: rotary embeddings and grouped-query heads crossed by their transposes, RMSNorm passed
     through, the gated product halved. GPT-2: Conv1D projections under the linear rules, the fused c_attn
