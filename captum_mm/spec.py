@@ -50,6 +50,9 @@ class AttentionParts:
                     ``(cos, sin)`` the module receives as ``position_embeddings``. Default: False
         fused (bool): ``query``, ``key`` and ``value`` are one projection whose output is Q, K and V
                     concatenated on the last dimension, in this order (GPT-2's ``c_attn``). Default: False
+        query_norm, key_norm (nn.Module, optional): QK-norm (Qwen3, Gemma 3): a normalisation over each head's
+                    ``d`` features applied to the projected queries (keys) before the rotary embedding; relevance
+                    passes it unchanged. Default: None
     """
 
     query: LinearModule
@@ -60,6 +63,8 @@ class AttentionParts:
     key_value_heads: Optional[int] = None
     rotary: bool = False
     fused: bool = False
+    query_norm: Optional[nn.Module] = None
+    key_norm: Optional[nn.Module] = None
 
     def __post_init__(self) -> None:
         if self.fused and len({id(self.query), id(self.key), id(self.value)}) > 1:

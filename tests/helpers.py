@@ -28,6 +28,10 @@ from transformers import (
     DetrModel,
     GemmaConfig,
     GemmaForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GPT2Config,
     Idefics3Config,
     Idefics3ForConditionalGeneration,
@@ -47,6 +51,8 @@ from transformers import (
     Qwen2ForCausalLM,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen3Config,
+    Qwen3ForCausalLM,
     ResNetConfig,
     SiglipVisionConfig,
     SmolVLMConfig,
@@ -277,6 +283,14 @@ LM_VOCAB = 40
 _LM_SPECIAL = dict(vocab_size=LM_VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 _LLAMA_LIKE = dict(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
                    max_position_embeddings=48, **_LM_SPECIAL)
+#: Gemma 2/3: sliding-window layers (window 4) alternating with full ones; Gemma 2's soft caps at their defaults.
+_GEMMA_LIKE = dict(head_dim=8, query_pre_attn_scalar=8, sliding_window=4, **_LLAMA_LIKE)
+
+
+def _gemma_layers(layers: int) -> List[str]:
+    return ["sliding_attention" if k % 2 == 0 else "full_attention" for k in range(layers)]
+
+
 def _opt_config(layers: int) -> OPTConfig:
     return OPTConfig(num_hidden_layers=layers, hidden_size=32, ffn_dim=48, num_attention_heads=4, word_embed_proj_dim=32,
                      max_position_embeddings=48, **_LM_SPECIAL)
@@ -289,6 +303,9 @@ LANGUAGE_MODELS: Dict[str, Callable[..., nn.Module]] = {
     "gemma": lambda layers=2: GemmaForCausalLM(GemmaConfig(num_hidden_layers=layers, head_dim=8, **_LLAMA_LIKE)),
     "opt": lambda layers=2: OPTForCausalLM(_opt_config(layers)),
     "gpt2": lambda layers=2: GPT2LMHeadModel(GPT2Config(n_layer=layers, n_embd=32, n_head=4, n_positions=48, **_LM_SPECIAL)),
+    "qwen3": lambda layers=2: Qwen3ForCausalLM(Qwen3Config(num_hidden_layers=layers, head_dim=8, **_LLAMA_LIKE)),
+    "gemma2": lambda layers=2: Gemma2ForCausalLM(Gemma2Config(num_hidden_layers=layers, layer_types=_gemma_layers(layers), **_GEMMA_LIKE)),
+    "gemma3": lambda layers=2: Gemma3ForCausalLM(Gemma3TextConfig(num_hidden_layers=layers, layer_types=_gemma_layers(layers), **_GEMMA_LIKE)),
 }
 
 ENCODER_DECODERS: Dict[str, Callable[..., nn.Module]] = {

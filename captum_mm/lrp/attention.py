@@ -6,7 +6,10 @@ model's attention function sees them. Two blocks between the projections and tho
 bias-free linear maps, for which the z-rule is the transpose of the map (the relevance is conserved):
 rotary position embeddings (``x cos + rotate_half(x) sin``, transposed ``g cos - rotate_half(g sin)``)
 applied to queries and keys, and grouped-query attention's key/value heads repeated over the query
-heads (transposed: the sum over each group). A fused projection (GPT-2's ``c_attn``) is split into
+heads (transposed: the sum over each group). QK-norm (Qwen3, Gemma 3: a normalisation of each head's queries
+and keys before the rotation) passes relevance unchanged, as RMSNorm does elsewhere: the rule reads the normalised
+operands (the norm recomputed from the projections' outputs) and hands each element's relevance to the same element
+of the projection's output. A fused projection (GPT-2's ``c_attn``) is split into
 Q, K and V; its modified gradient is theirs concatenated in the same order.
 """
 
@@ -18,7 +21,7 @@ from torch import Tensor, nn
 from captum_mm._handles import ForwardHook, KwargsPreHook
 from captum_mm._precision import accumulation_dtype, exact
 from captum_mm.capture.record import AttentionRecord
-from captum_mm.lrp.rules import HalvedAttention, LinearRule
+from captum_mm.lrp.rules import HalvedAttention, LinearRule, PassThrough
 from captum_mm.lrp.switch import LRPState, Switch
 from captum_mm.spec import AttentionParts, AttentionSpec
 
@@ -58,6 +61,18 @@ def sum_groups(g: Tensor, groups: int) -> Tensor:
     return g if groups == 1 else g.reshape(g.shape[0], -1, groups, *g.shape[2:]).sum(2)
 
 
+def normalised(norm: Optional[nn.Module], heads: Tensor) -> Tensor:
+    """QK-norm's output for the projected heads ``[B, H, N, d]`` (its ``forward``: no hook runs; a norm over ``d``
+    gives the same values in any layout of the other dimensions); the heads themselves without a norm."""
+    return heads if norm is None else norm.forward(heads)
+
+
+def through_norm(norm: Optional[nn.Module], heads: Tensor, normed: Tensor, g_normed: Tensor) -> Tensor:
+    """The modified gradient at QK-norm's input ``heads`` for ``g_normed`` at its output ``normed``: each element's
+    relevance passed unchanged (unchanged without a norm)."""
+    return g_normed if norm is None else PassThrough().input_gradient(heads, normed, g_normed)
+
+
 def split_fused(parts: AttentionParts, fused: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """A fused projection's output ``[B, N, (heads + 2 * key_value_heads) * d]`` as its ``(Q, K, V)``."""
     kv_heads = parts.key_value_heads or parts.heads
@@ -79,13 +94,14 @@ def attention_operands_gradients(
     query, key, value = projected
     kv_heads = parts.key_value_heads or parts.heads
     groups = parts.heads // kv_heads
-    q, k, v = split_heads(query, parts.heads), split_heads(key, kv_heads), split_heads(value, kv_heads)
-    if position is not None:
-        q, k = rotary(q, *position), rotary(k, *position)
+    projected_q, projected_k, v = split_heads(query, parts.heads), split_heads(key, kv_heads), split_heads(value, kv_heads)
+    normed_q, normed_k = normalised(parts.query_norm, projected_q), normalised(parts.key_norm, projected_k)
+    q, k = (normed_q, normed_k) if position is None else (rotary(normed_q, *position), rotary(normed_k, *position))
     g_q, g_k, g_v, relevance = rule.gradients(q, repeat_heads(k, groups), repeat_heads(v, groups), probs, g_context)
     g_k, g_v = sum_groups(g_k, groups), sum_groups(g_v, groups)
     if position is not None:
         g_q, g_k = rotary_transposed(g_q, *position), rotary_transposed(g_k, *position)
+    g_q, g_k = through_norm(parts.query_norm, projected_q, normed_q, g_q), through_norm(parts.key_norm, projected_k, normed_k, g_k)
     return merge_heads(g_q, query), merge_heads(g_k, key), merge_heads(g_v, value), relevance
 
 
