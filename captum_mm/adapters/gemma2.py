@@ -11,7 +11,7 @@ attention rule reads its map whatever cap the scores had, and each residual bran
 """
 
 from types import MappingProxyType
-from typing import List, Tuple
+from typing import Any, List, Tuple
 
 import torch
 from torch import Tensor
@@ -40,14 +40,13 @@ class Gemma2Adapter(LlamaAdapter):
 
     def lrp_structure(self) -> LRPStructure:
         residuals: List[ResidualRuleSite] = []
-        for layer in self.model.modules():
-            if isinstance(layer, self.layer_classes):
-                middle_norm = layer.pre_feedforward_layernorm
-                middle = TensorSource(middle_norm, first_argument(middle_norm))
-                residuals += [
-                    ResidualRuleSite(middle, TensorSource(layer.post_attention_layernorm), TensorSource(layer, "hidden_states")),
-                    ResidualRuleSite(TensorSource(layer), TensorSource(layer.post_feedforward_layernorm), middle),
-                ]
+        layers: List[Any] = [module for module in self.model.modules() if isinstance(module, self.layer_classes)]
+        for layer in layers:  # h = x + post_attention_norm(.), seen as the pre-feedforward norm's input; then the layer's output
+            middle = TensorSource(layer.pre_feedforward_layernorm, first_argument(layer.pre_feedforward_layernorm))
+            residuals += [
+                ResidualRuleSite(middle, TensorSource(layer.post_attention_layernorm), TensorSource(layer, "hidden_states")),
+                ResidualRuleSite(TensorSource(layer), TensorSource(layer.post_feedforward_layernorm), middle),
+            ]
         return LRPStructure(residuals, self.norm_classes, self.gated_products(), self.qk_norm_classes)
 
     def lrp_start(self, state: LRPState, logits: Tensor, seeds: Tensor) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
