@@ -11,7 +11,7 @@ attention rule reads its map whatever cap the scores had, and each residual bran
 """
 
 from types import MappingProxyType
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import Tensor
@@ -23,6 +23,7 @@ from captum_mm.adapters.llama import LlamaAdapter
 from captum_mm._precision import exact
 from captum_mm.lrp.composite import LRPState, LRPStructure, ResidualRuleSite
 from captum_mm.lrp.rules import safe_divide
+from captum_mm.models.arguments import require
 from captum_mm.models.registry import register_adapter
 from captum_mm.models.structure import first_argument
 from captum_mm.spec import TensorSource
@@ -37,6 +38,12 @@ class Gemma2Adapter(LlamaAdapter):
     norm_classes: Tuple[type, ...] = (Gemma2RMSNorm, Gemma3RMSNorm)
     qk_norm_classes: Tuple[type, ...] = (Gemma3RMSNorm,)
     attention_functions = MappingProxyType({Gemma2Attention: True, Gemma3Attention: True})  # softmax in float32
+
+    def check_arguments(self, arguments: Dict[str, Any]) -> None:
+        super().check_arguments(arguments)
+        require(not getattr(self.model.config, "use_bidirectional_attention", False),
+                f"This {type(self.model).__name__} attends bidirectionally (config.use_bidirectional_attention): the "
+                "decoder-only schedule explains causal LMs only; explain a model with use_bidirectional_attention=False.")
 
     def lrp_structure(self) -> LRPStructure:
         residuals: List[ResidualRuleSite] = []

@@ -123,6 +123,14 @@ def test_lean_capture_computes_gemma2s_soft_cap(method):
     assert not torch.allclose(method(model).explain(batch, continuation=continuation).text, explained[0].text)
 
 
+@pytest.mark.parametrize("family", ["gemma2", "gemma3"])
+def test_bidirectional_gemma_is_refused(family):
+    model = language_model(family)
+    model.config.use_bidirectional_attention = True
+    with pytest.raises(ValueError, match="attends bidirectionally.*use_bidirectional_attention=False"):
+        GenericAttention(model).explain({"input_ids": torch.tensor([[4, 5, 6]])}, continuation=[[7]])
+
+
 def test_each_class_gets_its_adapter():
     names = {family: type(adapter_for(LANGUAGE_MODELS[family]())).__name__ for family in FAMILIES}
     assert names == {"qwen3": "Qwen3Adapter", "gemma2": "Gemma2Adapter", "gemma3": "Gemma2Adapter"}
