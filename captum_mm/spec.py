@@ -55,9 +55,9 @@ class AttentionParts:
                     ``(cos, sin)`` the module receives as ``position_embeddings``. Default: False
         fused (bool): ``query``, ``key`` and ``value`` are one projection whose output is Q, K and V
                     concatenated on the last dimension, in this order (GPT-2's ``c_attn``). Default: False
-        query_norm, key_norm (nn.Module, optional): QK-norm (Qwen3's): modules normalising each head of the
-                    projected queries / keys (``[B, N, heads, d]``) before the rotary embedding; the attention rule
-                    reads their outputs, and relevance crosses them by the model's pass-through rule. Default: None
+        query_norm, key_norm (nn.Module, optional): QK-norm (Qwen3, Gemma 3): a normalisation over each head's
+                    ``d`` features applied to the projected queries (keys) before the rotary embedding; relevance
+                    passes it unchanged. Default: None
     """
 
     query: LinearModule

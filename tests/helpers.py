@@ -29,6 +29,10 @@ from transformers import (
     DetrModel,
     GemmaConfig,
     GemmaForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GPT2Config,
     Idefics3Config,
     Idefics3ForConditionalGeneration,
@@ -50,6 +54,8 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    Qwen3Config,
+    Qwen3ForCausalLM,
     ResNetConfig,
     SiglipVisionConfig,
     SmolVLMConfig,
@@ -280,6 +286,14 @@ LM_VOCAB = 40
 _LM_SPECIAL = dict(vocab_size=LM_VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 _LLAMA_LIKE = dict(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
                    max_position_embeddings=48, **_LM_SPECIAL)
+#: Gemma 2/3: sliding-window layers (window 4) alternating with full ones; Gemma 2's soft caps at their defaults.
+_GEMMA_LIKE = dict(head_dim=8, query_pre_attn_scalar=8, sliding_window=4, **_LLAMA_LIKE)
+
+
+def _gemma_layers(layers: int) -> List[str]:
+    return ["sliding_attention" if k % 2 == 0 else "full_attention" for k in range(layers)]
+
+
 def _opt_config(layers: int) -> OPTConfig:
     return OPTConfig(num_hidden_layers=layers, hidden_size=32, ffn_dim=48, num_attention_heads=4, word_embed_proj_dim=32,
                      max_position_embeddings=48, **_LM_SPECIAL)
@@ -301,6 +315,9 @@ LANGUAGE_MODELS: Dict[str, Callable[..., nn.Module]] = {
     "qwen3-moe": lambda layers=2: Qwen3MoeForCausalLM(Qwen3MoeConfig(
         num_hidden_layers=layers, head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24,
         mlp_only_layers=[layers - 1], experts_implementation="eager", **_LLAMA_LIKE)),
+    "qwen3": lambda layers=2: Qwen3ForCausalLM(Qwen3Config(num_hidden_layers=layers, head_dim=8, **_LLAMA_LIKE)),
+    "gemma2": lambda layers=2: Gemma2ForCausalLM(Gemma2Config(num_hidden_layers=layers, layer_types=_gemma_layers(layers), **_GEMMA_LIKE)),
+    "gemma3": lambda layers=2: Gemma3ForCausalLM(Gemma3TextConfig(num_hidden_layers=layers, layer_types=_gemma_layers(layers), **_GEMMA_LIKE)),
 }
 
 ENCODER_DECODERS: Dict[str, Callable[..., nn.Module]] = {

@@ -29,9 +29,12 @@ from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource, self_att
 
 
 def rotary_parts(module: Any) -> AttentionParts:
+    """q/k/v/o projections, grouped-query heads, rotary embeddings, and the QK-norm of families that have one
+    (``q_norm``/``k_norm``: Qwen3, Gemma 3)."""
     config = module.config
     return AttentionParts(module.q_proj, module.k_proj, module.v_proj, config.num_attention_heads, module.o_proj,
-                          key_value_heads=config.num_key_value_heads, rotary=True)
+                          key_value_heads=config.num_key_value_heads, rotary=True,
+                          query_norm=getattr(module, "q_norm", None), key_norm=getattr(module, "k_norm", None))
 
 
 @register_adapter
@@ -41,6 +44,8 @@ class LlamaAdapter(DecoderOnlyAdapter):
     layer_classes: Tuple[type, ...] = (LlamaDecoderLayer, Qwen2DecoderLayer, MistralDecoderLayer, GemmaDecoderLayer)
     mlp_classes: Tuple[type, ...] = (LlamaMLP, Qwen2MLP, MistralMLP, GemmaMLP)
     norm_classes: Tuple[type, ...] = (LlamaRMSNorm, Qwen2RMSNorm, MistralRMSNorm, GemmaRMSNorm)
+    #: The QK-norm classes inside the attention modules (the attention rule passes relevance through them).
+    qk_norm_classes: Tuple[type, ...] = ()
     attention_functions = MappingProxyType(dict.fromkeys(attention_classes, True))  # each softmax in float32
 
     def attention_specs(self) -> List[AttentionSpec]:
@@ -48,6 +53,9 @@ class LlamaAdapter(DecoderOnlyAdapter):
 
     def lrp_structure(self) -> LRPStructure:  # pre-norm: x + attention(norm(x)), then + mlp(norm(.))
         residuals = pre_norm_structure(self.model, self.layer_classes, "post_attention_layernorm", "self_attn").residuals
+        return LRPStructure(residuals, self.norm_classes, self.gated_products(), self.qk_norm_classes)
+
+    def gated_products(self) -> List[GatedProduct]:
+        """Each gated MLP's ``act(gate(x)) * up(x)``, read by its ``down_proj``."""
         mlps: List[Any] = [module for module in self.model.modules() if isinstance(module, self.mlp_classes)]
-        gated = [GatedProduct(mlp.down_proj, TensorSource(mlp.act_fn), TensorSource(mlp.up_proj)) for mlp in mlps]
-        return LRPStructure(residuals, self.norm_classes, gated)
+        return [GatedProduct(mlp.down_proj, TensorSource(mlp.act_fn), TensorSource(mlp.up_proj)) for mlp in mlps]

@@ -70,6 +70,20 @@ def family_softmax(scores: Tensor, float32_softmax: bool) -> Tensor:
     return torch.softmax(scores, dim=-1)
 
 
+def soft_capped(scores: Tensor, cap: Optional[float]) -> Tensor:
+    """Gemma 2's attention-logit soft cap, ``cap * tanh(scores / cap)``, as its eager function applies it (before the
+    mask); the scores themselves without a cap.
+
+    Args:
+        scores (Tensor): The scaled scores.
+        cap (float, optional): The cap (the ``softcap`` argument of the attention function).
+
+    Returns:
+        *Tensor*: the capped scores.
+    """
+    return scores if cap is None else torch.tanh(scores / cap) * cap
+
+
 def exact_eager_attention(
     module: nn.Module,
     query: Tensor,
@@ -90,17 +104,18 @@ def exact_eager_attention(
         attention_mask (Tensor, optional): The additive mask, ``[B, 1, Nq, Nk]``.
         scaling (float, optional): The scores' scale. Default: ``d ** -0.5``
         dropout (float): The probabilities' dropout in training mode. Default: 0.0
-        **kwargs: Passed on to the family's eager function.
+        **kwargs: Passed on to the family's eager function (``softcap``: Gemma 2's soft cap, applied).
 
     Returns:
         *tuple*: the ``[B, Nq, H, d]`` output and the ``[B, H, Nq, Nk]`` probabilities.
     """
-    unhandled = kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None  # the family's own function applies them
+    unhandled = kwargs.get("s_aux") is not None  # the family's own function applies the sinks
     if query.dtype != torch.float64 or not _declared.get().get(type(module), False) or unhandled:
         return family_eager(module)(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     groups = query.shape[1] // key.shape[1]
     keys, values = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     scores = torch.matmul(query, keys.transpose(-1, -2)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    scores = soft_capped(scores, kwargs.get("softcap"))
     if attention_mask is not None:
         scores = scores + attention_mask
     probs = nn.functional.dropout(torch.softmax(scores, dim=-1), p=dropout, training=module.training)

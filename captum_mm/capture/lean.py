@@ -27,7 +27,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
 from captum_mm._precision import accumulation_dtype, exact
 from captum_mm.capture.chunks import remembered_row_chunks, row_chunks, start_remembering, stop_remembering
-from captum_mm.capture.eager import AttentionFunctions, exact_eager_attention, family_softmax
+from captum_mm.capture.eager import AttentionFunctions, exact_eager_attention, family_softmax, soft_capped
 from captum_mm.relevance.heads import head_mean, weighted_head_mean
 
 #: The attention-interface key lean capture switches a model's configs to.
@@ -138,14 +138,15 @@ def lean_attention(
     site = None if sites is None else sites.get(id(module))
     if site is None:
         return exact_eager_attention(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-    if dropout > 0 or kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
-        raise ValueError(f"{type(module).__name__} called its attention with dropout, a soft cap or attention sinks, "
+    if dropout > 0 or kwargs.get("s_aux") is not None:
+        raise ValueError(f"{type(module).__name__} called its attention with dropout or attention sinks, "
                          "which lean capture does not compute: explain the model in eval mode, or set lean = False on the method.")
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     probe = torch.zeros(1, dtype=query.dtype, device=query.device, requires_grad=torch.is_grad_enabled())
     maps = LeanMaps(probe, (query.shape[0], query.shape[1], query.shape[2], key.shape[2]))
     chunks = remembered_row_chunks(query, key.shape[2], attention_mask)
-    options = _Options(scale, query.shape[1] // key.shape[1], site.float32_softmax, site.forward_fusion, maps, chunks)
+    options = _Options(scale, query.shape[1] // key.shape[1], site.float32_softmax, site.forward_fusion, maps, chunks,
+                       kwargs.get("softcap"))
     bias = kwargs.get("position_bias")  # T5's relative position bias, added to the scores before the mask
     output, mean = _LeanAttention.apply(query, key, value, attention_mask, bias, maps.probe, options)
     site.record(mean, maps)
@@ -164,6 +165,7 @@ class _Options:
     forward_fusion: Optional[Fusion]
     maps: LeanMaps
     chunks: List[Tuple[slice, slice]]  # rows, and the leading keys they see
+    softcap: Optional[float] = None  # Gemma 2's cap on the scaled scores
 
 
 def _repeated(states: Tensor, groups: int) -> Tensor:
@@ -174,11 +176,20 @@ def _summed_groups(gradient: Tensor, groups: int) -> Tensor:
     return gradient if groups == 1 else gradient.unflatten(1, (-1, groups)).sum(2)
 
 
+def _scores(query: Tensor, key: Tensor, rows: slice, options: _Options, columns: slice) -> Tensor:
+    return torch.matmul(query[:, :, rows] * options.scaling, key[:, :, columns].transpose(-1, -2))
+
+
+def _cap_slope(query: Tensor, key: Tensor, rows: slice, options: _Options, columns: slice) -> Tensor:
+    """The soft cap's derivative at the scores, ``1 - tanh(scores / cap)^2``."""
+    return 1 - torch.tanh(_scores(query, key, rows, options, columns) / cast(float, options.softcap)) ** 2
+
+
 def _probabilities(query: Tensor, key: Tensor, bias: Optional[Tensor], mask: Optional[Tensor], rows: slice,
                    options: _Options, columns: slice) -> Tensor:
-    """``softmax(Q K^T * scaling + bias + mask)`` for ``rows`` of the queries over the keys ``columns`` (all the keys
-    they see), as the family's eager function computes it."""
-    scores = torch.matmul(query[:, :, rows] * options.scaling, key[:, :, columns].transpose(-1, -2))
+    """``softmax(cap(Q K^T * scaling) + bias + mask)`` for ``rows`` of the queries over the keys ``columns`` (all the
+    keys they see), as the family's eager function computes it (``cap``: Gemma 2's soft cap, if any)."""
+    scores = soft_capped(_scores(query, key, rows, options, columns), options.softcap)
     if bias is not None:
         scores += bias[:, :, rows, columns]
     if mask is not None:
@@ -187,7 +198,7 @@ def _probabilities(query: Tensor, key: Tensor, bias: Optional[Tensor], mask: Opt
 
 
 class _LeanAttention(torch.autograd.Function):
-    """``softmax(Q K^T * scaling + bias + mask) V`` per head, ``[B, H, Nq, d]`` (``bias``: T5's position bias), and (forward fusion ``head_mean``)
+    """``softmax(cap(Q K^T * scaling) + bias + mask) V`` per head, ``[B, H, Nq, d]`` (``bias``: T5's position bias), and (forward fusion ``head_mean``)
     the head mean of the probabilities; backward recomputes them chunk by chunk (see the module)."""
 
     @staticmethod
@@ -238,6 +249,8 @@ class _LeanAttention(torch.autograd.Function):
             grad_logits = weighted.addcmul_(exact(probs), weighted.sum(-1, keepdim=True), value=-1).to(probs.dtype)
             if grad_bias is not None:
                 grad_bias[:, :, rows, columns] += grad_logits.sum(0, keepdim=True) if grad_bias.shape[0] == 1 else grad_logits
+            if options.softcap is not None:  # the scores before the cap
+                grad_logits = grad_logits * _cap_slope(query, keys, rows, options, columns)
             grad_query[:, :, rows] = torch.matmul(grad_logits, keys[:, :, columns]).mul_(options.scaling)
             grad_keys[:, :, columns] += torch.matmul(grad_logits.transpose(-1, -2), query[:, :, rows]).mul_(options.scaling)
             if fusion == "grad_cam":

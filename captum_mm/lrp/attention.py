@@ -6,12 +6,14 @@ model's attention function sees them. Two blocks between the projections and tho
 bias-free linear maps, for which the z-rule is the transpose of the map (the relevance is conserved):
 rotary position embeddings (``x cos + rotate_half(x) sin``, transposed ``g cos - rotate_half(g sin)``)
 applied to queries and keys, and grouped-query attention's key/value heads repeated over the query
-heads (transposed: the sum over each group). A fused projection (GPT-2's ``c_attn``) is split into
-Q, K and V; its modified gradient is theirs concatenated in the same order. Under QK-norm (Qwen3-MoE's) the rule
-reads the norms' outputs, through which relevance passes on by the pass-through rule.
+heads (transposed: the sum over each group). QK-norm (Qwen3, Qwen3-MoE, Gemma 3: a normalisation of each head's queries
+and keys before the rotation) passes relevance unchanged, as RMSNorm does elsewhere: the rule reads the normalised
+operands (the norm recomputed from the projections' outputs) and hands each element's relevance to the same element
+of the projection's output. A fused projection (GPT-2's ``c_attn``) is split into
+Q, K and V; its modified gradient is theirs concatenated in the same order.
 """
 
-from typing import Any, Callable, Dict, List, Optional, Tuple, cast
+from typing import Any, Dict, Optional, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -19,9 +21,9 @@ from torch import Tensor, nn
 from captum_mm._handles import ForwardHook, KwargsPreHook
 from captum_mm._precision import accumulation_dtype, exact
 from captum_mm.capture.record import AttentionRecord
-from captum_mm.lrp.rules import HalvedAttention, LinearRule
+from captum_mm.lrp.rules import HalvedAttention, LinearRule, PassThrough
 from captum_mm.lrp.switch import LRPState, Switch
-from captum_mm.spec import AttentionParts, AttentionSpec, LinearModule, TensorSource
+from captum_mm.spec import AttentionParts, AttentionSpec
 
 
 def split_heads(tensor: Tensor, heads: int) -> Tensor:
@@ -62,6 +64,18 @@ def sum_groups(g: Tensor, groups: int) -> Tensor:
     return g if groups == 1 else g.reshape(g.shape[0], -1, groups, *g.shape[2:]).sum(2)
 
 
+def normalised(norm: Optional[nn.Module], heads: Tensor) -> Tensor:
+    """QK-norm's output for the projected heads ``[B, H, N, d]`` (its ``forward``: no hook runs; a norm over ``d``
+    gives the same values in any layout of the other dimensions); the heads themselves without a norm."""
+    return heads if norm is None else norm.forward(heads)
+
+
+def through_norm(norm: Optional[nn.Module], heads: Tensor, normed: Tensor, g_normed: Tensor) -> Tensor:
+    """The modified gradient at QK-norm's input ``heads`` for ``g_normed`` at its output ``normed``: each element's
+    relevance passed unchanged (unchanged without a norm)."""
+    return g_normed if norm is None else PassThrough().input_gradient(heads, normed, g_normed)
+
+
 def split_fused(parts: AttentionParts, fused: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """A fused projection's output ``[B, N, (heads + 2 * key_value_heads) * d]`` as its ``(Q, K, V)``."""
     kv_heads = parts.key_value_heads or parts.heads
@@ -83,13 +97,14 @@ def attention_operands_gradients(
     query, key, value = projected
     kv_heads = parts.key_value_heads or parts.heads
     groups = parts.heads // kv_heads
-    q, k, v = split_heads(query, parts.heads), split_heads(key, kv_heads), split_heads(value, kv_heads)
-    if position is not None:
-        q, k = rotary(q, *position), rotary(k, *position)
+    projected_q, projected_k, v = split_heads(query, parts.heads), split_heads(key, kv_heads), split_heads(value, kv_heads)
+    normed_q, normed_k = normalised(parts.query_norm, projected_q), normalised(parts.key_norm, projected_k)
+    q, k = (normed_q, normed_k) if position is None else (rotary(normed_q, *position), rotary(normed_k, *position))
     g_q, g_k, g_v, relevance = rule.gradients(q, repeat_heads(k, groups), repeat_heads(v, groups), probs, g_context)
     g_k, g_v = sum_groups(g_k, groups), sum_groups(g_v, groups)
     if position is not None:
         g_q, g_k = rotary_transposed(g_q, *position), rotary_transposed(g_k, *position)
+    g_q, g_k = through_norm(parts.query_norm, projected_q, normed_q, g_q), through_norm(parts.key_norm, projected_k, normed_k, g_k)
     return merge_heads(g_q, query), merge_heads(g_k, key), merge_heads(g_v, value), relevance
 
 
@@ -106,31 +121,20 @@ def position_keeper(positions: Dict[int, Tuple[Tensor, Tensor]]) -> KwargsPreHoo
     return hook
 
 
-def normalised_sources(parts: AttentionParts) -> List[TensorSource]:
-    """Where a QK-norm's normalised queries and keys appear (recorded for the attention rule)."""
-    return [TensorSource(norm) for norm in (parts.query_norm, parts.key_norm) if norm is not None]
-
-
 def attention_hook(
     state: LRPState,
     rules: Tuple[HalvedAttention, LinearRule],
     record: AttentionRecord,
     spec: AttentionSpec,
     positions: Dict[int, Tuple[Tensor, Tensor]],
-    recorded: Callable[[TensorSource], Tensor],
 ) -> ForwardHook:
     """The attention rule (and the output projection's linear rule) at ``spec.module``'s first output;
-    the probe goes to the call just recorded (its probabilities were recorded before the module returned).
-    Under QK-norm the rule's queries and keys are the norms' outputs (``recorded``), flattened over the heads."""
+    the probe goes to the call just recorded (its probabilities were recorded before the module returned)."""
     parts = cast(AttentionParts, spec.parts)
     attention_rule, projection_rule = rules
 
-    def operand(linear: LinearModule, norm: Optional[nn.Module]) -> Tensor:
-        return state.output_of(linear) if norm is None else recorded(TensorSource(norm))
-
     def hook(module: nn.Module, args: Tuple[Any, ...], output: Any) -> Any:
-        norms = (parts.query_norm, parts.key_norm, None)
-        projected = tuple(operand(linear, norm) for linear, norm in zip(parts.qkv_modules, norms))
+        projected = tuple(state.output_of(linear) for linear in parts.qkv_modules)
         call = record.latest(spec)
         attention = cast(Tensor, call.probs)  # LRP captures eager
         call.probe = torch.zeros((), dtype=accumulation_dtype(attention.dtype), device=attention.device,
@@ -145,7 +149,7 @@ def attention_hook(
             # a 2-D ``[tokens, features]`` layout holds the whole batch's tokens in one sequence (Qwen2-VL's vision
             # tower, one image after another): seen here as ``[images, tokens, features]``, as its maps are
             batched = (lambda t: t.reshape(attention.shape[0], -1, t.shape[-1])) if g.dim() == 2 else (lambda t: t)
-            outputs = tuple(batched(exact(t.flatten(-2) if t.dim() == 4 else t)) for t in projected)  # QK-norm heads
+            outputs = tuple(batched(exact(t)) for t in projected)
             operands = split_fused(parts, outputs[0]) if parts.fused else cast(Tuple[Tensor, Tensor, Tensor], outputs)
             g_query, g_key, g_value, relevance = attention_operands_gradients(
                 attention_rule, parts, operands, exact(attention), split_heads(batched(g), parts.heads),

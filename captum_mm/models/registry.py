@@ -111,7 +111,7 @@ def _task_head(class_name: str) -> str:
 
 def closest_supported_class(class_name: str, model_type: str) -> type:
     """The supported class closest to an unsupported model by name: the most similar HF ``model_type``, plus 0.25
-    for the same task head (``ForCausalLM``, ...); e.g. ``Qwen2ForCausalLM`` for ``Qwen3ForCausalLM``.
+    for the same task head (``ForCausalLM``, ...); e.g. ``LlamaForCausalLM`` for ``Olmo2ForCausalLM``.
 
     Args:
         class_name (str): The model's class name.
