@@ -31,7 +31,9 @@ from transformers import (
     GemmaForCausalLM,
     Gemma2Config,
     Gemma2ForCausalLM,
+    Gemma3Config,
     Gemma3ForCausalLM,
+    Gemma3ForConditionalGeneration,
     Gemma3TextConfig,
     GPT2Config,
     Idefics3Config,
@@ -381,6 +383,21 @@ def idefics3(vision_layers=2, layers=2, smolvlm=False) -> nn.Module:
     return model_class(config_class(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, scale_factor=2)).eval()
 
 
+def gemma3_vl(vision_layers=2, layers=2) -> nn.Module:
+    """A SigLIP tower over an 8 x 8 grid of 4 x 4 patches, average-pooled 2 x 2 into 16 image tokens, and a Gemma 3
+    LM (a sliding-window layer, window 4, then a full one). The image projection, zero as HF initialises it, drawn
+    at random so that the image reaches the logits."""
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=vision_layers, num_attention_heads=4,
+                                image_size=32, patch_size=4)
+    text = Gemma3TextConfig(num_hidden_layers=layers, layer_types=_gemma_layers(layers), **_GEMMA_LIKE)
+    config = Gemma3Config(vision_config=vision.to_dict(), text_config=text.to_dict(), mm_tokens_per_image=16,
+                          image_token_index=IMAGE_TOKEN, boi_token_index=38, eoi_token_index=39)
+    model = Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0, 0.2)
+    return model
+
+
 def blip2(vision_layers=2, qformer_layers=2, layers=2, queries=16, language="llama", vision_init=1e-10) -> nn.Module:
     """A Q-Former with ``queries`` query tokens (16: one image token each, as in :func:`vlm_prompts`), cross-attending
     to the image in every layer, and a ``language`` LM (llama, or opt and t5 as BLIP-2's OPT and Flan-T5 checkpoints).
@@ -451,7 +468,7 @@ def blip_questions(batch=3, tokens=6, pad=True) -> Dict[str, Tensor]:
 
 VLMS: Dict[str, Callable[..., nn.Module]] = {
     "llava": llava, "paligemma": paligemma, "idefics3": idefics3, "smolvlm": lambda **kw: idefics3(smolvlm=True, **kw),
-    "qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl,
+    "qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl, "gemma3_vl": gemma3_vl,
 }
 
 
@@ -464,6 +481,8 @@ def family_prompts(family: str, **kwargs) -> Dict[str, Tensor]:
         size = batch["input_ids"].shape[0]
         batch.update(pixel_values=torch.randn(size * QWEN_PATCHES, QWEN_PATCH_VALUES), image_grid_thw=torch.tensor([[1, 8, 8]] * size),
                      mm_token_type_ids=(batch["input_ids"] == IMAGE_TOKEN).long())
+    if family == "gemma3_vl":  # token types mark the image tokens (bidirectional among themselves), as the processor does
+        batch["token_type_ids"] = (batch["input_ids"] == IMAGE_TOKEN).long()
     return batch
 
 
