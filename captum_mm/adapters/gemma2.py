@@ -41,7 +41,7 @@ class Gemma2Adapter(LlamaAdapter):
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
         super().check_arguments(arguments)
-        require(not getattr(self.model.config, "use_bidirectional_attention", False),
+        require(not getattr(self.model.config.get_text_config(), "use_bidirectional_attention", False),
                 f"This {type(self.model).__name__} attends bidirectionally (config.use_bidirectional_attention): the "
                 "decoder-only schedule explains causal LMs only; explain a model with use_bidirectional_attention=False.")
 

@@ -7,6 +7,8 @@ pooling: each image token spreads its relevance evenly over the ``k x k`` patche
 1 / k^2``, computed by the projector's own pooling). The LM attends bidirectionally among the tokens of one image
 (``token_type_ids`` 1, as the processor marks them) and causally otherwise; the recorded maps are the model's, so
 Eq. 6 follows them as they are. Generated tokens are text (``token_type_ids`` 0, as ``generate`` gives them).
+LRP: the LM's rules are Gemma 3's; the projector's pooling and projection are linear (gradient x input conserves
+them), its RMSNorm passes relevance through; the model's logits take no final soft cap (its forward applies none).
 """
 
 from types import MappingProxyType

