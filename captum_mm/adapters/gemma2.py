@@ -11,7 +11,7 @@ attention rule reads its map whatever cap the scores had, and each residual bran
 """
 
 from types import MappingProxyType
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple, cast
 
 import torch
 from torch import Tensor
@@ -41,7 +41,8 @@ class Gemma2Adapter(LlamaAdapter):
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
         super().check_arguments(arguments)
-        require(not getattr(self.model.config.get_text_config(), "use_bidirectional_attention", False),
+        text_config = cast(Any, self.model.config).get_text_config()
+        require(not getattr(text_config, "use_bidirectional_attention", False),
                 f"This {type(self.model).__name__} attends bidirectionally (config.use_bidirectional_attention): the "
                 "decoder-only schedule explains causal LMs only; explain a model with use_bidirectional_attention=False.")
 
