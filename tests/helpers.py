@@ -38,6 +38,8 @@ from transformers import (
     Gemma3TextConfig,
     GPT2Config,
     Idefics3Config,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
     Idefics3ForConditionalGeneration,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -399,6 +401,20 @@ def gemma3_vl(vision_layers=2, layers=2) -> nn.Module:
     return model
 
 
+def internvl(vision_layers=2, layers=2) -> nn.Module:
+    """An InternViT tower over an 8 x 8 grid of 4 x 4 patches and a class token, pixel-shuffled 2 x 2 into 16 image
+    tokens, and a Qwen2 LM. The class token and position embeddings, zero as HF initialises them, drawn at random."""
+    vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=vision_layers, num_attention_heads=4,
+                  image_size=32, patch_size=4)
+    text = dict(model_type="qwen2", num_hidden_layers=layers, **_LLAMA_LIKE)
+    model = InternVLForConditionalGeneration(InternVLConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN)).eval()
+    embeddings = model.model.vision_tower.embeddings
+    with torch.no_grad():
+        embeddings.cls_token.normal_(0, 0.2)
+        embeddings.position_embeddings.normal_(0, 0.2)
+    return model
+
+
 def blip2(vision_layers=2, qformer_layers=2, layers=2, queries=16, language="llama", vision_init=1e-10) -> nn.Module:
     """A Q-Former with ``queries`` query tokens (16: one image token each, as in :func:`vlm_prompts`), cross-attending
     to the image in every layer, and a ``language`` LM (llama, or opt and t5 as BLIP-2's OPT and Flan-T5 checkpoints).
@@ -469,7 +485,7 @@ def blip_questions(batch=3, tokens=6, pad=True) -> Dict[str, Tensor]:
 
 VLMS: Dict[str, Callable[..., nn.Module]] = {
     "llava": llava, "paligemma": paligemma, "idefics3": idefics3, "smolvlm": lambda **kw: idefics3(smolvlm=True, **kw),
-    "qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl, "gemma3_vl": gemma3_vl,
+    "qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl, "gemma3_vl": gemma3_vl, "internvl": internvl,
 }
 
 

@@ -128,5 +128,9 @@ class VisionTokenLayout(ABC):
 
     def _unused_vision_attention(self, arguments: Dict[str, Any]) -> Set[nn.Module]:
         """The vision tower's modules after the feature layer: nothing the LM reads depends on them."""
-        layers: Sequence[Any] = self._vision_body().encoder.layers
+        layers = self._vision_layers()
         return {module for layer in layers[self.feature_depth(arguments, len(layers)):] for module in layer.modules()}
+
+    def _vision_layers(self) -> Sequence[Any]:
+        """The vision tower's layers, in order."""
+        return cast(Sequence[Any], self._vision_body().encoder.layers)

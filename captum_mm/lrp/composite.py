@@ -58,11 +58,14 @@ class ResidualRuleSite:
         total (TensorSource): Where the sum appears.
         branch (TensorSource): The residual branch's output.
         skip (TensorSource): The skip connection's tensor.
+        branch_scale (nn.Parameter, optional): A layer scale the branch is multiplied by before the addition
+                    (InternViT's ``lambda_1``/``lambda_2``): ``total = branch_scale * branch + skip``. Default: None
     """
 
     total: TensorSource
     branch: TensorSource
     skip: TensorSource
+    branch_scale: Optional[nn.Parameter] = None
 
 
 @dataclass
@@ -197,8 +200,9 @@ def _residual_hook(state: LRPState, rule: ProportionalResidual, recorder: Record
         branch, skip = recorder.get(site.branch), recorder.get(site.skip)
 
         def modified(g: Tensor) -> Tuple[Tensor, ...]:  # in the sum's layout (OPT flattens tokens around its MLP)
-            gradients = rule.branch_gradients(exact(branch).reshape(g.shape), exact(skip).reshape(g.shape), g)
-            return tuple(gradient.reshape(t.shape) for gradient, t in zip(gradients, (branch, skip)))
+            scale = 1.0 if site.branch_scale is None else exact(site.branch_scale.detach())
+            g_branch, g_skip = rule.branch_gradients(scale * exact(branch).reshape(g.shape), exact(skip).reshape(g.shape), g)
+            return tuple(gradient.reshape(t.shape) for gradient, t in zip((scale * g_branch, g_skip), (branch, skip)))
 
         return Switch.apply(total, state.mode, modified, branch, skip)
 

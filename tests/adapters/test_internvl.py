@@ -1,0 +1,124 @@
+"""InternVL: the pixel shuffle as the token map (checked against the model by perturbing one patch), raw attention
+against the model's own eager maps, the class token and position embeddings HF leaves at zero, and LRP conserved in
+float64 at every layer (InternViT's layer-scaled residuals, the projector, the LM). The shared VLM suites run every
+method on it (tests/helpers.py)."""
+
+import pytest
+import torch
+from helpers import assert_same_state, family_prompts, idefics3, internvl, generation_relevance, model_state
+
+from captum_mm.attr import GenericAttention, RawAttention
+from captum_mm.attr.engine import forward_pass
+from captum_mm.generation import generation_forward
+from captum_mm.models import adapter_for
+
+GRID = (8, 8)  # 4 x 4 patches of a 32 x 32 image, shuffled 2 x 2 into 4 x 4 image tokens
+
+
+def test_schedule_reads_the_vision_tower_then_the_lm_and_leaves_the_model_as_it_was():
+    model = internvl()
+    batch = family_prompts("internvl", batch=2)
+    with torch.no_grad():  # HF's InternViT installs its output-capturing hooks on its first forward
+        model(**batch)
+    before = model_state(model)
+    forward, arguments, target = generation_forward(model, batch, [[5], [6]], False, None)
+    with forward_pass(model, forward, arguments, target=target, needs=RawAttention.needs) as run:
+        schedule, record = run.schedule, run.record
+    assert_same_state(before, model_state(model))
+    assert [call.name for call in record.calls] == [
+        "model.vision_tower.encoder.layer.0.attention", "model.vision_tower.encoder.layer.1.attention",
+        "model.language_model.layers.0.self_attn", "model.language_model.layers.1.self_attn"]
+    assert [(e.query, e.key) for e in schedule.events] == [("vision", "vision")] * 2 + [("sequence", "sequence")] * 2
+    assert schedule.sizes["vision"] == 65  # the class token and 64 patches
+
+
+def test_one_patch_changes_only_the_token_its_pixel_shuffle_makes_the_same_block_as_idefics3s():
+    """HF's InternVL pixel shuffle names its axes width and height, but its two permutes cancel: the token made from
+    a patch is the one of row-major 2 x 2 blocks, as Idefics3's (a transpose would put the patch in token 4)."""
+    model = internvl(vision_layers=0)  # no vision layer: a patch reaches only the image token shuffled from it
+    batch = family_prompts("internvl", batch=1)
+    changed = batch["pixel_values"].clone()
+    changed[0, :, 0:4, 8:12] += 1.0  # the patch in row 0, column 2 of the grid
+    with torch.no_grad():
+        before, after = (model.model.get_image_features(pixels).pooler_output for pixels in (batch["pixel_values"], changed))
+    assert (before - after).abs().sum(-1).flatten().nonzero().flatten().tolist() == [1]
+    token_map = adapter_for(model).token_map(GRID)
+    assert token_map[1].reshape(GRID).nonzero().tolist() == [[0, 2], [0, 3], [1, 2], [1, 3]]
+    assert (token_map.sum(1) == 1).all() and (token_map[token_map > 0] == 0.25).all()
+    torch.testing.assert_close(token_map, adapter_for(idefics3(vision_layers=0, layers=1)).token_map(GRID))
+
+
+def _eager(model, batch, continuation):
+    """The model's eager LM maps on the prompt followed by ``continuation``, and the vision tower's last map."""
+    ids = torch.cat([batch["input_ids"], torch.tensor([continuation])], dim=1)
+    configs = (model.config, model.config.text_config, model.config.vision_config)
+    kept = {}
+    handle = model.model.vision_tower.encoder.layer[-1].attention.register_forward_hook(
+        lambda m, a, o: kept.__setitem__("vision", o[1]))
+    for config in configs:
+        config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            output = model(input_ids=ids, pixel_values=batch["pixel_values"], output_attentions=True)
+    finally:
+        handle.remove()
+        for config in configs:
+            config._attn_implementation = "sdpa"
+    return output, kept["vision"]
+
+
+def test_raw_attention_image_is_the_lm_row_times_the_pixel_shuffle_times_the_last_vision_map():
+    model = internvl()
+    batch = family_prompts("internvl", batch=1)
+    explanation = RawAttention(model).explain(batch, continuation=[[5]])
+    output, vision = _eager(model, batch, [5])
+    language = output.attentions[-1][0].mean(0)[batch["input_ids"].shape[1] - 1]  # the row predicting the token
+    pooled = language[2:18].double() @ adapter_for(model).token_map(GRID)
+    torch.testing.assert_close(explanation.image[0, 0].flatten(), pooled.float() @ vision[0].mean(0)[1:, 1:])
+    text = language[:-1].clone()
+    text[2:18], text[-1] = 0, 0  # the text readout leaves the image tokens and the row token's own entry out
+    torch.testing.assert_close(explanation.text[0, 0], text)
+
+
+def test_the_class_token_and_position_embeddings_hf_leaves_at_zero_change_the_logits_once_drawn():
+    batch = family_prompts("internvl", batch=1)
+    model = internvl()
+    embeddings = model.model.vision_tower.embeddings
+    with torch.no_grad():
+        drawn = model(**batch).logits
+        for parameter in (embeddings.cls_token, embeddings.position_embeddings):
+            kept = parameter.clone()
+            parameter.zero_()
+            assert not torch.allclose(model(**batch).logits, drawn)
+            parameter.copy_(kept)
+        assert not torch.allclose(model(**dict(batch, pixel_values=torch.randn_like(batch["pixel_values"]))).logits, drawn)
+
+
+def test_lrp_conserves_relevance_at_every_layer_through_the_layer_scales_and_the_projector_in_float64():
+    """The token's 1 reaches every LM layer's input whole; what reaches the image tokens passes the projector
+    (MLP, LayerNorm), the pixel shuffle and each InternViT layer (its branches scaled by lambda_1, lambda_2) whole."""
+    model = internvl().double()
+    vision, projector = model.model.vision_tower, model.model.multi_modal_projector
+    for layer in vision.encoder.layer:  # distinct layer scales per channel, not HF's uniform 0.1
+        torch.nn.init.normal_(layer.lambda_1, std=0.5)
+        torch.nn.init.normal_(layer.lambda_2, std=0.5)
+    batch = family_prompts("internvl", batch=2)
+    batch["pixel_values"] = batch["pixel_values"].double()
+    language = model.model.language_model
+    cuts = {f"lm {k}": (layer, "input") for k, layer in enumerate(language.layers)}
+    cuts.update({"image tokens": (projector, "output"), "projector": (projector, "input"),
+                 "projector mlp": (projector.linear_1, "input")})
+    cuts.update({f"vision {k}": (layer, "input") for k, layer in enumerate(vision.encoder.layer)})
+    relevance = generation_relevance(model, batch, [[5], [6]], cuts)
+    for k in range(len(language.layers)):
+        torch.testing.assert_close(relevance[f"lm {k}"], torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-6)
+    assert (relevance["image tokens"].abs() > 1e-3).all()
+    for name in ("projector", "projector mlp", *(f"vision {k}" for k in range(len(vision.encoder.layer)))):
+        torch.testing.assert_close(relevance[name], relevance["image tokens"], rtol=0, atol=1e-6, msg=name)
+
+
+def test_a_vision_tower_with_qk_norm_is_refused():
+    model = internvl()
+    model.config.vision_config.use_qk_norm = True
+    with pytest.raises(ValueError, match=r"QK-norm in its vision tower \(vision_config.use_qk_norm\) is not explained"):
+        GenericAttention(model).explain(family_prompts("internvl", batch=1), continuation=[[5]])
