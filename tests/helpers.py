@@ -75,7 +75,7 @@ from transformers import (
     ViTForImageClassification,
 )
 
-from captum_mm.attr import GenericAttention
+from captum_mm.attr import GenericAttention, RawAttention
 from captum_mm.relevance.propagation import Matrices
 from captum_mm.relevance.schedule import Schedule
 
@@ -697,3 +697,52 @@ def assert_llm_api_sums_image_halves(model, processor, tokenizer) -> None:
     grid = GenericAttention(model).explain(processor(image), continuation=target).image[0]  # [2 tokens, 8, 8]
     torch.testing.assert_close(result.token_attr, torch.stack([grid[:, :, :4].sum((1, 2)), grid[:, :, 4:].sum((1, 2))], 1))
     assert result.input_tokens == ["image_feature_0", "image_feature_1"] and result.output_tokens == ["blue", "circle"]
+
+
+def eager_outputs(model, arguments, vision_attention):
+    """The model's own outputs under eager attention with ``output_attentions``, and ``vision_attention``'s map."""
+    configs = (model.config, model.config.text_config, model.config.vision_config)
+    kept = {}
+    handle = vision_attention.register_forward_hook(lambda m, a, o: kept.__setitem__("vision", o[1]))
+    for config in configs:
+        config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            output = model(**arguments, output_attentions=True)
+    finally:
+        handle.remove()
+        for config in configs:
+            config._attn_implementation = "sdpa"
+    return output, kept["vision"]
+
+
+def assert_raw_attention_is_the_models_own(model, batch, arguments, vision_attention, patches):
+    """Raw attention for token 5 after :func:`vlm_prompts`' one prompt (``arguments``: the model's forward on prompt +
+    token) against the eager maps: ``image`` = the LM's last-layer row over the image tokens . ``P`` . the last vision
+    map's ``[patches, patches]`` block (head means); ``text`` the row without the image tokens and its own entry."""
+    from captum_mm.models import adapter_for
+
+    explanation = RawAttention(model).explain(batch, continuation=[[5]])
+    output, vision = eager_outputs(model, arguments, vision_attention)
+    language = output.attentions[-1][0].mean(0)[batch["input_ids"].shape[1] - 1]  # the row predicting the token
+    pooled = language[2:18].double() @ adapter_for(model).token_map((8, 8))
+    torch.testing.assert_close(explanation.image[0, 0].flatten(), pooled.float() @ vision[0].mean(0)[patches, patches])
+    text = language[:-1].clone()
+    text[2:18], text[-1] = 0, 0
+    torch.testing.assert_close(explanation.text[0, 0], text)
+
+
+def schedule_leaving_the_model_as_it_was(model, batch, continuation):
+    """The schedule and record of explaining ``continuation`` after ``batch`` (raw attention's capture), checking the
+    model is left as it was (after a first plain forward: HF models may install their own hooks on it)."""
+    from captum_mm.attr.engine import forward_pass
+    from captum_mm.generation import generation_forward
+
+    with torch.no_grad():
+        model(**batch)
+    before = model_state(model)
+    forward, arguments, target = generation_forward(model, batch, continuation, False, None)
+    with forward_pass(model, forward, arguments, target=target, needs=RawAttention.needs) as run:
+        schedule, record = run.schedule, run.record
+    assert_same_state(before, model_state(model))
+    return schedule, record

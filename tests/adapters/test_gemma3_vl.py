@@ -7,46 +7,34 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers import IMAGE_TOKEN, assert_llm_api_sums_image_halves, assert_same_state, family_prompts, gemma3_vl, generation_relevance, model_state
+from helpers import (
+    IMAGE_TOKEN,
+    assert_llm_api_sums_image_halves,
+    assert_raw_attention_is_the_models_own,
+    eager_outputs,
+    family_prompts,
+    gemma3_vl,
+    generation_relevance,
+    schedule_leaving_the_model_as_it_was,
+)
 
-from captum_mm.attr import GenericAttention, RawAttention
-from captum_mm.attr.engine import forward_pass
-from captum_mm.generation import generation_forward
+from captum_mm.attr import GenericAttention
 from captum_mm.models import adapter_for
 
 GRID = (8, 8)  # 4 x 4 patches of a 32 x 32 image, pooled 2 x 2 into 4 x 4 image tokens
 
 
-def _eager(model, batch, continuation):
-    """The model's own outputs and eager maps on the prompt followed by ``continuation`` (token type 0: text), the
-    vision tower's last map kept as ``vision``."""
-    extra = torch.tensor([continuation])
-    ids = torch.cat([batch["input_ids"], extra], dim=1)
-    types = torch.cat([batch["token_type_ids"], torch.zeros_like(extra)], dim=1)
-    configs = (model.config, model.config.text_config, model.config.vision_config)
-    for config in configs:
-        config._attn_implementation = "eager"
-    kept = {}
-    last = model.model.vision_tower.encoder.layers[-1].self_attn
-    handle = last.register_forward_hook(lambda m, a, o: kept.__setitem__("vision", o[1]))
-    try:
-        with torch.no_grad():
-            output = model(input_ids=ids, pixel_values=batch["pixel_values"], token_type_ids=types, output_attentions=True)
-    finally:
-        handle.remove()
-        for config in configs:
-            config._attn_implementation = "sdpa"
-    return output, kept["vision"]
+def _with_token(batch):
+    """The prompt followed by token 5 (token type 0: text), as the model's forward takes it."""
+    extra = torch.tensor([[5]])
+    return {"input_ids": torch.cat([batch["input_ids"], extra], dim=1), "pixel_values": batch["pixel_values"],
+            "token_type_ids": torch.cat([batch["token_type_ids"], torch.zeros_like(extra)], dim=1)}
 
 
 def test_schedule_reads_the_vision_tower_then_the_lm_and_leaves_the_model_as_it_was():
     model = gemma3_vl()
     batch = family_prompts("gemma3_vl", batch=2)
-    before = model_state(model)
-    forward, arguments, target = generation_forward(model, batch, [[5], [6]], False, None)
-    with forward_pass(model, forward, arguments, target=target, needs=RawAttention.needs) as run:
-        schedule, record = run.schedule, run.record
-    assert_same_state(before, model_state(model))
+    schedule, record = schedule_leaving_the_model_as_it_was(model, batch, [[5], [6]])
     assert [call.name for call in record.calls] == [
         "model.vision_tower.encoder.layers.0.self_attn", "model.vision_tower.encoder.layers.1.self_attn",
         "model.language_model.layers.0.self_attn", "model.language_model.layers.1.self_attn"]
@@ -57,7 +45,7 @@ def test_schedule_reads_the_vision_tower_then_the_lm_and_leaves_the_model_as_it_
 def test_the_lm_attends_bidirectionally_in_the_image_block_causally_elsewhere_and_within_its_window():
     model = gemma3_vl()
     batch = family_prompts("gemma3_vl", batch=1)
-    maps = _eager(model, batch, [5])[0].attentions
+    maps = eager_outputs(model, _with_token(batch), model.model.vision_tower.encoder.layers[-1].self_attn)[0].attentions
     sliding, full = maps[-2][0], maps[-1][0]  # language layers: sliding window 4, then full attention
     image = slice(2, 18)
     assert (full[:, image, image] > 0).all()  # every image token sees every other, later ones too
@@ -84,15 +72,8 @@ def test_the_token_map_is_the_projectors_pooling_one_patch_changing_only_its_ima
 def test_raw_attention_image_is_the_lm_row_times_the_pooling_times_the_last_vision_map():
     model = gemma3_vl()
     batch = family_prompts("gemma3_vl", batch=1)
-    explanation = RawAttention(model).explain(batch, continuation=[[5]])
-    output, vision = _eager(model, batch, [5])
-    vision = vision[0].mean(0)
-    language = output.attentions[-1][0].mean(0)[batch["input_ids"].shape[1] - 1]  # the row predicting the token
-    pooled = language[2:18].double() @ adapter_for(model).token_map(GRID)
-    torch.testing.assert_close(explanation.image[0, 0].flatten(), (pooled.float() @ vision))
-    text = language[:-1].clone()
-    text[2:18], text[-1] = 0, 0  # the text readout leaves the image tokens and the row token's own entry out
-    torch.testing.assert_close(explanation.text[0, 0], text)
+    last = model.model.vision_tower.encoder.layers[-1].self_attn
+    assert_raw_attention_is_the_models_own(model, batch, _with_token(batch), last, slice(None))
 
 
 def test_the_image_reaches_the_logits_only_once_its_zero_initialised_projection_is_drawn():

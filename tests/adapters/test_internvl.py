@@ -5,11 +5,9 @@ method on it (tests/helpers.py)."""
 
 import pytest
 import torch
-from helpers import assert_same_state, family_prompts, idefics3, internvl, generation_relevance, model_state
+from helpers import assert_raw_attention_is_the_models_own, family_prompts, idefics3, internvl, generation_relevance, schedule_leaving_the_model_as_it_was
 
-from captum_mm.attr import GenericAttention, RawAttention
-from captum_mm.attr.engine import forward_pass
-from captum_mm.generation import generation_forward
+from captum_mm.attr import GenericAttention
 from captum_mm.models import adapter_for
 
 GRID = (8, 8)  # 4 x 4 patches of a 32 x 32 image, shuffled 2 x 2 into 4 x 4 image tokens
@@ -18,13 +16,7 @@ GRID = (8, 8)  # 4 x 4 patches of a 32 x 32 image, shuffled 2 x 2 into 4 x 4 ima
 def test_schedule_reads_the_vision_tower_then_the_lm_and_leaves_the_model_as_it_was():
     model = internvl()
     batch = family_prompts("internvl", batch=2)
-    with torch.no_grad():  # HF's InternViT installs its output-capturing hooks on its first forward
-        model(**batch)
-    before = model_state(model)
-    forward, arguments, target = generation_forward(model, batch, [[5], [6]], False, None)
-    with forward_pass(model, forward, arguments, target=target, needs=RawAttention.needs) as run:
-        schedule, record = run.schedule, run.record
-    assert_same_state(before, model_state(model))
+    schedule, record = schedule_leaving_the_model_as_it_was(model, batch, [[5], [6]])
     assert [call.name for call in record.calls] == [
         "model.vision_tower.encoder.layer.0.attention", "model.vision_tower.encoder.layer.1.attention",
         "model.language_model.layers.0.self_attn", "model.language_model.layers.1.self_attn"]
@@ -48,36 +40,12 @@ def test_one_patch_changes_only_the_token_its_pixel_shuffle_makes_the_same_block
     torch.testing.assert_close(token_map, adapter_for(idefics3(vision_layers=0, layers=1)).token_map(GRID))
 
 
-def _eager(model, batch, continuation):
-    """The model's eager LM maps on the prompt followed by ``continuation``, and the vision tower's last map."""
-    ids = torch.cat([batch["input_ids"], torch.tensor([continuation])], dim=1)
-    configs = (model.config, model.config.text_config, model.config.vision_config)
-    kept = {}
-    handle = model.model.vision_tower.encoder.layer[-1].attention.register_forward_hook(
-        lambda m, a, o: kept.__setitem__("vision", o[1]))
-    for config in configs:
-        config._attn_implementation = "eager"
-    try:
-        with torch.no_grad():
-            output = model(input_ids=ids, pixel_values=batch["pixel_values"], output_attentions=True)
-    finally:
-        handle.remove()
-        for config in configs:
-            config._attn_implementation = "sdpa"
-    return output, kept["vision"]
-
-
 def test_raw_attention_image_is_the_lm_row_times_the_pixel_shuffle_times_the_last_vision_map():
     model = internvl()
     batch = family_prompts("internvl", batch=1)
-    explanation = RawAttention(model).explain(batch, continuation=[[5]])
-    output, vision = _eager(model, batch, [5])
-    language = output.attentions[-1][0].mean(0)[batch["input_ids"].shape[1] - 1]  # the row predicting the token
-    pooled = language[2:18].double() @ adapter_for(model).token_map(GRID)
-    torch.testing.assert_close(explanation.image[0, 0].flatten(), pooled.float() @ vision[0].mean(0)[1:, 1:])
-    text = language[:-1].clone()
-    text[2:18], text[-1] = 0, 0  # the text readout leaves the image tokens and the row token's own entry out
-    torch.testing.assert_close(explanation.text[0, 0], text)
+    arguments = {"input_ids": torch.cat([batch["input_ids"], torch.tensor([[5]])], dim=1), "pixel_values": batch["pixel_values"]}
+    last = model.model.vision_tower.encoder.layer[-1].attention
+    assert_raw_attention_is_the_models_own(model, batch, arguments, last, slice(1, None))  # the class token left out
 
 
 def test_the_class_token_and_position_embeddings_hf_leaves_at_zero_change_the_logits_once_drawn():
