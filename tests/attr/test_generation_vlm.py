@@ -266,7 +266,7 @@ def test_qwen2_vl_lrp_conserves_relevance_through_the_vision_blocks():
         torch.testing.assert_close(per_image[f"block {k}"], per_image["merger"], atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["llava", "idefics3"])
+@pytest.mark.parametrize("family", ["llava", "idefics3", "internvl"])
 def test_attribute_explains_the_next_token_over_the_prompt_and_the_image(family):
     # Captum's contract: one attribution per input, shaped like it; the image's patch-grid relevance spread over
     # each patch's pixels, the prompt's over its tokens (as explain gives them for the next token)
