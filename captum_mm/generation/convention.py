@@ -51,6 +51,8 @@ class GenerationConvention:
                     continuation when the prompt gives them.
         model_positions (bool): The model computes its own positions (Qwen2-VL's multimodal ones): the forward
                     passes no ``position_ids``; else the positions ``generate`` uses under left padding.
+        repeated_arguments (tuple[str, ...]): Per-token arguments ``generate`` extends by repeating the prompt's last
+                    entry (Mllama's ``cross_attention_mask``); extended so over the continuation when the prompt gives them.
     """
 
     encoder_decoder: bool = False
@@ -59,16 +61,18 @@ class GenerationConvention:
     max_positions: Optional[int] = None
     generated_token_types: Tuple[Tuple[str, int], ...] = ()
     model_positions: bool = False
+    repeated_arguments: Tuple[str, ...] = ()
 
     @classmethod
     def of(cls, model: nn.Module, generated_token_types: Mapping[str, int] = MappingProxyType({}),
-           model_positions: bool = False) -> "GenerationConvention":
+           model_positions: bool = False, repeated_arguments: Tuple[str, ...] = ()) -> "GenerationConvention":
         """As HF's conventions read the model's config and generation config.
 
         Args:
             model (nn.Module): The generative model (a VLM's language model for its start and end tokens).
             generated_token_types (mapping of str to int, optional): :attr:`generated_token_types`. Default: none
             model_positions (bool, optional): :attr:`model_positions`. Default: False
+            repeated_arguments (tuple[str, ...], optional): :attr:`repeated_arguments`. Default: none
 
         Returns:
             *GenerationConvention*: The convention.
@@ -82,4 +86,5 @@ class GenerationConvention:
         ends: Any = getattr(generation, "eos_token_id", None)
         limit = getattr(config, "max_position_embeddings", None)
         return cls(encoder_decoder, start, () if ends is None else (ends,) if isinstance(ends, int) else tuple(ends),
-                   limit if isinstance(limit, int) else None, tuple(generated_token_types.items()), model_positions)
+                   limit if isinstance(limit, int) else None, tuple(generated_token_types.items()), model_positions,
+                   repeated_arguments)

@@ -112,7 +112,7 @@ def continued_through(values: Tensor, stage: Stage, matrices: Matrices) -> Tenso
         return matrices.continued(values, stage)
     if stage.token_map is not None:
         values = values @ stage.token_map.to(values.dtype)
-    return torch.bmm(values[:, None], matrices[stage.pair][:, stage.rows, stage.columns])[:, 0]
+    return torch.bmm(values[:, None], matrices[stage.pair][:, stage.rows][:, :, stage.columns])[:, 0]
 
 
 def _like(schedule: Schedule, maps: Maps) -> Tensor:

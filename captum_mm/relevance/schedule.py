@@ -13,7 +13,7 @@ query for DETR). All relevance tensors are batched over elements.
 
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -49,15 +49,15 @@ class Stage:
 
     Attributes:
         pair (tuple[str, str]): The earlier stage's relevance block, e.g. ``("vision", "vision")``.
-        rows (slice): Its tokens the read columns come from, in order.
-        columns (slice): Its tokens the output is over.
+        rows (slice or Tensor): Its tokens the read columns come from, in order (a slice or ``[n_rows]`` indices).
+        columns (slice or Tensor): Its tokens the output is over (a slice or indices).
         token_map (Tensor, optional): ``P``, ``[n_read, n_rows]`` weights of each earlier token in
                     each read column (a pooling such as pixel shuffle). Default: identity
     """
 
     pair: Tuple[str, str]
-    rows: slice = field(default_factory=lambda: slice(None))
-    columns: slice = field(default_factory=lambda: slice(None))
+    rows: Union[slice, Tensor] = field(default_factory=lambda: slice(None))
+    columns: Union[slice, Tensor] = field(default_factory=lambda: slice(None))
     token_map: Optional[Tensor] = None
 
 

@@ -1,0 +1,154 @@
+"""Llama-3.2-Vision (Mllama): schedule and roles, raw attention by hand, gated cross-attention, the tiled image
+readout, generation (the cross-attention mask extended as generate does), batching, lean capture, the model left as it
+was, and every method."""
+
+import pytest
+import torch
+from helpers import (
+    MLLAMA_GRID,
+    MLLAMA_IMAGE_TOKEN,
+    assert_each_sample_as_alone,
+    assert_same_state,
+    mllama,
+    mllama_prompts,
+    model_state,
+)
+from methods_under_test import LRP_BASED, METHODS, padded_cases
+
+from captum_mm.attr import GenericAttention, RawAttention
+from captum_mm.attr.engine import forward_pass
+from captum_mm.capture.record import use_eager_attention
+from captum_mm.generation import generation_forward
+
+CONTINUATION = [[5, 6], [7], [8, 9]]
+GREEDY = {"do_sample": False, "max_new_tokens": 3}
+
+
+def test_the_image_changes_the_logits_through_the_randomised_gates():
+    model, batch = mllama(), mllama_prompts()
+    other = dict(batch, pixel_values=torch.randn_like(batch["pixel_values"]))
+    with torch.no_grad():
+        assert (model(**batch).logits - model(**other).logits).abs().max() > 1e-2
+        closed = mllama(gates=False)  # HF's zero gates: the image is not read at all
+        assert torch.equal(closed(**batch).logits, closed(**other).logits)
+
+
+def test_schedule_runs_vision_local_then_global_layers_then_self_and_cross_attention():
+    model = mllama(layers=3, vision_layers=2, global_layers=1)
+    forward, arguments, target = generation_forward(model, mllama_prompts(), CONTINUATION, False, None)
+    with forward_pass(model, forward, arguments, target=target, needs=RawAttention.needs) as run:
+        schedule, record = run.schedule, run.record
+    names = [record.calls[event.call].name for event in schedule.events]
+    assert names == ["model.vision_model.transformer.layers.0.self_attn", "model.vision_model.transformer.layers.1.self_attn",
+                     "model.vision_model.global_transformer.layers.0.self_attn", "model.language_model.layers.0.self_attn",
+                     "model.language_model.layers.1.cross_attn", "model.language_model.layers.2.self_attn"]
+    roles = [(event.query, event.key) for event in schedule.events]
+    assert roles == [("vision", "vision")] * 3 + [("sequence", "sequence"), ("sequence", "features"), ("sequence", "sequence")]
+    assert schedule.sizes == {"sequence": 8, "features": 2 * 5, "vision": 2 * 8}  # 1 + 4 patches a tile, padded to 8
+    image = schedule.outputs["image"]
+    assert image.pair == ("sequence", "features") and image.grid == MLLAMA_GRID
+    assert image.through.rows.tolist() == [0, 1, 2, 3, 4, 8, 9, 10, 11, 12]
+    assert image.through.columns.tolist() == [1, 2, 3, 4, 9, 10, 11, 12]  # no class token, no padding
+
+
+def eager_maps(model, ids, batch):
+    """The model's own eager maps (head means) of sample 0: the LM's layers, and the vision encoder's last layer."""
+    inputs = dict(batch, input_ids=ids, attention_mask=torch.ones_like(ids),
+                  cross_attention_mask=torch.cat([batch["cross_attention_mask"], batch["cross_attention_mask"][:, -1:]], 1))
+    kept = {}
+    layer = model.model.vision_model.global_transformer.layers[-1].self_attn
+    handle = layer.register_forward_hook(lambda m, a, o: kept.__setitem__("vision", o[1]))
+    restore = use_eager_attention(model)
+    try:
+        with torch.no_grad():
+            output = model(**inputs, output_attentions=True)
+    finally:
+        restore.remove()
+        handle.remove()
+    return output.attentions, kept["vision"][0].mean(0)
+
+
+def test_raw_attention_is_the_last_cross_attention_row_times_the_last_vision_map():
+    model, batch = mllama(), mllama_prompts(batch=1)
+    explanation = RawAttention(model).explain(batch, continuation=[[5]])
+    ids = torch.cat([batch["input_ids"], torch.tensor([[5]])], dim=1)
+    attentions, vision = eager_maps(model, ids, batch)
+    row = ids.shape[1] - 2  # the row predicting the token
+    cross = attentions[1][0].mean(0)[row]  # layer 1 is the cross-attention layer: [features]
+    features = torch.tensor([0, 1, 2, 3, 4, 8, 9, 10, 11, 12])
+    patches = torch.tensor([1, 2, 3, 4, 9, 10, 11, 12])
+    expected = cross @ vision[features][:, patches]
+    torch.testing.assert_close(explanation.image[0, 0].flatten(), expected)
+    text = attentions[-1][0].mean(0)[row, : batch["input_ids"].shape[1]].clone()
+    text[row] = 0.0  # the row token's own entry
+    torch.testing.assert_close(explanation.text[0, 0], text)
+
+
+WITHOUT_LRP = sorted(set(METHODS) - LRP_BASED)
+
+
+@pytest.mark.parametrize("family, method, dtype", padded_cases(["mllama"], WITHOUT_LRP, "mllama"))
+def test_batched_with_left_padding_equals_each_sample_alone(family, method, dtype):
+    model = mllama().to(dtype)
+    batch = {k: v.to(dtype) if v.is_floating_point() else v for k, v in mllama_prompts().items()}
+    explanation = assert_each_sample_as_alone(lambda: METHODS[method](model), batch, CONTINUATION)
+    assert explanation.image.shape == (3, 2, *MLLAMA_GRID) and explanation.text.shape == (3, 2, 6)
+    if method in ("generic", "raw", "rollout"):
+        assert explanation.image.abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", sorted(LRP_BASED))
+def test_lrp_based_methods_refuse_the_gated_layers_they_have_no_rule_for(method):
+    model, batch = mllama().double(), mllama_prompts()
+    batch["pixel_values"] = batch["pixel_values"].double()
+    with pytest.raises(TypeError, match=r"cannot explain this MllamaForConditionalGeneration.*MllamaVisionEncoderLayer.*"
+                       r"MllamaCrossAttentionDecoderLayer"):
+        METHODS[method](model).explain(batch, continuation=CONTINUATION)
+
+
+def test_generate_extends_the_cross_attention_mask_as_hf_and_equals_the_tokens_given():
+    model, batch = mllama(), mllama_prompts()
+    generated = GenericAttention(model).explain(batch, generate=True, generation_args=GREEDY)
+    with torch.no_grad():
+        tokens = model.generate(**batch, **GREEDY)[:, batch["input_ids"].shape[1]:]
+    given = GenericAttention(model).explain(batch, continuation=tokens)
+    explained = generated.target >= 0
+    assert torch.equal(generated.target[explained], tokens[explained])
+    torch.testing.assert_close(generated.image[explained], given.image[explained])
+    torch.testing.assert_close(generated.scores[explained], given.scores[explained])
+
+
+def lean_calls(model, prompt, method):
+    forward, arguments, target = generation_forward(model, prompt, CONTINUATION, False, None)
+    with forward_pass(model, forward, arguments, target=target, needs=method.needs) as run:
+        return [call.lean is not None for call in run.record.calls]
+
+
+def test_lean_capture_equals_the_eager_path():
+    model, batch = mllama(), mllama_prompts()
+    assert all(lean_calls(model, batch, GenericAttention(model)))  # every attention module served lean
+    explainer = GenericAttention(model)
+    lean = explainer.explain(batch, continuation=CONTINUATION)
+    explainer.lean = False
+    eager = explainer.explain(batch, continuation=CONTINUATION)
+    for name in ("text", "generated", "image"):
+        torch.testing.assert_close(getattr(lean, name), getattr(eager, name))
+
+
+def test_model_left_as_it_was_and_clear_errors():
+    model, batch = mllama(), mllama_prompts()
+    with torch.no_grad():
+        model(**batch)
+    before = model_state(model)
+    explainer = GenericAttention(model)
+    explainer.explain(batch, continuation=CONTINUATION)
+    assert_same_state(before, model_state(model))
+    two_images = dict(batch, pixel_values=batch["pixel_values"].repeat(1, 2, 1, 1, 1, 1))
+    with pytest.raises(ValueError, match="One image per prompt"):
+        explainer.explain(two_images, continuation=CONTINUATION)
+    with pytest.raises(ValueError, match="aspect_ratio_ids"):
+        explainer.explain({k: v for k, v in batch.items() if k != "aspect_ratio_ids"}, continuation=CONTINUATION)
+    with pytest.raises(ValueError, match=r"cross_attention_mask .* must match"):
+        explainer.explain(dict(batch, cross_attention_mask=batch["cross_attention_mask"][..., :1]), continuation=CONTINUATION)
+    assert MLLAMA_IMAGE_TOKEN not in CONTINUATION[0]
+    assert_same_state(before, model_state(model))
