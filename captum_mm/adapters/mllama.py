@@ -19,14 +19,12 @@ import torch
 from torch import Tensor
 from transformers import MllamaForConditionalGeneration
 from transformers.models.mllama.modeling_mllama import (
-    MllamaCrossAttentionDecoderLayer,
     MllamaSelfAttentionDecoderLayer,
     MllamaTextCrossAttention,
     MllamaTextMLP,
     MllamaTextRMSNorm,
     MllamaTextSelfAttention,
     MllamaVisionAttention,
-    MllamaVisionEncoderLayer,
 )
 
 from captum_mm.adapters.decoder import GENERATED, SEQUENCE, TEXT, DecoderOnlyAdapter
@@ -98,9 +96,9 @@ class MllamaAdapter(LlamaAdapter):
                 "Llama-3.2-Vision is explained on input_ids (its cross-attention mask is per token).")
         require(arguments.get("cross_attention_states") is None, "cross_attention_states are not explained: pass "
                 "pixel_values, aspect_ratio_ids and aspect_ratio_mask, so that the vision encoder runs.")
-        pixels, tiles = arguments["pixel_values"], self.model.config.vision_config.max_num_tiles
+        vision = cast(Any, self.model.config.vision_config)
+        pixels, tiles, size = arguments["pixel_values"], vision.max_num_tiles, vision.image_size
         require(pixels.shape[1] == 1, f"One image per prompt is explained: pixel_values hold {pixels.shape[1]}.")
-        size = self.model.config.vision_config.image_size
         require(tuple(pixels.shape[-2:]) == (size, size), f"Each tile is {size}x{size} (vision_config.image_size); "
                 f"pixel_values' tiles are {pixels.shape[-2]}x{pixels.shape[-1]}.")
         require(pixels.shape[2] <= tiles, f"At most {tiles} tiles an image (vision_config.max_num_tiles): got {pixels.shape[2]}.")
@@ -125,7 +123,8 @@ class MllamaAdapter(LlamaAdapter):
         mask, readouts = self.sequence_readouts(record, selection)
         pixels = record.arguments["pixel_values"]
         tiles, tokens, padded = self.tile_layout(pixels)
-        side = self.model.config.vision_config.image_size // self.model.config.vision_config.patch_size
+        vision = cast(Any, self.model.config.vision_config)
+        side = vision.image_size // vision.patch_size
         starts = torch.arange(tiles, device=pixels.device)[:, None] * padded
         features = (starts + torch.arange(tokens, device=pixels.device)).flatten()
         patches = (starts + torch.arange(1, tokens, device=pixels.device)).flatten()
