@@ -50,6 +50,8 @@ class AttentionParts:
                     ``(cos, sin)`` the module receives as ``position_embeddings``. Default: False
         fused (bool): ``query``, ``key`` and ``value`` are one projection whose output is Q, K and V
                     concatenated on the last dimension, in this order (GPT-2's ``c_attn``). Default: False
+        query_norm, key_norm (nn.Module, optional): Per-head norms between the Q or K projection and the
+                    attention's operand (QK-norm, ``[B, heads, N, d]`` out); relevance passes them unchanged.
     """
 
     query: LinearModule
@@ -60,10 +62,19 @@ class AttentionParts:
     key_value_heads: Optional[int] = None
     rotary: bool = False
     fused: bool = False
+    query_norm: Optional[nn.Module] = None
+    key_norm: Optional[nn.Module] = None
 
     def __post_init__(self) -> None:
         if self.fused and len({id(self.query), id(self.key), id(self.value)}) > 1:
             raise ValueError("A fused projection is one module: pass it as query, key and value.")
+        if self.fused and (self.query_norm is not None or self.key_norm is not None):
+            raise ValueError("Per-head norms after a fused projection are not supported.")
+
+    @property
+    def norms(self) -> Tuple[nn.Module, ...]:
+        """The per-head query and key norms declared."""
+        return tuple(norm for norm in (self.query_norm, self.key_norm) if norm is not None)
 
     @property
     def qkv_modules(self) -> Tuple[LinearModule, ...]:

@@ -13,41 +13,69 @@ stacked top to bottom (class tokens and padding left out).
 """
 
 from types import MappingProxyType
-from typing import Any, Dict, List, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 import torch
 from torch import Tensor
 from transformers import MllamaForConditionalGeneration
 from transformers.models.mllama.modeling_mllama import (
+    MllamaCrossAttentionDecoderLayer,
     MllamaSelfAttentionDecoderLayer,
     MllamaTextCrossAttention,
     MllamaTextMLP,
     MllamaTextRMSNorm,
     MllamaTextSelfAttention,
     MllamaVisionAttention,
+    MllamaVisionEncoderLayer,
 )
 
 from captum_mm.adapters.decoder import GENERATED, SEQUENCE, TEXT, DecoderOnlyAdapter
 from captum_mm.adapters.llama import LlamaAdapter, rotary_parts
 from captum_mm.capture.record import AttentionRecord
 from captum_mm.generation.convention import GenerationConvention
+from captum_mm.lrp.composite import LRPStructure, ResidualRuleSite, TanhGate
 from captum_mm.models.arguments import Argument, require
 from captum_mm.models.registry import register_adapter
 from captum_mm.models.specs import attention_specs_in, projected_parts
-from captum_mm.models.structure import forward_order_schedule
+from captum_mm.models.structure import first_argument, forward_order_schedule
 from captum_mm.models.targets import TargetSelection
 from captum_mm.relevance.schedule import Readout, Schedule, Stage
-from captum_mm.spec import AttentionParts, AttentionSpec, module_names, self_attention
+from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource, module_names, self_attention
 
 VISION, FEATURES, IMAGE = "vision", "features", "image"
 TILED_PIXELS = "[batch, images, tiles, channels, height, width]"
 
 
 def cross_parts(module: Any) -> AttentionParts:
-    """The cross-attention's projections (queries from the text, keys and values from the features; no rotation)."""
+    """The cross-attention's projections (queries from the text, keys and values from the features; no rotation),
+    queries and keys normalised per head."""
     config = module.config
     return AttentionParts(module.q_proj, module.k_proj, module.v_proj, config.num_attention_heads, module.o_proj,
-                          key_value_heads=config.num_key_value_heads)
+                          key_value_heads=config.num_key_value_heads, query_norm=module.q_norm, key_norm=module.k_norm)
+
+
+def gated_pre_norm(layers: List[Any], attention: str, gates: Callable[[Any], Tuple[Optional[TanhGate], Optional[TanhGate]]],
+                   ) -> List[ResidualRuleSite]:
+    """The two residual additions of pre-norm layers (``post_attention_layernorm`` reads the first, the layer returns
+    the second), each branch scaled by its gate (``gates(layer)``: attention's, MLP's; None where ungated)."""
+    sites = []
+    for layer in layers:
+        norm, (attention_gate, mlp_gate) = layer.post_attention_layernorm, gates(layer)
+        middle = TensorSource(norm, first_argument(norm))
+        sites += [ResidualRuleSite(middle, TensorSource(getattr(layer, attention), index=0), TensorSource(layer, "hidden_states"),
+                                   attention_gate),
+                  ResidualRuleSite(TensorSource(layer), TensorSource(layer.mlp), middle, mlp_gate)]
+    return sites
+
+
+def vision_gates(layer: Any) -> Tuple[Optional[TanhGate], Optional[TanhGate]]:
+    return (TanhGate(layer.gate_attn), TanhGate(layer.gate_ffn)) if layer.is_gated else (None, None)
+
+
+def cross_gates(layer: Any) -> Tuple[Optional[TanhGate], Optional[TanhGate]]:
+    """The MLP's branch is also zero on rows reading no image (HF's ``full_text_row_masked_out_mask``)."""
+    return (TanhGate(layer.cross_attn_attn_gate),
+            TanhGate(layer.cross_attn_mlp_gate, TensorSource(layer, "full_text_row_masked_out_mask")))
 
 
 @register_adapter
@@ -105,6 +133,18 @@ class MllamaAdapter(LlamaAdapter):
         mask = arguments.get("cross_attention_mask")
         require(mask is None or tuple(mask.shape[2:]) == tuple(pixels.shape[1:3]), "cross_attention_mask "
                 f"[batch, tokens, images, tiles] must match pixel_values' images and tiles {tuple(pixels.shape[1:3])}.")
+
+    def lrp_structure(self) -> LRPStructure:
+        """The LM's self-attention layers as LLaMA's; its cross-attention layers and the vision encoder's layers
+        pre-norm with tanh-gated branches (:class:`~captum_mm.lrp.composite.TanhGate`); per-head query/key norms and
+        the vision encoder's LayerNorms passed through."""
+        language = super().lrp_structure()
+        modules = list(self.model.modules())
+        cross = [m for m in modules if isinstance(m, MllamaCrossAttentionDecoderLayer)]
+        vision = [m for m in modules if isinstance(m, MllamaVisionEncoderLayer)]
+        sites = gated_pre_norm(cross, "cross_attn", cross_gates) + gated_pre_norm(vision, "self_attn", vision_gates)
+        return language + LRPStructure(sites, covered_types=(MllamaCrossAttentionDecoderLayer, MllamaVisionEncoderLayer,
+                                                             MllamaTextRMSNorm))
 
     def tile_layout(self, pixels: Tensor) -> Tuple[int, int, int]:
         """The tiles of an image, the tokens of a tile (class token and patches) and the vision encoder's tokens

@@ -10,7 +10,7 @@ heads (transposed: the sum over each group). A fused projection (GPT-2's ``c_att
 Q, K and V; its modified gradient is theirs concatenated in the same order.
 """
 
-from typing import Any, Dict, Optional, Tuple, cast
+from typing import Any, Callable, Dict, Optional, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -102,20 +102,33 @@ def position_keeper(positions: Dict[int, Tuple[Tensor, Tensor]]) -> KwargsPreHoo
     return hook
 
 
+def operands(state: LRPState, parts: AttentionParts, norm_output: Callable[[nn.Module], Tensor]) -> Tuple[Tensor, ...]:
+    """The Q, K and V projections' latest outputs ``[B, N, heads * d]``, where a per-head norm follows a projection
+    its output instead, merged to that layout (the modified gradient then passes the norm's own rule)."""
+    projected = [state.output_of(linear) for linear in parts.qkv_modules]
+    for index, norm in ((0, parts.query_norm), (1, parts.key_norm)):
+        if norm is not None:
+            heads = norm_output(norm)
+            projected[index] = heads.transpose(-2, -3).reshape(heads.shape[0], heads.shape[-2], -1)
+    return tuple(projected)
+
+
 def attention_hook(
     state: LRPState,
     rules: Tuple[HalvedAttention, LinearRule],
     record: AttentionRecord,
     spec: AttentionSpec,
     positions: Dict[int, Tuple[Tensor, Tensor]],
+    norm_output: Callable[[nn.Module], Tensor],
 ) -> ForwardHook:
     """The attention rule (and the output projection's linear rule) at ``spec.module``'s first output;
-    the probe goes to the call just recorded (its probabilities were recorded before the module returned)."""
+    the probe goes to the call just recorded (its probabilities were recorded before the module returned);
+    ``norm_output`` gives a per-head norm's latest (switched) output."""
     parts = cast(AttentionParts, spec.parts)
     attention_rule, projection_rule = rules
 
     def hook(module: nn.Module, args: Tuple[Any, ...], output: Any) -> Any:
-        projected = tuple(state.output_of(linear) for linear in parts.qkv_modules)
+        projected = operands(state, parts, norm_output)
         call = record.latest(spec)
         attention = cast(Tensor, call.probs)  # LRP captures eager
         call.probe = torch.zeros((), dtype=accumulation_dtype(attention.dtype), device=attention.device,
@@ -130,7 +143,8 @@ def attention_hook(
             # a 2-D ``[tokens, features]`` layout holds the whole batch's tokens in one sequence (Qwen2-VL's vision
             # tower, one image after another): seen here as ``[images, tokens, features]``, as its maps are
             batched = (lambda t: t.reshape(attention.shape[0], -1, t.shape[-1])) if g.dim() == 2 else (lambda t: t)
-            outputs = tuple(batched(exact(t)) for t in projected)
+            # keys and values may come in another layout of the same tokens (Mllama's features: [images * tiles, ...])
+            outputs = tuple(exact(t).reshape(attention.shape[0], -1, t.shape[-1]) for t in projected)
             operands = split_fused(parts, outputs[0]) if parts.fused else cast(Tuple[Tensor, Tensor, Tensor], outputs)
             g_query, g_key, g_value, relevance = attention_operands_gradients(
                 attention_rule, parts, operands, exact(attention), split_heads(batched(g), parts.heads),

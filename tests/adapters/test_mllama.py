@@ -9,11 +9,12 @@ from helpers import (
     MLLAMA_IMAGE_TOKEN,
     assert_each_sample_as_alone,
     assert_same_state,
+    generation_relevance,
     mllama,
     mllama_prompts,
     model_state,
 )
-from methods_under_test import LRP_BASED, METHODS, padded_cases
+from methods_under_test import METHODS, padded_cases
 
 from captum_mm.attr import GenericAttention, RawAttention
 from captum_mm.attr.engine import forward_pass
@@ -84,10 +85,7 @@ def test_raw_attention_is_the_last_cross_attention_row_times_the_last_vision_map
     torch.testing.assert_close(explanation.text[0, 0], text)
 
 
-WITHOUT_LRP = sorted(set(METHODS) - LRP_BASED)
-
-
-@pytest.mark.parametrize("family, method, dtype", padded_cases(["mllama"], WITHOUT_LRP, "mllama"))
+@pytest.mark.parametrize("family, method, dtype", padded_cases(["mllama"], sorted(METHODS), "mllama"))
 def test_batched_with_left_padding_equals_each_sample_alone(family, method, dtype):
     model = mllama().to(dtype)
     batch = {k: v.to(dtype) if v.is_floating_point() else v for k, v in mllama_prompts().items()}
@@ -97,13 +95,35 @@ def test_batched_with_left_padding_equals_each_sample_alone(family, method, dtyp
         assert explanation.image.abs().sum() > 0
 
 
-@pytest.mark.parametrize("method", sorted(LRP_BASED))
-def test_lrp_based_methods_refuse_the_gated_layers_they_have_no_rule_for(method):
-    model, batch = mllama().double(), mllama_prompts()
+TOLERANCE = 1e-6  # float64; the rules ignore biases (tests/lrp/test_lrp_on_models.py)
+
+
+def test_lrp_conserves_relevance_at_every_layer_through_the_gates():
+    """The generated token's 1 reaches the LM's layers whole, split at the cross-attention layer between its input and
+    the features (keys and values); the features' share reaches the projector's input, which reads the last global
+    layer and the first local layer's output (an intermediate feature); every vision layer passes on what reaches its
+    output, but the first local layer, whose padding rows are zeros (a LayerNorm passes nothing to a zero input), and
+    the tile position embedding between local and global layers (a constant added, absorbing relevance as a bias)."""
+    model = mllama().double()
+    batch = mllama_prompts(batch=2)
     batch["pixel_values"] = batch["pixel_values"].double()
-    with pytest.raises(TypeError, match=r"cannot explain this MllamaForConditionalGeneration.*MllamaVisionEncoderLayer.*"
-                       r"MllamaCrossAttentionDecoderLayer"):
-        METHODS[method](model).explain(batch, continuation=CONTINUATION)
+    language, vision = model.model.language_model, model.model.vision_model
+    cuts = {f"lm{k}": (layer, "input") for k, layer in enumerate(language.layers)}
+    cuts.update({"norm": (language.norm, "input"), "features": (model.model.multi_modal_projector, "output"),
+                 "projector": (model.model.multi_modal_projector, "input"), "global out": (vision.global_transformer.layers[-1], "output"),
+                 "global in": (vision.global_transformer.layers[0].input_layernorm, "input"),
+                 "local out": (vision.layernorm_post, "input")})
+    cuts.update({f"local{k}": (layer.input_layernorm, "input") for k, layer in enumerate(vision.transformer.layers)})
+    relevance = generation_relevance(model, batch, [[5, 6], [7, 8]], cuts)
+    close = lambda a, b: torch.allclose(a, b, atol=TOLERANCE)  # noqa: E731
+    one = torch.ones(2, dtype=torch.float64)
+    assert close(relevance["norm"], one) and close(relevance["lm2"], one)
+    assert close(relevance["lm1"] + relevance["features"], one) and close(relevance["lm0"], relevance["lm1"])
+    assert (relevance["features"] > 1e-2).all()  # the image is read
+    assert close(relevance["projector"], relevance["features"]) and close(relevance["global in"], relevance["global out"])
+    intermediate = relevance["projector"] - relevance["global out"]
+    assert close(relevance["local1"], relevance["local out"] + intermediate)
+    assert (relevance["local0"] <= relevance["local1"] + TOLERANCE).all() and (relevance["local0"] > 0.5 * relevance["local1"]).all()
 
 
 def test_generate_extends_the_cross_attention_mask_as_hf_and_equals_the_tokens_given():
