@@ -126,16 +126,19 @@ def test_lrp_conserves_relevance_at_every_layer_through_the_gates():
     assert (relevance["local0"] <= relevance["local1"] + TOLERANCE).all() and (relevance["local0"] > 0.5 * relevance["local1"]).all()
 
 
-def test_generate_extends_the_cross_attention_mask_as_hf_and_equals_the_tokens_given():
+def test_generated_tokens_get_the_probabilities_hf_generate_gave_them():
+    """The forward over prompt + continuation extends cross_attention_mask as generate does (its last row repeated):
+    each explained token's probability is the one generate's own scores give it."""
     model, batch = mllama(), mllama_prompts()
-    generated = GenericAttention(model).explain(batch, generate=True, generation_args=GREEDY)
+    explanation = GenericAttention(model).explain(batch, generate=True, generation_args=GREEDY)
     with torch.no_grad():
-        tokens = model.generate(**batch, **GREEDY)[:, batch["input_ids"].shape[1]:]
-    given = GenericAttention(model).explain(batch, continuation=tokens)
-    explained = generated.target >= 0
-    assert torch.equal(generated.target[explained], tokens[explained])
-    torch.testing.assert_close(generated.image[explained], given.image[explained])
-    torch.testing.assert_close(generated.scores[explained], given.scores[explained])
+        output = model.generate(**batch, **GREEDY, output_scores=True, return_dict_in_generate=True)
+    tokens = output.sequences[:, batch["input_ids"].shape[1]:]
+    probabilities = torch.stack(output.scores, 1).softmax(-1).gather(-1, tokens[..., None])[..., 0]
+    explained = explanation.target >= 0
+    assert torch.equal(explanation.target[explained], tokens[explained]) and explained[:, 0].all()
+    torch.testing.assert_close(explanation.scores[explained], probabilities[explained])
+    assert explanation.image[explained].abs().sum() > 0
 
 
 def lean_calls(model, prompt, method):
