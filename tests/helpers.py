@@ -396,8 +396,8 @@ VLMS: Dict[str, Callable[..., nn.Module]] = {
 
 
 #: Llama-3.2-Vision: id 40 is ``<|image|>`` (the text vocabulary is 40, its embedding has 8 ids more); 16 x 16 tiles
-#: in 8 x 8 patches, two tiles an image: the image output is ``[B, K, 2 * 2, 2]``.
-MLLAMA_IMAGE_TOKEN, MLLAMA_GRID = 40, (4, 2)
+#: in 8 x 8 patches, two tiles an image: the image output is ``[B, K, 2 tiles, 2, 2]``.
+MLLAMA_IMAGE_TOKEN, MLLAMA_GRID = 40, (2, 2, 2)
 
 
 def mllama(layers=3, vision_layers=2, global_layers=1, gates=True) -> nn.Module:

@@ -204,7 +204,7 @@ def test_image_segments_sum_the_patch_relevance_they_cover(tokenizer, family):
     result = AttentionLLMAttribution(GenericAttention(model), tokenizer).attribute(inp, target="blue circle")
     explanation = GenericAttention(model).explain(processor(image), continuation=torch.tensor(
         [tokenizer.encode("blue circle", add_special_tokens=False)]))
-    grid = explanation.image[0]  # [2 tokens, 4, 4]: each cell covers 16 x 16 pixels of the 64 x 64 image
+    grid = explanation.image[0].reshape(2, 4, 4)  # [2 tokens, 4, 4] (Mllama: its one tile): each cell covers 16 x 16 pixels
     torch.testing.assert_close(result.token_attr, torch.stack([grid[:, :, :2].sum((1, 2)), grid[:, :, 2:].sum((1, 2))], 1))
     assert result.input_tokens == ["image_feature_0", "image_feature_1"] and result.output_tokens == ["blue", "circle"]
     if family == "llava":  # Captum's own LLMAttribution runs decoder-only models (it feeds the target to input_ids)

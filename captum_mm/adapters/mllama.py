@@ -8,8 +8,8 @@ image's tiles (``tiles x (1 + patches + padding)`` tokens, local then global lay
 layer self-attention, Eq. 6-7 on ``R^{ss}``, ``R^{sf}``, or text->image cross-attention, Eq. 10 on ``R^{sf}``
 (``f``: the projected features, one per tile token without the padding). The tanh gates scale a branch, not a rule.
 Readouts: ``text`` and ``generated`` as for decoder-only LMs (the ``<|image|>`` token is text); ``image`` =
-``R^{sf}[row] . R^{vv}[features, patches]``, ``[B, K, tiles * h, w]``: each tile's ``h x w`` patch grid, the tiles
-stacked top to bottom (class tokens and padding left out).
+``R^{sf}[row] . R^{vv}[features, patches]``, ``[B, K, tiles, h, w]``: each tile's ``h x w`` patch grid (class
+tokens and padding left out).
 """
 
 from types import MappingProxyType
@@ -168,7 +168,7 @@ class MllamaAdapter(LlamaAdapter):
         starts = torch.arange(tiles, device=pixels.device)[:, None] * padded
         features = (starts + torch.arange(tokens, device=pixels.device)).flatten()
         patches = (starts + torch.arange(1, tokens, device=pixels.device)).flatten()
-        readouts[IMAGE] = Readout(SEQUENCE, readouts[TEXT].rows, FEATURES, grid=(tiles * side, side),
+        readouts[IMAGE] = Readout(SEQUENCE, readouts[TEXT].rows, FEATURES, grid=(tiles, side, side),
                                   through=Stage((VISION, VISION), features, patches))
         batch = pixels.shape[0]
         masks = {SEQUENCE: mask, FEATURES: mask.new_ones(batch, tiles * tokens), VISION: mask.new_ones(batch, tiles * padded)}

@@ -71,7 +71,8 @@ class Readout:
         rows (Tensor): ``[E]`` index of that token for every element.
         key (str): Modality of the columns.
         columns (slice): Columns of ``key`` that belong to the output. Default: all
-        grid (tuple[int, int], optional): Reshape the columns to this spatial grid.
+        grid (tuple[int, ...], optional): Reshape the columns to this spatial grid (``(h, w)``; tiled images
+                    ``(tiles, h, w)``).
         positions (Tensor, optional): ``[E, N_columns]`` flat grid cell of each column,
                     when the columns are not in grid order (ViLT samples its patches).
         column_index (Tensor, optional): ``[E, n]`` the columns by index, per element, when
@@ -85,7 +86,7 @@ class Readout:
     rows: Tensor
     key: str
     columns: slice = field(default_factory=lambda: slice(None))
-    grid: Optional[Tuple[int, int]] = None
+    grid: Optional[Tuple[int, ...]] = None
     positions: Optional[Tensor] = None
     column_index: Optional[Tensor] = None
     column_mask: Optional[Tensor] = None

@@ -141,6 +141,22 @@ def test_generated_tokens_get_the_probabilities_hf_generate_gave_them():
     assert explanation.image[explained].abs().sum() > 0
 
 
+def test_attribute_spreads_each_tiles_relevance_over_its_pixels():
+    model, batch = mllama(), mllama_prompts(batch=1)
+    rest = {name: batch[name] for name in ("aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask")}
+    forward = lambda ids, pixels: model(input_ids=ids, pixel_values=pixels, **rest).logits  # noqa: E731
+    text, pixels = GenericAttention(forward, model).attribute((batch["input_ids"], batch["pixel_values"]))
+    assert pixels.shape == batch["pixel_values"].shape
+    with torch.no_grad():
+        next_token = model(**batch).logits[:, -1].argmax(-1)
+    explained = GenericAttention(model).explain(batch, continuation=next_token[:, None])
+    torch.testing.assert_close(text, explained.text[:, 0])
+    assert explained.image.shape == (1, 1, *MLLAMA_GRID) and explained.image.abs().sum() > 0
+    for tile in range(2):  # every pixel of a patch holds its relevance, every channel alike
+        torch.testing.assert_close(pixels[0, 0, tile, :, ::8, ::8], explained.image[0, 0, tile].expand(3, 2, 2))
+        torch.testing.assert_close(pixels[0, 0, tile, :, 7::8, 7::8], explained.image[0, 0, tile].expand(3, 2, 2))
+
+
 def lean_calls(model, prompt, method):
     forward, arguments, target = generation_forward(model, prompt, CONTINUATION, False, None)
     with forward_pass(model, forward, arguments, target=target, needs=method.needs) as run:
