@@ -17,6 +17,7 @@ from helpers import (
 from methods_under_test import METHODS, padded_cases
 
 from captum_mm.attr import GenericAttention, RawAttention
+from captum_mm.attr.catalog import PAPER_METHODS, REFERENCE_DETR
 from captum_mm.attr.engine import forward_pass
 from captum_mm.capture.record import use_eager_attention
 from captum_mm.generation import generation_forward
@@ -155,6 +156,23 @@ def test_attribute_spreads_each_tiles_relevance_over_its_pixels():
     for tile in range(2):  # every pixel of a patch holds its relevance, every channel alike
         torch.testing.assert_close(pixels[0, 0, tile, :, ::8, ::8], explained.image[0, 0, tile].expand(3, 2, 2))
         torch.testing.assert_close(pixels[0, 0, tile, :, 7::8, 7::8], explained.image[0, 0, tile].expand(3, 2, 2))
+
+
+@pytest.mark.parametrize("method", sorted({**PAPER_METHODS, **REFERENCE_DETR}))
+def test_a_generated_tokens_relevance_ignores_later_tokens(method):
+    """Tokens 0 and 1 after ``[5, 6, 7]`` as after ``[5, 6, 9, 10]`` (float64; tests/attr/test_causality.py)."""
+    model, batch = mllama().double(), mllama_prompts(batch=1)
+    batch["pixel_values"] = batch["pixel_values"].double()
+    short, longer = ({**PAPER_METHODS, **REFERENCE_DETR}[method](model).explain(batch, continuation=[tokens])
+                     for tokens in ([5, 6, 7], [5, 6, 9, 10]))
+    for k in (0, 1):
+        for name, value in short.outputs().items():
+            earlier, later = value[0, k], longer.outputs()[name][0, k]
+            if name == "generated":
+                assert earlier[k:].abs().sum() == 0 and later[k:].abs().sum() == 0
+                earlier, later = earlier[:k], later[:k]
+            scale = float(earlier.abs().max()) if earlier.numel() and earlier.any() else 1.0
+            torch.testing.assert_close(later, earlier, rtol=0.0, atol=1e-10 * scale)
 
 
 def lean_calls(model, prompt, method):
