@@ -46,7 +46,7 @@ VISION, FEATURES, IMAGE = "vision", "features", "image"
 TILED_PIXELS = "[batch, images, tiles, channels, height, width]"
 
 
-def cross_parts(module: Any) -> AttentionParts:
+def _cross_parts(module: Any) -> AttentionParts:
     """The cross-attention's projections (queries from the text, keys and values from the features; no rotation),
     queries and keys normalised per head."""
     config = module.config
@@ -54,7 +54,7 @@ def cross_parts(module: Any) -> AttentionParts:
                           key_value_heads=config.num_key_value_heads, query_norm=module.q_norm, key_norm=module.k_norm)
 
 
-def gated_pre_norm(layers: List[Any], attention: str, gates: Callable[[Any], Tuple[Optional[TanhGate], Optional[TanhGate]]],
+def _gated_pre_norm(layers: List[Any], attention: str, gates: Callable[[Any], Tuple[Optional[TanhGate], Optional[TanhGate]]],
                    ) -> List[ResidualRuleSite]:
     """The two residual additions of pre-norm layers (``post_attention_layernorm`` reads the first, the layer returns
     the second), each branch scaled by its gate (``gates(layer)``: attention's, MLP's; None where ungated)."""
@@ -68,11 +68,11 @@ def gated_pre_norm(layers: List[Any], attention: str, gates: Callable[[Any], Tup
     return sites
 
 
-def vision_gates(layer: Any) -> Tuple[Optional[TanhGate], Optional[TanhGate]]:
+def _vision_gates(layer: Any) -> Tuple[Optional[TanhGate], Optional[TanhGate]]:
     return (TanhGate(layer.gate_attn), TanhGate(layer.gate_ffn)) if layer.is_gated else (None, None)
 
 
-def cross_gates(layer: Any) -> Tuple[Optional[TanhGate], Optional[TanhGate]]:
+def _cross_gates(layer: Any) -> Tuple[Optional[TanhGate], Optional[TanhGate]]:
     """The MLP's branch is also zero on rows reading no image (HF's ``full_text_row_masked_out_mask``)."""
     return (TanhGate(layer.cross_attn_attn_gate),
             TanhGate(layer.cross_attn_mlp_gate, TensorSource(layer, "full_text_row_masked_out_mask")))
@@ -112,7 +112,7 @@ class MllamaAdapter(LlamaAdapter):
                                     lambda m: projected_parts(m, m.num_heads, m.o_proj), names=names)
         language = self.model.model.language_model
         specs = attention_specs_in(language, MllamaTextSelfAttention, self_attention(SEQUENCE), rotary_parts, names=names)
-        specs += attention_specs_in(language, MllamaTextCrossAttention, ((SEQUENCE, FEATURES),), cross_parts, names=names)
+        specs += attention_specs_in(language, MllamaTextCrossAttention, ((SEQUENCE, FEATURES),), _cross_parts, names=names)
         return vision + sorted(specs, key=lambda spec: cast(Any, spec.module).layer_idx)
 
     def generation_convention(self) -> GenerationConvention:
@@ -142,7 +142,7 @@ class MllamaAdapter(LlamaAdapter):
         modules = list(self.model.modules())
         cross = [m for m in modules if isinstance(m, MllamaCrossAttentionDecoderLayer)]
         vision = [m for m in modules if isinstance(m, MllamaVisionEncoderLayer)]
-        sites = gated_pre_norm(cross, "cross_attn", cross_gates) + gated_pre_norm(vision, "self_attn", vision_gates)
+        sites = _gated_pre_norm(cross, "cross_attn", _cross_gates) + _gated_pre_norm(vision, "self_attn", _vision_gates)
         return language + LRPStructure(sites, covered_types=(MllamaCrossAttentionDecoderLayer, MllamaVisionEncoderLayer,
                                                              MllamaTextRMSNorm))
 

@@ -103,8 +103,18 @@ def position_keeper(positions: Dict[int, Tuple[Tensor, Tensor]]) -> KwargsPreHoo
 
 
 def operands(state: LRPState, parts: AttentionParts, norm_output: Callable[[nn.Module], Tensor]) -> Tuple[Tensor, ...]:
-    """The Q, K and V projections' latest outputs ``[B, N, heads * d]``, where a per-head norm follows a projection
-    its output instead, merged to that layout (the modified gradient then passes the norm's own rule)."""
+    """The attention's operands as the rule reads them: the Q, K and V projections' latest outputs, where a per-head
+    norm follows a projection its output instead, as ``[B, N, heads * d]`` (the modified gradient then passes the
+    norm's own rule).
+
+    Args:
+        state (LRPState): The linear modules' latest outputs.
+        parts (AttentionParts): The attention's projections and norms.
+        norm_output (callable): A norm's latest (switched) output.
+
+    Returns:
+        *tuple[Tensor, ...]*: Q, K and V (one tensor for a fused projection).
+    """
     projected = [state.output_of(linear) for linear in parts.qkv_modules]
     for index, norm in ((0, parts.query_norm), (1, parts.key_norm)):
         if norm is not None:
