@@ -19,7 +19,7 @@ MOVED: Dict[str, Tuple[str, ...]] = {
     "captum_mm.models.base": ("captum_mm.models.adapter", "captum_mm.models.targets", "captum_mm.models.specs",
                               "captum_mm.models.structure"),
     "captum_mm.models.target_options": ("captum_mm.models.targets",),
-    "captum_mm.models.capture": ("captum_mm.capture.record",),
+    "captum_mm.models.capture": ("captum_mm.capture.record", "captum_mm.capture.settings"),
     "captum_mm.models.eager": ("captum_mm.capture.eager",),
     "captum_mm.models.lean": ("captum_mm.capture.lean",),
     "captum_mm.models.replay": ("captum_mm.capture.replay",),

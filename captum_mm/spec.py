@@ -2,7 +2,7 @@
 module, from which the capture, the schedule roles and the LRP site all derive."""
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -21,6 +21,9 @@ class TensorSource:
         index (int, optional): The element of a tuple output.
         recorded (bool): The attention weights the module's attention function returned during its forward
                     (concatenated along the batch), for modules that discard them (Qwen2-VL's vision attention).
+        map_tokens (Callable, optional): For a recorded module whose attention function is called once per window
+                    (Qwen2.5-VL's windowed vision attention): the tokens of one map given the forward's arguments;
+                    consecutive windows are joined block-diagonally (zero outside each window) into maps of that size.
     """
 
     module: nn.Module
@@ -29,6 +32,8 @@ class TensorSource:
     #: The attention weights the module's attention function returned during its forward (its calls'
     #: weights concatenated along the batch), for modules that discard them (Qwen2-VL's vision attention).
     recorded: bool = False
+    #: Recorded per window: the tokens of one map (one image) given the forward's arguments; windows joined block-diagonally.
+    map_tokens: Optional[Callable[[Dict[str, Any]], int]] = None
 
     def of_output(self, output: Any) -> Any:
         """The tensor inside ``module``'s output (for a source that is an output)."""
@@ -50,8 +55,11 @@ class AttentionParts:
                     ``(cos, sin)`` the module receives as ``position_embeddings``. Default: False
         fused (bool): ``query``, ``key`` and ``value`` are one projection whose output is Q, K and V
                     concatenated on the last dimension, in this order (GPT-2's ``c_attn``). Default: False
-        query_norm, key_norm (nn.Module, optional): Per-head norms between the Q or K projection and the
-                    attention's operand (QK-norm, ``[B, heads, N, d]`` out); relevance passes them unchanged.
+        query_norm, key_norm (nn.Module, optional): QK-norm (Qwen3's): modules normalising each head of the
+                    projected queries / keys (``[B, N, heads, d]``) before the rotary embedding; the attention rule
+                    reads their outputs, and relevance crosses them by the model's pass-through rule. Default: None
+        heads_first_norms (bool): The norms see ``[B, heads, N, d]`` (Mllama's cross-attention normalises the heads
+                    after transposing them). Default: False
     """
 
     query: LinearModule
@@ -64,17 +72,11 @@ class AttentionParts:
     fused: bool = False
     query_norm: Optional[nn.Module] = None
     key_norm: Optional[nn.Module] = None
+    heads_first_norms: bool = False
 
     def __post_init__(self) -> None:
         if self.fused and len({id(self.query), id(self.key), id(self.value)}) > 1:
             raise ValueError("A fused projection is one module: pass it as query, key and value.")
-        if self.fused and (self.query_norm is not None or self.key_norm is not None):
-            raise ValueError("Per-head norms after a fused projection are not supported.")
-
-    @property
-    def norms(self) -> Tuple[nn.Module, ...]:
-        """The per-head query and key norms declared."""
-        return tuple(norm for norm in (self.query_norm, self.key_norm) if norm is not None)
 
     @property
     def qkv_modules(self) -> Tuple[LinearModule, ...]:

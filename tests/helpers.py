@@ -5,7 +5,10 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
+from transformers import MixtralConfig, MixtralForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 from transformers import (
+    SwinConfig,
+    SwinForImageClassification,
     BartConfig,
     BartForConditionalGeneration,
     BertConfig,
@@ -47,6 +50,8 @@ from transformers import (
     Qwen2ForCausalLM,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
     ResNetConfig,
     SiglipVisionConfig,
     SmolVLMConfig,
@@ -186,6 +191,25 @@ def vit_case(batch=3, layers=2) -> Case:
     return Case("vit", model, model, (pixels,), (), lambda i: ((pixels[i:i + 1],), ()), {"image": (batch, 4, 4)})
 
 
+def swin(depths=(2, 2), image_size=16, window=2) -> nn.Module:
+    """Stages of ``depths`` layers joined by patch merging, patches of 4 pixels, every second layer of a stage shifted;
+    the relative position tables (zeros in HF's init) randomised."""
+    config = SwinConfig(image_size=image_size, patch_size=4, embed_dim=16, depths=list(depths), num_heads=[2, 4, 4][:len(depths)],
+                        window_size=window, mlp_ratio=2.0, num_labels=CLASSES)
+    model = SwinForImageClassification(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("relative_position_bias_table"):
+                parameter.normal_()
+    return model
+
+
+def swin_case(batch=3, layers=3, image_size=16) -> Case:
+    model, pixels = swin((2, layers - 2), image_size), torch.randn(batch, 3, image_size, image_size)
+    grid = -(-image_size // 4)
+    return Case("swin", model, model, (pixels,), (), lambda i: ((pixels[i:i + 1],), ()), {"image": (batch, grid, grid)})
+
+
 def bert(layers=2) -> nn.Module:
     config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
                         intermediate_size=37, num_labels=CLASSES)
@@ -270,6 +294,15 @@ LANGUAGE_MODELS: Dict[str, Callable[..., nn.Module]] = {
     "gemma": lambda layers=2: GemmaForCausalLM(GemmaConfig(num_hidden_layers=layers, head_dim=8, **_LLAMA_LIKE)),
     "opt": lambda layers=2: OPTForCausalLM(_opt_config(layers)),
     "gpt2": lambda layers=2: GPT2LMHeadModel(GPT2Config(n_layer=layers, n_embd=32, n_head=4, n_positions=48, **_LM_SPECIAL)),
+    # Phi-3: fused qkv_proj and gate_up_proj, a partial rotary embedding (its default pad id 32000 is set to 0)
+    "phi3": lambda layers=2: Phi3ForCausalLM(Phi3Config(num_hidden_layers=layers, partial_rotary_factor=0.5, **_LLAMA_LIKE)),
+    # sparse mixtures of experts (4 experts, 2 a token; the eager experts: grouped_mm takes no float64); Qwen3-MoE
+    # with QK-norm, its last layer a dense MLP
+    "mixtral": lambda layers=2: MixtralForCausalLM(MixtralConfig(
+        num_hidden_layers=layers, num_local_experts=4, experts_implementation="eager", **_LLAMA_LIKE)),
+    "qwen3-moe": lambda layers=2: Qwen3MoeForCausalLM(Qwen3MoeConfig(
+        num_hidden_layers=layers, head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24,
+        mlp_only_layers=[layers - 1], experts_implementation="eager", **_LLAMA_LIKE)),
 }
 
 ENCODER_DECODERS: Dict[str, Callable[..., nn.Module]] = {
@@ -358,6 +391,18 @@ def qwen2_vl(vision_layers=2, layers=2) -> nn.Module:
     return Qwen2VLForConditionalGeneration(config).eval()
 
 
+def qwen2_5_vl(vision_layers=2, layers=2) -> nn.Module:
+    """Qwen2-VL's images (8 x 8 patches, 16 image tokens) through windows of 3 x 3 merged tokens (12 x 12 patches,
+    uneven at the edges: 3 x 3, 3 x 1, 1 x 3 and 1 x 1 tokens) in block 0, full attention in block 1."""
+    vision = dict(depth=vision_layers, hidden_size=32, out_hidden_size=32, intermediate_size=48, num_heads=4, patch_size=4,
+                  spatial_merge_size=2, temporal_patch_size=2, in_channels=3, window_size=24, fullatt_block_indexes=[1])
+    text = dict(_LLAMA_LIKE, num_hidden_layers=layers, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                                        "mrope_section": [1, 1, 2]})
+    config = Qwen2_5_VLConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, vision_start_token_id=38,
+                              vision_end_token_id=39)
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
 #: Qwen2-VL's flattened patches per image (8 x 8), each of channels x temporal patch x 4 x 4 values.
 QWEN_PATCHES, QWEN_PATCH_VALUES = 64, 3 * 2 * 4 * 4
 
@@ -391,7 +436,7 @@ def blip_questions(batch=3, tokens=6, pad=True) -> Dict[str, Tensor]:
 
 VLMS: Dict[str, Callable[..., nn.Module]] = {
     "llava": llava, "paligemma": paligemma, "idefics3": idefics3, "smolvlm": lambda **kw: idefics3(smolvlm=True, **kw),
-    "qwen2_vl": qwen2_vl,
+    "qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl,
 }
 
 
@@ -438,7 +483,7 @@ def family_prompts(family: str, **kwargs) -> Dict[str, Tensor]:
     batch = vlm_prompts(**kwargs)
     if family in ("idefics3", "smolvlm"):
         batch["pixel_values"] = batch["pixel_values"][:, None]
-    if family == "qwen2_vl":  # flattened patches and each image's grid; token types mark the image tokens
+    if family in ("qwen2_vl", "qwen2_5_vl"):  # flattened patches and each image's grid; token types mark the image tokens
         size = batch["input_ids"].shape[0]
         batch.update(pixel_values=torch.randn(size * QWEN_PATCHES, QWEN_PATCH_VALUES), image_grid_thw=torch.tensor([[1, 8, 8]] * size),
                      mm_token_type_ids=(batch["input_ids"] == IMAGE_TOKEN).long())
@@ -457,6 +502,7 @@ def vlm_prompts(batch=3, text=4, image_tokens=16) -> Dict[str, Tensor]:
 CASES: Dict[str, Callable[..., Case]] = {
     "lxmert": lxmert_case, "visual_bert": visual_bert_case, "detr": detr_case,
     "vit": vit_case, "bert": bert_case, "clip": clip_case, "vilt": vilt_case,
+    "swin": swin_case,
 }
 
 
@@ -570,3 +616,52 @@ class Recording(GenericAttention):
 def maps_of(explainer: Recording, query: str, key: str) -> List[Tensor]:
     """The fused maps of ``query`` tokens attending to ``key`` tokens, in forward order."""
     return [explainer.maps[e.call] for e in explainer.schedule.events if (e.query, e.key) == (query, key)]
+
+
+#: Whisper: 16 encoder frames from 32 feature time steps of 8 mel bins; tokens 0 pad, 1 start the decoder, 2 end.
+WHISPER_FRAMES, WHISPER_MELS = 16, 8
+
+
+def whisper(layers=2) -> nn.Module:
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    config = WhisperConfig(
+        vocab_size=LM_VOCAB, num_mel_bins=WHISPER_MELS, d_model=32, encoder_layers=layers, decoder_layers=layers,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48,
+        max_source_positions=WHISPER_FRAMES, max_target_positions=24, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        decoder_start_token_id=1, suppress_tokens=None, begin_suppress_tokens=None, init_std=0.2)
+    return WhisperForConditionalGeneration(config).eval()
+
+
+def whisper_features(batch=3, seed=0) -> Dict[str, Tensor]:
+    """Log-mel ``input_features`` ``[batch, 8, 32]`` of a different synthetic waveform per sample (a chirp plus noise),
+    as transformers' WhisperFeatureExtractor computes them (10 ms hops), cut to the model's 32 time steps."""
+    import numpy as np
+    from transformers import WhisperFeatureExtractor
+
+    extractor = WhisperFeatureExtractor(feature_size=WHISPER_MELS, sampling_rate=16000, hop_length=160, chunk_length=1, n_fft=400)
+    rng = np.random.default_rng(seed)
+    time = np.arange(16000 * 2 * WHISPER_FRAMES // 100) / 16000
+    waves = [np.sin(2 * np.pi * (200 + 300 * k) * time * (1 + time)) + 0.3 * rng.standard_normal(time.shape) for k in range(batch)]
+    features = extractor([wave.astype(np.float32) for wave in waves], sampling_rate=16000, return_tensors="pt").input_features
+    return {"input_features": features[..., : 2 * WHISPER_FRAMES]}
+
+
+def assert_last_layer_rows(model, batch: Dict[str, Tensor], decoder_ids: Tensor, over_source: Tensor, generated: Tensor) -> None:
+    """An encoder-decoder's raw attention of one sample: ``over_source[k]`` the last cross-attention's head-mean row
+    ``k``, ``generated[k]`` the last decoder self-attention's without its own entry and the start token, as the model's
+    own eager maps (``output_attentions=True``) give them."""
+    from captum_mm.capture.settings import use_eager_attention
+    from captum_mm.models import adapter_for
+
+    restore = use_eager_attention(model, attention_functions=adapter_for(model).attention_functions)
+    try:
+        output = model(**batch, decoder_input_ids=decoder_ids, output_attentions=True)
+    finally:
+        restore.remove()
+    cross, self_attention = output.cross_attentions[-1][0].mean(0), output.decoder_attentions[-1][0].mean(0)
+    for k in range(decoder_ids.shape[1] - 1):
+        torch.testing.assert_close(over_source[k], cross[k])
+        row = self_attention[k].clone()
+        row[k] = 0.0  # the row token's own entry
+        torch.testing.assert_close(generated[k], row[1:])

@@ -51,7 +51,8 @@ def _cross_parts(module: Any) -> AttentionParts:
     queries and keys normalised per head."""
     config = module.config
     return AttentionParts(module.q_proj, module.k_proj, module.v_proj, config.num_attention_heads, module.o_proj,
-                          key_value_heads=config.num_key_value_heads, query_norm=module.q_norm, key_norm=module.k_norm)
+                          key_value_heads=config.num_key_value_heads, query_norm=module.q_norm, key_norm=module.k_norm,
+                          heads_first_norms=True)
 
 
 def _gated_pre_norm(layers: List[Any], attention: str, gates: Callable[[Any], Tuple[Optional[TanhGate], Optional[TanhGate]]],

@@ -48,10 +48,13 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
         model (nn.Module): The Qwen2-VL model the adapter serves.
     """
 
-    model_classes = (Qwen2VLForConditionalGeneration,)
+    model_classes: Tuple[type, ...] = (Qwen2VLForConditionalGeneration,)
     model: Qwen2VLForConditionalGeneration
-    attention_classes = (Qwen2VLAttention,)
-    vision_attention_classes = (VisionAttention,)
+    attention_classes: Tuple[type, ...] = (Qwen2VLAttention,)
+    vision_attention_classes: Tuple[type, ...] = (VisionAttention,)
+    vision_layer_classes: Tuple[type, ...] = (Qwen2VLVisionBlock,)
+    #: The forward argument of the vision blocks' ``norm2`` (a LayerNorm's), where the attention residual's sum appears.
+    vision_norm_input = "input"
     attention_functions = MappingProxyType({Qwen2VLAttention: True})
     arguments = MappingProxyType(dict(
         DecoderOnlyAdapter.arguments,
@@ -68,18 +71,23 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
     def language_model(self) -> nn.Module:
         return self.model.model.language_model
 
-    layer_classes = (Qwen2VLDecoderLayer,)
-    mlp_classes = (Qwen2MLP,)
-    norm_classes = (Qwen2VLRMSNorm,)
+    layer_classes: Tuple[type, ...] = (Qwen2VLDecoderLayer,)
+    mlp_classes: Tuple[type, ...] = (Qwen2MLP,)
+    norm_classes: Tuple[type, ...] = (Qwen2VLRMSNorm,)
 
     def vision_specs(self, names: Dict[nn.Module, str]) -> List[AttentionSpec]:
         """The vision attention modules: weights recorded in the attention function; one fused, rotated projection."""
+        modules: List[Any] = [m for m in self.vision_tower().modules() if isinstance(m, self.vision_attention_classes)]
         return [
-            AttentionSpec(names[module], module, TensorSource(module, recorded=True), ((VISION, VISION),),
+            AttentionSpec(names[module], module, self._vision_probs(module), ((VISION, VISION),),
                           parts=AttentionParts(module.qkv, module.qkv, module.qkv, module.num_heads, module.proj,
                                                fused=True, rotary=True))
-            for module in self.vision_tower().modules() if isinstance(module, self.vision_attention_classes)
+            for module in modules
         ]
+
+    def _vision_probs(self, module: nn.Module) -> TensorSource:
+        """Where a vision attention module's weights are: recorded inside its attention function, one call per image."""
+        return TensorSource(module, recorded=True)
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
         DecoderOnlyAdapter.check_arguments(self, arguments)
@@ -124,9 +132,9 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
         ``norm2``'s input, then ``+ mlp(norm2(.))`` at the block's output."""
         language = LlamaAdapter.lrp_structure(self)
         vision: List[ResidualRuleSite] = []
-        for block in self.vision_tower().modules():
-            if isinstance(block, Qwen2VLVisionBlock):
-                middle = TensorSource(block.norm2, "input")
-                vision += [ResidualRuleSite(middle, TensorSource(block.attn), TensorSource(block, "hidden_states")),
-                           ResidualRuleSite(TensorSource(block), TensorSource(block.mlp), middle)]
+        blocks: List[Any] = [m for m in self.vision_tower().modules() if isinstance(m, self.vision_layer_classes)]
+        for block in blocks:
+            middle = TensorSource(block.norm2, self.vision_norm_input)
+            vision += [ResidualRuleSite(middle, TensorSource(block.attn), TensorSource(block, "hidden_states")),
+                       ResidualRuleSite(TensorSource(block), TensorSource(block.mlp), middle)]
         return language + LRPStructure(vision)

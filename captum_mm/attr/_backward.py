@@ -170,7 +170,8 @@ def _gradients(group: BackwardGroup, chunk: _Chunk, lean: Dict[int, LeanRequest]
     logits = group.forward.logits
 
     def backward() -> List[Tensor]:
-        return attention_gradients(logits, differentiable, chunk.seeds, retain_graph=True, names=names)
+        return attention_gradients(logits, differentiable, chunk.seeds, retain_graph=True, names=names,
+                                   joins=[call.join for call in group.calls])
 
     grads, lean_maps = lean_backward(list(lean.values()), backward)
     return list(grads), dict(zip(lean, lean_maps))
@@ -181,7 +182,8 @@ def _relevance(group: BackwardGroup, chunk: _Chunk) -> List[Optional[Tensor]]:
     forward = group.forward
     assert forward.lrp is not None
     starts = forward.adapter.lrp_start(forward.lrp, forward.logits, chunk.seeds)
-    return attention_relevance(forward.lrp, group.calls, *starts)
+    relevance = attention_relevance(forward.lrp, group.calls, *starts)
+    return [call.in_token_layout(values) for call, values in zip(group.calls, relevance)]
 
 
 def _lean_map(group: BackwardGroup, chunk: _Chunk, index: int, values: Tensor) -> Tensor:

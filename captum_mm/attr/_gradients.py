@@ -1,9 +1,11 @@
 """Gradients of the logits at the recorded attention maps, over the one forward graph."""
 
-from typing import List, Optional, Sequence, Union, cast
+from typing import Callable, List, Optional, Sequence, Union, cast
 
 import torch
 from torch import Tensor
+
+from captum_mm.capture.windows import concatenate_images
 
 
 def attention_gradients(
@@ -12,9 +14,11 @@ def attention_gradients(
     seeds: Tensor,
     retain_graph: bool = False,
     names: Optional[List[str]] = None,
+    joins: Optional[Sequence[Callable[[Sequence[Tensor]], Tensor]]] = None,
 ) -> List[Tensor]:
     """``d(seed . logits)/dA`` for every map, ``[K, B, H, Nq, Nk]``; one (batched) backward pass. A map
-    given as the tensors the forward used (one per image) gets their gradients concatenated.
+    given as the tensors the forward used (one per image) gets their gradients concatenated, or joined by its
+    entry of ``joins`` (each taking the parts' gradients, the batch at dimension -4; windows joined block-diagonally).
 
     Every map must be connected to the logits: a map autograd cannot reach (e.g. one captured
     inside a compiled graph) is an error, never a zero gradient."""
@@ -38,7 +42,8 @@ def attention_gradients(
             "gradients are unknown. forward_func must return the output of the model's own forward pass, not "
             "computed by a compiled (torch.compile) or detached copy."
         )
-    grouped = [torch.cat(cast(List[Tensor], gradients), dim=int(batched)) for gradients in _regroup(found, parts)]
+    joins = joins or [concatenate_images] * len(parts)
+    grouped = [join(cast(List[Tensor], gradients)) for join, gradients in zip(joins, _regroup(found, parts))]
     return [gradient if batched else gradient[None] for gradient in grouped]
 
 

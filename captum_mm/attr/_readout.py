@@ -76,14 +76,16 @@ def read_out(schedule: Schedule, matrices: Matrices) -> Dict[str, Tensor]:
     """Each output's readout row, the row token's own entry zeroed, padding zeroed."""
     outputs = {}
     for name, spec in schedule.outputs.items():
-        rows = relevance_rows(matrices, spec.pair, spec.rows) * schedule.masks[spec.key]
-        if spec.key == spec.row:
+        rows = relevance_rows(matrices, spec.pair, spec.rows, spec.row_weights) * schedule.masks[spec.key]
+        if spec.key == spec.row and spec.row_weights is None:
             rows = rows.scatter(1, spec.rows[:, None], 0.0)
         if spec.column_mask is not None:
             rows = rows * spec.column_mask
         rows = rows[:, spec.columns] if spec.column_index is None else rows.gather(1, spec.column_index)
         if spec.through is not None:
             rows = continued_through(rows, spec.through, matrices)
+        if spec.spread is not None:
+            rows = rows @ spec.spread.to(rows)
         if spec.positions is not None:
             grid = cast(Tuple[int, int], spec.grid)  # positions come with a grid
             rows = rows.new_zeros(rows.shape[0], grid[0] * grid[1]).scatter(1, spec.positions, rows)

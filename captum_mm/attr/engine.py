@@ -79,6 +79,7 @@ def forward_pass(
             lrp = stack.enter_context(lrp_rules(model, structure, rules, specs, record))
             stack.enter_context(computed_in_float32(model))  # after the hooks reading the user's inputs
         output = run_forward(forward_func, (*inputs, *additional), method)
+        adapter.lay_out_maps(record)
         if not record.arguments:
             raise ValueError(
                 f"forward_func never called {type(model).__name__}.forward: it must run the model itself "

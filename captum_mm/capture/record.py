@@ -11,6 +11,7 @@ import inspect
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 import torch
@@ -18,21 +19,17 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from transformers import AttentionInterface
 
-from captum_mm._handles import HandleList, Restore
+from captum_mm._handles import HandleList
 from captum_mm.capture.eager import (
-    EXACT_EAGER,
     NO_ATTENTION_FUNCTIONS,
     AttentionFunctions,
-    declare_attention_functions,
     exact_eager_attention,
-    exact_eager_configs,
-    model_configs,
 )
-from captum_mm.capture.lean import LEAN, Fusion, LeanMaps, LeanSite, lean_module, recording, stop_recording
+from captum_mm.capture.lean import Fusion, LeanMaps, LeanSite, lean_module, recording, stop_recording
+from captum_mm.capture.settings import RECORDED_EAGER, require_parameter_gradients, use_eager_attention
+from captum_mm.capture.windows import concatenate_images, join_windows
 from captum_mm.relevance.schedule import AttentionEvent
 from captum_mm.spec import AttentionSpec
-
-EAGER = "eager"
 
 
 @dataclass
@@ -48,19 +45,39 @@ class AttentionCall:
         parts (list of Tensor, optional): The tensors the forward used when ``probs`` concatenates them (one
                     attention call per image).
         lean (LeanMaps, optional): Under lean capture, the call's head-reduced maps.
+        join (Callable): How ``parts`` (or their gradients) make up ``probs``' token positions: along the batch
+                    (the default), windows joined block-diagonally (:func:`~captum_mm.capture.windows.join_windows`),
+                    or one map laid out by :meth:`lay_out` (Swin's windows).
     """
 
     spec: AttentionSpec
     count: int
-    #: ``[B, H, Nq, Nk]``; under lean capture the head mean ``[B, 1, Nq, Nk]`` (methods needing no gradient) or None.
     probs: Optional[Tensor]
     probe: Optional[Tensor] = None
-    #: When ``probs`` concatenates tensors the forward used (one attention call per image), those tensors:
-    #: autograd reaches them, not their concatenation.
-    parts: Optional[List[Tensor]] = None
-
-    #: Under lean capture, the call's head-reduced maps (:mod:`captum_mm.capture.lean`).
+    parts: Optional[List[Tensor]] = None  # autograd reaches them, not their join
     lean: Optional[LeanMaps] = None
+    join: Callable[[Sequence[Tensor]], Tensor] = field(default=concatenate_images)
+
+    def lay_out(self, layout: Callable[[Tensor], Tensor]) -> None:
+        """Express the map in token positions (``probs`` becomes ``layout(map)``, ``[B, H, N, N]``) when the module
+        computes it over other units (Swin's windows); the module's own map is kept in ``parts`` for autograd.
+
+        Args:
+            layout (Callable): ``[..., units, H, n, n]`` to ``[..., B, H, N, N]``.
+        """
+        own = cast(Tensor, self.probs)
+        self.parts, self.join, self.probs = [own], partial(_laid_out, layout), layout(own.detach())
+
+    def in_token_layout(self, tensor: Optional[Tensor]) -> Optional[Tensor]:
+        """A tensor shaped like the module's own map (its LRP relevance) in ``probs``' token positions.
+
+        Args:
+            tensor (Tensor, optional): ``[..., units, H, n, n]``, or None.
+
+        Returns:
+            *Tensor or None*: ``tensor`` joined as ``probs`` (unchanged when the module's map already is).
+        """
+        return None if tensor is None else self.join([tensor])
 
     @property
     def differentiable(self) -> List[Tensor]:
@@ -83,6 +100,10 @@ class AttentionCall:
     def roles(self) -> Tuple[str, str]:
         """``(query, key)`` modalities of this call."""
         return self.spec.role(self.count)
+
+
+def _laid_out(layout: Callable[[Tensor], Tensor], pieces: Sequence[Tensor]) -> Tensor:
+    return layout(pieces[0])
 
 
 @dataclass
@@ -108,54 +129,6 @@ class AttentionRecord:
         return next(call for call in reversed(self.calls) if call.spec is spec)
 
 
-def use_eager_attention(model: nn.Module, recorded: Sequence[Any] = (), lean: Sequence[Any] = (),
-                        attention_functions: AttentionFunctions = NO_ATTENTION_FUNCTIONS) -> Restore:
-    """Switch every config of ``model`` to eager attention (``recorded`` configs to eager attention
-    whose weights are recorded, :func:`recorded_eager_attention`; ``lean`` ones to lean capture,
-    :mod:`captum_mm.capture.lean`; those of modules ``attention_functions``, the adapter's declaration, says take
-    the softmax in float32 to :func:`~captum_mm.capture.eager.exact_eager_attention`); the returned handle restores them.
-
-    The saved values are written back as they were (not through
-    ``set_attn_implementation``, which some backbones refuse).
-    """
-    saved = [(config, config._attn_implementation_internal) for config in model_configs(model)]
-    recorded_ids, lean_ids = {id(config) for config in recorded}, {id(config) for config in lean}
-    exact_ids, declared = exact_eager_configs(model, attention_functions), declare_attention_functions(attention_functions)
-    for config, implementation in saved:
-        if id(config) in recorded_ids:
-            config._attn_implementation_internal = RECORDED_EAGER
-        elif id(config) in lean_ids:
-            config._attn_implementation_internal = LEAN
-        elif id(config) in exact_ids:
-            config._attn_implementation_internal = EXACT_EAGER
-        elif implementation not in (None, EAGER):
-            config._attn_implementation_internal = EAGER
-
-    def restore() -> None:
-        for config, implementation in saved:
-            config._attn_implementation_internal = implementation
-        declared.remove()
-
-    return Restore(restore)
-
-
-def require_parameter_gradients(model: nn.Module, skip: Sequence[nn.Module] = ()) -> Restore:
-    """Make every parameter require grad (so attention maps join the graph), except those of ``skip``
-    (modules no attention map depends on); the handle restores the flags, by owner and name: accelerate's
-    offloading hooks replace a module's parameter objects at every forward (carrying the flag over)."""
-    skipped = {id(p) for module in skip for p in module.parameters()}
-    frozen = [(owner, name) for owner in model.modules() for name, p in owner.named_parameters(recurse=False)
-              if not p.requires_grad and id(p) not in skipped]
-    for owner, name in frozen:
-        getattr(owner, name).requires_grad_(True)
-
-    def restore() -> None:
-        for owner, name in frozen:
-            getattr(owner, name).requires_grad_(False)
-
-    return Restore(restore)
-
-
 def _record_arguments(model: nn.Module, record: AttentionRecord, check: Callable[[Dict[str, Any]], None]) -> RemovableHandle:
     signature = inspect.signature(model.forward)
 
@@ -167,8 +140,6 @@ def _record_arguments(model: nn.Module, record: AttentionRecord, check: Callable
     return model.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
 
-#: The attention-interface key under which :func:`recorded_eager_attention` is registered.
-RECORDED_EAGER = "captum_mm_recorded_eager"
 #: id(module): the weights its attention function returned so far in its current forward.
 _recording: ContextVar[Optional[Dict[int, List[Tensor]]]] = ContextVar("captum_mm_recording", default=None)
 
@@ -196,10 +167,14 @@ def _record_function_calls(spec: AttentionSpec, record: AttentionRecord) -> List
 
     def finish(module: nn.Module, args: Tuple[Any, ...], output: Any) -> None:
         chunks = cast(Dict[int, List[Tensor]], _recording.get()).pop(id(module))
-        if len({chunk.shape[1:] for chunk in chunks}) > 1:
-            raise ValueError(f"The images of the batch differ in size at '{spec.name}' "
-                             f"({[tuple(chunk.shape[-2:]) for chunk in chunks]}): explain images of one size together.")
-        record.calls.append(AttentionCall(spec, count[0], torch.cat(chunks).detach(), parts=chunks))
+        if spec.probs.map_tokens is not None:  # windows: each image's map block-diagonal
+            join = partial(join_windows, tokens=spec.probs.map_tokens(record.arguments))
+            record.calls.append(AttentionCall(spec, count[0], join(chunks).detach(), parts=chunks, join=join))
+        else:
+            if len({chunk.shape[1:] for chunk in chunks}) > 1:
+                raise ValueError(f"The images of the batch differ in size at '{spec.name}' "
+                                 f"({[tuple(chunk.shape[-2:]) for chunk in chunks]}): explain images of one size together.")
+            record.calls.append(AttentionCall(spec, count[0], torch.cat(chunks).detach(), parts=chunks))
         count[0] += 1
 
     return [spec.module.register_forward_pre_hook(start), spec.module.register_forward_hook(finish)]

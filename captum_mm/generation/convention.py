@@ -51,6 +51,10 @@ class GenerationConvention:
                     continuation when the prompt gives them.
         model_positions (bool): The model computes its own positions (Qwen2-VL's multimodal ones): the forward
                     passes no ``position_ids``; else the positions ``generate`` uses under left padding.
+        prompt_input (str): The argument holding an encoder-decoder model's prompt (Whisper's ``input_features``).
+                    Default: ``"input_ids"``
+        sequences_in_dict (bool): ``generate``'s sequences are read with ``return_dict_in_generate=True``: its plain
+                    tensor leaves out the decoder prompt (Whisper's start token and forced tokens).
         repeated_arguments (tuple[str, ...]): Per-token arguments ``generate`` extends by repeating the prompt's last
                     entry (Mllama's ``cross_attention_mask``); extended so over the continuation when the prompt gives them.
     """
@@ -61,6 +65,8 @@ class GenerationConvention:
     max_positions: Optional[int] = None
     generated_token_types: Tuple[Tuple[str, int], ...] = ()
     model_positions: bool = False
+    prompt_input: str = "input_ids"
+    sequences_in_dict: bool = False
     repeated_arguments: Tuple[str, ...] = ()
 
     @classmethod
@@ -87,4 +93,4 @@ class GenerationConvention:
         limit = getattr(config, "max_position_embeddings", None)
         return cls(encoder_decoder, start, () if ends is None else (ends,) if isinstance(ends, int) else tuple(ends),
                    limit if isinstance(limit, int) else None, tuple(generated_token_types.items()), model_positions,
-                   repeated_arguments)
+                   repeated_arguments=repeated_arguments)

@@ -73,17 +73,17 @@ def generation_forward(
     unbatched = tuple(name for name, argument in adapter.arguments.items() if not argument.batched)
     _check_request(continuation, generate, generation_args)
     check_batch_sizes(prompt, tuple(name for name in prompt if name not in unbatched))
-    ids = prompt.get("input_ids")
-    if not isinstance(ids, Tensor) or ids.dim() != 2:
-        raise ValueError("Explaining generated tokens needs the prompt's input_ids [batch, tokens] as the model's input_ids.")
     if convention.encoder_decoder:
-        if "decoder_input_ids" in prompt:
-            raise ValueError("The decoder's tokens are the continuation: pass them as continuation=, not decoder_input_ids.")
+        ids = _encoder_prompt(model, prompt, convention.prompt_input)
         start = 1  # the decoder start token precedes the continuation
     else:
+        given = prompt.get("input_ids")
+        if not isinstance(given, Tensor) or given.dim() != 2:
+            raise ValueError("Explaining generated tokens needs the prompt's input_ids [batch, tokens] as the model's input_ids.")
+        ids = given
         check_left_padding(ids, prompt.get("attention_mask"))
+        check_ids(model, "The prompt's input_ids", ids)
         start = ids.shape[1]
-    check_ids(model, "The prompt's input_ids", ids)
     if generate:
         prompt, tokens = generated(model, prompt, generation_args or {}, start, convention, unbatched)
     else:
@@ -91,6 +91,19 @@ def generation_forward(
     check_tokens(model, tokens, convention.max_positions)
     full = _full_arguments(model, prompt, tokens, convention)
     return _token_logits(model, tuple(full), tokens), tuple(full.values()), tokens
+
+
+def _encoder_prompt(model: nn.Module, prompt: Dict[str, Any], name: str) -> Tensor:
+    """An encoder-decoder model's prompt, its ``name`` argument (token ids checked against the vocabulary); the decoder's
+    tokens are the continuation."""
+    if "decoder_input_ids" in prompt:
+        raise ValueError("The decoder's tokens are the continuation: pass them as continuation=, not decoder_input_ids.")
+    value = prompt.get(name)
+    if not isinstance(value, Tensor) or value.dim() < 2:
+        raise ValueError(f"Explaining generated tokens of {type(model).__name__} needs the prompt's {name} as a batched tensor.")
+    if not value.is_floating_point():
+        check_ids(model, f"The prompt's {name}", value)
+    return value
 
 
 def _check_request(continuation: Optional[ContinuationLike], generate: bool, generation_args: Optional[Dict[str, Any]]) -> None:

@@ -26,7 +26,7 @@ def generated(
         model (nn.Module): The generative model.
         prompt (dict): Its forward arguments by name.
         generation_args (dict): Passed to ``model.generate`` (``return_dict_in_generate`` overridden: the sequences
-                    are read).
+                    are read, as the convention's :attr:`~GenerationConvention.sequences_in_dict` says).
         start (int): ``P``, what precedes the continuation in the sequence holding it.
         convention (GenerationConvention): How the model holds the continuation.
         unbatched (sequence of str): The prompt's arguments whose first dimension is not the batch.
@@ -38,11 +38,12 @@ def generated(
         raise ValueError(f"{type(model).__name__} cannot generate (it has no generate method): pass continuation=.")
     _check_new_tokens(model, generation_args, start, convention.max_positions)
     _check_return_sequences(model, generation_args, prompt, unbatched)
-    _check_stopping(generation_args, prompt)
+    batch = int(prompt[convention.prompt_input].shape[0])
+    _check_stopping(generation_args, batch)
     with torch.no_grad():
-        output = cast(Any, model).generate(**prompt, **{**generation_args, "return_dict_in_generate": False})
+        output = cast(Any, model).generate(**prompt, **{**generation_args, "return_dict_in_generate": convention.sequences_in_dict})
     sequences = cast(Tensor, output if isinstance(output, Tensor) else output.sequences)
-    prompt = _per_sequence(prompt, int(sequences.shape[0]))
+    prompt = _per_sequence(prompt, batch, int(sequences.shape[0]))
     ids = sequences[:, 1 if convention.encoder_decoder else start :]
     ends = _end_ids(generation_args, convention)
     ended = torch.isin(ids, torch.tensor(ends, device=ids.device)) if ends else torch.zeros_like(ids, dtype=torch.bool)
@@ -82,9 +83,9 @@ def _end_ids(generation_args: Dict[str, Any], convention: GenerationConvention) 
     return () if ends is None else (int(ends),) if isinstance(ends, int) else tuple(int(end) for end in ends)
 
 
-def _per_sequence(prompt: Dict[str, Any], sequences: int) -> Dict[str, Any]:
-    """The prompt of each of ``sequences`` returned sequences: each sample repeated ``sequences / B`` times in a row."""
-    batch = int(prompt["input_ids"].shape[0])
+def _per_sequence(prompt: Dict[str, Any], batch: int, sequences: int) -> Dict[str, Any]:
+    """The prompt of each of ``sequences`` returned sequences: each of ``batch`` samples repeated ``sequences / B`` times
+    in a row."""
     if sequences % batch:
         raise ValueError(f"generate returned {sequences} sequences for {batch} prompts: not a whole number per prompt.")
     repeats = sequences // batch
@@ -107,11 +108,11 @@ def _check_return_sequences(model: nn.Module, generation_args: Dict[str, Any], p
         )
 
 
-def _check_stopping(generation_args: Dict[str, Any], prompt: Dict[str, Any]) -> None:
+def _check_stopping(generation_args: Dict[str, Any], batch: int) -> None:
     """``stop_strings`` and ``stopping_criteria`` end a sample without an end token: in a batch, ``generate`` pads it
     after that, and the padding cannot be told from generated tokens."""
     stops = [name for name in ("stop_strings", "stopping_criteria") if generation_args.get(name)]
-    if stops and int(prompt["input_ids"].shape[0]) > 1:
+    if stops and batch > 1:
         raise ValueError(
             f"generation_args' {stops[0]} ends a sample without an end token, so in a batch the padding generate adds "
             "after it cannot be told from generated tokens: explain one prompt at a time, or generate yourself and pass "

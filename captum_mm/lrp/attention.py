@@ -7,10 +7,11 @@ bias-free linear maps, for which the z-rule is the transpose of the map (the rel
 rotary position embeddings (``x cos + rotate_half(x) sin``, transposed ``g cos - rotate_half(g sin)``)
 applied to queries and keys, and grouped-query attention's key/value heads repeated over the query
 heads (transposed: the sum over each group). A fused projection (GPT-2's ``c_attn``) is split into
-Q, K and V; its modified gradient is theirs concatenated in the same order.
+Q, K and V; its modified gradient is theirs concatenated in the same order. Under QK-norm (Qwen3-MoE's) the rule
+reads the norms' outputs, through which relevance passes on by the pass-through rule.
 """
 
-from typing import Any, Callable, Dict, Optional, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +21,7 @@ from captum_mm._precision import accumulation_dtype, exact
 from captum_mm.capture.record import AttentionRecord
 from captum_mm.lrp.rules import HalvedAttention, LinearRule
 from captum_mm.lrp.switch import LRPState, Switch
-from captum_mm.spec import AttentionParts, AttentionSpec
+from captum_mm.spec import AttentionParts, AttentionSpec, LinearModule, TensorSource
 
 
 def split_heads(tensor: Tensor, heads: int) -> Tensor:
@@ -39,13 +40,16 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """HF's rotary position embedding of ``[B, H, N, d]`` heads, with ``cos``/``sin`` ``[B, N, d]``."""
-    return x * cos[:, None] + rotate_half(x) * sin[:, None]
+    """HF's rotary position embedding of ``[B, H, N, d]`` heads, with ``cos``/``sin`` ``[B, N, r]``: the first
+    ``r`` features of each head rotate, the others pass unchanged (partial rotary, Phi-3's ``partial_rotary_factor``)."""
+    rotated, kept = x.split([cos.shape[-1], x.shape[-1] - cos.shape[-1]], dim=-1)
+    return torch.cat((rotated * cos[:, None] + rotate_half(rotated) * sin[:, None], kept), dim=-1)
 
 
 def rotary_transposed(g: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """The transpose of :func:`rotary` applied to ``g``: its modified gradient back to the unrotated heads."""
-    return g * cos[:, None] - rotate_half(g * sin[:, None])
+    rotated, kept = g.split([cos.shape[-1], g.shape[-1] - cos.shape[-1]], dim=-1)
+    return torch.cat((rotated * cos[:, None] - rotate_half(rotated * sin[:, None]), kept), dim=-1)
 
 
 def repeat_heads(x: Tensor, groups: int) -> Tensor:
@@ -102,25 +106,9 @@ def position_keeper(positions: Dict[int, Tuple[Tensor, Tensor]]) -> KwargsPreHoo
     return hook
 
 
-def operands(state: LRPState, parts: AttentionParts, norm_output: Callable[[nn.Module], Tensor]) -> Tuple[Tensor, ...]:
-    """The attention's operands as the rule reads them: the Q, K and V projections' latest outputs, where a per-head
-    norm follows a projection its output instead, as ``[B, N, heads * d]`` (the modified gradient then passes the
-    norm's own rule).
-
-    Args:
-        state (LRPState): The linear modules' latest outputs.
-        parts (AttentionParts): The attention's projections and norms.
-        norm_output (callable): A norm's latest (switched) output.
-
-    Returns:
-        *tuple[Tensor, ...]*: Q, K and V (one tensor for a fused projection).
-    """
-    projected = [state.output_of(linear) for linear in parts.qkv_modules]
-    for index, norm in ((0, parts.query_norm), (1, parts.key_norm)):
-        if norm is not None:
-            heads = norm_output(norm)
-            projected[index] = heads.transpose(-2, -3).reshape(heads.shape[0], heads.shape[-2], -1)
-    return tuple(projected)
+def normalised_sources(parts: AttentionParts) -> List[TensorSource]:
+    """Where a QK-norm's normalised queries and keys appear (recorded for the attention rule)."""
+    return [TensorSource(norm) for norm in (parts.query_norm, parts.key_norm) if norm is not None]
 
 
 def attention_hook(
@@ -129,16 +117,23 @@ def attention_hook(
     record: AttentionRecord,
     spec: AttentionSpec,
     positions: Dict[int, Tuple[Tensor, Tensor]],
-    norm_output: Callable[[nn.Module], Tensor],
+    recorded: Callable[[TensorSource], Tensor],
 ) -> ForwardHook:
     """The attention rule (and the output projection's linear rule) at ``spec.module``'s first output;
-    the probe goes to the call just recorded (its probabilities were recorded before the module returned);
-    ``norm_output`` gives a per-head norm's latest (switched) output."""
+    the probe goes to the call just recorded (its probabilities were recorded before the module returned).
+    Under QK-norm the rule's queries and keys are the norms' outputs (``recorded``), flattened over the heads."""
     parts = cast(AttentionParts, spec.parts)
     attention_rule, projection_rule = rules
 
+    def operand(linear: LinearModule, norm: Optional[nn.Module]) -> Tensor:
+        if norm is None:
+            return state.output_of(linear)
+        heads = recorded(TensorSource(norm))
+        return heads.transpose(-2, -3) if parts.heads_first_norms else heads  # [B, N, heads, d]
+
     def hook(module: nn.Module, args: Tuple[Any, ...], output: Any) -> Any:
-        projected = operands(state, parts, norm_output)
+        norms = (parts.query_norm, parts.key_norm, None)
+        projected = tuple(operand(linear, norm) for linear, norm in zip(parts.qkv_modules, norms))
         call = record.latest(spec)
         attention = cast(Tensor, call.probs)  # LRP captures eager
         call.probe = torch.zeros((), dtype=accumulation_dtype(attention.dtype), device=attention.device,
@@ -153,8 +148,9 @@ def attention_hook(
             # a 2-D ``[tokens, features]`` layout holds the whole batch's tokens in one sequence (Qwen2-VL's vision
             # tower, one image after another): seen here as ``[images, tokens, features]``, as its maps are
             batched = (lambda t: t.reshape(attention.shape[0], -1, t.shape[-1])) if g.dim() == 2 else (lambda t: t)
-            # keys and values may come in another layout of the same tokens (Mllama's features: [images * tiles, ...])
-            outputs = tuple(exact(t).reshape(attention.shape[0], -1, t.shape[-1]) for t in projected)
+            flat = (t.flatten(-2) if t.dim() == 4 else t for t in projected)  # QK-norm heads
+            # keys and values may also come in another layout of the same tokens (Mllama's features: [images * tiles, ...])
+            outputs = tuple(exact(t).reshape(attention.shape[0], -1, t.shape[-1]) for t in flat)
             operands = split_fused(parts, outputs[0]) if parts.fused else cast(Tuple[Tensor, Tensor, Tensor], outputs)
             g_query, g_key, g_value, relevance = attention_operands_gradients(
                 attention_rule, parts, operands, exact(attention), split_heads(batched(g), parts.heads),

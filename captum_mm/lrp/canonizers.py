@@ -9,6 +9,7 @@ its canonizers in :class:`~captum_mm.lrp.composite.LRPStructure`.
 from dataclasses import dataclass
 from typing import Any, Callable, List, Tuple
 
+import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
@@ -62,11 +63,21 @@ class PositionEmbeddingInput(Canonizer):
 class GatedProduct(Canonizer):
     """``consumer``'s input is the product ``gate * up`` of a gated MLP (``down(act(gate(x)) * up(x))``;
     the consumer is ``down``, or a dropout before it): each factor takes half of the product's relevance
-    (AttnLRP's uniform rule for a product), which the ordinary gradient would give in full to both."""
+    (AttnLRP's uniform rule for a product), which the ordinary gradient would give in full to both.
+
+    Attributes:
+        consumer (nn.Module): The module reading the product.
+        gate (TensorSource): Where ``act(gate(x))`` appears (the activation's output).
+        up (TensorSource): Where ``up(x)`` appears (the up projection's output).
+        fused (bool): ``up`` is one projection whose output holds the gate's input and ``up(x)`` concatenated on
+                    the last dimension, in this order (Phi-3's ``gate_up_proj``): the up factor is its second half,
+                    whose modified gradient goes there (the first half's comes through the activation). Default: False
+    """
 
     consumer: nn.Module
     gate: TensorSource
     up: TensorSource
+    fused: bool = False
 
     def sources(self) -> List[TensorSource]:
         """The forward tensors the canonizer's rule reads (recorded for it)."""
@@ -75,8 +86,13 @@ class GatedProduct(Canonizer):
     def register(self, mode: Mode, recorded: Callable[[TensorSource], Tensor]) -> List[RemovableHandle]:
         """Install the canonizer's hooks on the model; their handles (removed on exit)."""
         def hook(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
-            gate, up = recorded(self.gate), recorded(self.up)
-            rule = lambda g: (exact(up) * g / 2, exact(gate) * g / 2)  # noqa: E731
-            return (Switch.apply(args[0], mode, rule, gate, up),) + tuple(args[1:])
+            gate, projected = recorded(self.gate), recorded(self.up)
+            up = projected.chunk(2, dim=-1)[1] if self.fused else projected
+
+            def rule(g: Tensor) -> Tuple[Tensor, Tensor]:
+                g_up = exact(gate) * g / 2
+                return exact(up) * g / 2, torch.cat((torch.zeros_like(g_up), g_up), dim=-1) if self.fused else g_up
+
+            return (Switch.apply(args[0], mode, rule, gate, projected),) + tuple(args[1:])
 
         return [self.consumer.register_forward_pre_hook(hook)]

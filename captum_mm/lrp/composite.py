@@ -36,7 +36,7 @@ from transformers.pytorch_utils import Conv1D
 from captum_mm._handles import ForwardHook, HandleList
 from captum_mm._precision import exact
 from captum_mm.capture.record import AttentionCall, AttentionRecord
-from captum_mm.lrp.attention import attention_hook, position_keeper
+from captum_mm.lrp.attention import attention_hook, normalised_sources, position_keeper
 from captum_mm.lrp.canonizers import Canonizer
 from captum_mm.lrp.coverage import uncovered_modules
 from captum_mm.lrp.rules import LinearRule, PassThrough, ProportionalResidual, RuleSet, TanhGate, safe_divide
@@ -144,8 +144,7 @@ def lrp_rules(
             projection = cast(AttentionParts, spec.parts).projection
             rule_of = (rules.for_module(spec.name, spec.module, rules.attention),
                        rules.for_module(names.get(projection, ""), projection, rules.linear) if projection is not None else rules.linear)
-            hook = attention_hook(state, rule_of, cast(AttentionRecord, record), spec, positions,
-                                  lambda norm: recorder.get(TensorSource(norm)))
+            hook = attention_hook(state, rule_of, cast(AttentionRecord, record), spec, positions, recorder.get)
             handles.append(spec.module.register_forward_hook(hook))
             if cast(AttentionParts, spec.parts).rotary:
                 handles.append(spec.module.register_forward_pre_hook(position_keeper(positions), with_kwargs=True))
@@ -156,8 +155,8 @@ def lrp_rules(
             handles.extend(canonizer.register(state.mode, recorder.get))
         sources = [source for canonizer in structure.canonizers for source in canonizer.sources()]
         sources += [s for site in structure.residuals for s in (site.branch, site.skip)]
+        sources += [s for spec in attention for s in normalised_sources(cast(AttentionParts, spec.parts))]
         sources += [site.gate.row_mask for site in structure.residuals if site.gate is not None and site.gate.row_mask is not None]
-        sources += [TensorSource(norm) for spec in attention for norm in cast(AttentionParts, spec.parts).norms]
         handles.extend(recorder.hooks(sources))
         yield state
     finally:

@@ -89,9 +89,23 @@ class AlphaBeta(LinearRule):
 
     def input_gradient(self, module: LinearModule, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
         """The modified gradient at the linear layer's input ``x`` for the modified gradient ``g_out`` at its output."""
+        return self.weight_gradient(linear_weight(module).to(x.dtype), x, out, g_out)
+
+    def weight_gradient(self, weight: Tensor, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
+        """:meth:`input_gradient` for the linear map ``x @ weight.T`` (``weight`` ``[out, in]``, in ``x``'s dtype), of
+        a layer that is no module (a mixture's experts, stored as one parameter).
+
+        Args:
+            weight (Tensor): ``[out, in]``.
+            x (Tensor): The input ``[..., in]``.
+            out (Tensor): The output ``[..., out]``.
+            g_out (Tensor): The modified gradient at the output.
+
+        Returns:
+            *Tensor*: The modified gradient at ``x``.
+        """
         relevance = out * g_out
         positive, negative = x.clamp(min=0), x.clamp(max=0)
-        weight = linear_weight(module).to(x.dtype)
         w_positive, w_negative = weight.clamp(min=0), weight.clamp(max=0)
 
         def share(w_first: Tensor, w_second: Tensor) -> Tensor:

@@ -74,6 +74,14 @@ class ArchitectureAdapter:
         """How the family's models hold generated tokens (:mod:`captum_mm.generation`); None: they do not generate."""
         return None
 
+    def lay_out_maps(self, record: AttentionRecord) -> None:
+        """After the forward: express maps the modules computed over other units than the tokens (Swin's windows) in
+        token positions (:meth:`~captum_mm.capture.record.AttentionCall.lay_out`); by default every map already is.
+
+        Args:
+            record (AttentionRecord): The forward's calls.
+        """
+
     def schedule(self, record: AttentionRecord, selection: TargetSelection) -> Schedule:
         """The :class:`Schedule` of one captured forward pass: modalities, padding masks, steps and readouts."""
         raise NotImplementedError

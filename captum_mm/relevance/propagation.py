@@ -5,7 +5,7 @@ the caller reads the readout rows. ``maps`` holds one fused map per event, keyed
 the event's call index.
 """
 
-from typing import Callable, Dict, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -42,14 +42,14 @@ class RowRelevance:
     def __init__(self, schedule: Schedule, maps: Maps, step: RowStep) -> None:
         self.schedule, self.maps, self.step = schedule, maps, step
 
-    def rows(self, pair: Tuple[str, str], rows: Tensor) -> Tensor:
-        """``R^{pair}[e, rows[e]]`` for every element: ``[E, N_key]``."""
+    def rows(self, pair: Tuple[str, str], rows: Tensor, weights: Optional[Tensor] = None) -> Tensor:
+        """``R^{pair}[e, rows[e]]`` (or ``weights[e] . R^{pair}``) for every element: ``[E, N_key]``."""
         row, key = pair
         like = _like(self.schedule, self.maps)
         if row != key:
             return like.new_zeros(rows.shape[0], self.schedule.sizes[key])
-        start = torch.nn.functional.one_hot(rows, self.schedule.sizes[row]).to(like.dtype)
-        return self._propagated(row, start)
+        start = torch.nn.functional.one_hot(rows, self.schedule.sizes[row]) if weights is None else weights
+        return self._propagated(row, start.to(like.dtype))
 
     def continued(self, values: Tensor, stage: Stage) -> Tensor:
         """``values . P . R^{stage.pair}[stage.rows, stage.columns]`` (``values``: ``[E, n]``)."""
@@ -58,7 +58,8 @@ class RowRelevance:
         modality = stage.pair[0]
         start = values.new_zeros(values.shape[0], self.schedule.sizes[modality])
         start[:, stage.rows] = values
-        return self._propagated(modality, start)[:, stage.columns]
+        values = self._propagated(modality, start)[:, stage.columns]
+        return values if stage.through is None else self.continued(values, stage.through)
 
     def _propagated(self, modality: str, rows: Tensor) -> Tensor:
         values = rows[:, None]
@@ -83,18 +84,23 @@ def self_attention_only(schedule: Schedule) -> bool:
     return all(event.is_self for event in schedule.events)
 
 
-def relevance_rows(matrices: Matrices, pair: Tuple[str, str], rows: Tensor) -> Tensor:
-    """Row ``rows[e]`` of ``R^{pair}`` for every element.
+def relevance_rows(matrices: Matrices, pair: Tuple[str, str], rows: Tensor, weights: Optional[Tensor] = None) -> Tensor:
+    """Row ``rows[e]`` of ``R^{pair}`` for every element (or the ``weights[e]`` weighting of its rows).
 
     Args:
         matrices (dict or RowRelevance): Full ``[E, N_row, N_key]`` matrices per pair, or their rows.
         pair (tuple[str, str]): ``(row modality, key modality)``.
         rows (Tensor): ``[E]`` the row read per element.
+        weights (Tensor, optional): ``[E, N_row]`` weights of the rows read instead (a pooled output). Default: None
 
     Returns:
         *Tensor*: ``[E, N_key]``.
     """
-    return matrices.rows(pair, rows) if isinstance(matrices, RowRelevance) else read_rows(matrices[pair], rows)
+    if isinstance(matrices, RowRelevance):
+        return matrices.rows(pair, rows, weights)
+    if weights is None:
+        return read_rows(matrices[pair], rows)
+    return torch.bmm(weights[:, None].to(matrices[pair].dtype), matrices[pair])[:, 0]
 
 
 def continued_through(values: Tensor, stage: Stage, matrices: Matrices) -> Tensor:
@@ -112,7 +118,8 @@ def continued_through(values: Tensor, stage: Stage, matrices: Matrices) -> Tenso
         return matrices.continued(values, stage)
     if stage.token_map is not None:
         values = values @ stage.token_map.to(values.dtype)
-    return torch.bmm(values[:, None], matrices[stage.pair][:, stage.rows][:, :, stage.columns])[:, 0]
+    values = torch.bmm(values[:, None], matrices[stage.pair][:, stage.rows][:, :, stage.columns])[:, 0]
+    return values if stage.through is None else continued_through(values, stage.through, matrices)
 
 
 def _like(schedule: Schedule, maps: Maps) -> Tensor:

@@ -53,12 +53,22 @@ class Stage:
         columns (slice or Tensor): Its tokens the output is over (a slice or indices).
         token_map (Tensor, optional): ``P``, ``[n_read, n_rows]`` weights of each earlier token in
                     each read column (a pooling such as pixel shuffle). Default: identity
+        through (Stage, optional): A still earlier stage the columns continue through (Swin's stages). Default: None
     """
 
     pair: Tuple[str, str]
     rows: Union[slice, Tensor] = field(default_factory=lambda: slice(None))
     columns: Union[slice, Tensor] = field(default_factory=lambda: slice(None))
     token_map: Optional[Tensor] = None
+    through: Optional["Stage"] = None
+
+    def chain(self) -> List["Stage"]:
+        """This stage and the earlier ones it continues through, in order.
+
+        Returns:
+            *list[Stage]*: From this stage back to the first.
+        """
+        return [self] + (self.through.chain() if self.through is not None else [])
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,6 +90,10 @@ class Readout:
         column_mask (Tensor, optional): ``[E, N_key]`` the columns kept; the others read 0
                     (a VLM's text output without its image tokens).
         through (Stage, optional): Continue the read values through an earlier stage.
+        spread (Tensor, optional): ``[n_columns, n]`` token map spreading the read values over ``n`` input positions
+                    (Whisper's encoder frames over the features' time steps), before the ``grid``.
+        row_weights (Tensor, optional): ``[E, N_row]`` read this weighting of the rows instead of row ``rows[e]``
+                    (a pooled output: Swin's mean over its last tokens); nothing is zeroed as the row token's own.
     """
 
     row: str
@@ -91,6 +105,8 @@ class Readout:
     column_index: Optional[Tensor] = None
     column_mask: Optional[Tensor] = None
     through: Optional[Stage] = None
+    spread: Optional[Tensor] = None
+    row_weights: Optional[Tensor] = None
 
     @property
     def pair(self) -> Tuple[str, str]:
@@ -102,7 +118,7 @@ class Readout:
             return None if values is None else values[index]
 
         return replace(self, rows=self.rows[index], positions=chosen(self.positions), column_index=chosen(self.column_index),
-                       column_mask=chosen(self.column_mask))
+                       column_mask=chosen(self.column_mask), row_weights=chosen(self.row_weights))
 
 
 @dataclass
@@ -146,7 +162,7 @@ class Schedule:
     def pairs(self) -> List[Tuple[str, str]]:
         """The ``(row, key)`` relevance blocks the outputs read (and the earlier stages they go through), each once."""
         pairs = [spec.pair for spec in self.outputs.values()]
-        pairs += [spec.through.pair for spec in self.outputs.values() if spec.through is not None]
+        pairs += [stage.pair for spec in self.outputs.values() if spec.through is not None for stage in spec.through.chain()]
         return list(dict.fromkeys(pairs))
 
     @property

@@ -18,7 +18,7 @@ from methods_under_test import METHODS, padded_cases
 
 from captum_mm.attr import GenericAttention, PartialLRP, RawAttention
 from captum_mm.attr.engine import forward_pass
-from captum_mm.capture.record import use_eager_attention
+from captum_mm.capture.settings import use_eager_attention
 from captum_mm.generation import generation_forward
 from captum_mm.models import adapter_for
 

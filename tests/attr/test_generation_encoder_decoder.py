@@ -5,6 +5,7 @@ import pytest
 import torch
 from helpers import (
     ENCODER_DECODERS,
+    assert_last_layer_rows,
     assert_each_sample_as_alone,
     assert_same_state,
     encoder_decoder_model,
@@ -16,9 +17,7 @@ from methods_under_test import METHODS, padded_cases
 
 from captum_mm.attr import GenericAttention, RawAttention
 from captum_mm.attr.engine import forward_pass
-from captum_mm.capture.record import use_eager_attention
 from captum_mm.generation import generation_forward
-from captum_mm.models import adapter_for
 
 CONTINUATION = [[5, 6, 7], [8, 9], [10]]
 FAMILIES = sorted(ENCODER_DECODERS)
@@ -53,18 +52,7 @@ def test_raw_attention_reads_the_last_cross_and_self_attention_rows(family):
     batch = prompt(batch=1)
     explanation = RawAttention(model).explain(batch, continuation=[[5, 6, 7]])
     start = model.generation_config.decoder_start_token_id
-    decoder_ids = torch.tensor([[start, 5, 6, 7]])
-    restore = use_eager_attention(model, attention_functions=adapter_for(model).attention_functions)
-    try:
-        output = model(**batch, decoder_input_ids=decoder_ids, output_attentions=True)
-    finally:
-        restore.remove()
-    cross, self_attention = output.cross_attentions[-1][0].mean(0), output.decoder_attentions[-1][0].mean(0)
-    for k in range(3):
-        torch.testing.assert_close(explanation.text[0, k], cross[k])
-        row = self_attention[k].clone()
-        row[k] = 0.0  # the row token's own entry
-        torch.testing.assert_close(explanation.generated[0, k], row[1:])
+    assert_last_layer_rows(model, batch, torch.tensor([[start, 5, 6, 7]]), explanation.text[0], explanation.generated[0])
 
 
 @pytest.mark.parametrize("family, method, dtype", padded_cases(FAMILIES, sorted(METHODS), "t5"))

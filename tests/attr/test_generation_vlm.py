@@ -24,7 +24,7 @@ from methods_under_test import METHODS, padded_cases
 
 from captum_mm.attr import GenericAttention, RawAttention
 from captum_mm.attr.engine import forward_pass
-from captum_mm.capture.record import use_eager_attention
+from captum_mm.capture.settings import use_eager_attention
 from captum_mm.generation import generation_forward
 from captum_mm.models import adapter_for
 
@@ -109,7 +109,7 @@ def test_stopping_at_the_image_tokens():
 def test_batched_with_left_padding_equals_each_sample_alone(family, method, dtype):
     model = VLMS[family]()
     explanation = assert_each_sample_as_alone(lambda: METHODS[method](model), in_dtype(model, family_prompts(family), dtype), CONTINUATION)
-    grid = (8, 8) if family in ("idefics3", "smolvlm", "qwen2_vl") else IMAGE_GRID  # the patch grid (4 x 4 patches)
+    grid = (8, 8) if family in ("idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl") else IMAGE_GRID  # the patch grid (4 x 4 patches)
     assert explanation.image.shape == (3, 2, *grid) and explanation.text.shape == (3, 2, 22)
 
 

@@ -79,6 +79,9 @@ def test_half_precision_matches_float32(family, method):
 #: Generative families whose LRP the probe found off in half precision: a model and its (left-padded) prompts.
 GENERATIVE = {
     "opt": (lambda: language_model("opt"), lambda: dict(zip(("input_ids", "attention_mask"), prompt_batch()))),
+    # the mixture rule (Mixtral, Qwen3-MoE), QK-norm's operands (Qwen3-MoE)
+    **{name: (lambda name=name: language_model(name), lambda: dict(zip(("input_ids", "attention_mask"), prompt_batch())))
+       for name in ("mixtral", "qwen3-moe")},
     "llava": (VLMS["llava"], lambda: family_prompts("llava")),
     "paligemma": (VLMS["paligemma"], lambda: family_prompts("paligemma")),
     "mllama": (mllama, mllama_prompts),

@@ -95,25 +95,28 @@ def test_lrp_context_leaves_no_trace_also_after_an_exception(make_case):
     assert torch.equal(*logits)  # bit-identical outputs
 
 
-@pytest.mark.parametrize("family", ["vit", "bert", "vilt", "clip"])
+@pytest.mark.parametrize("family", ["vit", "bert", "vilt", "clip", "swin"])
 def test_self_attention_families_conserve_relevance_at_every_layer(family):
-    """CLIP: in each tower, the L2 normalisation passed through as LayerNorm is."""
-    from helpers import bert_case, clip_case, vilt_case, vit_case
+    """CLIP: in each tower, the L2 normalisation passed through as LayerNorm is. Swin: the windows' maps, the
+    relative position bias (a constant), the patch merging (LayerNorm, bias-free reduction) and the pooling."""
+    from helpers import bert_case, clip_case, swin_case, vilt_case, vit_case
 
-    case = {"vit": vit_case, "bert": bert_case, "vilt": vilt_case, "clip": clip_case}[family](layers=3)
+    case = {"vit": vit_case, "bert": bert_case, "vilt": vilt_case, "clip": clip_case, "swin": swin_case}[family](layers=3)
     from transformers.models.bert.modeling_bert import BertLayer
     from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+    from transformers.models.swin.modeling_swin import SwinLayer
     from transformers.models.vilt.modeling_vilt import ViltLayer
     from transformers.models.vit.modeling_vit import ViTLayer
 
-    layers = [m for m in case.model.modules() if isinstance(m, (BertLayer, ViltLayer, ViTLayer, CLIPEncoderLayer))]
+    classes = (BertLayer, ViltLayer, ViTLayer, CLIPEncoderLayer, SwinLayer)
+    layers = [m for m in case.model.modules() if isinstance(m, classes)]
     cuts = {f"layer{k}": (layer, 0) for k, layer in enumerate(layers)}
     relevance = relevance_at_cuts(case, cuts)
     for name in cuts:
         assert torch.allclose(relevance[name], torch.ones(3, dtype=torch.float64), atol=TOLERANCE), (family, name)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma", "gpt2", "opt", "opt-post-norm"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma", "gpt2", "opt", "opt-post-norm", "phi3", "mixtral", "qwen3-moe"])
 def test_decoder_only_lms_conserve_relevance_at_every_layer(family):
     """LLaMA-style: rotary embeddings and grouped-query heads crossed by their transposes, RMSNorm passed
     through, the gated product halved. GPT-2: Conv1D projections under the linear rules, the fused c_attn

@@ -10,7 +10,7 @@ from transformers.models.llama.modeling_llama import eager_attention_forward as 
 
 from captum_mm.adapters.llama import LlamaAdapter
 from captum_mm.capture.eager import EXACT_EAGER, declare_attention_functions, exact_eager_attention, family_eager
-from captum_mm.capture.record import use_eager_attention
+from captum_mm.capture.settings import use_eager_attention
 
 
 class SubclassedAttention(LlamaAttention):

@@ -60,15 +60,16 @@ def test_the_override_is_undone_with_the_registry(restored_registry):
 
 @pytest.mark.parametrize("model_class, closest, adapter", [
     ("Qwen3ForCausalLM", "Qwen2ForCausalLM", "LlamaAdapter"),
-    ("MixtralForCausalLM", "MistralForCausalLM", "LlamaAdapter"),
+    ("Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "Qwen3MoeAdapter"),  # its shared expert has no rule yet
     ("RobertaModel", "BertModel", "BertAdapter"),
 ])
 def test_an_unsupported_model_is_pointed_to_the_closest_family_register_adapter_and_tutorial_04(model_class, closest, adapter):
     configs = {
         "Qwen3ForCausalLM": dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                  num_attention_heads=2, num_key_value_heads=1, head_dim=8),
-        "MixtralForCausalLM": dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                   num_attention_heads=2, num_key_value_heads=1, num_local_experts=2),
+        "Qwen2MoeForCausalLM": dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                    num_attention_heads=2, num_key_value_heads=1, num_experts=2, moe_intermediate_size=16,
+                                    shared_expert_intermediate_size=16, eos_token_id=2),
         "RobertaModel": dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32),
     }
     cls = getattr(transformers, model_class)
