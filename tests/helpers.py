@@ -56,6 +56,8 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen3Config,
     Qwen3ForCausalLM,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
     ResNetConfig,
     SiglipVisionConfig,
     SmolVLMConfig,
@@ -418,6 +420,19 @@ def qwen2_5_vl(vision_layers=2, layers=2) -> nn.Module:
     return Qwen2_5_VLForConditionalGeneration(config).eval()
 
 
+def qwen3_vl(vision_layers=2, layers=2) -> nn.Module:
+    """Qwen2-VL's images (8 x 8 patches, 16 image tokens), a learned 4 x 4 position grid interpolated onto them, and
+    deepstack: vision block 0's output through its own merger, added to the image tokens after LM layer 0."""
+    vision = dict(depth=vision_layers, hidden_size=32, out_hidden_size=32, intermediate_size=48, num_heads=4, patch_size=4,
+                  spatial_merge_size=2, temporal_patch_size=2, in_channels=3, num_position_embeddings=16,
+                  deepstack_visual_indexes=[0])
+    text = dict(_LLAMA_LIKE, num_hidden_layers=layers, head_dim=8, rope_parameters={
+        "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2], "mrope_interleaved": True})
+    config = Qwen3VLConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, vision_start_token_id=38,
+                           vision_end_token_id=39)
+    return Qwen3VLForConditionalGeneration(config).eval()
+
+
 #: Qwen2-VL's flattened patches per image (8 x 8), each of channels x temporal patch x 4 x 4 values.
 QWEN_PATCHES, QWEN_PATCH_VALUES = 64, 3 * 2 * 4 * 4
 
@@ -451,7 +466,7 @@ def blip_questions(batch=3, tokens=6, pad=True) -> Dict[str, Tensor]:
 
 VLMS: Dict[str, Callable[..., nn.Module]] = {
     "llava": llava, "paligemma": paligemma, "idefics3": idefics3, "smolvlm": lambda **kw: idefics3(smolvlm=True, **kw),
-    "qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl,
+    "qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl, "qwen3_vl": qwen3_vl,
 }
 
 
@@ -460,7 +475,7 @@ def family_prompts(family: str, **kwargs) -> Dict[str, Tensor]:
     batch = vlm_prompts(**kwargs)
     if family in ("idefics3", "smolvlm"):
         batch["pixel_values"] = batch["pixel_values"][:, None]
-    if family in ("qwen2_vl", "qwen2_5_vl"):  # flattened patches and each image's grid; token types mark the image tokens
+    if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):  # flattened patches and each image's grid; token types mark the image tokens
         size = batch["input_ids"].shape[0]
         batch.update(pixel_values=torch.randn(size * QWEN_PATCHES, QWEN_PATCH_VALUES), image_grid_thw=torch.tensor([[1, 8, 8]] * size),
                      mm_token_type_ids=(batch["input_ids"] == IMAGE_TOKEN).long())

@@ -97,13 +97,13 @@ def test_lean_equals_eager_on_classifiers(family, method):
     assert_same(lean, eager, method)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "opt", "bart", "t5", "llava", "qwen2_vl", "qwen2_5_vl", "blip2-opt"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt", "bart", "t5", "llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "blip2-opt"])
 def test_every_attention_interface_call_is_captured_lean(family):
     """The LMs', the vision towers' and BLIP-2's Q-Former's calls are lean; Qwen2-VL's vision tower (its weights
     recorded inside its own eager function) stays on the eager path, as Qwen2.5-VL's."""
     model, prompt = generative(family)
     calls = lean_calls(model, prompt, GenericAttention(model))
-    eager_calls = {"qwen2_vl": 2, "qwen2_5_vl": 2}.get(family, 0)
+    eager_calls = {"qwen2_vl": 2, "qwen2_5_vl": 2, "qwen3_vl": 2}.get(family, 0)
     assert calls.count(False) == eager_calls and calls.count(True) == len(calls) - eager_calls > 0
     lrp = GenericAttention(model, head_weighting="lrp")  # the LRP rules need the probabilities: eager
     assert not any(lean_calls(model, prompt, lrp))
