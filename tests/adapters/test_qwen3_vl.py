@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import assert_same_state, family_prompts, generation_relevance, model_state, qwen3_vl
+from methods_under_test import METHODS
 from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb_vision
 
 from captum_mm.attr import GenericAttention, RawAttention
@@ -164,3 +165,18 @@ def test_captums_llm_api_sums_the_patch_relevance_each_image_segment_covers():
     grid = GenericAttention(model).explain(processor(image), continuation=target).image[0]  # [2 tokens, 8, 8]
     torch.testing.assert_close(result.token_attr, torch.stack([grid[:, :, :4].sum((1, 2)), grid[:, :, 4:].sum((1, 2))], 1))
     assert result.input_tokens == ["image_feature_0", "image_feature_1"] and result.output_tokens == ["blue", "circle"]
+
+
+def test_attribute_gives_every_method_s_next_token_relevance_over_the_prompt():
+    # the flattened patches of all images are no per-sample input: attribute explains the prompt's tokens
+    model = _randomised(qwen3_vl())
+    batch = family_prompts("qwen3_vl")
+
+    def forward(ids, pixels, grid, types, mask):
+        return model(input_ids=ids, pixel_values=pixels, image_grid_thw=grid, mm_token_type_ids=types, attention_mask=mask).logits
+
+    rest = tuple(batch[name] for name in ("pixel_values", "image_grid_thw", "mm_token_type_ids", "attention_mask"))
+    next_tokens = torch.tensor([5, 6, 7])
+    for key, make in METHODS.items():
+        text = make(forward, model).attribute(batch["input_ids"], target=next_tokens, additional_forward_args=rest)
+        torch.testing.assert_close(text, make(model).explain(batch, continuation=next_tokens[:, None]).text[:, 0], msg=key)
