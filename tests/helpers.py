@@ -58,6 +58,8 @@ from transformers import (
     Qwen3ForCausalLM,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
     ResNetConfig,
     SiglipVisionConfig,
     SmolVLMConfig,
@@ -420,17 +422,23 @@ def qwen2_5_vl(vision_layers=2, layers=2) -> nn.Module:
     return Qwen2_5_VLForConditionalGeneration(config).eval()
 
 
-def qwen3_vl(vision_layers=2, layers=2) -> nn.Module:
+def qwen3_vl(vision_layers=2, layers=2, moe=False) -> nn.Module:
     """Qwen2-VL's images (8 x 8 patches, 16 image tokens), a learned 4 x 4 position grid interpolated onto them, and
-    deepstack: vision block 0's output through its own merger, added to the image tokens after LM layer 0."""
+    deepstack: vision block 0's output through its own merger, added to the image tokens after LM layer 0. ``moe``:
+    Qwen3-VL-MoE, sparse MoE blocks (4 experts, 2 a token) but in the last layer (dense)."""
     vision = dict(depth=vision_layers, hidden_size=32, out_hidden_size=32, intermediate_size=48, num_heads=4, patch_size=4,
                   spatial_merge_size=2, temporal_patch_size=2, in_channels=3, num_position_embeddings=16,
                   deepstack_visual_indexes=[0])
     text = dict(_LLAMA_LIKE, num_hidden_layers=layers, head_dim=8, rope_parameters={
         "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2], "mrope_interleaved": True})
-    config = Qwen3VLConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, vision_start_token_id=38,
-                           vision_end_token_id=39)
-    return Qwen3VLForConditionalGeneration(config).eval()
+    config_class, model_class, experts = (Qwen3VLConfig, Qwen3VLForConditionalGeneration, {})
+    if moe:  # the experts' eager loop (grouped_mm takes no float64)
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, mlp_only_layers=[layers - 1])
+        config_class, model_class, experts = (Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration,
+                                              {"experts_implementation": "eager"})
+    config = config_class(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, vision_start_token_id=38,
+                          vision_end_token_id=39, **experts)
+    return model_class(config).eval()
 
 
 #: Qwen2-VL's flattened patches per image (8 x 8), each of channels x temporal patch x 4 x 4 values.

@@ -12,12 +12,15 @@ LRP: the deepstack additions are plain sums at the image tokens, split by the z-
 LM's input and the deepstack mergers' outputs together hold the logit's relevance; the vision blocks' and mergers'
 rules as Qwen2-VL's, the QK-norm passed through as Qwen3's. Lean capture serves the LM's attention (its eager function
 is Llama's); the vision attention is recorded in its attention function, as Qwen2-VL's.
+
+Qwen3-VL-MoE: the same, with Qwen3-MoE's sparse MoE blocks in the LM (:mod:`captum_mm.adapters.moe`): LRP through each
+by :class:`~captum_mm.lrp.mixture.SparseMixture`, dense gated MLPs (``mlp_only_layers``) as LLaMA's.
 """
 
 from types import MappingProxyType
-from typing import Tuple
+from typing import Any, List, Tuple
 
-from transformers import Qwen3VLForConditionalGeneration
+from transformers import Qwen3VLForConditionalGeneration, Qwen3VLMoeForConditionalGeneration
 from transformers.models.qwen3_vl.modeling_qwen3_vl import (
     Qwen3VLTextAttention,
     Qwen3VLTextDecoderLayer,
@@ -26,8 +29,21 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import (
     Qwen3VLVisionAttention,
     Qwen3VLVisionBlock,
 )
+from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import (
+    Qwen3VLMoeTextAttention,
+    Qwen3VLMoeTextDecoderLayer,
+    Qwen3VLMoeTextExperts,
+    Qwen3VLMoeTextMLP,
+    Qwen3VLMoeTextRMSNorm,
+    Qwen3VLMoeTextSparseMoeBlock,
+    Qwen3VLMoeTextTopKRouter,
+    Qwen3VLMoeVisionAttention,
+    Qwen3VLMoeVisionBlock,
+)
 
 from captum_mm.adapters.qwen2_vl import Qwen2VLAdapter
+from captum_mm.lrp.composite import LRPStructure
+from captum_mm.lrp.mixture import SparseMixture
 from captum_mm.models.registry import register_adapter
 
 
@@ -49,3 +65,30 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     mlp_classes: Tuple[type, ...] = (Qwen3VLTextMLP,)
     norm_classes: Tuple[type, ...] = (Qwen3VLTextRMSNorm,)
     qk_norm_classes: Tuple[type, ...] = (Qwen3VLTextRMSNorm,)
+
+
+@register_adapter
+class Qwen3VLMoeAdapter(Qwen3VLAdapter):
+    """Qwen3-VL-MoE: Qwen3-VL's adapter with sparse mixture-of-experts blocks in the LM.
+
+    Args:
+        model (nn.Module): The Qwen3-VL-MoE model the adapter serves.
+    """
+
+    model_classes = (Qwen3VLMoeForConditionalGeneration,)
+    model: Qwen3VLMoeForConditionalGeneration  # type: ignore[assignment]
+    attention_classes = (Qwen3VLMoeTextAttention,)
+    vision_attention_classes = (Qwen3VLMoeVisionAttention,)
+    vision_layer_classes = (Qwen3VLMoeVisionBlock,)
+    attention_functions = MappingProxyType({Qwen3VLMoeTextAttention: True})  # softmax in float32
+    layer_classes = (Qwen3VLMoeTextDecoderLayer,)
+    mlp_classes = (Qwen3VLMoeTextMLP,)  # the dense layers' (mlp_only_layers)
+    norm_classes = (Qwen3VLMoeTextRMSNorm,)
+    qk_norm_classes = (Qwen3VLMoeTextRMSNorm,)
+
+    def lrp_structure(self) -> LRPStructure:
+        """Qwen3-VL's, each sparse MoE block by :class:`~captum_mm.lrp.mixture.SparseMixture`."""
+        blocks: List[Any] = [m for m in self.language_model().modules() if isinstance(m, Qwen3VLMoeTextSparseMoeBlock)]
+        mixtures = LRPStructure([], canonizers=[SparseMixture(block, block.gate, block.experts) for block in blocks],
+                                covered_types=(Qwen3VLMoeTextTopKRouter, Qwen3VLMoeTextExperts))
+        return super().lrp_structure() + mixtures

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import assert_same_state, family_prompts, generation_relevance, model_state, qwen3_vl
-from methods_under_test import METHODS
+from methods_under_test import MAY_VANISH, METHODS
 from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb_vision
 
 from captum_mm.attr import GenericAttention, RawAttention
@@ -180,3 +180,23 @@ def test_attribute_gives_every_method_s_next_token_relevance_over_the_prompt():
     for key, make in METHODS.items():
         text = make(forward, model).attribute(batch["input_ids"], target=next_tokens, additional_forward_args=rest)
         torch.testing.assert_close(text, make(model).explain(batch, continuation=next_tokens[:, None]).text[:, 0], msg=key)
+
+
+def test_qwen3_vl_moe_explains_with_every_method_and_its_lrp_conserves_through_the_experts_in_float64():
+    """Qwen3-VL-MoE: the same adapter with Qwen3-MoE's sparse blocks (SparseMixture) in LM layer 0, a dense MLP in 1."""
+    model = _randomised(qwen3_vl(moe=True))
+    for parameter in model.model.language_model.layers[0].mlp.gate.parameters():  # HF's router starts at zero
+        torch.nn.init.normal_(parameter, std=0.5)
+    batch = family_prompts("qwen3_vl", batch=2)
+    for key, make in METHODS.items():
+        image = make(model).explain(batch, continuation=[[5], [6]]).image
+        assert image.shape == (2, 1, *GRID) and image.isfinite().all() and (key in MAY_VANISH or image.abs().sum() > 0), key
+    model = model.double()
+    batch["pixel_values"] = batch["pixel_values"].double()
+    language = model.model.language_model
+    cuts = {"lm 0": (language.layers[0], "input"), "lm 1": (language.layers[1], "input"),
+            "deepstack out": (model.model.visual.deepstack_merger_list[0], "output")}
+    relevance = generation_relevance(model, batch, [[5], [6]], cuts)
+    one = torch.ones(2, dtype=torch.float64)
+    torch.testing.assert_close(relevance["lm 0"] + relevance["deepstack out"].reshape(2, -1).sum(1), one, atol=1e-6, rtol=0)
+    torch.testing.assert_close(relevance["lm 1"], one, atol=1e-6, rtol=0)
