@@ -1,7 +1,7 @@
 """Tiny random-init HuggingFace models and their inputs, built locally (never downloaded)."""
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -439,6 +439,39 @@ def qwen3_vl(vision_layers=2, layers=2, moe=False) -> nn.Module:
     config = config_class(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, vision_start_token_id=38,
                           vision_end_token_id=39, **experts)
     return model_class(config).eval()
+
+
+def qwen_vision_inputs(model: nn.Module, batch: Dict[str, Tensor], blocks: Sequence[int]) -> Dict[Any, Any]:
+    """A Qwen-VL model's vision blocks ``blocks``: each one's fused projection output and attention keywords (rotary
+    embedding, window bounds), from one plain forward."""
+    kept, handles = {}, []
+    for k in blocks:
+        attention = model.model.visual.blocks[k].attn
+        handles += [attention.qkv.register_forward_hook(lambda m, a, o, k=k: kept.__setitem__(("qkv", k), o)),
+                    attention.register_forward_pre_hook(lambda m, a, kw, k=k: kept.__setitem__(("kw", k), kw), with_kwargs=True)]
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return kept
+
+
+def qwen_eager_output(model: nn.Module, batch: Dict[str, Tensor], token: int) -> Any:
+    """A Qwen-VL model's own output on one prompt followed by ``token`` (text), its attention eager, ``output_attentions``."""
+    ids = torch.cat([batch["input_ids"], torch.tensor([[token]])], dim=1)
+    types = torch.cat([batch["mm_token_type_ids"], torch.zeros(1, 1, dtype=torch.long)], dim=1)
+    configs = (model.config, model.config.text_config)
+    for config in configs:
+        config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            return model(input_ids=ids, pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+                         mm_token_type_ids=types, output_attentions=True)
+    finally:
+        for config in configs:
+            config._attn_implementation = "sdpa"
 
 
 #: Qwen2-VL's flattened patches per image (8 x 8), each of channels x temporal patch x 4 x 4 values.

@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers import assert_same_state, family_prompts, generation_relevance, model_state, qwen3_vl
+from helpers import (assert_same_state, family_prompts, generation_relevance, model_state, qwen3_vl, qwen_eager_output,
+                     qwen_vision_inputs)
 from methods_under_test import MAY_VANISH, METHODS
 from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb_vision
 
@@ -54,17 +55,10 @@ def test_schedule_runs_every_vision_block_then_every_lm_layer_and_leaves_the_mod
 
 def _last_vision_map(model, batch):
     """The last block's map of the first image, ``softmax(q k^T / sqrt(d))`` over its 64 patches, from one plain forward."""
-    attention, kept = model.model.visual.blocks[-1].attn, {}
-    handles = [attention.qkv.register_forward_hook(lambda m, a, o: kept.__setitem__("qkv", o)),
-               attention.register_forward_pre_hook(lambda m, a, kw: kept.__setitem__("kw", kw), with_kwargs=True)]
-    try:
-        with torch.no_grad():
-            model(**batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-    q, k, _ = kept["qkv"][:64].reshape(64, 3, 4, 8).permute(1, 0, 2, 3).unbind(0)
-    cos, sin = (t[:64] for t in kept["kw"]["position_embeddings"])
+    last = len(model.model.visual.blocks) - 1
+    kept = qwen_vision_inputs(model, batch, (last,))
+    q, k, _ = kept[("qkv", last)][:64].reshape(64, 3, 4, 8).permute(1, 0, 2, 3).unbind(0)
+    cos, sin = (t[:64] for t in kept[("kw", last)]["position_embeddings"])
     q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
     return (torch.einsum("nhd,mhd->hnm", q, k) / 8 ** 0.5).softmax(-1).mean(0)
 
@@ -74,19 +68,8 @@ def test_raw_attention_image_is_the_lm_row_times_the_token_map_times_the_last_vi
     batch = family_prompts("qwen3_vl", batch=1)
     explanation = RawAttention(model).explain(batch, continuation=[[5]])
     vision = _last_vision_map(model, batch)
-    ids = torch.cat([batch["input_ids"], torch.tensor([[5]])], dim=1)
-    types = torch.cat([batch["mm_token_type_ids"], torch.zeros(1, 1, dtype=torch.long)], dim=1)
-    configs = (model.config, model.config.text_config)
-    for config in configs:
-        config._attn_implementation = "eager"
-    try:
-        with torch.no_grad():
-            output = model(input_ids=ids, pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
-                           mm_token_type_ids=types, output_attentions=True)
-    finally:
-        for config in configs:
-            config._attn_implementation = "sdpa"
-    language = output.attentions[-1][0].mean(0)[ids.shape[1] - 2]  # the LM's last layer, the row predicting the token
+    output = qwen_eager_output(model, batch, 5)
+    language = output.attentions[-1][0].mean(0)[-2]  # the LM's last layer, the row predicting the token
     per_patch = (language[2:18].repeat_interleave(4) / 4) @ vision  # token j: the processor's rows 4j ... 4j + 3
     expected = torch.zeros(64).index_copy(0, _processor_cells(), per_patch)
     torch.testing.assert_close(explanation.image[0, 0].flatten(), expected)
