@@ -1,7 +1,7 @@
 """Tiny random-init HuggingFace models and their inputs, built locally (never downloaded)."""
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -58,6 +58,10 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen3Config,
     Qwen3ForCausalLM,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
     ResNetConfig,
     SiglipVisionConfig,
     SmolVLMConfig,
@@ -420,6 +424,58 @@ def qwen2_5_vl(vision_layers=2, layers=2) -> nn.Module:
     return Qwen2_5_VLForConditionalGeneration(config).eval()
 
 
+def qwen3_vl(vision_layers=2, layers=2, moe=False) -> nn.Module:
+    """Qwen2-VL's images (8 x 8 patches, 16 image tokens), a learned 4 x 4 position grid interpolated onto them, and
+    deepstack: vision block 0's output through its own merger, added to the image tokens after LM layer 0. ``moe``:
+    Qwen3-VL-MoE, sparse MoE blocks (4 experts, 2 a token) but in the last layer (dense)."""
+    vision = dict(depth=vision_layers, hidden_size=32, out_hidden_size=32, intermediate_size=48, num_heads=4, patch_size=4,
+                  spatial_merge_size=2, temporal_patch_size=2, in_channels=3, num_position_embeddings=16,
+                  deepstack_visual_indexes=[0])
+    text = dict(_LLAMA_LIKE, num_hidden_layers=layers, head_dim=8, rope_parameters={
+        "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2], "mrope_interleaved": True})
+    config_class, model_class, experts = (Qwen3VLConfig, Qwen3VLForConditionalGeneration, {})
+    if moe:  # the experts' eager loop (grouped_mm takes no float64)
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, mlp_only_layers=[layers - 1])
+        config_class, model_class, experts = (Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration,
+                                              {"experts_implementation": "eager"})
+    config = config_class(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, vision_start_token_id=38,
+                          vision_end_token_id=39, **experts)
+    return model_class(config).eval()
+
+
+def qwen_vision_inputs(model: nn.Module, batch: Dict[str, Tensor], blocks: Sequence[int]) -> Dict[Any, Any]:
+    """A Qwen-VL model's vision blocks ``blocks``: each one's fused projection output and attention keywords (rotary
+    embedding, window bounds), from one plain forward."""
+    kept, handles = {}, []
+    for k in blocks:
+        attention = model.model.visual.blocks[k].attn
+        handles += [attention.qkv.register_forward_hook(lambda m, a, o, k=k: kept.__setitem__(("qkv", k), o)),
+                    attention.register_forward_pre_hook(lambda m, a, kw, k=k: kept.__setitem__(("kw", k), kw), with_kwargs=True)]
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return kept
+
+
+def qwen_eager_output(model: nn.Module, batch: Dict[str, Tensor], token: int) -> Any:
+    """A Qwen-VL model's own output on one prompt followed by ``token`` (text), its attention eager, ``output_attentions``."""
+    ids = torch.cat([batch["input_ids"], torch.tensor([[token]])], dim=1)
+    types = torch.cat([batch["mm_token_type_ids"], torch.zeros(1, 1, dtype=torch.long)], dim=1)
+    configs = (model.config, model.config.text_config)
+    for config in configs:
+        config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            return model(input_ids=ids, pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+                         mm_token_type_ids=types, output_attentions=True)
+    finally:
+        for config in configs:
+            config._attn_implementation = "sdpa"
+
+
 #: Qwen2-VL's flattened patches per image (8 x 8), each of channels x temporal patch x 4 x 4 values.
 QWEN_PATCHES, QWEN_PATCH_VALUES = 64, 3 * 2 * 4 * 4
 
@@ -453,7 +509,7 @@ def blip_questions(batch=3, tokens=6, pad=True) -> Dict[str, Tensor]:
 
 VLMS: Dict[str, Callable[..., nn.Module]] = {
     "llava": llava, "paligemma": paligemma, "idefics3": idefics3, "smolvlm": lambda **kw: idefics3(smolvlm=True, **kw),
-    "qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl,
+    "qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl, "qwen3_vl": qwen3_vl,
 }
 
 
@@ -500,7 +556,7 @@ def family_prompts(family: str, **kwargs) -> Dict[str, Tensor]:
     batch = vlm_prompts(**kwargs)
     if family in ("idefics3", "smolvlm"):
         batch["pixel_values"] = batch["pixel_values"][:, None]
-    if family in ("qwen2_vl", "qwen2_5_vl"):  # flattened patches and each image's grid; token types mark the image tokens
+    if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):  # flattened patches and each image's grid; token types mark the image tokens
         size = batch["input_ids"].shape[0]
         batch.update(pixel_values=torch.randn(size * QWEN_PATCHES, QWEN_PATCH_VALUES), image_grid_thw=torch.tensor([[1, 8, 8]] * size),
                      mm_token_type_ids=(batch["input_ids"] == IMAGE_TOKEN).long())

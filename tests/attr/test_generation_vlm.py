@@ -109,7 +109,7 @@ def test_stopping_at_the_image_tokens():
 def test_batched_with_left_padding_equals_each_sample_alone(family, method, dtype):
     model = VLMS[family]()
     explanation = assert_each_sample_as_alone(lambda: METHODS[method](model), in_dtype(model, family_prompts(family), dtype), CONTINUATION)
-    grid = (8, 8) if family in ("idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl") else IMAGE_GRID  # the patch grid (4 x 4 patches)
+    grid = (8, 8) if family in ("idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl", "qwen3_vl") else IMAGE_GRID  # the patch grid (4 x 4 patches)
     assert explanation.image.shape == (3, 2, *grid) and explanation.text.shape == (3, 2, 22)
 
 
