@@ -9,8 +9,9 @@ Schedule: LLaVA's (:mod:`captum_mm.adapters.llava`), the vision sequence of a sa
 tokens one after the other: the tower's per-tile maps are laid out block-diagonally (a tile attends to itself only).
 The token map ``P`` is the model's own ``pack_image_features`` applied to one-hot features (exact: packing is linear),
 so each image token reads the vision token it was made from (OneVision's shrunk grid: the bilinear weights) and a
-newline token nothing. The ``image`` output is one map over the high-resolution patch grid: each tile patch on its
-cell; the base image's patches spread, by area overlap, over the cells of the original image's (unpadded) region.
+newline token nothing. The ``image`` output is one map over the original image: the cells of the high-resolution patch
+grid (the tiles' grids side by side) that ``unpad_image`` keeps; each tile patch on its cell, the base image's patches
+spread over the region by area overlap.
 The vision tower is captured eagerly (its maps are laid out after the forward), the LM as LLaVA's.
 """
 
@@ -30,7 +31,7 @@ from transformers.models.llava_next.modeling_llava_next import (
 from captum_mm.adapters.decoder import DecoderOnlyAdapter
 from captum_mm.adapters.llama import LlamaAdapter
 from captum_mm.adapters.llava import LlavaAdapter
-from captum_mm.adapters.vision_language import IMAGE, VISION
+from captum_mm.adapters.vision_language import VISION
 from captum_mm.capture.record import AttentionRecord
 from captum_mm.capture.windows import join_windows
 from captum_mm.models.arguments import Argument, require
@@ -70,7 +71,8 @@ class LlavaNextAdapter(LlavaAdapter):
     image_tokens_on_grid = False  # newline tokens end each row
     arguments = MappingProxyType(dict(
         DecoderOnlyAdapter.arguments,
-        pixel_values=Argument(5, TILES, IMAGE, f"A LLaVA-NeXT prompt needs pixel_values {TILES}."),
+        # No output: a tile's pixels are not the image's (explain gives the image map; attribute the prompt's tokens).
+        pixel_values=Argument(5, TILES, None, f"A LLaVA-NeXT prompt needs pixel_values {TILES}."),
         image_sizes=Argument(2, "[batch, 2]", None, "A LLaVA-NeXT prompt needs image_sizes [batch, 2] (height, width)."),
     ))
 
@@ -80,8 +82,8 @@ class LlavaNextAdapter(LlavaAdapter):
             require(bool((sizes == sizes[:1]).all()), f"Images of one size (image_sizes rows alike) are explained together, "
                     f"got {sizes.tolist()}.")
         super().check_arguments(arguments)
-        pixels = arguments["pixel_values"]
-        require(pixels.shape[1] >= self._tiles(arguments), f"image_sizes {sizes[0].tolist()} needs {self._tiles(arguments)} "
+        pixels, size = arguments["pixel_values"], arguments["image_sizes"][0].tolist()
+        require(pixels.shape[1] >= self._tiles(arguments), f"image_sizes {size} needs {self._tiles(arguments)} "
                 f"patches (the base image and its tiles) per image; pixel_values has {pixels.shape[1]}.")
 
     def _tile_size(self) -> Tuple[int, int]:
@@ -140,16 +142,28 @@ class LlavaNextAdapter(LlavaAdapter):
         token_map[:, :, first:] = packed.reshape(-1, tiles, features)
         return token_map.flatten(1)
 
-    def tile_spread(self, arguments: Dict[str, Any]) -> Tensor:
-        """How each vision token's relevance lands on the high-resolution grid: a tile's patch on its cell, a base
-        image patch over the cells of the original image's region it covers (by area; each row sums to 1), a class
-        token nowhere.
+    def image_region(self, arguments: Dict[str, Any]) -> Tensor:
+        """The cells of the high-resolution grid the original image covers (the model's ``unpad_image``).
 
         Args:
             arguments (dict): The forward's arguments.
 
         Returns:
-            *Tensor*: ``[tiles * tokens per tile, grid cells]``.
+            *Tensor*: ``[rows, columns]`` their flat indices on the high-resolution grid.
+        """
+        grid = self.patch_grid(arguments)
+        return unpad_image(torch.arange(grid[0] * grid[1]).reshape(1, *grid), arguments["image_sizes"][0])[0]
+
+    def tile_spread(self, arguments: Dict[str, Any]) -> Tensor:
+        """How each vision token's relevance lands on the original image's region of the high-resolution grid: a tile's
+        patch on its cell (nowhere when it shows padding only), a base image patch over the cells it covers, by area
+        (its row sums to 1), a class token nowhere.
+
+        Args:
+            arguments (dict): The forward's arguments.
+
+        Returns:
+            *Tensor*: ``[tiles * tokens per tile, region cells]``, the region's cells row-major.
         """
         grid, side, columns = self.patch_grid(arguments), self._tile_size()[1], self._tile_grid(arguments)[1]
         tiles, skip = self._tiles(arguments), int(self._has_class_token())
@@ -160,9 +174,10 @@ class LlavaNextAdapter(LlavaAdapter):
             cells = rows[:, None] * grid[1] + (tile - 1) % columns * side + within[None, :]
             spread[tile, skip:] = torch.zeros(side * side, grid[0] * grid[1], dtype=torch.float64).scatter_(
                 1, cells.reshape(-1, 1), 1.0)
-        region = unpad_image(torch.arange(grid[0] * grid[1]).reshape(1, *grid), arguments["image_sizes"][0])[0]
+        region = self.image_region(arguments)
+        spread = spread[:, :, region.flatten()]
         base = area_overlap(side, region.shape[0])[:, None, :, None] * area_overlap(side, region.shape[1])[None, :, None, :]
-        spread[0, skip:, region.flatten()] = base.reshape(side * side, -1)
+        spread[0, skip:] = base.reshape(side * side, -1)
         return spread.flatten(0, 1)
 
     def image_readout(self, arguments: Dict[str, Any], query: str, rows: Tensor, key: str, image_tokens: Tensor) -> Readout:
@@ -170,7 +185,8 @@ class LlavaNextAdapter(LlavaAdapter):
             return super().image_readout(arguments, query, rows, key, image_tokens)
         positions = torch.nonzero(image_tokens)[:, 1].reshape(image_tokens.shape[0], -1)
         stage = Stage((VISION, VISION), token_map=self.tile_token_map(arguments).to(positions.device))
-        return Readout(query, rows, key, grid=self.patch_grid(arguments), column_index=positions, through=stage,
+        region = self.image_region(arguments)
+        return Readout(query, rows, key, grid=(region.shape[0], region.shape[1]), column_index=positions, through=stage,
                        spread=self.tile_spread(arguments).to(positions.device))
 
     def lay_out_maps(self, record: AttentionRecord) -> None:
