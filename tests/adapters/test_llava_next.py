@@ -4,7 +4,7 @@ by hand from the model's eager maps onto the original image's region, LRP conser
 
 import pytest
 import torch
-from helpers import ANYRES_SIZE, IMAGE_TOKEN, assert_same_state, family_prompts, generation_relevance, llava_next, model_state
+from helpers import ANYRES_SIZE, IMAGE_TOKEN, assert_image_halves_sum_their_cells, assert_same_state, family_prompts, generation_relevance, llava_next, model_state
 
 from captum_mm.attr import GenericAttention, RawAttention
 from captum_mm.attr.engine import Needs, forward_pass
@@ -214,3 +214,38 @@ def test_lrp_relevance_of_the_image_tokens_is_what_reached_the_projectors_output
     projected = (kept["projected"] * gradients[1]).sum()
     assert projected.abs() > 1e-3
     torch.testing.assert_close(image, projected, atol=1e-9, rtol=0)
+
+
+def _model_and_processor(tokenizer):
+    """A tiny LLaVA-NeXT on the WordPiece vocabulary ([unused0] the image token) and a hand-made processor for a 32 x 64
+    (height x width) image: the base image resized to 16 x 16; the image resized to 16 x 32, padded to the pinpoint
+    32 x 32 (8 rows above and below) and cut into 2 x 2 tiles; 4 + 10 image tokens after a [CLS], then the question."""
+    import numpy as np
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    image_token = tokenizer.convert_tokens_to_ids("[unused0]")
+    vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                  num_attention_heads=4, image_size=16, patch_size=8)
+    text = dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                num_attention_heads=2, num_key_value_heads=1, pad_token_id=0, eos_token_id=tokenizer.sep_token_id)
+    config = LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=image_token, image_grid_pinpoints=[[32, 32]])
+    model = LlavaNextForConditionalGeneration(config).eval()
+    question = tokenizer.encode("what color is the circle?", add_special_tokens=False)
+
+    def as_tensor(image):
+        return torch.tensor(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+    def processor(image):
+        padded = torch.zeros(3, 32, 32)
+        padded[:, 8:24] = as_tensor(image.resize((32, 16)))
+        tiles = padded.reshape(3, 2, 16, 2, 16).permute(1, 3, 0, 2, 4).reshape(4, 3, 16, 16)
+        pixels = torch.cat([as_tensor(image.resize((16, 16)))[None], tiles])[None]
+        ids = torch.tensor([[tokenizer.cls_token_id] + [image_token] * 14 + question])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels, "image_sizes": torch.tensor([[32, 64]])}
+
+    return model, processor
+
+
+def test_captums_llm_api_sums_the_relevance_each_segment_of_the_original_image_covers():
+    # the image's cells only: the padding above and below is no part of the map, which covers the whole image
+    assert assert_image_halves_sum_their_cells(_model_and_processor, 32, 64).shape == (2, 2, 4)
