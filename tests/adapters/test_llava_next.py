@@ -169,6 +169,16 @@ def test_attribute_explains_the_prompts_tokens_with_the_tiles_as_arguments():
     torch.testing.assert_close(text, GenericAttention(model).explain(batch, continuation=next_tokens[:, None]).text[:, 0])
 
 
+def test_patches_past_the_images_are_ignored_as_the_model_ignores_them():
+    # a processor pads pixel_values to the batch's most patches; the model reads the first ones image_sizes asks for
+    model = make("llava_next")
+    batch = family_prompts("llava_next", batch=2)
+    padded = dict(batch, pixel_values=torch.cat([batch["pixel_values"], torch.randn(2, 2, 3, 16, 16)], 1))
+    explainer = GenericAttention(model)
+    torch.testing.assert_close(explainer.explain(padded, continuation=[[5], [6]]).image,
+                               explainer.explain(batch, continuation=[[5], [6]]).image)
+
+
 def test_clear_errors():
     model = make("llava_onevision")
     batch = family_prompts("llava_onevision", batch=2)
