@@ -38,6 +38,8 @@ from transformers import (
     Idefics3ForConditionalGeneration,
     GPT2LMHeadModel,
     LlamaConfig,
+    MllamaConfig,
+    MllamaForConditionalGeneration,
     LlamaForCausalLM,
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -479,6 +481,44 @@ VLMS: Dict[str, Callable[..., nn.Module]] = {
     "qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl,
     "llava_next": llava_next, "llava_onevision": lambda **kw: llava_next(onevision=True, **kw),
 }
+
+
+#: Llama-3.2-Vision: id 40 is ``<|image|>`` (the text vocabulary is 40, its embedding has 8 ids more); 16 x 16 tiles
+#: in 8 x 8 patches, two tiles an image: the image output is ``[B, K, 2 tiles, 2, 2]``.
+MLLAMA_IMAGE_TOKEN, MLLAMA_GRID = 40, (2, 2, 2)
+
+
+def mllama(layers=3, vision_layers=2, global_layers=1, gates=True) -> nn.Module:
+    """A vision encoder of ``vision_layers`` local and ``global_layers`` gated global layers (the first local
+    layer's output an intermediate feature), and an LM whose layer 1 is a cross-attention layer. With ``gates``, the
+    tanh gates HF initialises to zero (cross-attention, tile and position embeddings) are drawn at random."""
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=vision_layers, num_global_layers=global_layers,
+                  attention_heads=2, image_size=16, patch_size=8, max_num_tiles=2, intermediate_layers_indices=[0],
+                  vision_output_dim=32, supported_aspect_ratios=[[1, 1], [1, 2]], initializer_range=0.2)
+    text = dict(vocab_size=LM_VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                num_key_value_heads=1, cross_attention_layers=[1], max_position_embeddings=64, pad_token_id=0,
+                bos_token_id=1, eos_token_id=2, initializer_range=0.2)
+    model = MllamaForConditionalGeneration(MllamaConfig(vision_config=vision, text_config=text, image_token_index=MLLAMA_IMAGE_TOKEN))
+    if gates:
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "gate" in name and "gate_proj" not in name:
+                    parameter.normal_(0.0, 1.0)
+    return model.eval()
+
+
+def mllama_prompts(batch=3, text=6) -> Dict[str, Tensor]:
+    """Left-padded prompts ``[token, <|image|>, text]`` (sample 1: two padding tokens first), one two-tile image each;
+    the cross-attention mask is 1 from the ``<|image|>`` token on (as Mllama's processor makes it)."""
+    ids, mask = prompt_batch(batch, text)
+    ids[:, 1] = MLLAMA_IMAGE_TOKEN
+    cross = torch.zeros(batch, text, 1, 2, dtype=torch.long)
+    cross[:, 1:] = 1
+    if batch > 1:
+        ids[1, 3], cross[1, :3] = MLLAMA_IMAGE_TOKEN, 0
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.randn(batch, 1, 2, 3, 16, 16),
+            "aspect_ratio_ids": torch.full((batch, 1), 2), "aspect_ratio_mask": torch.ones(batch, 1, 2, dtype=torch.long),
+            "cross_attention_mask": cross}
 
 
 def family_prompts(family: str, **kwargs) -> Dict[str, Tensor]:

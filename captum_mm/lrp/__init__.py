@@ -17,6 +17,7 @@ from captum_mm.lrp.rules import (
     PassThrough,
     ProportionalResidual,
     RuleSet,
+    TanhGate,
     linear_weight,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "ProportionalResidual",
     "ResidualRuleSite",
     "RuleSet",
+    "TanhGate",
     "attention_relevance",
     "linear_weight",
     "lrp_rules",

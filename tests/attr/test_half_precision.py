@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from captum_mm._precision import computed_in_float32
 from helpers import (CASES, VLMS, assert_same_state, blip2, blip_questions, blip_vqa, bert_case, family_prompts, in_dtype, language_model,
+                     mllama, mllama_prompts,
                      model_state, prompt_batch, vlm_prompts)
 from methods_under_test import LRP_BASED, METHODS
 
@@ -83,6 +84,7 @@ GENERATIVE = {
        for name in ("mixtral", "qwen3-moe")},
     "llava": (VLMS["llava"], lambda: family_prompts("llava")),
     "paligemma": (VLMS["paligemma"], lambda: family_prompts("paligemma")),
+    "mllama": (mllama, mllama_prompts),
     "idefics3": (VLMS["idefics3"], lambda: family_prompts("idefics3")),
     "llava_next": (VLMS["llava_next"], lambda: family_prompts("llava_next")),
     "blip": (blip_vqa, lambda: blip_questions(pad=False)),
