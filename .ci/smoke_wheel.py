@@ -56,6 +56,8 @@ def families() -> None:
     generative.update({f"blip2-{lm}": (helpers.blip2(language=lm), helpers.vlm_prompts()) for lm in ("llama", "opt", "t5")})
     generative["blip-vqa"] = (helpers.blip_vqa(), helpers.blip_questions())
     generative["whisper"] = (helpers.whisper(), helpers.whisper_features())
+    generative["mllama"] = (helpers.mllama(), helpers.mllama_prompts())
+    generative["qwen3_vl_moe"] = (helpers.qwen3_vl(moe=True), helpers.family_prompts("qwen3_vl"))
     for name, (model, prompt) in generative.items():
         explained = GenericAttention(model).explain(prompt, continuation=continuation)
         print(f"family {name}: {sorted(explained.outputs())}")

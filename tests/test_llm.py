@@ -141,6 +141,8 @@ def vlm_with_processor(tokenizer, family="llava"):
     image_token = tokenizer.convert_tokens_to_ids("[unused0]")
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                               image_size=32, patch_size=8)
+    if family == "mllama":  # one 32 x 32 tile (a 4 x 4 patch grid) read through cross-attention after [CLS] <|image|>
+        return _mllama_with_processor(tokenizer, image_token)
     if family == "blip2-t5":
         text = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4, pad_token_id=0,
                         eos_token_id=tokenizer.sep_token_id, decoder_start_token_id=0)
@@ -163,7 +165,34 @@ def vlm_with_processor(tokenizer, family="llava"):
     return model, processor
 
 
-@pytest.mark.parametrize("family", ["llava", "blip2-t5"])
+def _mllama_with_processor(tokenizer, image_token):
+    from transformers import MllamaConfig, MllamaForConditionalGeneration
+
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_global_layers=1, attention_heads=2,
+                  image_size=32, patch_size=8, max_num_tiles=1, intermediate_layers_indices=[0], vision_output_dim=32,
+                  supported_aspect_ratios=[[1, 1]])
+    text = dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, cross_attention_layers=[1], pad_token_id=0, eos_token_id=tokenizer.sep_token_id)
+    model = MllamaForConditionalGeneration(MllamaConfig(vision_config=vision, text_config=text, image_token_index=image_token))
+    with torch.no_grad():  # HF's zero gates would leave the image unread
+        for name, parameter in model.named_parameters():
+            if "gate" in name and "gate_proj" not in name:
+                parameter.normal_(0.0, 1.0)
+    question = tokenizer.encode(PROMPT, add_special_tokens=False)
+
+    def processor(image):
+        pixels = torch.tensor(np.asarray(image.resize((32, 32)), dtype=np.float32) / 255.0).permute(2, 0, 1)
+        ids = torch.tensor([[tokenizer.cls_token_id, image_token] + question])
+        cross = torch.ones(1, ids.shape[1], 1, 1, dtype=torch.long)
+        cross[:, 0] = 0  # [CLS] precedes the image
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels[None, None, None],
+                "aspect_ratio_ids": torch.tensor([[1]]), "aspect_ratio_mask": torch.ones(1, 1, 1, dtype=torch.long),
+                "cross_attention_mask": cross}
+
+    return model.eval(), processor
+
+
+@pytest.mark.parametrize("family", ["llava", "blip2-t5", "mllama"])
 def test_image_segments_sum_the_patch_relevance_they_cover(tokenizer, family):
     from PIL import Image
 
@@ -175,7 +204,7 @@ def test_image_segments_sum_the_patch_relevance_they_cover(tokenizer, family):
     result = AttentionLLMAttribution(GenericAttention(model), tokenizer).attribute(inp, target="blue circle")
     explanation = GenericAttention(model).explain(processor(image), continuation=torch.tensor(
         [tokenizer.encode("blue circle", add_special_tokens=False)]))
-    grid = explanation.image[0]  # [2 tokens, 4, 4]: each cell covers 16 x 16 pixels of the 64 x 64 image
+    grid = explanation.image[0].reshape(2, 4, 4)  # [2 tokens, 4, 4] (Mllama: its one tile): each cell covers 16 x 16 pixels
     torch.testing.assert_close(result.token_attr, torch.stack([grid[:, :, :2].sum((1, 2)), grid[:, :, 2:].sum((1, 2))], 1))
     assert result.input_tokens == ["image_feature_0", "image_feature_1"] and result.output_tokens == ["blue", "circle"]
     if family == "llava":  # Captum's own LLMAttribution runs decoder-only models (it feeds the target to input_ids)

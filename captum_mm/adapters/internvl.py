@@ -7,7 +7,7 @@ Schedule and readouts of the VLM base (:mod:`captum_mm.adapters.vision_language`
 states at ``vision_feature_layer`` without the class token under the "default" select strategy (as LLaVA's). ``P``
 is the pixel shuffle: each image token spreads its relevance evenly over the ``s^2`` patches it is made of
 (computed by the model's own ``pixel_shuffle`` applied to patch indices: HF names its axes width and height, but
-its two permutes cancel, so the blocks are row-major as Idefics3's; tested by perturbing one patch). LRP: the layer scales scale the residual branches (``ResidualRuleSite.branch_scale``), the norms and the
+its two permutes cancel, so the blocks are row-major as Idefics3's; tested by perturbing one patch). LRP: the layer scales scale the residual branches (:class:`~captum_mm.lrp.rules.LayerScale`, a ``ResidualRuleSite`` gate), the norms and the
 projector's LayerNorm pass relevance through, its linears take the linear rules.
 """
 
@@ -27,6 +27,7 @@ from captum_mm.adapters.llama import LlamaAdapter
 from captum_mm.adapters.llava import LlavaAdapter
 from captum_mm.adapters.vision_language import VisionLanguageAdapter
 from captum_mm.lrp.composite import LRPStructure, ResidualRuleSite
+from captum_mm.lrp.rules import LayerScale
 from captum_mm.models.arguments import require
 from captum_mm.models.registry import register_adapter
 from captum_mm.models.specs import attention_specs_in, projected_parts
@@ -103,8 +104,8 @@ class InternVLAdapter(VisionLanguageAdapter):
         for layer in self._vision_layers():
             middle = TensorSource(layer.layernorm_after, first_argument(layer.layernorm_after))
             vision += [ResidualRuleSite(middle, TensorSource(layer.attention, index=0), TensorSource(layer, "hidden_states"),
-                                        layer.lambda_1),
-                       ResidualRuleSite(TensorSource(layer), TensorSource(layer.mlp), middle, layer.lambda_2)]
+                                        LayerScale(layer.lambda_1)),
+                       ResidualRuleSite(TensorSource(layer), TensorSource(layer.mlp), middle, LayerScale(layer.lambda_2))]
         # the layer scales are the layers' own parameters, covered by the residual sites above
         return LlamaAdapter.lrp_structure(self) + LRPStructure(vision, (InternVLVisionRMSNorm,),
                                                                covered_types=self.vision_layer_classes)

@@ -30,7 +30,7 @@ from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource, self_att
 
 def rotary_parts(module: Any) -> AttentionParts:
     """q/k/v/o projections, grouped-query heads, rotary embeddings, and the QK-norm of families that have one
-    (``q_norm``/``k_norm``: Qwen3, Gemma 3)."""
+    (``q_norm``/``k_norm``: Qwen3, Qwen3-MoE, Gemma 3)."""
     config = module.config
     return AttentionParts(module.q_proj, module.k_proj, module.v_proj, config.num_attention_heads, module.o_proj,
                           key_value_heads=config.num_key_value_heads, rotary=True,

@@ -33,21 +33,14 @@ from transformers.models.qwen3_moe.modeling_qwen3_moe import (
 )
 
 from captum_mm.adapters.decoder import SEQUENCE, DecoderOnlyAdapter
+from captum_mm.adapters.llama import rotary_parts
 from captum_mm.lrp.canonizers import Canonizer, GatedProduct
 from captum_mm.lrp.composite import LRPStructure
 from captum_mm.lrp.mixture import SparseMixture
 from captum_mm.models.registry import register_adapter
 from captum_mm.models.specs import attention_specs_in
 from captum_mm.models.structure import pre_norm_structure
-from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource, self_attention
-
-
-def rotary_qk_norm_parts(module: Any) -> AttentionParts:
-    """LLaMA's attention parts, with the module's ``q_norm``/``k_norm`` where it has them (Qwen3-MoE)."""
-    config = module.config
-    return AttentionParts(module.q_proj, module.k_proj, module.v_proj, config.num_attention_heads, module.o_proj,
-                          key_value_heads=config.num_key_value_heads, rotary=True,
-                          query_norm=getattr(module, "q_norm", None), key_norm=getattr(module, "k_norm", None))
+from captum_mm.spec import AttentionSpec, TensorSource, self_attention
 
 
 @register_adapter
@@ -61,7 +54,7 @@ class MixtralAdapter(DecoderOnlyAdapter):
     attention_functions = MappingProxyType({MixtralAttention: True})  # Llama's eager function, softmax in float32
 
     def attention_specs(self) -> List[AttentionSpec]:
-        return attention_specs_in(self.model, self.attention_class, self_attention(SEQUENCE), rotary_qk_norm_parts)
+        return attention_specs_in(self.model, self.attention_class, self_attention(SEQUENCE), rotary_parts)
 
     def lrp_structure(self) -> LRPStructure:  # pre-norm: x + attention(norm(x)), then + moe(norm(.))
         residuals = pre_norm_structure(self.model, self.layer_class, "post_attention_layernorm", "self_attn").residuals

@@ -187,13 +187,24 @@ class VisionLanguageAdapter(VisionTokenLayout, LlamaAdapter):
             *Schedule*: With the vision modalities' masks added.
         """
         arguments, ids = record.arguments, text_tokens(record.arguments)
-        grid = self.patch_grid(arguments)
-        vision_mask = torch.ones(ids.shape[0], int(self._has_class_token()) + grid[0] * grid[1], dtype=torch.bool, device=ids.device)
+        vision_mask = torch.ones(ids.shape[0], self.vision_tokens(arguments), dtype=torch.bool, device=ids.device)
         masks = {**masks, VISION: vision_mask, **self.stage_masks(arguments["pixel_values"])}
         schedule = forward_order_schedule(record, selection, masks, readouts, causal)
         unused = self._unused_vision_attention(arguments)
         kept = [step for step in schedule.steps if record.calls[step[0].call].spec.module not in unused]
         return replace(schedule, steps=kept)
+
+    def vision_tokens(self, arguments: Dict[str, Any]) -> int:
+        """The tokens of one sample's vision sequence (by default the class token, if any, and the patch grid's).
+
+        Args:
+            arguments (dict): The forward's arguments.
+
+        Returns:
+            *int*: Their count.
+        """
+        grid = self.patch_grid(arguments)
+        return int(self._has_class_token()) + grid[0] * grid[1]
 
     def image_stage(self, arguments: Dict[str, Any], grid: Tuple[int, int]) -> Stage:
         """How the LM's image tokens continue to the patches: through the vision tower's ``R^{vv}`` and the token map.

@@ -153,6 +153,8 @@ def _spread(relevance: Dict[str, Tensor], tensor: Tensor, modality: Optional[str
     dtype = accumulation_dtype(tensor.dtype) if tensor.is_floating_point() else torch.get_default_dtype()
     if values is None:
         return torch.zeros(tensor.shape, dtype=dtype, device=tensor.device)
+    if values.dim() == 4:  # tiles of one image ``[B, tiles, h, w]`` over ``[B, images, tiles, channels, H, W]``
+        return _spread_tiles(values, tensor, dtype)
     if values.dim() == 3:
         if tensor.dim() < 3:
             raise ValueError(f"A spatial input needs rank >= 3, got shape {tuple(tensor.shape)}.")
@@ -163,3 +165,12 @@ def _spread(relevance: Dict[str, Tensor], tensor: Tensor, modality: Optional[str
         raise ValueError(f"An input of shape {tuple(tensor.shape)} cannot hold {modality} relevance for {values.shape[1]} tokens.")
     shape = tuple(values.shape) + (1,) * (tensor.dim() - 2)
     return values.reshape(shape).expand(tensor.shape).to(dtype).contiguous()
+
+
+def _spread_tiles(values: Tensor, tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    """Each tile's grid spread over its pixels (one image a prompt, its tiles on the fourth axis from the end)."""
+    if tensor.dim() != 6 or tensor.shape[1] != 1 or tensor.shape[2] != values.shape[1]:
+        raise ValueError(f"Relevance over {values.shape[1]} tiles needs one image a prompt [batch, 1, tiles, channels, "
+                         f"height, width], got shape {tuple(tensor.shape)}.")
+    cells = F.interpolate(values, size=tensor.shape[-2:], mode="nearest")
+    return cells[:, None, :, None].expand(tensor.shape).to(dtype).contiguous()

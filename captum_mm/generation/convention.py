@@ -55,6 +55,8 @@ class GenerationConvention:
                     Default: ``"input_ids"``
         sequences_in_dict (bool): ``generate``'s sequences are read with ``return_dict_in_generate=True``: its plain
                     tensor leaves out the decoder prompt (Whisper's start token and forced tokens).
+        repeated_arguments (tuple[str, ...]): Per-token arguments ``generate`` extends by repeating the prompt's last
+                    entry (Mllama's ``cross_attention_mask``); extended so over the continuation when the prompt gives them.
     """
 
     encoder_decoder: bool = False
@@ -65,16 +67,18 @@ class GenerationConvention:
     model_positions: bool = False
     prompt_input: str = "input_ids"
     sequences_in_dict: bool = False
+    repeated_arguments: Tuple[str, ...] = ()
 
     @classmethod
     def of(cls, model: nn.Module, generated_token_types: Mapping[str, int] = MappingProxyType({}),
-           model_positions: bool = False) -> "GenerationConvention":
+           model_positions: bool = False, repeated_arguments: Tuple[str, ...] = ()) -> "GenerationConvention":
         """As HF's conventions read the model's config and generation config.
 
         Args:
             model (nn.Module): The generative model (a VLM's language model for its start and end tokens).
             generated_token_types (mapping of str to int, optional): :attr:`generated_token_types`. Default: none
             model_positions (bool, optional): :attr:`model_positions`. Default: False
+            repeated_arguments (tuple[str, ...], optional): :attr:`repeated_arguments`. Default: none
 
         Returns:
             *GenerationConvention*: The convention.
@@ -88,4 +92,5 @@ class GenerationConvention:
         ends: Any = getattr(generation, "eos_token_id", None)
         limit = getattr(config, "max_position_embeddings", None)
         return cls(encoder_decoder, start, () if ends is None else (ends,) if isinstance(ends, int) else tuple(ends),
-                   limit if isinstance(limit, int) else None, tuple(generated_token_types.items()), model_positions)
+                   limit if isinstance(limit, int) else None, tuple(generated_token_types.items()), model_positions,
+                   repeated_arguments=repeated_arguments)

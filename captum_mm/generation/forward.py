@@ -163,9 +163,13 @@ def _extended(ids: Tensor, mask: Optional[Tensor], tokens: Continuation, model_p
 
 
 def _extended_types(prompt: Dict[str, Any], tokens: Continuation, convention: GenerationConvention) -> Dict[str, Optional[Tensor]]:
-    """The prompt's per-token type arguments, extended over the continuation with the type ``generate`` gives it."""
-    return {name: torch.cat([prompt[name], torch.full_like(tokens.ids, kind, dtype=prompt[name].dtype)], dim=1)
-            for name, kind in convention.generated_token_types if prompt.get(name) is not None}
+    """The prompt's per-token type arguments, extended over the continuation with the type ``generate`` gives it, and its
+    repeated arguments, with the prompt's last entry (as ``generate`` extends them)."""
+    types = {name: torch.cat([prompt[name], torch.full_like(tokens.ids, kind, dtype=prompt[name].dtype)], dim=1)
+             for name, kind in convention.generated_token_types if prompt.get(name) is not None}
+    repeated = {name: torch.cat([prompt[name], prompt[name][:, -1:].expand(-1, tokens.ids.shape[1], *prompt[name].shape[2:])], dim=1)
+                for name in convention.repeated_arguments if prompt.get(name) is not None}
+    return {**types, **repeated}
 
 
 def _decoder_inputs(model: nn.Module, tokens: Continuation, start: Optional[int]) -> Dict[str, Optional[Tensor]]:

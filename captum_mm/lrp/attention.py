@@ -149,7 +149,9 @@ def attention_hook(
             # a 2-D ``[tokens, features]`` layout holds the whole batch's tokens in one sequence (Qwen2-VL's vision
             # tower, one image after another): seen here as ``[images, tokens, features]``, as its maps are
             batched = (lambda t: t.reshape(attention.shape[0], -1, t.shape[-1])) if g.dim() == 2 else (lambda t: t)
-            outputs = tuple(batched(exact(t)) for t in projected)
+            # keys and values may also come in another layout of the same tokens (Mllama's features: [images * tiles, ...];
+            # a 2-D layout: the batch's tokens in one sequence)
+            outputs = tuple(exact(t).reshape(attention.shape[0], -1, t.shape[-1]) for t in projected)
             operands = split_fused(parts, outputs[0]) if parts.fused else cast(Tuple[Tensor, Tensor, Tensor], outputs)
             g_query, g_key, g_value, relevance = attention_operands_gradients(
                 attention_rule, parts, operands, exact(attention), split_heads(batched(g), parts.heads),

@@ -26,7 +26,7 @@ before, it would carry the relevance past the rules.
 import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, cast
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -39,7 +39,7 @@ from captum_mm.capture.record import AttentionCall, AttentionRecord
 from captum_mm.lrp.attention import attention_hook, position_keeper
 from captum_mm.lrp.canonizers import Canonizer
 from captum_mm.lrp.coverage import uncovered_modules
-from captum_mm.lrp.rules import LinearRule, PassThrough, ProportionalResidual, RuleSet, safe_divide
+from captum_mm.lrp.rules import LinearRule, PassThrough, ProportionalResidual, LayerScale, RuleSet, TanhGate, safe_divide
 from captum_mm.lrp.switch import LRPState, Recorder, Switch
 from captum_mm.spec import AttentionParts, AttentionSpec, LinearModule, TensorSource
 
@@ -58,14 +58,13 @@ class ResidualRuleSite:
         total (TensorSource): Where the sum appears.
         branch (TensorSource): The residual branch's output.
         skip (TensorSource): The skip connection's tensor.
-        branch_scale (nn.Parameter, optional): A layer scale the branch is multiplied by before the addition
-                    (InternViT's ``lambda_1``/``lambda_2``): ``total = branch_scale * branch + skip``. Default: None
+        gate (TanhGate or LayerScale, optional): The factor scaling the branch before the sum. Default: none
     """
 
     total: TensorSource
     branch: TensorSource
     skip: TensorSource
-    branch_scale: Optional[nn.Parameter] = None
+    gate: Optional[Union[TanhGate, LayerScale]] = None
 
 
 @dataclass
@@ -156,6 +155,7 @@ def lrp_rules(
             handles.extend(canonizer.register(state.mode, recorder.get))
         sources = [source for canonizer in structure.canonizers for source in canonizer.sources()]
         sources += [s for site in structure.residuals for s in (site.branch, site.skip)]
+        sources += [site.gate.row_mask for site in structure.residuals if site.gate is not None and site.gate.row_mask is not None]
         handles.extend(recorder.hooks(sources))
         yield state
     finally:
@@ -199,10 +199,13 @@ def _residual_hook(state: LRPState, rule: ProportionalResidual, recorder: Record
     def switched(total: Tensor) -> Tensor:
         branch, skip = recorder.get(site.branch), recorder.get(site.skip)
 
+        factor = None if site.gate is None else site.gate.factor(recorder.get)
+
         def modified(g: Tensor) -> Tuple[Tensor, ...]:  # in the sum's layout (OPT flattens tokens around its MLP)
-            scale = 1.0 if site.branch_scale is None else exact(site.branch_scale.detach())
-            g_branch, g_skip = rule.branch_gradients(scale * exact(branch).reshape(g.shape), exact(skip).reshape(g.shape), g)
-            return tuple(gradient.reshape(t.shape) for gradient, t in zip((scale * g_branch, g_skip), (branch, skip)))
+            scaled = exact(branch).reshape(g.shape) * (1 if factor is None else factor.to(g.dtype))
+            g_branch, g_skip = rule.branch_gradients(scaled, exact(skip).reshape(g.shape), g)
+            g_branch = g_branch if factor is None else g_branch * factor.to(g.dtype)
+            return tuple(gradient.reshape(t.shape) for gradient, t in zip((g_branch, g_skip), (branch, skip)))
 
         return Switch.apply(total, state.mode, modified, branch, skip)
 

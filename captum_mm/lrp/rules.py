@@ -15,14 +15,15 @@ z-rule relevance; residual additions split in proportion to each branch's total.
 
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
-from typing import Tuple, TypeVar, Union, cast
+from typing import Any, Callable, Optional, Tuple, TypeVar, Union, cast
 
 import torch
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
 from captum_mm._offload import forward_parameter
-from captum_mm.spec import LinearModule
+from captum_mm._precision import exact
+from captum_mm.spec import LinearModule, TensorSource
 
 STABILIZER = 1e-9
 
@@ -155,6 +156,59 @@ class ProportionalResidual:
         share_a = safe_divide(sum_a.abs(), magnitude) * total
         share_b = safe_divide(sum_b.abs(), magnitude) * total
         return g_z * safe_divide(share_a, sum_a), g_z * safe_divide(share_b, sum_b)
+
+
+@dataclass(frozen=True)
+class TanhGate:
+    """A residual branch scaled by ``tanh(gate)`` (and by a per-token 0/1 ``row_mask``, ``[B, ..., N, 1]``, recorded at
+    a module's argument) before the sum (Mllama's gated layers): a constant factor, so the residual rule splits the sum
+    by the scaled branch and the branch's modified gradient carries the factor (relevance passes it proportionally).
+
+    Attributes:
+        gate (nn.Parameter): The gate, ``tanh`` taken.
+        row_mask (TensorSource, optional): Where the per-token factor is read. Default: none
+    """
+
+    gate: nn.Parameter
+    row_mask: Optional[TensorSource] = None
+
+    def factor(self, get: Callable[[TensorSource], Any]) -> Tensor:
+        """The factor, ``[B, N, 1]`` with a row mask (``get`` reads the recorded sources), else a scalar.
+
+        Args:
+            get (callable): The recorder's getter.
+
+        Returns:
+            *Tensor*
+        """
+        factor = exact(self.gate.detach()).tanh()
+        mask = None if self.row_mask is None else get(self.row_mask)
+        return factor if mask is None else factor * exact(mask).reshape(mask.shape[0], -1, 1)
+
+
+@dataclass(frozen=True)
+class LayerScale:
+    """A residual branch scaled elementwise by a learned per-channel factor before the sum (InternViT's ``lambda_1`` and
+    ``lambda_2``): a constant factor, handled as :class:`TanhGate`'s (the residual rule splits the sum by the scaled
+    branch, the branch's modified gradient carries the factor).
+
+    Attributes:
+        scale (nn.Parameter): The factor, ``[hidden]``.
+    """
+
+    scale: nn.Parameter
+    row_mask: Optional[TensorSource] = None  # none: the factor is the same for every token
+
+    def factor(self, get: Callable[[TensorSource], Any]) -> Tensor:
+        """The factor, ``[hidden]``.
+
+        Args:
+            get (callable): The recorder's getter (unused: the factor is the parameter).
+
+        Returns:
+            *Tensor*
+        """
+        return exact(self.scale.detach())
 
 
 class HalvedAttention:

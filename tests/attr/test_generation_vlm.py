@@ -108,9 +108,11 @@ def test_stopping_at_the_image_tokens():
 @pytest.mark.parametrize("family, method, dtype", padded_cases(sorted(VLMS), sorted(METHODS), "llava"))
 def test_batched_with_left_padding_equals_each_sample_alone(family, method, dtype):
     model = VLMS[family]()
-    explanation = assert_each_sample_as_alone(lambda: METHODS[method](model), in_dtype(model, family_prompts(family), dtype), CONTINUATION)
-    grid = (8, 8) if family in ("idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl", "gemma3_vl", "internvl") else IMAGE_GRID  # the patch grid (4 x 4 patches)
-    assert explanation.image.shape == (3, 2, *grid) and explanation.text.shape == (3, 2, 22)
+    batch = family_prompts(family)
+    explanation = assert_each_sample_as_alone(lambda: METHODS[method](model), in_dtype(model, batch, dtype), CONTINUATION)
+    grid = (8, 8) if family in ("idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3_vl", "internvl") else IMAGE_GRID  # the patch grid (4 x 4 patches)
+    grid = (2, 4) if family in ("llava_next", "llava_onevision") else grid  # the image's region of the tiles' 4 x 4
+    assert explanation.image.shape == (3, 2, *grid) and explanation.text.shape == (3, 2, batch["input_ids"].shape[1])
 
 
 @pytest.mark.parametrize("family", sorted(VLMS))

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from captum_mm._precision import computed_in_float32
 from helpers import (CASES, VLMS, assert_same_state, blip2, blip_questions, blip_vqa, bert_case, family_prompts, in_dtype, language_model,
+                     mllama, mllama_prompts,
                      model_state, prompt_batch, vlm_prompts)
 from methods_under_test import LRP_BASED, METHODS
 
@@ -83,9 +84,12 @@ GENERATIVE = {
        for name in ("mixtral", "qwen3-moe")},
     "llava": (VLMS["llava"], lambda: family_prompts("llava")),
     "paligemma": (VLMS["paligemma"], lambda: family_prompts("paligemma")),
+    "mllama": (mllama, mllama_prompts),
     "idefics3": (VLMS["idefics3"], lambda: family_prompts("idefics3")),
     "gemma3_vl": (VLMS["gemma3_vl"], lambda: family_prompts("gemma3_vl")),
     "internvl": (VLMS["internvl"], lambda: family_prompts("internvl")),
+    "qwen3_vl": (VLMS["qwen3_vl"], lambda: family_prompts("qwen3_vl")),  # the deepstack sums, the QK-norm
+    "llava_next": (VLMS["llava_next"], lambda: family_prompts("llava_next")),
     "blip": (blip_vqa, lambda: blip_questions(pad=False)),
     "blip2": (lambda: blip2(language="opt", vision_init=0.02), vlm_prompts),
     # BLIP-2's default vision init (1e-10) rounds to 0 in float16: that model sees no image, its image relevance is 0

@@ -16,6 +16,7 @@ from helpers import (
     language_model,
     model_state,
     prompt_batch,
+    qwen3_vl,
 )
 from methods_under_test import MAY_VANISH
 
@@ -48,10 +49,12 @@ def generative(family):
         return encoder_decoder_model(family), {"input_ids": ids, "attention_mask": mask}
     if family.startswith("blip2"):
         return blip2(language=family.split("-")[1]), family_prompts("blip2")
+    if family == "qwen3_vl_moe":
+        return qwen3_vl(moe=True), family_prompts("qwen3_vl")
     return VLMS[family](), family_prompts(family)
 
 
-GENERATIVE = sorted(LANGUAGE_MODELS) + sorted(ENCODER_DECODERS) + sorted(VLMS) + ["blip2-llama", "blip2-opt", "blip2-t5"]
+GENERATIVE = sorted(LANGUAGE_MODELS) + sorted(ENCODER_DECODERS) + sorted(VLMS) + ["blip2-llama", "blip2-opt", "blip2-t5", "qwen3_vl_moe"]
 
 
 def lean_calls(model, prompt, method):
@@ -97,13 +100,13 @@ def test_lean_equals_eager_on_classifiers(family, method):
     assert_same(lean, eager, method)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "opt", "bart", "t5", "llava", "qwen2_vl", "qwen2_5_vl", "blip2-opt"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt", "bart", "t5", "llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "blip2-opt"])
 def test_every_attention_interface_call_is_captured_lean(family):
     """The LMs', the vision towers' and BLIP-2's Q-Former's calls are lean; Qwen2-VL's vision tower (its weights
     recorded inside its own eager function) stays on the eager path, as Qwen2.5-VL's."""
     model, prompt = generative(family)
     calls = lean_calls(model, prompt, GenericAttention(model))
-    eager_calls = {"qwen2_vl": 2, "qwen2_5_vl": 2}.get(family, 0)
+    eager_calls = {"qwen2_vl": 2, "qwen2_5_vl": 2, "qwen3_vl": 2, "qwen3_vl_moe": 2}.get(family, 0)
     assert calls.count(False) == eager_calls and calls.count(True) == len(calls) - eager_calls > 0
     lrp = GenericAttention(model, head_weighting="lrp")  # the LRP rules need the probabilities: eager
     assert not any(lean_calls(model, prompt, lrp))

@@ -54,7 +54,7 @@ FAMILIES = {**VLMS, "blip2": blip2, "blip2_t5": lambda: blip2(language="t5")}
 def test_every_vlm_adapter_is_a_vision_language_adapter(family):
     adapter = adapter_for(FAMILIES[family]())
     assert isinstance(adapter, VisionLanguageAdapter)
-    assert isinstance(adapter, LlavaAdapter) == (family in ("llava", "paligemma"))  # LLaVA is a family, not the base
+    assert isinstance(adapter, LlavaAdapter) == (family in ("llava", "paligemma", "llava_next", "llava_onevision"))  # LLaVA is a family, not the base
     assert isinstance(adapter, Blip2EncoderDecoderAdapter) == (family == "blip2_t5")
 
 
