@@ -25,10 +25,20 @@ def identifier(obj: griffe.Object, name: str) -> str:
     (members, the module's imports, the parents'), the rest appended; ``name`` itself where nothing resolves it."""
     head, _, rest = name.partition(".")
     try:
-        resolved = obj.resolve(head)
-    except (griffe.NameResolutionError, AttributeError, KeyError):
+        resolved = inherited(obj, head) or obj.resolve(head)
+    except (griffe.NameResolutionError, griffe.AliasResolutionError, griffe.CyclicAliasError, AttributeError, KeyError):
         return name
     return f"{resolved}.{rest}" if rest else resolved
+
+
+def inherited(obj: griffe.Object, name: str) -> str:
+    """The path of ``name`` as a member its class (``obj`` or ``obj``'s parent) inherits, where it is documented;
+    empty if it is no such member."""
+    cls = obj if obj.is_class else obj.parent
+    if cls is None or not cls.is_class or name in cls.members:
+        return ""
+    member = cls.all_members.get(name)
+    return "" if member is None else (member.target_path if member.is_alias else member.path)
 
 
 def cross_reference(obj: griffe.Object, role_target: str) -> str:

@@ -110,6 +110,19 @@ def on_config(config: Any) -> Any:
     return config
 
 
+def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
+    """A notebook's table of contents with its headings' own markup (mkdocs-jupyter drops their code spans)."""
+    if page.file.src_uri.endswith(".ipynb"):
+        headings = {m["id"]: m["title"] for m in re.finditer(
+            r'<h\d id="(?P<id>[^"]+)">(?P<title>.*?)<a class="anchor-link"', html)}
+        items = list(page.toc)
+        while items:
+            item = items.pop()
+            item.title = headings.get(item.id, item.title)
+            items.extend(item.children)
+    return html
+
+
 def on_post_build(config: Any) -> None:
     shutil.rmtree(KERNELS.pop("config", ""), ignore_errors=True)
 
