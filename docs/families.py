@@ -56,15 +56,19 @@ def split_example(slug: str, paragraph: str) -> Tuple[str, str]:
     return paragraph, path.read_text().strip()
 
 
-def run_example(code: str) -> Tuple[Any, str]:
-    """Run an example; ``(the explanation it names "explanation", what it printed)``."""
+def run_example(code: str) -> Tuple[Dict[str, Any], str]:
+    """Run an example from a fixed random state (a page shows the same numbers at every build); ``(its names, what
+    it printed)``. It must name its model ``model`` and its result ``explanation``."""
+    import torch
+
     namespace: Dict[str, Any] = {"__name__": "__example__"}
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    with contextlib.redirect_stdout(printed), torch.random.fork_rng():
+        torch.manual_seed(0)
         exec(compile(code, "<family example>", "exec"), namespace)
-    if "explanation" not in namespace:
-        raise KeyError("a family example must name its result `explanation`")
-    return namespace["explanation"], printed.getvalue()
+    if "explanation" not in namespace or "model" not in namespace:
+        raise KeyError("a family example must name its model `model` and its result `explanation`")
+    return namespace, printed.getvalue()
 
 
 def returns_table(explanation: Any) -> str:
@@ -101,7 +105,10 @@ def uncovered() -> List[str]:
 def family_page(slug: str, title: str, paragraph: str) -> str:
     """The markdown of one family's page."""
     schedule, code = split_example(slug, paragraph)
-    explanation, printed = run_example(code)
+    names, printed = run_example(code)
+    if type(names["model"]).__name__ not in classes(slug):
+        raise TypeError(f"the example of {title} explains a {type(names['model']).__name__}, not one of its classes")
+    explanation = names["explanation"]
     listed = ", ".join(f"`{name}`" for name in classes(slug))
     return (f"# {title}\n\n**Classes**: {listed}.\n\n"
             f"## What `explain` returns\n\n{returns_table(explanation)}\n\n"

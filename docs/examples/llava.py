@@ -9,5 +9,5 @@ text = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidd
 model = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_index=3)).eval()
 ids = torch.tensor([[1] + [3] * 16 + [5, 6, 7]])  # 16 image tokens: a 32 x 32 image in 8 x 8 patches
 prompt = {"input_ids": ids, "pixel_values": torch.randn(1, 3, 32, 32)}
-explanation = GenericAttention(model).explain(prompt, generate=True, generation_args={"max_new_tokens": 2, "do_sample": False})
+explanation = GenericAttention(model).explain(prompt, continuation=[[8, 9]])  # or generate=True on a trained model
 print(explanation.text.shape, explanation.image.shape)  # [1, 2, 20] over the prompt, [1, 2, 4, 4] on the patch grid
