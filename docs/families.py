@@ -121,5 +121,5 @@ def overview(pages: List[Tuple[str, str, str]]) -> str:
     """The families' index page: each family with its classes."""
     rows = "\n".join(f"| [{title}]({slug}.md) | {', '.join(f'`{c}`' for c in classes(slug))} |" for slug, title, _ in pages)
     return ("# Supported families\n\nEach family's page gives its classes, what `explain` returns for it, a runnable "
-            "example and its schedule. A class not listed here raises a `TypeError` naming the closest supported "
-            "one; tutorial 04 shows how to add an adapter.\n\n| family | classes |\n|---|---|\n" + rows + "\n")
+            "example and its schedule. A model of a class not listed here (nor a subclass of one) raises a `TypeError` "
+            "naming the closest supported class; tutorial 04 shows how to add an adapter.\n\n| family | classes |\n|---|---|\n" + rows + "\n")

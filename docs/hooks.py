@@ -111,15 +111,19 @@ def on_config(config: Any) -> Any:
 
 
 def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
-    """A notebook's table of contents with its headings' own markup (mkdocs-jupyter drops their code spans)."""
+    """A notebook's table of contents from its rendered headings: mkdocs-jupyter's drops their code spans, and with
+    them part of the anchors it links to (``#generate-then...`` for the heading ``#explain-generate-then...``)."""
     if page.file.src_uri.endswith(".ipynb"):
-        headings = {m["id"]: m["title"] for m in re.finditer(
-            r'<h\d id="(?P<id>[^"]+)">(?P<title>.*?)<a class="anchor-link"', html)}
-        items = list(page.toc)
-        while items:
-            item = items.pop()
-            item.title = headings.get(item.id, item.title)
-            items.extend(item.children)
+        headings = re.findall(r'<h\d id="([^"]+)">(.*?)<a class="anchor-link"', html)
+        items, stack = [], list(reversed(list(page.toc)))
+        while stack:  # the entries in document order
+            items.append(stack.pop())
+            stack.extend(reversed(list(items[-1].children)))
+        if len(items) == len(headings):
+            for item, (anchor, title) in zip(items, headings):
+                item.id, item.title = anchor, title
+        else:
+            log.warning("%s: %d headings, %d table of contents entries", page.file.src_uri, len(headings), len(items))
     return html
 
 

@@ -112,3 +112,16 @@ def test_notebook_stderr_noise_is_dropped_and_other_stderr_kept():
     kept = stderr("UserWarning: captum_mm: the model is in training mode\n")
     page = type("Page", (), {"file": type("File", (), {"src_uri": "t.ipynb"})()})()
     assert hooks.on_post_page(f"a{noise}b{kept}c", page, None) == f"ab{kept}c"
+
+
+def test_notebook_table_of_contents_takes_the_rendered_headings():
+    from mkdocs.structure.toc import get_toc
+
+    toc = get_toc([{"level": 1, "id": "title", "name": "Title", "children": [
+        {"level": 2, "id": "generate-then", "name": ": generate, then", "children": []}]}])
+    page = type("Page", (), {"toc": toc, "file": type("File", (), {"src_uri": "t.ipynb"})()})()
+    html = ('<h1 id="title">Title<a class="anchor-link" href="#title">¶</a></h1><h2 id="explain-generate-then"><code>explain'
+            '</code>: generate, then<a class="anchor-link" href="#explain-generate-then">¶</a></h2>')
+    hooks.on_page_content(html, page, None, None)
+    entry = list(toc)[0].children[0]
+    assert (entry.id, entry.title, entry.url) == ("explain-generate-then", "<code>explain</code>: generate, then", "#explain-generate-then")
