@@ -76,8 +76,9 @@ def returns_table(explanation: Any) -> str:
     fields = dict(explanation.outputs())
     fields.update({name: getattr(explanation, name) for name in ("target", "scores", "queries", "generated_ids")
                    if getattr(explanation, name) is not None})
-    rows = [f"| `explanation.{name}` | `{list(value.shape)}` | {OUTPUTS[name]} |" for name, value in fields.items()]
-    return "| attribute | shape in the example | holds |\n|---|---|---|\n" + "\n".join(rows)
+    rows = [f"| `{name}` | `{list(value.shape)}` | {OUTPUTS[name]} |" for name, value in fields.items()]
+    return ("An [`Explanation`](../api/attr.md#captum_mm.attr.Explanation); for this family its attributes are:\n\n"
+            "| attribute | shape in the example | holds |\n|---|---|---|\n" + "\n".join(rows))
 
 
 def adapters() -> Dict[str, List[str]]:
@@ -108,12 +109,12 @@ def family_page(slug: str, title: str, paragraph: str) -> str:
     names, printed = run_example(code)
     if type(names["model"]).__name__ not in classes(slug):
         raise TypeError(f"the example of {title} explains a {type(names['model']).__name__}, not one of its classes")
-    explanation = names["explanation"]
     listed = ", ".join(f"`{name}`" for name in classes(slug))
+    output = f"It printed:\n\n```text\n{printed.strip()}\n```\n\n" if printed.strip() else ""
     return (f"# {title}\n\n**Classes**: {listed}.\n\n"
-            f"## What `explain` returns\n\n{returns_table(explanation)}\n\n"
+            f"## What `explain` returns\n\n{returns_table(names['explanation'])}\n\n"
             "## Example\n\nA tiny random model of the family (no download), run when this site was built:\n\n"
-            f"```python\n{code}\n```\n\nIt printed:\n\n```text\n{printed.strip()}\n```\n\n"
+            f"```python\n{code}\n```\n\n{output}"
             f"## Schedule\n\nFrom the specification ([METHOD](../METHOD.md), \"Per-architecture schedules\"):\n\n{schedule}\n")
 
 

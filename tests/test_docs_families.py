@@ -44,14 +44,14 @@ def test_family_example_runs_on_a_model_of_its_family(slug, title, paragraph):
     namespace, _ = families.run_example(code)
     assert type(namespace["model"]).__name__ in families.classes(slug)
     table = families.returns_table(namespace["explanation"])  # every output it returns has its meaning
-    assert "`explanation.target`" in table and "`explanation.scores`" in table
+    assert "| `target` |" in table and "| `scores` |" in table
 
 
 def test_family_page_lists_classes_outputs_example_and_schedule():
     slug, title, paragraph = next(page for page in PAGES if page[0] == "decoder-only-lms")
     page = families.family_page(slug, title, paragraph)
     assert page.startswith("# Decoder-only LMs\n\n**Classes**: ") and "`OPTForCausalLM`" in page
-    assert "| `explanation.text` | `[1, 3, 4]` |" in page and "| `explanation.generated` | `[1, 3, 3]` |" in page
+    assert "| `text` | `[1, 3, 4]` |" in page and "| `generated` | `[1, 3, 3]` |" in page
     assert "torch.Size([1, 3, 4]) torch.Size([1, 3, 3])" in page  # what the example printed
     assert page.index("## Example") < page.index("## Schedule") < page.index("one `R`")
 
