@@ -6,6 +6,8 @@
 * The site works offline: MathJax is copied from the ``django-static-mathjax`` package (the ``[docs]`` extra), the
   notebooks' CDN scripts (MathJax 2, mermaid) are left out, and a page loading anything from another host fails
   the build. The notebooks' kernels talk over IPC sockets in a temporary folder, not unencrypted TCP.
+* The notebooks' pages: the libraries' start-up noise on stderr left out (any other stderr kept), the table of
+  contents taken from the rendered headings (mkdocs-jupyter's drops their code spans).
 * Every public class and function of the API reference must have a docstring, and one taking arguments
   an ``Args:`` (or, for a dataclass, ``Attributes:``) section in Captum's style, one returning a value a
   ``Returns:`` section: the build fails naming those without.
