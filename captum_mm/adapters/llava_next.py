@@ -69,6 +69,7 @@ class LlavaNextAdapter(LlavaAdapter):
     # The vision tower's per-tile maps are laid out after the forward: captured eagerly.
     attention_functions = MappingProxyType(dict(LlamaAdapter.attention_functions))
     image_tokens_on_grid = False  # newline tokens end each row
+    several_images = False  # one anyres image a prompt (its base image and tiles)
     arguments = MappingProxyType(dict(
         DecoderOnlyAdapter.arguments,
         # No output: a tile's pixels are not the image's (explain gives the image map; attribute the prompt's tokens).

@@ -62,6 +62,28 @@ class Stage:
     token_map: Optional[Tensor] = None
     through: Optional["Stage"] = None
 
+    def per_image(self, images: int, tokens: int) -> "Stage":
+        """This stage over ``images`` images' sequences one after the other (``tokens`` each), each image's rows and
+        columns as this one's, ``P`` block-diagonal.
+
+        Args:
+            images (int): The images.
+            tokens (int): One image's tokens in this stage.
+
+        Returns:
+            *Stage*: Over every image.
+        """
+        if self.through is not None:
+            raise ValueError("A stage continuing through an earlier one is not repeated per image.")
+        offsets = torch.arange(images)[:, None] * tokens
+        one = torch.arange(tokens)
+
+        def repeated(chosen: Union[slice, Tensor]) -> Tensor:
+            return (offsets + one[chosen].to(offsets.device)[None, :]).flatten()
+
+        token_map = None if self.token_map is None else torch.block_diag(*[self.token_map] * images)
+        return Stage(self.pair, repeated(self.rows), repeated(self.columns), token_map)
+
     def chain(self) -> List["Stage"]:
         """This stage and the earlier ones it continues through, in order.
 
@@ -86,7 +108,8 @@ class Readout:
         positions (Tensor, optional): ``[E, N_columns]`` flat grid cell of each column,
                     when the columns are not in grid order (ViLT samples its patches).
         column_index (Tensor, optional): ``[E, n]`` the columns by index, per element, when
-                    they are not the same slice for all (a VLM's image tokens); replaces ``columns``.
+                    they are not the same slice for all (a VLM's image tokens); replaces ``columns``; -1 reads 0
+                    (an element with fewer image tokens than the batch's most).
         column_mask (Tensor, optional): ``[E, N_key]`` the columns kept; the others read 0
                     (a VLM's text output without its image tokens).
         through (Stage, optional): Continue the read values through an earlier stage.
