@@ -256,7 +256,8 @@ class VisionLanguageAdapter(VisionTokenLayout, LlamaAdapter):
         schedule = forward_order_schedule(record, selection, masks, readouts, causal)
         unused = self._unused_vision_attention(arguments)
         kept = [step for step in schedule.steps if record.calls[step[0].call].spec.module not in unused]
-        return replace(schedule, steps=kept)
+        segments = {VISION: slots.expand(selection.sample.shape[0], -1)} if int(images.max()) > 1 else {}
+        return replace(schedule, steps=kept, segments=segments)
 
     def vision_tokens(self, arguments: Dict[str, Any]) -> int:
         """The tokens of one image's vision sequence (by default the class token, if any, and the patch grid's).

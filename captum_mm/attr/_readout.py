@@ -159,7 +159,7 @@ def _spread(relevance: Dict[str, Tensor], tensor: Tensor, modality: Optional[str
         return torch.zeros(tensor.shape, dtype=dtype, device=tensor.device)
     if values.dim() == 4 and tensor.dim() == 4:  # several images a prompt ``[B, images, h, w]`` over ``[images, C, H, W]``
         return _spread_images(values, tensor, dtype)
-    if values.dim() == 4:  # tiles of one image ``[B, tiles, h, w]`` over ``[B, images, tiles, channels, H, W]``
+    if values.dim() in (4, 5):  # tiles ``[B, (images,) tiles, h, w]`` over ``[B, images, tiles, channels, H, W]``
         return _spread_tiles(values, tensor, dtype)
     if values.dim() == 3:
         if tensor.dim() < 3:
@@ -174,12 +174,13 @@ def _spread(relevance: Dict[str, Tensor], tensor: Tensor, modality: Optional[str
 
 
 def _spread_tiles(values: Tensor, tensor: Tensor, dtype: torch.dtype) -> Tensor:
-    """Each tile's grid spread over its pixels (one image a prompt, its tiles on the fourth axis from the end)."""
-    if tensor.dim() != 6 or tensor.shape[1] != 1 or tensor.shape[2] != values.shape[1]:
-        raise ValueError(f"Relevance over {values.shape[1]} tiles needs one image a prompt [batch, 1, tiles, channels, "
-                         f"height, width], got shape {tuple(tensor.shape)}.")
-    cells = F.interpolate(values, size=tensor.shape[-2:], mode="nearest")
-    return cells[:, None, :, None].expand(tensor.shape).to(dtype).contiguous()
+    """Each tile's grid spread over its pixels (the images, when one a prompt, on no axis of ``values``)."""
+    tiles = values if values.dim() == 5 else values[:, None]
+    if tensor.dim() != 6 or tuple(tensor.shape[1:3]) != tuple(tiles.shape[1:3]):
+        raise ValueError(f"Relevance over {tiles.shape[1]} images of {tiles.shape[2]} tiles needs pixel values [batch, "
+                         f"{tiles.shape[1]}, {tiles.shape[2]}, channels, height, width], got shape {tuple(tensor.shape)}.")
+    cells = F.interpolate(tiles.flatten(1, 2), size=tensor.shape[-2:], mode="nearest").unflatten(1, tiles.shape[1:3])
+    return cells[:, :, :, None].expand(tensor.shape).to(dtype).contiguous()
 
 
 def _spread_images(values: Tensor, tensor: Tensor, dtype: torch.dtype) -> Tensor:

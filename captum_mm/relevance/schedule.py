@@ -167,6 +167,9 @@ class Schedule:
                     model attends with outside the scheduled events (LXMERT's last x-layer's
                     image->text attention, left out since it cannot reach the readout). Eq. 11
                     decides from them as from the scheduled events. Default: none
+        segments (dict[str, Tensor]): ``[E, N]`` segment of each token of a modality whose tokens attend
+                    within their segment only (a prompt's images in the vision modality): what is scaled
+                    per matrix (partial LRP) is scaled per segment. Default: none
     """
 
     sizes: Dict[str, int]
@@ -176,6 +179,7 @@ class Schedule:
     element_sample: Tensor
     causal: FrozenSet[str] = frozenset()
     unscheduled_attentions: FrozenSet[Tuple[str, str]] = frozenset()
+    segments: Dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def num_elements(self) -> int:
@@ -208,7 +212,8 @@ class Schedule:
         """The schedule of the elements ``index`` only (the same events)."""
         return replace(self, masks={name: mask[index] for name, mask in self.masks.items()},
                        outputs={name: readout.of_elements(index) for name, readout in self.outputs.items()},
-                       element_sample=self.element_sample[index])
+                       element_sample=self.element_sample[index],
+                       segments={name: segment[index] for name, segment in self.segments.items()})
 
     def starting_at(self, start_layer: int) -> "Schedule":
         """A copy without each modality's first ``start_layer`` self-attention events.

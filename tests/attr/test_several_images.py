@@ -83,9 +83,9 @@ def test_the_image_output_has_an_images_axis_and_each_image_changes_only_its_own
     assert image[0, :, 0].abs().sum() > 0 and image[0, :, 1].abs().sum() > 0 and image[1, :, 0].abs().sum() > 0
 
 
+#: Every family with GenericAttention; every method on Qwen2.5-VL (windows inside each image, patches out of grid order).
 CASES = [(family, "generic", torch.float64) for family in sorted(SEVERAL)] + [
-    ("qwen2_5_vl", method, torch.float64) for method in sorted(METHODS)] + [("llava", method, torch.float64) for method in
-                                                                            sorted(METHODS)]
+    ("qwen2_5_vl", method, torch.float64) for method in sorted(METHODS) if method != "generic"]
 
 
 @pytest.mark.parametrize("family, method, dtype", [pytest.param(*case, id=f"{case[0]}-{case[1]}") for case in CASES])
@@ -167,3 +167,14 @@ def test_stopping_at_the_image_tokens_gives_each_images_tokens_on_its_grid():
     columns = torch.nonzero(ids[0] == IMAGE_TOKEN)[:, 0].reshape(2, 16)
     for index in range(2):
         torch.testing.assert_close(image[0, 0, index].flatten(), language[columns[index]])
+
+
+def test_partial_lrp_scales_each_images_block_alone():
+    # min-max scaling per segment, worked by hand: segment 0's block [[-1, 1], [3, 0]] -> [[0, .5], [1, .25]];
+    # segment 1's [[2]] -> a constant block reads 0; the entries between segments are 0 (no attention there)
+    from captum_mm.relevance.propagation import min_max_scaled
+
+    matrix = torch.tensor([[[-1.0, 1.0, 9.0], [3.0, 0.0, 9.0], [9.0, 9.0, 2.0]]])
+    real = torch.ones(1, 3, dtype=torch.bool)
+    scaled = min_max_scaled(matrix, real, real, segments=torch.tensor([[0, 0, 1]]))
+    assert scaled.tolist() == [[[0.0, 0.5, 0.0], [1.0, 0.25, 0.0], [0.0, 0.0, 0.0]]]
