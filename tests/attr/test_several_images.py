@@ -178,3 +178,40 @@ def test_partial_lrp_scales_each_images_block_alone():
     real = torch.ones(1, 3, dtype=torch.bool)
     scaled = min_max_scaled(matrix, real, real, segments=torch.tensor([[0, 0, 1]]))
     assert scaled.tolist() == [[[0.0, 0.5, 0.0], [1.0, 0.25, 0.0], [0.0, 0.0, 0.0]]]
+
+
+def onevision_prompts(counts=(3, 2)):
+    """LLaVA-OneVision prompts of several images each (``batch_num_images``): each image's 4 base tokens and a newline."""
+    per_image = 5
+    length = TEXT + max(counts) * (per_image + 1)
+    ids, mask = torch.zeros(len(counts), length, dtype=torch.long), torch.zeros(len(counts), length, dtype=torch.long)
+    for b, count in enumerate(counts):
+        own = [7, 8, 9] + ([IMAGE_TOKEN] * per_image + [10]) * count
+        ids[b, length - len(own):], mask[b, length - len(own):] = torch.tensor(own), 1
+    images = sum(counts)
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.randn(images, 5, 3, 16, 16),
+            "image_sizes": torch.tensor([[16, 32]] * images), "batch_num_images": torch.tensor(counts)}
+
+
+@pytest.mark.parametrize("method", ["generic", "raw-attention", "transformer-attribution"])
+def test_onevision_several_images_each_on_its_base_grid_batched_equals_alone(method):
+    torch.manual_seed(0)
+    model = VLMS["llava_onevision"]().double()
+    batch = in_dtype(model, onevision_prompts(), torch.float64)
+    explanation = METHODS[method](model).explain(batch, continuation=CONTINUATION)
+    assert explanation.image.shape == (2, 2, 3, 2, 2) and explanation.image[1, :, 2].abs().sum() == 0
+    for index, (first, count) in enumerate([(0, 3), (3, 2)]):
+        real = batch["attention_mask"][index].bool()
+        single = {"input_ids": batch["input_ids"][index : index + 1, real], "attention_mask": batch["attention_mask"][index : index + 1, real],
+                  "pixel_values": batch["pixel_values"][first : first + count], "image_sizes": batch["image_sizes"][first : first + count],
+                  "batch_num_images": torch.tensor([count])}
+        alone = METHODS[method](model).explain(single, continuation=[CONTINUATION[index]])
+        steps = len(CONTINUATION[index])
+        torch.testing.assert_close(explanation.image[index, :steps, :count], alone.image[0], atol=1e-12, rtol=1e-9)
+
+
+def test_onevision_one_image_and_several_in_one_batch_are_refused():
+    batch = onevision_prompts()
+    batch["batch_num_images"] = torch.tensor([3, 1])
+    with pytest.raises(ValueError, match=r"one image \(tiled whole\) and several .* separate batches: batch_num_images \[3, 1\]"):
+        GenericAttention(VLMS["llava_onevision"]()).explain(batch, continuation=CONTINUATION)
