@@ -134,13 +134,13 @@ class VisionLanguageAdapter(VisionTokenLayout, LlamaAdapter):
         """
         features = self._features_per_image(arguments["pixel_values"], arguments)
         counts = self.image_tokens(arguments).sum(-1).tolist()
-        wrong = [index for index, count in enumerate(counts) if count == 0 or count % features]
-        require(not wrong, f"Each prompt needs {features} image tokens (id {self.model.config.image_token_id}) an image, one "
-                f"per {made_of}; samples {wrong} have {[counts[i] for i in wrong]}{note}.")
+        wrong = [index for index, count in enumerate(counts)
+                 if count == 0 or count % features or (count != features and not self.several_images)]
+        require(not wrong, f"Each prompt needs {features} image tokens (id {self.model.config.image_token_id})"
+                f"{' an image' if self.several_images else ''}, one per {made_of}; samples {wrong} have "
+                f"{[counts[i] for i in wrong]}{note}" + ("." if self.several_images else
+                                                        f"; {type(self.model).__name__} reads one image per prompt."))
         images = self.images_per_prompt(arguments).tolist()
-        several = [index for index, count in enumerate(images) if count > 1]
-        require(self.several_images or not several, f"One image per prompt is explained for {type(self.model).__name__}: "
-                f"samples {several} hold {[images[i] for i in several]} images ({features} image tokens each).")
         given = self.images_given(arguments)
         require(given == sum(images), f"The prompts' image tokens make {images} images ({features} tokens an image), "
                 f"{sum(images)} in all; the model is given {given}.")

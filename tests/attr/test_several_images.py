@@ -109,7 +109,8 @@ def test_batched_with_different_image_counts_equals_each_prompt_alone(family, me
 def test_a_family_reading_one_image_a_prompt_says_so():
     model = blip2()
     batch = prompts("llava")
-    with pytest.raises(ValueError, match="One image per prompt is explained for Blip2ForConditionalGeneration: samples \\[0\\]"):
+    with pytest.raises(ValueError, match=r"needs 16 image tokens \(id 3\), one per image feature; samples \[0\] have \[32\] .*; "
+                       "Blip2ForConditionalGeneration reads one image per prompt"):
         GenericAttention(model).explain(batch, continuation=CONTINUATION)
 
 
