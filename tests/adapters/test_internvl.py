@@ -11,7 +11,6 @@ from helpers import assert_image_halves_sum_their_cells, assert_raw_attention_is
 
 from methods_under_test import MAY_VANISH, METHODS
 
-from captum_mm.attr import GenericAttention
 from captum_mm.models import adapter_for
 
 GRID = (8, 8)  # 4 x 4 patches of a 32 x 32 image, shuffled 2 x 2 into 4 x 4 image tokens
