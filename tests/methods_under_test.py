@@ -18,8 +18,11 @@ METHODS = {
     **{key: partial(_BY_KEY[base], start_layer=start) for key, (base, start) in OPTION_VARIANTS.items()},
 }
 
-#: Methods whose relevance may be negative (none of those above).
-SIGNED: set = set()
+#: Methods whose relevance may be negative.
+SIGNED = {"attnlrp", "cp-lrp"}
+
+#: Families a method refuses with a TypeError (AttnLRP: CLIP's LRP starts at its embeddings, DETR's has rules of its own).
+UNSUPPORTED = {"attnlrp": {"clip", "detr"}, "cp-lrp": {"clip", "detr"}}
 
 #: Methods whose relevance may be all zero on a random-init model. Without aggregation, Eq. 11
 #: replaces R^tt by A_bar . R^it, still zero at LXMERT's first cross-attention, so relevance
@@ -31,7 +34,7 @@ SIGNED: set = set()
 MAY_VANISH = {"generic-no-aggregation", "generic-drop-zero-rows", "grad-cam"}
 
 #: Methods running an LRP backward (their half-precision models computed in float32).
-LRP_BASED = {"generic-lrp", "partial-lrp", "transformer-attribution"}
+LRP_BASED = {"generic-lrp", "partial-lrp", "transformer-attribution", "attnlrp", "cp-lrp"}
 
 
 def padded_cases(families, methods, float32_family: str):

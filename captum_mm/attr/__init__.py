@@ -1,6 +1,7 @@
 """Captum ``Attribution`` classes explaining transformers through their attention."""
 
 from captum_mm.attr._base import AttentionAttribution, Explanation
+from captum_mm.attr.attnlrp import AttnLRP
 from captum_mm.attr.generic import GenericAttention
 from captum_mm.attr.grad_cam import AttentionGradCam
 from captum_mm.attr.last_layer import LastLayerAttribution
@@ -14,6 +15,7 @@ __all__ = [
     "AttentionGradCam",
     "AttentionMethod",
     "AttentionRollout",
+    "AttnLRP",
     "Explanation",
     "GenericAttention",
     "LastLayerAttribution",

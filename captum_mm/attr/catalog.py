@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Dict, Optional, Tuple
 
+from captum_mm.attr.attnlrp import AttnLRP
 from captum_mm.attr.generic import GenericAttention
 from captum_mm.attr.grad_cam import AttentionGradCam
 from captum_mm.attr.lrp import PartialLRP, TransformerAttribution
@@ -50,6 +51,9 @@ REGISTRY: Tuple[RegisteredMethod, ...] = (
     # The reference DETR code's unguarded Eq. 8-9 drops a layer's whole Eq. 10 update when a row of R - I sums to zero.
     RegisteredMethod("generic-drop-zero-rows", "ours (reference Eq. 8-9)",
                      partial(GenericAttention, zero_row_update="drop"), "reference DETR"),
+    # AttnLRP (Achtibat et al., ICML 2024) and CP-LRP: relevance at the inputs, in no table of the paper.
+    RegisteredMethod("attnlrp", "AttnLRP", AttnLRP, None),
+    RegisteredMethod("cp-lrp", "CP-LRP", partial(AttnLRP, constant_attention=True), None),
 )
 
 

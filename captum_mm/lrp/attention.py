@@ -91,21 +91,33 @@ def attention_operands_gradients(
     probs: Tensor,
     g_context: Tensor,
     position: Optional[Tuple[Tensor, Tensor]],
+    scaling: Optional[float] = None,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(g_query, g_key, g_value, R_A)`` for the projections' outputs ``projected`` (``[B, N, heads * d]``),
-    given the modified gradient ``g_context`` of the heads' context ``[B, H, N, d]``."""
+    given the modified gradient ``g_context`` of the heads' context ``[B, H, N, d]`` (``scaling``: :func:`score_scale`)."""
     query, key, value = projected
     kv_heads = parts.key_value_heads or parts.heads
     groups = parts.heads // kv_heads
     projected_q, projected_k, v = split_heads(query, parts.heads), split_heads(key, kv_heads), split_heads(value, kv_heads)
     normed_q, normed_k = normalised(parts.query_norm, projected_q), normalised(parts.key_norm, projected_k)
     q, k = (normed_q, normed_k) if position is None else (rotary(normed_q, *position), rotary(normed_k, *position))
-    g_q, g_k, g_v, relevance = rule.gradients(q, repeat_heads(k, groups), repeat_heads(v, groups), probs, g_context)
+    g_q, g_k, g_v, relevance = rule.gradients(q, repeat_heads(k, groups), repeat_heads(v, groups), probs, g_context, scaling)
     g_k, g_v = sum_groups(g_k, groups), sum_groups(g_v, groups)
     if position is not None:
         g_q, g_k = rotary_transposed(g_q, *position), rotary_transposed(g_k, *position)
     g_q, g_k = through_norm(parts.query_norm, projected_q, normed_q, g_q), through_norm(parts.key_norm, projected_k, normed_k, g_k)
     return merge_heads(g_q, query), merge_heads(g_k, key), merge_heads(g_v, value), relevance
+
+
+def score_scale(module: nn.Module) -> Optional[float]:
+    """The factor of ``Q K^T`` in an attention module's scores, as the module holds it (``scaling``, CLIP's ``scale``,
+    ``1 / sqrt(attention_head_size)`` of BERT-style hand-written attention); None where it holds none of these."""
+    for name in ("scaling", "scale"):
+        value = getattr(module, name, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    head_size = getattr(module, "attention_head_size", None)
+    return float(head_size) ** -0.5 if isinstance(head_size, int) else None
 
 
 def position_keeper(positions: Dict[int, Tuple[Tensor, Tensor]]) -> KwargsPreHook:
@@ -141,6 +153,7 @@ def attention_hook(
                                  requires_grad=True).expand(attention.shape)
         projection = (parts.projection, state.linear_io[id(parts.projection)]) if parts.projection is not None else None
         position = tuple(exact(t) for t in positions[id(module)]) if parts.rotary else None
+        scaling = score_scale(module)
 
         def rule(g: Tensor) -> Tuple[Tensor, ...]:
             if projection is not None:
@@ -156,6 +169,7 @@ def attention_hook(
             g_query, g_key, g_value, relevance = attention_operands_gradients(
                 attention_rule, parts, operands, exact(attention), split_heads(batched(g), parts.heads),
                 cast(Optional[Tuple[Tensor, Tensor]], None if position is None else tuple(batched(t) for t in position)),
+                scaling,
             )
             gradients = (torch.cat((g_query, g_key, g_value), dim=-1),) if parts.fused else (g_query, g_key, g_value)
             return (*(gradient.reshape(t.shape) for gradient, t in zip(gradients, projected)), relevance)

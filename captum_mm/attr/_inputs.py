@@ -1,0 +1,136 @@
+"""Relevance read at a model's inputs (AttnLRP): the tensors kept while it runs, and each output read from them.
+
+Kept are the word embeddings (the output of ``model.get_input_embeddings()``, where integer token ids enter) and
+the model's floating forward arguments (``inputs_embeds``, region features, ``pixel_values``), made to require grad
+for the pass when they do not (restored afterwards). An output is read from them as the adapter declares which
+argument carries it: a token output from the ``[B, N, ...]`` inputs of its tokens (summed over their features), an
+image output on a patch grid from its ``[B, C, H, W]`` pixels (summed over channels and each grid cell).
+"""
+
+import inspect
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Mapping, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from captum_mm._handles import HandleList
+from captum_mm.relevance.schedule import Readout, Schedule
+
+#: The word embeddings' entry among the kept inputs (no forward argument has this name).
+EMBEDDINGS = "<word embeddings>"
+
+
+class KeptInputs:
+    """The input tensors of the latest forward, by argument name (:data:`EMBEDDINGS` for the word embeddings)."""
+
+    def __init__(self) -> None:
+        self.tensors: Dict[str, Tensor] = {}
+        self.restore: List[Tensor] = []  # the tensors made to require grad, restored on exit
+
+
+@contextmanager
+def keep_inputs(model: nn.Module) -> Iterator[KeptInputs]:
+    """Keep the model's input tensors of each forward (see the module); everything undone on exit.
+
+    Args:
+        model (nn.Module): The model.
+
+    Yields:
+        KeptInputs: Filled by each forward.
+    """
+    kept, handles = KeptInputs(), HandleList()
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+
+    def on_arguments(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+        kept.tensors.clear()
+        names = list(_parameter_names(module)[: len(args)]) + list(kwargs)
+        for name, value in zip(names, (*args, *kwargs.values())):
+            if isinstance(value, Tensor) and value.is_floating_point():
+                if not value.requires_grad and torch.is_grad_enabled():
+                    kept.restore.append(value.requires_grad_(True))
+                kept.tensors[name] = value
+
+    def on_embeddings(module: nn.Module, args: Tuple[Any, ...], output: Any) -> None:
+        if isinstance(output, Tensor) and output.is_floating_point():  # Swin's patch embeddings are no word embeddings
+            kept.tensors[EMBEDDINGS] = output
+
+    try:
+        handles.append(model.register_forward_pre_hook(on_arguments, with_kwargs=True))
+        if isinstance(embeddings, nn.Module):
+            handles.append(embeddings.register_forward_hook(on_embeddings))
+        yield kept
+    finally:
+        handles.remove()
+        for tensor in kept.restore:
+            tensor.requires_grad_(False)
+
+
+def _parameter_names(module: nn.Module) -> List[str]:
+    return list(inspect.signature(module.forward).parameters)
+
+
+def read_inputs(schedule: Schedule, relevance: Dict[str, Tensor], argument_outputs: Mapping[str, str]) -> Dict[str, Tensor]:
+    """Each output of ``schedule`` read from the relevance of the inputs carrying it.
+
+    Args:
+        schedule (Schedule): The explained elements' schedule.
+        relevance (dict[str, Tensor]): ``[E, *input.shape[1:]]`` per kept input (``x * g``).
+        argument_outputs (Mapping[str, str]): The output each forward argument carries (the adapter's).
+
+    Returns:
+        *dict[str, Tensor]*: ``[E, ...]`` per output, shaped as the schedule's readouts.
+    """
+    outputs = {}
+    for name, spec in schedule.outputs.items():
+        pixels = [values for argument, values in relevance.items()
+                  if argument_outputs.get(argument) == name and values.dim() == 4 and spec.grid is not None]
+        if pixels:
+            outputs[name] = _pooled(sum(pixels), spec.grid)
+        else:
+            outputs[name] = _read_tokens(schedule, name, spec, relevance, argument_outputs)
+    return outputs
+
+
+def _pooled(pixels: Tensor, grid: Any) -> Tensor:
+    """``[E, C, H, W]`` summed over channels and over each cell of a ``(h, w)`` grid."""
+    if len(grid) != 2 or pixels.shape[-2] % grid[0] or pixels.shape[-1] % grid[1]:
+        raise ValueError(f"AttnLRP cannot pool pixels of shape {tuple(pixels.shape[-2:])} onto the grid {tuple(grid)}.")
+    per_pixel = pixels.sum(1)
+    cells = per_pixel.reshape(pixels.shape[0], grid[0], pixels.shape[-2] // grid[0], grid[1], pixels.shape[-1] // grid[1])
+    return cells.sum((2, 4))
+
+
+def _read_tokens(schedule: Schedule, name: str, spec: Readout, relevance: Dict[str, Tensor],
+                 argument_outputs: Mapping[str, str]) -> Tensor:
+    """A token output: the summed relevance of the ``[B, N, ...]`` inputs of its modality's ``N`` tokens, or, in a
+    joint stream (VisualBERT's text and regions), of the inputs of just its columns."""
+    size = schedule.sizes[spec.key]
+    carried = {output for output, readout in schedule.outputs.items() if readout.key == spec.key}
+    inputs = [values.flatten(2).sum(-1) for argument, values in relevance.items()
+              if argument_outputs.get("input_ids" if argument == EMBEDDINGS else argument) in carried and values.dim() >= 3]
+    columns = len(range(size)[spec.columns])
+    whole = [values for values in inputs if values.shape[1] == size]
+    if whole and spec.through is None:
+        rows = sum(whole) * schedule.masks[spec.key]
+        if spec.column_mask is not None:
+            rows = rows * spec.column_mask
+        rows = rows[:, spec.columns] if spec.column_index is None else rows.gather(1, spec.column_index)
+    elif spec.column_index is None and spec.column_mask is None and spec.through is None and inputs:
+        own = [values for argument, values in zip(relevance, inputs) if values.shape[1] == columns]
+        if not own:
+            raise _unreadable(name, spec, size, relevance)
+        rows = sum(own) * schedule.masks[spec.key][:, spec.columns]
+    else:
+        raise _unreadable(name, spec, size, relevance)
+    if spec.spread is not None:
+        rows = rows @ spec.spread.to(rows)
+    if spec.positions is not None:
+        grid = spec.grid or ()
+        rows = rows.new_zeros(rows.shape[0], grid[0] * grid[1]).scatter(1, spec.positions, rows)
+    return rows.reshape(rows.shape[0], *spec.grid) if spec.grid else rows
+
+
+def _unreadable(name: str, spec: Readout, size: int, relevance: Dict[str, Tensor]) -> TypeError:
+    return TypeError(f"AttnLRP cannot read the {name!r} output at this model's inputs: no input of its {size} "
+                     f"{spec.key} tokens (or pixels on its grid) was found among {sorted(relevance)}.")
