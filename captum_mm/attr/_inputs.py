@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_mm._handles import HandleList
+from captum_mm._precision import HALF_PRECISION
 from captum_mm.relevance.schedule import Readout, Schedule
 
 #: The word embeddings' entry among the kept inputs (no forward argument has this name).
@@ -26,7 +27,25 @@ class KeptInputs:
 
     def __init__(self) -> None:
         self.tensors: Dict[str, Tensor] = {}
-        self.restore: List[Tensor] = []  # the tensors made to require grad, restored on exit
+        self.embedding_calls = 0
+        self.changed: List[Tuple[Tensor, Tensor]] = []  # (input, its own data) made to require grad or upcast
+
+    def prepare(self, value: Tensor) -> None:
+        """Make a leaf input require grad (a half-precision one upcast to float32 in place, as the model's weights
+        are while LRP runs, so that its gradient is not rounded to its dtype); restored by :meth:`restore`."""
+        if value.requires_grad or value.is_inference():  # the engine refuses inference tensors itself
+            return
+        self.changed.append((value, value.data))
+        if value.dtype in HALF_PRECISION:
+            value.data = value.data.float()
+        value.requires_grad_(True)
+
+    def restore(self) -> None:
+        """Every changed input back to its own data, not requiring grad."""
+        for tensor, data in reversed(self.changed):
+            tensor.requires_grad_(False)
+            tensor.data = data
+        self.changed.clear()
 
 
 @contextmanager
@@ -40,20 +59,21 @@ def keep_inputs(model: nn.Module) -> Iterator[KeptInputs]:
         KeptInputs: Filled by each forward.
     """
     kept, handles = KeptInputs(), HandleList()
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    embeddings = _word_embeddings(model)
 
     def on_arguments(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
         kept.tensors.clear()
+        kept.embedding_calls = 0
         names = list(_parameter_names(module)[: len(args)]) + list(kwargs)
         for name, value in zip(names, (*args, *kwargs.values())):
-            if isinstance(value, Tensor) and value.is_floating_point():
-                if not value.requires_grad and torch.is_grad_enabled():
-                    kept.restore.append(value.requires_grad_(True))
+            if isinstance(value, Tensor) and value.is_floating_point() and torch.is_grad_enabled():
+                kept.prepare(value)
                 kept.tensors[name] = value
 
     def on_embeddings(module: nn.Module, args: Tuple[Any, ...], output: Any) -> None:
         if isinstance(output, Tensor) and output.is_floating_point():  # Swin's patch embeddings are no word embeddings
             kept.tensors[EMBEDDINGS] = output
+            kept.embedding_calls += 1
 
     try:
         handles.append(model.register_forward_pre_hook(on_arguments, with_kwargs=True))
@@ -62,8 +82,15 @@ def keep_inputs(model: nn.Module) -> Iterator[KeptInputs]:
         yield kept
     finally:
         handles.remove()
-        for tensor in kept.restore:
-            tensor.requires_grad_(False)
+        kept.restore()
+
+
+def _word_embeddings(model: nn.Module) -> Any:
+    """``model.get_input_embeddings()``, None where the model has none."""
+    try:
+        return getattr(model, "get_input_embeddings", lambda: None)()
+    except NotImplementedError:
+        return None
 
 
 def _parameter_names(module: nn.Module) -> List[str]:
@@ -86,7 +113,7 @@ def read_inputs(schedule: Schedule, relevance: Dict[str, Tensor], argument_outpu
         pixels = [values for argument, values in relevance.items()
                   if argument_outputs.get(argument) == name and values.dim() == 4 and spec.grid is not None]
         if pixels:
-            outputs[name] = _pooled(sum(pixels), spec.grid)
+            outputs[name] = _pooled(torch.stack(pixels).sum(0), spec.grid)
         else:
             outputs[name] = _read_tokens(schedule, name, spec, relevance, argument_outputs)
     return outputs

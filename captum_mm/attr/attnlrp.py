@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_mm._precision import exact
+from captum_mm.attr._checks import check_connected
 from captum_mm.attr._base import AttentionAttribution, AttentionBundle, Explanation, Needs
 from captum_mm.attr._inputs import KeptInputs, keep_inputs, read_inputs
 from captum_mm.attr.engine import ForwardPass
@@ -85,6 +86,11 @@ class AttnLRP(AttentionAttribution):
     def _outputs_in_groups(self, forward: ForwardPass, max_memory: Any) -> Dict[str, Tensor]:
         """Every element's outputs: one LRP backward a slot, its elements' inputs' relevance read out."""
         selection, kept = forward.selection, self._kept.tensors
+        check_connected(forward.logits, forward.method)
+        if not kept or self._kept.embedding_calls > 1:
+            raise TypeError(f"AttnLRP reads relevance at a model's floating inputs and at its word embeddings, used by "
+                            f"one token stream: this {type(self.model).__name__} has no such input, or embeds several "
+                            "streams with the same embeddings (an encoder-decoder), which AttnLRP does not support yet.")
         names, tensors = list(kept), list(kept.values())
         relevance = {name: exact(t).new_zeros(selection.num_elements, *t.shape[1:]) for name, t in kept.items()}
         assert forward.lrp is not None

@@ -54,6 +54,7 @@ REGISTRY: Tuple[RegisteredMethod, ...] = (
     # AttnLRP (Achtibat et al., ICML 2024) and CP-LRP: relevance at the inputs, in no table of the paper.
     RegisteredMethod("attnlrp", "AttnLRP", AttnLRP, None),
     RegisteredMethod("cp-lrp", "CP-LRP", partial(AttnLRP, constant_attention=True), None),
+    RegisteredMethod("generic-attnlrp", "ours w/ AttnLRP", partial(GenericAttention, head_weighting="attnlrp"), None),
 )
 
 

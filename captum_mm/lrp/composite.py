@@ -139,8 +139,8 @@ def lrp_rules(
                 rule = rules.for_module(name, module, rules.linear)
                 handles.append(module.register_forward_hook(_linear_hook(state, rule), prepend=True))
             elif id(module) not in attention_parts and _is_pass_through(module, structure.pass_through_types):
-                rule = rules.for_module(name, module, rules.pass_through)
-                handles.append(module.register_forward_hook(_pass_hook(state, rule), prepend=True))
+                passing = rules.for_module(name, module, rules.pass_through)
+                handles.append(module.register_forward_hook(_pass_hook(state, passing), prepend=True))
         for spec in attention:
             projection = cast(AttentionParts, spec.parts).projection
             rule_of = (rules.for_module(spec.name, spec.module, rules.attention),

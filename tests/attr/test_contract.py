@@ -4,23 +4,11 @@ import pytest
 import torch
 from captum.metrics import infidelity, sensitivity_max
 
-from methods_under_test import MAY_VANISH, METHODS, SIGNED, UNSUPPORTED
+from methods_under_test import MAY_VANISH, METHODS, SIGNED
 from helpers import CASES, FEATURES, assert_same_state, detr_case, lxmert, model_state, text_batch
 
 pytestmark = pytest.mark.parametrize("method", sorted(METHODS))
 FAMILIES = pytest.mark.parametrize("family", sorted(CASES))
-#: The family of the tests without a family parameter.
-_FAMILY_OF = {"test_detr_padded_images": "detr", "test_detr_returns_to_sdpa": "detr",
-              "test_vectorized_backward_equals_one_backward_per_query": "detr"}
-
-
-@pytest.fixture(autouse=True)
-def _skip_unsupported(request):
-    """A method's unsupported families are tested for their error in the method's own tests, not here."""
-    params = request.node.callspec.params
-    family = params.get("family", _FAMILY_OF.get(request.node.originalname, "lxmert"))
-    if family in UNSUPPORTED.get(params["method"], ()):
-        pytest.skip(f"{params['method']} refuses {family}")
 
 
 @FAMILIES
