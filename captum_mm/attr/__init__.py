@@ -9,12 +9,14 @@ from captum_mm.attr.lrp import PartialLRP, TransformerAttribution
 from captum_mm.attr.method import AttentionMethod
 from captum_mm.attr.raw_attention import RawAttention
 from captum_mm.attr.rollout import AttentionRollout
+from captum_mm.attr.sinks import AttentionSinks, without_sinks
 
 __all__ = [
     "AttentionAttribution",
     "AttentionGradCam",
     "AttentionMethod",
     "AttentionRollout",
+    "AttentionSinks",
     "AttnLRP",
     "Explanation",
     "GenericAttention",
@@ -22,4 +24,5 @@ __all__ = [
     "PartialLRP",
     "RawAttention",
     "TransformerAttribution",
+    "without_sinks",
 ]

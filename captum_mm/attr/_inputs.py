@@ -136,28 +136,39 @@ def _read_tokens(schedule: Schedule, name: str, spec: Readout, relevance: Dict[s
     carried = {output for output, readout in schedule.outputs.items() if readout.key == spec.key}
     inputs = [values.flatten(2).sum(-1) for argument, values in relevance.items()
               if argument_outputs.get("input_ids" if argument == EMBEDDINGS else argument) in carried and values.dim() >= 3]
-    columns = len(range(size)[spec.columns])
     whole = [values for values in inputs if values.shape[1] == size]
     if whole and spec.through is None:
-        rows = sum(whole) * schedule.masks[spec.key]
-        if spec.column_mask is not None:
-            rows = rows * spec.column_mask
-        rows = rows[:, spec.columns] if spec.column_index is None else rows.gather(1, spec.column_index)
-    elif spec.column_index is None and spec.column_mask is None and spec.through is None and inputs:
-        own = [values for argument, values in zip(relevance, inputs) if values.shape[1] == columns]
-        if not own:
-            raise _unreadable(name, spec, size, relevance)
-        rows = sum(own) * schedule.masks[spec.key][:, spec.columns]
-    else:
-        raise _unreadable(name, spec, size, relevance)
+        return read_columns(torch.stack(whole).sum(0), spec, schedule.masks[spec.key])
+    own = [values for values in inputs if values.shape[1] == len(range(size)[spec.columns])]
+    if not own or spec.column_index is not None or spec.column_mask is not None or spec.through is not None:
+        raise TypeError(f"AttnLRP cannot read the {name!r} output at this model's inputs: no input of its {size} "
+                        f"{spec.key} tokens (or pixels on its grid) was found among {sorted(relevance)}.")
+    return _placed(torch.stack(own).sum(0) * schedule.masks[spec.key][:, spec.columns], spec)
+
+
+def read_columns(values: Tensor, spec: Readout, mask: Tensor) -> Tensor:
+    """An output read from per-token values of its key modality, ``[E, N]`` (``mask``: its real tokens): its columns,
+    placed on its grid (``spec.through`` is not followed).
+
+    Args:
+        values (Tensor): ``[E, N]``.
+        spec (Readout): The output's readout.
+        mask (Tensor): ``[E, N]`` the modality's real tokens.
+
+    Returns:
+        *Tensor*: ``[E, ...]`` shaped as the output.
+    """
+    rows = values * mask
+    if spec.column_mask is not None:
+        rows = rows * spec.column_mask
+    return _placed(rows[:, spec.columns] if spec.column_index is None else rows.gather(1, spec.column_index), spec)
+
+
+def _placed(rows: Tensor, spec: Readout) -> Tensor:
+    """Read columns spread, placed at their grid positions and shaped as the grid, as the readout says."""
     if spec.spread is not None:
         rows = rows @ spec.spread.to(rows)
     if spec.positions is not None:
         grid = spec.grid or ()
         rows = rows.new_zeros(rows.shape[0], grid[0] * grid[1]).scatter(1, spec.positions, rows)
     return rows.reshape(rows.shape[0], *spec.grid) if spec.grid else rows
-
-
-def _unreadable(name: str, spec: Readout, size: int, relevance: Dict[str, Tensor]) -> TypeError:
-    return TypeError(f"AttnLRP cannot read the {name!r} output at this model's inputs: no input of its {size} "
-                     f"{spec.key} tokens (or pixels on its grid) was found among {sorted(relevance)}.")
