@@ -29,6 +29,10 @@ _RULES_REFUSED = {"clip", "detr", "gemma2", "gemma3", "gemma3_vl", "mixtral", "q
 _INPUTS_REFUSED = _RULES_REFUSED | {"bart", "t5", "blip", "blip2", "whisper", "mllama", "idefics3", "smolvlm", "llava_next",
                                     "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
 REFUSED = {"attnlrp": _INPUTS_REFUSED, "cp-lrp": _INPUTS_REFUSED, "generic-attnlrp": _RULES_REFUSED}
+#: Registered variants that only the contract suite runs on every family (the other every-method suites skip them,
+#: tests/conftest.py): CP-LRP is AttnLRP with two rule flags, "ours w/ AttnLRP" is "ours w/ LRP" with AttnLRP's rules;
+#: AttnLRP and "ours w/ LRP" run those suites, and tests/lrp/test_attnlrp.py tests the flags (suite time).
+CONTRACT_ONLY = {"cp-lrp", "generic-attnlrp"}
 #: The family of the tests naming none (in a parameter or their module's name).
 FAMILY_OF_TEST = {"test_detr_padded_images": "detr", "test_detr_returns_to_sdpa": "detr",
                   "test_vectorized_backward_equals_one_backward_per_query": "detr"}

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from captum_mm.attr import AttnLRP
+from captum_mm.attr import AttnLRP, GenericAttention
 from captum_mm.attr.engine import forward_pass
 from captum_mm.attr._pass import Needs
 from captum_mm.lrp import attention_relevance
@@ -120,3 +120,15 @@ def test_unsupported_families_are_refused(family, reason):
     case = CASES[family]()
     with pytest.raises(TypeError, match=reason):
         AttnLRP(case.forward, case.model)
+
+
+def test_ours_with_attnlrp_heads_weights_them_by_attnlrps_relevance():
+    """Eq. 13 with R_A from AttnLRP's rules: the same pipeline as "ours w/ LRP", other rules, other maps."""
+    case = CASES["bert"]()
+    explain = lambda weighting: GenericAttention(case.model, head_weighting=weighting).explain(  # noqa: E731
+        case.inputs, None, case.additional).text
+    ours, reference = explain("attnlrp"), explain("lrp")
+    assert torch.isfinite(ours).all() and (ours >= 0).all() and ours.abs().sum() > 0
+    assert not torch.allclose(ours, reference)
+    with pytest.raises(TypeError, match="AttnLRP cannot explain"):
+        GenericAttention(CASES["clip"]().model, head_weighting="attnlrp")
