@@ -132,3 +132,18 @@ def test_ours_with_attnlrp_heads_weights_them_by_attnlrps_relevance():
     assert not torch.allclose(ours, reference)
     with pytest.raises(TypeError, match="AttnLRP cannot explain"):
         GenericAttention(CASES["clip"]().model, head_weighting="attnlrp")
+
+
+def test_cp_lrp_conserves_the_logit_through_layer_norms_without_biases():
+    """GPT-2 (LayerNorm, Conv1D, fused c_attn) with every bias and the position embeddings zeroed: nothing absorbs
+    relevance, so LayerNorm's centering (linear, sigma constant) must conserve it."""
+    torch.manual_seed(0)
+    model = LANGUAGE_MODELS["gpt2"]().double().eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias") or "wpe" in name:
+                parameter.zero_()
+    ids = torch.randint(3, 40, (2, 7))
+    explanation = AttnLRP(model, constant_attention=True).explain(ids)
+    logits = model(ids).logits[:, -1].gather(1, explanation.target[:, None])[:, 0]
+    assert torch.allclose(explanation.text.sum(-1), logits, rtol=1e-6, atol=0)
