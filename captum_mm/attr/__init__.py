@@ -9,7 +9,7 @@ from captum_mm.attr.lrp import PartialLRP, TransformerAttribution
 from captum_mm.attr.method import AttentionMethod
 from captum_mm.attr.raw_attention import RawAttention
 from captum_mm.attr.rollout import AttentionRollout
-from captum_mm.attr.sinks import AttentionSinks, without_sinks
+from captum_mm.attr.sinks import AttentionSinks, WithoutSinks, without_sinks
 
 __all__ = [
     "AttentionAttribution",
@@ -24,5 +24,6 @@ __all__ = [
     "PartialLRP",
     "RawAttention",
     "TransformerAttribution",
+    "WithoutSinks",
     "without_sinks",
 ]

@@ -14,7 +14,7 @@ from captum_mm.relevance.heads import head_mean
 from captum_mm.relevance.propagation import Matrices
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
 
-__all__ = ["AttentionSinks", "without_sinks"]
+__all__ = ["AttentionSinks", "WithoutSinks", "without_sinks"]
 
 
 class AttentionSinks(AttentionAttribution):
@@ -133,3 +133,47 @@ def without_sinks(explanation: Explanation, sinks: Dict[str, Tensor], renormaliz
             kept = kept * torch.where(after > 0, before / after.clamp(min=torch.finfo(after.dtype).tiny), 0.0)
         relevance[name] = kept
     return replace(explanation, relevance=relevance)
+
+
+class WithoutSinks:
+    r"""
+    Any method's explanations with attention sinks left out: ``explain`` runs the
+    method and :class:`AttentionSinks` on the same arguments and returns
+    :func:`without_sinks` of the method's explanation (outputs the diagnostic does
+    not report unchanged). Attention shares do not depend on the explained class, so
+    the sinks are the same for every target.
+
+    Examples::
+
+        >>> explainer = WithoutSinks(AttentionRollout(model), share=0.3)
+        >>> explanation = explainer.explain(input_ids, additional_forward_args=(mask,))
+        >>> explainer.last_sinks  # {"text": [B, T] booleans}: the sinks of that explanation
+    """
+
+    def __init__(self, explainer: AttentionAttribution, share: float = 0.25, first_token: bool = True,
+                 renormalize: bool = True) -> None:
+        r"""
+        Args:
+            explainer (AttentionAttribution): The method.
+            share (float, optional): As for :class:`AttentionSinks`. Default: 0.25
+            first_token (bool, optional): As for :class:`AttentionSinks`. Default: True
+            renormalize (bool, optional): As for :func:`without_sinks`. Default: True
+        """
+        self.explainer, self.renormalize = explainer, renormalize
+        self.diagnostic = AttentionSinks(explainer.forward_func, explainer.model, share, first_token)
+        self.last_sinks: Dict[str, Tensor] = {}
+
+    def explain(self, *args: Any, **kwargs: Any) -> Explanation:
+        r"""
+        The method's explanation without its sinks' relevance.
+
+        Args:
+            *args: As for the method's ``explain``.
+            **kwargs: As for the method's ``explain``.
+
+        Returns:
+            Explanation: The method's, its sinks zeroed (:attr:`last_sinks` names them).
+        """
+        explanation = self.explainer.explain(*args, **kwargs)
+        self.last_sinks = self.diagnostic.sinks(self.diagnostic.explain(*args, **kwargs))
+        return without_sinks(explanation, self.last_sinks, self.renormalize)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from captum_mm.attr import GenericAttention
-from captum_mm.attr.sinks import AttentionSinks, _received, without_sinks
+from captum_mm.attr.sinks import AttentionSinks, WithoutSinks, _received, without_sinks
 from captum_mm.attr._readout import Explanation
 from helpers import CASES, LANGUAGE_MODELS
 
@@ -46,6 +46,9 @@ def test_diagnostic_names_the_first_real_token_and_heavy_receivers():
     explanation = GenericAttention(model).explain(ids, None, (mask,))
     cleaned = without_sinks(explanation, diagnostic.sinks(shares))
     assert not cleaned.text[sinks].any()
+    wrapped = WithoutSinks(GenericAttention(model), share=0.3)
+    assert torch.equal(wrapped.explain(ids, None, (mask,)).text, cleaned.text)
+    assert torch.equal(wrapped.last_sinks["text"], sinks)
     generated = diagnostic.explain(ids, continuation=torch.randint(3, 40, (2, 2)), additional_forward_args=(mask,))
     assert generated.text.shape == (2, 2, 6) and generated.generated.shape == (2, 2, 2)
 
