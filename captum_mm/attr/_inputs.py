@@ -122,7 +122,8 @@ def read_inputs(schedule: Schedule, relevance: Dict[str, Tensor], argument_outpu
 def _pooled(pixels: Tensor, grid: Any) -> Tensor:
     """``[E, C, H, W]`` summed over channels and over each cell of a ``(h, w)`` grid."""
     if len(grid) != 2 or pixels.shape[-2] % grid[0] or pixels.shape[-1] % grid[1]:
-        raise ValueError(f"AttnLRP cannot pool pixels of shape {tuple(pixels.shape[-2:])} onto the grid {tuple(grid)}.")
+        raise TypeError(f"AttnLRP reads one image a prompt, its pixels [batch, channels, height, width] summed on a (h, w) "
+                        f"grid: it cannot pool pixels of shape {tuple(pixels.shape[-2:])} onto the grid {tuple(grid)}.")
     per_pixel = pixels.sum(1)
     cells = per_pixel.reshape(pixels.shape[0], grid[0], pixels.shape[-2] // grid[0], grid[1], pixels.shape[-1] // grid[1])
     return cells.sum((2, 4))

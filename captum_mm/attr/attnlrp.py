@@ -85,7 +85,8 @@ class AttnLRP(AttentionAttribution):
 
     def _outputs_in_groups(self, forward: ForwardPass, max_memory: Any) -> Dict[str, Tensor]:
         """Every element's outputs: one LRP backward a slot, its elements' inputs' relevance read out."""
-        selection, kept = forward.selection, self._kept.tensors
+        selection, batch = forward.selection, forward.logits.shape[0]
+        kept = {name: t for name, t in self._kept.tensors.items() if t.shape[0] == batch}  # not several images a prompt
         check_connected(forward.logits, forward.method)
         if not kept or self._kept.embedding_calls > 1:
             raise TypeError(f"AttnLRP reads relevance at a model's floating inputs and at its word embeddings, used by "
