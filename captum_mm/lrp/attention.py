@@ -13,7 +13,7 @@ of the projection's output. A fused projection (GPT-2's ``c_attn``) is split int
 Q, K and V; its modified gradient is theirs concatenated in the same order.
 """
 
-from typing import Any, Dict, Optional, Tuple, cast
+from typing import Any, Callable, Dict, Optional, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -101,7 +101,9 @@ def attention_operands_gradients(
     projected_q, projected_k, v = split_heads(query, parts.heads), split_heads(key, kv_heads), split_heads(value, kv_heads)
     normed_q, normed_k = normalised(parts.query_norm, projected_q), normalised(parts.key_norm, projected_k)
     q, k = (normed_q, normed_k) if position is None else (rotary(normed_q, *position), rotary(normed_k, *position))
-    g_q, g_k, g_v, relevance = rule.gradients(q, repeat_heads(k, groups), repeat_heads(v, groups), probs, g_context, scaling)
+    operands = (q, repeat_heads(k, groups), repeat_heads(v, groups), probs, g_context)
+    factor = {"scaling": scaling} if rule.reads_scaling else {}  # for the rules that read it (AttnLRP's)
+    g_q, g_k, g_v, relevance = cast(Callable[..., Tuple[Tensor, Tensor, Tensor, Tensor]], rule.gradients)(*operands, **factor)
     g_k, g_v = sum_groups(g_k, groups), sum_groups(g_v, groups)
     if position is not None:
         g_q, g_k = rotary_transposed(g_q, *position), rotary_transposed(g_k, *position)

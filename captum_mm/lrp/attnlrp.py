@@ -72,6 +72,7 @@ class UniformAttention(HalvedAttention):
     """
 
     constant_attention: bool = False
+    reads_scaling = True
 
     def gradients(
         self, query: Tensor, key: Tensor, value: Tensor, probs: Tensor, g_context: Tensor, scaling: Optional[float] = None

@@ -223,11 +223,13 @@ class HalvedAttention:
     scale unchanged to the scores; z-rule on ``Q K^T`` (unscaled), each operand halved.
     """
 
+    #: The rule reads the factor of ``Q K^T`` in the scores: :meth:`gradients` then takes it as ``scaling=``.
+    reads_scaling = False
+
     def gradients(
-        self, query: Tensor, key: Tensor, value: Tensor, probs: Tensor, g_context: Tensor, scaling: Optional[float] = None
+        self, query: Tensor, key: Tensor, value: Tensor, probs: Tensor, g_context: Tensor
     ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Head-split ``[B, H, N, d]`` tensors in; ``(g_query, g_key, g_value, R_A)`` out (``scaling``, the factor of
-        ``Q K^T`` in the scores, None where the module does not say it, is not needed by this rule)."""
+        """Head-split ``[B, H, N, d]`` tensors in; ``(g_query, g_key, g_value, R_A)`` out."""
         relevance_probs = probs * (g_context @ value.transpose(-1, -2)) / 2
         g_value = probs.transpose(-1, -2) @ g_context / 2
         ratio = safe_divide(relevance_probs, query @ key.transpose(-1, -2))
