@@ -38,7 +38,9 @@ class AttnLRP(AttentionAttribution):
 
     A generated token's relevance includes its own row token (the one predicting
     it): nothing is zeroed but padding. One forward and one LRP backward per
-    explained slot.
+    explained slot; ``max_memory`` does not apply (no buffers but the inputs'
+    relevance). ``attribute`` spreads a patch's relevance evenly over its pixels,
+    as for every method.
 
     Examples::
 
