@@ -25,7 +25,8 @@ __all__ = ["AttentionLLMAttribution"]
 class AttentionLLMAttribution(BaseLLMAttribution):
     r"""
     Attention-based attribution of a language model's generated tokens (any captum_mm
-    method, e.g. the relevancy of Chefer, Gur & Wolf, ICCV 2021) in Captum's LLM API.
+    method, e.g. the relevancy of Chefer, Gur & Wolf, ICCV 2021, or AttnLRP's signed relevance at the
+    inputs) in Captum's LLM API.
 
     Each output token gets the relevance of every input feature: a token of a
     ``TextTokenInput``, a value of a ``TextTemplateInput`` (the relevance of the

@@ -18,8 +18,24 @@ METHODS = {
     **{key: partial(_BY_KEY[base], start_layer=start) for key, (base, start) in OPTION_VARIANTS.items()},
 }
 
-#: Methods whose relevance may be negative (none of those above).
-SIGNED: set = set()
+#: Methods whose relevance may be negative.
+SIGNED = {"attnlrp", "cp-lrp"}
+
+#: Families a method refuses with a TypeError, skipped by the tests running every method (tests/conftest.py).
+#: AttnLRP's rules: LRP starting elsewhere than at the logits or with rules of its own (CLIP, DETR, Gemma 2/3's soft
+#: caps), mixtures of experts. AttnLRP's readout at the inputs also: encoder-decoders (one embedding, two streams),
+#: images not one ``[B, C, H, W]`` batch per sample (tiles, flattened patches) or read through cross-attention (Mllama).
+_RULES_REFUSED = {"clip", "detr", "gemma2", "gemma3", "gemma3_vl", "mixtral", "qwen3-moe"}
+_INPUTS_REFUSED = _RULES_REFUSED | {"bart", "t5", "blip", "blip2", "whisper", "mllama", "idefics3", "smolvlm", "llava_next",
+                                    "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
+REFUSED = {"attnlrp": _INPUTS_REFUSED, "cp-lrp": _INPUTS_REFUSED, "generic-attnlrp": _RULES_REFUSED}
+#: Registered variants that only the contract suite runs on every family (the other every-method suites skip them,
+#: tests/conftest.py): CP-LRP is AttnLRP with two rule flags, "ours w/ AttnLRP" is "ours w/ LRP" with AttnLRP's rules;
+#: AttnLRP and "ours w/ LRP" run those suites, and tests/lrp/test_attnlrp.py tests the flags (suite time).
+CONTRACT_ONLY = {"cp-lrp", "generic-attnlrp"}
+#: The family of the tests naming none (in a parameter or their module's name).
+FAMILY_OF_TEST = {"test_detr_padded_images": "detr", "test_detr_returns_to_sdpa": "detr",
+                  "test_vectorized_backward_equals_one_backward_per_query": "detr"}
 
 #: Methods whose relevance may be all zero on a random-init model. Without aggregation, Eq. 11
 #: replaces R^tt by A_bar . R^it, still zero at LXMERT's first cross-attention, so relevance
@@ -31,7 +47,7 @@ SIGNED: set = set()
 MAY_VANISH = {"generic-no-aggregation", "generic-drop-zero-rows", "grad-cam"}
 
 #: Methods running an LRP backward (their half-precision models computed in float32).
-LRP_BASED = {"generic-lrp", "partial-lrp", "transformer-attribution"}
+LRP_BASED = {"generic-lrp", "partial-lrp", "transformer-attribution", "attnlrp", "cp-lrp", "generic-attnlrp"}
 
 
 def padded_cases(families, methods, float32_family: str):

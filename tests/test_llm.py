@@ -21,7 +21,7 @@ from captum.attr import (
 from accelerate import disk_offload
 from transformers import BertTokenizer, LlamaConfig, LlamaForCausalLM
 
-from captum_mm.attr import AttentionRollout, GenericAttention, TransformerAttribution, _base
+from captum_mm.attr import AttentionRollout, AttnLRP, GenericAttention, TransformerAttribution, _base
 from captum_mm.llm import AttentionLLMAttribution
 
 matplotlib.use("Agg")
@@ -229,3 +229,24 @@ def test_encoder_decoder_models_through_the_same_api(tokenizer):
     torch.testing.assert_close(result.token_attr, explanation.text[0])  # the prompt, through the cross-attention
     generated = AttentionLLMAttribution(AttentionRollout(model), tokenizer).attribute(inp, gen_args={"max_new_tokens": 2})
     assert generated.token_attr.shape[1] == len(generated.input_tokens)
+
+
+def test_attnlrp_through_the_same_api(model, tokenizer):
+    """AttnLRP's signed relevance at the inputs: the text tokens', and an image's segments' (LLaVA: its pixels' summed
+    over each patch, spread evenly over the patch's pixels as for every method)."""
+    from PIL import Image
+
+    inp = TextTokenInput(PROMPT, tokenizer, skip_tokens=["[CLS]"])
+    result = AttentionLLMAttribution(AttnLRP(model), tokenizer).attribute(inp, target="blue circle")
+    target = torch.tensor([tokenizer.encode("blue circle", add_special_tokens=False)])
+    explanation = AttnLRP(model).explain({"input_ids": inp.to_model_input()}, continuation=target)
+    torch.testing.assert_close(result.token_attr, explanation.text[0, :, 1:])
+    assert (result.token_attr < 0).any()
+    llava, processor = vlm_with_processor(tokenizer, "llava")
+    image = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+    halves = torch.zeros(64, 64, dtype=torch.int32)
+    halves[:, 32:] = 1
+    result = AttentionLLMAttribution(AttnLRP(llava), tokenizer).attribute(
+        ImageMaskInput(image=image, mask=halves, processor_fn=processor), target="blue circle")
+    grid = AttnLRP(llava).explain(processor(image), continuation=target).image[0]
+    torch.testing.assert_close(result.token_attr, torch.stack([grid[:, :, :2].sum((1, 2)), grid[:, :, 2:].sum((1, 2))], 1))

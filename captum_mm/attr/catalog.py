@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Dict, Optional, Tuple
 
+from captum_mm.attr.attnlrp import AttnLRP
 from captum_mm.attr.generic import GenericAttention
 from captum_mm.attr.grad_cam import AttentionGradCam
 from captum_mm.attr.lrp import PartialLRP, TransformerAttribution
@@ -21,8 +22,9 @@ class RegisteredMethod:
         factory (Callable): ``(forward_func, model=None) -> explainer``.
         table (str or None): Where the paper reports it: ``"paper"`` (the methods compared),
                     ``"ablation"`` (supplementary Tables 1-2), ``"reference DETR"`` ("ours" as the
-                    reference DETR code computes it, reported beside "ours" in the DETR study) or
-                    None (in no table of ``captum-mm reproduce``; selectable by name).
+                    reference DETR code computes it, reported beside "ours" in the DETR study), ``"beyond"``
+                    (methods beside the paper's: AttnLRP and its variants; not yet in ``captum-mm reproduce``'s
+                    tables) or None (in no table; selectable by name).
     """
 
     key: str
@@ -50,6 +52,10 @@ REGISTRY: Tuple[RegisteredMethod, ...] = (
     # The reference DETR code's unguarded Eq. 8-9 drops a layer's whole Eq. 10 update when a row of R - I sums to zero.
     RegisteredMethod("generic-drop-zero-rows", "ours (reference Eq. 8-9)",
                      partial(GenericAttention, zero_row_update="drop"), "reference DETR"),
+    # AttnLRP (Achtibat et al., ICML 2024) and CP-LRP: relevance at the inputs; "ours" with AttnLRP's R_A.
+    RegisteredMethod("attnlrp", "AttnLRP", AttnLRP, "beyond"),
+    RegisteredMethod("cp-lrp", "CP-LRP", partial(AttnLRP, constant_attention=True), "beyond"),
+    RegisteredMethod("generic-attnlrp", "ours w/ AttnLRP", partial(GenericAttention, head_weighting="attnlrp"), "beyond"),
 )
 
 
@@ -65,6 +71,9 @@ ABLATIONS: Dict[str, Callable] = _table("ablation")
 
 #: "ours" as the reference DETR code computes it, reported beside "ours" in the DETR study.
 REFERENCE_DETR: Dict[str, Callable] = _table("reference DETR")
+
+#: Methods beside the paper's: AttnLRP, CP-LRP, "ours w/ AttnLRP".
+BEYOND_PAPER: Dict[str, Callable] = _table("beyond")
 
 
 def every_method() -> Dict[str, Callable]:

@@ -5,12 +5,13 @@ from typing import Dict, Optional, cast
 from torch import Tensor
 
 from captum_mm.attr._base import AttentionAttribution, AttentionBundle, Needs
-from captum_mm.lrp import RuleSet
+from captum_mm.attr.attnlrp import check_supported
+from captum_mm.lrp import RuleSet, attnlrp_rules
 from captum_mm.relevance.heads import gradient_weighted, relevance_weighted
 from captum_mm.relevance.propagation import Matrices, generic_relevance
 from captum_mm.relevance.schedule import Schedule
 
-HEAD_WEIGHTINGS = ("gradient", "lrp")
+HEAD_WEIGHTINGS = ("gradient", "lrp", "attnlrp")
 ZERO_ROW_UPDATES = ("keep", "drop")
 
 
@@ -70,14 +71,17 @@ class GenericAttention(AttentionAttribution):
             self_in_bimodal (bool, optional): Use the self relevance in Eq. 10
                         (False: ``dR^{sq} = A_bar``). Default: True
             head_weighting (str, optional): How heads are weighted: ``"gradient"``
-                        (Eq. 5, gradient times attention) or ``"lrp"`` (Eq. 13, gradient
-                        times the LRP relevance at the map: "Ours w/ LRP"). Default: "gradient"
+                        (Eq. 5, gradient times attention), ``"lrp"`` (Eq. 13, gradient
+                        times the LRP relevance at the map: "Ours w/ LRP") or ``"attnlrp"``
+                        (Eq. 13 with AttnLRP's relevance at the map, its rules
+                        :func:`~captum_mm.lrp.attnlrp_rules`; families AttnLRP refuses are
+                        refused). Default: "gradient"
             start_layer (int, optional): Leave out each modality's first
                         ``start_layer`` self-attention layers (the reference CLIP
                         demo's option against context over-expansion); cross-attention
                         is always kept. Default: 0 (the paper's method)
-            rules (RuleSet, optional): LRP rules for ``head_weighting="lrp"``.
-                        Default: None (the reference implementation's rules)
+            rules (RuleSet, optional): LRP rules for ``head_weighting="lrp"`` or ``"attnlrp"``.
+                        Default: None (the reference implementation's rules; AttnLRP's for ``"attnlrp"``)
             zero_row_update (str, optional): What Eq. 10 does when a row of ``R^{ss} - I``
                         or ``R^{qq} - I`` sums to zero, so that Eq. 8-9 would divide 0 by 0:
                         ``"keep"`` normalises that row to zero and applies the rest of the
@@ -95,9 +99,12 @@ class GenericAttention(AttentionAttribution):
         self.aggregate = aggregate
         self.self_in_bimodal = self_in_bimodal
         self.head_weighting = head_weighting
-        lrp = head_weighting == "lrp"
+        lrp = head_weighting in ("lrp", "attnlrp")
         self.needs = Needs(probabilities=not lrp, gradients=True, relevance=lrp, fusion=None if lrp else "gradient_weighted")
         self.rules = rules
+        if head_weighting == "attnlrp":
+            check_supported(self.adapter)
+            self.rules = rules or attnlrp_rules()
         self.zero_row_update = zero_row_update
         self._set_start_layer(start_layer)
 

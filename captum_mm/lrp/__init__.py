@@ -1,5 +1,6 @@
 """LRP for unmodified transformers, as modified gradients applied inside a context manager."""
 
+from captum_mm.lrp.attnlrp import DetachedNorm, PlainLinear, UniformAttention, ZResidual, attnlrp_rules
 from captum_mm.lrp.canonizers import Canonizer, PositionEmbeddingInput
 from captum_mm.lrp.composite import (
     LRPState,
@@ -25,6 +26,7 @@ from captum_mm.lrp.rules import (
 __all__ = [
     "AlphaBeta",
     "Canonizer",
+    "DetachedNorm",
     "Epsilon",
     "HalvedAttention",
     "LRPState",
@@ -32,12 +34,16 @@ __all__ = [
     "LayerScale",
     "LinearRule",
     "PassThrough",
+    "PlainLinear",
     "PositionEmbeddingInput",
     "ProportionalResidual",
     "ResidualRuleSite",
     "RuleSet",
     "TanhGate",
+    "UniformAttention",
+    "ZResidual",
     "attention_relevance",
+    "attnlrp_rules",
     "linear_weight",
     "lrp_rules",
     "relevance_seed",

@@ -91,9 +91,10 @@ def attention_operands_gradients(
     probs: Tensor,
     g_context: Tensor,
     position: Optional[Tuple[Tensor, Tensor]],
+    scaling: Optional[float] = None,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(g_query, g_key, g_value, R_A)`` for the projections' outputs ``projected`` (``[B, N, heads * d]``),
-    given the modified gradient ``g_context`` of the heads' context ``[B, H, N, d]``."""
+    given the modified gradient ``g_context`` of the heads' context ``[B, H, N, d]`` (``scaling``: :func:`score_scale`)."""
     query, key, value = projected
     kv_heads = parts.key_value_heads or parts.heads
     groups = parts.heads // kv_heads
@@ -101,7 +102,9 @@ def attention_operands_gradients(
     normed_k, back_k = normed_heads(parts.key_norm, key, kv_heads, parts.norm_spans_heads)
     v = split_heads(value, kv_heads)
     q, k = (normed_q, normed_k) if position is None else (rotary(normed_q, *position), rotary(normed_k, *position))
-    g_q, g_k, g_v, relevance = rule.gradients(q, repeat_heads(k, groups), repeat_heads(v, groups), probs, g_context)
+    operands = (q, repeat_heads(k, groups), repeat_heads(v, groups), probs, g_context)
+    factor = {"scaling": scaling} if rule.reads_scaling else {}  # for the rules that read it (AttnLRP's)
+    g_q, g_k, g_v, relevance = cast(Callable[..., Tuple[Tensor, Tensor, Tensor, Tensor]], rule.gradients)(*operands, **factor)
     g_k, g_v = sum_groups(g_k, groups), sum_groups(g_v, groups)
     if position is not None:
         g_q, g_k = rotary_transposed(g_q, *position), rotary_transposed(g_k, *position)
@@ -128,6 +131,17 @@ def normed_heads(norm: Optional[nn.Module], projected: Tensor, heads: int, spans
     own = split_heads(projected, heads)
     normed = normalised(norm, own)
     return normed, lambda g: merge_heads(through_norm(norm, own, normed, g), projected)
+
+
+def score_scale(module: nn.Module) -> Optional[float]:
+    """The factor of ``Q K^T`` in an attention module's scores, as the module holds it (``scaling``, CLIP's ``scale``,
+    ``1 / sqrt(attention_head_size)`` of BERT-style hand-written attention); None where it holds none of these."""
+    for name in ("scaling", "scale"):
+        value = getattr(module, name, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    head_size = getattr(module, "attention_head_size", None)
+    return float(head_size) ** -0.5 if isinstance(head_size, int) else None
 
 
 def position_keeper(positions: Dict[int, Tuple[Tensor, Tensor]]) -> KwargsPreHook:
@@ -163,6 +177,7 @@ def attention_hook(
                                  requires_grad=True).expand(attention.shape)
         projection = (parts.projection, state.linear_io[id(parts.projection)]) if parts.projection is not None else None
         position = tuple(exact(t) for t in positions[id(module)]) if parts.rotary else None
+        scaling = score_scale(module)
 
         def rule(g: Tensor) -> Tuple[Tensor, ...]:
             if projection is not None:
@@ -178,6 +193,7 @@ def attention_hook(
             g_query, g_key, g_value, relevance = attention_operands_gradients(
                 attention_rule, parts, operands, exact(attention), split_heads(batched(g), parts.heads),
                 cast(Optional[Tuple[Tensor, Tensor]], None if position is None else tuple(batched(t) for t in position)),
+                scaling,
             )
             gradients = (torch.cat((g_query, g_key, g_value), dim=-1),) if parts.fused else (g_query, g_key, g_value)
             return (*(gradient.reshape(t.shape) for gradient, t in zip(gradients, projected)), relevance)

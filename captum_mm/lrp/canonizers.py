@@ -72,12 +72,15 @@ class GatedProduct(Canonizer):
         fused (bool): ``up`` is one projection whose output holds the gate's input and ``up(x)`` concatenated on
                     the last dimension, in this order (Phi-3's ``gate_up_proj``): the up factor is its second half,
                     whose modified gradient goes there (the first half's comes through the activation). Default: False
+        constant_gate (bool): The gate is a constant (CP-LRP): the up factor takes the whole relevance, the gate none.
+                    Default: False
     """
 
     consumer: nn.Module
     gate: TensorSource
     up: TensorSource
     fused: bool = False
+    constant_gate: bool = False
 
     def sources(self) -> List[TensorSource]:
         """The forward tensors the canonizer's rule reads (recorded for it)."""
@@ -90,8 +93,10 @@ class GatedProduct(Canonizer):
             up = projected.chunk(2, dim=-1)[1] if self.fused else projected
 
             def rule(g: Tensor) -> Tuple[Tensor, Tensor]:
-                g_up = exact(gate) * g / 2
-                return exact(up) * g / 2, torch.cat((torch.zeros_like(g_up), g_up), dim=-1) if self.fused else g_up
+                share = 1.0 if self.constant_gate else 0.5
+                g_up = exact(gate) * g * share
+                g_gate = exact(up) * g * (1 - share)
+                return g_gate, torch.cat((torch.zeros_like(g_up), g_up), dim=-1) if self.fused else g_up
 
             return (Switch.apply(args[0], mode, rule, gate, projected),) + tuple(args[1:])
 

@@ -25,7 +25,7 @@ before, it would carry the relevance past the rules.
 
 import inspect
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
@@ -37,7 +37,7 @@ from captum_mm._handles import ForwardHook, HandleList
 from captum_mm._precision import exact
 from captum_mm.capture.record import AttentionCall, AttentionRecord
 from captum_mm.lrp.attention import attention_hook, position_keeper
-from captum_mm.lrp.canonizers import Canonizer
+from captum_mm.lrp.canonizers import Canonizer, GatedProduct
 from captum_mm.lrp.coverage import uncovered_modules
 from captum_mm.lrp.rules import LinearRule, PassThrough, ProportionalResidual, LayerScale, RuleSet, TanhGate, safe_divide
 from captum_mm.lrp.switch import LRPState, Recorder, Switch
@@ -139,7 +139,8 @@ def lrp_rules(
                 rule = rules.for_module(name, module, rules.linear)
                 handles.append(module.register_forward_hook(_linear_hook(state, rule), prepend=True))
             elif id(module) not in attention_parts and _is_pass_through(module, structure.pass_through_types):
-                handles.append(module.register_forward_hook(_pass_hook(state, rules.for_module(name, module, rules.pass_through)), prepend=True))
+                passing = rules.for_module(name, module, rules.pass_through)
+                handles.append(module.register_forward_hook(_pass_hook(state, passing), prepend=True))
         for spec in attention:
             projection = cast(AttentionParts, spec.parts).projection
             rule_of = (rules.for_module(spec.name, spec.module, rules.attention),
@@ -152,6 +153,8 @@ def lrp_rules(
             module = residual.total.module
             handles.append(_residual_hook(state, rules.for_module(names[module], module, rules.residual), recorder, residual))
         for canonizer in structure.canonizers:
+            if rules.constant_gates and isinstance(canonizer, GatedProduct):
+                canonizer = replace(canonizer, constant_gate=True)
             handles.extend(canonizer.register(state.mode, recorder.get))
         sources = [source for canonizer in structure.canonizers for source in canonizer.sources()]
         sources += [s for site in structure.residuals for s in (site.branch, site.skip)]
@@ -189,7 +192,7 @@ def _linear_hook(state: LRPState, rule: LinearRule) -> Callable[[LinearModule, T
 def _pass_hook(state: LRPState, rule: PassThrough) -> ForwardHook:
     def hook(module: nn.Module, args: Tuple[Any, ...], output: Tensor) -> Tensor:
         x = args[0]
-        modified = lambda g: (rule.input_gradient(exact(x), exact(output), g),)  # noqa: E731
+        modified = lambda g: (rule.module_gradient(module, exact(x), exact(output), g),)  # noqa: E731
         return Switch.apply(output, state.mode, modified, x)
 
     return hook

@@ -143,6 +143,11 @@ class PassThrough:
         """``out * g_out / x``: the output's relevance passed to the input unchanged."""
         return safe_divide(out * g_out, x)
 
+    def module_gradient(self, module: nn.Module, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
+        """The modified gradient at ``module``'s input (a rule reading the module's parameters overrides this; by
+        default :meth:`input_gradient`)."""
+        return self.input_gradient(x, out, g_out)
+
 
 class ProportionalResidual:
     """``z = a + b``: take ``a * R/z`` and ``b * R/z``, then rescale each branch so that it carries
@@ -218,6 +223,9 @@ class HalvedAttention:
     scale unchanged to the scores; z-rule on ``Q K^T`` (unscaled), each operand halved.
     """
 
+    #: The rule reads the factor of ``Q K^T`` in the scores: :meth:`gradients` then takes it as ``scaling=``.
+    reads_scaling = False
+
     def gradients(
         self, query: Tensor, key: Tensor, value: Tensor, probs: Tensor, g_context: Tensor
     ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -251,6 +259,8 @@ class RuleSet:
         residual (ProportionalResidual): For every residual addition. Default: ``ProportionalResidual()``
         attention (HalvedAttention): For every attention module. Default: ``HalvedAttention()``
         modules (tuple): ``(match, rule)`` pairs for particular modules, by class or a glob on their names.
+        constant_gates (bool): Gated products (:class:`~captum_mm.lrp.canonizers.GatedProduct`) treat the gate as a
+                    constant: the up factor takes the whole relevance (CP-LRP). Default: False (half each)
     """
 
     linear: LinearRule = AlphaBeta()
@@ -258,6 +268,7 @@ class RuleSet:
     residual: ProportionalResidual = ProportionalResidual()
     attention: HalvedAttention = HalvedAttention()
     modules: Tuple[Tuple[ModuleMatch, Rule], ...] = ()
+    constant_gates: bool = False
 
     def override(self, match: ModuleMatch, rule: Rule) -> "RuleSet":
         """A copy in which ``rule`` applies to the modules ``match`` selects (ahead of earlier entries)."""

@@ -12,7 +12,7 @@ from torch import Tensor
 
 import captum_mm.attr as attr
 from captum_mm.attr import AttentionAttribution, GenericAttention
-from captum_mm.attr.catalog import ABLATIONS, PAPER_METHODS, REFERENCE_DETR, REGISTRY, every_method, method_alias
+from captum_mm.attr.catalog import ABLATIONS, BEYOND_PAPER, PAPER_METHODS, REFERENCE_DETR, REGISTRY, every_method, method_alias
 from captum_mm.attr.engine import AttentionBundle
 from captum_mm.relevance.propagation import Matrices
 from captum_mm.relevance.schedule import Schedule
@@ -55,7 +55,8 @@ def test_the_catalog_tables_are_views_of_the_registry_in_the_papers_order():
     assert list(PAPER_METHODS) == ["ours", "ours w/ LRP", "transformer att.", "raw attn.", "partial LRP", "Grad-CAM", "rollout"]
     assert list(ABLATIONS) == ["w/o norm.", "w/o aggregation", "Eq.10 w/o self-att."]
     assert list(REFERENCE_DETR) == ["ours (reference Eq. 8-9)"]
-    assert every_method() == {**PAPER_METHODS, **ABLATIONS, **REFERENCE_DETR}
+    assert list(BEYOND_PAPER) == ["AttnLRP", "CP-LRP", "ours w/ AttnLRP"]
+    assert every_method() == {**PAPER_METHODS, **ABLATIONS, **REFERENCE_DETR, **BEYOND_PAPER}
 
 
 def test_the_docs_example_method_runs_and_computes_the_last_layer_of_generic_attention():

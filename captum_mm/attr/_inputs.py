@@ -1,0 +1,175 @@
+"""Relevance read at a model's inputs (AttnLRP): the tensors kept while it runs, and each output read from them.
+
+Kept are the word embeddings (the output of ``model.get_input_embeddings()``, where integer token ids enter) and
+the model's floating forward arguments (``inputs_embeds``, region features, ``pixel_values``), made to require grad
+for the pass when they do not (restored afterwards). An output is read from them as the adapter declares which
+argument carries it: a token output from the ``[B, N, ...]`` inputs of its tokens (summed over their features), an
+image output on a patch grid from its ``[B, C, H, W]`` pixels (summed over channels and each grid cell).
+"""
+
+import inspect
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Mapping, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from captum_mm._handles import HandleList
+from captum_mm._precision import HALF_PRECISION
+from captum_mm.relevance.schedule import Readout, Schedule
+
+#: The word embeddings' entry among the kept inputs (no forward argument has this name).
+EMBEDDINGS = "<word embeddings>"
+
+
+class KeptInputs:
+    """The input tensors of the latest forward, by argument name (:data:`EMBEDDINGS` for the word embeddings)."""
+
+    def __init__(self) -> None:
+        self.tensors: Dict[str, Tensor] = {}
+        self.embedding_calls = 0
+        self.changed: List[Tuple[Tensor, Tensor]] = []  # (input, its own data) made to require grad or upcast
+
+    def prepare(self, value: Tensor) -> None:
+        """Make a leaf input require grad (a half-precision one upcast to float32 in place, as the model's weights
+        are while LRP runs, so that its gradient is not rounded to its dtype); restored by :meth:`restore`."""
+        if value.requires_grad or value.is_inference():  # the engine refuses inference tensors itself
+            return
+        self.changed.append((value, value.data))
+        if value.dtype in HALF_PRECISION:
+            value.data = value.data.float()
+        value.requires_grad_(True)
+
+    def restore(self) -> None:
+        """Every changed input back to its own data, not requiring grad."""
+        for tensor, data in reversed(self.changed):
+            tensor.requires_grad_(False)
+            tensor.data = data
+        self.changed.clear()
+
+
+@contextmanager
+def keep_inputs(model: nn.Module) -> Iterator[KeptInputs]:
+    """Keep the model's input tensors of each forward (see the module); everything undone on exit.
+
+    Args:
+        model (nn.Module): The model.
+
+    Yields:
+        KeptInputs: Filled by each forward.
+    """
+    kept, handles = KeptInputs(), HandleList()
+    embeddings = _word_embeddings(model)
+
+    def on_arguments(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+        kept.tensors.clear()
+        kept.embedding_calls = 0
+        names = list(_parameter_names(module)[: len(args)]) + list(kwargs)
+        for name, value in zip(names, (*args, *kwargs.values())):
+            if isinstance(value, Tensor) and value.is_floating_point() and torch.is_grad_enabled():
+                kept.prepare(value)
+                kept.tensors[name] = value
+
+    def on_embeddings(module: nn.Module, args: Tuple[Any, ...], output: Any) -> None:
+        if isinstance(output, Tensor) and output.is_floating_point():  # Swin's patch embeddings are no word embeddings
+            kept.tensors[EMBEDDINGS] = output
+            kept.embedding_calls += 1
+
+    try:
+        handles.append(model.register_forward_pre_hook(on_arguments, with_kwargs=True))
+        if isinstance(embeddings, nn.Module):
+            handles.append(embeddings.register_forward_hook(on_embeddings))
+        yield kept
+    finally:
+        handles.remove()
+        kept.restore()
+
+
+def _word_embeddings(model: nn.Module) -> Any:
+    """``model.get_input_embeddings()``, None where the model has none."""
+    try:
+        return getattr(model, "get_input_embeddings", lambda: None)()
+    except NotImplementedError:
+        return None
+
+
+def _parameter_names(module: nn.Module) -> List[str]:
+    return list(inspect.signature(module.forward).parameters)
+
+
+def read_inputs(schedule: Schedule, relevance: Dict[str, Tensor], argument_outputs: Mapping[str, str]) -> Dict[str, Tensor]:
+    """Each output of ``schedule`` read from the relevance of the inputs carrying it.
+
+    Args:
+        schedule (Schedule): The explained elements' schedule.
+        relevance (dict[str, Tensor]): ``[E, *input.shape[1:]]`` per kept input (``x * g``).
+        argument_outputs (Mapping[str, str]): The output each forward argument carries (the adapter's).
+
+    Returns:
+        *dict[str, Tensor]*: ``[E, ...]`` per output, shaped as the schedule's readouts.
+    """
+    outputs = {}
+    for name, spec in schedule.outputs.items():
+        pixels = [values for argument, values in relevance.items()
+                  if argument_outputs.get(argument) == name and values.dim() == 4 and spec.grid is not None]
+        if pixels:
+            outputs[name] = _pooled(torch.stack(pixels).sum(0), spec.grid)
+        else:
+            outputs[name] = _read_tokens(schedule, name, spec, relevance, argument_outputs)
+    return outputs
+
+
+def _pooled(pixels: Tensor, grid: Any) -> Tensor:
+    """``[E, C, H, W]`` summed over channels and over each cell of a ``(h, w)`` grid."""
+    if len(grid) != 2 or pixels.shape[-2] % grid[0] or pixels.shape[-1] % grid[1]:
+        raise TypeError(f"AttnLRP reads one image a prompt, its pixels [batch, channels, height, width] summed on a (h, w) "
+                        f"grid: it cannot pool pixels of shape {tuple(pixels.shape[-2:])} onto the grid {tuple(grid)}.")
+    per_pixel = pixels.sum(1)
+    cells = per_pixel.reshape(pixels.shape[0], grid[0], pixels.shape[-2] // grid[0], grid[1], pixels.shape[-1] // grid[1])
+    return cells.sum((2, 4))
+
+
+def _read_tokens(schedule: Schedule, name: str, spec: Readout, relevance: Dict[str, Tensor],
+                 argument_outputs: Mapping[str, str]) -> Tensor:
+    """A token output: the summed relevance of the ``[B, N, ...]`` inputs of its modality's ``N`` tokens, or, in a
+    joint stream (VisualBERT's text and regions), of the inputs of just its columns."""
+    size = schedule.sizes[spec.key]
+    carried = {output for output, readout in schedule.outputs.items() if readout.key == spec.key}
+    inputs = [values.flatten(2).sum(-1) for argument, values in relevance.items()
+              if argument_outputs.get("input_ids" if argument == EMBEDDINGS else argument) in carried and values.dim() >= 3]
+    whole = [values for values in inputs if values.shape[1] == size]
+    if whole and spec.through is None:
+        return read_columns(torch.stack(whole).sum(0), spec, schedule.masks[spec.key])
+    own = [values for values in inputs if values.shape[1] == len(range(size)[spec.columns])]
+    if not own or spec.column_index is not None or spec.column_mask is not None or spec.through is not None:
+        raise TypeError(f"AttnLRP cannot read the {name!r} output at this model's inputs: no input of its {size} "
+                        f"{spec.key} tokens (or pixels on its grid) was found among {sorted(relevance)}.")
+    return _placed(torch.stack(own).sum(0) * schedule.masks[spec.key][:, spec.columns], spec)
+
+
+def read_columns(values: Tensor, spec: Readout, mask: Tensor) -> Tensor:
+    """An output read from per-token values of its key modality, ``[E, N]`` (``mask``: its real tokens): its columns,
+    placed on its grid (``spec.through`` is not followed).
+
+    Args:
+        values (Tensor): ``[E, N]``.
+        spec (Readout): The output's readout.
+        mask (Tensor): ``[E, N]`` the modality's real tokens.
+
+    Returns:
+        *Tensor*: ``[E, ...]`` shaped as the output.
+    """
+    rows = values * mask
+    if spec.column_mask is not None:
+        rows = rows * spec.column_mask
+    return _placed(rows[:, spec.columns] if spec.column_index is None else rows.gather(1, spec.column_index), spec)
+
+
+def _placed(rows: Tensor, spec: Readout) -> Tensor:
+    """Read columns spread, placed at their grid positions and shaped as the grid, as the readout says."""
+    if spec.spread is not None:
+        rows = rows @ spec.spread.to(rows)
+    if spec.positions is not None:
+        grid = spec.grid or ()
+        rows = rows.new_zeros(rows.shape[0], grid[0] * grid[1]).scatter(1, spec.positions, rows)
+    return rows.reshape(rows.shape[0], *spec.grid) if spec.grid else rows

@@ -1,0 +1,157 @@
+"""AttnLRP's rules on hand-computed examples, conservation in float64, and the families it refuses."""
+
+import pytest
+import torch
+from torch import nn
+
+from captum_mm.attr import AttnLRP, GenericAttention
+from captum_mm.attr.engine import forward_pass
+from captum_mm.attr._pass import Needs
+from captum_mm.lrp import attention_relevance
+from captum_mm.lrp.attnlrp import DetachedNorm, PlainLinear, UniformAttention, ZResidual, attnlrp_rules
+from helpers import CASES, LANGUAGE_MODELS, VLMS, vlm_prompts
+
+# One head, two tokens, d = 1: Q = [1, 2], K = [1, 0], V = [2, 4], A = [[.5, .5], [.75, .25]], only token 0's
+# context explained (g = [1, 0]), scores' factor 0.5.
+Q, K, V = (torch.tensor([[[[a], [b]]]], dtype=torch.float64) for a, b in ((1, 2), (1, 0), (2, 4)))
+A = torch.tensor([[[[0.5, 0.5], [0.75, 0.25]]]], dtype=torch.float64)
+G = torch.tensor([[[[1.0], [0.0]]]], dtype=torch.float64)
+
+
+def test_uniform_attention_by_hand():
+    g_q, g_k, g_v, relevance = UniformAttention().gradients(Q, K, V, A, G, 0.5)
+    # g_A = g V^T / 2 = [[1, 2], [0, 0]]; R_A = A g_A; g_V = A^T g / 2
+    assert torch.equal(relevance[0, 0], torch.tensor([[0.5, 1.0], [0.0, 0.0]], dtype=torch.float64))
+    assert torch.equal(g_v[0, 0, :, 0], torch.tensor([0.25, 0.25], dtype=torch.float64))
+    # g_S = R_A - A sum(R_A) = [[-.25, .25], [0, 0]]; g_P = g_S * 0.5 / 2; g_Q = g_P K, g_K = g_P^T Q
+    assert torch.equal(g_q[0, 0, :, 0], torch.tensor([-0.0625, 0.0], dtype=torch.float64))
+    assert torch.equal(g_k[0, 0, :, 0], torch.tensor([-0.0625, 0.0625], dtype=torch.float64))
+    # R_A + R_V = context . g = 3; Q and K share the scores' relevance 0.5 * P . g_S = -0.125
+    assert (relevance.sum() + (V * g_v).sum()).item() == 3.0
+    assert ((Q * g_q).sum() + (K * g_k).sum()).item() == -0.125
+
+
+def test_constant_attention_by_hand():
+    g_q, g_k, g_v, relevance = UniformAttention(constant_attention=True).gradients(Q, K, V, A, G, None)
+    assert not g_q.any() and not g_k.any()
+    assert torch.equal(g_v[0, 0, :, 0], torch.tensor([0.5, 0.5], dtype=torch.float64))
+    assert torch.equal(relevance[0, 0], torch.tensor([[1.0, 2.0], [0.0, 0.0]], dtype=torch.float64))
+
+
+def test_uniform_attention_needs_the_scores_factor():
+    with pytest.raises(ValueError, match="factor of Q K"):
+        UniformAttention().gradients(Q, K, V, A, G, None)
+
+
+def test_detached_layer_norm_by_hand():
+    norm = nn.LayerNorm(2, eps=0.0).double()
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([2.0, 1.0]))
+        norm.bias.copy_(torch.tensor([0.5, 0.0]))
+    x = torch.tensor([1.0, 3.0], dtype=torch.float64)  # mean 2, sigma 1: y = [-1.5, 1]
+    g = DetachedNorm().module_gradient(norm, x, norm(x), torch.ones(2, dtype=torch.float64))
+    # u = w g / sigma = [2, 1], centred: [.5, -.5]; R_x = [.5, -1.5] = y . g - b . g
+    assert torch.equal(g, torch.tensor([0.5, -0.5], dtype=torch.float64))
+
+
+def test_rms_norm_and_activations_take_the_identity_rule():
+    x, out = torch.tensor([2.0, -4.0]), torch.tensor([1.0, 1.0])
+    assert torch.equal(DetachedNorm().module_gradient(nn.SiLU(), x, out, torch.tensor([4.0, 2.0])), torch.tensor([2.0, -0.5]))
+
+
+def test_z_residual_and_plain_linear_by_hand():
+    g = torch.tensor([0.5, 2.0])
+    assert all(torch.equal(t, g) for t in ZResidual().branch_gradients(torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0]), g))
+    linear = nn.Linear(2, 2)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    g_x = PlainLinear().input_gradient(linear, torch.ones(2), linear(torch.ones(2)), torch.tensor([1.0, -1.0]))
+    assert torch.equal(g_x, torch.tensor([-2.0, -2.0]))
+
+
+def _llama(zero_scores: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    model = LANGUAGE_MODELS["llama"]().double().eval()
+    with torch.no_grad():
+        for matrix in (p for p in model.parameters() if p.dim() == 2):
+            matrix.mul_(5.0)  # attention far from uniform
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(0.0 if zero_scores else 1.0)
+    return model
+
+
+def test_cp_lrp_conserves_the_logit_of_a_bias_free_llama():
+    """Without biases nothing absorbs relevance: the tokens' relevance sums to the explained logit (up to the 1e-9
+    stabiliser of the identity rule at RMSNorm and the activation)."""
+    model, ids = _llama(), torch.randint(3, 40, (2, 7))
+    explanation = AttnLRP(model, constant_attention=True).explain(ids)
+    logits = model(ids).logits[:, -1].gather(1, explanation.target[:, None])[:, 0]
+    assert torch.allclose(explanation.text.sum(-1), logits, rtol=1e-6, atol=0)  # the pass-through rules' 1e-9 stabiliser
+
+
+def test_attnlrp_conserves_the_logit_less_the_softmax_bias_terms():
+    """With zero queries every score is 0: the softmax's rule at its input (``x (R - s sum R)``) gives the scores
+    nothing, so its bias term absorbs each map's whole relevance ``R_A``, read at the probes."""
+    model, ids = _llama(zero_scores=True), torch.randint(3, 40, (2, 7))
+    explanation = AttnLRP(model).explain(ids)
+    needs, target = Needs(probabilities=False, relevance=True), explanation.target
+    with forward_pass(model, model, (ids,), needs=needs, rules=attnlrp_rules(), target=target) as forward:
+        seed = forward.selection.grad_outputs
+        maps = attention_relevance(forward.lrp, list(forward.record.calls), (forward.logits,), (seed,))
+    absorbed = sum(values[0].flatten(1).sum(-1) for values in maps)
+    logits = model(ids).logits[:, -1].gather(1, target[:, None])[:, 0]
+    assert absorbed.abs().min() > 1e-3
+    assert torch.allclose(explanation.text.sum(-1) + absorbed, logits, rtol=1e-6, atol=0)
+
+
+def test_batched_generation_equals_one_by_one():
+    model = _llama()
+    prompt, continuation = torch.randint(3, 40, (2, 5)), torch.randint(3, 40, (2, 3))
+    batched = AttnLRP(model).explain(prompt, continuation=continuation)
+    for index in range(2):
+        alone = AttnLRP(model).explain(prompt[index:index + 1], continuation=continuation[index:index + 1])
+        assert torch.allclose(batched.text[index], alone.text[0], rtol=1e-9, atol=1e-12)
+        assert torch.allclose(batched.generated[index], alone.generated[0], rtol=1e-9, atol=1e-12)
+    assert batched.text[:, 0].abs().sum() > 0  # nothing but padding is zeroed
+
+
+@pytest.mark.parametrize("family, reason", [("clip", "starts elsewhere"), ("detr", "rules of its own")])
+def test_unsupported_families_are_refused(family, reason):
+    case = CASES[family]()
+    with pytest.raises(TypeError, match=reason):
+        AttnLRP(case.forward, case.model)
+
+
+def test_ours_with_attnlrp_heads_weights_them_by_attnlrps_relevance():
+    """Eq. 13 with R_A from AttnLRP's rules: the same pipeline as "ours w/ LRP", other rules, other maps."""
+    case = CASES["bert"]()
+    explain = lambda weighting: GenericAttention(case.model, head_weighting=weighting).explain(  # noqa: E731
+        case.inputs, None, case.additional).text
+    ours, reference = explain("attnlrp"), explain("lrp")
+    assert torch.isfinite(ours).all() and (ours >= 0).all() and ours.abs().sum() > 0
+    assert not torch.allclose(ours, reference)
+    with pytest.raises(TypeError, match="AttnLRP cannot explain"):
+        GenericAttention(CASES["clip"]().model, head_weighting="attnlrp")
+
+
+def test_cp_lrp_conserves_the_logit_through_layer_norms_without_biases():
+    """GPT-2 (LayerNorm, Conv1D, fused c_attn) with every bias and the position embeddings zeroed: nothing absorbs
+    relevance, so LayerNorm's centering (linear, sigma constant) must conserve it."""
+    torch.manual_seed(0)
+    model = LANGUAGE_MODELS["gpt2"]().double().eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias") or "wpe" in name:
+                parameter.zero_()
+    ids = torch.randint(3, 40, (2, 7))
+    explanation = AttnLRP(model, constant_attention=True).explain(ids)
+    logits = model(ids).logits[:, -1].gather(1, explanation.target[:, None])[:, 0]
+    assert torch.allclose(explanation.text.sum(-1), logits, rtol=1e-6, atol=0)
+
+
+def test_two_images_in_a_prompt_are_refused():
+    model = VLMS["llava"]()
+    prompt = vlm_prompts(batch=1, image_tokens=32)
+    prompt["pixel_values"] = torch.randn(2, 3, 32, 32)
+    with pytest.raises(TypeError, match="one image a prompt|cannot read the 'image' output"):
+        AttnLRP(model).explain(prompt, continuation=torch.tensor([[5, 6]]))
