@@ -1,0 +1,19 @@
+"""The interactive view's cases, built once for its unit and browser tests."""
+
+import pytest
+from view_cases import classification_case, detection_case, generation_case
+
+
+@pytest.fixture(scope="session")
+def generation():
+    return generation_case()
+
+
+@pytest.fixture(scope="session")
+def detection():
+    return detection_case()
+
+
+@pytest.fixture(scope="session")
+def classification():
+    return classification_case()
