@@ -181,6 +181,7 @@ def view_data(explanations: Sequence[Explanation], names: Sequence[str], sample:
     first = explanations[0]
     if not 0 <= sample < first.target.shape[0]:
         raise ValueError(f"sample {sample} is outside the batch of {first.target.shape[0]}.")
+    _check_boxes(first, boxes)
     slots = _elements(first, sample)
     if not slots:
         raise ValueError(f"Sample {sample} has no explained element (no detection kept, no generated token).")
@@ -214,6 +215,17 @@ def _all_masks(explanations: Sequence[Explanation], names: Sequence[str], sample
         return None
     size = image_size(images[0]) if images else (shapes[0][0] * 16, shapes[0][1] * 16)
     return {name: _masks(e, sample, slots, size) for e, name in zip(explanations, names)}
+
+
+def _check_boxes(explanation: Explanation, boxes: Optional[Tensor]) -> None:
+    if boxes is None:
+        return
+    if explanation.queries is None:
+        raise ValueError("boxes are drawn for DETR explanations only (explain returned no queries).")
+    queries = int(explanation.queries.max()) + 1
+    if boxes.dim() != 2 or boxes.shape[1] != 4 or boxes.shape[0] < queries:
+        raise ValueError(f"boxes must be the sample's pred_boxes [num_queries, 4] (at least {queries} queries), "
+                         f"got shape {tuple(boxes.shape)}.")
 
 
 def _kind(explanation: Explanation) -> str:

@@ -100,5 +100,9 @@ def test_bad_arguments_say_what_is_accepted(generation, detection):
         view(list(runs.values()), names=["same", "same"])
     with pytest.raises(TypeError, match="dict {method name: Explanation}"):
         view([torch.zeros(2)])
+    with pytest.raises(ValueError, match="boxes are drawn for DETR explanations only"):
+        view(runs, boxes=DETR_BOXES)
+    with pytest.raises(ValueError, match=r"pred_boxes \[num_queries, 4\] \(at least 6 queries\), got shape \(3, 4\)"):
+        view(detection[0], boxes=DETR_BOXES[:3])
     assert view(list(runs.values())).data["methods"] == ["method 1", "method 2"]
     assert view(detection[0], boxes=DETR_BOXES).data["masks"] is not None  # no image: a mask per 16-pixel cell

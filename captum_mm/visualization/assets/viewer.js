@@ -39,14 +39,16 @@
 
   var bar = make("div", "cmm-bar");
   var methods = make("div", "cmm-methods");
-  data.methods.forEach(function (name, index) {
-    var button = make("button", null, name);
-    button.type = "button";
-    button.addEventListener("click", function () { state.method = index; render(); });
-    methods.appendChild(button);
-  });
-  if (data.methods.length > 1) { bar.appendChild(make("span", "cmm-heading", "Method")); }
-  bar.appendChild(methods);
+  if (data.methods.length > 1) {  // the switcher; one method is named in the line under the bar
+    data.methods.forEach(function (name, index) {
+      var button = make("button", null, name);
+      button.type = "button";
+      button.addEventListener("click", function () { state.method = index; render(); });
+      methods.appendChild(button);
+    });
+    bar.appendChild(make("span", "cmm-heading", "Method"));
+    bar.appendChild(methods);
+  }
   var slider = make("input", "cmm-opacity");
   slider.type = "range"; slider.min = 0; slider.max = 100; slider.value = 60;
   slider.addEventListener("input", function () { state.opacity = slider.value / 100; render(); });
@@ -114,7 +116,7 @@
     var caption = make("figcaption");
     figure.appendChild(caption);
     images.appendChild(figure);
-    return { canvas: canvas, caption: caption, frame: frame };
+    return { canvas: canvas, caption: caption, frame: frame, name: data.images.length > 1 ? "image " + index : "image" };
   });
   var boxes = [];
   var mask = null;
@@ -157,7 +159,7 @@
     });
     context.putImageData(pixels, 0, 0);
     frame.canvas.style.opacity = state.opacity;
-    frame.caption.textContent = "max relevance " + format(scale);
+    frame.caption.textContent = frame.name + " \u00b7 max relevance " + format(scale);
   };
   function render() {
     var values = current();
