@@ -58,9 +58,9 @@
   var legend = make("span", "cmm-legend");
   var ramp = make("span", "cmm-ramp");
   ramp.style.background = "linear-gradient(90deg, rgb(0,0,255), #fff, rgb(255,0,0))";
-  legend.appendChild(make("span", null, "tokens: negative"));
+  legend.appendChild(make("span", null, "tokens: \u2212"));
   legend.appendChild(ramp);
-  legend.appendChild(make("span", null, "positive (to the largest |relevance| shown); images: jet, negatives as 0"));
+  legend.appendChild(make("span", null, "+ (over the largest |relevance| shown) \u00b7 images: jet over the map's maximum, negatives as 0"));
   bar.appendChild(legend);
   root.appendChild(bar);
 
