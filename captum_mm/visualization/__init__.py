@@ -11,7 +11,7 @@ from captum_mm.visualization.figures import (
     text_relevance_html,
     text_relevance_record,
 )
-from captum_mm.visualization.view import ExplanationView, view
+from captum_mm.visualization.interactive import ExplanationView, view
 
 __all__ = [
     "ExplanationView",

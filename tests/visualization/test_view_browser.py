@@ -89,7 +89,7 @@ def test_clicking_a_generated_token_shows_its_relevance(browser, generation, tmp
     assert_shows_token(browser, rollout, 3)
     assert "cmm-on" in methods(browser)[1].get_attribute("class")
 
-    from selenium.webdriver import ActionChains
+    from selenium.webdriver import ActionChains, Keys
 
     ActionChains(browser).move_to_element(chips(browser, "generated")[1]).perform()  # hover previews
     assert_shows_token(browser, rollout, 1)
@@ -97,6 +97,8 @@ def test_clicking_a_generated_token_shows_its_relevance(browser, generation, tmp
     assert later == ["rgba(0, 0, 0, 0)"] * 3  # the hovered token and those after it explain nothing of it
     ActionChains(browser).move_to_element(methods(browser)[0]).perform()  # leaving it: back to the clicked token
     assert_shows_token(browser, rollout, 3)
+    chips(browser, "generated")[2].send_keys(Keys.ENTER)  # by keyboard
+    assert_shows_token(browser, rollout, 2)
 
 
 def test_opacity_slider_and_user_text(browser, generation, tmp_path):

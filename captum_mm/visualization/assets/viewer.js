@@ -66,6 +66,10 @@
 
   var select = function (index) { state.pinned = index; state.hover = null; render(); };
   var hoverable = function (node, index) {
+    node.tabIndex = 0;  // reachable by keyboard: Enter or Space picks it
+    node.addEventListener("keydown", function (event) {
+      if (event.key === "Enter" || event.key === " ") { event.preventDefault(); select(index); }
+    });
     node.addEventListener("mouseenter", function () { state.hover = index; render(); });
     node.addEventListener("mouseleave", function () { state.hover = null; render(); });
     node.addEventListener("click", function () { select(index); });
