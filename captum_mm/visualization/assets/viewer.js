@@ -58,9 +58,12 @@
   var legend = make("span", "cmm-legend");
   var ramp = make("span", "cmm-ramp");
   ramp.style.background = "linear-gradient(90deg, rgb(0,0,255), #fff, rgb(255,0,0))";
-  legend.appendChild(make("span", null, "tokens: \u2212"));
-  legend.appendChild(ramp);
-  legend.appendChild(make("span", null, "+ (over the largest |relevance| shown) \u00b7 images: jet over the map's maximum, negatives as 0"));
+  var heatNote = "images: jet over the map's maximum, negatives as 0";
+  if (data.strips.length) {
+    legend.appendChild(make("span", null, "tokens: \u2212"));
+    legend.appendChild(ramp);
+    legend.appendChild(make("span", null, "+ (over the largest |relevance| shown)" + (data.images.length ? " \u00b7 " + heatNote : "")));
+  } else { legend.appendChild(make("span", null, heatNote)); }
   bar.appendChild(legend);
   root.appendChild(bar);
 
@@ -130,7 +133,8 @@
       var box = make("div", "cmm-box");
       box.style.left = (100 * info.box[0]) + "%"; box.style.top = (100 * info.box[1]) + "%";
       box.style.width = (100 * (info.box[2] - info.box[0])) + "%"; box.style.height = (100 * (info.box[3] - info.box[1])) + "%";
-      box.appendChild(make("span", null, info.label));
+      var label = box.appendChild(make("span", null, info.label));
+      if (info.box[1] < 0.1) { label.style.top = "0"; }  // inside the box where there is no room above it
       box.addEventListener("click", function () { select(index); });
       frames[0].frame.appendChild(box);
       boxes[index] = box;
