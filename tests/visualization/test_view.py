@@ -4,10 +4,12 @@ import json
 import re
 from dataclasses import replace
 
+import helpers
 import pytest
 import torch
 from view_cases import DETR_BOXES, GENERATED, HOSTILE
 
+from captum_mm.attr import RawAttention
 from captum_mm.visualization import view
 
 
@@ -106,3 +108,22 @@ def test_bad_arguments_say_what_is_accepted(generation, detection):
         view(detection[0], boxes=DETR_BOXES[:3])
     assert view(list(runs.values())).data["methods"] == ["method 1", "method 2"]
     assert view(detection[0], boxes=DETR_BOXES).data["masks"] is not None  # no image: a mask per 16-pixel cell
+
+
+def test_a_shorter_continuation_shows_its_own_tokens_only():
+    torch.manual_seed(0)
+    explanation = RawAttention(helpers.llava()).explain(helpers.vlm_prompts(batch=2), continuation=[[5, 6, 7, 8], [9, 10]])
+    data = view(explanation, sample=1).data
+    generated = next(strip for strip in data["strips"] if strip["name"] == "generated")
+    assert generated["labels"] == ["#9", "#10"] and len(data["elements"]) == 2
+    assert data["values"]["method 1"][1]["strips"]["generated"] == explanation.generated[1, 1, :2].double().tolist()
+
+
+def test_region_relevance_is_a_strip_on_its_own_scale():
+    case = helpers.lxmert_case()
+    explanation = RawAttention(case.forward, case.model).explain(case.inputs, additional_forward_args=case.additional)
+    data = view(explanation, sample=2, tokens={"image": [f"box {index}" for index in range(5)]}).data
+    strips = {strip["name"]: strip for strip in data["strips"]}
+    assert strips["image"]["labels"] == [f"box {index}" for index in range(5)] and strips["image"]["scale"] == "image"
+    assert strips["text"]["labels"][0] == "text 0" and strips["text"]["scale"] == "text" and data["images"] == []
+    assert data["values"]["method 1"][0]["strips"]["image"] == explanation.image[2].double().tolist()
