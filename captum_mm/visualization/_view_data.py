@@ -28,7 +28,10 @@ def png_data_uri(image: Any) -> str:
         if array.ndim != 3 or array.shape[-1] not in (3, 4):
             raise ValueError(f"An image must be [H, W, 3|4] or [3|4, H, W], got shape {array.shape}.")
         if array.dtype != np.uint8:
-            array = (np.clip(array.astype(np.float64), 0.0, 1.0) * 255).round().astype(np.uint8)
+            if array.size and (array.min() < 0 or array.max() > 1):
+                raise ValueError(f"A float image must lie in [0, 1], got values in [{array.min():.3g}, {array.max():.3g}]: "
+                                 "pass uint8 for 0-255 pixels (a model's normalised pixel_values are not an image).")
+            array = (array.astype(np.float64) * 255).round().astype(np.uint8)
         image = Image.fromarray(array)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -52,11 +55,12 @@ def _elements(explanation: Explanation, sample: int) -> List[Optional[int]]:
 
 def _check_alike(explanations: Sequence[Explanation], names: Sequence[str]) -> None:
     first = explanations[0]
+    shapes = {key: tuple(value.shape) for key, value in first.relevance.items()}
     for name, other in zip(names[1:], explanations[1:]):
-        shapes = {key: tuple(value.shape) for key, value in other.relevance.items()}
-        if shapes != {key: tuple(value.shape) for key, value in first.relevance.items()}:
-            raise ValueError(f"Explanation {name!r} has outputs {shapes}, the first {names[0]!r} "
-                             f"{ {k: tuple(v.shape) for k, v in first.relevance.items()} }: view explanations of one batch.")
+        other_shapes = {key: tuple(value.shape) for key, value in other.relevance.items()}
+        if other_shapes != shapes:
+            raise ValueError(f"Explanation {name!r} has outputs {other_shapes}, the first {names[0]!r} {shapes}: "
+                             "view explanations of one batch.")
         if not torch.equal(other.target, first.target):
             raise ValueError(f"Explanation {name!r} explains other classes or tokens than {names[0]!r}: "
                              "view explanations of the same elements (same inputs, targets and continuation).")
@@ -65,7 +69,9 @@ def _check_alike(explanations: Sequence[Explanation], names: Sequence[str]) -> N
 def _label(labels: Labels, class_id: int) -> str:
     if labels is None:
         return str(class_id)
-    return str(labels[class_id]) if isinstance(labels, Mapping) or class_id < len(labels) else str(class_id)
+    if isinstance(labels, Mapping):
+        return str(labels.get(class_id, class_id))
+    return str(labels[class_id]) if 0 <= class_id < len(labels) else str(class_id)
 
 
 def _corners(box: Tensor) -> List[float]:

@@ -91,6 +91,8 @@ def test_bad_arguments_say_what_is_accepted(generation, detection):
         view(runs, generated=["a", "b"])
     with pytest.raises(ValueError, match="2 images given for 1 image heat maps"):
         view(runs, images=[torch.zeros(3, 8, 8)] * 2)
+    with pytest.raises(ValueError, match=r"float image must lie in \[0, 1\], got values in \[-1, 2\]: pass uint8"):
+        view(runs, images=[torch.linspace(-1, 2, 48).reshape(3, 4, 4)])
     with pytest.raises(ValueError, match="outside the batch of 2"):
         view(runs, sample=2)
     with pytest.raises(ValueError, match="has outputs .*view explanations of one batch"):
