@@ -179,6 +179,18 @@ def _collapse_silent_runs(strip: Dict[str, Any], element_values: List[Dict[str, 
         values[name] = [values[name][index] for index in kept]
 
 
+def _drop_missing_images(values: Dict[str, List[Dict[str, Any]]], given: int, maps: int) -> None:
+    """Fewer images than maps: the maps past them are a prompt's missing images (all zero in a batch of prompts holding
+    different counts), dropped in place; anything else is refused."""
+    extra = [element["images"][given:] for elements in values.values() for element in elements]
+    if given > maps or any(value != 0.0 for grids in extra for grid in grids for value in grid):
+        raise ValueError(f"{given} images given for {maps} image heat maps: give one image a map, or none "
+                         "(fewer only where the maps past them are all zero: images the prompt does not hold).")
+    for elements in values.values():
+        for element in elements:
+            del element["images"][given:]
+
+
 def view_data(explanations: Sequence[Explanation], names: Sequence[str], sample: int, tokens: Any,
               generated: Optional[Sequence[str]], images: Sequence[Any], labels: Labels,
               boxes: Optional[Tensor]) -> Dict[str, Any]:
@@ -195,10 +207,12 @@ def view_data(explanations: Sequence[Explanation], names: Sequence[str], sample:
     values = {name: [_values(e, sample, slot, strips, grids, len(slots)) for slot in slots]
               for e, name in zip(explanations, names)}
     example = values[names[0]][0]
-    shapes = [list(grid.shape) for name in grids for grid in _grids(first.relevance[name][(sample,) if slots[0] is None
-                                                                                          else (sample, slots[0])])]
+    index = (sample,) if slots[0] is None else (sample, slots[0])
+    maps = [(name, list(grid.shape)) for name in grids for grid in _grids(first.relevance[name][index])]
+    shapes = [shape for _, shape in maps]
     if images and len(images) != len(shapes):
-        raise ValueError(f"{len(images)} images given for {len(shapes)} image heat maps: give one image a map, or none.")
+        _drop_missing_images(values, len(images), len(shapes))
+        shapes = shapes[: len(images)]
     generated_labels = _generated_labels(first, sample, slots, generated)
     strip_data = [{"name": name, "scale": "text" if name in _TEXT_SCALE else name, "causal": name == "generated",
                    "labels": generated_labels if name == "generated" else _strip_labels(name, len(example["strips"][name]), tokens)}
@@ -208,7 +222,8 @@ def view_data(explanations: Sequence[Explanation], names: Sequence[str], sample:
     return {
         "methods": list(names), "kind": _kind(first), "values": values,
         "strips": strip_data,
-        "images": [{"src": png_data_uri(images[index]) if images else None, "grid": shape} for index, shape in enumerate(shapes)],
+        "images": [{"src": png_data_uri(images[position]) if images else None, "grid": shape, "scale": name}
+                   for position, (name, shape) in enumerate(maps[: len(shapes)])],
         "elements": _element_info(first, sample, slots, labels, generated_labels, boxes),
         "masks": _all_masks(explanations, names, sample, slots, images, shapes),
     }

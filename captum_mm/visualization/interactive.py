@@ -117,7 +117,8 @@ def view(
     detection, or its box, to see its map and its Algorithm-1 mask. Classifiers: the prediction's text and image
     relevance side by side. Several explanations (of the same inputs and elements) get a method switcher.
     Token colours are relevance over the largest absolute value shown (prompt and generated tokens share one
-    scale), red positive, blue negative; heat maps use jet over each map's maximum, negatives shown as 0. Runs
+    scale), red positive, blue negative; heat maps use jet over the largest value of their output's maps (a
+    prompt's several images share one scale), negatives shown as 0. Runs
     of one repeated token that no method gives relevance (a VLM's image placeholders) show as one token.
 
     Args:
@@ -132,9 +133,10 @@ def view(
                     name. Default: None (output name and index)
         generated (sequence of str, optional): The sample's explained generated tokens as text. Default: None
                     (their ids)
-        images (sequence, optional): One image per heat map (``[H, W, 3]`` uint8 or float array, ``[3, H, W]``
-                    tensor, or PIL image; a heat map's grid is stretched over its whole image). Default: None
-                    (heat maps alone)
+        images (sequence, optional): One image per heat map, in the image output's order (a prompt's several
+                    images; a prompt holding fewer than its batch's others gives its own only): ``[H, W, 3]`` uint8
+                    or float array in [0, 1], ``[3, H, W]`` tensor, or PIL image; a heat map's grid is stretched over
+                    its whole image. Default: None (heat maps alone)
         labels (sequence or dict, optional): Class names by class id (e.g. ``model.config.id2label``).
                     Default: None (the ids)
         boxes (Tensor, optional): DETR: the sample's ``outputs.pred_boxes[sample]``, ``[num_queries, 4]``

@@ -1,7 +1,7 @@
 """The interactive view's cases, built once for its unit and browser tests."""
 
 import pytest
-from view_cases import classification_case, detection_case, generation_case
+from view_cases import classification_case, detection_case, generation_case, several_images_case
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +17,8 @@ def detection():
 @pytest.fixture(scope="session")
 def classification():
     return classification_case()
+
+
+@pytest.fixture(scope="session")
+def several_images():
+    return several_images_case()

@@ -89,7 +89,7 @@ def test_bad_arguments_say_what_is_accepted(generation, detection):
         view(runs, tokens=["a"] * 5)
     with pytest.raises(ValueError, match="2 generated tokens given; sample 0 has 4"):
         view(runs, generated=["a", "b"])
-    with pytest.raises(ValueError, match="2 images given for 1 image heat maps"):
+    with pytest.raises(ValueError, match="2 images given for 1 image heat maps: give one image a map, or none"):
         view(runs, images=[torch.zeros(3, 8, 8)] * 2)
     with pytest.raises(ValueError, match=r"float image must lie in \[0, 1\], got values in \[-1, 2\]: pass uint8"):
         view(runs, images=[torch.linspace(-1, 2, 48).reshape(3, 4, 4)])
@@ -129,3 +129,14 @@ def test_region_relevance_is_a_strip_on_its_own_scale():
     assert strips["image"]["labels"] == [f"box {index}" for index in range(5)] and strips["image"]["scale"] == "image"
     assert strips["text"]["labels"][0] == "text 0" and strips["text"]["scale"] == "text" and data["images"] == []
     assert data["values"]["method 1"][0]["strips"]["image"] == explanation.image[2].double().tolist()
+
+
+def test_a_prompt_holding_fewer_images_than_the_batch_shows_its_own(several_images):
+    explanation, page = several_images
+    assert explanation.image.shape[2] == 2 and explanation.image[1, :, 1].abs().max() == 0  # its missing second image
+    assert [image["scale"] for image in page.data["images"]] == ["image", "image"]
+    picture = torch.rand(3, 32, 32)
+    data = view(explanation, sample=1, images=[picture]).data
+    assert len(data["images"]) == 1 and data["values"]["method 1"][0]["images"] == [explanation.image[1, 0, 0].double().flatten().tolist()]
+    with pytest.raises(ValueError, match="1 images given for 2 image heat maps.*fewer only where the maps past them are all zero"):
+        view(explanation, sample=0, images=[picture])

@@ -112,6 +112,15 @@ def test_opacity_slider_and_user_text(browser, generation, tmp_path):
     assert browser.execute_script("return document.querySelectorAll('img[src=\"x\"]').length + (window.pwned || 0)") == 0
 
 
+def test_a_prompts_images_share_one_colour_scale(browser, several_images, tmp_path):
+    explanation, page = several_images
+    open_page(browser, page, tmp_path)
+    chips(browser, "generated")[1].click()
+    maps = explanation.image[0, 1]
+    scale = maps.double().abs().max().item()
+    assert [heat(browser, index) for index in range(2)] == [expected_heat(maps[0], scale), expected_heat(maps[1], scale)]
+
+
 def test_clicking_a_detection_box_shows_its_map_and_mask(browser, detection, tmp_path):
     runs, page = detection
     open_page(browser, page, tmp_path)

@@ -1,7 +1,7 @@
 """Explanations of tiny random-init models for the interactive view's tests (one of each kind), and the colour
 rules the page documents, written out independently of its script."""
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -32,6 +32,16 @@ def generation_case() -> Tuple[Dict[str, object], ExplanationView]:
     runs = {name: method(model).explain(prompt, continuation=CONTINUATION) for name, method in METHODS.items()}
     tokens = ["<s>", HOSTILE] + [f"<image {index}>" for index in range(16)] + ["what", "colour", "is", "it"]
     return runs, view(runs, tokens=tokens, generated=GENERATED, images=[picture(32, 32, 0)])
+
+
+def several_images_case() -> Tuple[object, ExplanationView]:
+    """A tiny LLaVA's batch of two prompts, holding two images and one; the first shown with its two."""
+    torch.manual_seed(0)
+    ids = torch.tensor([[5] + [helpers.IMAGE_TOKEN] * 16 + [6] + [helpers.IMAGE_TOKEN] * 16 + [7],
+                        [0] * 17 + [5] + [helpers.IMAGE_TOKEN] * 16 + [7]])
+    prompt = {"input_ids": ids, "attention_mask": (ids != 0).long(), "pixel_values": torch.randn(3, 3, 32, 32)}
+    explanation = METHODS["TransformerAttribution"](helpers.llava()).explain(prompt, continuation=[[8, 9], [10]])
+    return explanation, view(explanation, images=[picture(32, 32, 3), picture(32, 32, 4)])
 
 
 def detection_case() -> Tuple[Dict[str, object], ExplanationView]:
@@ -70,6 +80,8 @@ def expected_token_colours(explanation, token: int) -> Tuple[List[Tuple[int, int
     return ([token_colour(v / scale) for v in prompt.tolist()], [token_colour(v / scale) for v in earlier.tolist()])
 
 
-def expected_heat(grid: torch.Tensor) -> List[Tuple[int, int, int]]:
+def expected_heat(grid: torch.Tensor, scale: Optional[float] = None) -> List[Tuple[int, int, int]]:
+    """Jet colours of a map over ``scale`` (default: its own largest absolute value)."""
     values = grid.double().flatten()
-    return [jet(v / values.abs().max().item()) for v in values.tolist()]
+    scale = values.abs().max().item() if scale is None else scale
+    return [jet(v / scale) for v in values.tolist()]

@@ -58,7 +58,7 @@
   var legend = make("span", "cmm-legend");
   var ramp = make("span", "cmm-ramp");
   ramp.style.background = "linear-gradient(90deg, rgb(0,0,255), #fff, rgb(255,0,0))";
-  var heatNote = "images: jet over the map's maximum, negatives as 0";
+  var heatNote = "images: jet over the largest value of the output's maps, negatives as 0";
   if (data.strips.length) {
     legend.appendChild(make("span", null, "tokens: \u2212"));
     legend.appendChild(ramp);
@@ -157,17 +157,17 @@
   root.appendChild(info);
   root.appendChild(body);
 
-  var paint = function (frame, values, grid) {
+  var paint = function (frame, values, grid, scale) {
     var context = frame.canvas.getContext("2d");
     var pixels = context.createImageData(grid[1], grid[0]);
-    var scale = peak(values);
     values.forEach(function (v, i) {
       var rgb = jet(scale > 0 ? v / scale : 0);
       pixels.data.set([rgb[0], rgb[1], rgb[2], 255], 4 * i);
     });
     context.putImageData(pixels, 0, 0);
     frame.canvas.style.opacity = state.opacity;
-    frame.caption.textContent = frame.name + " \u00b7 max relevance " + format(scale);
+    var own = peak(values);
+    frame.caption.textContent = frame.name + " \u00b7 max relevance " + format(own) + (own < scale ? " (colours over " + format(scale) + ")" : "");
   };
   function render() {
     var values = current();
@@ -186,7 +186,13 @@
         chip.classList.toggle("cmm-selected", strip.causal && index === element());
       });
     });
-    frames.forEach(function (frame, index) { paint(frame, values.images[index], data.images[index].grid); });
+    var heatScale = {};  // the maps of one output (a prompt's images) share one scale
+    data.images.forEach(function (image, index) {
+      heatScale[image.scale] = Math.max(heatScale[image.scale] || 0, peak(values.images[index]));
+    });
+    frames.forEach(function (frame, index) {
+      paint(frame, values.images[index], data.images[index].grid, heatScale[data.images[index].scale]);
+    });
     boxes.forEach(function (box, index) { if (box) { box.classList.toggle("cmm-on", index === element()); } });
     if (detections) {
       detections.querySelectorAll("button").forEach(function (button, index) {
