@@ -118,8 +118,8 @@ def view(
     relevance side by side. Several explanations (of the same inputs and elements) get a method switcher.
     Token colours are relevance over the largest absolute value shown (prompt and generated tokens share one
     scale), red positive, blue negative; heat maps use jet over the largest value of their output's maps (a
-    prompt's several images share one scale), negatives shown as 0. Runs
-    of one repeated token that no method gives relevance (a VLM's image placeholders) show as one token.
+    prompt's several images share one scale), negatives shown as 0. Runs of one repeated token that no method
+    gives relevance (a VLM's image placeholders) show as one token.
 
     Args:
         explanations (Explanation, list or dict): What :meth:`~captum_mm.attr.TransformerAttribution.explain`
