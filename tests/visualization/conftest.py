@@ -3,22 +3,7 @@
 import pytest
 from view_cases import classification_case, detection_case, generation_case, several_images_case
 
-
-@pytest.fixture(scope="session")
-def generation():
-    return generation_case()
-
-
-@pytest.fixture(scope="session")
-def detection():
-    return detection_case()
-
-
-@pytest.fixture(scope="session")
-def classification():
-    return classification_case()
-
-
-@pytest.fixture(scope="session")
-def several_images():
-    return several_images_case()
+generation = pytest.fixture(scope="session", name="generation")(generation_case)
+several_images = pytest.fixture(scope="session", name="several_images")(several_images_case)
+detection = pytest.fixture(scope="session", name="detection")(detection_case)
+classification = pytest.fixture(scope="session", name="classification")(classification_case)
