@@ -1,7 +1,13 @@
 """MkDocs hooks of the documentation site (``mkdocs build --strict``, see CONTRIBUTING.md).
 
-* One page per supported family, and the evaluation protocols, generated from ``docs/METHOD.md`` (the
-  specification the code follows), so the site never drifts from it.
+* One page per supported family (``docs/families.py``: its classes, what ``explain`` returns, an example run at
+  build time, its schedule) and the evaluation protocols, generated from ``docs/METHOD.md`` (the specification
+  the code follows) and the adapters, so the site never drifts from them.
+* The site works offline: MathJax is copied from the ``django-static-mathjax`` package (the ``[docs]`` extra), the
+  notebooks' CDN scripts (MathJax 2, mermaid) are left out, and a page loading anything from another host fails
+  the build. The notebooks' kernels talk over IPC sockets in a temporary folder, not unencrypted TCP.
+* The notebooks' pages: the libraries' start-up noise on stderr left out (any other stderr kept), the table of
+  contents taken from the rendered headings (mkdocs-jupyter's drops their code spans).
 * Every public class and function of the API reference must have a docstring, and one taking arguments
   an ``Args:`` (or, for a dataclass, ``Attributes:``) section in Captum's style, one returning a value a
   ``Returns:`` section: the build fails naming those without.
@@ -9,15 +15,36 @@
 
 import importlib
 import inspect
+import json
 import logging
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+import families
 from mkdocs.structure.files import File, Files
 
 log = logging.getLogger("mkdocs.plugins.captum_mm")
 SPEC = Path(__file__).parent / "METHOD.md"
+#: The notebooks' CDN scripts that nbconvert's templates add (MathJax 2, mermaid); the site serves its own MathJax.
+CDN_SCRIPTS = re.compile(r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->|"
+                         r"<script type=\"module\">\s*document\.addEventListener\(\"DOMContentLoaded\", async \(\) => \{"
+                         r"\s*const diagrams = document\.querySelectorAll\(\".jp-Mermaid.*?</script>", re.DOTALL)
+#: The folder of the notebooks' kernel configuration and IPC sockets, during a build.
+KERNELS: Dict[str, str] = {}
+#: A notebook's stderr output as nbconvert renders it.
+STDERR = re.compile(r'<div class="jp-OutputArea-child">\s*<div class="jp-OutputPrompt jp-OutputArea-prompt"></div>\s*'
+                    r'<div class="jp-RenderedText jp-OutputArea-output" data-mime-type="application/vnd.jupyter.stderr"'
+                    r'[^>]*>\s*<pre>(?P<text>.*?)</pre>\s*</div>\s*</div>', re.DOTALL)
+#: Lines of the libraries' start-up noise on stderr: progress bars (transformers' "Loading weights"), tqdm's
+#: missing-ipywidgets warning, an optional torch extension failing to load and torch's deprecation log. Any other
+#: stderr line (captum_mm's warnings included) stays on the page.
+NOISE = re.compile(r"^\s*$|^Loading weights|TqdmWarning: IProgress not found|^\s*from \.autonotebook import|"
+                   r"^Failed to load .*torchao|^W\d{4} [\d:.]+ \d+ torch/")
+EXTERNAL = re.compile(r"""<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=["']?(?:https?:)?//""")
 #: The modules of the API reference (docs/api/*.md); their public names must be documented.
 API_MODULES = (
     "captum_mm.attr", "captum_mm.llm", "captum_mm.generation", "captum_mm.models", "captum_mm.capture", "captum_mm.spec",
@@ -36,7 +63,7 @@ def _section(text: str, heading: str) -> str:
 
 
 def family_pages(text: str) -> List[Tuple[str, str, str]]:
-    """``(slug, title, markdown)`` per family paragraph (``**Name** ...``) of the per-architecture schedules."""
+    """``(slug, title, paragraph)`` per family paragraph (``**Name** ...``) of the per-architecture schedules."""
     body = _section(text, "Per-architecture schedules")
     parts = re.split(r"\n(?=\*\*)", "\n" + body.strip())
     pages = []
@@ -45,15 +72,19 @@ def family_pages(text: str) -> List[Tuple[str, str, str]]:
         if title is None:
             continue
         slug = re.sub(r"[^a-z0-9]+", "-", title.group(1).lower()).strip("-")
-        pages.append((slug, title.group(1), f"# {title.group(1)}\n\nFrom the specification (`docs/METHOD.md`), "
-                      f"\"Per-architecture schedules\":\n\n{part}\n"))
+        pages.append((slug, title.group(1), part))
     return pages
 
 
 def on_files(files: Files, config: Any) -> Files:
     text = SPEC.read_text()
-    for slug, _, content in family_pages(text):
-        files.append(File.generated(config, f"families/{slug}.md", content=content))
+    pages = family_pages(text)
+    for slug, title, paragraph in pages:
+        files.append(File.generated(config, f"families/{slug}.md", content=families.family_page(slug, title, paragraph)))
+    files.append(File.generated(config, "families/index.md", content=families.overview(pages)))
+    mathjax = importlib.import_module("mathjax")  # django-static-mathjax: MathJax 3's browser bundles
+    bundle = Path(mathjax.__file__).parent / "static" / "mathjax" / "es5" / "tex-svg.js"
+    files.append(File.generated(config, "assets/mathjax/tex-svg.js", abs_src_path=str(bundle)))
     protocols = _section(text, "Evaluation protocols")
     files.append(File.generated(config, "protocols.md", content=f"# Evaluation protocols\n\n{protocols}"))
     return files
@@ -61,10 +92,16 @@ def on_files(files: Files, config: Any) -> Files:
 
 def on_config(config: Any) -> Any:
     """The generated family pages in the navigation, and the docstring checks."""
-    families = [{title: f"families/{slug}.md"} for slug, title, _ in family_pages(SPEC.read_text())]
+    kernels = KERNELS.setdefault("config", tempfile.mkdtemp(prefix="captum-mm-docs-"))  # nbconvert's configuration: IPC
+    Path(kernels, "jupyter_nbconvert_config.json").write_text(
+        json.dumps({"KernelManager": {"transport": "ipc", "ip": str(Path(kernels, "kernel"))}}))
+    os.environ["JUPYTER_CONFIG_PATH"] = kernels
+    pages = [{title: f"families/{slug}.md"} for slug, title, _ in family_pages(SPEC.read_text())]
     for entry in config["nav"]:
         if isinstance(entry, dict) and "Supported families" in entry:
-            entry["Supported families"] = families
+            entry["Supported families"] = ["families/index.md", *pages]
+    if families.uncovered():
+        log.warning("Adapters no family page names (docs/families.py FAMILY_ADAPTERS): %s", ", ".join(families.uncovered()))
     missing = undocumented()
     if missing:
         log.warning("Public names without a docstring: %s", ", ".join(missing))
@@ -73,6 +110,44 @@ def on_config(config: Any) -> Any:
         log.warning("Public names whose docstring lacks the Args: (Attributes:) or Returns: section Captum's style "
                     "asks for: %s", ", ".join(unstyled))
     return config
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
+    """A notebook's table of contents from its rendered headings: mkdocs-jupyter's drops their code spans, and with
+    them part of the anchors it links to (``#generate-then...`` for the heading ``#explain-generate-then...``)."""
+    if page.file.src_uri.endswith(".ipynb"):
+        headings = re.findall(r'<h\d id="([^"]+)">(.*?)<a class="anchor-link"', html)
+        items, stack = [], list(reversed(list(page.toc)))
+        while stack:  # the entries in document order
+            items.append(stack.pop())
+            stack.extend(reversed(list(items[-1].children)))
+        if len(items) == len(headings):
+            for item, (anchor, title) in zip(items, headings):
+                item.id, item.title = anchor, title
+        else:
+            log.warning("%s: %d headings, %d table of contents entries", page.file.src_uri, len(headings), len(items))
+    return html
+
+
+def on_post_build(config: Any) -> None:
+    shutil.rmtree(KERNELS.pop("config", ""), ignore_errors=True)
+
+
+def on_post_page(output: str, page: Any, config: Any) -> str:
+    """The notebooks' pages without nbconvert's CDN scripts; no page loading anything from another host."""
+    output = STDERR.sub(_without_noise, CDN_SCRIPTS.sub("", output))
+    if EXTERNAL.search(output):
+        log.warning("%s loads %s from another host: the site must work offline", page.file.src_uri,
+                    EXTERNAL.search(output).group(0))
+    return output
+
+
+def _without_noise(match: "re.Match[str]") -> str:
+    """A notebook's stderr output without the libraries' start-up noise; nothing if that is all it holds."""
+    lines = re.sub(r"<[^>]+>", "", match["text"]).replace("\r", "\n").splitlines()
+    if all(NOISE.search(line) for line in lines):
+        return ""
+    return match.group(0)
 
 
 def without_arguments_section() -> List[str]:

@@ -26,6 +26,9 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs if o.output_type == "error"]
     assert not errors
+    for cell in notebook.cells:  # nothing shown twice (Captum's visualize_text displays its table itself)
+        shown = [o["data"]["text/html"] for o in cell.get("outputs", []) if "text/html" in o.get("data", {})]
+        assert len(shown) == len(set(shown)), f"a cell of {path.name} shows the same HTML twice"
 
 
 def test_documented_command_runs_notebooks(tmp_path):
