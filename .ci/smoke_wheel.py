@@ -63,6 +63,20 @@ def families() -> None:
         print(f"family {name}: {sorted(explained.outputs())}")
 
 
+def interactive_view() -> None:
+    """The view's script and style ship in the wheel (package data)."""
+    from captum_mm.datasets.easy_vqa import EasyVQA
+    from captum_mm.visualization import view
+    from captum_mm.zoo.train_llava import prompts
+
+    explanation = GenericAttention(zoo.load("llava-easyvqa")).explain(
+        prompts(EasyVQA("test"), [0]), generate=True, generation_args={"max_new_tokens": 3, "do_sample": False})
+    page = view(explanation).html(full_page=True)
+    assert 'class="cmm-data"' in page and "getElementById(" in page and ".cmm-view .cmm-token" in page, page[:300]
+    print(f"interactive view: {len(page)} characters")
+
+
 shipped()
 families()
+interactive_view()
 print("wheel smoke test passed")

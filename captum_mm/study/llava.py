@@ -12,18 +12,19 @@ VQA study's plausibility measures apply as they are. The gallery shows every gen
 
 import textwrap
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from captum_mm.attr import Explanation
 from captum_mm.datasets.easy_vqa import GRID, EasyVQA
 from captum_mm.metrics.perturbation import DEFAULT_STEPS, TokenGroup
 from captum_mm.metrics.study import Setting, StudyResult, run_perturbation_study
 from captum_mm.study.options import Options
 from captum_mm.study.vqa import Plausibility, vqa_tables
-from captum_mm.visualization import plot_perturbation_curves, save_perturbation_study
+from captum_mm.visualization import ExplanationView, plot_perturbation_curves, save_perturbation_study, view
 from captum_mm.visualization.figures import relevance_gallery
 from captum_mm.zoo.model_recipe import Recipe
 from captum_mm.zoo.train_llava import IMAGE_TOKEN, IMAGE_TOKENS, decoded, pixel_values, tokenizer
@@ -114,9 +115,10 @@ def prompt_of(batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
     return {"input_ids": ids, "attention_mask": (ids != 0).long(), "pixel_values": batch["pixel_values"]}
 
 
-def piece_relevance(factory: Callable[..., Any], model: nn.Module, batch: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+def explain_answers(factory: Callable[..., Any], model: nn.Module, batch: Dict[str, Tensor]) -> Explanation:
     r"""
-    Each generated word piece of each question of a :func:`_collate` batch, explained by the method ``factory``.
+    The generated answers (up to 3 greedy word pieces) to the questions of a :func:`_collate` batch, explained by the
+    method ``factory``.
 
     Args:
         factory (Callable): The method: ``factory(model)`` is its explainer.
@@ -124,11 +126,30 @@ def piece_relevance(factory: Callable[..., Any], model: nn.Module, batch: Dict[s
         batch (dict): A batch of :func:`_collate`.
 
     Returns:
+        *Explanation*: From ``explain(prompt_of(batch), generate=True)``.
+    """
+    return factory(model).explain(prompt_of(batch), generate=True, generation_args={"max_new_tokens": 3, "do_sample": False})
+
+
+def piece_relevance(factory: Callable[..., Any], model: nn.Module, batch: Dict[str, Tensor],
+                    explanation: Optional[Explanation] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""
+    Each generated word piece of each question of a :func:`_collate` batch, explained by the method ``factory``.
+
+    Args:
+        factory (Callable): The method: ``factory(model)`` is its explainer.
+        model (torch.nn.Module): The ``LlavaForConditionalGeneration``.
+        batch (dict): A batch of :func:`_collate`.
+        explanation (Explanation, optional): The batch's :func:`explain_answers` by ``factory``, if already computed.
+                    Default: None
+
+    Returns:
         *tuple*: The relevance over the question tokens ``[B, K, T]`` and the image patches ``[B, K, 64]``, and the
         pieces' ids ``[B, K]`` (-1 for the end token and after it).
     """
-    explanation = factory(model).explain(prompt_of(batch), generate=True, generation_args={"max_new_tokens": 3, "do_sample": False})
-    ids = explanation.generated_ids.masked_fill(explanation.generated_ids == tokenizer().sep_token_id, -1)
+    explanation = explanation if explanation is not None else explain_answers(factory, model, batch)
+    generated = cast(Tensor, explanation.generated_ids)  # explanations of generated tokens have them
+    ids = generated.masked_fill(generated == tokenizer().sep_token_id, -1)
     prompt_length = explanation.text.shape[-1]
     question = explanation.text.new_zeros(*ids.shape, batch["question_ids"].shape[1])
     for row, length in enumerate(batch["question_mask"].sum(1).tolist()):
@@ -169,7 +190,8 @@ def llava_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callabl
         methods (dict): Method name to explainer factory; each explains the generated answers.
 
     Returns:
-        *dict*: The perturbation result as ``numbers``, the VQA study's tables, the curves and the gallery.
+        *dict*: The perturbation result as ``numbers``, the VQA study's tables, the curves and the gallery, and the
+        gallery's questions as interactive views (``views``).
     """
     name = recipe.name
     model = recipe.load(options.checkpoints.get(name))
@@ -186,17 +208,23 @@ def llava_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callabl
     folder = Path(options.output) / name
     save_perturbation_study(result, folder, f"{name}: perturbation tests on the generated answers to {len(result.samples)} "
                             "easy-VQA test questions")
-    gallery = _gallery(model, dataset, methods, result.samples[: options.gallery])
+    gallery, views = _gallery(model, dataset, methods, result.samples[: options.gallery])
     gallery.savefig(folder / "gallery.png", dpi=110, bbox_inches="tight")
     return {"numbers": result.to_dict(), "tables": vqa_tables(name, result, plausibility),
-            "figures": {"curves": plot_perturbation_curves(result), "gallery": gallery}}
+            "figures": {"curves": plot_perturbation_curves(result), "gallery": gallery}, "views": {"interactive gallery": views}}
 
 
-def _gallery(model: nn.Module, dataset: EasyVQA, methods: Dict[str, Callable], indices: List[int]) -> Figure:
-    """One column per generated word piece of each question: its relevance over the question and the image, per method."""
+def _gallery(model: nn.Module, dataset: EasyVQA, methods: Dict[str, Callable],
+             indices: List[int]) -> Tuple[Figure, List[ExplanationView]]:
+    """One column per generated word piece of each question: its relevance over the question and the image, per method;
+    and each question's answer in an interactive view (every method)."""
     batch, _ = _collate(dataset)(indices)
     words = tokenizer()
-    explained = {method: piece_relevance(factory, model, batch) for method, factory in methods.items()}
+    explanations = {method: explain_answers(factory, model, batch) for method, factory in methods.items()}
+    explained = {method: piece_relevance(methods[method], model, batch, explanation)
+                 for method, explanation in explanations.items()}
+    prompt_ids = prompt_of(batch)["input_ids"]
+    views = [_answer_view(explanations, row, prompt_ids[row], dataset.image(index)) for row, index in enumerate(indices)]
     columns = [(row, piece) for row, ids in enumerate(next(iter(explained.values()))[2].tolist())
                for piece, token in enumerate(ids) if token >= 0]
     question_tokens = [words.convert_ids_to_tokens(row[row != 0].tolist()) for row in batch["question_ids"]]
@@ -206,5 +234,14 @@ def _gallery(model: nn.Module, dataset: EasyVQA, methods: Dict[str, Callable], i
     ids = next(iter(explained.values()))[2]
     titles = [f"{textwrap.fill(dataset.questions[indices[row]], 24)}\n→ {decoded(words, [t for t in ids[row].tolist() if t >= 0])}"
               f" (piece {words.convert_ids_to_tokens(int(ids[row, piece]))})" for row, piece in columns]
-    return relevance_gallery([dataset.image(indices[row]) for row, _ in columns], [question_tokens[row] for row, _ in columns],
-                             relevance, (GRID, GRID), titles)
+    figure = relevance_gallery([dataset.image(indices[row]) for row, _ in columns], [question_tokens[row] for row, _ in columns],
+                               relevance, (GRID, GRID), titles)
+    return figure, views
+
+
+def _answer_view(explanations: Dict[str, Explanation], row: int, prompt_ids: Tensor, image: Any) -> ExplanationView:
+    """One question's generated answer, every piece (the end token included) by every method."""
+    words, first = tokenizer(), next(iter(explanations.values()))
+    pieces = [str(words.convert_ids_to_tokens(token)) for token in cast(Tensor, first.generated_ids)[row].tolist() if token >= 0]
+    return view(explanations, sample=row, tokens=words.convert_ids_to_tokens(prompt_ids.tolist()), generated=pieces,
+                images=[image])

@@ -86,6 +86,11 @@ CAPTIONS = {
     "method: the image with each region (patch) multiplied by its relevance (scaled to the maximum, so irrelevant regions "
     "are black) and the question's tokens shaded red by their relevance (deeper red: more relevant). A good "
     "explanation shows the shape the question is about and its key words.",
+    "interactive": "Interactive gallery: each gallery question's generated answer, by every method (the buttons switch "
+    "between them). Click or hover a generated word piece (the end token included) to see its relevance over the prompt's "
+    "tokens and the pieces before it (deeper red: more relevant; the 64 image tokens, whose relevance lies on the image, "
+    "shown as one) and over the image's 8 x 8 patches (jet colours over the image, scaled to the map's maximum; the slider "
+    "sets their opacity).",
     "masks": "DETR masks: one column per object the model detected in this scene, explained by the first method. "
     "Top row: the detection's relevance over the image (jet colours, scaled to its maximum: red most relevant, "
     "blue least). Bottom row: the weakly-supervised segmentation mask (Algorithm 1) made from it, in red. A good "
@@ -98,12 +103,13 @@ def html_report(studies: Dict[str, Any], tables: List[Dict[str, Any]], settings:
     The self-contained HTML report: the run's settings, every table, each model's figures with their captions.
 
     Args:
-        studies (dict): Per model, its study's ``figures`` (title to matplotlib figure).
+        studies (dict): Per model, its study's ``figures`` (title to matplotlib figure) and, optionally, ``views``
+                    (title to a list of interactive :class:`~captum_mm.visualization.ExplanationView`).
         tables (list of dict): Every table, in order.
         settings (dict): The run's settings, as the report states them.
 
     Returns:
-        *str*: The HTML page (figures embedded as PNG).
+        *str*: The HTML page (figures embedded as PNG, views with their script and data inline).
     """
     parts = [
         "<html><head><meta charset='utf-8'><title>captum_mm: the study on the shipped models</title><style>",
@@ -126,5 +132,8 @@ def html_report(studies: Dict[str, Any], tables: List[Dict[str, Any]], settings:
                 f"<figure><h3>{html.escape(title)}</h3><img src='data:image/png;base64,{_png(figure)}' alt='{html.escape(title)}'/>"
                 f"<figcaption>{html.escape(CAPTIONS[title.split()[0]])}</figcaption></figure>"
             )
+        for title, views in study.get("views", {}).items():
+            parts.append(f"<figure><h3>{html.escape(title)}</h3>{''.join(view.html() for view in views)}"
+                         f"<figcaption>{html.escape(CAPTIONS[title.split()[0]])}</figcaption></figure>")
     parts.append("</body></html>")
     return "".join(parts)

@@ -1,4 +1,5 @@
-"""Figures and HTML built on captum.attr.visualization; all usable headless."""
+"""Figures and HTML built on captum.attr.visualization, all usable headless; :func:`view`, an interactive HTML
+view of explanations."""
 
 from captum_mm.visualization.curves import plot_perturbation_curves, save_perturbation_study
 from captum_mm.visualization.figures import (
@@ -10,8 +11,10 @@ from captum_mm.visualization.figures import (
     text_relevance_html,
     text_relevance_record,
 )
+from captum_mm.visualization.interactive import ExplanationView, view
 
 __all__ = [
+    "ExplanationView",
     "detection_masks_figure",
     "plot_perturbation_curves",
     "region_heatmap",
@@ -21,4 +24,5 @@ __all__ = [
     "text_records_html",
     "text_relevance_html",
     "text_relevance_record",
+    "view",
 ]

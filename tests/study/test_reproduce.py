@@ -36,7 +36,8 @@ def test_reproduce_writes_every_output(tmp_path, capsys):
             assert (output / model / name).stat().st_size > 0
     assert len(list((output / "detr-shapes").glob("masks_*.png"))) == 1 and (output / "detr-shapes" / "segmentation.json").exists()
     report = (output / "report.html").read_text()
-    assert report.count("<img src='data:image/png;base64,") == report.count("<figcaption>") == 7  # curves, gallery x3; masks
+    assert report.count("<img src='data:image/png;base64,") == 7  # curves, gallery x3; masks
+    assert report.count("<figcaption>") == 8 and report.count('<div class="cmm-view"') == 1  # the VLM's one gallery question, interactive
     assert "img{max-width:100%;height:auto}" in report
     for caption in CAPTIONS.values():
         assert html.escape(caption) in report
