@@ -33,7 +33,7 @@ FAMILY_ADAPTERS: Dict[str, Tuple[str, ...]] = {
 OUTPUTS = {
     "text": "relevance of the text tokens (the prompt's, the question's); `[B, T]`, or `[B, K, T]` per explained element",
     "image": "relevance of the image: over regions `[B, R]`, or on the patch / feature grid `[B, h, w]`; `[B, K, ...]` "
-             "per explained element",
+             "per explained element; a VLM's prompts holding several images: `[B, K, images, h, w]`",
     "generated": "relevance of the continuation's tokens for each generated token, `[B, K, C]` (causal: 0 from the token on)",
     "frames": "relevance of the audio encoder's frames, `[B, K, N]`",
     "audio": "the frames' relevance on the time steps of `input_features`, `[B, K, 1, T]`",
