@@ -55,11 +55,12 @@ def use_eager_attention(model: nn.Module, recorded: Sequence[Any] = (), lean: Se
 
 def require_parameter_gradients(model: nn.Module, skip: Sequence[nn.Module] = ()) -> Restore:
     """Make every parameter require grad (so attention maps join the graph), except those of ``skip``
-    (modules no attention map depends on); the handle restores the flags, by owner and name: accelerate's
-    offloading hooks replace a module's parameter objects at every forward (carrying the flag over)."""
+    (modules no attention map depends on) and integer ones (quantized weights: bitsandbytes' packed codes); the handle
+    restores the flags, by owner and name: accelerate's offloading hooks replace a module's parameter objects at every
+    forward (carrying the flag over)."""
     skipped = {id(p) for module in skip for p in module.parameters()}
     frozen = [(owner, name) for owner in model.modules() for name, p in owner.named_parameters(recurse=False)
-              if not p.requires_grad and id(p) not in skipped]
+              if not p.requires_grad and id(p) not in skipped and p.is_floating_point()]
     for owner, name in frozen:
         getattr(owner, name).requires_grad_(True)
 

@@ -1,0 +1,60 @@
+"""The three kinds of model the big-model tests (quantized, bfloat16, gradient checkpointing) explain: a decoder-only LM
+(Llama), a VLM (LLaVA) and an encoder (BERT), each with fixed inputs and how every method explains them."""
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict
+
+import torch
+from torch import Tensor, nn
+
+from helpers import bert, language_model, llava, prompt_batch, text_batch, vlm_prompts
+from methods_under_test import LRP_BASED, METHODS
+
+#: The registered methods (ablations left out: they share these methods' paths).
+EXPLAINED = ["generic", "generic-lrp", "raw-attention", "rollout", "grad-cam", "partial-lrp", "transformer-attribution"]
+CONTINUATION = [[5, 6], [7, 8]]
+
+
+@dataclass
+class Kind:
+    """A model and how a method explains it, on inputs fixed once."""
+
+    model: nn.Module
+    explain: Callable[[Any], Any]
+
+    def relevance(self, method: str, model: nn.Module) -> Dict[str, Tensor]:
+        """``model`` (this one or a variant of it) explained by ``method``: its relevance per output."""
+        return self.explain(METHODS[method](model)).relevance
+
+
+def _generative(model: nn.Module, prompt: Dict[str, Tensor]) -> Kind:
+    return Kind(model, lambda explainer: explainer.explain(prompt, continuation=CONTINUATION))
+
+
+def _encoder() -> Kind:
+    ids, mask = text_batch(2)
+    return Kind(bert(), lambda explainer: explainer.explain(ids, torch.tensor([2, 5]), (mask,)))
+
+
+KINDS: Dict[str, Callable[[], Kind]] = {
+    "llama": lambda: _generative(language_model("llama"), dict(zip(("input_ids", "attention_mask"), prompt_batch(2, 5)))),
+    "llava": lambda: _generative(llava(vision_layers=2), vlm_prompts(batch=2)),
+    "bert": _encoder,
+}
+
+
+def relative_error(got: Dict[str, Tensor], expected: Dict[str, Tensor]) -> float:
+    """The largest difference of any output, relative to that output's largest expected value (outputs that are all
+    zero in ``expected`` must be all zero in ``got``); every value checked finite."""
+    worst = 0.0
+    for name, value in expected.items():
+        assert torch.isfinite(got[name]).all() and torch.isfinite(value).all(), name
+        scale = value.abs().max()
+        error = (got[name].double() - value.double()).abs().max()
+        worst = max(worst, float(error / scale) if scale > 0 else float(error > 0) * float("inf"))
+    return worst
+
+
+def is_lrp(method: str) -> bool:
+    """Whether ``method`` runs an LRP backward."""
+    return method in LRP_BASED
