@@ -1,5 +1,6 @@
 """The three kinds of model the big-model tests (quantized, bfloat16, gradient checkpointing) explain: a decoder-only LM
-(Llama), a VLM (LLaVA) and an encoder (BERT), each with fixed inputs and how every method explains them."""
+(Llama), a VLM (LLaVA) and an encoder (BERT), one layer each (LLaVA's vision tower two: its features are read at
+the one before last), each with fixed inputs and how every method explains them."""
 
 from dataclasses import dataclass
 from typing import Any, Callable, Dict
@@ -33,12 +34,12 @@ def _generative(model: nn.Module, prompt: Dict[str, Tensor]) -> Kind:
 
 def _encoder() -> Kind:
     ids, mask = text_batch(2)
-    return Kind(bert(), lambda explainer: explainer.explain(ids, torch.tensor([2, 5]), (mask,)))
+    return Kind(bert(layers=1), lambda explainer: explainer.explain(ids, torch.tensor([2, 5]), (mask,)))
 
 
 KINDS: Dict[str, Callable[[], Kind]] = {
-    "llama": lambda: _generative(language_model("llama"), dict(zip(("input_ids", "attention_mask"), prompt_batch(2, 5)))),
-    "llava": lambda: _generative(llava(vision_layers=2), vlm_prompts(batch=2)),
+    "llama": lambda: _generative(language_model("llama", layers=1), dict(zip(("input_ids", "attention_mask"), prompt_batch(2, 5)))),
+    "llava": lambda: _generative(llava(vision_layers=2, layers=1), vlm_prompts(batch=2)),
     "bert": _encoder,
 }
 

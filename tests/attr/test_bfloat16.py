@@ -51,5 +51,5 @@ def test_quantized_bfloat16_model_explained_in_float32(kind: Dict[str, Any], met
     quantized = copy.deepcopy(kind["half"])
     quantize_(quantized, Int8WeightOnlyConfig())
     got = _in_float32(kind["family"].relevance(method, quantized))
-    if not is_lrp(method):  # int8 rounding (tests/attr/test_quantized.py: 5e-2) on top of bfloat16's other kernels
-        assert relative_error(got, kind["family"].relevance(method, kind["half"])) <= 5e-2 + TOLERANCE
+    if not is_lrp(method):  # int8 rounding (tests/attr/test_quantized.py: 1e-1) on top of bfloat16's other kernels
+        assert relative_error(got, kind["family"].relevance(method, kind["half"])) <= 1e-1 + TOLERANCE
