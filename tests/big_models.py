@@ -2,6 +2,7 @@
 (Llama), a VLM (LLaVA) and an encoder (BERT), one layer each (LLaVA's vision tower two: its features are read at
 the one before last), each with fixed inputs and how every method explains them."""
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Dict
 
@@ -54,6 +55,43 @@ def relative_error(got: Dict[str, Tensor], expected: Dict[str, Tensor]) -> float
         error = (got[name].double() - value.double()).abs().max()
         worst = max(worst, float(error / scale) if scale > 0 else float(error > 0) * float("inf"))
     return worst
+
+
+def dequantized_copy(quantized: nn.Module, dequantize: Any) -> nn.Module:
+    """A copy of ``quantized`` whose quantized linears are plain ``nn.Linear`` s holding ``dequantize(linear)``."""
+    plain = copy.deepcopy(quantized)
+    originals = dict(quantized.named_modules())
+    for parent_name, parent in list(plain.named_modules()):
+        for name, child in list(parent.named_children()):
+            original = originals[f"{parent_name}.{name}".lstrip(".")]
+            if isinstance(child, nn.Linear) and type(original.weight) is not nn.Parameter:
+                linear = nn.Linear(child.in_features, child.out_features, child.bias is not None)
+                linear.weight = nn.Parameter(dequantize(original).detach().clone(), requires_grad=False)
+                linear.bias = original.bias
+                setattr(parent, name, linear)
+    return plain
+
+
+def bitsandbytes_layers(model: nn.Module, bits: int, device: str = "cpu", compute_dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A copy of ``model`` on ``device`` whose linear layers (but the LM head) are bitsandbytes' ``Linear4bit`` (NF4,
+    computing in ``compute_dtype``) or ``Linear8bitLt`` (LLM.int8), quantized from the same weights there."""
+    import bitsandbytes as bnb
+
+    quantized = copy.deepcopy(model)
+    for parent in list(quantized.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not nn.Linear or name == "lm_head":
+                continue
+            if bits == 4:
+                layer = bnb.nn.Linear4bit(child.in_features, child.out_features, child.bias is not None, compute_dtype=compute_dtype, quant_type="nf4")
+                layer.weight = bnb.nn.Params4bit(child.weight.data.clone(), requires_grad=False, quant_type="nf4")
+            else:
+                layer = bnb.nn.Linear8bitLt(child.in_features, child.out_features, child.bias is not None, has_fp16_weights=False)
+                layer.weight = bnb.nn.Int8Params(child.weight.data.clone(), requires_grad=False, has_fp16_weights=False)
+            if child.bias is not None:
+                layer.bias = nn.Parameter(child.bias.data.clone(), requires_grad=False)
+            setattr(parent, name, layer.to(device))  # quantizes
+    return quantized.to(device)
 
 
 def is_lrp(method: str) -> bool:

@@ -23,25 +23,10 @@ import torch
 from torch import nn
 from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
-from big_models import EXPLAINED, KINDS, Kind, is_lrp, relative_error
+from big_models import EXPLAINED, KINDS, Kind, bitsandbytes_layers, dequantized_copy, is_lrp, relative_error
 
 SAME_WEIGHTS = {False: 1e-5, True: 1e-2}  # by whether the method runs LRP
 UNQUANTIZED = 1e-1
-
-
-def dequantized_copy(quantized: nn.Module, dequantize: Any) -> nn.Module:
-    """A copy of ``quantized`` whose quantized linears are plain ``nn.Linear`` s holding ``dequantize(linear)``."""
-    plain = copy.deepcopy(quantized)
-    originals = dict(quantized.named_modules())
-    for parent_name, parent in list(plain.named_modules()):
-        for name, child in list(parent.named_children()):
-            original = originals[f"{parent_name}.{name}".lstrip(".")]
-            if isinstance(child, nn.Linear) and type(original.weight) is not nn.Parameter:
-                linear = nn.Linear(child.in_features, child.out_features, child.bias is not None)
-                linear.weight = nn.Parameter(dequantize(original).detach().clone(), requires_grad=False)
-                linear.bias = original.bias
-                setattr(parent, name, linear)
-    return plain
 
 
 @pytest.fixture(scope="module", params=sorted(KINDS))
@@ -65,28 +50,6 @@ def test_torchao_int8_explained_as_its_dequantized_weights(kind: Dict[str, Any],
 
 def _first_linear(model: nn.Module) -> str:
     return next(name for name, module in model.named_modules() if isinstance(module, nn.Linear))
-
-
-def bitsandbytes_layers(model: nn.Module, bits: int) -> nn.Module:
-    """A copy of ``model`` whose linear layers (but the LM head) are bitsandbytes' ``Linear4bit`` (NF4) or
-    ``Linear8bitLt`` (LLM.int8), quantized from the same weights on CPU."""
-    import bitsandbytes as bnb
-
-    quantized = copy.deepcopy(model)
-    for parent in list(quantized.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is not nn.Linear or name == "lm_head":
-                continue
-            if bits == 4:
-                layer = bnb.nn.Linear4bit(child.in_features, child.out_features, child.bias is not None, compute_dtype=torch.float32, quant_type="nf4")
-                layer.weight = bnb.nn.Params4bit(child.weight.data.clone(), requires_grad=False, quant_type="nf4")
-            else:
-                layer = bnb.nn.Linear8bitLt(child.in_features, child.out_features, child.bias is not None, has_fp16_weights=False)
-                layer.weight = bnb.nn.Int8Params(child.weight.data.clone(), requires_grad=False, has_fp16_weights=False)
-            if child.bias is not None:
-                layer.bias = nn.Parameter(child.bias.data.clone(), requires_grad=False)
-            setattr(parent, name, layer.to("cpu"))  # quantizes
-    return quantized
 
 
 @pytest.fixture(scope="module")
