@@ -1,9 +1,9 @@
 """Models dispatched by accelerate (offloaded to CPU or disk, split over CPU and disk by a device map, loaded by
 from_pretrained with a device map) are explained by every method exactly as the plain model. Their offloading hooks
 put the weights back on the meta device as each module's forward ends; the LRP rules read the weight the forward
-used from the hooks' maps (dequantized for torchao's int8 weights, compared in float32 with the model before offloading,
-as a model with gradient checkpointing left on). Compared in float64 (LRP is ill-conditioned in float32 on random
-models) where not quantized."""
+used from the hooks' maps. Compared in float64 (LRP is ill-conditioned in float32 on random models), but for
+torchao-quantized models (float32 only; their weights dequantized from the hooks' maps) and models with gradient
+checkpointing left on, compared with themselves before offloading."""
 
 import copy
 import itertools
