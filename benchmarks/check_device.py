@@ -11,6 +11,11 @@
 4. ``bench_long_context``'s Llama at N = 256 ... 4096: time and peak device memory
    (``torch.cuda.max_memory_allocated``) of the lean and eager explanation of one generated token
    against the SDPA forward+backward.
+5. Big models (``benchmarks/_check_big_models.py``): every method on a Llama, LLaVA and BERT split over CPU and the
+   device by a device map, against CPU alone (results on the inputs' device); bitsandbytes 4- and 8-bit layers on the
+   device against their dequantized weights; bfloat16 and float16 on the device against float32; the real-size
+   Qwen2-VL-2B (``bench_real_size``, all layers) in bfloat16 with SDPA: time and peak memory of explaining 8 tokens
+   over the model's forward + backward, plain, device-mapped and 4-bit.
 """
 
 import argparse
@@ -22,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from benchmarks import _check_big_models as big  # noqa: E402
 from benchmarks._measure import median_seconds  # noqa: E402
 from benchmarks.bench_generic import detr, forward_backward, lxmert, lxmert_inputs  # noqa: E402
 from benchmarks.bench_long_context import KINDS, LENGTHS, QUICK_LENGTHS, run, workload  # noqa: E402
@@ -161,6 +167,14 @@ def main() -> None:
     results["lxmert"] = lxmert_cost(args.device, args.quick)
     print("LXMERT, batch 16:", results["lxmert"])
     results["long context"] = long_context(args.device, args.quick)
+    for name, check in (("device map", big.device_mapped), ("bitsandbytes", big.bitsandbytes_on_device),
+                        ("half precision", big.half_precision_on_device)):
+        results[name] = check(args.device)
+        values = results[name]
+        largest = max(values, key=lambda key: float("inf") if values[key] != values[key] else values[key])  # NaN first
+        print(f"{name}: {len(values)} explanations, largest relative difference {values[largest]:.2e} ({largest}; NaN: "
+              "a result not on the inputs' device)")
+    results["real size"] = big.real_size_on_device(args.device, args.quick)
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2))
 

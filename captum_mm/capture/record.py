@@ -26,7 +26,7 @@ from captum_mm.capture.eager import (
     exact_eager_attention,
 )
 from captum_mm.capture.lean import Fusion, LeanMaps, LeanSite, lean_module, recording, stop_recording
-from captum_mm.capture.settings import RECORDED_EAGER, require_parameter_gradients, use_eager_attention
+from captum_mm.capture.settings import RECORDED_EAGER, pause_gradient_checkpointing, require_parameter_gradients, use_eager_attention
 from captum_mm.capture.windows import concatenate_images, join_windows
 from captum_mm.relevance.schedule import AttentionEvent
 from captum_mm.spec import AttentionSpec
@@ -275,6 +275,7 @@ def capture_attention(
     token, lean_token = _recording.set({}), recording({id(module): site for module, site in sites.items()})
     try:
         configs = [getattr(spec.module, "config") for spec in recorded]
+        handles.append(pause_gradient_checkpointing(model))
         handles.append(use_eager_attention(model, configs, [getattr(module, "config") for module in sites], attention_functions))
         if with_gradients:
             handles.append(require_parameter_gradients(model, gradient_free))

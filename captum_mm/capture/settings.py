@@ -1,6 +1,6 @@
 """What capture switches on a model while it is explained, each undone by the handle it returns: the attention
-implementation of every config (eager; recorded, lean or exact-eager where the adapter declares it) and the
-parameters' ``requires_grad`` flags."""
+implementation of every config (eager; recorded, lean or exact-eager where the adapter declares it), the
+parameters' ``requires_grad`` flags and gradient checkpointing (paused)."""
 
 from typing import Any, Sequence
 
@@ -55,16 +55,41 @@ def use_eager_attention(model: nn.Module, recorded: Sequence[Any] = (), lean: Se
 
 def require_parameter_gradients(model: nn.Module, skip: Sequence[nn.Module] = ()) -> Restore:
     """Make every parameter require grad (so attention maps join the graph), except those of ``skip``
-    (modules no attention map depends on); the handle restores the flags, by owner and name: accelerate's
-    offloading hooks replace a module's parameter objects at every forward (carrying the flag over)."""
+    (modules no attention map depends on) and integer ones (quantized weights: bitsandbytes' packed codes); the handle
+    restores the flags, by owner and name: accelerate's offloading hooks replace a module's parameter objects at every
+    forward (carrying the flag over)."""
     skipped = {id(p) for module in skip for p in module.parameters()}
     frozen = [(owner, name) for owner in model.modules() for name, p in owner.named_parameters(recurse=False)
-              if not p.requires_grad and id(p) not in skipped]
+              if not p.requires_grad and id(p) not in skipped and p.is_floating_point()]
     for owner, name in frozen:
         getattr(owner, name).requires_grad_(True)
 
     def restore() -> None:
         for owner, name in frozen:
             getattr(owner, name).requires_grad_(False)
+
+    return Restore(restore)
+
+
+def pause_gradient_checkpointing(model: nn.Module) -> Restore:
+    """Switch off the gradient checkpointing of ``model``'s layers (HF's ``gradient_checkpointing`` flags, which
+    ``gradient_checkpointing_enable()`` sets and which act in training mode): a checkpointed layer runs its forward
+    again in the backward pass, which would run the capture and LRP hooks of its modules a second time, recording
+    every attention call twice. An explanation keeps each attention map and its graph anyway, so checkpointing saves
+    little there; the handle switches it back on.
+
+    Args:
+        model (nn.Module): The model.
+
+    Returns:
+        *Restore*: Its ``remove()`` sets the flags back.
+    """
+    paused = [module for module in model.modules() if getattr(module, "gradient_checkpointing", False) is True]
+    for module in paused:
+        setattr(module, "gradient_checkpointing", False)
+
+    def restore() -> None:
+        for module in paused:
+            setattr(module, "gradient_checkpointing", True)
 
     return Restore(restore)

@@ -39,6 +39,7 @@ from captum_mm.capture.record import AttentionCall, AttentionRecord
 from captum_mm.lrp.attention import attention_hook, position_keeper
 from captum_mm.lrp.canonizers import Canonizer, GatedProduct
 from captum_mm.lrp.coverage import uncovered_modules
+from captum_mm.lrp.quantized import check_linear_weights
 from captum_mm.lrp.rules import LinearRule, PassThrough, ProportionalResidual, LayerScale, RuleSet, TanhGate, safe_divide
 from captum_mm.lrp.switch import LRPState, Recorder, Switch
 from captum_mm.spec import AttentionParts, AttentionSpec, LinearModule, TensorSource
@@ -131,6 +132,7 @@ def lrp_rules(
             "capture record its calls are kept in."
         )
     _check_coverage(model, structure, attention)
+    check_linear_weights((name, module) for name, module in model.named_modules() if isinstance(module, LINEAR_TYPES))
     attention_parts = {id(spec.probs.module) for spec in attention if spec.probs.module is not spec.module}
     names = {module: name for name, module in model.named_modules()}
     try:

@@ -2,7 +2,8 @@
 was written for on the path between the attention maps and the output (an unknown normalisation, an expert block),
 rather than pass relevance through it unverified.
 
-Checked: every module owning parameters inside a transformer layer (the :class:`~torch.nn.ModuleList` entry holding
+Checked: every module owning parameters or persistent buffers (a quantized layer may hold its weights as buffers only,
+as GPTQ's) inside a transformer layer (the :class:`~torch.nn.ModuleList` entry holding
 an attention module) and inside each attention module. Covered are linear modules (the linear rule, the attention's
 projections among them), embeddings (position biases; relevance stops there), the attention modules, and the types
 the adapter declares: pass-through types outside attention modules, ``LRPStructure.covered_types`` anywhere.
@@ -28,11 +29,16 @@ def _within(name: str, roots: Iterable[str]) -> bool:
     return any(name == root or name.startswith(root + ".") for root in roots)
 
 
+def _holds_weights(module: nn.Module) -> bool:
+    persistent = [name for name in module._buffers if name not in module._non_persistent_buffers_set]
+    return bool(persistent) or any(True for _ in module.parameters(recurse=False))
+
+
 def uncovered_modules(
     model: nn.Module, attention: Sequence[AttentionSpec], linear_types: Tuple[type, ...], pass_through: Tuple[type, ...],
     covered: Tuple[type, ...],
 ) -> List[str]:
-    """The modules owning parameters that no rule covers, as ``"name (Class)"``.
+    """The modules owning parameters or persistent buffers that no rule covers, as ``"name (Class)"``.
 
     Args:
         model (nn.Module): The model.
@@ -49,7 +55,7 @@ def uncovered_modules(
     layers = {layer for layer in map(_layer_of, attention_names) if layer}
     found = []
     for name, module in model.named_modules():
-        if not any(True for _ in module.parameters(recurse=False)):
+        if not _holds_weights(module):
             continue
         inside_attention = _within(name, attention_names) and name not in attention_names
         if not (inside_attention or _within(name, layers)) or name in attention_names:

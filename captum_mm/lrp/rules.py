@@ -23,6 +23,7 @@ from transformers.pytorch_utils import Conv1D
 
 from captum_mm._offload import forward_parameter
 from captum_mm._precision import exact
+from captum_mm.lrp.quantized import dense_weight
 from captum_mm.spec import LinearModule, TensorSource
 
 STABILIZER = 1e-9
@@ -43,7 +44,7 @@ def per_sample_sum(tensor: Tensor) -> Tensor:
 def linear_weight(module: LinearModule) -> Tensor:
     """A linear module's weight as ``nn.Linear`` holds it, ``[out, in]`` (GPT-2's ``Conv1D`` transposed): the
     value its forward used, also where accelerate offloaded it (a meta tensor between forwards; read from the
-    module's offloading hook's weights map).
+    module's offloading hook's weights map), dequantized where the layer is quantized (:mod:`captum_mm.lrp.quantized`).
 
     Args:
         module (nn.Linear or Conv1D): The module.
@@ -51,7 +52,7 @@ def linear_weight(module: LinearModule) -> Tensor:
     Returns:
         *Tensor*: ``[out, in]``.
     """
-    weight = forward_parameter(module, "weight")
+    weight = dense_weight(module, forward_parameter(module, "weight"))
     return weight.T if isinstance(module, Conv1D) else weight
 
 

@@ -1,7 +1,9 @@
 """Models dispatched by accelerate (offloaded to CPU or disk, split over CPU and disk by a device map, loaded by
 from_pretrained with a device map) are explained by every method exactly as the plain model. Their offloading hooks
 put the weights back on the meta device as each module's forward ends; the LRP rules read the weight the forward
-used from the hooks' maps. Compared in float64 (LRP is ill-conditioned in float32 on random models)."""
+used from the hooks' maps. Compared in float64 (LRP is ill-conditioned in float32 on random models), but for
+torchao-quantized models (float32 only; their weights dequantized from the hooks' maps) and models with gradient
+checkpointing left on, compared with themselves before offloading."""
 
 import copy
 import itertools
@@ -149,3 +151,29 @@ def test_weights_loaded_by_a_parent_hook_refused_by_lrp_methods() -> None:
     with pytest.raises(ValueError, match="preload_module_classes"):
         family.explain(TransformerAttribution(dispatched))
     assert_same_explanation(family.explain(GenericAttention(dispatched)), family.reference("generic"))
+
+
+def quantized(model: nn.Module) -> nn.Module:
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    quantize_(model, Int8WeightOnlyConfig())
+    return model
+
+
+def checkpointed(model: nn.Module) -> nn.Module:
+    model.gradient_checkpointing_enable()
+    return model.train()  # checkpointing acts in training mode (the Llama has no dropout)
+
+
+@pytest.mark.parametrize("prepare", [quantized, checkpointed])
+def test_offloaded_quantized_or_checkpointed_model_explained_as_before_offloading(prepare: Callable[[nn.Module], nn.Module]) -> None:
+    """torchao's int8 weights offloaded (the rules dequantize the hook's copy), gradient checkpointing left on."""
+    from big_models import KINDS, relative_error
+
+    torch.manual_seed(0)
+    family = KINDS["llama"]()
+    model = prepare(copy.deepcopy(family.model))
+    dispatched = cpu_offload(copy.deepcopy(model), execution_device=CPU)
+    assert any(parameter.device.type == "meta" for parameter in dispatched.parameters())
+    for method in EXPLAINED:
+        assert relative_error(family.relevance(method, dispatched), family.relevance(method, model)) == 0, method
