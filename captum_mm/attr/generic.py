@@ -9,6 +9,7 @@ from captum_mm.lrp import RuleSet
 from captum_mm.relevance.heads import gradient_weighted, relevance_weighted
 from captum_mm.relevance.propagation import Matrices, generic_relevance
 from captum_mm.relevance.schedule import Schedule
+from captum_mm.relevance.streaming import RowRule
 
 HEAD_WEIGHTINGS = ("gradient", "lrp")
 ZERO_ROW_UPDATES = ("keep", "drop")
@@ -96,7 +97,8 @@ class GenericAttention(AttentionAttribution):
         self.self_in_bimodal = self_in_bimodal
         self.head_weighting = head_weighting
         lrp = head_weighting == "lrp"
-        self.needs = Needs(probabilities=not lrp, gradients=True, relevance=lrp, fusion=None if lrp else "gradient_weighted")
+        self.needs = Needs(probabilities=not lrp, gradients=True, relevance=lrp, fusion=None if lrp else "gradient_weighted",
+                           rows=RowRule(aggregate))
         self.rules = rules
         self.zero_row_update = zero_row_update
         self._set_start_layer(start_layer)

@@ -18,7 +18,7 @@ models get an exact float64 softmax (:mod:`captum_mm.capture.eager`).
 
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, TypeVar, cast
+from typing import Any, Callable, Dict, List, Literal, Optional, Protocol, Sequence, Tuple, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +38,16 @@ Fusion = Literal["head_mean", "gradient_weighted", "grad_cam"]
 Result = TypeVar("Result")
 
 
+class MapSink(Protocol):
+    """Where a lean backward hands its map chunk by chunk instead of keeping it (:mod:`captum_mm.attr._streaming`)."""
+
+    def add(self, rows: slice, columns: slice, values: Tensor) -> None:
+        """Take the map's ``values`` ``[B, rows, columns]`` (per sample of the call's batch)."""
+
+    def close(self) -> None:
+        """The call's map is complete."""
+
+
 @dataclass(frozen=True)
 class LeanRequest:
     """What a lean call's backward computes while :func:`lean_backward` runs.
@@ -47,12 +57,14 @@ class LeanRequest:
         fusion (Fusion): Its head reduction.
         rows, columns (Tensor): ``[B, Nq]``, ``[B, Nk]`` real tokens the explained element of each sample sees (True
                     for samples with none), for Grad-CAM's gradient mean.
+        sink (MapSink, optional): Takes the map chunk by chunk; then no ``[B, Nq, Nk]`` map is kept. Default: None
     """
 
     maps: "LeanMaps"
     fusion: Fusion
     rows: Tensor
     columns: Tensor
+    sink: Optional[MapSink] = None
 
 
 @dataclass
@@ -79,7 +91,7 @@ class LeanMaps:
     _exchange: _Exchange = field(default_factory=_Exchange, repr=False, compare=False)
 
 
-def lean_backward(requests: Sequence[LeanRequest], backward: Callable[[], Result]) -> Tuple[Result, List[Tensor]]:
+def lean_backward(requests: Sequence[LeanRequest], backward: Callable[[], Result]) -> Tuple[Result, List[Optional[Tensor]]]:
     """Run ``backward``, an autograd pass reaching the calls of ``requests``, each computing what its request asks
     (any other lean call it reaches computes no map).
 
@@ -88,13 +100,14 @@ def lean_backward(requests: Sequence[LeanRequest], backward: Callable[[], Result
         backward (Callable): Runs the autograd pass.
 
     Returns:
-        *tuple*: ``backward``'s result, and each request's map ``[B, Nq, Nk]`` for its seed, in order.
+        *tuple*: ``backward``'s result, and each request's map ``[B, Nq, Nk]`` for its seed, in order (None for a
+        request with a sink, which took the map).
     """
     for request in requests:
         request.maps._exchange.request = request
     try:
         result = backward()
-        return result, [cast(Tensor, request.maps._exchange.fused) for request in requests]
+        return result, [request.maps._exchange.fused for request in requests]
     finally:
         for request in requests:  # closed: no request, no map
             request.maps._exchange.request, request.maps._exchange.fused = None, None
@@ -233,7 +246,7 @@ class _LeanAttention(torch.autograd.Function):
         keys, values = _repeated(key, options.groups), _repeated(value, options.groups)
         grad_query, grad_keys, grad_values = torch.empty_like(query), torch.zeros_like(keys), torch.zeros_like(values)
         grad_bias = torch.zeros_like(bias) if ctx.needs_input_grad[4] else None
-        fused = None if fusion is None else query.new_zeros(query.shape[0], query.shape[2], key.shape[2], dtype=exact_dtype)
+        sink = None if request is None else (request.sink or _Buffer(query.new_zeros(query.shape[0], query.shape[2], key.shape[2], dtype=exact_dtype)))
         gradient_sums = query.new_zeros(query.shape[0], query.shape[1], 1, 1, dtype=exact_dtype)  # Grad-CAM: dA over real entries
         every = slice(0, key.shape[2])
         chunks = row_chunks(query, key.shape[2], None) if fusion == "grad_cam" else ctx.chunks  # Grad-CAM's mean: every key
@@ -244,7 +257,7 @@ class _LeanAttention(torch.autograd.Function):
             grad_values[:, :, columns] += torch.matmul(probs.transpose(-1, -2), grad_chunk)
             weighted = exact(probs) * exact(grad_probs)  # A * dA, which Eq. 5 reuses
             if fusion == "gradient_weighted":
-                cast(Tensor, fused)[:, rows, columns] = weighted.clamp(min=0).mean(dim=-3)
+                cast(MapSink, sink).add(rows, columns, weighted.clamp(min=0).mean(dim=-3))
             # softmax's backward: A * dA - A * rowsum(A * dA)
             grad_logits = weighted.addcmul_(exact(probs), weighted.sum(-1, keepdim=True), value=-1).to(probs.dtype)
             if grad_bias is not None:
@@ -260,10 +273,26 @@ class _LeanAttention(torch.autograd.Function):
             count = (cast(LeanRequest, request).rows.sum(-1) * cast(LeanRequest, request).columns.sum(-1)).clamp(min=1)
             weights = gradient_sums / count.to(gradient_sums.dtype)[:, None, None, None]
             for rows, _ in chunks:
-                cast(Tensor, fused)[:, rows] = weighted_head_mean(weights, exact(_probabilities(query, keys, bias, mask, rows, options, every)))
-        maps._exchange.fused = fused
+                probs = exact(_probabilities(query, keys, bias, mask, rows, options, every))
+                cast(MapSink, sink).add(rows, every, weighted_head_mean(weights, probs))
+        if sink is not None:
+            sink.close()
+        maps._exchange.fused = sink.values if isinstance(sink, _Buffer) else None
         grad_key, grad_value = _summed_groups(grad_keys, options.groups), _summed_groups(grad_values, options.groups)
         return grad_query, grad_key, grad_value, None, grad_bias, torch.zeros_like(maps.probe), None
+
+
+class _Buffer:
+    """The :class:`MapSink` keeping the whole map ``values`` ``[B, Nq, Nk]`` (zero where no chunk wrote)."""
+
+    def __init__(self, values: Tensor) -> None:
+        self.values = values
+
+    def add(self, rows: slice, columns: slice, values: Tensor) -> None:
+        self.values[:, rows, columns] = values
+
+    def close(self) -> None:
+        pass
 
 
 def _real(request: LeanRequest, rows: slice) -> Tensor:
