@@ -11,13 +11,13 @@ from captum_mm.attr._pass import Needs
 from captum_mm.capture.record import AttentionCall
 from captum_mm.relevance.propagation import self_attention_only
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
-from captum_mm.relevance.streaming import RowPass, RowRule, RowUpdate, StreamedRows, streamable
+from captum_mm.relevance.streaming import RowPass, RowRule, RowUpdate, StreamedRows, own_events, streamable
 
 
 def streamed_modalities(schedule: Schedule, events: List[AttentionEvent], calls: List[AttentionCall], needs: Needs) -> FrozenSet[str]:
     """The modalities whose readout rows the engine streams for a method's events: each read from its own relevance
-    (no stage) whose self-attention events the method all uses, all captured lean (their maps handed over inside the
-    backward, last layer first) or all eager (read after it, last first), for a method with a backward pass and a
+    (no stage) whose self-attention events among the method's are all captured lean (their maps handed over inside
+    the backward, last layer first) or all eager (read after it, last first), for a method with a backward pass and a
     ``needs.rows`` rule, on a self-attention-only schedule.
 
     Args:
@@ -34,8 +34,8 @@ def streamed_modalities(schedule: Schedule, events: List[AttentionEvent], calls:
     used = {event.call: call for event, call in zip(events, calls)}
     modalities = []
     for modality in streamable(schedule):
-        own = schedule.self_events(modality)
-        if own and all(event.call in used for event in own) and len({used[event.call].lean is None for event in own}) == 1:
+        own = own_events(events, modality)
+        if own and len({used[event.call].lean is None for event in own}) == 1:
             modalities.append(modality)
     return frozenset(modalities)
 
@@ -55,7 +55,7 @@ def streamed_rows(schedule: Schedule, events: List[AttentionEvent], calls: List[
         *StreamedRows or None*
     """
     modalities = streamed_modalities(schedule, events, calls, needs)
-    return StreamedRows(schedule, cast(RowRule, needs.rows), modalities, like) if modalities else None
+    return StreamedRows(schedule, cast(RowRule, needs.rows), modalities, like, events) if modalities else None
 
 
 class LeanSink:
@@ -86,6 +86,17 @@ class LeanSink:
         check_finite_map(values[:, None], lambda: self.real_rows[:, rows, None] & self.real_columns[:, None, columns],
                          self.sample, self.event.name)
         self._update().add(rows, columns, values[self.sample])
+
+    def wants(self, rows: slice) -> bool:
+        """Whether some member's rows before the event are nonzero on ``rows`` (real tokens only).
+
+        Args:
+            rows (slice): A chunk's rows.
+
+        Returns:
+            *bool*
+        """
+        return bool(self._update().source[:, :, rows].any())
 
     def close(self) -> None:
         """The map is complete: update the rows."""

@@ -5,7 +5,7 @@ the caller reads the readout rows. ``maps`` holds one fused map per event, keyed
 the event's call index.
 """
 
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -20,7 +20,7 @@ from captum_mm.relevance.rules import (
     self_attention_deltas,
 )
 from captum_mm.relevance.schedule import AttentionEvent, Schedule, Stage
-from captum_mm.relevance.streaming import FusedMaps, RowRule
+from captum_mm.relevance.streaming import FusedMaps, RowRule, own_events
 
 Maps = Dict[int, Tensor]
 #: ``v S`` for rows ``v`` (``[E, k, N]``) and one event's fused map (``[E, N, N]``): one factor of a product ``R = S_L ... S_1``.
@@ -41,10 +41,13 @@ class RowRelevance:
         maps (dict[int, Tensor]): One fused ``[E, N, N]`` map per event, keyed by its call index (streamed events'
                     left out).
         step (Callable): ``step(v, A_bar) = v S_l`` for rows ``v`` ``[E, k, N]``.
+        events (sequence of AttentionEvent, optional): The events propagated (the last layer's alone for raw
+                    attention and Grad-CAM). Default: None (every event of the schedule)
     """
 
-    def __init__(self, schedule: Schedule, maps: Maps, step: RowStep) -> None:
+    def __init__(self, schedule: Schedule, maps: Maps, step: RowStep, events: Optional[Sequence[AttentionEvent]] = None) -> None:
         self.schedule, self.maps, self.step = schedule, maps, step
+        self.events = schedule.events if events is None else list(events)
         self.streamed = maps.streamed if isinstance(maps, FusedMaps) else None
 
     def rows(self, pair: Tuple[str, str], rows: Tensor, weights: Optional[Tensor] = None) -> Tensor:
@@ -70,7 +73,7 @@ class RowRelevance:
         if self.streamed is not None and modality in self.streamed.values:
             return self.streamed.rows(modality, rows, self.step)
         values = rows[:, None]
-        for event in reversed(self.schedule.self_events(modality)):
+        for event in reversed(own_events(self.events, modality)):
             values = self.step(values, self.maps[event.call])
         return values[:, 0]
 

@@ -8,7 +8,7 @@ then dropped: ``[E, k, N]`` rows per modality instead of one ``[E, N, N]`` map p
 """
 
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, Optional
+from typing import Dict, FrozenSet, List, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -53,13 +53,16 @@ class StreamedRows:
         rule (RowRule): How an event's map updates the rows.
         modalities (frozenset of str): The modalities streamed: each is read from its own rows (``R^{ss}``).
         like (Tensor): A tensor of the rows' dtype and device.
+        events (sequence of AttentionEvent, optional): The events the method propagates. Default: None (all)
     """
 
-    def __init__(self, schedule: Schedule, rule: RowRule, modalities: FrozenSet[str], like: Tensor) -> None:
+    def __init__(self, schedule: Schedule, rule: RowRule, modalities: FrozenSet[str], like: Tensor,
+                 events: Optional[Sequence[AttentionEvent]] = None) -> None:
         self.schedule, self.rule = schedule, rule
+        events = schedule.events if events is None else events
         self.values = {modality: _starts(schedule, modality).to(like) for modality in modalities}
         self.starts = {modality: rows.clone() for modality, rows in self.values.items()}
-        self.order = {modality: [event.call for event in reversed(schedule.self_events(modality))] for modality in modalities}
+        self.order = {modality: [event.call for event in reversed(own_events(events, modality))] for modality in modalities}
 
     @property
     def calls(self) -> FrozenSet[int]:
@@ -167,6 +170,19 @@ class FusedMaps(Dict[int, Tensor]):
     def __init__(self, maps: Dict[int, Tensor], streamed: Optional[StreamedRows] = None) -> None:
         super().__init__(maps)
         self.streamed = streamed
+
+
+def own_events(events: Sequence[AttentionEvent], modality: str) -> List[AttentionEvent]:
+    """The self-attention events of ``modality`` among ``events``, in order.
+
+    Args:
+        events (sequence of AttentionEvent): Events in schedule order.
+        modality (str): The modality.
+
+    Returns:
+        *list of AttentionEvent*
+    """
+    return [event for event in events if event.is_self and event.query == modality]
 
 
 def _starts(schedule: Schedule, modality: str) -> Tensor:

@@ -7,7 +7,7 @@ import torch
 from helpers import CASES, LANGUAGE_MODELS, VLMS, in_dtype, language_model, prompt_batch
 from test_lean import CLASSIFIERS, CONTINUATION, GENERATIVE, generative
 
-from captum_mm.attr import GenericAttention, TransformerAttribution
+from captum_mm.attr import AttentionGradCam, GenericAttention, TransformerAttribution
 from captum_mm.attr import _memory
 from captum_mm.capture import chunks
 from captum_mm.relevance import streaming
@@ -18,6 +18,7 @@ STREAMED_METHODS = {
     "generic": GenericAttention,
     "generic-no-aggregation": lambda *models: GenericAttention(*models, normalize=False, aggregate=False),
     "transformer-attribution": TransformerAttribution,
+    "grad-cam": AttentionGradCam,  # the last map's readout rows only
 }
 #: Families whose every schedule event is self-attention: their readout modality (text) is streamed.
 SELF_ATTENTION_ONLY = set(LANGUAGE_MODELS) | set(VLMS) | {"qwen3_vl_moe"}
@@ -45,7 +46,8 @@ def streamed_and_stored(make, explain):
 
 
 @pytest.mark.parametrize(("family", "method"), [(family, method) for family in GENERATIVE for method in sorted(STREAMED_METHODS)
-                                                if family in SELF_ATTENTION_ONLY or method == "generic"])
+                                                if family in SELF_ATTENTION_ONLY and method != "grad-cam" or method == "generic"]
+                         + [(family, "grad-cam") for family in ("llama", "gpt2", "llava", "qwen2_vl")])
 def test_streaming_equals_the_stored_maps_on_generated_tokens(family, method, streamed_updates):
     model, prompt = generative(family)
     make = lambda: STREAMED_METHODS[method](model)  # noqa: E731
@@ -77,14 +79,16 @@ def test_streaming_equals_the_stored_maps_on_classifiers(family, streamed_update
     assert len(set(streamed_updates)) == {"clip": 2, "detr": 0}.get(family, 1)
 
 
-def test_streaming_in_chunks_of_one_row_equals_one_chunk(monkeypatch):
+@pytest.mark.parametrize("method", ["generic", "grad-cam"])
+def test_streaming_in_chunks_of_one_row_equals_the_stored_maps(method, monkeypatch):
+    """One row a chunk: Grad-CAM's second pass then computes only the readout rows' chunks."""
     model = language_model("llama")
     ids, mask = prompt_batch()
     prompt = {"input_ids": ids, "attention_mask": mask}
-    whole = GenericAttention(model).explain(prompt, continuation=CONTINUATION)
+    stored = STREAMED_METHODS[method](model).explain(prompt, continuation=CONTINUATION, streaming=False)
     monkeypatch.setattr(chunks, "CHUNK_ELEMENTS", 1)
-    rows = GenericAttention(model).explain(prompt, continuation=CONTINUATION)
-    torch.testing.assert_close(rows.text, whole.text, atol=1e-7, rtol=1e-6)
+    rows = STREAMED_METHODS[method](model).explain(prompt, continuation=CONTINUATION)
+    torch.testing.assert_close(rows.text, stored.text, atol=1e-7, rtol=1e-6)
 
 
 def test_streaming_keeps_no_map_and_a_memory_budget_counts_rows_only(monkeypatch):
