@@ -45,9 +45,9 @@ def streamed_and_stored(make, explain):
     return explain(make(), True), explain(make(), False)
 
 
-@pytest.mark.parametrize(("family", "method"), [(family, method) for family in GENERATIVE for method in sorted(STREAMED_METHODS)
-                                                if family in SELF_ATTENTION_ONLY and method != "grad-cam" or method == "generic"]
-                         + [(family, "grad-cam") for family in ("llama", "gpt2", "llava", "qwen2_vl")])
+@pytest.mark.parametrize(("family", "method"), [(family, method) for family in GENERATIVE for method in ("generic", "transformer-attribution")
+                                                if family in SELF_ATTENTION_ONLY or method == "generic"]
+                         + [(family, method) for family in ("llama", "gpt2", "llava", "qwen2_vl") for method in ("generic-no-aggregation", "grad-cam")])
 def test_streaming_equals_the_stored_maps_on_generated_tokens(family, method, streamed_updates):
     model, prompt = generative(family)
     make = lambda: STREAMED_METHODS[method](model)  # noqa: E731
@@ -67,12 +67,14 @@ def test_streaming_equals_the_stored_maps_in_float64(family, method):
     assert_same(streamed, stored, torch.float64)
 
 
-@pytest.mark.parametrize("family", CLASSIFIERS)
-def test_streaming_equals_the_stored_maps_on_classifiers(family, streamed_updates):
-    """ViT, BERT and CLIP (both towers read from their own rows) stream; DETR (cross-attention) keeps its maps."""
+@pytest.mark.parametrize("method", ["generic", "transformer-attribution"])
+@pytest.mark.parametrize("family", CLASSIFIERS + ["swin"])
+def test_streaming_equals_the_stored_maps_on_classifiers(family, method, streamed_updates):
+    """ViT, BERT, CLIP (both towers read from their own rows) and Swin's last stage stream, lean or eager; DETR
+    (cross-attention) keeps its maps."""
     case = CASES[family]()
     options = {"threshold": 0.0} if family == "detr" else {}
-    make = lambda: GenericAttention(case.forward, case.model)  # noqa: E731
+    make = lambda: STREAMED_METHODS[method](case.forward, case.model)  # noqa: E731
     explain = lambda e, on: e.explain(case.inputs, additional_forward_args=case.additional, streaming=on, **options)  # noqa: E731
     streamed, stored = streamed_and_stored(make, explain)
     assert_same(streamed, stored)
