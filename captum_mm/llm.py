@@ -142,10 +142,11 @@ def segment_relevance(grid: Tensor, inp: ImageMaskInput) -> Tensor:
     """``[tokens, segments]``: patch-grid relevance ``[tokens, h, w]`` spread evenly over the image's pixels
     (each patch's share divided among the pixels it covers), summed over each segment's pixels; a tiled image's
     ``[tokens, tiles, h, w]`` only with one tile (where several tiles lie in the image is the processor's)."""
+    if grid.dim() == 5 or (grid.dim() == 4 and grid.shape[1] != 1):
+        raise ValueError(f"An ImageMaskInput is one image read on one tile: the prompt's image relevance is "
+                         f"{tuple(grid.shape[1:-2])} images or tiles (a tile's place in the image is the processor's). Make "
+                         "the processor give one image of one tile, or read explain(...).image for several.")
     if grid.dim() == 4:
-        if grid.shape[1] != 1:
-            raise ValueError(f"An ImageMaskInput is read on one tile: the prompt's image has {grid.shape[1]} tiles, whose "
-                             "places in the image are the processor's. Make the processor give one tile.")
         grid = grid[:, 0]
     if grid.dim() != 3:
         raise ValueError("An ImageMaskInput needs image relevance on a patch grid: this model's explanation has none.")

@@ -58,6 +58,8 @@ class AttentionParts:
         query_norm, key_norm (nn.Module, optional): QK-norm (Qwen3, Gemma 3): a normalisation over each head's
                     ``d`` features applied to the projected queries (keys) before the rotary embedding; relevance
                     passes it unchanged. Default: None
+        norm_spans_heads (bool): ``query_norm``/``key_norm`` normalise all heads' features together, before the heads
+                    are split (InternViT's). Default: False
     """
 
     query: LinearModule
@@ -70,6 +72,7 @@ class AttentionParts:
     fused: bool = False
     query_norm: Optional[nn.Module] = None
     key_norm: Optional[nn.Module] = None
+    norm_spans_heads: bool = False
 
     def __post_init__(self) -> None:
         if self.fused and len({id(self.query), id(self.key), id(self.value)}) > 1:

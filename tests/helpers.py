@@ -411,17 +411,21 @@ def gemma3_vl(vision_layers=2, layers=2) -> nn.Module:
     return model
 
 
-def internvl(vision_layers=2, layers=2) -> nn.Module:
+def internvl(vision_layers=2, layers=2, qk_norm=False) -> nn.Module:
     """An InternViT tower over an 8 x 8 grid of 4 x 4 patches and a class token, pixel-shuffled 2 x 2 into 16 image
-    tokens, and a Qwen2 LM. The class token and position embeddings, zero as HF initialises them, drawn at random."""
+    tokens, and a Qwen2 LM. The class token and position embeddings, zero as HF initialises them, drawn at random;
+    ``qk_norm``: InternViT-6B's RMSNorms over all heads' queries and keys, their weights drawn at random."""
     vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=vision_layers, num_attention_heads=4,
-                  image_size=32, patch_size=4)
+                  image_size=32, patch_size=4, use_qk_norm=qk_norm)
     text = dict(model_type="qwen2", num_hidden_layers=layers, **_LLAMA_LIKE)
     model = InternVLForConditionalGeneration(InternVLConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN)).eval()
     embeddings = model.model.vision_tower.embeddings
     with torch.no_grad():
         embeddings.cls_token.normal_(0, 0.2)
         embeddings.position_embeddings.normal_(0, 0.2)
+        for name, parameter in model.model.vision_tower.named_parameters():
+            if "q_norm" in name or "k_norm" in name:
+                parameter.normal_(1.0, 0.5)
     return model
 
 

@@ -108,6 +108,7 @@ class Blip2Adapter(VisionLanguageAdapter):
         return Stage((QUERY, VISION), slice(None), slice(1, None))  # patches: the tower's class token left out
 
     image_tokens_on_grid = False
+    several_images = False  # one image a prompt: its queries' tokens
 
     def stage_masks(self, pixels: Tensor) -> Dict[str, Tensor]:
         return {QUERY: torch.ones(pixels.shape[0], int(self.model.config.num_query_tokens), dtype=torch.bool, device=pixels.device)}

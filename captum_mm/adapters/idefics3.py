@@ -5,8 +5,9 @@ values are 5-D, ``[batch, images, channels, height, width]``.
 Schedule and readouts of the VLM base (:mod:`captum_mm.adapters.vision_language`), with the token map ``P`` of the
 pixel shuffle: each image token spreads its relevance evenly over the ``s^2`` patches it is made of
 (``P[token, patch] = 1 / s^2``), so ``image = R^{g,tok} . P . R^{vv}`` on the patch grid; stopping at
-the image tokens gives them on the ``h/s x w/s`` token grid. One image per prompt: the processor's image
-splitting (several sub-images per prompt) is not explained yet and is refused with a clear error.
+the image tokens gives them on the ``h/s x w/s`` token grid. Several images a prompt (the base's): the processor's
+image splitting makes each crop and the downscaled whole image images of the prompt, in its order (the crops row by
+row, then the whole image), each with its own map; all-zero images are padding (the model drops them).
 """
 
 from types import MappingProxyType
@@ -21,7 +22,7 @@ from transformers.models.smolvlm.modeling_smolvlm import SmolVLMEncoderLayer, Sm
 from captum_mm.adapters.decoder import DecoderOnlyAdapter
 from captum_mm.adapters.llama import LlamaAdapter
 from captum_mm.adapters.vision_language import VisionLanguageAdapter
-from captum_mm.models.arguments import Argument, require
+from captum_mm.models.arguments import Argument
 from captum_mm.models.registry import register_adapter
 
 IMAGES = "[batch, images, channels, height, width]"
@@ -53,12 +54,16 @@ class Idefics3Adapter(VisionLanguageAdapter):
     def language_model(self) -> nn.Module:
         return self.model.model.text_model
 
-    def check_arguments(self, arguments: Dict[str, Any]) -> None:
-        pixels = arguments.get("pixel_values")
-        if pixels is not None and pixels.dim() == 5:
-            require(pixels.shape[1] == 1, f"One image per prompt (pixel_values [batch, 1, channels, height, width]), got "
-                    f"{pixels.shape[1]} images per prompt: explain without the processor's image splitting.")
-        super().check_arguments(arguments)
+    def images_given(self, arguments: Dict[str, Any]) -> int:
+        """The images that are not padding (the model drops all-zero ones, as the processor pads).
+
+        Args:
+            arguments (dict): The forward's arguments.
+
+        Returns:
+            *int*: Their count.
+        """
+        return int((arguments["pixel_values"] != 0).flatten(2).any(-1).sum())
 
     def _features_per_image(self, pixels: Tensor, arguments: Dict[str, Any]) -> int:
         tokens = self.token_grid((pixels.shape[-2] // self._patch_size(), pixels.shape[-1] // self._patch_size()))

@@ -8,9 +8,11 @@ states at ``vision_feature_layer`` without the class token under the "default" s
 is the pixel shuffle: each image token spreads its relevance evenly over the ``s^2`` patches it is made of
 (computed by the model's own ``pixel_shuffle`` applied to patch indices: HF names its axes width and height, but
 its two permutes cancel, so the blocks are row-major as Idefics3's; tested by perturbing one patch). LRP: the layer scales scale the residual branches (:class:`~captum_mm.lrp.rules.LayerScale`, a ``ResidualRuleSite`` gate), the norms and the
-projector's LayerNorm pass relevance through, its linears take the linear rules.
+projector's LayerNorm pass relevance through, its linears take the linear rules; InternViT-6B's QK-norm
+(``use_qk_norm``, an RMSNorm over all heads' queries or keys) passes it through inside the attention rule.
 """
 
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
@@ -32,7 +34,7 @@ from captum_mm.models.arguments import require
 from captum_mm.models.registry import register_adapter
 from captum_mm.models.specs import attention_specs_in, projected_parts
 from captum_mm.models.structure import first_argument
-from captum_mm.spec import AttentionSpec, TensorSource, self_attention
+from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource, self_attention
 
 
 @register_adapter
@@ -59,10 +61,8 @@ class InternVLAdapter(VisionLanguageAdapter):
         return self.model.model.language_model
 
     def vision_specs(self, names: Dict[nn.Module, str]) -> List[AttentionSpec]:
-        require(not cast(Any, self.model.config.vision_config).use_qk_norm, f"{type(self.model).__name__} with QK-norm in "
-                "its vision tower (vision_config.use_qk_norm) is not explained yet: its norms span all heads.")
         return attention_specs_in(self.vision_tower(), self.vision_attention_classes, self_attention("vision"),
-                                  lambda m: projected_parts(m, m.num_heads, m.projection_layer), names=names)
+                                  _vision_parts, names=names)
 
     def _vision_layers(self) -> Sequence[Any]:
         return cast(Sequence[Any], cast(Any, self.vision_tower()).encoder.layer)
@@ -106,6 +106,15 @@ class InternVLAdapter(VisionLanguageAdapter):
             vision += [ResidualRuleSite(middle, TensorSource(layer.attention, index=0), TensorSource(layer, "hidden_states"),
                                         LayerScale(layer.lambda_1)),
                        ResidualRuleSite(TensorSource(layer), TensorSource(layer.mlp), middle, LayerScale(layer.lambda_2))]
-        # the layer scales are the layers' own parameters, covered by the residual sites above
+        # the layer scales are the layers' own parameters, covered by the residual sites above; QK-norm by the attention rule
         return LlamaAdapter.lrp_structure(self) + LRPStructure(vision, (InternVLVisionRMSNorm,),
-                                                               covered_types=self.vision_layer_classes)
+                                                               covered_types=(*self.vision_layer_classes, InternVLVisionRMSNorm))
+
+
+def _vision_parts(module: Any) -> AttentionParts:
+    """InternViT's attention: ``q_proj``/``k_proj``/``v_proj``, with ``use_qk_norm`` an RMSNorm over all heads'
+    features of the queries and keys (relevance passed through it)."""
+    parts = projected_parts(module, module.num_heads, module.projection_layer)
+    if not module.config.use_qk_norm:
+        return parts
+    return replace(parts, query_norm=module.q_norm, key_norm=module.k_norm, norm_spans_heads=True)

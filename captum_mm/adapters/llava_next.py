@@ -17,7 +17,7 @@ The vision tower is captured eagerly (its maps are laid out after the forward), 
 
 from functools import partial
 from types import MappingProxyType
-from typing import Any, Dict, List, Tuple, cast
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 import torch
 from torch import Tensor
@@ -31,7 +31,7 @@ from transformers.models.llava_next.modeling_llava_next import (
 from captum_mm.adapters.decoder import DecoderOnlyAdapter
 from captum_mm.adapters.llama import LlamaAdapter
 from captum_mm.adapters.llava import LlavaAdapter
-from captum_mm.adapters.vision_language import VISION
+from captum_mm.adapters.vision_language import VISION, VisionLanguageAdapter
 from captum_mm.capture.record import AttentionRecord
 from captum_mm.capture.windows import join_windows
 from captum_mm.models.arguments import Argument, require
@@ -69,6 +69,7 @@ class LlavaNextAdapter(LlavaAdapter):
     # The vision tower's per-tile maps are laid out after the forward: captured eagerly.
     attention_functions = MappingProxyType(dict(LlamaAdapter.attention_functions))
     image_tokens_on_grid = False  # newline tokens end each row
+    several_images = False  # one anyres image a prompt (its base image and tiles)
     arguments = MappingProxyType(dict(
         DecoderOnlyAdapter.arguments,
         # No output: a tile's pixels are not the image's (explain gives the image map; attribute the prompt's tokens).
@@ -204,22 +205,71 @@ def _tiles_on_diagonal(maps: Tensor, tokens: int) -> Tensor:
 
 @register_adapter
 class LlavaOnevisionAdapter(LlavaNextAdapter):
-    """LLaVA-OneVision: LLaVA-NeXT's layout, large tile grids shrunk bilinearly (``vision_aspect_ratio``). One image per
-    prompt (``batch_num_images`` 1); videos are not explained.
+    """LLaVA-OneVision: LLaVA-NeXT's layout, large tile grids shrunk bilinearly (``vision_aspect_ratio``). Several images
+    a prompt (``batch_num_images`` above 1, ``pixel_values`` ``[images, patches, C, H, W]``): the model reads each image's
+    base image alone, its tokens and a newline; each image's map is on its base image's patch grid. Videos are not
+    explained.
 
     Args:
         model (nn.Module): The LLaVA-OneVision model the adapter serves.
     """
 
     model_classes = (LlavaOnevisionForConditionalGeneration,)
+    several_images = True
+    arguments = MappingProxyType(dict(
+        DecoderOnlyAdapter.arguments,
+        pixel_values=Argument(5, "[images, patches, channels, height, width]", None,
+                              "A LLaVA-OneVision prompt needs pixel_values [images, patches, channels, height, width].",
+                              batched=False),
+        image_sizes=Argument(2, "[images, 2]", None, "A LLaVA-OneVision prompt needs image_sizes [images, 2] (height, width).",
+                             batched=False),
+    ))
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
         require(arguments.get("pixel_values_videos") is None, "LLaVA-OneVision's videos (pixel_values_videos) are not "
                 "explained: pass images (pixel_values, image_sizes).")
+        if not self._several(arguments):
+            return super().check_arguments(arguments)
+        images = torch.as_tensor(arguments["batch_num_images"]).tolist()
+        require(min(images) > 1, f"Prompts holding one image (tiled whole) and several (base images only) are explained in "
+                f"separate batches: batch_num_images {images}.")
+        VisionLanguageAdapter.check_arguments(self, arguments)
+
+    def _several(self, arguments: Dict[str, Any]) -> bool:
         images = arguments.get("batch_num_images")
-        require(images is None or bool((torch.as_tensor(images) == 1).all()), f"One image per prompt (batch_num_images 1), "
-                f"got {images}.")
-        super().check_arguments(arguments)
+        return images is not None and int(torch.as_tensor(images).max()) > 1
+
+    def images_per_prompt(self, arguments: Dict[str, Any]) -> Tensor:
+        if not self._several(arguments):
+            return super().images_per_prompt(arguments)
+        return torch.as_tensor(arguments["batch_num_images"])
+
+    def _features_per_image(self, pixels: Tensor, arguments: Dict[str, Any]) -> int:
+        if not self._several(arguments):
+            return super()._features_per_image(pixels, arguments)
+        return self._per_tile() - self.first_feature(arguments) + 1  # and a newline
+
+    def vision_tokens(self, arguments: Dict[str, Any]) -> int:
+        return self._per_tile() if self._several(arguments) else super().vision_tokens(arguments)
+
+    def patch_grid(self, arguments: Dict[str, Any]) -> Tuple[int, int]:
+        side = self._tile_size()[1]
+        return (side, side) if self._several(arguments) else super().patch_grid(arguments)
+
+    def image_readout(self, arguments: Dict[str, Any], query: str, rows: Tensor, key: str, image_tokens: Tensor) -> Readout:
+        if not self._several(arguments):
+            return super().image_readout(arguments, query, rows, key, image_tokens)
+        return VisionLanguageAdapter.image_readout(self, arguments, query, rows, key, image_tokens)
+
+    def token_map(self, grid: Tuple[int, int]) -> Optional[Tensor]:
+        """A base image's tokens read its features one by one; the newline after them nothing."""
+        features = grid[0] * grid[1]
+        return torch.cat([torch.eye(features, dtype=torch.float64), torch.zeros(1, features, dtype=torch.float64)])
+
+    def lay_out_maps(self, record: AttentionRecord) -> None:
+        if self._several(record.arguments):
+            return VisionLanguageAdapter.lay_out_maps(self, record)
+        return super().lay_out_maps(record)
 
     def _pack(self, features: Tensor, arguments: Dict[str, Any]) -> Tensor:
         ratio = arguments.get("vision_aspect_ratio") or self.model.config.vision_aspect_ratio

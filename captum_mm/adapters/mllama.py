@@ -9,9 +9,13 @@ layer self-attention, Eq. 6-7 on ``R^{ss}``, ``R^{sf}``, or text->image cross-at
 (``f``: the projected features, one per tile token without the padding). The tanh gates scale a branch, not a rule.
 Readouts: ``text`` and ``generated`` as for decoder-only LMs (the ``<|image|>`` token is text); ``image`` =
 ``R^{sf}[row] . R^{vv}[features, patches]``, ``[B, K, tiles, h, w]``: each tile's ``h x w`` patch grid (class
-tokens and padding left out).
+tokens and padding left out). Several images a prompt (``pixel_values`` ``[B, images, tiles, C, H, W]``): each
+image's tiles follow the previous image's in the vision and feature modalities (the encoder's maps of a prompt's
+images block-diagonal), and the image output is ``[B, K, images, tiles, h, w]``; an image the processor added as
+padding reads zero, as the cross-attention mask hides it.
 """
 
+from functools import partial
 from types import MappingProxyType
 from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
@@ -32,6 +36,7 @@ from transformers.models.mllama.modeling_mllama import (
 from captum_mm.adapters.decoder import GENERATED, SEQUENCE, TEXT, DecoderOnlyAdapter
 from captum_mm.adapters.llama import LlamaAdapter, rotary_parts
 from captum_mm.capture.record import AttentionRecord
+from captum_mm.capture.windows import images_on_diagonal
 from captum_mm.generation.convention import GenerationConvention
 from captum_mm.lrp.composite import LRPStructure, ResidualRuleSite, TanhGate
 from captum_mm.models.arguments import Argument, require
@@ -126,10 +131,13 @@ class MllamaAdapter(LlamaAdapter):
                 "pixel_values, aspect_ratio_ids and aspect_ratio_mask, so that the vision encoder runs.")
         vision = cast(Any, self.model.config.vision_config)
         pixels, tiles, size = arguments["pixel_values"], vision.max_num_tiles, vision.image_size
-        require(pixels.shape[1] == 1, f"One image per prompt is explained: pixel_values hold {pixels.shape[1]}.")
         require(tuple(pixels.shape[-2:]) == (size, size), f"Each tile is {size}x{size} (vision_config.image_size); "
                 f"pixel_values' tiles are {pixels.shape[-2]}x{pixels.shape[-1]}.")
         require(pixels.shape[2] <= tiles, f"At most {tiles} tiles an image (vision_config.max_num_tiles): got {pixels.shape[2]}.")
+        ratios, shape = (arguments["aspect_ratio_ids"], arguments["aspect_ratio_mask"]), tuple(pixels.shape[:3])
+        require(tuple(ratios[0].shape) == shape[:2] and tuple(ratios[1].shape) == shape, "aspect_ratio_ids [batch, images] "
+                f"and aspect_ratio_mask [batch, images, tiles] must match pixel_values' {shape}, got "
+                f"{tuple(ratios[0].shape)} and {tuple(ratios[1].shape)}.")
         mask = arguments.get("cross_attention_mask")
         require(mask is None or tuple(mask.shape[2:]) == tuple(pixels.shape[1:3]), "cross_attention_mask "
                 f"[batch, tokens, images, tiles] must match pixel_values' images and tiles {tuple(pixels.shape[1:3])}.")
@@ -146,12 +154,25 @@ class MllamaAdapter(LlamaAdapter):
         return language + LRPStructure(sites, covered_types=(MllamaCrossAttentionDecoderLayer, MllamaVisionEncoderLayer,
                                                              MllamaTextRMSNorm))
 
+    def lay_out_maps(self, record: AttentionRecord) -> None:
+        """Several images a prompt: the encoder's maps (one per image, its tiles together) laid out per prompt, its
+        images' maps block-diagonal.
+
+        Args:
+            record (AttentionRecord): The forward's calls.
+        """
+        pixels = record.arguments["pixel_values"]
+        if pixels.shape[1] > 1:
+            for call in record.calls:
+                if call.roles == (VISION, VISION):
+                    call.lay_out(partial(images_on_diagonal, counts=[pixels.shape[1]] * pixels.shape[0]))
+
     def tile_layout(self, pixels: Tensor) -> Tuple[int, int, int]:
         """The tiles of an image, the tokens of a tile (class token and patches) and the vision encoder's tokens
         of a tile (with the padding to a multiple of 8).
 
         Args:
-            pixels (Tensor): ``[B, 1, tiles, C, H, W]``.
+            pixels (Tensor): ``[B, images, tiles, C, H, W]``.
 
         Returns:
             *tuple[int, int, int]*
@@ -163,13 +184,19 @@ class MllamaAdapter(LlamaAdapter):
         mask, readouts = self.sequence_readouts(record, selection)
         pixels = record.arguments["pixel_values"]
         tiles, tokens, padded = self.tile_layout(pixels)
-        vision = cast(Any, self.model.config.vision_config)
+        images, vision = pixels.shape[1], cast(Any, self.model.config.vision_config)
         side = vision.image_size // vision.patch_size
-        starts = torch.arange(tiles, device=pixels.device)[:, None] * padded
+        starts = torch.arange(images * tiles, device=pixels.device)[:, None] * padded  # each image's tiles in turn
         features = (starts + torch.arange(tokens, device=pixels.device)).flatten()
         patches = (starts + torch.arange(1, tokens, device=pixels.device)).flatten()
-        readouts[IMAGE] = Readout(SEQUENCE, readouts[TEXT].rows, FEATURES, grid=(tiles, side, side),
+        grid = (tiles, side, side) if images == 1 else (images, tiles, side, side)
+        readouts[IMAGE] = Readout(SEQUENCE, readouts[TEXT].rows, FEATURES, grid=grid,
                                   through=Stage((VISION, VISION), features, patches))
-        batch = pixels.shape[0]
-        masks = {SEQUENCE: mask, FEATURES: mask.new_ones(batch, tiles * tokens), VISION: mask.new_ones(batch, tiles * padded)}
-        return forward_order_schedule(record, selection, masks, readouts, causal=(SEQUENCE,))
+        real_tiles = record.arguments["aspect_ratio_mask"].flatten(1).bool()  # the processor's padding tiles and images
+        masks = {SEQUENCE: mask, FEATURES: real_tiles.repeat_interleave(tokens, dim=1),
+                 VISION: real_tiles.repeat_interleave(padded, dim=1)}
+        schedule = forward_order_schedule(record, selection, masks, readouts, causal=(SEQUENCE,))
+        if images > 1:
+            image_of = torch.arange(images, device=pixels.device).repeat_interleave(tiles * padded)
+            schedule.segments = {VISION: image_of.expand(selection.sample.shape[0], -1)}
+        return schedule

@@ -7,7 +7,7 @@ rotary positions, which the model computes itself (the explanation's forward pas
 Schedule and readouts of the VLM base (:mod:`captum_mm.adapters.vision_language`): Eq. 6 over every vision layer, the
 LM's stream; ``image = R^{g,tok} . P . R^{vv}`` with ``P`` the merger's pooling (each token's relevance
 spread evenly over its ``m^2`` patches), on the patch grid (the tower's patches come block by block:
-their grid cells say where each goes). One image per prompt, all of one size. LRP: the vision
+their grid cells say where each goes). Several images a prompt, all of one size. LRP: the vision
 attention's fused, rotated projection as GPT-2's and LLaMA's are crossed, its one sequence of all
 images' patches seen image by image; the LM's rules as LLaMA's (its multimodal rotary embedding
 reaches the attention as plain ``cos``/``sin``).
@@ -33,7 +33,7 @@ from captum_mm.adapters.decoder import DecoderOnlyAdapter
 from captum_mm.adapters.llama import LlamaAdapter
 from captum_mm.adapters.vision_language import VISION, VisionLanguageAdapter
 from captum_mm.lrp.composite import LRPStructure, ResidualRuleSite
-from captum_mm.models.arguments import TOKENS, Argument, require, text_tokens
+from captum_mm.models.arguments import TOKENS, Argument, require
 from captum_mm.models.registry import register_adapter
 from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource
 
@@ -91,11 +91,13 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
 
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
         DecoderOnlyAdapter.check_arguments(self, arguments)
-        ids, grids = text_tokens(arguments), arguments["image_grid_thw"]
-        require(grids.shape[0] == ids.shape[0], f"One image per prompt: {grids.shape[0]} images for {ids.shape[0]} prompts.")
+        grids = arguments["image_grid_thw"]
         require(bool((grids == grids[:1]).all()) and int(grids[0, 0]) == 1,
                 f"Images of one size (image_grid_thw rows alike, temporal 1) are explained together, got {grids.tolist()}.")
-        self._require_image_tokens(arguments, self._features_per_image(arguments["pixel_values"], arguments), "merged patch block")
+        self.check_images(arguments, "merged patch block")
+
+    def images_given(self, arguments: Dict[str, Any]) -> int:
+        return int(arguments["image_grid_thw"].shape[0])
 
     def _merge(self) -> int:
         return int(cast(Any, self.model.config.vision_config).spatial_merge_size)

@@ -10,6 +10,7 @@ the feature layer. Readouts per generated token: ``text`` over the prompt withou
 
 from abc import abstractmethod
 from dataclasses import replace
+from functools import partial
 from types import MappingProxyType
 from typing import Any, Dict, List, Tuple, cast
 
@@ -20,8 +21,9 @@ from captum_mm.adapters.decoder import GENERATED, SEQUENCE, TEXT, DecoderOnlyAda
 from captum_mm.adapters.llama import LlamaAdapter, rotary_parts
 from captum_mm.adapters.vision_tokens import VisionTokenLayout
 from captum_mm.capture.record import AttentionRecord
+from captum_mm.capture.windows import images_on_diagonal
 from captum_mm.lrp.composite import LRPStructure
-from captum_mm.models.arguments import PIXELS, Argument, require, text_tokens
+from captum_mm.models.arguments import Argument, require, text_tokens
 from captum_mm.models.specs import attention_specs_in, projected_parts
 from captum_mm.models.structure import forward_order_schedule, pre_norm_structure
 from captum_mm.models.targets import TargetSelection
@@ -29,6 +31,8 @@ from captum_mm.relevance.schedule import Readout, Schedule, Stage
 from captum_mm.spec import AttentionSpec, module_names, self_attention
 
 VISION, IMAGE = "vision", "image"
+#: The prompts' images, in order: a prompt's image tokens read the next images (``image_token_id`` runs).
+IMAGES = "[images, channels, height, width]"
 
 
 class VisionLanguageAdapter(VisionTokenLayout, LlamaAdapter):
@@ -46,7 +50,8 @@ class VisionLanguageAdapter(VisionTokenLayout, LlamaAdapter):
     model_classes: Tuple[type, ...] = ()
     outputs = (TEXT, GENERATED, IMAGE)
     arguments = MappingProxyType(
-        dict(DecoderOnlyAdapter.arguments, pixel_values=Argument(4, PIXELS, IMAGE, f"A VLM prompt needs pixel_values {PIXELS}."))
+        dict(DecoderOnlyAdapter.arguments, pixel_values=Argument(4, IMAGES, IMAGE, f"A VLM prompt needs pixel_values {IMAGES}.",
+                                                                 batched=False))
     )
     #: The vision tower's attention classes (the family declares them).
     vision_attention_classes: Tuple[type, ...] = ()
@@ -58,6 +63,8 @@ class VisionLanguageAdapter(VisionTokenLayout, LlamaAdapter):
     fixed_image_size: bool = True
     #: The LM's image tokens lie on the image's grid (BLIP-2's learned queries do not).
     image_tokens_on_grid: bool = True
+    #: The family's models read several images a prompt (False: one image a prompt is explained).
+    several_images: bool = True
 
     @abstractmethod
     def language_model(self) -> nn.Module:
@@ -108,21 +115,57 @@ class VisionLanguageAdapter(VisionTokenLayout, LlamaAdapter):
         return attention_specs_in(self.vision_tower(), self.vision_attention_classes, self_attention(VISION),
                                   lambda m: projected_parts(m, m.num_heads, m.out_proj), names=names)
 
-    def _require_image_tokens(self, arguments: Dict[str, Any], features: int, made_of: str, note: str = "") -> None:
-        """``features`` image tokens in each prompt, one per ``made_of``; ``note`` ends the error message."""
-        counts = self.image_tokens(arguments).sum(-1)
-        wrong = [index for index, count in enumerate(counts.tolist()) if count != features]
-        require(not wrong, f"Each prompt needs {features} image tokens (id {self.model.config.image_token_id}), one per "
-                f"{made_of}; samples {wrong} have {[counts[i].item() for i in wrong]}{note}.")
-
     def check_arguments(self, arguments: Dict[str, Any]) -> None:
         super().check_arguments(arguments)
         ids, pixels = text_tokens(arguments), arguments["pixel_values"]
         require(ids.dim() == 2 and "input_ids" in arguments, "A VLM prompt needs input_ids with its image tokens.")
-        require(pixels.shape[0] == ids.shape[0], f"One image per prompt: {pixels.shape[0]} images for {ids.shape[0]} prompts.")
         self.check_image_size(pixels, arguments)
-        self._require_image_tokens(arguments, self._features_per_image(pixels, arguments), "image feature", " (a continuation "
-                                  "token with that id counts too: the model reads it as an image placeholder)")
+        self.check_images(arguments, "image feature", " (a continuation token with that id counts too: the model reads it "
+                          "as an image placeholder)")
+
+    def check_images(self, arguments: Dict[str, Any], made_of: str, note: str = "") -> None:
+        """Each prompt's image tokens make whole images (one image a prompt unless ``several_images``), as many in
+        all as the model is given.
+
+        Args:
+            arguments (dict): The forward's arguments.
+            made_of (str): What each image token is made of (for the error message).
+            note (str): Ends the error message about the token counts.
+        """
+        features = self._features_per_image(arguments["pixel_values"], arguments)
+        counts = self.image_tokens(arguments).sum(-1).tolist()
+        wrong = [index for index, count in enumerate(counts)
+                 if count == 0 or count % features or (count != features and not self.several_images)]
+        require(not wrong, f"Each prompt needs {features} image tokens (id {self.model.config.image_token_id})"
+                f"{' an image' if self.several_images else ''}, one per {made_of}; samples {wrong} have "
+                f"{[counts[i] for i in wrong]}{note}" + ("." if self.several_images else
+                                                        f"; {type(self.model).__name__} reads one image per prompt."))
+        images = self.images_per_prompt(arguments).tolist()
+        given = self.images_given(arguments)
+        require(given == sum(images), f"The prompts' image tokens make {images} images ({features} tokens an image), "
+                f"{sum(images)} in all; the model is given {given}.")
+
+    def images_per_prompt(self, arguments: Dict[str, Any]) -> Tensor:
+        """How many images each prompt holds: its image tokens over one image's (every image of one size).
+
+        Args:
+            arguments (dict): The forward's arguments.
+
+        Returns:
+            *Tensor*: ``[B]`` image counts.
+        """
+        return self.image_tokens(arguments).sum(-1) // self._features_per_image(arguments["pixel_values"], arguments)
+
+    def images_given(self, arguments: Dict[str, Any]) -> int:
+        """The images the model is given (by default ``pixel_values``' first dimension).
+
+        Args:
+            arguments (dict): The forward's arguments.
+
+        Returns:
+            *int*: Their count.
+        """
+        return int(arguments["pixel_values"].shape[0])
 
     def check_image_size(self, pixels: Tensor, arguments: Dict[str, Any]) -> None:
         """Images of the size the vision tower's position embeddings are made for (``vision_config.image_size``),
@@ -161,16 +204,35 @@ class VisionLanguageAdapter(VisionTokenLayout, LlamaAdapter):
         Returns:
             *Readout*: Over the patch grid, or over the image tokens when they stop there.
         """
-        positions = torch.nonzero(image_tokens)[:, 1].reshape(image_tokens.shape[0], -1)
+        images = int(self.images_per_prompt(arguments).max())
+        per_image = self._features_per_image(arguments["pixel_values"], arguments)
+        positions = image_columns(image_tokens, images * per_image)
         grid = self.patch_grid(arguments)
         if self.compose_vision:
             cells = self.patch_cells(grid)
+            stage = self.image_stage(arguments, grid)
+            if images > 1:  # each image's patches on its own grid
+                cells = _per_image(torch.arange(grid[0] * grid[1]) if cells is None else cells, images, grid[0] * grid[1])
+                stage = stage.per_image(images, self.vision_tokens(arguments))
             cells = None if cells is None else cells.to(positions.device).expand(rows.shape[0], -1)
-            return Readout(query, rows, key, grid=grid, positions=cells, column_index=positions,
-                           through=self.image_stage(arguments, grid))
+            return Readout(query, rows, key, grid=_with_images(grid, images), positions=cells, column_index=positions,
+                           through=stage)
         tokens = self.token_grid(grid)
-        on_grid = self.image_tokens_on_grid and positions.shape[1] == tokens[0] * tokens[1]
-        return Readout(query, rows, key, grid=tokens if on_grid else None, column_index=positions)
+        on_grid = self.image_tokens_on_grid and per_image == tokens[0] * tokens[1]
+        return Readout(query, rows, key, grid=_with_images(tokens, images) if on_grid else None, column_index=positions)
+
+    def lay_out_maps(self, record: AttentionRecord) -> None:
+        """With several images a prompt: the vision tower's maps, one per image, laid out per prompt, its images'
+        maps block-diagonal (:func:`~captum_mm.capture.windows.images_on_diagonal`).
+
+        Args:
+            record (AttentionRecord): The forward's calls.
+        """
+        counts = self.images_per_prompt(record.arguments).tolist()
+        if max(counts) > 1:
+            for call in record.calls:
+                if call.roles == (VISION, VISION):
+                    call.lay_out(partial(images_on_diagonal, counts=counts))
 
     def vision_schedule(self, record: AttentionRecord, selection: TargetSelection, masks: Dict[str, Tensor],
                         readouts: Dict[str, Readout], causal: Tuple[str, ...]) -> Schedule:
@@ -187,15 +249,18 @@ class VisionLanguageAdapter(VisionTokenLayout, LlamaAdapter):
             *Schedule*: With the vision modalities' masks added.
         """
         arguments, ids = record.arguments, text_tokens(record.arguments)
-        vision_mask = torch.ones(ids.shape[0], self.vision_tokens(arguments), dtype=torch.bool, device=ids.device)
+        images = self.images_per_prompt(arguments).to(ids.device)
+        slots = torch.arange(int(images.max()), device=ids.device).repeat_interleave(self.vision_tokens(arguments))
+        vision_mask = slots[None, :] < images[:, None]  # the tokens of each prompt's images
         masks = {**masks, VISION: vision_mask, **self.stage_masks(arguments["pixel_values"])}
         schedule = forward_order_schedule(record, selection, masks, readouts, causal)
         unused = self._unused_vision_attention(arguments)
         kept = [step for step in schedule.steps if record.calls[step[0].call].spec.module not in unused]
-        return replace(schedule, steps=kept)
+        segments = {VISION: slots.expand(selection.sample.shape[0], -1)} if int(images.max()) > 1 else {}
+        return replace(schedule, steps=kept, segments=segments)
 
     def vision_tokens(self, arguments: Dict[str, Any]) -> int:
-        """The tokens of one sample's vision sequence (by default the class token, if any, and the patch grid's).
+        """The tokens of one image's vision sequence (by default the class token, if any, and the patch grid's).
 
         Args:
             arguments (dict): The forward's arguments.
@@ -232,3 +297,27 @@ class VisionLanguageAdapter(VisionTokenLayout, LlamaAdapter):
 
     def lrp_structure(self) -> LRPStructure:  # the LM's, and the vision tower's pre-norm layers
         return super().lrp_structure() + pre_norm_structure(self.vision_tower(), self.vision_layer_classes, "layer_norm2", "self_attn")
+
+
+def image_columns(image_tokens: Tensor, width: int) -> Tensor:
+    """The columns of each element's image tokens, in order, padded with -1 (no column) to ``width``.
+
+    Args:
+        image_tokens (Tensor): ``[E, N]`` True at the image tokens.
+        width (int): The most image tokens an element has (the batch's).
+
+    Returns:
+        *Tensor*: ``[E, width]`` column indices.
+    """
+    index = torch.argsort((~image_tokens).to(torch.int8), dim=1, stable=True)[:, :width]
+    return torch.where(image_tokens.gather(1, index), index, -1)
+
+
+def _per_image(cells: Tensor, images: int, size: int) -> Tensor:
+    """One image's grid cells repeated for ``images`` images, image ``i``'s offset by ``i * size``."""
+    return (torch.arange(images, device=cells.device)[:, None] * size + cells[None, :]).flatten()
+
+
+def _with_images(grid: Tuple[int, int], images: int) -> Tuple[int, ...]:
+    """A grid with an images axis first when a prompt holds several."""
+    return grid if images == 1 else (images, *grid)

@@ -180,10 +180,14 @@ def _lean_requests(group: BackwardGroup, chunk: _Chunk, rows: Optional[RowPass])
         if call.lean is not None:
             if fusion not in ("gradient_weighted", "grad_cam"):
                 raise RuntimeError(f"{call.name} was captured lean for a fusion ({fusion}) no backward computes.")
-            real_rows, real_columns = masks[event.query][chunk.members], masks[event.key][chunk.members]
+            batch, _, queries, keys = call.lean.shape
+            if call.layout is not None:  # units laid out after the forward (a prompt's images): every token real
+                real = masks[event.query].new_ones(batch, queries), masks[event.key].new_ones(batch, keys)
+            else:
+                real_rows, real_columns = masks[event.query][chunk.members], masks[event.key][chunk.members]
+                real = _per_sample(real_rows, chunk.sample, batch), _per_sample(real_columns, chunk.sample, batch)
             sink = LeanSink(cast(RowPass, rows), event, group.schedule, chunk.sample) if group.is_streamed(index) else None
-            requests[index] = LeanRequest(call.lean, fusion, _per_sample(real_rows, chunk.sample, call.lean.shape[0]),
-                                          _per_sample(real_columns, chunk.sample, call.lean.shape[0]), sink)
+            requests[index] = LeanRequest(call.lean, fusion, *real, sink)
     return requests
 
 
@@ -199,7 +203,7 @@ def _gradients(group: BackwardGroup, chunk: _Chunk, lean: Dict[int, LeanRequest]
 
     def backward() -> List[Tensor]:
         return attention_gradients(logits, differentiable, chunk.seeds, retain_graph=True, names=names,
-                                   joins=[call.join for call in group.calls])
+                                   joins=[call.gradient_in_token_layout for call in group.calls])
 
     grads, lean_maps = lean_backward(list(lean.values()), backward)
     return list(grads), dict(zip(lean, lean_maps))
@@ -216,9 +220,10 @@ def _relevance(group: BackwardGroup, chunk: _Chunk) -> List[Optional[Tensor]]:
 
 def _lean_map(group: BackwardGroup, chunk: _Chunk, index: int, values: Tensor) -> Tensor:
     """A lean call's map ``values`` ``[B, Nq, Nk]`` (its backward's, per sample) for the chunk's elements."""
-    event = group.events[index]
-    check_finite_map(values[:, None], lambda: valid_entries(group.schedule, event, chunk.members), chunk.sample, event.name)
-    return exact(values)[chunk.sample]
+    event, call = group.events[index], group.calls[index]
+    values = cast(Tensor, call.in_token_layout(values[:, None]))
+    check_finite_map(values, lambda: valid_entries(group.schedule, event, chunk.members), chunk.sample, event.name)
+    return exact(values[:, 0])[chunk.sample]
 
 
 def _eager_map(group: BackwardGroup, chunk: _Chunk, index: int, grads: Optional[Tensor], relevance: Optional[Tensor]) -> Tensor:
@@ -239,7 +244,8 @@ def _fused_buffer(call: AttentionCall, logits: Tensor, elements: int) -> Tensor:
     if call.probs is not None:
         return call.probs.new_zeros(elements, *call.probs.shape[-2:], dtype=accumulation_dtype(call.probs.dtype))
     lean = cast(LeanMaps, call.lean)
-    return logits.new_zeros(elements, *lean.shape[-2:], dtype=accumulation_dtype(lean.probe.dtype))
+    laid_out = cast(Tensor, call.in_token_layout(torch.empty(lean.shape[0], 1, *lean.shape[2:], device="meta")))
+    return logits.new_zeros(elements, *laid_out.shape[-2:], dtype=accumulation_dtype(lean.probe.dtype))
 
 
 def _take_slots(tensor: Optional[Tensor], chunk: _Chunk) -> Optional[Tensor]:

@@ -1,6 +1,7 @@
 """From relevance matrices to what users receive: explained elements placed back on their samples
 (:class:`Explanation`), and Captum's attributions shaped like the inputs."""
 
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 
@@ -81,14 +82,17 @@ def read_out(schedule: Schedule, matrices: Matrices) -> Dict[str, Tensor]:
             rows = rows.scatter(1, spec.rows[:, None], 0.0)
         if spec.column_mask is not None:
             rows = rows * spec.column_mask
-        rows = rows[:, spec.columns] if spec.column_index is None else rows.gather(1, spec.column_index)
+        if spec.column_index is None:
+            rows = rows[:, spec.columns]
+        else:  # -1: no column
+            rows = rows.gather(1, spec.column_index.clamp(min=0)) * (spec.column_index >= 0)
         if spec.through is not None:
             rows = continued_through(rows, spec.through, matrices)
         if spec.spread is not None:
             rows = rows @ spec.spread.to(rows)
         if spec.positions is not None:
-            grid = cast(Tuple[int, int], spec.grid)  # positions come with a grid
-            rows = rows.new_zeros(rows.shape[0], grid[0] * grid[1]).scatter(1, spec.positions, rows)
+            grid = cast(Tuple[int, ...], spec.grid)  # positions come with a grid
+            rows = rows.new_zeros(rows.shape[0], math.prod(grid)).scatter(1, spec.positions, rows)
         outputs[name] = rows.reshape(rows.shape[0], *spec.grid) if spec.grid else rows
     return outputs
 
@@ -153,7 +157,9 @@ def _spread(relevance: Dict[str, Tensor], tensor: Tensor, modality: Optional[str
     dtype = accumulation_dtype(tensor.dtype) if tensor.is_floating_point() else torch.get_default_dtype()
     if values is None:
         return torch.zeros(tensor.shape, dtype=dtype, device=tensor.device)
-    if values.dim() == 4:  # tiles of one image ``[B, tiles, h, w]`` over ``[B, images, tiles, channels, H, W]``
+    if values.dim() == 4 and tensor.dim() == 4:  # several images a prompt ``[B, images, h, w]`` over ``[images, C, H, W]``
+        return _spread_images(values, tensor, dtype)
+    if values.dim() in (4, 5):  # tiles ``[B, (images,) tiles, h, w]`` over ``[B, images, tiles, channels, H, W]``
         return _spread_tiles(values, tensor, dtype)
     if values.dim() == 3:
         if tensor.dim() < 3:
@@ -168,9 +174,21 @@ def _spread(relevance: Dict[str, Tensor], tensor: Tensor, modality: Optional[str
 
 
 def _spread_tiles(values: Tensor, tensor: Tensor, dtype: torch.dtype) -> Tensor:
-    """Each tile's grid spread over its pixels (one image a prompt, its tiles on the fourth axis from the end)."""
-    if tensor.dim() != 6 or tensor.shape[1] != 1 or tensor.shape[2] != values.shape[1]:
-        raise ValueError(f"Relevance over {values.shape[1]} tiles needs one image a prompt [batch, 1, tiles, channels, "
-                         f"height, width], got shape {tuple(tensor.shape)}.")
-    cells = F.interpolate(values, size=tensor.shape[-2:], mode="nearest")
-    return cells[:, None, :, None].expand(tensor.shape).to(dtype).contiguous()
+    """Each tile's grid spread over its pixels (the images, when one a prompt, on no axis of ``values``)."""
+    tiles = values if values.dim() == 5 else values[:, None]
+    if tensor.dim() != 6 or tuple(tensor.shape[1:3]) != tuple(tiles.shape[1:3]):
+        raise ValueError(f"Relevance over {tiles.shape[1]} images of {tiles.shape[2]} tiles needs pixel values [batch, "
+                         f"{tiles.shape[1]}, {tiles.shape[2]}, channels, height, width], got shape {tuple(tensor.shape)}.")
+    cells = F.interpolate(tiles.flatten(1, 2), size=tensor.shape[-2:], mode="nearest").unflatten(1, tiles.shape[1:3])
+    return cells[:, :, :, None].expand(tensor.shape).to(dtype).contiguous()
+
+
+def _spread_images(values: Tensor, tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    """Each prompt's images' grids over their rows of ``[images, channels, H, W]`` (every prompt holding as many)."""
+    prompts, images = values.shape[:2]
+    if tensor.shape[0] != prompts * images:
+        raise ValueError(f"Relevance over {images} images a prompt for {prompts} prompts cannot be spread over {tensor.shape[0]} "
+                         "images: attribute spreads it when every prompt holds as many images; otherwise read "
+                         "explain(...).image [B, images, h, w] (a prompt's missing images are 0).")
+    cells = F.interpolate(values.flatten(0, 1)[:, None], size=tensor.shape[-2:], mode="nearest")
+    return cells.expand(tensor.shape).to(dtype).contiguous()

@@ -17,8 +17,8 @@ from captum_mm.relevance.streaming import RowPass, RowRule, RowUpdate, StreamedR
 def streamed_modalities(schedule: Schedule, events: List[AttentionEvent], calls: List[AttentionCall], needs: Needs) -> FrozenSet[str]:
     """The modalities whose readout rows the engine streams for a method's events: each read from its own relevance
     (no stage) whose self-attention events among the method's are all captured lean (their maps handed over inside
-    the backward, last layer first) or all eager (read after it, last first), for a method with a backward pass and a
-    ``needs.rows`` rule, on a self-attention-only schedule.
+    the backward, last layer first) or all eager (read after it, last first; lean ones not laid out in token positions
+    after the forward: their chunks are over other units), for a method with a backward pass and a ``needs.rows`` rule, on a self-attention-only schedule.
 
     Args:
         schedule (Schedule): The schedule of the elements explained.
@@ -35,7 +35,8 @@ def streamed_modalities(schedule: Schedule, events: List[AttentionEvent], calls:
     modalities = []
     for modality in streamable(schedule):
         own = own_events(events, modality)
-        if own and len({used[event.call].lean is None for event in own}) == 1:
+        laid_out = any(used[event.call].lean is not None and used[event.call].layout is not None for event in own)  # units
+        if own and not laid_out and len({used[event.call].lean is None for event in own}) == 1:
             modalities.append(modality)
     return frozenset(modalities)
 

@@ -44,7 +44,8 @@ class PartialLRP(LastLayerAttribution):
 
     def relevance_matrices(self, schedule: Schedule, maps: Dict[int, Tensor]) -> Matrices:
         return {
-            (row, key): min_max_scaled(matrix, schedule.masks[row], schedule.masks[key])
+            (row, key): min_max_scaled(matrix, schedule.masks[row], schedule.masks[key],
+                                       schedule.segments.get(row) if row == key else None)
             for (row, key), matrix in last_layer_relevance(schedule, maps).items()
         }
 

@@ -45,9 +45,10 @@ class AttentionCall:
         parts (list of Tensor, optional): The tensors the forward used when ``probs`` concatenates them (one
                     attention call per image).
         lean (LeanMaps, optional): Under lean capture, the call's head-reduced maps.
-        join (Callable): How ``parts`` (or their gradients) make up ``probs``' token positions: along the batch
-                    (the default), windows joined block-diagonally (:func:`~captum_mm.capture.windows.join_windows`),
-                    or one map laid out by :meth:`lay_out` (Swin's windows).
+        join (Callable): How ``parts`` (or their gradients) make up the recorded map: along the batch (the default),
+                    windows joined block-diagonally (:func:`~captum_mm.capture.windows.join_windows`).
+        layout (Callable, optional): How the recorded map is expressed in token positions after the forward
+                    (:meth:`lay_out`: Swin's windows, a prompt's several images); None: it already is.
     """
 
     spec: AttentionSpec
@@ -57,27 +58,45 @@ class AttentionCall:
     parts: Optional[List[Tensor]] = None  # autograd reaches them, not their join
     lean: Optional[LeanMaps] = None
     join: Callable[[Sequence[Tensor]], Tensor] = field(default=concatenate_images)
+    layout: Optional[Callable[[Tensor], Tensor]] = None
 
     def lay_out(self, layout: Callable[[Tensor], Tensor]) -> None:
         """Express the map in token positions (``probs`` becomes ``layout(map)``, ``[B, H, N, N]``) when the module
-        computes it over other units (Swin's windows); the module's own map is kept in ``parts`` for autograd.
+        computes it over other units (Swin's windows, each image of a prompt); the module's own map is kept in
+        ``parts`` for autograd. A second layout applies after the first.
 
         Args:
             layout (Callable): ``[..., units, H, n, n]`` to ``[..., B, H, N, N]``.
         """
-        own = cast(Tensor, self.probs)
-        self.parts, self.join, self.probs = [own], partial(_laid_out, layout), layout(own.detach())
+        earlier = self.layout
+        self.layout = layout if earlier is None else _composed(layout, earlier)
+        if self.probs is not None:
+            if self.parts is None and self.lean is None:
+                self.parts = [self.probs]
+            self.probs = layout(self.probs.detach())
 
     def in_token_layout(self, tensor: Optional[Tensor]) -> Optional[Tensor]:
-        """A tensor shaped like the module's own map (its LRP relevance) in ``probs``' token positions.
+        """A tensor shaped like the recorded map (its LRP relevance, a lean call's map) in ``probs``' token positions.
 
         Args:
             tensor (Tensor, optional): ``[..., units, H, n, n]``, or None.
 
         Returns:
-            *Tensor or None*: ``tensor`` joined as ``probs`` (unchanged when the module's map already is).
+            *Tensor or None*: ``tensor`` laid out as ``probs`` (itself when the recorded map already is).
         """
-        return None if tensor is None else self.join([tensor])
+        return tensor if tensor is None or self.layout is None else self.layout(tensor)
+
+    def gradient_in_token_layout(self, pieces: Sequence[Tensor]) -> Tensor:
+        """The gradients of :attr:`differentiable` as one gradient of ``probs`` (a lean call's probe's as it is).
+
+        Args:
+            pieces (sequence of Tensor): The gradients, the batch at dimension -4.
+
+        Returns:
+            *Tensor*: Joined and laid out.
+        """
+        joined = self.join(pieces)
+        return joined if self.lean is not None else cast(Tensor, self.in_token_layout(joined))
 
     @property
     def differentiable(self) -> List[Tensor]:
@@ -102,8 +121,8 @@ class AttentionCall:
         return self.spec.role(self.count)
 
 
-def _laid_out(layout: Callable[[Tensor], Tensor], pieces: Sequence[Tensor]) -> Tensor:
-    return layout(pieces[0])
+def _composed(later: Callable[[Tensor], Tensor], earlier: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    return lambda maps: later(earlier(maps))
 
 
 @dataclass

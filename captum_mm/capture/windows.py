@@ -1,6 +1,7 @@
 """Attention maps recorded in parts (one attention-function call per image, or per window of an image) joined into
 the ``[B, H, N, N]`` maps of a recorded call: images along the batch, windows block-diagonally (zero outside each
-window). The same joins apply to the parts' gradients (leading dimensions before the batch kept)."""
+window), a prompt's several images block-diagonally. The same joins apply to the parts' gradients (leading dimensions
+before the batch kept)."""
 
 from typing import List, Sequence
 
@@ -46,3 +47,23 @@ def join_windows(windows: Sequence[Tensor], tokens: int) -> Tensor:
     if rows or not maps:
         raise ValueError(f"The attention windows ({[w.shape[-1] for w in windows]} tokens) do not fill maps of {tokens} tokens.")
     return torch.cat(maps, dim=-4)
+
+
+def images_on_diagonal(maps: Tensor, counts: Sequence[int]) -> Tensor:
+    """Maps of a batch's images ``[..., images, H, n, n]`` (the prompts' images in order) laid out per prompt: its
+    images' maps block-diagonally over their tokens one after the other, a prompt holding fewer images than the most
+    padded with zero blocks.
+
+    Args:
+        maps (Tensor): One map per image, ``sum(counts)`` along dimension -4.
+        counts (sequence of int): The images of each prompt.
+
+    Returns:
+        *Tensor*: ``[..., prompts, H, most * n, most * n]``.
+    """
+    most, start, units = max(counts), 0, []
+    empty = torch.zeros_like(maps.narrow(-4, 0, 1))
+    for count in counts:
+        units += list(maps.narrow(-4, start, count).split(1, dim=-4)) + [empty] * (most - count)
+        start += count
+    return join_windows(units, most * maps.shape[-1])

@@ -13,7 +13,7 @@ of the projection's output. A fused projection (GPT-2's ``c_attn``) is split int
 Q, K and V; its modified gradient is theirs concatenated in the same order.
 """
 
-from typing import Any, Dict, Optional, Tuple, cast
+from typing import Any, Callable, Dict, Optional, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -97,15 +97,37 @@ def attention_operands_gradients(
     query, key, value = projected
     kv_heads = parts.key_value_heads or parts.heads
     groups = parts.heads // kv_heads
-    projected_q, projected_k, v = split_heads(query, parts.heads), split_heads(key, kv_heads), split_heads(value, kv_heads)
-    normed_q, normed_k = normalised(parts.query_norm, projected_q), normalised(parts.key_norm, projected_k)
+    normed_q, back_q = normed_heads(parts.query_norm, query, parts.heads, parts.norm_spans_heads)
+    normed_k, back_k = normed_heads(parts.key_norm, key, kv_heads, parts.norm_spans_heads)
+    v = split_heads(value, kv_heads)
     q, k = (normed_q, normed_k) if position is None else (rotary(normed_q, *position), rotary(normed_k, *position))
     g_q, g_k, g_v, relevance = rule.gradients(q, repeat_heads(k, groups), repeat_heads(v, groups), probs, g_context)
     g_k, g_v = sum_groups(g_k, groups), sum_groups(g_v, groups)
     if position is not None:
         g_q, g_k = rotary_transposed(g_q, *position), rotary_transposed(g_k, *position)
-    g_q, g_k = through_norm(parts.query_norm, projected_q, normed_q, g_q), through_norm(parts.key_norm, projected_k, normed_k, g_k)
-    return merge_heads(g_q, query), merge_heads(g_k, key), merge_heads(g_v, value), relevance
+    return back_q(g_q), back_k(g_k), merge_heads(g_v, value), relevance
+
+
+def normed_heads(norm: Optional[nn.Module], projected: Tensor, heads: int, spans_heads: bool
+                 ) -> Tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """A projection's heads after QK-norm, ``[B, H, N, d]``, and how a modified gradient at them returns to the
+    projection's output ``[B, N, H * d]`` (through the norm: relevance passed unchanged).
+
+    Args:
+        norm (nn.Module, optional): The QK-norm (None: none).
+        projected (Tensor): The projection's output.
+        heads (int): Its heads.
+        spans_heads (bool): The norm is over all heads' features together (InternViT), not each head's.
+
+    Returns:
+        *tuple*: The heads, and the way back.
+    """
+    if spans_heads:
+        normed = normalised(norm, projected)
+        return split_heads(normed, heads), lambda g: through_norm(norm, projected, normed, merge_heads(g, projected))
+    own = split_heads(projected, heads)
+    normed = normalised(norm, own)
+    return normed, lambda g: merge_heads(through_norm(norm, own, normed, g), projected)
 
 
 def position_keeper(positions: Dict[int, Tuple[Tensor, Tensor]]) -> KwargsPreHook:

@@ -22,7 +22,8 @@ class Argument:
         needed (str): Empty if it is optional; else the error given when it is missing.
                     Arguments sharing the message are alternatives: one of them is needed.
         batched (bool): Its first dimension is the batch (False: patches or images of the whole
-                    batch, as Qwen2-VL's ``pixel_values`` and ``image_grid_thw``). Default: True
+                    batch, as Qwen2-VL's ``pixel_values`` and ``image_grid_thw``, LLaVA's several images a
+                    prompt). Default: True
     """
 
     rank: int
@@ -52,8 +53,7 @@ def check_declared(arguments: Dict[str, Any], declared: Mapping[str, Argument]) 
     for message, names in alternatives.items():
         require(any(arguments.get(name) is not None for name in names), message)
     for name, argument in declared.items():
-        if argument.batched:
-            check_rank(arguments, name, argument.rank, argument.layout)
+        check_rank(arguments, name, argument.rank, argument.layout)
     check_batch_sizes(arguments, tuple(name for name, argument in declared.items() if argument.batched))
 
 

@@ -62,6 +62,28 @@ class Stage:
     token_map: Optional[Tensor] = None
     through: Optional["Stage"] = None
 
+    def per_image(self, images: int, tokens: int) -> "Stage":
+        """This stage over ``images`` images' sequences one after the other (``tokens`` each), each image's rows and
+        columns as this one's, ``P`` block-diagonal.
+
+        Args:
+            images (int): The images.
+            tokens (int): One image's tokens in this stage.
+
+        Returns:
+            *Stage*: Over every image.
+        """
+        if self.through is not None:
+            raise ValueError("A stage continuing through an earlier one is not repeated per image.")
+        offsets = torch.arange(images)[:, None] * tokens
+        one = torch.arange(tokens)
+
+        def repeated(chosen: Union[slice, Tensor]) -> Tensor:
+            return (offsets + one[chosen].to(offsets.device)[None, :]).flatten()
+
+        token_map = None if self.token_map is None else torch.block_diag(*[self.token_map] * images)
+        return Stage(self.pair, repeated(self.rows), repeated(self.columns), token_map)
+
     def chain(self) -> List["Stage"]:
         """This stage and the earlier ones it continues through, in order.
 
@@ -86,7 +108,8 @@ class Readout:
         positions (Tensor, optional): ``[E, N_columns]`` flat grid cell of each column,
                     when the columns are not in grid order (ViLT samples its patches).
         column_index (Tensor, optional): ``[E, n]`` the columns by index, per element, when
-                    they are not the same slice for all (a VLM's image tokens); replaces ``columns``.
+                    they are not the same slice for all (a VLM's image tokens); replaces ``columns``; -1 reads 0
+                    (an element with fewer image tokens than the batch's most).
         column_mask (Tensor, optional): ``[E, N_key]`` the columns kept; the others read 0
                     (a VLM's text output without its image tokens).
         through (Stage, optional): Continue the read values through an earlier stage.
@@ -144,6 +167,9 @@ class Schedule:
                     model attends with outside the scheduled events (LXMERT's last x-layer's
                     image->text attention, left out since it cannot reach the readout). Eq. 11
                     decides from them as from the scheduled events. Default: none
+        segments (dict[str, Tensor]): ``[E, N]`` segment of each token of a modality whose tokens attend
+                    within their segment only (a prompt's images in the vision modality): what is scaled
+                    per matrix (partial LRP) is scaled per segment. Default: none
     """
 
     sizes: Dict[str, int]
@@ -153,6 +179,7 @@ class Schedule:
     element_sample: Tensor
     causal: FrozenSet[str] = frozenset()
     unscheduled_attentions: FrozenSet[Tuple[str, str]] = frozenset()
+    segments: Dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def num_elements(self) -> int:
@@ -185,7 +212,8 @@ class Schedule:
         """The schedule of the elements ``index`` only (the same events)."""
         return replace(self, masks={name: mask[index] for name, mask in self.masks.items()},
                        outputs={name: readout.of_elements(index) for name, readout in self.outputs.items()},
-                       element_sample=self.element_sample[index])
+                       element_sample=self.element_sample[index],
+                       segments={name: segment[index] for name, segment in self.segments.items()})
 
     def starting_at(self, start_layer: int) -> "Schedule":
         """A copy without each modality's first ``start_layer`` self-attention events.

@@ -9,7 +9,8 @@ import pytest
 import torch
 from helpers import assert_image_halves_sum_their_cells, assert_raw_attention_is_the_models_own, family_prompts, idefics3, internvl, generation_relevance, schedule_leaving_the_model_as_it_was
 
-from captum_mm.attr import GenericAttention
+from methods_under_test import MAY_VANISH, METHODS
+
 from captum_mm.models import adapter_for
 
 GRID = (8, 8)  # 4 x 4 patches of a 32 x 32 image, shuffled 2 x 2 into 4 x 4 image tokens
@@ -42,8 +43,9 @@ def test_one_patch_changes_only_the_token_its_pixel_shuffle_makes_the_same_block
     torch.testing.assert_close(token_map, adapter_for(idefics3(vision_layers=0, layers=1)).token_map(GRID))
 
 
-def test_raw_attention_image_is_the_lm_row_times_the_pixel_shuffle_times_the_last_vision_map():
-    model = internvl()
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["plain", "qk-norm"])
+def test_raw_attention_image_is_the_lm_row_times_the_pixel_shuffle_times_the_last_vision_map(qk_norm):
+    model = internvl(qk_norm=qk_norm)
     batch = family_prompts("internvl", batch=1)
     arguments = {"input_ids": torch.cat([batch["input_ids"], torch.tensor([[5]])], dim=1), "pixel_values": batch["pixel_values"]}
     last = model.model.vision_tower.encoder.layer[-1].attention
@@ -64,10 +66,12 @@ def test_the_class_token_and_position_embeddings_hf_leaves_at_zero_change_the_lo
         assert not torch.allclose(model(**dict(batch, pixel_values=torch.randn_like(batch["pixel_values"]))).logits, drawn)
 
 
-def test_lrp_conserves_relevance_at_every_layer_through_the_layer_scales_and_the_projector_in_float64():
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["plain", "qk-norm"])
+def test_lrp_conserves_relevance_at_every_layer_through_the_layer_scales_and_the_projector_in_float64(qk_norm):
     """The token's 1 reaches every LM layer's input whole; what reaches the image tokens passes the projector
-    (MLP, LayerNorm), the pixel shuffle and each InternViT layer (its branches scaled by lambda_1, lambda_2) whole."""
-    model = internvl().double()
+    (MLP, LayerNorm), the pixel shuffle and each InternViT layer (its branches scaled by lambda_1, lambda_2; with
+    InternViT-6B's QK-norm, RMSNorms over all heads' queries and keys, passed through) whole."""
+    model = internvl(qk_norm=qk_norm).double()
     vision, projector = model.model.vision_tower, model.model.multi_modal_projector
     for layer in vision.encoder.layer:  # distinct layer scales per channel, not HF's uniform 0.1
         torch.nn.init.normal_(layer.lambda_1, std=0.5)
@@ -87,11 +91,17 @@ def test_lrp_conserves_relevance_at_every_layer_through_the_layer_scales_and_the
         torch.testing.assert_close(relevance[name], relevance["image tokens"], rtol=0, atol=1e-6, msg=name)
 
 
-def test_a_vision_tower_with_qk_norm_is_refused():
-    model = internvl()
-    model.config.vision_config.use_qk_norm = True
-    with pytest.raises(ValueError, match=r"QK-norm in its vision tower \(vision_config.use_qk_norm\) is not explained"):
-        GenericAttention(model).explain(family_prompts("internvl", batch=1), continuation=[[5]])
+def test_qk_norm_spanning_all_heads_is_followed_by_every_method():
+    # the norms (randomised weights) change what the model computes; every method runs on it
+    model = internvl(qk_norm=True)
+    batch = family_prompts("internvl", batch=2)
+    with torch.no_grad():
+        plain = internvl(qk_norm=False)
+        plain.load_state_dict(model.state_dict(), strict=False)
+        assert not torch.allclose(model(**batch).logits, plain(**batch).logits)
+    for key, method in METHODS.items():
+        image = method(model).explain(batch, continuation=[[5], [6]]).image
+        assert torch.isfinite(image).all() and (key in MAY_VANISH or image.abs().sum() > 0), key
 
 
 def _model_and_processor(tokenizer):

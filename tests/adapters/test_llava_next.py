@@ -190,7 +190,7 @@ def test_clear_errors():
     with pytest.raises(ValueError, match=r"needs 7 image tokens \(id 3\)"):
         explainer.explain(dict(batch, input_ids=batch["input_ids"].masked_fill(batch["input_ids"] == IMAGE_TOKEN, 7)),
                           continuation=[[5], [6]])
-    with pytest.raises(ValueError, match="batch_num_images 1"):
+    with pytest.raises(ValueError, match=r"separate batches: batch_num_images \[2, 1\]"):
         explainer.explain(dict(batch, batch_num_images=torch.tensor([2, 1])), continuation=[[5], [6]])
     with pytest.raises(ValueError, match="videos"):
         explainer.explain(dict(batch, pixel_values_videos=torch.randn(2, 1, 3, 16, 16)), continuation=[[5], [6]])

@@ -201,7 +201,8 @@ def test_model_left_as_it_was_and_clear_errors():
     explainer.explain(batch, continuation=CONTINUATION)
     assert_same_state(before, model_state(model))
     two_images = dict(batch, pixel_values=batch["pixel_values"].repeat(1, 2, 1, 1, 1, 1))
-    with pytest.raises(ValueError, match="One image per prompt"):
+    with pytest.raises(ValueError, match=r"aspect_ratio_ids \[batch, images\] and aspect_ratio_mask \[batch, images, tiles\] "
+                       r"must match pixel_values' \(3, 2, 2\)"):
         explainer.explain(two_images, continuation=CONTINUATION)
     with pytest.raises(ValueError, match="aspect_ratio_ids"):
         explainer.explain({k: v for k, v in batch.items() if k != "aspect_ratio_ids"}, continuation=CONTINUATION)
@@ -209,3 +210,38 @@ def test_model_left_as_it_was_and_clear_errors():
         explainer.explain(dict(batch, cross_attention_mask=batch["cross_attention_mask"][..., :1]), continuation=CONTINUATION)
     assert MLLAMA_IMAGE_TOKEN not in CONTINUATION[0]
     assert_same_state(before, model_state(model))
+
+
+def two_image_prompts():
+    """Prompt 0 ``[token, <|image|>, text, <|image|>, text]`` reading two two-tile images (each text token the latest
+    image, as the processor masks); prompt 1, left-padded, ``[<|image|>, text]`` reading one image and the padding image
+    the processor adds (all zero, masked). A text token before every image (prompt 0's first) attends uniformly to all
+    the features, as HF's model does when a row's cross-attention mask is all zero."""
+    batch = mllama_prompts(batch=2, text=7)
+    batch["input_ids"][0, 4], batch["input_ids"][1, 2:4] = MLLAMA_IMAGE_TOKEN, torch.tensor([MLLAMA_IMAGE_TOKEN, 9])
+    cross = torch.zeros(2, 7, 2, 2, dtype=torch.long)
+    cross[0, 1:4, 0], cross[0, 4:, 1], cross[1, 2:, 0] = 1, 1, 1
+    pixels = torch.randn(2, 2, 2, 3, 16, 16)
+    pixels[1, 1] = 0
+    ratio_ids, ratio_mask = torch.tensor([[2, 2], [2, 0]]), torch.tensor([[[1, 1], [1, 1]], [[1, 1], [0, 0]]])
+    return dict(batch, pixel_values=pixels, aspect_ratio_ids=ratio_ids, aspect_ratio_mask=ratio_mask, cross_attention_mask=cross)
+
+
+@pytest.mark.parametrize("method", ["generic", "raw-attention", "partial-lrp"])
+def test_several_images_a_prompt_each_on_its_tiles_and_batched_equals_alone(method):
+    torch.manual_seed(0)
+    model = mllama().double()
+    batch = {name: value.double() if value.is_floating_point() else value for name, value in two_image_prompts().items()}
+    continuation = [[5, 6], [7]]
+    explanation = METHODS[method](model).explain(batch, continuation=continuation)
+    assert explanation.image.shape == (2, 2, 2, *MLLAMA_GRID)
+    assert explanation.image[0, :, 1].abs().sum() > 0 and explanation.image[1, :, 1].abs().sum() == 0  # the padding image
+    real = batch["attention_mask"][1].bool()
+    alone = {name: value[1:, real] if name in ("input_ids", "attention_mask") else value[1:, :1] for name, value in batch.items()}
+    alone["cross_attention_mask"] = batch["cross_attention_mask"][1:, real, :1]
+    single = METHODS[method](model).explain(alone, continuation=[[7]])
+    torch.testing.assert_close(explanation.image[1, :1, 0], single.image[0], atol=1e-12, rtol=1e-9)
+    torch.testing.assert_close(explanation.text[1, :1, real], single.text[0], atol=1e-12, rtol=1e-9)
+    first = {name: value[:1] for name, value in batch.items()}
+    torch.testing.assert_close(explanation.image[0], METHODS[method](model).explain(first, continuation=continuation[:1]).image[0],
+                               atol=1e-12, rtol=1e-9)

@@ -140,7 +140,7 @@ def test_clear_errors_and_the_model_left_as_it_was():
     missing["input_ids"][2, 5] = 7  # one image token fewer in sample 2
     with pytest.raises(ValueError, match=r"needs 16 image tokens \(id 3\).*samples \[2\] have \[15\]"):
         explainer.explain(missing, continuation=CONTINUATION)
-    with pytest.raises(ValueError, match="Batch sizes disagree: input_ids has 3, attention_mask has 3, pixel_values has 2"):
+    with pytest.raises(ValueError, match=r"image tokens make \[1, 1, 1\] images \(16 tokens an image\), 3 in all; the model is given 2"):
         explainer.explain(dict(batch, pixel_values=batch["pixel_values"][:2]), continuation=CONTINUATION)
     with pytest.raises(ValueError, match="needs pixel_values"):
         explainer.explain({"input_ids": batch["input_ids"]}, continuation=CONTINUATION)
@@ -207,11 +207,11 @@ def test_idefics3_raw_attention_image_goes_through_the_pixel_shuffle():
     assert stopped.explain(batch, continuation=[[5]]).image.shape == (1, 1, 4, 4)  # the 4 x 4 grid of image tokens
 
 
-def test_idefics3_one_image_per_prompt():
+def test_idefics3_images_must_be_those_its_image_tokens_read():
     model = idefics3()
     batch = family_prompts("idefics3")
-    batch["pixel_values"] = batch["pixel_values"].repeat(1, 2, 1, 1, 1)
-    with pytest.raises(ValueError, match="One image per prompt.*got 2 images per prompt"):
+    batch["pixel_values"] = batch["pixel_values"].repeat(1, 2, 1, 1, 1)  # two images, one image's tokens each
+    with pytest.raises(ValueError, match=r"image tokens make \[1, 1, 1\] images .* the model is given 6"):
         GenericAttention(model).explain(batch, continuation=CONTINUATION)
 
 
