@@ -17,8 +17,9 @@ from captum_mm.relevance.streaming import RowPass, RowRule, RowUpdate, StreamedR
 def streamed_modalities(schedule: Schedule, events: List[AttentionEvent], calls: List[AttentionCall], needs: Needs) -> FrozenSet[str]:
     """The modalities whose readout rows the engine streams for a method's events: each read from its own relevance
     (no stage) whose self-attention events among the method's are all captured lean (their maps handed over inside
-    the backward, last layer first) or all eager (read after it, last first; lean ones not laid out in token positions
-    after the forward: their chunks are over other units), for a method with a backward pass and a ``needs.rows`` rule, on a self-attention-only schedule.
+    the backward, last layer first; none laid out in token positions after the forward, as its chunks are over other
+    units) or all eager (read after it, last first), for a method with a backward pass and a ``needs.rows`` rule, on a
+    self-attention-only schedule.
 
     Args:
         schedule (Schedule): The schedule of the elements explained.
