@@ -1,16 +1,17 @@
-"""GenericAttention on long sequences against a plain SDPA forward+backward, lean and eager capture.
+"""GenericAttention on long sequences against a plain SDPA forward+backward: streaming rows and stored maps.
 
-    python -m benchmarks.bench_long_context            # the table and benchmarks/long_context.png
-    python -m benchmarks.bench_long_context --quick    # small sizes, to check the script runs
+    python -m benchmarks.bench_long_context                       # every size; the table and long_context.png
+    python -m benchmarks.bench_long_context --lengths 4096 8192   # some sizes (merged into long_context.json)
+    python -m benchmarks.bench_long_context --quick               # small sizes, to check the script runs
 
 A ``LlamaForCausalLM`` of a small random config (hidden 256, 8 layers, 8 heads, 2 key/value heads,
-LLaMA's 32,000-token vocabulary) at N = 256 ... 4096 tokens, batch 1, one explained generated token
-(prompt of N - 1 tokens), and ViT-Base (random weights) at 224^2 and 448^2 images. For each size:
-time and peak memory of ``GenericAttention.explain`` with lean capture (the default) and with the eager
-path (``lean = False``), each divided by the model's own SDPA forward plus ``backward()`` of the
-explained logit, and the fitted growth exponent of each time in N. Peak memory: the growth of the
-resident set's high-water mark (VmHWM) of a fresh process running one measurement, after the model and
-inputs are built.
+LLaMA's 32,000-token vocabulary) at N = 4096 ... 32768 tokens, batch 1, explaining K = 1 and K = 16
+generated tokens (a prompt of N - K tokens). For each size: time and peak memory of
+``GenericAttention.explain`` with streaming rows (the default: no map kept), and, up to 8192 tokens and one
+token, with stored maps (``streaming=False``: one ``[N, N]`` map per layer), each divided by the model's own
+SDPA forward plus ``backward()`` of one explained logit, and the fitted growth exponent of each time in N.
+Peak memory: the growth of the resident set's high-water mark (VmHWM) of a fresh process running one
+measurement, after the model and inputs are built.
 """
 
 import argparse
@@ -25,15 +26,18 @@ from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTForImageCl
 from benchmarks._measure import median_seconds, peak_growth_in_subprocess, peak_kib, resident_kib
 from captum_mm.attr import GenericAttention
 
-LENGTHS, QUICK_LENGTHS = (256, 512, 1024, 2048, 4096), (64, 128)
+LENGTHS, QUICK_LENGTHS = (4096, 8192, 16384, 32768), (64, 128)
+TOKENS, QUICK_TOKENS = (1, 16), (1, 4)
+#: Stored maps only where ``L`` maps of ``N^2`` floats fit beside the rest (and for one token).
+STORED_UP_TO = 8192
 IMAGES, QUICK_IMAGES = (224, 448), (32, 64)
-KINDS = ("sdpa", "lean", "eager")
+KINDS = ("sdpa", "streaming", "stored")
 
 
 def llama(quick: bool) -> LlamaForCausalLM:
     size = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, vocab_size=1000) if quick else dict(
         hidden_size=256, intermediate_size=688, num_hidden_layers=8, vocab_size=32000)
-    config = LlamaConfig(num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=8192,
+    config = LlamaConfig(num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=32768,
                          attn_implementation="sdpa", **size)
     return LlamaForCausalLM(config).eval()
 
@@ -43,11 +47,13 @@ def vit(quick: bool, image: int) -> ViTForImageClassification:
     return ViTForImageClassification(ViTConfig(image_size=image, attn_implementation="sdpa", **size)).eval()
 
 
-def workload(family: str, size: int, quick: bool) -> Tuple[Any, Dict[str, Any]]:
-    """The model and what one measurement runs on: a prompt of ``size - 1`` tokens and one token, or an image."""
+def workload(family: str, size: int, tokens: int, quick: bool) -> Tuple[Any, Dict[str, Any]]:
+    """The model and what one measurement runs on: a prompt of ``size - tokens`` tokens and ``tokens`` tokens, or an
+    image."""
     if family == "llama":
         model = llama(quick)
-        return model, {"input_ids": torch.randint(3, model.config.vocab_size, (1, size - 1)), "continuation": [[7]]}
+        continuation = [list(range(7, 7 + tokens))]
+        return model, {"input_ids": torch.randint(3, model.config.vocab_size, (1, size - tokens)), "continuation": continuation}
     model = vit(quick, size)
     return model, {"pixel_values": torch.randn(1, 3, size, size)}
 
@@ -58,24 +64,23 @@ def run(kind: str, model: Any, work: Dict[str, Any]) -> None:
         if "continuation" in work:
             ids = work["input_ids"]
             logits = model(input_ids=torch.cat([ids, torch.tensor(work["continuation"], device=ids.device)], 1)).logits
-            logits[0, -2, work["continuation"][0][0]].backward()
+            logits[0, -1 - len(work["continuation"][0]), work["continuation"][0][0]].backward()
         else:
             logits = model(pixel_values=work["pixel_values"]).logits
             logits[0, logits[0].argmax()].backward()
         model.zero_grad(set_to_none=True)
         return
-    explainer = GenericAttention(model)
-    explainer.lean = kind == "lean"
+    explainer, streaming = GenericAttention(model), kind == "streaming"
     if "continuation" in work:
-        explainer.explain({"input_ids": work["input_ids"]}, continuation=work["continuation"])
+        explainer.explain({"input_ids": work["input_ids"]}, continuation=work["continuation"], streaming=streaming)
     else:
-        explainer.explain(work["pixel_values"])
+        explainer.explain(work["pixel_values"], streaming=streaming)
 
 
-def memory_probe(kind: str, family: str, size: int, quick: bool) -> None:
+def memory_probe(kind: str, family: str, size: int, tokens: int, quick: bool) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model, work = workload(family, size, quick)
+    model, work = workload(family, size, tokens, quick)
     before = resident_kib()
     run(kind, model, work)
     print(json.dumps({"growth_kib": peak_kib() - before}))
@@ -88,19 +93,51 @@ def growth_exponent(sizes: List[int], values: List[float]) -> float:
     return float((x * (y - y.mean())).sum() / (x * x).sum())
 
 
-def measure(family: str, sizes: Tuple[int, ...], quick: bool) -> List[Dict[str, Any]]:
+def kinds(size: int, tokens: int, quick: bool) -> List[str]:
+    """What is measured at a size: SDPA once per size, the stored maps only up to :data:`STORED_UP_TO` and one token."""
+    return [kind for kind in KINDS if kind == "streaming" or (tokens == 1 and (kind == "sdpa" or quick or size <= STORED_UP_TO))]
+
+
+def measure(family: str, sizes: Tuple[int, ...], tokens: Tuple[int, ...], quick: bool) -> List[Dict[str, Any]]:
     rows = []
     for size in sizes:
-        torch.manual_seed(0)
-        model, work = workload(family, size, quick)
-        repeats = 3 if size <= 1024 else 1
-        times = {kind: median_seconds(lambda: run(kind, model, work), repeats=repeats) for kind in KINDS}
-        extra = ["--quick"] if quick else []
-        memory = {kind: peak_growth_in_subprocess("benchmarks.bench_long_context", kind, family, str(size), *extra)
-                  for kind in KINDS}
-        rows.append({"family": family, "size": size, "seconds": times, "peak_kib": memory})
-        print(json.dumps(rows[-1]), flush=True)
+        for count in tokens if family == "llama" else (1,):
+            torch.manual_seed(0)
+            model, work = workload(family, size, count, quick)
+            measured = kinds(size, count, quick)
+            repeats, warmup = (3, 1) if size <= 1024 else (1, 0)
+            times = {kind: median_seconds(lambda: run(kind, model, work), repeats=repeats, warmup=warmup) for kind in measured}
+            extra = ["--quick"] if quick else []
+            memory = {kind: peak_growth_in_subprocess("benchmarks.bench_long_context", kind, family, str(size), str(count), *extra)
+                      for kind in measured}
+            rows.append({"family": family, "size": size, "tokens": count, "seconds": times, "peak_kib": memory})
+            print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def merged(path: str, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The rows of ``path`` (if any) with those of ``rows`` replacing the same family, size and token count."""
+    key = lambda row: (row["family"], row["size"], row.get("tokens", 1))  # noqa: E731
+    old = json.load(open(path)) if os.path.exists(path) else []
+    new = {key(row) for row in rows}
+    return sorted([row for row in old if key(row) not in new and "streaming" in row["seconds"]] + rows, key=key)
+
+
+def ratios(rows: List[Dict[str, Any]]) -> None:
+    """The table: each explanation's time and memory divided by SDPA's at the same size, and the growth exponents."""
+    sdpa = {(row["family"], row["size"]): row for row in rows if "sdpa" in row["seconds"]}
+    print("family  size  tokens   time streaming/sdpa  stored/sdpa   memory streaming/sdpa  stored/sdpa")
+    for row in rows:
+        base = sdpa[(row["family"], row["size"])]
+        t, m = row["seconds"], row["peak_kib"]
+        stored = (f"{t['stored'] / base['seconds']['sdpa']:11.2f}", f"{m['stored'] / base['peak_kib']['sdpa']:11.2f}") if "stored" in t else ("-", "-")
+        print(f"{row['family']:6}  {row['size']:5}  {row.get('tokens', 1):6}  {t['streaming'] / base['seconds']['sdpa']:20.2f}  {stored[0]:>11}"
+              f"  {m['streaming'] / base['peak_kib']['sdpa']:22.2f}  {stored[1]:>11}")
+    for count in sorted({row.get("tokens", 1) for row in rows if row["family"] == "llama"}):
+        chosen = [row for row in rows if row["family"] == "llama" and row.get("tokens", 1) == count]
+        if len(chosen) > 1:
+            exponent = growth_exponent([row["size"] for row in chosen], [row["seconds"]["streaming"] for row in chosen])
+            print(f"growth exponent of the streaming time, {count} token(s): {exponent:.2f}")
 
 
 def plot(rows: List[Dict[str, Any]], path: str) -> None:
@@ -110,20 +147,24 @@ def plot(rows: List[Dict[str, Any]], path: str) -> None:
     import matplotlib.pyplot as plt
 
     llama_rows = [row for row in rows if row["family"] == "llama"]
-    sizes = [row["size"] for row in llama_rows]
+    curves = [("sdpa", 1, "k--", "SDPA forward+backward"), ("streaming", 1, "C0o-", "explain, streaming, 1 token"),
+              ("streaming", 16, "C2^-", "explain, streaming, 16 tokens"), ("stored", 1, "C3s-", "explain, stored maps, 1 token")]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    sizes = sorted({row["size"] for row in llama_rows})
     for axis, key, label in ((axes[0], "seconds", "time (s)"), (axes[1], "peak_kib", "peak memory growth (MiB)")):
-        for kind, style in zip(KINDS, ("k--", "C0o-", "C3s-")):
-            scale = 1 / 1024 if key == "peak_kib" else 1
-            axis.loglog(sizes, [row[key][kind] * scale for row in llama_rows], style, label=
-                        {"sdpa": "SDPA forward+backward", "lean": "explain, lean", "eager": "explain, eager"}[kind])
+        scale = 1 / 1024 if key == "peak_kib" else 1
+        for kind, count, style, name in curves:
+            points = [(row["size"], row[key][kind] * scale) for row in llama_rows
+                      if kind in row[key] and row.get("tokens", 1) == count]
+            if points:
+                axis.loglog(*zip(*points), style, label=name)
         axis.set_xlabel("tokens N")
         axis.set_ylabel(label)
         axis.set_xticks(sizes, [str(size) for size in sizes])
         axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         axis.grid(True, which="both", alpha=0.3)
     axes[0].legend()
-    figure.suptitle("GenericAttention on LlamaForCausalLM (hidden 256, 8 layers), one generated token, 1 CPU thread")
+    figure.suptitle("GenericAttention on LlamaForCausalLM (hidden 256, 8 layers), 1 CPU thread")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
@@ -131,25 +172,23 @@ def plot(rows: List[Dict[str, Any]], path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
-    parser.add_argument("--memory-probe", nargs=3, metavar=("KIND", "FAMILY", "SIZE"), help=argparse.SUPPRESS)
+    parser.add_argument("--lengths", type=int, nargs="+", help="the Llama sizes (default: all)")
+    parser.add_argument("--tokens", type=int, nargs="+", help="the explained token counts (default: 1 and 16)")
+    parser.add_argument("--vit", action="store_true", help="also ViT-Base at 224^2 and 448^2")
+    parser.add_argument("--memory-probe", nargs=4, metavar=("KIND", "FAMILY", "SIZE", "TOKENS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
-        kind, family, size = args.memory_probe
-        memory_probe(kind, family, int(size), args.quick)
+        kind, family, size, tokens = args.memory_probe
+        memory_probe(kind, family, int(size), int(tokens), args.quick)
         return
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
-    rows = measure("llama", QUICK_LENGTHS if args.quick else LENGTHS, args.quick)
-    rows += measure("vit", QUICK_IMAGES if args.quick else IMAGES, args.quick)
-    print("family  size   time lean/sdpa  eager/sdpa   memory lean/sdpa  eager/sdpa  eager/lean")
-    for row in rows:
-        t, m = row["seconds"], row["peak_kib"]
-        print(f"{row['family']:6}  {row['size']:5}  {t['lean'] / t['sdpa']:14.2f}  {t['eager'] / t['sdpa']:10.2f}"
-              f"  {m['lean'] / m['sdpa']:16.2f}  {m['eager'] / m['sdpa']:10.2f}  {m['eager'] / m['lean']:10.2f}")
-    llama_rows = [row for row in rows if row["family"] == "llama"]
-    sizes = [row["size"] for row in llama_rows]
-    for kind in KINDS:
-        print(f"growth exponent of {kind} time: {growth_exponent(sizes, [row['seconds'][kind] for row in llama_rows]):.2f}")
+    lengths = tuple(args.lengths or (QUICK_LENGTHS if args.quick else LENGTHS))
+    rows = measure("llama", lengths, tuple(args.tokens or (QUICK_TOKENS if args.quick else TOKENS)), args.quick)
+    if args.vit:
+        rows += measure("vit", QUICK_IMAGES if args.quick else IMAGES, (1,), args.quick)
     folder = tempfile.gettempdir() if args.quick else os.path.dirname(__file__)
+    rows = merged(os.path.join(folder, "long_context.json"), rows)
+    ratios(rows)
     with open(os.path.join(folder, "long_context.json"), "w") as results:
         json.dump(rows, results, indent=1)
     plot(rows, os.path.join(folder, "long_context.png"))

@@ -50,14 +50,17 @@ def explainer(method: str, explained: Any) -> Any:
 def probe(family: str, method: str, budget: Optional[int], tokens: int) -> Dict[str, int]:
     """One explanation in this process: its peak growth (bytes) and the estimate per element."""
     from captum_mm.attr import _base, _memory
+    from captum_mm.attr._streaming import streamed_modalities
 
     warnings.simplefilter("ignore")  # max_memory=1 warns
     torch.set_num_threads(1)
     estimate: Dict[str, int] = {}
 
-    def groups(forward: Any, events: Any, needs: Any, vectorized: Any, max_memory: Any) -> Any:
-        estimate["bytes"] = _memory.element_bytes(forward.schedule, forward.record, events, 4, needs, False)
-        return _memory.slot_groups(forward, events, needs, vectorized, max_memory)
+    def groups(forward: Any, events: Any, needs: Any, vectorized: Any, max_memory: Any, streaming: bool = False) -> Any:
+        calls = [forward.record.calls[event.call] for event in events]
+        streamed = streamed_modalities(forward.schedule, events, calls, needs) if streaming else frozenset()
+        estimate["bytes"] = _memory.element_bytes(forward.schedule, forward.record, events, 4, needs, False, streamed)
+        return _memory.slot_groups(forward, events, needs, vectorized, max_memory, streaming)
 
     _base.slot_groups = groups
     explained = model(family)

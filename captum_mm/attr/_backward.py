@@ -17,10 +17,12 @@ from captum_mm._precision import accumulation_dtype, exact
 from captum_mm.attr._checks import check_connected, check_finite_map
 from captum_mm.attr._gradients import attention_gradients
 from captum_mm.attr._pass import ForwardPass, Needs
+from captum_mm.attr._streaming import LeanSink, stream_eager_map
 from captum_mm.capture.lean import LeanMaps, LeanRequest, lean_backward
 from captum_mm.capture.record import AttentionCall
 from captum_mm.lrp import attention_relevance
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
+from captum_mm.relevance.streaming import RowPass, StreamedRows
 
 
 @dataclass
@@ -49,6 +51,8 @@ class BackwardGroup:
         events (list[AttentionEvent]): The events, ``calls`` their calls.
         fuse (Callable): The method's fusion of an eager call's bundle.
         needs (Needs): What the method needs.
+        streamed (StreamedRows, optional): The readout rows streamed through the backward passes (their events get
+                    no map). Default: None
     """
 
     forward: ForwardPass
@@ -58,6 +62,18 @@ class BackwardGroup:
     calls: List[AttentionCall]
     fuse: Callable[[AttentionBundle], Tensor]
     needs: Needs
+    streamed: Optional[StreamedRows] = None
+
+    def is_streamed(self, index: int) -> bool:
+        """Whether the event ``index`` is streamed (its map applied to the rows, not kept).
+
+        Args:
+            index (int): The event's position in ``events``.
+
+        Returns:
+            *bool*
+        """
+        return self.streamed is not None and self.events[index].call in self.streamed.calls
 
 
 @dataclass(frozen=True)
@@ -71,8 +87,9 @@ class _Chunk:
     sample: Tensor
 
 
-def fused_from_backward(group: BackwardGroup, slots: Tensor, vectorized: bool) -> List[Tensor]:
-    """The group's fused maps, ``[E, Nq, Nk]`` an event, not yet padding-masked.
+def fused_from_backward(group: BackwardGroup, slots: Tensor, vectorized: bool) -> List[Optional[Tensor]]:
+    """The group's fused maps, ``[E, Nq, Nk]`` an event, not yet padding-masked; the streamed events' applied to
+    ``group.streamed`` instead.
 
     Args:
         group (BackwardGroup): The elements (those of the backward ``slots``) and events.
@@ -80,14 +97,18 @@ def fused_from_backward(group: BackwardGroup, slots: Tensor, vectorized: bool) -
         vectorized (bool): All slots in one backward, else one backward a slot.
 
     Returns:
-        *list[Tensor]*: one map an event, in order.
+        *list[Tensor or None]*: one map an event, in order (None where streamed).
     """
     logits = group.forward.logits
     check_connected(logits, group.forward.method)
-    fused = [_fused_buffer(call, logits, int(group.elements.numel())) for call in group.calls]
+    count = int(group.elements.numel())
+    fused = [None if group.is_streamed(index) else _fused_buffer(call, logits, count) for index, call in enumerate(group.calls)]
     for chunk in _chunks(group, slots, vectorized):
-        for index, values in _chunk_maps(group, chunk):
-            fused[index][chunk.members] = values
+        rows = None if group.streamed is None else group.streamed.backward(chunk.members)
+        for index, values in _chunk_maps(group, chunk, rows):
+            cast(Tensor, fused[index])[chunk.members] = values
+        if rows is not None:
+            rows.finish()
     return fused
 
 
@@ -131,23 +152,29 @@ def _chunks(group: BackwardGroup, slots: Tensor, vectorized: bool) -> Iterator[_
         yield _Chunk(selection.grad_outputs[chunk], members, element_slot[members] - chunk[0], element_sample[members])
 
 
-def _chunk_maps(group: BackwardGroup, chunk: _Chunk) -> Iterator[Tuple[int, Tensor]]:
-    """Each event's map for the chunk's elements, by index; each gradient and relevance freed once read."""
+def _chunk_maps(group: BackwardGroup, chunk: _Chunk, rows: Optional[RowPass]) -> Iterator[Tuple[int, Tensor]]:
+    """Each kept event's map for the chunk's elements, by index, the last event first (streamed events applied to
+    ``rows`` instead: the lean ones during the backward); each gradient and relevance freed once read."""
     nothing: List[Optional[Tensor]] = [None] * len(group.calls)
-    requests = _lean_requests(group, chunk)
+    requests = _lean_requests(group, chunk, rows)
     grads, lean_maps = _gradients(group, chunk, requests) if group.needs.gradients else (list(nothing), {})
     relevance = _relevance(group, chunk) if group.needs.relevance else list(nothing)
-    for index in range(len(group.calls)):
+    for index in reversed(range(len(group.calls))):
         gradient, grads[index] = grads[index], None
         relevant, relevance[index] = relevance[index], None
         if index in lean_maps:
-            yield index, _lean_map(group, chunk, index, lean_maps.pop(index))
+            values = lean_maps.pop(index)
+            if values is not None:  # None: streamed
+                yield index, _lean_map(group, chunk, index, values)
+        elif group.is_streamed(index):
+            stream_eager_map(cast(RowPass, rows), group.events[index], _eager_map(group, chunk, index, gradient, relevant))
         else:
             yield index, _eager_map(group, chunk, index, gradient, relevant)
 
 
-def _lean_requests(group: BackwardGroup, chunk: _Chunk) -> Dict[int, LeanRequest]:
-    """What the backward computes for each lean call (by index): the method's fusion for the chunk's elements."""
+def _lean_requests(group: BackwardGroup, chunk: _Chunk, rows: Optional[RowPass]) -> Dict[int, LeanRequest]:
+    """What the backward computes for each lean call (by index): the method's fusion for the chunk's elements, kept or
+    (streamed events) handed to ``rows``."""
     fusion, masks, requests = group.needs.fusion, group.schedule.masks, {}
     for index, (event, call) in enumerate(zip(group.events, group.calls)):
         if call.lean is not None:
@@ -157,9 +184,10 @@ def _lean_requests(group: BackwardGroup, chunk: _Chunk) -> Dict[int, LeanRequest
             if call.layout is not None:  # units laid out after the forward (a prompt's images): every token real
                 real = masks[event.query].new_ones(batch, queries), masks[event.key].new_ones(batch, keys)
             else:
-                rows, columns = masks[event.query][chunk.members], masks[event.key][chunk.members]
-                real = _per_sample(rows, chunk.sample, batch), _per_sample(columns, chunk.sample, batch)
-            requests[index] = LeanRequest(call.lean, fusion, *real)
+                real_rows, real_columns = masks[event.query][chunk.members], masks[event.key][chunk.members]
+                real = _per_sample(real_rows, chunk.sample, batch), _per_sample(real_columns, chunk.sample, batch)
+            sink = LeanSink(cast(RowPass, rows), event, group.schedule, chunk.sample) if group.is_streamed(index) else None
+            requests[index] = LeanRequest(call.lean, fusion, *real, sink)
     return requests
 
 
@@ -168,7 +196,7 @@ def _per_sample(real: Tensor, sample: Tensor, batch: int) -> Tensor:
     return torch.ones(batch, real.shape[-1], dtype=torch.bool, device=real.device).index_copy(0, sample, real)
 
 
-def _gradients(group: BackwardGroup, chunk: _Chunk, lean: Dict[int, LeanRequest]) -> Tuple[List[Optional[Tensor]], Dict[int, Tensor]]:
+def _gradients(group: BackwardGroup, chunk: _Chunk, lean: Dict[int, LeanRequest]) -> Tuple[List[Optional[Tensor]], Dict[int, Optional[Tensor]]]:
     """Autograd's backward: the gradient at every call's map, and the lean calls' maps (by index)."""
     differentiable, names = [call.differentiable for call in group.calls], [event.name for event in group.events]
     logits = group.forward.logits

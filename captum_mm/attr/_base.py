@@ -60,6 +60,11 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
     #: (:mod:`captum_mm.capture.lean`: no per-head map kept, memory close to an SDPA forward and backward);
     #: False records every map's probabilities in eager attention (the reference path).
     lean: bool = True
+    #: Apply each self-attention map to the readout rows while the backward pass computes it, keeping no ``[N, N]``
+    #: map (methods whose rows take ``v <- v + v A_bar`` or ``v A_bar``: GenericAttention, Transformer attribution;
+    #: :mod:`captum_mm.relevance.streaming`); False keeps every fused map and propagates afterwards (the stored path,
+    #: the same values). The default of the ``streaming`` argument of :meth:`explain` and :meth:`attribute`.
+    streaming: bool = True
 
     def __init__(self, forward_func: Callable, model: Optional[nn.Module] = None) -> None:
         r"""
@@ -112,6 +117,7 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
         *,
         max_memory: MaxMemory = None,
         lean: Optional[bool] = None,
+        streaming: Optional[bool] = None,
     ) -> TensorOrTuple:
         r"""
         Relevance of every input, each attribution shaped like the input it explains.
@@ -142,6 +148,8 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
                         (``math.inf``: no limit). Default: None (:attr:`max_memory`)
             lean (bool, optional): :attr:`lean` for this call (False: the eager path).
                         Default: None (:attr:`lean`)
+            streaming (bool, optional): :attr:`streaming` for this call (False: the stored
+                        maps). Default: None (:attr:`streaming`)
 
         Returns:
             *Tensor* or *tuple[Tensor, ...]*: Attributions shaped like ``inputs``, in each
@@ -150,7 +158,8 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
         is_inputs_tuple = _is_tuple(inputs)
         input_tuple: Tuple[Tensor, ...] = _format_tensor_into_tuples(inputs)
         explanation, arguments = self._explain(
-            input_tuple, target, additional_forward_args, options=TargetOptions(single=True), max_memory=max_memory, lean=lean
+            input_tuple, target, additional_forward_args, options=TargetOptions(single=True), max_memory=max_memory, lean=lean,
+            streaming=streaming,
         )
         if input_modalities is None:
             input_modalities = input_outputs(input_tuple, arguments, self.adapter.argument_outputs)
@@ -169,6 +178,7 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
         *,
         max_memory: MaxMemory = None,
         lean: Optional[bool] = None,
+        streaming: Optional[bool] = None,
     ) -> Explanation:
         r"""
         Per-token relevance per modality, as an :class:`Explanation`.
@@ -203,6 +213,7 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
                         Default: None
             max_memory (int, float or str, optional): As for :meth:`attribute`. Default: None
             lean (bool, optional): As for :meth:`attribute`. Default: None
+            streaming (bool, optional): As for :meth:`attribute`. Default: None
 
         Returns:
             Explanation: relevance per output, explained classes (and queries, or, for
@@ -217,12 +228,13 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
             forward, arguments, tokens = generation_forward(
                 self.model, prompt_arguments(self.model, prompt), continuation, generate, generation_args, self.adapter
             )
-            explanation = self._explain(arguments, tokens, None, forward, max_memory=max_memory, lean=lean)[0]
+            explanation = self._explain(arguments, tokens, None, forward, max_memory=max_memory, lean=lean, streaming=streaming)[0]
             return replace(explanation, generated_ids=tokens.explained_ids())
         if isinstance(inputs, Mapping):
             raise ValueError("inputs as a dict is taken for generated tokens only (with continuation= or generate=True).")
         tensors, options = _format_tensor_into_tuples(inputs), TargetOptions(threshold=threshold)
-        return self._explain(tensors, target, additional_forward_args, options=options, max_memory=max_memory, lean=lean)[0]
+        return self._explain(tensors, target, additional_forward_args, options=options, max_memory=max_memory, lean=lean,
+                             streaming=streaming)[0]
 
     # The shared part ---------------------------------------------------------------
 
@@ -236,13 +248,16 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
         options: TargetOptions = TargetOptions(),
         max_memory: MaxMemory = None,
         lean: Optional[bool] = None,
+        streaming: Optional[bool] = None,
     ) -> Tuple[Explanation, Dict[str, Any]]:
         """The explanation, and the model's forward arguments (``target``: the explained classes, a
         :class:`~captum_mm.generation.Continuation` for generated tokens; ``forward_func``: their own forward,
         whose arguments :func:`generation_forward` has checked; None options: the attributes)."""
         max_memory, lean = self.max_memory if max_memory is None else max_memory, self.lean if lean is None else lean
+        streaming = self.streaming if streaming is None else streaming
         check_max_memory(max_memory)
         check_lean(lean)
+        check_lean(streaming, "streaming")
         if forward_func is None:
             check_inputs(inputs)
         additional = _format_additional_forward_args(additional_forward_args) or ()
@@ -256,25 +271,26 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
                 empty = {(row, key): like.new_zeros(0, schedule.sizes[row], schedule.sizes[key]) for row, key in schedule.pairs}
                 outputs = read_out(schedule, empty)
             else:
-                outputs = self._outputs_in_groups(forward, max_memory)
+                outputs = self._outputs_in_groups(forward, max_memory, streaming)
                 check_finite_relevance(outputs, selection.sample, type(self).__name__)
         return assemble(selection, outputs, int(forward.logits.shape[0])), forward.record.arguments
 
-    def _outputs_in_groups(self, forward: ForwardPass, max_memory: MaxMemory) -> Dict[str, Tensor]:
+    def _outputs_in_groups(self, forward: ForwardPass, max_memory: MaxMemory, streaming: bool) -> Dict[str, Tensor]:
         """Every element's outputs, the elements taken in groups of backward slots whose relevance buffers fit in
         ``max_memory`` (the same values as all at once)."""
         selection, events = forward.selection, self.events(forward.schedule)
         outputs: Dict[str, Tensor] = {}
-        for slots in slot_groups(forward, events, self.needs, self.vectorized_backward, max_memory):
+        for slots in slot_groups(forward, events, self.needs, self.vectorized_backward, max_memory, streaming):
             elements = torch.isin(selection.slot, slots).nonzero()[:, 0]
-            for name, values in self._group_outputs(forward, events, slots, elements).items():
+            for name, values in self._group_outputs(forward, events, slots, elements, streaming).items():
                 if name not in outputs:
                     outputs[name] = values.new_zeros(selection.num_elements, *values.shape[1:])
                 outputs[name][elements] = values
         return outputs
 
-    def _group_outputs(self, forward: ForwardPass, events: List[AttentionEvent], slots: Tensor, elements: Tensor) -> Dict[str, Tensor]:
+    def _group_outputs(self, forward: ForwardPass, events: List[AttentionEvent], slots: Tensor, elements: Tensor,
+                       streaming: bool) -> Dict[str, Tensor]:
         """The outputs of the ``elements`` of the backward ``slots`` (their buffers freed on return, before the next group's)."""
         schedule = forward.schedule.of_elements(elements)
-        maps = fused_maps(forward, events, self.fuse, self.needs, self.vectorized_backward, slots)
+        maps = fused_maps(forward, events, self.fuse, self.needs, self.vectorized_backward, slots, streaming)
         return read_out(schedule, self.relevance_matrices(schedule, maps))

@@ -27,10 +27,10 @@ def check_grad_mode(needs_backward: bool, method: str) -> None:
         raise RuntimeError(f"{method} was called under torch.inference_mode(). {_INFERENCE_HELP}")
 
 
-def check_lean(lean: Any) -> None:
-    """``lean`` (the argument or the explainer's attribute) is a bool."""
+def check_lean(lean: Any, name: str = "lean") -> None:
+    """``lean`` (the argument or the explainer's attribute ``name``) is a bool."""
     if not isinstance(lean, bool):
-        raise ValueError(f"lean must be True or False (None as an argument: the explainer's lean), got {lean!r}.")
+        raise ValueError(f"{name} must be True or False (None as an argument: the explainer's {name}), got {lean!r}.")
 
 
 def run_forward(forward_func: Callable, args: Sequence[Any], method: str) -> Any:

@@ -9,12 +9,13 @@ counted: they do not grow with ``E`` (one backward per slot, or one vectorised b
 import math
 import os
 import warnings
-from typing import List, Optional, Union, cast
+from typing import FrozenSet, List, Optional, Union, cast
 
 import torch
 from torch import Tensor
 
 from captum_mm._precision import accumulation_dtype
+from captum_mm.attr._streaming import streamed_modalities
 from captum_mm.attr.engine import ForwardPass, Needs, is_vectorized
 from captum_mm.capture.record import AttentionRecord
 from captum_mm.relevance.propagation import self_attention_only
@@ -92,12 +93,13 @@ def available_memory(device: torch.device) -> Optional[int]:
 
 
 def element_bytes(schedule: Schedule, record: AttentionRecord, events: List[AttentionEvent], itemsize: int,
-                  needs: Needs, vectorized: bool) -> int:
+                  needs: Needs, vectorized: bool, streamed: FrozenSet[str] = frozenset()) -> int:
     """An upper bound on one element's relevance buffers (the module's docstring lists them). Relevance blocks are
     counted 6 times where relevance matrices are propagated whole (the state, each update and the products making it)
     and 3 times where self-attention-only schedules keep only readout rows (a last layer's matrix min-max scaled by
     PartialLRP, with its temporaries),
-    as measured on Llama and T5 for every method (benchmarks/README.md, "Long generations").
+    as measured on Llama and T5 for every method (benchmarks/README.md, "Long generations"). Streamed modalities keep
+    no map of their events and no block: their rows, 4 copies (before, masked, product, kept) per readout.
 
     Args:
         schedule (Schedule): The schedule.
@@ -107,22 +109,26 @@ def element_bytes(schedule: Schedule, record: AttentionRecord, events: List[Atte
         needs (Needs): What the method needs (without a backward pass each element copies its stored maps).
         vectorized (bool): Whether a group's slots share one backward (then every slot's per-head gradients and
                     relevance at every map are alive at once).
+        streamed (frozenset of str, optional): The modalities whose rows are streamed. Default: none
 
     Returns:
         *int*: Bytes.
     """
     areas = [schedule.sizes[event.query] * schedule.sizes[event.key] for event in events]
+    kept = [0 if event.query in streamed else area for event, area in zip(events, areas)]
     probs = [record.calls[event.call].probs for event in events]
     heads = [0 if maps is None else maps.shape[1] for maps in probs]
     copied = [0 if needs.backward else count + 1 for count in heads]  # the copy and its fused map
-    one_event = max((area * (1 + itemsize * copies) for area, copies in zip(areas, copied)), default=0)
-    blocks = (3 if self_attention_only(schedule) else 6) * sum(schedule.sizes.values()) ** 2
+    one_event = max((area * (1 + itemsize * copies) for area, copies in zip(kept, copied)), default=0)
+    unstreamed = sum(size for modality, size in schedule.sizes.items() if modality not in streamed)
+    rows = 4 * len(schedule.outputs) * sum(schedule.sizes[modality] for modality in streamed)
+    blocks = (3 if self_attention_only(schedule) else 6) * unstreamed ** 2 + rows
     per_head = (int(needs.gradients) + int(needs.relevance)) * sum(area * count for area, count in zip(areas, heads)) if vectorized else 0
-    return (sum(areas) + blocks + per_head) * itemsize + one_event
+    return (sum(kept) + blocks + per_head) * itemsize + one_event
 
 
 def slot_groups(forward: ForwardPass, events: List[AttentionEvent], needs: Needs, vectorized: Optional[bool],
-                max_memory: MaxMemory) -> List[Tensor]:
+                max_memory: MaxMemory, streaming: bool = False) -> List[Tensor]:
     """The backward slots in groups whose elements' relevance buffers fit in ``max_memory`` (one group when it
     allows any amount); a slot that alone needs more forms its own group, with a warning.
 
@@ -132,6 +138,7 @@ def slot_groups(forward: ForwardPass, events: List[AttentionEvent], needs: Needs
         needs (Needs): What the method needs.
         vectorized (bool, optional): The method's ``vectorized_backward``.
         max_memory (int, float, str or None): The method's ``max_memory``.
+        streaming (bool, optional): Whether the rows are streamed where they can be. Default: False
 
     Returns:
         *list[Tensor]*: The slot indices of each group, in order.
@@ -144,7 +151,9 @@ def slot_groups(forward: ForwardPass, events: List[AttentionEvent], needs: Needs
     itemsize = torch.empty((), dtype=accumulation_dtype(forward.logits.dtype)).element_size()
     calls = [forward.record.calls[event.call] for event in events]
     shared = needs.backward and is_vectorized(forward.logits, calls, vectorized)
-    per_slot = element_bytes(forward.schedule, forward.record, events, itemsize, needs, shared) * int(torch.bincount(selection.slot).max())
+    streamed = streamed_modalities(forward.schedule, events, calls, needs) if streaming else frozenset()
+    per_slot = element_bytes(forward.schedule, forward.record, events, itemsize, needs, shared, streamed)
+    per_slot *= int(torch.bincount(selection.slot).max())
     if per_slot > budget:
         allowed = f"max_memory={budget} bytes" if max_memory != "auto" else (
             f'max_memory="auto" ({budget} bytes: a quarter of the memory available, at most 1 GiB)')

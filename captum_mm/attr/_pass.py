@@ -12,6 +12,7 @@ from captum_mm.lrp import LRPState
 from captum_mm.models.adapter import ArchitectureAdapter
 from captum_mm.models.targets import TargetSelection
 from captum_mm.relevance.schedule import Schedule
+from captum_mm.relevance.streaming import RowRule
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,11 @@ class Needs:
     #: How the method reduces heads, when it is one lean capture computes (:mod:`captum_mm.capture.lean`):
     #: then no per-head map is kept. None: the method receives the per-head tensors.
     fusion: Optional[Fusion] = None
+    #: How the method's readout rows take each fused map of a self-attention-only modality (its
+    #: :meth:`~captum_mm.attr.method.AttentionMethod.relevance_matrices` then returns a ``RowRelevance`` with this
+    #: step): the engine may apply the maps while the backward computes them and keep none (streaming). None: the
+    #: maps are kept.
+    rows: Optional[RowRule] = None
 
     @property
     def backward(self) -> bool:

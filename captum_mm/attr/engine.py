@@ -12,14 +12,16 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch import Tensor, nn
 
-from captum_mm._precision import computed_in_float32, exact
+from captum_mm._precision import accumulation_dtype, computed_in_float32, exact
 from captum_mm.attr._backward import AttentionBundle, BackwardGroup, fused_from_backward, take_rows, valid_entries
 from captum_mm.attr._checks import check_finite_logits, check_finite_map, check_grad_mode, run_forward, warn_if_training
 from captum_mm.attr._pass import ForwardPass, Needs
+from captum_mm.attr._streaming import streamed_rows
 from captum_mm.capture.record import AttentionCall
 from captum_mm.lrp import RuleSet, lrp_rules
 from captum_mm.models import ArchitectureAdapter, TargetOptions, adapter_for, capture_attention
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
+from captum_mm.relevance.streaming import FusedMaps
 
 
 def check_inputs(inputs: Tuple[Tensor, ...]) -> None:
@@ -99,10 +101,14 @@ def fused_maps(
     needs: Needs,
     vectorized: Optional[bool] = None,
     slots: Optional[Tensor] = None,
+    streaming: bool = True,
 ) -> Dict[int, Tensor]:
     """One fused, padding-masked ``[E, Nq, Nk]`` map per event, ``fuse`` applied to each event's bundle
     (calls captured lean come with the map ``needs.fusion`` names already computed), for the elements of
-    the backward ``slots`` (default: all; :func:`slot_groups`), in element order.
+    the backward ``slots`` (default: all; :func:`slot_groups`), in element order. With ``streaming`` and a
+    method declaring ``needs.rows``, the maps of self-attention-only modalities are applied to their readout rows
+    as the backward computes them and not kept (:mod:`captum_mm.attr._streaming`): a
+    :class:`~captum_mm.relevance.streaming.FusedMaps` holds those rows.
 
     Backward passes (if ``needs`` asks for any) run over the one forward graph. On an accelerator all
     slots (DETR queries) share one vectorised backward (``is_grads_batched``); on CPU, or with calls
@@ -118,9 +124,12 @@ def fused_maps(
         if call.probs is not None:
             check_finite_map(call.probs, lambda: valid_entries(schedule, event), sample, event.name)
     if needs.backward:  # into buffers of its own: masked in place
-        group = BackwardGroup(forward, schedule, elements, events, calls, fuse, needs)
+        like = forward.logits.new_zeros((), dtype=accumulation_dtype(forward.logits.dtype))
+        streamed = streamed_rows(schedule, events, calls, needs, like) if streaming else None
+        group = BackwardGroup(forward, schedule, elements, events, calls, fuse, needs, streamed)
         fused = fused_from_backward(group, slots, is_vectorized(forward.logits, calls, vectorized))
-        return {event.call: _masked(values, schedule, event) for event, values in zip(events, fused)}
+        kept = {event.call: _masked(values, schedule, event) for event, values in zip(events, fused) if values is not None}
+        return kept if streamed is None else FusedMaps(kept, streamed)
     return {event.call: _fused_without_backward(schedule, event, call, sample, fuse) for event, call in zip(events, calls)}
 
 

@@ -10,6 +10,7 @@ from captum_mm.lrp import RuleSet, attnlrp_rules
 from captum_mm.relevance.heads import gradient_weighted, relevance_weighted
 from captum_mm.relevance.propagation import Matrices, generic_relevance
 from captum_mm.relevance.schedule import Schedule
+from captum_mm.relevance.streaming import RowRule
 
 HEAD_WEIGHTINGS = ("gradient", "lrp", "attnlrp")
 ZERO_ROW_UPDATES = ("keep", "drop")
@@ -100,7 +101,8 @@ class GenericAttention(AttentionAttribution):
         self.self_in_bimodal = self_in_bimodal
         self.head_weighting = head_weighting
         lrp = head_weighting in ("lrp", "attnlrp")
-        self.needs = Needs(probabilities=not lrp, gradients=True, relevance=lrp, fusion=None if lrp else "gradient_weighted")
+        self.needs = Needs(probabilities=not lrp, gradients=True, relevance=lrp, fusion=None if lrp else "gradient_weighted",
+                           rows=RowRule(aggregate))
         self.rules = rules
         if head_weighting == "attnlrp":
             check_supported(self.adapter)

@@ -7,6 +7,7 @@ from torch import Tensor
 from captum_mm.attr._base import AttentionBundle, Needs
 from captum_mm.attr.last_layer import LastLayerAttribution
 from captum_mm.relevance.heads import grad_cam
+from captum_mm.relevance.streaming import RowRule
 
 
 class AttentionGradCam(LastLayerAttribution):
@@ -23,7 +24,7 @@ class AttentionGradCam(LastLayerAttribution):
         >>> explanation = AttentionGradCam(model).explain((input_ids, visual_feats, visual_pos))
     """
 
-    needs = Needs(probabilities=True, gradients=True, fusion="grad_cam")
+    needs = Needs(probabilities=True, gradients=True, fusion="grad_cam", rows=RowRule(aggregate=False))
 
     def fuse(self, bundle: AttentionBundle) -> Tensor:
         return grad_cam(cast(Tensor, bundle.probs), cast(Tensor, bundle.grads), bundle.valid)

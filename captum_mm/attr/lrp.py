@@ -10,6 +10,7 @@ from captum_mm.lrp import RuleSet
 from captum_mm.relevance.heads import head_mean, relevance_weighted
 from captum_mm.relevance.propagation import Matrices, last_event, last_layer_relevance, min_max_scaled, transformer_attribution_relevance
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
+from captum_mm.relevance.streaming import RowRule
 
 _RULES_DOC = """rules (RuleSet, optional): The LRP rules. Default: None (the reference
                         implementation's: alpha=1 beta=0 linear layers, pass-through
@@ -63,7 +64,7 @@ class TransformerAttribution(AttentionAttribution):
         >>> explanation = TransformerAttribution(model).explain((input_ids, visual_feats, visual_pos))
     """
 
-    needs = Needs(probabilities=False, gradients=True, relevance=True)
+    needs = Needs(probabilities=False, gradients=True, relevance=True, rows=RowRule())
 
     def __init__(self, forward_func: Callable, model: Optional[nn.Module] = None, rules: Optional[RuleSet] = None) -> None:
         super().__init__(forward_func, model)

@@ -7,8 +7,9 @@ family's eager function does, row chunk by row chunk, keeping nothing per head (
 no gradient, the head mean of the probabilities, ``[B, Nq, Nk]``). Its backward (a custom autograd
 function) recomputes the probabilities chunk by chunk and returns the standard ``dQ, dK, dV`` and, for
 the method's declared :data:`Fusion`, that call's head-reduced map for the backward's seed: Eq. 5's
-``mean_h((dA * A)^+)`` or attention Grad-CAM's ``(mean_h(w_h A_h))^+``. Peak memory beyond an SDPA
-forward and backward: one ``[B, Nq, Nk]`` map per call and a chunk's temporaries.
+``mean_h((dA * A)^+)`` or attention Grad-CAM's ``(mean_h(w_h A_h))^+``, kept whole or handed chunk by chunk to
+its request's sink (:mod:`captum_mm.capture.requests`; streamed readout rows). Peak memory beyond an SDPA forward
+and backward: a chunk's temporaries, and one ``[B, Nq, Nk]`` map per call where the map is kept.
 
 The eager path (every call's ``[B, H, Nq, Nk]`` probabilities in the graph) stays as the fallback and
 the test oracle: LRP-based methods need the probabilities themselves, and modules their adapter's
@@ -17,8 +18,8 @@ models get an exact float64 softmax (:mod:`captum_mm.capture.eager`).
 """
 
 from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, TypeVar, cast
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -28,77 +29,14 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 from captum_mm._precision import accumulation_dtype, exact
 from captum_mm.capture.chunks import remembered_row_chunks, row_chunks, start_remembering, stop_remembering
 from captum_mm.capture.eager import AttentionFunctions, exact_eager_attention, family_softmax, soft_capped
+from captum_mm.capture.requests import Fusion, LeanMaps, LeanRequest, MapBuffer, MapSink, lean_backward
 from captum_mm.relevance.heads import head_mean, weighted_head_mean
+
+__all__ = ["LEAN", "Fusion", "LeanMaps", "LeanRequest", "LeanSite", "MapSink", "lean_attention", "lean_backward", "lean_module",
+           "recording", "stop_recording"]
 
 #: The attention-interface key lean capture switches a model's configs to.
 LEAN = "captum_mm_lean"
-#: How a method reduces each call's heads when it is known by name (None: the method needs the probabilities).
-Fusion = Literal["head_mean", "gradient_weighted", "grad_cam"]
-
-Result = TypeVar("Result")
-
-
-@dataclass(frozen=True)
-class LeanRequest:
-    """What a lean call's backward computes while :func:`lean_backward` runs.
-
-    Attributes:
-        maps (LeanMaps): The call.
-        fusion (Fusion): Its head reduction.
-        rows, columns (Tensor): ``[B, Nq]``, ``[B, Nk]`` real tokens the explained element of each sample sees (True
-                    for samples with none), for Grad-CAM's gradient mean.
-    """
-
-    maps: "LeanMaps"
-    fusion: Fusion
-    rows: Tensor
-    columns: Tensor
-
-
-@dataclass
-class _Exchange:
-    """The channel into a lean call's autograd backward, open only while :func:`lean_backward` runs: the request it
-    serves and the map it computed."""
-
-    request: Optional[LeanRequest] = None
-    fused: Optional[Tensor] = None
-
-
-@dataclass(frozen=True)
-class LeanMaps:
-    """One lean attention call, as captured.
-
-    Attributes:
-        probe (Tensor): A ``[1]`` leaf the call's output depends on: asking autograd for its gradient runs
-                    the call's backward.
-        shape (tuple): The call's ``(B, H, Nq, Nk)``.
-    """
-
-    probe: Tensor
-    shape: Tuple[int, int, int, int]  # the call's B, H, Nq, Nk
-    _exchange: _Exchange = field(default_factory=_Exchange, repr=False, compare=False)
-
-
-def lean_backward(requests: Sequence[LeanRequest], backward: Callable[[], Result]) -> Tuple[Result, List[Tensor]]:
-    """Run ``backward``, an autograd pass reaching the calls of ``requests``, each computing what its request asks
-    (any other lean call it reaches computes no map).
-
-    Args:
-        requests (sequence of LeanRequest): At most one a call.
-        backward (Callable): Runs the autograd pass.
-
-    Returns:
-        *tuple*: ``backward``'s result, and each request's map ``[B, Nq, Nk]`` for its seed, in order.
-    """
-    for request in requests:
-        request.maps._exchange.request = request
-    try:
-        result = backward()
-        return result, [cast(Tensor, request.maps._exchange.fused) for request in requests]
-    finally:
-        for request in requests:  # closed: no request, no map
-            request.maps._exchange.request, request.maps._exchange.fused = None, None
-
 
 @dataclass
 class LeanSite:
@@ -233,7 +171,7 @@ class _LeanAttention(torch.autograd.Function):
         keys, values = _repeated(key, options.groups), _repeated(value, options.groups)
         grad_query, grad_keys, grad_values = torch.empty_like(query), torch.zeros_like(keys), torch.zeros_like(values)
         grad_bias = torch.zeros_like(bias) if ctx.needs_input_grad[4] else None
-        fused = None if fusion is None else query.new_zeros(query.shape[0], query.shape[2], key.shape[2], dtype=exact_dtype)
+        sink = None if request is None else (request.sink or MapBuffer(query.new_zeros(query.shape[0], query.shape[2], key.shape[2], dtype=exact_dtype)))
         gradient_sums = query.new_zeros(query.shape[0], query.shape[1], 1, 1, dtype=exact_dtype)  # Grad-CAM: dA over real entries
         every = slice(0, key.shape[2])
         chunks = row_chunks(query, key.shape[2], None) if fusion == "grad_cam" else ctx.chunks  # Grad-CAM's mean: every key
@@ -244,7 +182,7 @@ class _LeanAttention(torch.autograd.Function):
             grad_values[:, :, columns] += torch.matmul(probs.transpose(-1, -2), grad_chunk)
             weighted = exact(probs) * exact(grad_probs)  # A * dA, which Eq. 5 reuses
             if fusion == "gradient_weighted":
-                cast(Tensor, fused)[:, rows, columns] = weighted.clamp(min=0).mean(dim=-3)
+                cast(MapSink, sink).add(rows, columns, weighted.clamp(min=0).mean(dim=-3))
             # softmax's backward: A * dA - A * rowsum(A * dA)
             grad_logits = weighted.addcmul_(exact(probs), weighted.sum(-1, keepdim=True), value=-1).to(probs.dtype)
             if grad_bias is not None:
@@ -260,8 +198,12 @@ class _LeanAttention(torch.autograd.Function):
             count = (cast(LeanRequest, request).rows.sum(-1) * cast(LeanRequest, request).columns.sum(-1)).clamp(min=1)
             weights = gradient_sums / count.to(gradient_sums.dtype)[:, None, None, None]
             for rows, _ in chunks:
-                cast(Tensor, fused)[:, rows] = weighted_head_mean(weights, exact(_probabilities(query, keys, bias, mask, rows, options, every)))
-        maps._exchange.fused = fused
+                if cast(MapSink, sink).wants(rows):  # a streamed readout row's chunk only
+                    probs = exact(_probabilities(query, keys, bias, mask, rows, options, every))
+                    cast(MapSink, sink).add(rows, every, weighted_head_mean(weights, probs))
+        if sink is not None:
+            sink.close()
+        maps._exchange.fused = sink.values if isinstance(sink, MapBuffer) else None
         grad_key, grad_value = _summed_groups(grad_keys, options.groups), _summed_groups(grad_values, options.groups)
         return grad_query, grad_key, grad_value, None, grad_bias, torch.zeros_like(maps.probe), None
 

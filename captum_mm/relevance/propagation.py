@@ -5,7 +5,7 @@ the caller reads the readout rows. ``maps`` holds one fused map per event, keyed
 the event's call index.
 """
 
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -20,6 +20,7 @@ from captum_mm.relevance.rules import (
     self_attention_deltas,
 )
 from captum_mm.relevance.schedule import AttentionEvent, Schedule, Stage
+from captum_mm.relevance.streaming import FusedMaps, RowRule, own_events
 
 Maps = Dict[int, Tensor]
 #: ``v S`` for rows ``v`` (``[E, k, N]``) and one event's fused map (``[E, N, N]``): one factor of a product ``R = S_L ... S_1``.
@@ -31,16 +32,23 @@ class RowRelevance:
     propagation"): where every event of the schedule is self-attention, each modality's ``R^{ss} = S_L ... S_1``
     (later layers on the left, ``S_l`` from the event's fused map by ``step``), so rows ``v`` of it are
     ``v <- v S_l`` from the last event down: ``O(L K N^2)`` for ``K`` rows rather than ``O(L N^3)``, with the same
-    values. Cross blocks are zero (no token attends to another modality).
+    values. Cross blocks are zero (no token attends to another modality). Where the engine streamed a modality's rows
+    during the backward (``maps`` a :class:`~captum_mm.relevance.streaming.FusedMaps`; docs/METHOD.md, "Streaming row
+    propagation"), they are read from there, ``step`` being the streamed :class:`RowRule`.
 
     Args:
         schedule (Schedule): A self-attention-only schedule.
-        maps (dict[int, Tensor]): One fused ``[E, N, N]`` map per event, keyed by its call index.
+        maps (dict[int, Tensor]): One fused ``[E, N, N]`` map per event, keyed by its call index (streamed events'
+                    left out).
         step (Callable): ``step(v, A_bar) = v S_l`` for rows ``v`` ``[E, k, N]``.
+        events (sequence of AttentionEvent, optional): The events propagated (the last layer's alone for raw
+                    attention and Grad-CAM). Default: None (every event of the schedule)
     """
 
-    def __init__(self, schedule: Schedule, maps: Maps, step: RowStep) -> None:
+    def __init__(self, schedule: Schedule, maps: Maps, step: RowStep, events: Optional[Sequence[AttentionEvent]] = None) -> None:
         self.schedule, self.maps, self.step = schedule, maps, step
+        self.events = schedule.events if events is None else list(events)
+        self.streamed = maps.streamed if isinstance(maps, FusedMaps) else None
 
     def rows(self, pair: Tuple[str, str], rows: Tensor, weights: Optional[Tensor] = None) -> Tensor:
         """``R^{pair}[e, rows[e]]`` (or ``weights[e] . R^{pair}``) for every element: ``[E, N_key]``."""
@@ -62,8 +70,10 @@ class RowRelevance:
         return values if stage.through is None else self.continued(values, stage.through)
 
     def _propagated(self, modality: str, rows: Tensor) -> Tensor:
+        if self.streamed is not None and modality in self.streamed.values:
+            return self.streamed.rows(modality, rows, self.step)
         values = rows[:, None]
-        for event in reversed(self.schedule.self_events(modality)):
+        for event in reversed(own_events(self.events, modality)):
             values = self.step(values, self.maps[event.call])
         return values[:, 0]
 
@@ -123,6 +133,9 @@ def continued_through(values: Tensor, stage: Stage, matrices: Matrices) -> Tenso
 
 
 def _like(schedule: Schedule, maps: Maps) -> Tensor:
+    """A tensor of the maps' dtype (or the streamed rows')."""
+    if isinstance(maps, FusedMaps) and maps.streamed is not None:
+        return next(iter(maps.streamed.values.values()))
     return next(iter(maps.values()), schedule.element_sample.new_zeros(0, dtype=torch.get_default_dtype()))
 
 
@@ -153,7 +166,7 @@ def generic_relevance(
         *dict or RowRelevance*: ``R^{row, key}`` per pair the readouts use.
     """
     if self_attention_only(schedule):
-        return RowRelevance(schedule, maps, lambda v, a: v + torch.bmm(v, a) if aggregate else torch.bmm(v, a))
+        return RowRelevance(schedule, maps, RowRule(aggregate))
     relevance = initial_relevance(schedule.sizes, schedule.num_elements, _like(schedule, maps))
     attends = {(event.query, event.key) for event in schedule.events} | schedule.unscheduled_attentions
     for step in schedule.steps:
@@ -248,7 +261,7 @@ def transformer_attribution_relevance(schedule: Schedule, maps: Maps) -> Matrice
         *dict or RowRelevance*: Per pair (rows only for self-attention-only schedules).
     """
     if self_attention_only(schedule):
-        return RowRelevance(schedule, maps, lambda v, a: v + torch.bmm(v, a))
+        return RowRelevance(schedule, maps, RowRule())
     matrices = {}
     for row, key in schedule.pairs:
         if key != row:

@@ -1,0 +1,216 @@
+"""Readout rows propagated while the backward pass computes the fused maps, so that no map is kept
+(docs/METHOD.md, "Streaming row propagation").
+
+On a self-attention-only modality a readout row is ``e_p S_L ... S_1`` with ``S_l = I + A_bar_l`` (or ``A_bar_l``
+without aggregation): the last layer first, the order in which the backward pass reaches the layers. Each event's
+map is applied to the rows as it arrives, in chunks of its rows (``v A = sum_chunks v[:, rows] A[rows, :]``), and
+then dropped: ``[E, k, N]`` rows per modality instead of one ``[E, N, N]`` map per event.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, FrozenSet, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from captum_mm.relevance.schedule import AttentionEvent, Schedule
+
+
+@dataclass(frozen=True)
+class RowRule:
+    """One self-attention event's factor on readout rows ``v``: ``v <- v + v A_bar`` (``aggregate``, Eq. 6 for
+    GenericAttention and Transformer attribution) or ``v <- v A_bar`` (GenericAttention without aggregation).
+
+    Attributes:
+        aggregate (bool): Add the product to the rows (else it replaces them). Default: True
+    """
+
+    aggregate: bool = True
+
+    def __call__(self, rows: Tensor, fused: Tensor) -> Tensor:
+        """``rows`` ``[E, k, N]`` times ``S_l``, ``fused`` ``[E, N, N]`` the event's map."""
+        return self.combine(rows, torch.bmm(rows, fused))
+
+    def combine(self, rows: Tensor, product: Tensor) -> Tensor:
+        """The rows after the event, given the rows before it and their product with the map.
+
+        Args:
+            rows (Tensor): ``v``, ``[E, k, N]``.
+            product (Tensor): ``v A_bar``, ``[E, k, N]``.
+
+        Returns:
+            *Tensor*
+        """
+        return rows + product if self.aggregate else product
+
+
+class StreamedRows:
+    """The readout rows of some modalities of a self-attention-only schedule, updated event by event while the backward
+    passes hand over each event's fused map in chunks of rows, the last event first (:meth:`backward`).
+
+    Args:
+        schedule (Schedule): The schedule of the elements explained.
+        rule (RowRule): How an event's map updates the rows.
+        modalities (frozenset of str): The modalities streamed: each is read from its own rows (``R^{ss}``).
+        like (Tensor): A tensor of the rows' dtype and device.
+        events (sequence of AttentionEvent, optional): The events the method propagates. Default: None (all)
+    """
+
+    def __init__(self, schedule: Schedule, rule: RowRule, modalities: FrozenSet[str], like: Tensor,
+                 events: Optional[Sequence[AttentionEvent]] = None) -> None:
+        self.schedule, self.rule = schedule, rule
+        events = schedule.events if events is None else events
+        self.values = {modality: _starts(schedule, modality).to(like) for modality in modalities}
+        self.starts = {modality: rows.clone() for modality, rows in self.values.items()}
+        self.order = {modality: [event.call for event in reversed(own_events(events, modality))] for modality in modalities}
+
+    @property
+    def calls(self) -> FrozenSet[int]:
+        """The calls of every streamed event."""
+        return frozenset(call for calls in self.order.values() for call in calls)
+
+    def backward(self, members: Tensor) -> "RowPass":
+        """The updates of one backward pass, for the elements ``members`` (``[E]`` booleans).
+
+        Args:
+            members (Tensor): The elements this backward explains.
+
+        Returns:
+            *RowPass*
+        """
+        return RowPass(self, members)
+
+    def rows(self, modality: str, start: Tensor, rule: object) -> Tensor:
+        """The propagated rows that began as ``start`` ``[E, N]``, under ``rule`` (the method's own step, which must be
+        the streamed one).
+
+        Args:
+            modality (str): A streamed modality.
+            start (Tensor): ``[E, N]`` the readout's start rows.
+            rule (object): The step the method propagates with.
+
+        Returns:
+            *Tensor*: ``[E, N]``.
+        """
+        if rule != self.rule:
+            raise RuntimeError(f"The rows of {modality!r} were streamed with {self.rule}, but the method propagates with {rule}.")
+        starts = self.starts[modality]
+        for index in range(starts.shape[1]):
+            if torch.equal(starts[:, index], start.to(starts)):
+                return self.values[modality][:, index]
+        raise RuntimeError(f"A readout of {modality!r} starts from rows the backward pass did not propagate.")
+
+
+class RowPass:
+    """One backward pass's updates of :class:`StreamedRows`: each streamed event once, the last first."""
+
+    def __init__(self, streamed: StreamedRows, members: Tensor) -> None:
+        self.streamed, self.members = streamed, members
+        self.applied = {modality: 0 for modality in streamed.order}
+
+    def update(self, event: AttentionEvent) -> "RowUpdate":
+        """Begin ``event``'s update (its map's chunks go to the returned update).
+
+        Args:
+            event (AttentionEvent): A streamed event: the next one, backwards, of its modality.
+
+        Returns:
+            *RowUpdate*
+        """
+        order, done = self.streamed.order[event.query], self.applied[event.query]
+        if done >= len(order) or order[done] != event.call:
+            raise RuntimeError(f"The backward pass reached {event.name or event.call} out of the reverse layer order that "
+                               "streaming the readout rows relies on: explain this model with streaming=False.")
+        self.applied[event.query] = done + 1
+        return RowUpdate(self.streamed, event.query, self.members)
+
+    def finish(self) -> None:
+        """Check that the pass applied every streamed event."""
+        missing = [modality for modality, order in self.streamed.order.items() if self.applied[modality] != len(order)]
+        if missing:
+            raise RuntimeError(f"The backward pass did not reach every attention of {missing} whose readout rows it streams.")
+
+
+class RowUpdate:
+    """One event's update of the streamed rows of ``modality`` for the elements ``members``: the map's chunks
+    (:meth:`add`, padding entries included) applied to the rows of real tokens, the product kept on real tokens --
+    the same as the padding-masked map's product."""
+
+    def __init__(self, streamed: StreamedRows, modality: str, members: Tensor) -> None:
+        self.streamed, self.modality, self.members = streamed, modality, members
+        self.real = streamed.schedule.masks[modality][members][:, None, :]
+        self.before = streamed.values[modality][members]
+        self.source = self.before * self.real.to(self.before.dtype)
+        self.product = torch.zeros_like(self.before)
+
+    def add(self, rows: slice, columns: slice, values: Tensor) -> None:
+        """Apply ``values`` ``[e, rows, columns]``, the map's block for each member (entries not given are 0).
+
+        Args:
+            rows (slice): The map's rows.
+            columns (slice): Its columns.
+            values (Tensor): The block, in the rows' dtype.
+        """
+        self.product[:, :, columns] += torch.bmm(self.source[:, :, rows], values)
+
+    def close(self) -> None:
+        """Replace the members' rows by the rows after the event."""
+        product = self.product * self.real.to(self.product.dtype)
+        self.streamed.values[self.modality][self.members] = self.streamed.rule.combine(self.before, product)
+
+
+class FusedMaps(Dict[int, Tensor]):
+    """The fused maps the engine kept, by call index, and the readout rows it streamed instead of keeping the others.
+
+    Args:
+        maps (dict[int, Tensor]): The kept maps.
+        streamed (StreamedRows, optional): The streamed rows. Default: None
+    """
+
+    def __init__(self, maps: Dict[int, Tensor], streamed: Optional[StreamedRows] = None) -> None:
+        super().__init__(maps)
+        self.streamed = streamed
+
+
+def own_events(events: Sequence[AttentionEvent], modality: str) -> List[AttentionEvent]:
+    """The self-attention events of ``modality`` among ``events``, in order.
+
+    Args:
+        events (sequence of AttentionEvent): Events in schedule order.
+        modality (str): The modality.
+
+    Returns:
+        *list of AttentionEvent*
+    """
+    return [event for event in events if event.is_self and event.query == modality]
+
+
+def _starts(schedule: Schedule, modality: str) -> Tensor:
+    """``[E, k, N]`` the distinct rows the readouts of ``modality``'s own relevance start from: one-hot at the readout
+    row, or its weights."""
+    size, starts = schedule.sizes[modality], []  # type: ignore[var-annotated]
+    for readout in schedule.outputs.values():
+        if readout.row == readout.key == modality:
+            one_hot = torch.nn.functional.one_hot(readout.rows, size).to(torch.get_default_dtype())
+            start = one_hot if readout.row_weights is None else readout.row_weights
+            if not any(torch.equal(start.to(seen), seen) for seen in starts):
+                starts.append(start)
+    if not starts:
+        raise ValueError(f"No readout of the schedule reads {modality!r} tokens' own relevance.")
+    dtype = torch.promote_types(*(start.dtype for start in starts)) if len(starts) > 1 else starts[0].dtype
+    return torch.stack([start.to(dtype) for start in starts], dim=1)
+
+
+def streamable(schedule: Schedule) -> List[str]:
+    """The modalities whose readout rows can be streamed: read from their own relevance and continued into by no stage
+    (a stage's start rows are known only once the later stage is propagated).
+
+    Args:
+        schedule (Schedule): A self-attention-only schedule.
+
+    Returns:
+        *list of str*
+    """
+    stages = {stage.pair[0] for readout in schedule.outputs.values() if readout.through is not None for stage in readout.through.chain()}
+    read = {readout.row for readout in schedule.outputs.values() if readout.row == readout.key}
+    return sorted(read - stages)
