@@ -33,6 +33,12 @@ REFUSED = {"attnlrp": _INPUTS_REFUSED, "cp-lrp": _INPUTS_REFUSED, "generic-attnl
 #: tests/conftest.py): CP-LRP is AttnLRP with two rule flags, "ours w/ AttnLRP" is "ours w/ LRP" with AttnLRP's rules;
 #: AttnLRP and "ours w/ LRP" run those suites, and tests/lrp/test_attnlrp.py tests the flags (suite time).
 CONTRACT_ONLY = {"cp-lrp", "generic-attnlrp"}
+
+def methods_for(family: str) -> dict:
+    """The methods the every-method suites run on ``family``: those not refusing it, but the contract-only ones."""
+    return {key: make for key, make in METHODS.items() if family not in REFUSED.get(key, set()) and key not in CONTRACT_ONLY}
+
+
 #: The family of the tests naming none (in a parameter or their module's name).
 FAMILY_OF_TEST = {"test_detr_padded_images": "detr", "test_detr_returns_to_sdpa": "detr",
                   "test_vectorized_backward_equals_one_backward_per_query": "detr"}

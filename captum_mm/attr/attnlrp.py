@@ -85,7 +85,8 @@ class AttnLRP(AttentionAttribution):
         with keep_inputs(self.model) as self._kept:
             return super()._explain(inputs, target, additional_forward_args, forward_func, **kwargs)
 
-    def _outputs_in_groups(self, forward: ForwardPass, max_memory: Any) -> Dict[str, Tensor]:
+    def _outputs_in_groups(self, forward: ForwardPass, max_memory: Any, streaming: bool) -> Dict[str, Tensor]:
+        # no map is propagated: nothing to stream
         """Every element's outputs: one LRP backward a slot, its elements' inputs' relevance read out."""
         selection, batch = forward.selection, forward.logits.shape[0]
         kept = {name: t for name, t in self._kept.tensors.items() if t.shape[0] == batch}  # not several images a prompt

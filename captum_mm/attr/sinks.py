@@ -82,7 +82,8 @@ class AttentionSinks(AttentionAttribution):
         """
         return {name: values >= self.share for name, values in shares.outputs().items()}
 
-    def _outputs_in_groups(self, forward: ForwardPass, max_memory: Any) -> Dict[str, Tensor]:
+    def _outputs_in_groups(self, forward: ForwardPass, max_memory: Any, streaming: bool) -> Dict[str, Tensor]:
+        # the shares need every map whole: never streamed
         schedule, events = forward.schedule, self.events(forward.schedule)
         maps = fused_maps(forward, events, self.fuse, self.needs)
         outputs = {}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import assert_image_halves_sum_their_cells, assert_raw_attention_is_the_models_own, family_prompts, idefics3, internvl, generation_relevance, schedule_leaving_the_model_as_it_was
 
-from methods_under_test import MAY_VANISH, METHODS
+from methods_under_test import MAY_VANISH, methods_for
 
 from captum_mm.models import adapter_for
 
@@ -99,7 +99,7 @@ def test_qk_norm_spanning_all_heads_is_followed_by_every_method():
         plain = internvl(qk_norm=False)
         plain.load_state_dict(model.state_dict(), strict=False)
         assert not torch.allclose(model(**batch).logits, plain(**batch).logits)
-    for key, method in METHODS.items():
+    for key, method in methods_for("internvl").items():
         image = method(model).explain(batch, continuation=[[5], [6]]).image
         assert torch.isfinite(image).all() and (key in MAY_VANISH or image.abs().sum() > 0), key
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import (assert_same_state, family_prompts, generation_relevance, model_state, qwen3_vl, qwen_eager_output,
                      qwen_vision_inputs)
-from methods_under_test import MAY_VANISH, METHODS
+from methods_under_test import MAY_VANISH, methods_for
 from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb_vision
 
 from captum_mm.attr import GenericAttention, RawAttention
@@ -160,7 +160,7 @@ def test_attribute_gives_every_method_s_next_token_relevance_over_the_prompt():
 
     rest = tuple(batch[name] for name in ("pixel_values", "image_grid_thw", "mm_token_type_ids", "attention_mask"))
     next_tokens = torch.tensor([5, 6, 7])
-    for key, make in METHODS.items():
+    for key, make in methods_for("qwen3_vl").items():
         text = make(forward, model).attribute(batch["input_ids"], target=next_tokens, additional_forward_args=rest)
         torch.testing.assert_close(text, make(model).explain(batch, continuation=next_tokens[:, None]).text[:, 0], msg=key)
 
@@ -171,7 +171,7 @@ def test_qwen3_vl_moe_explains_with_every_method_and_its_lrp_conserves_through_t
     for parameter in model.model.language_model.layers[0].mlp.gate.parameters():  # HF's router starts at zero
         torch.nn.init.normal_(parameter, std=0.5)
     batch = family_prompts("qwen3_vl", batch=2)
-    for key, make in METHODS.items():
+    for key, make in methods_for("qwen3_vl").items():
         image = make(model).explain(batch, continuation=[[5], [6]]).image
         assert image.shape == (2, 1, *GRID) and image.isfinite().all() and (key in MAY_VANISH or image.abs().sum() > 0), key
     model = model.double()
