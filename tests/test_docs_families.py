@@ -53,7 +53,7 @@ def test_family_page_lists_classes_outputs_example_and_schedule():
     assert page.startswith("# Decoder-only LMs\n\n**Classes**: ") and "`OPTForCausalLM`" in page
     assert "| `text` | `[1, 3, 4]` |" in page and "| `generated` | `[1, 3, 3]` |" in page
     assert "torch.Size([1, 3, 4]) torch.Size([1, 3, 3])" in page  # what the example printed
-    assert page.index("## Example") < page.index("## Schedule") < page.index("one `R`")
+    assert page.index("## Example") < page.index("## Schedule") < page.index("one $R$")
 
 
 def test_an_output_without_a_stated_meaning_fails_the_page():
