@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from captum_mm.attr.catalog import with_reference_detr
 from captum_mm.datasets import write_shapes_coco
 from captum_mm.metrics.segmentation import IOU_GRIDS, SegmentationEvaluator, relevance_to_masks
+from captum_mm.study.notes import missing_sizes
 from captum_mm.study.options import Options
 from captum_mm.study.report import table
 from captum_mm.visualization.figures import detection_masks_figure
@@ -53,10 +54,14 @@ def detr_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable
     methods = with_reference_detr(methods)
     scores = cast(Dict[str, Dict[str, Dict[str, float]]], evaluator.evaluate(methods, image_ids, progress=options.progress))
     tables = []
+    areas = [a["area"] for a in json.loads(Path(annotations).read_text())["annotations"] if a["image_id"] in image_ids]
     for grid in IOU_GRIDS:
         rows = {row: {m: 100 * scores[m][grid][row] for m in scores} for row in SEGMENTATION_ROWS}
         label = "0.50:0.05:0.95" if grid == "coco" else "0.20:0.05:0.95"
-        tables.append(table(rows, list(scores), f"{name}: segmentation, IoU {label} (as supplementary Table 1)"))
+        tables.append(table(rows, list(scores), f"{name}: segmentation, IoU {label} (as supplementary Table 1)",
+                            f"{name.split('-')[0]}_segmentation_iou{label[2:4]}", {row: "higher" for row in rows}))
+        missing = missing_sizes(areas, [row for row, values in rows.items() if min(values.values()) < 0])
+        tables[-1]["notes"] += [missing] if missing else []
     out = Path(options.output) / name
     out.mkdir(parents=True, exist_ok=True)
     figures = {}
