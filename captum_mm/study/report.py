@@ -89,7 +89,8 @@ CAPTIONS = {
     "curves": "Perturbation curves: the model's accuracy (%, y axis; of its generated answer for the generative VLM) on "
     "the test questions as a growing fraction of its image regions or patches or its text tokens (x axis) is removed, least relevant first (negative perturbation: the higher "
     "the curve, the better the explanation) or most relevant first (positive: the lower, the better). One line per "
-    "method; the legend gives each method's area under the curve, as in the tables.",
+    "method (methods with identical curves share one line, joined by \"=\" in the legend); the legend gives each "
+    "method's area under the curve, as in the tables.",
     "gallery": "Gallery: top row, test images with their question and the model's answer (for the generative VLM, "
     "one column per generated word piece, the piece named in the title). Below, one row per "
     "method: the image with each region (patch) multiplied by its relevance (scaled to the maximum, so irrelevant regions "
