@@ -101,10 +101,11 @@ CAPTIONS = {
     "tokens and the pieces before it (deeper red: more relevant; the 64 image tokens, whose relevance lies on the image, "
     "shown as one) and over the image's 8 x 8 patches (jet colours over the image, scaled to the map's maximum; the slider "
     "sets their opacity).",
-    "masks": "DETR masks: one column per object the model detected in this scene, explained by the first method. "
-    "Top row: the detection's relevance over the image (jet colours, scaled to its maximum: red most relevant, "
-    "blue least). Bottom row: the weakly-supervised segmentation mask (Algorithm 1) made from it, in red. A good "
-    "explanation covers the detected object and little else.",
+    "masks": "DETR masks: one column per detection in this scene (most confident first; a detection whose box overlaps "
+    "an earlier one of its class by IoU > 0.7 is labelled its duplicate), two rows per method. Upper row: the "
+    "detection's relevance over the image (jet colours, scaled to its maximum: red most relevant, blue least). "
+    "Lower row: the weakly-supervised segmentation mask (Algorithm 1) made from it, in red. A good explanation "
+    "covers the detected object and little else.",
 }
 
 

@@ -1,6 +1,7 @@
 """The report's interpretation, on hand-computed tables: best values per row, why values are n/a and panels black,
 the generated comparison with the paper."""
 
+import numpy as np
 import torch
 
 from captum_mm.study.notes import PAPER_AUC, best_columns, direction_caption, missing_sizes, paper_comparison, vanished_panels
@@ -61,3 +62,26 @@ def test_the_comparison_with_the_paper_is_generated_from_the_table():
     assert detr.startswith("The paper (DETR pretrained on COCO, supplementary Table 1, ours): AP 13.1, AP_medium 14.4, ")
     assert detr.endswith("Here (segmentation), ours: AP 10.00 (rank 1 of 2); AP_medium 10.00 (rank 1 of 2); AP_large n/a; "
                          "AR 10.00 (rank 1 of 2); AR_medium 10.00 (rank 1 of 2); AR_large n/a.")
+
+
+def test_a_detection_duplicates_an_earlier_one_of_its_class_whose_box_it_overlaps():
+    from captum_mm.study.detr import duplicates
+
+    # centre x, centre y, width, height: 0 and 1 overlap by IoU 0.81 / 1.0 = 0.81, 2 is 1's class elsewhere, 3 is 0's
+    # box in another class; 4 overlaps 0 by IoU 0.03 / 0.05 = 0.6, under the 0.7 limit
+    boxes = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.5, 0.5, 0.18, 0.18], [0.1, 0.1, 0.1, 0.1], [0.5, 0.5, 0.2, 0.2],
+                          [0.55, 0.5, 0.2, 0.2]])
+    assert duplicates(boxes, [1, 1, 1, 2, 1]) == [None, 0, None, None, None]
+    assert duplicates(boxes, [1, 1, 1, 2, 1], overlap=0.3) == [None, 0, None, None, 0]
+
+
+def test_the_masks_figure_has_two_rows_per_method_and_a_column_per_detection():
+    from captum_mm.visualization import methods_masks_figure
+
+    image = np.zeros((16, 16, 3), np.uint8)
+    maps, masks = [np.random.rand(4, 4)] * 3, [np.ones((16, 16), bool)] * 3
+    figure = methods_masks_figure(image, {"ours": (maps, masks), "rollout": (maps, masks)}, ["a", "b", "c (duplicate)"])
+    panels = figure.axes[:12]
+    assert [axis.get_ylabel() for axis in panels[::3]] == ["ours\nrelevance", "ours\nmask (Algorithm 1)",
+                                                           "rollout\nrelevance", "rollout\nmask (Algorithm 1)"]
+    assert [axis.get_title() for axis in panels[:3]] == ["a", "b", "c (duplicate)"] and len(figure.axes) == 14
