@@ -1,6 +1,7 @@
 """Perturbation curves, as in the paper's supplementary Figures 2-3."""
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -36,7 +37,7 @@ def plot_perturbation_curves(result: StudyResult, title: Optional[str] = None) -
             curves.setdefault(tuple(result.accuracy(method, setting)), []).append(method)
         for curve, methods in curves.items():
             index = list(result.scores).index(methods[0])
-            label = f"{' = '.join(methods)} ({result.auc(methods[0], setting):.2f})"
+            label = textwrap.fill(f"{' = '.join(methods)} ({result.auc(methods[0], setting):.2f})", 40)  # narrow legends
             axis.plot(result.steps[setting], curve, marker="o", markersize=3, label=label, color=f"C{index % 10}",
                       linestyle=LINE_STYLES[index // 10 % len(LINE_STYLES)])
         direction = DIRECTIONS.get(setting.split()[0])
