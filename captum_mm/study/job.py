@@ -27,7 +27,7 @@ from captum_mm.zoo.recipes import RECIPES
 
 def reproduce(options: Options) -> Dict[str, Any]:
     r"""
-    Run the study, write ``report.html``, ``results.json`` and CSV tables to ``options.output``.
+    Run the study, write ``report.html``, ``results.json`` and CSV tables (named by model and test) to ``options.output``.
 
     Args:
         options (Options): What to run: models, methods, sample counts, data, output folder.
@@ -44,13 +44,13 @@ def reproduce(options: Options) -> Dict[str, Any]:
         print(f"Step {step} of {len(options.models)}: {name}: {STEPS[name].evaluations}", flush=True)
         studies[name] = STEPS[name].run(RECIPES[name], options, methods)
     tables = [table for study in studies.values() for table in study["tables"]]
-    for index, table in enumerate(tables):
+    for table in tables:
         print(text_table(table), end="\n\n")
-        (output / f"table_{index + 1}.csv").write_text(csv_table(table))
+        (output / f"{table['name']}.csv").write_text(csv_table(table))
     numbers = {name: study["numbers"] for name, study in studies.items()}
     numbers["tables"] = tables
     (output / "results.json").write_text(json.dumps(numbers, indent=2))
-    (output / "report.html").write_text(html_report(studies, tables, _settings(options, methods, time.monotonic() - started)))
+    (output / "report.html").write_text(html_report(studies, _settings(options, methods, time.monotonic() - started)))
     print(f"Report: {output / 'report.html'}")
     return numbers
 

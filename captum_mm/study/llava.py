@@ -22,6 +22,7 @@ from captum_mm.attr import Explanation
 from captum_mm.datasets.easy_vqa import GRID, EasyVQA
 from captum_mm.metrics.perturbation import DEFAULT_STEPS, TokenGroup
 from captum_mm.metrics.study import Setting, StudyResult, run_perturbation_study
+from captum_mm.study.notes import vanished_panels
 from captum_mm.study.options import Options
 from captum_mm.study.vqa import Plausibility, vqa_tables
 from captum_mm.visualization import ExplanationView, plot_perturbation_curves, save_perturbation_study, view
@@ -208,16 +209,16 @@ def llava_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callabl
     folder = Path(options.output) / name
     save_perturbation_study(result, folder, f"{name}: perturbation tests on the generated answers to {len(result.samples)} "
                             "easy-VQA test questions")
-    gallery, views = _gallery(model, dataset, methods, result.samples[: options.gallery])
+    gallery, views, note = _gallery(model, dataset, methods, result.samples[: options.gallery])
     gallery.savefig(folder / "gallery.png", dpi=110, bbox_inches="tight")
-    return {"numbers": result.to_dict(), "tables": vqa_tables(name, result, plausibility),
+    return {"numbers": result.to_dict(), "tables": vqa_tables(name, result, plausibility), "notes": {"gallery": note},
             "figures": {"curves": plot_perturbation_curves(result), "gallery": gallery}, "views": {"interactive gallery": views}}
 
 
 def _gallery(model: nn.Module, dataset: EasyVQA, methods: Dict[str, Callable],
-             indices: List[int]) -> Tuple[Figure, List[ExplanationView]]:
+             indices: List[int]) -> Tuple[Figure, List[ExplanationView], str]:
     """One column per generated word piece of each question: its relevance over the question and the image, per method;
-    and each question's answer in an interactive view (every method)."""
+    each question's answer in an interactive view (every method); the note on the black panels."""
     batch, _ = _collate(dataset)(indices)
     words = tokenizer()
     explanations = {method: explain_answers(factory, model, batch) for method, factory in methods.items()}
@@ -236,7 +237,7 @@ def _gallery(model: nn.Module, dataset: EasyVQA, methods: Dict[str, Callable],
               f" (piece {words.convert_ids_to_tokens(int(ids[row, piece]))})" for row, piece in columns]
     figure = relevance_gallery([dataset.image(indices[row]) for row, _ in columns], [question_tokens[row] for row, _ in columns],
                                relevance, (GRID, GRID), titles)
-    return figure, views
+    return figure, views, vanished_panels(relevance)
 
 
 def _answer_view(explanations: Dict[str, Explanation], row: int, prompt_ids: Tensor, image: Any) -> ExplanationView:

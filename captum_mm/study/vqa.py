@@ -6,7 +6,7 @@ gallery. It returns the study's ``numbers`` (for ``results.json``), its ``tables
 
 import textwrap
 from pathlib import Path
-from typing import Any, Callable, Dict, List, cast
+from typing import Any, Callable, Dict, List, Tuple, cast
 
 import torch
 from matplotlib.figure import Figure
@@ -15,6 +15,7 @@ from captum_mm.attr.catalog import ABLATIONS, PAPER_METHODS
 from captum_mm.datasets.batches import KeywordModel, pad_collate
 from captum_mm.datasets.easy_vqa import GRID, EasyVQA, tokenizer
 from captum_mm.metrics.study import StudyResult, attention_method, run_perturbation_study, vqa_settings
+from captum_mm.study.notes import vanished_panels
 from captum_mm.study.options import Options
 from captum_mm.study.report import table
 from captum_mm.visualization import plot_perturbation_curves, save_perturbation_study
@@ -47,13 +48,13 @@ class Plausibility:
         self.share.setdefault(method, []).extend(share.tolist())
         self.hits.setdefault(method, []).extend(hits.double().tolist())
 
-    def table(self, title: str) -> Dict[str, Any]:
+    def table(self, title: str, name: str) -> Dict[str, Any]:
         methods = list(self.share)
         rows = {
             "on shape %": {m: 100 * sum(self.share[m]) / len(self.share[m]) for m in methods},
             "pointing %": {m: 100 * sum(self.hits[m]) / len(self.hits[m]) for m in methods},
         }
-        return table(rows, methods, title)
+        return table(rows, methods, title, name, {row: "higher" for row in rows})
 
 
 def vqa_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable]) -> Dict[str, Any]:
@@ -86,10 +87,10 @@ def vqa_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable]
     folder = Path(options.output) / name
     save_perturbation_study(result, folder, f"{name}: perturbation tests on {len(result.samples)} easy-VQA test questions")
     tables = vqa_tables(name, result, plausibility)
-    gallery = _vqa_gallery(model, dataset, inputs.convert, relevance_methods, result.samples[: options.gallery])
+    gallery, note = _vqa_gallery(model, dataset, inputs.convert, relevance_methods, result.samples[: options.gallery])
     gallery.savefig(folder / "gallery.png", dpi=110, bbox_inches="tight")
     figures = {"curves": plot_perturbation_curves(result), "gallery": gallery}
-    return {"numbers": result.to_dict(), "tables": tables, "figures": figures}
+    return {"numbers": result.to_dict(), "tables": tables, "figures": figures, "notes": {"gallery": note}}
 
 
 def vqa_tables(name: str, result: StudyResult, plausibility: Plausibility) -> List[Dict[str, Any]]:
@@ -104,20 +105,25 @@ def vqa_tables(name: str, result: StudyResult, plausibility: Plausibility) -> Li
     Returns:
         *list of dict*: The tables (:func:`captum_mm.study.report.table`).
     """
-    def auc_table(columns, title):
+    short = name.split("-")[0]
+    better = {label: "higher" if setting.startswith("negative") else "lower" for setting, label in SETTING_ROWS.items()}
+
+    def auc_table(columns, title, stem):
         columns = [c for c in columns if c in result.scores]
         rows = {label: {c: result.auc(c, setting) for c in columns} for setting, label in SETTING_ROWS.items()}
-        return table(rows, columns, title)
+        return table(rows, columns, title, stem, better)
 
-    tables = [auc_table(list(PAPER_METHODS), f"{name}: AUC of every method (as supplementary Table 3)")]
+    tables = [auc_table(list(PAPER_METHODS), f"{name}: AUC of every method (as supplementary Table 3)", f"{short}_auc")]
     ablation_columns = ["ours"] + list(ABLATIONS)
     if any(c in result.scores for c in ABLATIONS):
-        tables.append(auc_table(ablation_columns, f"{name}: AUC of the ablations (as supplementary Table 2)"))
-    tables.append(plausibility.table(f"{name}: plausibility against the ground-truth shape masks"))
+        tables.append(auc_table(ablation_columns, f"{name}: AUC of the ablations (as supplementary Table 2)",
+                                f"{short}_ablations_auc"))
+    tables.append(plausibility.table(f"{name}: plausibility against the ground-truth shape masks", f"{short}_plausibility"))
     return tables
 
 
-def _vqa_gallery(model, dataset, convert, relevance_methods, indices) -> Figure:
+def _vqa_gallery(model, dataset, convert, relevance_methods, indices) -> Tuple[Figure, str]:
+    """The gallery of the questions ``indices`` and its note on black panels."""
     batch, _ = pad_collate([dataset[i] for i in indices])
     inputs = convert(batch)
     with torch.no_grad():
@@ -130,4 +136,5 @@ def _vqa_gallery(model, dataset, convert, relevance_methods, indices) -> Figure:
         relevance[method] = (values["text"].detach(), values["image"].detach())
     answers = [dataset.answers[p] for p in predictions.tolist()]
     titles = [f"{textwrap.fill(dataset.questions[i], 24)}\n→ {answer}" for i, answer in zip(indices, answers)]
-    return relevance_gallery([dataset.image(i) for i in indices], tokens, relevance, (GRID, GRID), titles)
+    figure = relevance_gallery([dataset.image(i) for i in indices], tokens, relevance, (GRID, GRID), titles)
+    return figure, vanished_panels(relevance)

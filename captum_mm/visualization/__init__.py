@@ -4,6 +4,7 @@ view of explanations."""
 from captum_mm.visualization.curves import plot_perturbation_curves, save_perturbation_study
 from captum_mm.visualization.figures import (
     detection_masks_figure,
+    methods_masks_figure,
     region_heatmap,
     region_relevance_image,
     relevance_gallery,
@@ -16,6 +17,7 @@ from captum_mm.visualization.interactive import ExplanationView, view
 __all__ = [
     "ExplanationView",
     "detection_masks_figure",
+    "methods_masks_figure",
     "plot_perturbation_curves",
     "region_heatmap",
     "region_relevance_image",

@@ -1,19 +1,22 @@
 """Perturbation curves, as in the paper's supplementary Figures 2-3."""
 
 import math
+import textwrap
 from pathlib import Path
-from typing import Optional
+from typing import Dict, List, Optional, Tuple
 
 from matplotlib.figure import Figure
 
 from captum_mm.metrics.study import StudyResult
 
 DIRECTIONS = {"negative": "higher is better", "positive": "lower is better"}
+LINE_STYLES = ("-", "--", ":")
 
 
 def plot_perturbation_curves(result: StudyResult, title: Optional[str] = None) -> Figure:
     """Perturbation curves: one panel per setting (e.g. negative/positive image/text), two panels a row; one line
-    per method, its AUC in the legend below the panel.
+    per method, its AUC in the legend below the panel. Methods with identical curves share one line, their names
+    joined by " = " in the legend; a method keeps its colour (and, past ten methods, its line style) in every panel.
 
     Args:
         result (StudyResult): From :func:`captum_mm.metrics.study.run_perturbation_study`.
@@ -29,9 +32,14 @@ def plot_perturbation_curves(result: StudyResult, title: Optional[str] = None) -
     figure = Figure(figsize=(5.2 * columns, (3.0 + 0.2 * legend_rows) * rows), layout="constrained")  # no pyplot
     axes = figure.subplots(rows, columns, squeeze=False).flatten()
     for axis, setting in zip(axes, settings):
+        curves: Dict[Tuple[float, ...], List[str]] = {}
         for method in result.scores:
-            label = f"{method} ({result.auc(method, setting):.2f})"
-            axis.plot(result.steps[setting], result.accuracy(method, setting), marker="o", markersize=3, label=label)
+            curves.setdefault(tuple(result.accuracy(method, setting)), []).append(method)
+        for curve, methods in curves.items():
+            index = list(result.scores).index(methods[0])
+            label = textwrap.fill(f"{' = '.join(methods)} ({result.auc(methods[0], setting):.2f})", 40)  # narrow legends
+            axis.plot(result.steps[setting], curve, marker="o", markersize=3, label=label, color=f"C{index % 10}",
+                      linestyle=LINE_STYLES[index // 10 % len(LINE_STYLES)])
         direction = DIRECTIONS.get(setting.split()[0])
         axis.set_title(f"{setting} ({direction})" if direction else setting, fontsize=10)
         axis.set_xlabel(f"fraction of {setting.split()[-1]} tokens removed")

@@ -4,7 +4,7 @@ Everything returns a value (HTML string, array or ``Figure``) and never opens a 
 usable headless and in notebooks alike.
 """
 
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from captum.attr import visualization as captum_visualization
@@ -192,26 +192,45 @@ def detection_masks_figure(image: np.ndarray, maps, masks, labels: Sequence[str]
     Returns:
         *Figure*: The figure.
     """
-    count = max(len(labels), 1)
-    figure = Figure(figsize=(2.2 * count + 1.2, 4.6), layout="constrained")
-    axes = figure.subplots(2, count, squeeze=False)
+    return methods_masks_figure(image, {"": (maps, masks)}, labels)
+
+
+def methods_masks_figure(image: np.ndarray, explained: Dict[str, Tuple[Sequence, Sequence]],
+                         labels: Sequence[str]) -> Figure:
+    """Each explained DETR query (a column) by each method (two rows): its relevance map over the image (with a
+    colour bar) and its Algorithm-1 mask.
+
+    Args:
+        image (ndarray): ``[H, W, 3]`` the image.
+        explained (dict): Method name (``""``: unnamed) to each query's relevance map and binary mask.
+        labels (sequence of str): Each query's label.
+
+    Returns:
+        *Figure*: The figure.
+    """
+    count, rows = max(len(labels), 1), 2 * len(explained)
+    figure = Figure(figsize=(2.2 * count + 1.2, 2.3 * rows), layout="constrained")
+    axes = figure.subplots(rows, count, squeeze=False)
     height, width = image.shape[:2]
-    for column in range(count):
-        top, bottom = axes[0][column], axes[1][column]
-        for axis in (top, bottom):
-            axis.imshow(image)
-            axis.set_xticks([])
-            axis.set_yticks([])
-        if column < len(labels):
-            heat = np.asarray(maps[column], dtype=np.float64)
-            top.imshow(_normalized(heat), cmap="jet", alpha=0.5, vmin=0, vmax=1, extent=(0, width, height, 0))
-            bottom.imshow(np.asarray(masks[column], dtype=np.float64), cmap="Reds", alpha=0.5, vmin=0, vmax=1,
-                          extent=(0, width, height, 0))
-            top.set_title(labels[column], fontsize=8)
-    axes[0][0].set_ylabel("relevance", fontsize=9)
-    axes[1][0].set_ylabel("mask (Algorithm 1)", fontsize=9)
+    for row, (method, (maps, masks)) in enumerate(explained.items()):
+        top, bottom = axes[2 * row], axes[2 * row + 1]
+        for column in range(count):
+            for axis in (top[column], bottom[column]):
+                axis.imshow(image)
+                axis.set_xticks([])
+                axis.set_yticks([])
+            if column < len(labels):
+                heat = np.asarray(maps[column], dtype=np.float64)
+                top[column].imshow(_normalized(heat), cmap="jet", alpha=0.5, vmin=0, vmax=1, extent=(0, width, height, 0))
+                bottom[column].imshow(np.asarray(masks[column], dtype=np.float64), cmap="Reds", alpha=0.5, vmin=0, vmax=1,
+                                      extent=(0, width, height, 0))
+                if row == 0:
+                    top[column].set_title(labels[column], fontsize=8)
+        top[0].set_ylabel(f"{method}\nrelevance" if method else "relevance", fontsize=9)
+        bottom[0].set_ylabel(f"{method}\nmask (Algorithm 1)" if method else "mask (Algorithm 1)", fontsize=9)
     scale = ScalarMappable(Normalize(0, 1), "jet")
-    figure.colorbar(scale, ax=axes[0].tolist(), shrink=0.9, label="relevance / max")
+    figure.colorbar(scale, ax=axes[0].tolist(), shrink=0.9, label="relevance / max")  # beside the first method's rows
     mask = ScalarMappable(Normalize(0, 1), ListedColormap([colormaps["Reds"](0.0), colormaps["Reds"](1.0)]))
-    figure.colorbar(mask, ax=axes[1].tolist(), shrink=0.9, ticks=[0.25, 0.75], label="mask").ax.set_yticklabels(["out", "in"])
+    figure.colorbar(mask, ax=axes[1].tolist(), shrink=0.9, ticks=[0.25, 0.75],
+                    label="mask").ax.set_yticklabels(["out", "in"])
     return figure

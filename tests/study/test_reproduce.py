@@ -2,18 +2,20 @@
 
 import html
 import json
+import re
 
 import pytest
 
 from captum_mm.cli import main
 from captum_mm.study import CAPTIONS, Options
+from captum_mm.study.notes import best_columns, number
 from captum_mm.zoo.recipes import recipe
 
 
 def test_reproduce_writes_every_output(tmp_path, capsys):
     output = tmp_path / "study"
     main(["reproduce", "--output", str(output), "--samples", "4", "--images", "2", "--gallery", "2",
-          "--methods", "ours", "rollout", "without-norm", "--threads", "1"])
+          "--methods", "ours", "rollout", "without-aggregation", "--threads", "1"])
     captured = capsys.readouterr()
     printed = captured.out
     assert "AUC of every method" in printed and "segmentation, IoU 0.20:0.05:0.95" in printed
@@ -29,8 +31,11 @@ def test_reproduce_writes_every_output(tmp_path, capsys):
         assert (output / name).stat().st_size > 0
     tables = json.loads((output / "results.json").read_text())["tables"]
     assert len(tables) == 11  # per VQA model and the generative VLM: methods, ablations, plausibility; DETR: two IoU grids
-    for index in range(1, len(tables) + 1):
-        assert (output / f"table_{index}.csv").read_text().startswith("setting,ours,")
+    names = [f"{model}_{test}" for model in ("lxmert", "visualbert") for test in ("auc", "ablations_auc", "plausibility")]
+    names[6:] = ["detr_segmentation_iou50", "detr_segmentation_iou20", "llava_auc", "llava_ablations_auc", "llava_plausibility"]
+    assert [table["name"] for table in tables] == names and not list(output.glob("table_*.csv"))
+    for table in tables:
+        assert (output / f"{table['name']}.csv").read_text().startswith("setting,ours,")
     for model in ("lxmert-easyvqa", "visualbert-easyvqa", "llava-easyvqa"):
         for name in ("results.json", "curves.png", "gallery.png"):
             assert (output / model / name).stat().st_size > 0
@@ -42,11 +47,31 @@ def test_reproduce_writes_every_output(tmp_path, capsys):
     for caption in CAPTIONS.values():
         assert html.escape(caption) in report
     for setting in ("<th>captum_mm</th><td>0.1.0</td>", "<th>seed</th><td>0</td>", "<th>threads</th><td>1 torch threads</td>",
-                    "<th>methods</th><td>ours, rollout, w/o norm.</td>", "4 easy-VQA test questions per VQA model (1 for the generative VLM, whose every perturbed forward generates), 2 in the gallery",
+                    "<th>methods</th><td>ours, rollout, w/o aggregation</td>", "4 easy-VQA test questions per VQA model (1 for the generative VLM, whose every perturbed forward generates), 2 in the gallery",
                     "2 scenes from the synthetic shapes", "<th>run time</th><td>", "<th>date</th><td>20"):
         assert setting in report
+    _check_interpretation(report, tables)
     main(["reproduce", "--output", str(output), "--models", "detr-shapes", "--images", "3", "--methods", "ours", "--threads", "1"])
     assert len(json.loads((output / "scenes" / "val.json").read_text())["images"]) == 3  # not the 2 written before
+
+
+def _check_interpretation(report, tables):
+    """Each row's best values bold, every n/a and black panel explained, the comparisons' numbers the tables'."""
+    bold = sum(len(best_columns(values, table["better"][row])) for table in tables for row, values in table["rows"].items())
+    assert report.count("<td class='best'><b>") == bold > len(tables)
+    assert "higher is better for Neg. img, Neg. text; lower is better for Pos. img, Pos. text." in report
+    assert report.count("CSV: ") == len(tables) and "CSV: lxmert_auc.csv" in report
+    with_na = [table for table in tables if any(v < 0 for values in table["rows"].values() for v in values.values())]
+    assert len(with_na) == 2 and report.count("n/a (AP_large, AR_large): pycocotools scores -1") == 2  # no large shapes
+    assert "0 large (&gt; 96² px) objects" in report
+    lxmert = report.split("<h2>lxmert-easyvqa</h2>")[1].split("<h2>")[0]
+    assert "w/o aggregation (every column): without aggregation, Eq. 11" in lxmert  # collapses on the shipped LXMERT
+    for model, table in (("lxmert-easyvqa", tables[0]), ("visualbert-easyvqa", tables[3]), ("detr-shapes", tables[6]),
+                         ("llava-easyvqa", tables[8])):
+        section = report.split(f"<h2>{model}</h2>")[1].split("<h2>")[0]
+        comparison = html.unescape(re.search(r"<p class='comparison'>(.*?)</p>", section).group(1))
+        quoted = dict(re.findall(r"(\w[\w. ]*?) (\d+\.\d\d|n/a)(?: \(rank|;|\.$)", comparison.split("Here")[1]))
+        assert quoted == {row: number(values["ours"]) for row, values in table["rows"].items()}
 
 
 def test_reproduce_takes_a_users_checkpoints_and_coco_data(tmp_path, capsys):

@@ -80,3 +80,16 @@ def test_curve_legends_sit_below_their_panels():
     for axis in panels:
         legend, box = axis.get_legend().get_window_extent(), axis.get_window_extent()
         assert legend.y1 < box.y0 and legend.x0 >= box.x0 - 30 and legend.x1 <= box.x1 + 30
+
+
+def test_identical_curves_share_one_line_and_a_method_keeps_its_colour():
+    result = StudyResult([0, 1], {"negative image": [0.0, 0.5, 1.0], "positive image": [0.0, 0.5, 1.0]})
+    same, other = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]), torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    result.scores = {"ours": {"negative image": same, "positive image": same},
+                     "rollout": {"negative image": same, "positive image": other},
+                     "Grad-CAM": {"negative image": other, "positive image": same}}
+    negative, positive = plot_perturbation_curves(result).axes
+    assert [line.get_label() for line in negative.lines] == ["ours = rollout (50.00)", "Grad-CAM (12.50)"]  # trapezoids of 50, 0, 0
+    assert [line.get_label() for line in positive.lines] == ["ours = Grad-CAM (50.00)", "rollout (12.50)"]
+    assert [line.get_color() for line in positive.lines] == ["C0", "C1"] and negative.lines[1].get_color() == "C2"
+    assert negative.lines[0].get_ydata().tolist() == [100.0, 50.0, 0.0]
