@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from captum_mm.adapters.decoder import GENERATED, SEQUENCE, TEXT, DecoderOnlyAdapter
 from captum_mm.adapters.llama import LlamaAdapter, rotary_parts
-from captum_mm.adapters.vision_tokens import VisionTokenLayout
+from captum_mm.adapters.vision_tokens import VisionTokenLayout, image_columns, per_image_cells, with_images_axis
 from captum_mm.capture.record import AttentionRecord
 from captum_mm.capture.windows import images_on_diagonal
 from captum_mm.lrp.composite import LRPStructure
@@ -212,14 +212,14 @@ class VisionLanguageAdapter(VisionTokenLayout, LlamaAdapter):
             cells = self.patch_cells(grid)
             stage = self.image_stage(arguments, grid)
             if images > 1:  # each image's patches on its own grid
-                cells = _per_image(torch.arange(grid[0] * grid[1]) if cells is None else cells, images, grid[0] * grid[1])
+                cells = per_image_cells(torch.arange(grid[0] * grid[1]) if cells is None else cells, images, grid[0] * grid[1])
                 stage = stage.per_image(images, self.vision_tokens(arguments))
             cells = None if cells is None else cells.to(positions.device).expand(rows.shape[0], -1)
-            return Readout(query, rows, key, grid=_with_images(grid, images), positions=cells, column_index=positions,
+            return Readout(query, rows, key, grid=with_images_axis(grid, images), positions=cells, column_index=positions,
                            through=stage)
         tokens = self.token_grid(grid)
         on_grid = self.image_tokens_on_grid and per_image == tokens[0] * tokens[1]
-        return Readout(query, rows, key, grid=_with_images(tokens, images) if on_grid else None, column_index=positions)
+        return Readout(query, rows, key, grid=with_images_axis(tokens, images) if on_grid else None, column_index=positions)
 
     def lay_out_maps(self, record: AttentionRecord) -> None:
         """With several images a prompt: the vision tower's maps, one per image, laid out per prompt, its images'
@@ -297,27 +297,3 @@ class VisionLanguageAdapter(VisionTokenLayout, LlamaAdapter):
 
     def lrp_structure(self) -> LRPStructure:  # the LM's, and the vision tower's pre-norm layers
         return super().lrp_structure() + pre_norm_structure(self.vision_tower(), self.vision_layer_classes, "layer_norm2", "self_attn")
-
-
-def image_columns(image_tokens: Tensor, width: int) -> Tensor:
-    """The columns of each element's image tokens, in order, padded with -1 (no column) to ``width``.
-
-    Args:
-        image_tokens (Tensor): ``[E, N]`` True at the image tokens.
-        width (int): The most image tokens an element has (the batch's).
-
-    Returns:
-        *Tensor*: ``[E, width]`` column indices.
-    """
-    index = torch.argsort((~image_tokens).to(torch.int8), dim=1, stable=True)[:, :width]
-    return torch.where(image_tokens.gather(1, index), index, -1)
-
-
-def _per_image(cells: Tensor, images: int, size: int) -> Tensor:
-    """One image's grid cells repeated for ``images`` images, image ``i``'s offset by ``i * size``."""
-    return (torch.arange(images, device=cells.device)[:, None] * size + cells[None, :]).flatten()
-
-
-def _with_images(grid: Tuple[int, int], images: int) -> Tuple[int, ...]:
-    """A grid with an images axis first when a prompt holds several."""
-    return grid if images == 1 else (images, *grid)

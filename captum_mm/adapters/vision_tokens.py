@@ -10,6 +10,7 @@ builds on it.
 from abc import ABC, abstractmethod
 from typing import Any, Dict, Optional, Sequence, Set, Tuple, cast
 
+import torch
 from torch import Tensor, nn
 
 from captum_mm.models.arguments import text_tokens
@@ -134,3 +135,44 @@ class VisionTokenLayout(ABC):
     def _vision_layers(self) -> Sequence[Any]:
         """The vision tower's layers, in order."""
         return cast(Sequence[Any], self._vision_body().encoder.layers)
+
+
+def image_columns(image_tokens: Tensor, width: int) -> Tensor:
+    """The columns of each element's image tokens, in order, padded with -1 (no column) to ``width``.
+
+    Args:
+        image_tokens (Tensor): ``[E, N]`` True at the image tokens.
+        width (int): The most image tokens an element has (the batch's).
+
+    Returns:
+        *Tensor*: ``[E, width]`` column indices.
+    """
+    index = torch.argsort((~image_tokens).to(torch.int8), dim=1, stable=True)[:, :width]
+    return torch.where(image_tokens.gather(1, index), index, -1)
+
+
+def per_image_cells(cells: Tensor, images: int, size: int) -> Tensor:
+    """One image's grid cells repeated for ``images`` images, image ``i``'s offset by ``i * size``.
+
+    Args:
+        cells (Tensor): ``[patches]`` one image's flat grid cells.
+        images (int): The images.
+        size (int): One image's grid cells.
+
+    Returns:
+        *Tensor*: ``[images * patches]``.
+    """
+    return (torch.arange(images, device=cells.device)[:, None] * size + cells[None, :]).flatten()
+
+
+def with_images_axis(grid: Tuple[int, int], images: int) -> Tuple[int, ...]:
+    """A grid with an images axis first when a prompt holds several.
+
+    Args:
+        grid (tuple[int, int]): One image's grid.
+        images (int): The most images a prompt holds.
+
+    Returns:
+        *tuple[int, ...]*: ``grid``, or ``(images, *grid)``.
+    """
+    return grid if images == 1 else (images, *grid)

@@ -8,7 +8,8 @@ from captum_mm.attr._base import AttentionAttribution, AttentionBundle, Needs
 from captum_mm.attr.last_layer import LastLayerAttribution
 from captum_mm.lrp import RuleSet
 from captum_mm.relevance.heads import head_mean, relevance_weighted
-from captum_mm.relevance.propagation import Matrices, last_event, last_layer_relevance, min_max_scaled, transformer_attribution_relevance
+from captum_mm.relevance.propagation import Matrices, last_event, last_layer_relevance, transformer_attribution_relevance
+from captum_mm.relevance.scaling import min_max_scaled
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
 from captum_mm.relevance.streaming import RowRule
 

@@ -173,7 +173,7 @@ def test_stopping_at_the_image_tokens_gives_each_images_tokens_on_its_grid():
 def test_partial_lrp_scales_each_images_block_alone():
     # min-max scaling per segment, worked by hand: segment 0's block [[-1, 1], [3, 0]] -> [[0, .5], [1, .25]];
     # segment 1's [[2]] -> a constant block reads 0; the entries between segments are 0 (no attention there)
-    from captum_mm.relevance.propagation import min_max_scaled
+    from captum_mm.relevance.scaling import min_max_scaled
 
     matrix = torch.tensor([[[-1.0, 1.0, 9.0], [3.0, 0.0, 9.0], [9.0, 9.0, 2.0]]])
     real = torch.ones(1, 3, dtype=torch.bool)
