@@ -106,7 +106,8 @@ def fused_from_backward(group: BackwardGroup, slots: Tensor, vectorized: bool) -
     for chunk in _chunks(group, slots, vectorized):
         rows = None if group.streamed is None else group.streamed.backward(chunk.members)
         for index, values in _chunk_maps(group, chunk, rows):
-            cast(Tensor, fused[index])[chunk.members] = values
+            buffer = cast(Tensor, fused[index])
+            buffer[chunk.members] = values.to(buffer.device)  # computed where the layer ran
         if rows is not None:
             rows.finish()
     return fused

@@ -110,8 +110,8 @@ def check_finite_map(probs: Tensor, valid: Callable[[], Tensor], element_sample:
     only when some value is not finite)."""
     if all_finite(probs):
         return
-    finite = torch.isfinite(probs.detach()).all(dim=1)[element_sample]
-    bad = (~finite & valid()).flatten(1).any(dim=1)
+    finite = torch.isfinite(probs.detach()).all(dim=1)[element_sample.to(probs.device)]
+    bad = (~finite & valid().to(finite.device)).flatten(1).any(dim=1).to(element_sample.device)
     if bad.any():
         raise ValueError(
             f"The attention probabilities of '{site}' are NaN or infinite for samples "

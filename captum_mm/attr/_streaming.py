@@ -87,7 +87,7 @@ class LeanSink:
         """
         check_finite_map(values[:, None], lambda: self.real_rows[:, rows, None] & self.real_columns[:, None, columns],
                          self.sample, self.event.name)
-        self._update().add(rows, columns, values[self.sample])
+        self._update().add(rows, columns, values[self.sample.to(values.device)])
 
     def wants(self, rows: slice) -> bool:
         """Whether some member's rows before the event are nonzero on ``rows`` (real tokens only).

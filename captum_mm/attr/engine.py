@@ -152,12 +152,16 @@ def _masked(values: Tensor, schedule: Schedule, event: AttentionEvent) -> Tensor
     """``values`` ``[E, Nq, Nk]`` zeroed in place off the event's real entries (broadcast factors: no ``[E, Nq, Nk]``
     mask is made)."""
     rows, columns = schedule.masks[event.query], schedule.masks[event.key]
+    values = values.to(rows.device)  # computed where the layer ran
     return values.mul_(rows[:, :, None].to(values.dtype)).mul_(columns[:, None, :].to(values.dtype))
 
 
 def _fused_without_backward(
     schedule: Schedule, event: AttentionEvent, call: AttentionCall, sample: Tensor, fuse: Callable[[AttentionBundle], Tensor]
 ) -> Tensor:
-    """The event's fused, padding-masked map from its probabilities alone."""
+    """The event's fused, padding-masked map from its probabilities alone, computed where the layer ran and returned
+    on the schedule's device."""
+    probs = exact(cast(Tensor, call.probs))
     valid = valid_entries(schedule, event)
-    return fuse(AttentionBundle(take_rows(exact(cast(Tensor, call.probs)), sample), None, None, valid)) * valid
+    here = valid.to(probs.device)
+    return (fuse(AttentionBundle(take_rows(probs, sample.to(probs.device)), None, None, here)) * here).to(valid.device)

@@ -192,11 +192,11 @@ class _LeanAttention(torch.autograd.Function):
             grad_query[:, :, rows] = torch.matmul(grad_logits, keys[:, :, columns]).mul_(options.scaling)
             grad_keys[:, :, columns] += torch.matmul(grad_logits.transpose(-1, -2), query[:, :, rows]).mul_(options.scaling)
             if fusion == "grad_cam":
-                real = _real(cast(LeanRequest, request), rows)
+                real = _real(cast(LeanRequest, request), rows).to(grad_probs.device)
                 gradient_sums += (exact(grad_probs) * real[:, None]).sum(dim=(-2, -1), keepdim=True)
         if fusion == "grad_cam":  # a second pass: each head weighted by its mean gradient over the real entries
             count = (cast(LeanRequest, request).rows.sum(-1) * cast(LeanRequest, request).columns.sum(-1)).clamp(min=1)
-            weights = gradient_sums / count.to(gradient_sums.dtype)[:, None, None, None]
+            weights = gradient_sums / count.to(gradient_sums)[:, None, None, None]
             for rows, _ in chunks:
                 if cast(MapSink, sink).wants(rows):  # a streamed readout row's chunk only
                     probs = exact(_probabilities(query, keys, bias, mask, rows, options, every))

@@ -183,7 +183,7 @@ def _check_coverage(model: nn.Module, structure: LRPStructure, attention: Sequen
 def _linear_hook(state: LRPState, rule: LinearRule) -> Callable[[LinearModule, Tuple[Any, ...], Tensor], Tensor]:
     def hook(module: LinearModule, args: Tuple[Any, ...], output: Tensor) -> Tensor:
         x = args[0]
-        modified = lambda g: (rule.input_gradient(module, exact(x), exact(output), g),)  # noqa: E731
+        modified = lambda g: (where_computed(rule.input_gradient, module, x, output, g),)  # noqa: E731
         switched = Switch.apply(output, state.mode, modified, x)
         state.linear_io[id(module)] = (x, switched)
         return switched
@@ -194,10 +194,28 @@ def _linear_hook(state: LRPState, rule: LinearRule) -> Callable[[LinearModule, T
 def _pass_hook(state: LRPState, rule: PassThrough) -> ForwardHook:
     def hook(module: nn.Module, args: Tuple[Any, ...], output: Tensor) -> Tensor:
         x = args[0]
-        modified = lambda g: (rule.module_gradient(module, exact(x), exact(output), g),)  # noqa: E731
+        modified = lambda g: (where_computed(rule.module_gradient, module, x, output, g),)  # noqa: E731
         return Switch.apply(output, state.mode, modified, x)
 
     return hook
+
+
+def where_computed(gradient: Callable[[Any, Tensor, Tensor, Tensor], Tensor], module: nn.Module, x: Tensor,
+                   output: Tensor, g_out: Tensor) -> Tensor:
+    """A rule's modified gradient at a module's input, computed on the device the module ran on (its output's) and
+    returned on the input's: a forward hook sees the input before accelerate's hook moves it to the module.
+
+    Args:
+        gradient (Callable): The rule, ``(module, x, out, g_out) -> g_x``.
+        module (nn.Module): The module.
+        x (Tensor): Its input, as the hook saw it.
+        output (Tensor): Its output.
+        g_out (Tensor): The modified gradient at the output.
+
+    Returns:
+        *Tensor*: The modified gradient at ``x``, on ``x``'s device.
+    """
+    return gradient(module, exact(x).to(output.device), exact(output), g_out).to(x.device)
 
 
 def _residual_hook(state: LRPState, rule: ProportionalResidual, recorder: Recorder, site: ResidualRuleSite) -> RemovableHandle:
@@ -207,10 +225,11 @@ def _residual_hook(state: LRPState, rule: ProportionalResidual, recorder: Record
         factor = None if site.gate is None else site.gate.factor(recorder.get)
 
         def modified(g: Tensor) -> Tuple[Tensor, ...]:  # in the sum's layout (OPT flattens tokens around its MLP)
-            scaled = exact(branch).reshape(g.shape) * (1 if factor is None else factor.to(g.dtype))
-            g_branch, g_skip = rule.branch_gradients(scaled, exact(skip).reshape(g.shape), g)
-            g_branch = g_branch if factor is None else g_branch * factor.to(g.dtype)
-            return tuple(gradient.reshape(t.shape) for gradient, t in zip((g_branch, g_skip), (branch, skip)))
+            # on the sum's device; a source recorded before accelerate's hook moved it gets its gradient where it is
+            scaled = exact(branch).to(g.device).reshape(g.shape) * (1 if factor is None else factor.to(g))
+            g_branch, g_skip = rule.branch_gradients(scaled, exact(skip).to(g.device).reshape(g.shape), g)
+            g_branch = g_branch if factor is None else g_branch * factor.to(g)
+            return tuple(gradient.reshape(t.shape).to(t.device) for gradient, t in zip((g_branch, g_skip), (branch, skip)))
 
         return Switch.apply(total, state.mode, modified, branch, skip)
 

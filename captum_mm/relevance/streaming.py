@@ -144,18 +144,20 @@ class RowUpdate:
         self.product = torch.zeros_like(self.before)
 
     def add(self, rows: slice, columns: slice, values: Tensor) -> None:
-        """Apply ``values`` ``[e, rows, columns]``, the map's block for each member (entries not given are 0).
+        """Apply ``values`` ``[e, rows, columns]``, the map's block for each member (entries not given are 0), on the
+        device of the map (the rows move there at the first block: a model split over devices).
 
         Args:
             rows (slice): The map's rows.
             columns (slice): Its columns.
             values (Tensor): The block, in the rows' dtype.
         """
+        self.source, self.product = self.source.to(values.device), self.product.to(values.device)
         self.product[:, :, columns] += torch.bmm(self.source[:, :, rows], values)
 
     def close(self) -> None:
         """Replace the members' rows by the rows after the event."""
-        product = self.product * self.real.to(self.product.dtype)
+        product = self.product.to(self.before.device) * self.real.to(self.product.dtype)
         self.streamed.values[self.modality][self.members] = self.streamed.rule.combine(self.before, product)
 
 
