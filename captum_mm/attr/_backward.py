@@ -153,13 +153,13 @@ def _chunks(group: BackwardGroup, slots: Tensor, vectorized: bool) -> Iterator[_
 
 
 def _chunk_maps(group: BackwardGroup, chunk: _Chunk, rows: Optional[RowPass]) -> Iterator[Tuple[int, Tensor]]:
-    """Each kept event's map for the chunk's elements, by index, the last event first (streamed events applied to
+    """Each kept event's map for the chunk's elements, by index, the last call first (streamed events applied to
     ``rows`` instead: the lean ones during the backward); each gradient and relevance freed once read."""
     nothing: List[Optional[Tensor]] = [None] * len(group.calls)
     requests = _lean_requests(group, chunk, rows)
     grads, lean_maps = _gradients(group, chunk, requests) if group.needs.gradients else (list(nothing), {})
     relevance = _relevance(group, chunk) if group.needs.relevance else list(nothing)
-    for index in reversed(range(len(group.calls))):
+    for index in sorted(range(len(group.calls)), key=lambda index: group.events[index].call, reverse=True):  # backward order
         gradient, grads[index] = grads[index], None
         relevant, relevance[index] = relevance[index], None
         if index in lean_maps:

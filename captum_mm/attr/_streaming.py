@@ -2,7 +2,7 @@
 the engine streams (:func:`streamed_rows`), and the sink a lean call's backward hands its map to (:class:`LeanSink`).
 """
 
-from typing import FrozenSet, List, Optional, cast
+from typing import Dict, FrozenSet, List, Optional, cast
 
 from torch import Tensor
 
@@ -11,15 +11,18 @@ from captum_mm.attr._pass import Needs
 from captum_mm.capture.record import AttentionCall
 from captum_mm.relevance.propagation import self_attention_only
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
+from captum_mm.relevance.stages import streamable_stages
 from captum_mm.relevance.streaming import RowPass, RowRule, RowUpdate, StreamedRows, own_events, streamable
 
 
 def streamed_modalities(schedule: Schedule, events: List[AttentionEvent], calls: List[AttentionCall], needs: Needs) -> FrozenSet[str]:
-    """The modalities whose readout rows the engine streams for a method's events: each read from its own relevance
-    (no stage) whose self-attention events among the method's are all captured lean (their maps handed over inside
-    the backward, last layer first; none laid out in token positions after the forward, as its chunks are over other
-    units) or all eager (read after it, last first), for a method with a backward pass and a ``needs.rows`` rule, on a
-    self-attention-only schedule.
+    """The modalities whose readout rows the engine streams for a method's events, for a method with a backward pass
+    and a ``needs.rows`` rule, on a self-attention-only schedule: each read from its own relevance (no stage), and each
+    earlier stage continued from such rows (a VLM's vision tower: its rows start from the LM's final ones, known once
+    the backward has passed the LM), whose self-attention events among the method's are all captured lean (their maps
+    handed over inside the backward, last layer first; none laid out in token positions after the forward, as its
+    chunks are over other units) or all eager (read after it, last first) -- a stage captured lean only after a lean
+    later stage (an eager one's rows are final only after the backward).
 
     Args:
         schedule (Schedule): The schedule of the elements explained.
@@ -33,13 +36,20 @@ def streamed_modalities(schedule: Schedule, events: List[AttentionEvent], calls:
     if needs.rows is None or not needs.backward or not self_attention_only(schedule):
         return frozenset()
     used = {event.call: call for event, call in zip(events, calls)}
-    modalities = []
-    for modality in streamable(schedule):
+
+    def lean(modality: str) -> Optional[bool]:  # None: not streamable
         own = own_events(events, modality)
         laid_out = any(used[event.call].lean is not None and used[event.call].layout is not None for event in own)  # units
-        if own and not laid_out and len({used[event.call].lean is None for event in own}) == 1:
-            modalities.append(modality)
-    return frozenset(modalities)
+        kinds = {used[event.call].lean is not None for event in own}
+        return kinds.pop() if own and not laid_out and len(kinds) == 1 else None
+
+    streamed = {modality: lean(modality) for modality in streamable(schedule)}
+    streamed = {modality: kind for modality, kind in streamed.items() if kind is not None}
+    for modality, upstreams in streamable_stages(schedule, cast(Dict[str, bool], streamed)).items():
+        kind = lean(modality)
+        if kind is not None and all(upstream in streamed and (streamed[upstream] or not kind) for upstream in upstreams):
+            streamed[modality] = kind
+    return frozenset(streamed)
 
 
 def streamed_rows(schedule: Schedule, events: List[AttentionEvent], calls: List[AttentionCall], needs: Needs,
@@ -57,7 +67,10 @@ def streamed_rows(schedule: Schedule, events: List[AttentionEvent], calls: List[
         *StreamedRows or None*
     """
     modalities = streamed_modalities(schedule, events, calls, needs)
-    return StreamedRows(schedule, cast(RowRule, needs.rows), modalities, like, events) if modalities else None
+    direct = modalities & frozenset(streamable(schedule))
+    if not direct:
+        return None
+    return StreamedRows(schedule, cast(RowRule, needs.rows), direct, like, events, modalities - direct)
 
 
 class LeanSink:

@@ -20,6 +20,7 @@ from captum_mm.relevance.rules import (
     self_attention_deltas,
 )
 from captum_mm.relevance.schedule import AttentionEvent, Schedule, Stage
+from captum_mm.relevance.stages import stage_start
 from captum_mm.relevance.streaming import FusedMaps, RowRule, own_events
 
 Maps = Dict[int, Tensor]
@@ -61,12 +62,11 @@ class RowRelevance:
 
     def continued(self, values: Tensor, stage: Stage) -> Tensor:
         """``values . P . R^{stage.pair}[stage.rows, stage.columns]`` (``values``: ``[E, n]``)."""
-        if stage.token_map is not None:
-            values = values @ stage.token_map.to(values.dtype)
         modality = stage.pair[0]
-        start = values.new_zeros(values.shape[0], self.schedule.sizes[modality])
-        start[:, stage.rows] = values
-        values = self._propagated(modality, start)[:, stage.columns]
+        if self.streamed is not None and modality in self.streamed.entries.rows:
+            values = self.streamed.continued(values, stage)
+        else:
+            values = self._propagated(modality, stage_start(values, stage, self.schedule.sizes[modality]))[:, stage.columns]
         return values if stage.through is None else self.continued(values, stage.through)
 
     def _propagated(self, modality: str, rows: Tensor) -> Tensor:

@@ -8,12 +8,13 @@ then dropped: ``[E, k, N]`` rows per modality instead of one ``[E, N, N]`` map p
 """
 
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, Optional, Sequence
+from typing import Callable, Dict, FrozenSet, List, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from captum_mm.relevance.schedule import AttentionEvent, Schedule
+from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule, Stage
+from captum_mm.relevance.stages import StageEntries, read_columns, stage_start
 
 
 @dataclass(frozen=True)
@@ -54,15 +55,23 @@ class StreamedRows:
         modalities (frozenset of str): The modalities streamed: each is read from its own rows (``R^{ss}``).
         like (Tensor): A tensor of the rows' dtype and device.
         events (sequence of AttentionEvent, optional): The events the method propagates. Default: None (all)
+        stages (frozenset of str, optional): Modalities of earlier stages streamed too (a VLM's vision tower): their
+                    rows start, one a readout's stage, from the later stage's final rows (:meth:`continued`).
+                    Default: none
     """
 
     def __init__(self, schedule: Schedule, rule: RowRule, modalities: FrozenSet[str], like: Tensor,
-                 events: Optional[Sequence[AttentionEvent]] = None) -> None:
+                 events: Optional[Sequence[AttentionEvent]] = None, stages: FrozenSet[str] = frozenset()) -> None:
         self.schedule, self.rule = schedule, rule
         events = schedule.events if events is None else events
         self.values = {modality: _starts(schedule, modality).to(like) for modality in modalities}
         self.starts = {modality: rows.clone() for modality, rows in self.values.items()}
-        self.order = {modality: [event.call for event in reversed(own_events(events, modality))] for modality in modalities}
+        self.entries = StageEntries(schedule, sorted(stages))
+        for modality, entries in self.entries.rows.items():
+            self.values[modality] = self.values[next(iter(modalities))].new_zeros(schedule.num_elements, len(entries),
+                                                                                  schedule.sizes[modality])
+        self.order = {modality: [event.call for event in reversed(own_events(events, modality))]
+                      for modality in modalities | stages}
 
     @property
     def calls(self) -> FrozenSet[int]:
@@ -100,6 +109,47 @@ class StreamedRows:
                 return self.values[modality][:, index]
         raise RuntimeError(f"A readout of {modality!r} starts from rows the backward pass did not propagate.")
 
+    def continued(self, values: Tensor, stage: Stage) -> Tensor:
+        """A readout's ``values`` ``[E, n]`` continued through a streamed ``stage``: the stage's streamed rows at its
+        ``columns`` (checked to have started from ``values``).
+
+        Args:
+            values (Tensor): The later stage's read values.
+            stage (Stage): A stage of a streamed modality.
+
+        Returns:
+            *Tensor*: ``[E, n_columns]``.
+        """
+        entry = self.entries.entry(stage)
+        self.entries.check_input(entry, values)
+        return self.values[stage.pair[0]][:, self.entries.rows[stage.pair[0]].index(entry)][:, stage.columns]
+
+    def start_stages(self, modality: str, members: Tensor, complete: Callable[[str], bool]) -> None:
+        """Set the rows of a stage modality of the elements ``members`` to their starts: each readout's stage from the
+        later stage's rows, which must be ``complete`` (every event applied).
+
+        Args:
+            modality (str): A stage modality.
+            members (Tensor): ``[E]`` which elements.
+            complete (Callable): Whether a modality's rows are final in this pass.
+        """
+        starts = []
+        for entry in self.entries.rows[modality]:
+            upstream, earlier = self.entries.upstream(entry)
+            if not complete(upstream):
+                raise RuntimeError(f"The backward pass reached {modality!r} before {upstream!r}, whose rows its stage "
+                                   "starts from, were final: explain this model with streaming=False.")
+            if earlier is None:
+                readout = self.schedule.outputs[entry[0]]
+                index = _start_index(self.starts[upstream], readout)
+                values = read_columns(self.schedule, readout, self.values[upstream][members][:, index], members)
+            else:
+                rows = self.values[upstream][members][:, self.entries.rows[upstream].index(earlier)]
+                values = rows[:, self.entries.stages[earlier].columns]
+            self.entries.record_input(entry, members, values)
+            starts.append(stage_start(values, self.entries.stages[entry], self.schedule.sizes[modality]))
+        self.values[modality][members] = torch.stack(starts, dim=1)
+
 
 class RowPass:
     """One backward pass's updates of :class:`StreamedRows`: each streamed event once, the last first."""
@@ -121,8 +171,21 @@ class RowPass:
         if done >= len(order) or order[done] != event.call:
             raise RuntimeError(f"The backward pass reached {event.name or event.call} out of the reverse layer order that "
                                "streaming the readout rows relies on: explain this model with streaming=False.")
+        if done == 0 and event.query in self.streamed.entries.rows:
+            self.streamed.start_stages(event.query, self.members, self.complete)
         self.applied[event.query] = done + 1
         return RowUpdate(self.streamed, event.query, self.members)
+
+    def complete(self, modality: str) -> bool:
+        """Whether the pass applied every streamed event of ``modality``.
+
+        Args:
+            modality (str): A streamed modality.
+
+        Returns:
+            *bool*
+        """
+        return modality in self.applied and self.applied[modality] == len(self.streamed.order[modality])
 
     def finish(self) -> None:
         """Check that the pass applied every streamed event."""
@@ -183,6 +246,13 @@ def own_events(events: Sequence[AttentionEvent], modality: str) -> List[Attentio
         *list of AttentionEvent*
     """
     return [event for event in events if event.is_self and event.query == modality]
+
+
+def _start_index(starts: Tensor, readout: Readout) -> int:
+    """The row of ``starts`` ``[E, k, N]`` the readout starts from."""
+    one_hot = torch.nn.functional.one_hot(readout.rows, starts.shape[-1])
+    start = (one_hot if readout.row_weights is None else readout.row_weights).to(starts)
+    return next(index for index in range(starts.shape[1]) if torch.equal(starts[:, index], start))
 
 
 def _starts(schedule: Schedule, modality: str) -> Tensor:
