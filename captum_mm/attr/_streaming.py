@@ -16,13 +16,14 @@ from captum_mm.relevance.streaming import RowPass, RowRule, RowUpdate, StreamedR
 
 
 def streamed_modalities(schedule: Schedule, events: List[AttentionEvent], calls: List[AttentionCall], needs: Needs) -> FrozenSet[str]:
-    """The modalities whose readout rows the engine streams for a method's events, for a method with a backward pass
-    and a ``needs.rows`` rule, on a self-attention-only schedule: each read from its own relevance (no stage), and each
-    earlier stage continued from such rows (a VLM's vision tower: its rows start from the LM's final ones, known once
-    the backward has passed the LM), whose self-attention events among the method's are all captured lean (their maps
-    handed over inside the backward, last layer first; none laid out in token positions after the forward, as its
-    chunks are over other units) or all eager (read after it, last first) -- a stage captured lean only after a lean
-    later stage (an eager one's rows are final only after the backward).
+    """The modalities whose readout rows the engine streams for a method's events, for a method with a ``needs.rows``
+    rule, on a self-attention-only schedule: each read from its own relevance (no stage), and each earlier stage
+    continued from such rows (a VLM's vision tower: its rows start from the LM's final ones, known once the backward
+    has passed the LM), whose self-attention events among the method's are all captured lean (their maps handed over
+    inside the backward, last layer first, or recomputed after the forward for a method without a backward; none laid
+    out in token positions after the forward, as its chunks are over other units) or all eager (read after it, last
+    first) -- a stage captured lean only after a lean later stage (an eager one's rows are final only after the
+    backward).
 
     Args:
         schedule (Schedule): The schedule of the elements explained.
@@ -33,13 +34,15 @@ def streamed_modalities(schedule: Schedule, events: List[AttentionEvent], calls:
     Returns:
         *frozenset of str*
     """
-    if needs.rows is None or not needs.backward or not self_attention_only(schedule):
+    if needs.rows is None or not self_attention_only(schedule):
         return frozenset()
     used = {event.call: call for event, call in zip(events, calls)}
 
     def lean(modality: str) -> Optional[bool]:  # None: not streamable
         own = own_events(events, modality)
         laid_out = any(used[event.call].lean is not None and used[event.call].layout is not None for event in own)  # units
+        if not needs.backward and any(used[event.call].lean is not None and used[event.call].recompute is None for event in own):
+            return None  # a head mean the forward kept
         kinds = {used[event.call].lean is not None for event in own}
         return kinds.pop() if own and not laid_out and len(kinds) == 1 else None
 

@@ -14,7 +14,6 @@ from captum_mm.relevance.rules import (
     apply_deltas,
     bimodal_deltas,
     initial_relevance,
-    normalized_with_identity,
     read_rows,
     rollout,
     self_attention_deltas,
@@ -231,7 +230,7 @@ def rollout_relevance(schedule: Schedule, maps: Maps) -> Matrices:
         *dict or RowRelevance*: Per pair (rows only for self-attention-only schedules).
     """
     if self_attention_only(schedule):
-        return RowRelevance(schedule, maps, lambda v, a: torch.bmm(v, normalized_with_identity(a)))
+        return RowRelevance(schedule, maps, RowRule(normalize=True))
     like = _like(schedule, maps).new_zeros(schedule.num_elements)
 
     def rolled(modality, before=None):

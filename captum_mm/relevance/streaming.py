@@ -13,6 +13,7 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Sequence
 import torch
 from torch import Tensor
 
+from captum_mm.relevance.rules import normalized_with_identity
 from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule, Stage
 from captum_mm.relevance.stages import StageEntries, read_columns, stage_start
 
@@ -20,20 +21,26 @@ from captum_mm.relevance.stages import StageEntries, read_columns, stage_start
 @dataclass(frozen=True)
 class RowRule:
     """One self-attention event's factor on readout rows ``v``: ``v <- v + v A_bar`` (``aggregate``, Eq. 6 for
-    GenericAttention and Transformer attribution) or ``v <- v A_bar`` (GenericAttention without aggregation).
+    GenericAttention and Transformer attribution), ``v <- v A_bar`` (GenericAttention without aggregation, the
+    last-layer baselines), or with ``normalize`` rollout's ``v <- v norm(A_bar + I)`` (each row of ``A_bar + I``
+    divided by its sum ``s``: ``v' + v' A_bar`` for ``v' = v / s``).
 
     Attributes:
         aggregate (bool): Add the product to the rows (else it replaces them). Default: True
+        normalize (bool): Rollout's row normalisation (with ``aggregate``). Default: False
     """
 
     aggregate: bool = True
+    normalize: bool = False
 
     def __call__(self, rows: Tensor, fused: Tensor) -> Tensor:
         """``rows`` ``[E, k, N]`` times ``S_l``, ``fused`` ``[E, N, N]`` the event's map."""
+        if self.normalize:
+            return torch.bmm(rows, normalized_with_identity(fused))
         return self.combine(rows, torch.bmm(rows, fused))
 
     def combine(self, rows: Tensor, product: Tensor) -> Tensor:
-        """The rows after the event, given the rows before it and their product with the map.
+        """The rows after the event, given the rows before it (``v'`` when normalising) and their product with the map.
 
         Args:
             rows (Tensor): ``v``, ``[E, k, N]``.
@@ -205,21 +212,27 @@ class RowUpdate:
         self.before = streamed.values[modality][members]
         self.source = self.before * self.real.to(self.before.dtype)
         self.product = torch.zeros_like(self.before)
+        self.normalized = torch.zeros_like(self.before) if streamed.rule.normalize else self.before  # v / s
 
     def add(self, rows: slice, columns: slice, values: Tensor) -> None:
-        """Apply ``values`` ``[e, rows, columns]``, the map's block for each member (entries not given are 0).
+        """Apply ``values`` ``[e, rows, columns]``, the map's block for each member (entries not given are 0), its
+        rows whole (every key they see) when the rule normalises.
 
         Args:
             rows (slice): The map's rows.
             columns (slice): Its columns.
             values (Tensor): The block, in the rows' dtype.
         """
-        self.product[:, :, columns] += torch.bmm(self.source[:, :, rows], values)
+        source = self.source[:, :, rows]
+        if self.streamed.rule.normalize:  # s = 1 + the row's sum over real keys
+            sums = torch.bmm(values, self.real[:, 0, columns, None].to(values.dtype))[:, None, :, 0]
+            source = self.normalized[:, :, rows] = source / (1 + sums)
+        self.product[:, :, columns] += torch.bmm(source, values)
 
     def close(self) -> None:
         """Replace the members' rows by the rows after the event."""
         product = self.product * self.real.to(self.product.dtype)
-        self.streamed.values[self.modality][self.members] = self.streamed.rule.combine(self.before, product)
+        self.streamed.values[self.modality][self.members] = self.streamed.rule.combine(self.normalized, product)
 
 
 class FusedMaps(Dict[int, Tensor]):
