@@ -45,9 +45,8 @@ class AttentionCall:
         parts (list of Tensor, optional): The tensors the forward used when ``probs`` concatenates them (one
                     attention call per image).
         lean (LeanMaps, optional): Under lean capture, the call's head-reduced maps.
-        recompute (Callable, optional): Recomputes the head mean ``probs`` would hold, handing it chunk by chunk to a
-                    :class:`~captum_mm.capture.lean.MapSink` (lean capture with ``recompute_head_means``; then ``probs``
-                    is None).
+        recompute (Callable, optional): Recomputes the head mean ``probs`` would hold, chunk by chunk into a
+                    :class:`~captum_mm.capture.lean.MapSink` (``recompute_head_means``; then ``probs`` is None).
         join (Callable): How ``parts`` (or their gradients) make up the recorded map: along the batch (the default),
                     windows joined block-diagonally (:func:`~captum_mm.capture.windows.join_windows`).
         layout (Callable, optional): How the recorded map is expressed in token positions after the forward
@@ -229,15 +228,13 @@ def _lean_sites(specs: Sequence[AttentionSpec], record: AttentionRecord, fusion:
         if module is None or spec.probs.recorded or spec.probs.module is not spec.module or spec.probs.argument is not None:
             continue
 
-        def record_call(mean: Optional[Tensor], maps: LeanMaps, recomputed: Optional[Callable[[MapSink], None]],
+        def record_call(mean: Optional[Tensor], maps: LeanMaps, again: Optional[Callable[[MapSink], None]],
                         spec: AttentionSpec = spec, count: List[int] = [0]) -> None:
-            probs = None if mean is None else mean[:, None]
-            record.calls.append(AttentionCall(spec, count[0], probs, lean=maps, recompute=recomputed))
+            record.calls.append(AttentionCall(spec, count[0], None if mean is None else mean[:, None], lean=maps, recompute=again))
             count[0] += 1
 
         head_mean = fusion == "head_mean"
-        sites[module] = LeanSite(record_call, "head_mean" if head_mean else None, spec, attention_functions[type(module)],
-                                 recompute and head_mean)
+        sites[module] = LeanSite(record_call, fusion if head_mean else None, spec, attention_functions[type(module)], recompute and head_mean)
     return sites
 
 
