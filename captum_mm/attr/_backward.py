@@ -17,7 +17,8 @@ from captum_mm._precision import accumulation_dtype, exact
 from captum_mm.attr._checks import check_connected, check_finite_map
 from captum_mm.attr._gradients import attention_gradients
 from captum_mm.attr._pass import ForwardPass, Needs
-from captum_mm.attr._streaming import LeanSink, stream_eager_map
+from captum_mm.attr._row_sinks import lean_sink
+from captum_mm.attr._streaming import stream_eager_map
 from captum_mm.capture.lean import LeanMaps, LeanRequest, lean_backward
 from captum_mm.capture.record import AttentionCall
 from captum_mm.lrp import attention_relevance
@@ -186,7 +187,7 @@ def _lean_requests(group: BackwardGroup, chunk: _Chunk, rows: Optional[RowPass])
             else:
                 real_rows, real_columns = masks[event.query][chunk.members], masks[event.key][chunk.members]
                 real = _per_sample(real_rows, chunk.sample, batch), _per_sample(real_columns, chunk.sample, batch)
-            sink = LeanSink(cast(RowPass, rows), event, group.schedule, chunk.sample) if group.is_streamed(index) else None
+            sink = lean_sink(cast(RowPass, rows), event, call, group.schedule, chunk.sample) if group.is_streamed(index) else None
             requests[index] = LeanRequest(call.lean, fusion, *real, sink)
     return requests
 

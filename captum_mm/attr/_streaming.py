@@ -1,18 +1,19 @@
 """Streaming readout rows through the backward passes (docs/METHOD.md, "Streaming row propagation"): which events
-the engine streams (:func:`streamed_rows`), and the sink a lean call's backward hands its map to (:class:`LeanSink`).
+the engine streams (:func:`streamed_rows`), and an eager event's map applied (:func:`stream_eager_map`; a lean call's
+backward hands its map to a sink of :mod:`captum_mm.attr._row_sinks`).
 """
 
 from typing import Dict, FrozenSet, List, Optional, cast
 
 from torch import Tensor
 
-from captum_mm.attr._checks import check_finite_map
 from captum_mm.attr._pass import Needs
+from captum_mm.attr._placement import unit_placement
 from captum_mm.capture.record import AttentionCall
 from captum_mm.relevance.propagation import self_attention_only
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
 from captum_mm.relevance.stages import streamable_stages
-from captum_mm.relevance.streaming import RowPass, RowRule, RowUpdate, StreamedRows, own_events, streamable
+from captum_mm.relevance.streaming import RowPass, RowRule, StreamedRows, own_events, streamable
 
 
 def streamed_modalities(schedule: Schedule, events: List[AttentionEvent], calls: List[AttentionCall], needs: Needs) -> FrozenSet[str]:
@@ -40,7 +41,8 @@ def streamed_modalities(schedule: Schedule, events: List[AttentionEvent], calls:
 
     def lean(modality: str) -> Optional[bool]:  # None: not streamable
         own = own_events(events, modality)
-        laid_out = any(used[event.call].lean is not None and used[event.call].layout is not None for event in own)  # units
+        laid_out = any(used[event.call].lean is not None and used[event.call].layout is not None  # units, not placed
+                       and unit_placement(used[event.call]) is None for event in own)
         if not needs.backward and any(used[event.call].lean is not None and used[event.call].recompute is None for event in own):
             return None  # a head mean the forward kept
         kinds = {used[event.call].lean is not None for event in own}
@@ -74,56 +76,6 @@ def streamed_rows(schedule: Schedule, events: List[AttentionEvent], calls: List[
     if not direct:
         return None
     return StreamedRows(schedule, cast(RowRule, needs.rows), direct, like, events, modalities - direct)
-
-
-class LeanSink:
-    """The :class:`~captum_mm.capture.lean.MapSink` of one streamed lean event in one backward pass: each chunk of its
-    map ``[B, rows, columns]`` checked finite on the entries its elements see and applied to their rows.
-
-    Args:
-        rows (RowPass): The backward pass's updates.
-        event (AttentionEvent): The event.
-        schedule (Schedule): The group's schedule.
-        sample (Tensor): ``[e]`` the sample of each element the backward explains.
-    """
-
-    def __init__(self, rows: RowPass, event: AttentionEvent, schedule: Schedule, sample: Tensor) -> None:
-        self.rows, self.event, self.sample = rows, event, sample
-        members = rows.members
-        self.real_rows, self.real_columns = schedule.masks[event.query][members], schedule.masks[event.key][members]
-        self.update: Optional[RowUpdate] = None
-
-    def add(self, rows: slice, columns: slice, values: Tensor) -> None:
-        """Apply one chunk of the map (the event's update begins at its first chunk: when the backward reaches it).
-
-        Args:
-            rows (slice): The chunk's rows.
-            columns (slice): Its columns.
-            values (Tensor): ``[B, rows, columns]``, per sample.
-        """
-        check_finite_map(values[:, None], lambda: self.real_rows[:, rows, None] & self.real_columns[:, None, columns],
-                         self.sample, self.event.name)
-        self._update().add(rows, columns, values[self.sample])
-
-    def wants(self, rows: slice) -> bool:
-        """Whether some member's rows before the event are nonzero on ``rows`` (real tokens only).
-
-        Args:
-            rows (slice): A chunk's rows.
-
-        Returns:
-            *bool*
-        """
-        return bool(self._update().source[:, :, rows].any())
-
-    def close(self) -> None:
-        """The map is complete: update the rows."""
-        self._update().close()
-
-    def _update(self) -> RowUpdate:
-        if self.update is None:
-            self.update = self.rows.update(self.event)
-        return self.update
 
 
 def stream_eager_map(rows: RowPass, event: AttentionEvent, values: Tensor) -> None:

@@ -16,7 +16,8 @@ from captum_mm._precision import accumulation_dtype, computed_in_float32, exact
 from captum_mm.attr._backward import AttentionBundle, BackwardGroup, fused_from_backward, take_rows, valid_entries
 from captum_mm.attr._checks import check_finite_logits, check_finite_map, check_grad_mode, run_forward, warn_if_training
 from captum_mm.attr._pass import ForwardPass, Needs
-from captum_mm.attr._streaming import LeanSink, stream_eager_map, streamed_rows
+from captum_mm.attr._row_sinks import lean_sink
+from captum_mm.attr._streaming import stream_eager_map, streamed_rows
 from captum_mm.capture.lean import LeanMaps
 from captum_mm.capture.requests import MapBuffer
 from captum_mm.capture.record import AttentionCall
@@ -173,7 +174,7 @@ def _maps_without_backward(schedule: Schedule, events: List[AttentionEvent], cal
     for event, call in sorted(zip(events, calls), key=lambda pair: pair[0].call, reverse=True):
         if rows is not None and event.call in cast(StreamedRows, streamed).calls:
             if call.recompute is not None:
-                call.recompute(LeanSink(rows, event, schedule, sample))
+                call.recompute(lean_sink(rows, event, call, schedule, sample))
             else:
                 stream_eager_map(rows, event, _fused_without_backward(schedule, event, call, sample, fuse))
         else:

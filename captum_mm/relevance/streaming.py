@@ -16,6 +16,7 @@ from torch import Tensor
 from captum_mm.relevance.rules import normalized_with_identity
 from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule, Stage
 from captum_mm.relevance.stages import StageEntries, read_columns, stage_start
+from captum_mm.relevance.updates import RowUpdate
 
 
 @dataclass(frozen=True)
@@ -199,40 +200,6 @@ class RowPass:
         missing = [modality for modality, order in self.streamed.order.items() if self.applied[modality] != len(order)]
         if missing:
             raise RuntimeError(f"The backward pass did not reach every attention of {missing} whose readout rows it streams.")
-
-
-class RowUpdate:
-    """One event's update of the streamed rows of ``modality`` for the elements ``members``: the map's chunks
-    (:meth:`add`, padding entries included) applied to the rows of real tokens, the product kept on real tokens --
-    the same as the padding-masked map's product."""
-
-    def __init__(self, streamed: StreamedRows, modality: str, members: Tensor) -> None:
-        self.streamed, self.modality, self.members = streamed, modality, members
-        self.real = streamed.schedule.masks[modality][members][:, None, :]
-        self.before = streamed.values[modality][members]
-        self.source = self.before * self.real.to(self.before.dtype)
-        self.product = torch.zeros_like(self.before)
-        self.normalized = torch.zeros_like(self.before) if streamed.rule.normalize else self.before  # v / s
-
-    def add(self, rows: slice, columns: slice, values: Tensor) -> None:
-        """Apply ``values`` ``[e, rows, columns]``, the map's block for each member (entries not given are 0), its
-        rows whole (every key they see) when the rule normalises.
-
-        Args:
-            rows (slice): The map's rows.
-            columns (slice): Its columns.
-            values (Tensor): The block, in the rows' dtype.
-        """
-        source = self.source[:, :, rows]
-        if self.streamed.rule.normalize:  # s = 1 + the row's sum over real keys
-            sums = torch.bmm(values, self.real[:, 0, columns, None].to(values.dtype))[:, None, :, 0]
-            source = self.normalized[:, :, rows] = source / (1 + sums)
-        self.product[:, :, columns] += torch.bmm(source, values)
-
-    def close(self) -> None:
-        """Replace the members' rows by the rows after the event."""
-        product = self.product * self.real.to(self.product.dtype)
-        self.streamed.values[self.modality][self.members] = self.streamed.rule.combine(self.normalized, product)
 
 
 class FusedMaps(Dict[int, Tensor]):

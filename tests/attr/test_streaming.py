@@ -206,3 +206,35 @@ def test_a_memory_budget_prices_a_vlms_streamed_vision_rows(monkeypatch):
         stored = GenericAttention(model).explain(prompt, continuation=CONTINUATION, max_memory=budget, streaming=False)
     assert [len(group) for group in groups[1:]] == [1, 2] and priced[2] == (frozenset(), priced[2][1]) and priced[2][1] > budget // 2
     assert_same(explained, stored)
+
+
+@pytest.mark.parametrize("method", ["generic", "rollout", "grad-cam"])
+@pytest.mark.parametrize("family", ["llava", "internvl"])
+def test_several_images_a_prompt_stream_their_units_placed(family, method, streamed_updates):
+    """A prompt's images: the vision tower's lean maps, one per image, laid out block-diagonally after the forward,
+    are streamed unit by unit at their tokens' positions (== the stored maps)."""
+    from test_several_images import CONTINUATION as TWO_PROMPTS, prompts
+
+    model, batch = VLMS[family](), prompts(family)
+    make = lambda: STREAMED_METHODS[method](model)  # noqa: E731
+    streamed, stored = streamed_and_stored(make, lambda e, on: e.explain(batch, continuation=TWO_PROMPTS, streaming=on))
+    assert_same(streamed, stored)
+    assert set(streamed_updates) == {"sequence", "vision"}
+
+
+def test_a_hand_computed_unit_placement():
+    """Two prompts holding 2 and 1 images of 2 tokens, laid out per prompt: image 0 at prompt 0's tokens 0-1, image 1
+    at its tokens 2-3, image 2 at prompt 1's tokens 0-1 (its tokens 2-3 a missing image's zero block)."""
+    from functools import partial
+
+    from captum_mm.attr._placement import unit_placement
+    from captum_mm.capture.lean import LeanMaps
+    from captum_mm.capture.record import AttentionCall
+    from captum_mm.capture.windows import images_on_diagonal
+
+    call = AttentionCall(None, 0, None, lean=LeanMaps(torch.zeros(1), (3, 4, 2, 2)))  # type: ignore[arg-type]
+    call.lay_out(partial(images_on_diagonal, counts=[2, 1]))
+    owner, positions = unit_placement(call)
+    assert owner.tolist() == [0, 0, 1] and positions.tolist() == [[0, 1], [2, 3], [0, 1]]
+    call.lay_out(lambda maps: maps.transpose(-1, -2).flip(-1))  # entries moved off the diagonal: not a placement
+    assert unit_placement(call) is None
