@@ -7,50 +7,14 @@ map is applied to the rows as it arrives, in chunks of its rows (``v A = sum_chu
 then dropped: ``[E, k, N]`` rows per modality instead of one ``[E, N, N]`` map per event.
 """
 
-from dataclasses import dataclass
 from typing import Callable, Dict, FrozenSet, List, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from captum_mm.relevance.rules import normalized_with_identity
 from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule, Stage
 from captum_mm.relevance.stages import StageEntries, read_columns, stage_start
-from captum_mm.relevance.updates import RowUpdate
-
-
-@dataclass(frozen=True)
-class RowRule:
-    """One self-attention event's factor on readout rows ``v``: ``v <- v + v A_bar`` (``aggregate``, Eq. 6 for
-    GenericAttention and Transformer attribution), ``v <- v A_bar`` (GenericAttention without aggregation, the
-    last-layer baselines), or with ``normalize`` rollout's ``v <- v norm(A_bar + I)`` (each row of ``A_bar + I``
-    divided by its sum ``s``: ``v' + v' A_bar`` for ``v' = v / s``).
-
-    Attributes:
-        aggregate (bool): Add the product to the rows (else it replaces them). Default: True
-        normalize (bool): Rollout's row normalisation (with ``aggregate``). Default: False
-    """
-
-    aggregate: bool = True
-    normalize: bool = False
-
-    def __call__(self, rows: Tensor, fused: Tensor) -> Tensor:
-        """``rows`` ``[E, k, N]`` times ``S_l``, ``fused`` ``[E, N, N]`` the event's map."""
-        if self.normalize:
-            return torch.bmm(rows, normalized_with_identity(fused))
-        return self.combine(rows, torch.bmm(rows, fused))
-
-    def combine(self, rows: Tensor, product: Tensor) -> Tensor:
-        """The rows after the event, given the rows before it (``v'`` when normalising) and their product with the map.
-
-        Args:
-            rows (Tensor): ``v``, ``[E, k, N]``.
-            product (Tensor): ``v A_bar``, ``[E, k, N]``.
-
-        Returns:
-            *Tensor*
-        """
-        return rows + product if self.aggregate else product
+from captum_mm.relevance.updates import RowRule, RowUpdate
 
 
 class StreamedRows:
@@ -182,7 +146,8 @@ class RowPass:
         if done == 0 and event.query in self.streamed.entries.rows:
             self.streamed.start_stages(event.query, self.members, self.complete)
         self.applied[event.query] = done + 1
-        return RowUpdate(self.streamed, event.query, self.members)
+        streamed = self.streamed
+        return RowUpdate(streamed.values, streamed.rule, streamed.schedule.masks[event.query], event.query, self.members)
 
     def complete(self, modality: str) -> bool:
         """Whether the pass applied every streamed event of ``modality``.

@@ -1,27 +1,70 @@
-"""One event's update of streamed readout rows (:class:`~captum_mm.relevance.streaming.StreamedRows`), its map
-handed over block by block (docs/METHOD.md, "Streaming row propagation")."""
+"""How a self-attention event's map updates readout rows (:class:`RowRule`), and one event's update of streamed rows
+(:class:`~captum_mm.relevance.streaming.StreamedRows`), its map handed over block by block (docs/METHOD.md,
+"Streaming row propagation")."""
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Dict
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from captum_mm.relevance.streaming import StreamedRows
+from captum_mm.relevance.rules import normalized_with_identity
+
+
+@dataclass(frozen=True)
+class RowRule:
+    """One self-attention event's factor on readout rows ``v``: ``v <- v + v A_bar`` (``aggregate``, Eq. 6 for
+    GenericAttention and Transformer attribution), ``v <- v A_bar`` (GenericAttention without aggregation, the
+    last-layer baselines), or with ``normalize`` rollout's ``v <- v norm(A_bar + I)`` (each row of ``A_bar + I``
+    divided by its sum ``s``: ``v' + v' A_bar`` for ``v' = v / s``).
+
+    Attributes:
+        aggregate (bool): Add the product to the rows (else it replaces them). Default: True
+        normalize (bool): Rollout's row normalisation (with ``aggregate``). Default: False
+    """
+
+    aggregate: bool = True
+    normalize: bool = False
+
+    def __call__(self, rows: Tensor, fused: Tensor) -> Tensor:
+        """``rows`` ``[E, k, N]`` times ``S_l``, ``fused`` ``[E, N, N]`` the event's map."""
+        if self.normalize:
+            return torch.bmm(rows, normalized_with_identity(fused))
+        return self.combine(rows, torch.bmm(rows, fused))
+
+    def combine(self, rows: Tensor, product: Tensor) -> Tensor:
+        """The rows after the event, given the rows before it (``v'`` when normalising) and their product with the map.
+
+        Args:
+            rows (Tensor): ``v``, ``[E, k, N]``.
+            product (Tensor): ``v A_bar``, ``[E, k, N]``.
+
+        Returns:
+            *Tensor*
+        """
+        return rows + product if self.aggregate else product
 
 
 class RowUpdate:
     """One event's update of the streamed rows of ``modality`` for the elements ``members``: the map's chunks
     (:meth:`add`, padding entries included) applied to the rows of real tokens, the product kept on real tokens --
-    the same as the padding-masked map's product."""
+    the same as the padding-masked map's product.
 
-    def __init__(self, streamed: "StreamedRows", modality: str, members: Tensor) -> None:
-        self.streamed, self.modality, self.members = streamed, modality, members
-        self.real = streamed.schedule.masks[modality][members][:, None, :]
-        self.before = streamed.values[modality][members]
+    Args:
+        values (dict[str, Tensor]): The streamed rows ``[E, k, N]`` by modality, updated by :meth:`close`.
+        rule (RowRule): How the event's map updates them.
+        real (Tensor): ``[E, N]`` the modality's real tokens.
+        modality (str): The event's modality.
+        members (Tensor): ``[E]`` the elements updated.
+    """
+
+    def __init__(self, values: Dict[str, Tensor], rule: RowRule, real: Tensor, modality: str, members: Tensor) -> None:
+        self.values, self.rule, self.modality, self.members = values, rule, modality, members
+        self.real = real[members][:, None, :]
+        self.before = values[modality][members]
         self.source = self.before * self.real.to(self.before.dtype)
         self.product = torch.zeros_like(self.before)
-        self.normalized = torch.zeros_like(self.before) if streamed.rule.normalize else self.before  # v / s
+        self.normalized = torch.zeros_like(self.before) if rule.normalize else self.before  # v / s
 
     def add(self, rows: slice, columns: slice, values: Tensor) -> None:
         """Apply ``values`` ``[e, rows, columns]``, the map's block for each member (entries not given are 0), its
@@ -33,7 +76,7 @@ class RowUpdate:
             values (Tensor): The block, in the rows' dtype.
         """
         source = self.source[:, :, rows]
-        if self.streamed.rule.normalize:
+        if self.rule.normalize:
             source = self.normalized[:, :, rows] = _normalized(source, values, self.real[:, 0, columns])
         self.product[:, :, columns] += torch.bmm(source, values)
 
@@ -49,7 +92,7 @@ class RowUpdate:
         """
         at = (elements[:, None, None], torch.arange(self.before.shape[1], device=elements.device)[None, :, None])
         source = self.source[elements][:, :, rows]
-        if self.streamed.rule.normalize:
+        if self.rule.normalize:
             source = _normalized(source, values, self.real[elements][:, 0][:, columns])
             self.normalized.index_put_((*at, rows[None, None, :]), source)
         self.product.index_put_((*at, columns[None, None, :]), torch.bmm(source, values), accumulate=True)
@@ -57,7 +100,7 @@ class RowUpdate:
     def close(self) -> None:
         """Replace the members' rows by the rows after the event."""
         product = self.product * self.real.to(self.product.dtype)
-        self.streamed.values[self.modality][self.members] = self.streamed.rule.combine(self.normalized, product)
+        self.values[self.modality][self.members] = self.rule.combine(self.normalized, product)
 
 
 def _normalized(source: Tensor, values: Tensor, real_columns: Tensor) -> Tensor:
