@@ -4,7 +4,8 @@ its per-head probabilities.
 A model whose attention modules call transformers' ``AttentionInterface`` is switched, while it is
 explained, to the function registered here under :data:`LEAN`. Its forward computes attention as the
 family's eager function does, row chunk by row chunk, keeping nothing per head (for a method that needs
-no gradient, the head mean of the probabilities, ``[B, Nq, Nk]``). Its backward (a custom autograd
+no gradient, the head mean of the probabilities, ``[B, Nq, Nk]``, or, streamed, its queries and keys to
+recompute it after the forward: :func:`recomputed_head_means`). Its backward (a custom autograd
 function) recomputes the probabilities chunk by chunk and returns the standard ``dQ, dK, dV`` and, for
 the method's declared :data:`Fusion`, that call's head-reduced map for the backward's seed: Eq. 5's
 ``mean_h((dA * A)^+)`` or attention Grad-CAM's ``(mean_h(w_h A_h))^+``, kept whole or handed chunk by chunk to
