@@ -17,7 +17,8 @@ from captum_mm._precision import accumulation_dtype, exact
 from captum_mm.attr._checks import check_connected, check_finite_map
 from captum_mm.attr._gradients import attention_gradients
 from captum_mm.attr._pass import ForwardPass, Needs
-from captum_mm.attr._streaming import LeanSink, stream_eager_map
+from captum_mm.attr._row_sinks import lean_sink
+from captum_mm.attr._streaming import stream_eager_map
 from captum_mm.capture.lean import LeanMaps, LeanRequest, lean_backward
 from captum_mm.capture.record import AttentionCall
 from captum_mm.lrp import attention_relevance
@@ -154,13 +155,13 @@ def _chunks(group: BackwardGroup, slots: Tensor, vectorized: bool) -> Iterator[_
 
 
 def _chunk_maps(group: BackwardGroup, chunk: _Chunk, rows: Optional[RowPass]) -> Iterator[Tuple[int, Tensor]]:
-    """Each kept event's map for the chunk's elements, by index, the last event first (streamed events applied to
+    """Each kept event's map for the chunk's elements, by index, the last call first (streamed events applied to
     ``rows`` instead: the lean ones during the backward); each gradient and relevance freed once read."""
     nothing: List[Optional[Tensor]] = [None] * len(group.calls)
     requests = _lean_requests(group, chunk, rows)
     grads, lean_maps = _gradients(group, chunk, requests) if group.needs.gradients else (list(nothing), {})
     relevance = _relevance(group, chunk) if group.needs.relevance else list(nothing)
-    for index in reversed(range(len(group.calls))):
+    for index in sorted(range(len(group.calls)), key=lambda index: group.events[index].call, reverse=True):  # backward order
         gradient, grads[index] = grads[index], None
         relevant, relevance[index] = relevance[index], None
         if index in lean_maps:
@@ -187,7 +188,7 @@ def _lean_requests(group: BackwardGroup, chunk: _Chunk, rows: Optional[RowPass])
             else:
                 real_rows, real_columns = masks[event.query][chunk.members], masks[event.key][chunk.members]
                 real = _per_sample(real_rows, chunk.sample, batch), _per_sample(real_columns, chunk.sample, batch)
-            sink = LeanSink(cast(RowPass, rows), event, group.schedule, chunk.sample) if group.is_streamed(index) else None
+            sink = lean_sink(cast(RowPass, rows), event, call, group.schedule, chunk.sample) if group.is_streamed(index) else None
             requests[index] = LeanRequest(call.lean, fusion, *real, sink)
     return requests
 

@@ -264,6 +264,7 @@ class AttentionAttribution(LayerAttribution, GradientAttribution, AttentionMetho
         with forward_pass(
             self.model, forward_func or self.forward_func, inputs, additional, target=target, needs=self.needs, rules=self.rules,
             start_layer=self.start_layer, adapter=self.adapter, method=type(self).__name__, lean=lean, target_options=options,
+            recompute=streaming and self.needs.rows is not None and not self.needs.backward,
         ) as forward:
             selection, schedule = forward.selection, forward.schedule
             if not selection.num_elements:

@@ -13,6 +13,7 @@ from captum_mm._precision import accumulation_dtype
 from captum_mm.models import TargetSelection
 from captum_mm.relevance.propagation import Matrices, continued_through, relevance_rows
 from captum_mm.relevance.schedule import Schedule
+from captum_mm.relevance.stages import read_columns
 
 #: Outputs today's families fill; reading one a family does not fill gives None.
 _KNOWN_OUTPUTS = ("text", "image")
@@ -77,15 +78,7 @@ def read_out(schedule: Schedule, matrices: Matrices) -> Dict[str, Tensor]:
     """Each output's readout row, the row token's own entry zeroed, padding zeroed."""
     outputs = {}
     for name, spec in schedule.outputs.items():
-        rows = relevance_rows(matrices, spec.pair, spec.rows, spec.row_weights) * schedule.masks[spec.key]
-        if spec.key == spec.row and spec.row_weights is None:
-            rows = rows.scatter(1, spec.rows[:, None], 0.0)
-        if spec.column_mask is not None:
-            rows = rows * spec.column_mask
-        if spec.column_index is None:
-            rows = rows[:, spec.columns]
-        else:  # -1: no column
-            rows = rows.gather(1, spec.column_index.clamp(min=0)) * (spec.column_index >= 0)
+        rows = read_columns(schedule, spec, relevance_rows(matrices, spec.pair, spec.rows, spec.row_weights))
         if spec.through is not None:
             rows = continued_through(rows, spec.through, matrices)
         if spec.spread is not None:

@@ -16,12 +16,15 @@ from captum_mm._precision import accumulation_dtype, computed_in_float32, exact
 from captum_mm.attr._backward import AttentionBundle, BackwardGroup, fused_from_backward, take_rows, valid_entries
 from captum_mm.attr._checks import check_finite_logits, check_finite_map, check_grad_mode, run_forward, warn_if_training
 from captum_mm.attr._pass import ForwardPass, Needs
-from captum_mm.attr._streaming import streamed_rows
+from captum_mm.attr._row_sinks import lean_sink
+from captum_mm.attr._streaming import stream_eager_map, streamed_rows
+from captum_mm.capture.lean import LeanMaps
+from captum_mm.capture.requests import MapBuffer
 from captum_mm.capture.record import AttentionCall
 from captum_mm.lrp import RuleSet, lrp_rules
 from captum_mm.models import ArchitectureAdapter, TargetOptions, adapter_for, capture_attention
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
-from captum_mm.relevance.streaming import FusedMaps
+from captum_mm.relevance.streaming import FusedMaps, StreamedRows
 
 
 def check_inputs(inputs: Tuple[Tensor, ...]) -> None:
@@ -49,6 +52,7 @@ def forward_pass(
     method: str = "captum_mm",
     lean: bool = True,
     target_options: TargetOptions = TargetOptions(),
+    recompute: bool = False,
 ) -> Iterator[ForwardPass]:
     """Run ``forward_func(*inputs, *additional)`` with attention captured (and LRP rules installed
     when ``needs.relevance``); yield the pass with its targets and schedule. Everything done to the
@@ -57,6 +61,8 @@ def forward_pass(
     Args:
         lean (bool): Capture lean where the method's ``needs.fusion`` and the model allow it.
         target_options (TargetOptions): Passed to the adapter's ``select_targets`` (DETR: ``threshold``, ``single``).
+        recompute (bool): Lean head means recomputed after the forward, not kept by it (streamed rollout and raw
+                    attention; ``capture_attention``'s ``recompute_head_means``).
     """
     adapter = adapter or adapter_for(model)
     check_grad_mode(needs.backward, method)
@@ -73,6 +79,7 @@ def forward_pass(
             capture_attention(
                 model, specs, adapter.check_arguments, adapter.extra_hooks, needs.backward, adapter.gradient_free_modules(),
                 lean=needs.fusion if lean else None, attention_functions=adapter.attention_functions,
+                recompute_head_means=recompute,
             )
         )
         lrp = None
@@ -130,7 +137,7 @@ def fused_maps(
         fused = fused_from_backward(group, slots, is_vectorized(forward.logits, calls, vectorized))
         kept = {event.call: _masked(values, schedule, event) for event, values in zip(events, fused) if values is not None}
         return kept if streamed is None else FusedMaps(kept, streamed)
-    return {event.call: _fused_without_backward(schedule, event, call, sample, fuse) for event, call in zip(events, calls)}
+    return _maps_without_backward(schedule, events, calls, sample, fuse, needs, forward.logits, streaming)
 
 
 def is_vectorized(logits: Tensor, calls: List[AttentionCall], vectorized: Optional[bool]) -> bool:
@@ -156,12 +163,41 @@ def _masked(values: Tensor, schedule: Schedule, event: AttentionEvent) -> Tensor
     return values.mul_(rows[:, :, None].to(values.dtype)).mul_(columns[:, None, :].to(values.dtype))
 
 
+def _maps_without_backward(schedule: Schedule, events: List[AttentionEvent], calls: List[AttentionCall], sample: Tensor,
+                           fuse: Callable[[AttentionBundle], Tensor], needs: Needs, logits: Tensor, streaming: bool) -> Dict[int, Tensor]:
+    """The events' fused, padding-masked maps from their probabilities alone; with ``streaming``, those of streamed
+    modalities applied to their readout rows instead, the last call first (a head mean recomputed after the forward
+    chunk by chunk: only the chunks the rows need, none kept)."""
+    like = logits.new_zeros((), dtype=accumulation_dtype(logits.dtype))
+    streamed = streamed_rows(schedule, events, calls, needs, like) if streaming else None
+    rows = None if streamed is None else streamed.backward(torch.ones_like(sample, dtype=torch.bool))
+    kept = {}
+    for event, call in sorted(zip(events, calls), key=lambda pair: pair[0].call, reverse=True):
+        if rows is not None and event.call in cast(StreamedRows, streamed).calls:
+            if call.recompute is not None:
+                call.recompute(lean_sink(rows, event, call, schedule, sample))
+            else:
+                stream_eager_map(rows, event, _fused_without_backward(schedule, event, call, sample, fuse))
+        else:
+            kept[event.call] = _fused_without_backward(schedule, event, call, sample, fuse)
+    if rows is not None:
+        rows.finish()
+    return kept if streamed is None else FusedMaps(kept, streamed)
+
+
 def _fused_without_backward(
     schedule: Schedule, event: AttentionEvent, call: AttentionCall, sample: Tensor, fuse: Callable[[AttentionBundle], Tensor]
 ) -> Tensor:
-    """The event's fused, padding-masked map from its probabilities alone, computed where the layer ran and returned
-    on the schedule's device."""
-    probs = exact(cast(Tensor, call.probs))
+    """The event's fused, padding-masked map from its probabilities alone (a recomputed head mean whole), computed
+    where the layer ran and returned on the schedule's device."""
+    probs = call.probs
+    if call.recompute is not None:
+        lean = cast(LeanMaps, call.lean)
+        buffer = MapBuffer(lean.probe.new_zeros(lean.shape[0], *lean.shape[2:], dtype=accumulation_dtype(lean.probe.dtype)))
+        call.recompute(buffer)
+        probs = call.in_token_layout(buffer.values[:, None])
+        check_finite_map(cast(Tensor, probs), lambda: valid_entries(schedule, event), sample, event.name)
+    probs = exact(cast(Tensor, probs))
     valid = valid_entries(schedule, event)
     here = valid.to(probs.device)
     return (fuse(AttentionBundle(take_rows(probs, sample.to(probs.device)), None, None, here)) * here).to(valid.device)

@@ -7,6 +7,7 @@ from torch import Tensor
 from captum_mm.attr._base import AttentionBundle, Needs
 from captum_mm.attr.last_layer import LastLayerAttribution
 from captum_mm.relevance.heads import head_mean
+from captum_mm.relevance.streaming import RowRule
 
 
 class RawAttention(LastLayerAttribution):
@@ -22,7 +23,7 @@ class RawAttention(LastLayerAttribution):
         >>> explanation = RawAttention(model).explain((input_ids, visual_feats, visual_pos))
     """
 
-    needs = Needs(probabilities=True, fusion="head_mean")
+    needs = Needs(probabilities=True, fusion="head_mean", rows=RowRule(aggregate=False))
 
     def fuse(self, bundle: AttentionBundle) -> Tensor:
         return head_mean(cast(Tensor, bundle.probs))

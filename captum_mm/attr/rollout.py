@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from captum_mm.attr._base import AttentionAttribution, AttentionBundle, Needs
 from captum_mm.relevance.heads import head_mean
+from captum_mm.relevance.streaming import RowRule
 from captum_mm.relevance.propagation import Matrices, rollout_relevance
 from captum_mm.relevance.schedule import Schedule
 
@@ -27,7 +28,7 @@ class AttentionRollout(AttentionAttribution):
         >>> explanation = AttentionRollout(model).explain((input_ids, visual_feats, visual_pos))
     """
 
-    needs = Needs(probabilities=True, fusion="head_mean")
+    needs = Needs(probabilities=True, fusion="head_mean", rows=RowRule(normalize=True))
 
     def __init__(self, forward_func: Callable, model: Optional[nn.Module] = None, start_layer: int = 0) -> None:
         r"""

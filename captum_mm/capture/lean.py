@@ -4,7 +4,8 @@ its per-head probabilities.
 A model whose attention modules call transformers' ``AttentionInterface`` is switched, while it is
 explained, to the function registered here under :data:`LEAN`. Its forward computes attention as the
 family's eager function does, row chunk by row chunk, keeping nothing per head (for a method that needs
-no gradient, the head mean of the probabilities, ``[B, Nq, Nk]``). Its backward (a custom autograd
+no gradient, the head mean of the probabilities, ``[B, Nq, Nk]``, or, streamed, its queries and keys to
+recompute it after the forward: :func:`recomputed_head_means`). Its backward (a custom autograd
 function) recomputes the probabilities chunk by chunk and returns the standard ``dQ, dK, dV`` and, for
 the method's declared :data:`Fusion`, that call's head-reduced map for the backward's seed: Eq. 5's
 ``mean_h((dA * A)^+)`` or attention Grad-CAM's ``(mean_h(w_h A_h))^+``, kept whole or handed chunk by chunk to
@@ -19,6 +20,7 @@ models get an exact float64 softmax (:mod:`captum_mm.capture.eager`).
 
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 import torch
@@ -33,7 +35,7 @@ from captum_mm.capture.requests import Fusion, LeanMaps, LeanRequest, MapBuffer,
 from captum_mm.relevance.heads import head_mean, weighted_head_mean
 
 __all__ = ["LEAN", "Fusion", "LeanMaps", "LeanRequest", "LeanSite", "MapSink", "lean_attention", "lean_backward", "lean_module",
-           "recording", "stop_recording"]
+           "recomputed_head_means", "recording", "stop_recording"]
 
 #: The attention-interface key lean capture switches a model's configs to.
 LEAN = "captum_mm_lean"
@@ -44,10 +46,11 @@ class LeanSite:
     (``head_mean`` ``[B, Nq, Nk]`` when ``forward_fusion`` is ``"head_mean"``, else None); ``float32_softmax``:
     its family's eager function takes the softmax in float32."""
 
-    record: Callable[[Optional[Tensor], LeanMaps], None]
+    record: Callable[[Optional[Tensor], LeanMaps, Optional[Callable[[MapSink], None]]], None]
     forward_fusion: Optional[Fusion]
     spec: Any  # the AttentionSpec it serves
     float32_softmax: bool
+    recomputed: bool = False  # a "head_mean" recomputed after the forward (recomputed_head_means), not kept by it
 
 
 _sites: ContextVar[Optional[Dict[int, LeanSite]]] = ContextVar("captum_mm_lean_sites", default=None)
@@ -83,11 +86,12 @@ def lean_attention(
     probe = torch.zeros(1, dtype=query.dtype, device=query.device, requires_grad=torch.is_grad_enabled())
     maps = LeanMaps(probe, (query.shape[0], query.shape[1], query.shape[2], key.shape[2]))
     chunks = remembered_row_chunks(query, key.shape[2], attention_mask)
-    options = _Options(scale, query.shape[1] // key.shape[1], site.float32_softmax, site.forward_fusion, maps, chunks,
-                       kwargs.get("softcap"))
+    options = _Options(scale, query.shape[1] // key.shape[1], site.float32_softmax,
+                       None if site.recomputed else site.forward_fusion, maps, chunks, kwargs.get("softcap"))
     bias = kwargs.get("position_bias")  # T5's relative position bias, added to the scores before the mask
     output, mean = _LeanAttention.apply(query, key, value, attention_mask, bias, maps.probe, options)
-    site.record(mean, maps)
+    site.record(mean, maps, partial(recomputed_head_means, query.detach(), key.detach(), attention_mask, bias, options)
+                if site.recomputed else None)
     return output.transpose(1, 2).contiguous(), None
 
 
@@ -224,3 +228,20 @@ def stop_recording(tokens: Any) -> None:
     stop_remembering(tokens[1])
 
 
+def recomputed_head_means(query: Tensor, key: Tensor, mask: Optional[Tensor], bias: Optional[Tensor], options: _Options,
+                          sink: MapSink) -> None:
+    """A call's head-mean map, recomputed after its forward chunk by chunk as its forward would have kept it, each
+    chunk ``sink`` wants handed to it (rollout and raw attention streamed: no ``[B, Nq, Nk]`` map per call kept).
+
+    Args:
+        query, key (Tensor): The call's ``[B, H, Nq, d]`` queries and ``[B, H_kv, Nk, d]`` keys.
+        mask, bias (Tensor, optional): Its additive mask and position bias.
+        options (_Options): Its options.
+        sink (MapSink): Takes the map's chunks ``[B, rows, columns]``.
+    """
+    keys = _repeated(key, options.groups)
+    with torch.no_grad():
+        for rows, columns in options.chunks:
+            if sink.wants(rows):
+                sink.add(rows, columns, head_mean(exact(_probabilities(query, keys, bias, mask, rows, options, columns))))
+    sink.close()

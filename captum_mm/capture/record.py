@@ -25,7 +25,7 @@ from captum_mm.capture.eager import (
     AttentionFunctions,
     exact_eager_attention,
 )
-from captum_mm.capture.lean import Fusion, LeanMaps, LeanSite, lean_module, recording, stop_recording
+from captum_mm.capture.lean import Fusion, LeanMaps, LeanSite, MapSink, lean_module, recording, stop_recording
 from captum_mm.capture.settings import RECORDED_EAGER, pause_gradient_checkpointing, require_parameter_gradients, use_eager_attention
 from captum_mm.capture.windows import concatenate_images, join_windows
 from captum_mm.relevance.schedule import AttentionEvent
@@ -45,6 +45,8 @@ class AttentionCall:
         parts (list of Tensor, optional): The tensors the forward used when ``probs`` concatenates them (one
                     attention call per image).
         lean (LeanMaps, optional): Under lean capture, the call's head-reduced maps.
+        recompute (Callable, optional): Recomputes the head mean ``probs`` would hold, chunk by chunk into a
+                    :class:`~captum_mm.capture.lean.MapSink` (``recompute_head_means``; then ``probs`` is None).
         join (Callable): How ``parts`` (or their gradients) make up the recorded map: along the batch (the default),
                     windows joined block-diagonally (:func:`~captum_mm.capture.windows.join_windows`).
         layout (Callable, optional): How the recorded map is expressed in token positions after the forward
@@ -59,6 +61,7 @@ class AttentionCall:
     lean: Optional[LeanMaps] = None
     join: Callable[[Sequence[Tensor]], Tensor] = field(default=concatenate_images)
     layout: Optional[Callable[[Tensor], Tensor]] = None
+    recompute: Optional[Callable[[MapSink], None]] = None
 
     def lay_out(self, layout: Callable[[Tensor], Tensor]) -> None:
         """Express the map in token positions (``probs`` becomes ``layout(map)``, ``[B, H, N, N]``) when the module
@@ -217,7 +220,7 @@ def _record_calls(spec: AttentionSpec, record: AttentionRecord) -> RemovableHand
 
 
 def _lean_sites(specs: Sequence[AttentionSpec], record: AttentionRecord, fusion: Fusion,
-                attention_functions: AttentionFunctions) -> Dict[nn.Module, LeanSite]:
+                attention_functions: AttentionFunctions, recompute: bool) -> Dict[nn.Module, LeanSite]:
     """The module computing the attention of each spec lean capture serves, and its site recording into ``record``."""
     sites = {}
     for spec in specs:
@@ -225,11 +228,13 @@ def _lean_sites(specs: Sequence[AttentionSpec], record: AttentionRecord, fusion:
         if module is None or spec.probs.recorded or spec.probs.module is not spec.module or spec.probs.argument is not None:
             continue
 
-        def record_call(mean: Optional[Tensor], maps: LeanMaps, spec: AttentionSpec = spec, count: List[int] = [0]) -> None:
-            record.calls.append(AttentionCall(spec, count[0], None if mean is None else mean[:, None], lean=maps))
+        def record_call(mean: Optional[Tensor], maps: LeanMaps, again: Optional[Callable[[MapSink], None]],
+                        spec: AttentionSpec = spec, count: List[int] = [0]) -> None:
+            record.calls.append(AttentionCall(spec, count[0], None if mean is None else mean[:, None], lean=maps, recompute=again))
             count[0] += 1
 
-        sites[module] = LeanSite(record_call, "head_mean" if fusion == "head_mean" else None, spec, attention_functions[type(module)])
+        head_mean = fusion == "head_mean"
+        sites[module] = LeanSite(record_call, fusion if head_mean else None, spec, attention_functions[type(module)], recompute and head_mean)
     return sites
 
 
@@ -243,6 +248,7 @@ def capture_attention(
     gradient_free: Sequence[nn.Module] = (),
     lean: Optional[Fusion] = None,
     attention_functions: AttentionFunctions = NO_ATTENTION_FUNCTIONS,
+    recompute_head_means: bool = False,
 ) -> Iterator[AttentionRecord]:
     """Record every attention call of ``model`` inside the ``with`` block.
 
@@ -263,6 +269,9 @@ def capture_attention(
                     training mode). Default: None (every map's probabilities)
         attention_functions (AttentionFunctions): The adapter's ``attention_functions``: the modules lean
                     capture and the exact float64 softmax serve. Default: none (every module's own function)
+        recompute_head_means (bool): With ``lean="head_mean"``, keep the lean calls' queries and keys to recompute
+                    their head means after the forward (``AttentionCall.recompute``) instead of keeping the maps.
+                    Default: False
 
     Yields:
         AttentionRecord: filled in while the model runs.
@@ -270,7 +279,7 @@ def capture_attention(
     record = AttentionRecord()
     handles = HandleList()
     recorded = [spec for spec in specs if spec.probs.recorded]
-    sites = _lean_sites(specs, record, lean, attention_functions) if lean is not None and not model.training else {}
+    sites = _lean_sites(specs, record, lean, attention_functions, recompute_head_means) if lean is not None and not model.training else {}
     leaned = {site.spec for site in sites.values()}
     token, lean_token = _recording.set({}), recording({id(module): site for module, site in sites.items()})
     try:

@@ -14,12 +14,12 @@ from captum_mm.relevance.rules import (
     apply_deltas,
     bimodal_deltas,
     initial_relevance,
-    normalized_with_identity,
     read_rows,
     rollout,
     self_attention_deltas,
 )
 from captum_mm.relevance.schedule import AttentionEvent, Schedule, Stage
+from captum_mm.relevance.stages import stage_start
 from captum_mm.relevance.streaming import FusedMaps, RowRule, own_events
 
 Maps = Dict[int, Tensor]
@@ -61,12 +61,11 @@ class RowRelevance:
 
     def continued(self, values: Tensor, stage: Stage) -> Tensor:
         """``values . P . R^{stage.pair}[stage.rows, stage.columns]`` (``values``: ``[E, n]``)."""
-        if stage.token_map is not None:
-            values = values @ stage.token_map.to(values.dtype)
         modality = stage.pair[0]
-        start = values.new_zeros(values.shape[0], self.schedule.sizes[modality])
-        start[:, stage.rows] = values
-        values = self._propagated(modality, start)[:, stage.columns]
+        if self.streamed is not None and modality in self.streamed.entries.rows:
+            values = self.streamed.continued(values, stage)
+        else:
+            values = self._propagated(modality, stage_start(values, stage, self.schedule.sizes[modality]))[:, stage.columns]
         return values if stage.through is None else self.continued(values, stage.through)
 
     def _propagated(self, modality: str, rows: Tensor) -> Tensor:
@@ -231,7 +230,7 @@ def rollout_relevance(schedule: Schedule, maps: Maps) -> Matrices:
         *dict or RowRelevance*: Per pair (rows only for self-attention-only schedules).
     """
     if self_attention_only(schedule):
-        return RowRelevance(schedule, maps, lambda v, a: torch.bmm(v, normalized_with_identity(a)))
+        return RowRelevance(schedule, maps, RowRule(normalize=True))
     like = _like(schedule, maps).new_zeros(schedule.num_elements)
 
     def rolled(modality, before=None):

@@ -7,41 +7,14 @@ map is applied to the rows as it arrives, in chunks of its rows (``v A = sum_chu
 then dropped: ``[E, k, N]`` rows per modality instead of one ``[E, N, N]`` map per event.
 """
 
-from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, Optional, Sequence
+from typing import Callable, Dict, FrozenSet, List, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from captum_mm.relevance.schedule import AttentionEvent, Schedule
-
-
-@dataclass(frozen=True)
-class RowRule:
-    """One self-attention event's factor on readout rows ``v``: ``v <- v + v A_bar`` (``aggregate``, Eq. 6 for
-    GenericAttention and Transformer attribution) or ``v <- v A_bar`` (GenericAttention without aggregation).
-
-    Attributes:
-        aggregate (bool): Add the product to the rows (else it replaces them). Default: True
-    """
-
-    aggregate: bool = True
-
-    def __call__(self, rows: Tensor, fused: Tensor) -> Tensor:
-        """``rows`` ``[E, k, N]`` times ``S_l``, ``fused`` ``[E, N, N]`` the event's map."""
-        return self.combine(rows, torch.bmm(rows, fused))
-
-    def combine(self, rows: Tensor, product: Tensor) -> Tensor:
-        """The rows after the event, given the rows before it and their product with the map.
-
-        Args:
-            rows (Tensor): ``v``, ``[E, k, N]``.
-            product (Tensor): ``v A_bar``, ``[E, k, N]``.
-
-        Returns:
-            *Tensor*
-        """
-        return rows + product if self.aggregate else product
+from captum_mm.relevance.schedule import AttentionEvent, Readout, Schedule, Stage
+from captum_mm.relevance.stages import StageEntries, read_columns, stage_start
+from captum_mm.relevance.updates import RowRule, RowUpdate
 
 
 class StreamedRows:
@@ -54,15 +27,23 @@ class StreamedRows:
         modalities (frozenset of str): The modalities streamed: each is read from its own rows (``R^{ss}``).
         like (Tensor): A tensor of the rows' dtype and device.
         events (sequence of AttentionEvent, optional): The events the method propagates. Default: None (all)
+        stages (frozenset of str, optional): Modalities of earlier stages streamed too (a VLM's vision tower): their
+                    rows start, one a readout's stage, from the later stage's final rows (:meth:`continued`).
+                    Default: none
     """
 
     def __init__(self, schedule: Schedule, rule: RowRule, modalities: FrozenSet[str], like: Tensor,
-                 events: Optional[Sequence[AttentionEvent]] = None) -> None:
+                 events: Optional[Sequence[AttentionEvent]] = None, stages: FrozenSet[str] = frozenset()) -> None:
         self.schedule, self.rule = schedule, rule
         events = schedule.events if events is None else events
         self.values = {modality: _starts(schedule, modality).to(like) for modality in modalities}
         self.starts = {modality: rows.clone() for modality, rows in self.values.items()}
-        self.order = {modality: [event.call for event in reversed(own_events(events, modality))] for modality in modalities}
+        self.entries = StageEntries(schedule, sorted(stages))
+        for modality, entries in self.entries.rows.items():
+            self.values[modality] = self.values[next(iter(modalities))].new_zeros(schedule.num_elements, len(entries),
+                                                                                  schedule.sizes[modality])
+        self.order = {modality: [event.call for event in reversed(own_events(events, modality))]
+                      for modality in modalities | stages}
 
     @property
     def calls(self) -> FrozenSet[int]:
@@ -100,6 +81,47 @@ class StreamedRows:
                 return self.values[modality][:, index]
         raise RuntimeError(f"A readout of {modality!r} starts from rows the backward pass did not propagate.")
 
+    def continued(self, values: Tensor, stage: Stage) -> Tensor:
+        """A readout's ``values`` ``[E, n]`` continued through a streamed ``stage``: the stage's streamed rows at its
+        ``columns`` (checked to have started from ``values``).
+
+        Args:
+            values (Tensor): The later stage's read values.
+            stage (Stage): A stage of a streamed modality.
+
+        Returns:
+            *Tensor*: ``[E, n_columns]``.
+        """
+        entry = self.entries.entry(stage)
+        self.entries.check_input(entry, values)
+        return self.values[stage.pair[0]][:, self.entries.rows[stage.pair[0]].index(entry)][:, stage.columns]
+
+    def start_stages(self, modality: str, members: Tensor, complete: Callable[[str], bool]) -> None:
+        """Set the rows of a stage modality of the elements ``members`` to their starts: each readout's stage from the
+        later stage's rows, which must be ``complete`` (every event applied).
+
+        Args:
+            modality (str): A stage modality.
+            members (Tensor): ``[E]`` which elements.
+            complete (Callable): Whether a modality's rows are final in this pass.
+        """
+        starts = []
+        for entry in self.entries.rows[modality]:
+            upstream, earlier = self.entries.upstream(entry)
+            if not complete(upstream):
+                raise RuntimeError(f"The backward pass reached {modality!r} before {upstream!r}, whose rows its stage "
+                                   "starts from, were final: explain this model with streaming=False.")
+            if earlier is None:
+                readout = self.schedule.outputs[entry[0]]
+                index = _start_index(self.starts[upstream], readout)
+                values = read_columns(self.schedule, readout, self.values[upstream][members][:, index], members)
+            else:
+                rows = self.values[upstream][members][:, self.entries.rows[upstream].index(earlier)]
+                values = rows[:, self.entries.stages[earlier].columns]
+            self.entries.record_input(entry, members, values)
+            starts.append(stage_start(values, self.entries.stages[entry], self.schedule.sizes[modality]))
+        self.values[modality][members] = torch.stack(starts, dim=1)
+
 
 class RowPass:
     """One backward pass's updates of :class:`StreamedRows`: each streamed event once, the last first."""
@@ -121,44 +143,28 @@ class RowPass:
         if done >= len(order) or order[done] != event.call:
             raise RuntimeError(f"The backward pass reached {event.name or event.call} out of the reverse layer order that "
                                "streaming the readout rows relies on: explain this model with streaming=False.")
+        if done == 0 and event.query in self.streamed.entries.rows:
+            self.streamed.start_stages(event.query, self.members, self.complete)
         self.applied[event.query] = done + 1
-        return RowUpdate(self.streamed, event.query, self.members)
+        streamed = self.streamed
+        return RowUpdate(streamed.values, streamed.rule, streamed.schedule.masks[event.query], event.query, self.members)
+
+    def complete(self, modality: str) -> bool:
+        """Whether the pass applied every streamed event of ``modality``.
+
+        Args:
+            modality (str): A streamed modality.
+
+        Returns:
+            *bool*
+        """
+        return modality in self.applied and self.applied[modality] == len(self.streamed.order[modality])
 
     def finish(self) -> None:
         """Check that the pass applied every streamed event."""
         missing = [modality for modality, order in self.streamed.order.items() if self.applied[modality] != len(order)]
         if missing:
             raise RuntimeError(f"The backward pass did not reach every attention of {missing} whose readout rows it streams.")
-
-
-class RowUpdate:
-    """One event's update of the streamed rows of ``modality`` for the elements ``members``: the map's chunks
-    (:meth:`add`, padding entries included) applied to the rows of real tokens, the product kept on real tokens --
-    the same as the padding-masked map's product."""
-
-    def __init__(self, streamed: StreamedRows, modality: str, members: Tensor) -> None:
-        self.streamed, self.modality, self.members = streamed, modality, members
-        self.real = streamed.schedule.masks[modality][members][:, None, :]
-        self.before = streamed.values[modality][members]
-        self.source = self.before * self.real.to(self.before.dtype)
-        self.product = torch.zeros_like(self.before)
-
-    def add(self, rows: slice, columns: slice, values: Tensor) -> None:
-        """Apply ``values`` ``[e, rows, columns]``, the map's block for each member (entries not given are 0), on the
-        device of the map (the rows move there at the first block: a model split over devices).
-
-        Args:
-            rows (slice): The map's rows.
-            columns (slice): Its columns.
-            values (Tensor): The block, in the rows' dtype.
-        """
-        self.source, self.product = self.source.to(values.device), self.product.to(values.device)
-        self.product[:, :, columns] += torch.bmm(self.source[:, :, rows], values)
-
-    def close(self) -> None:
-        """Replace the members' rows by the rows after the event."""
-        product = self.product.to(self.before.device) * self.real.to(self.product.dtype)
-        self.streamed.values[self.modality][self.members] = self.streamed.rule.combine(self.before, product)
 
 
 class FusedMaps(Dict[int, Tensor]):
@@ -185,6 +191,13 @@ def own_events(events: Sequence[AttentionEvent], modality: str) -> List[Attentio
         *list of AttentionEvent*
     """
     return [event for event in events if event.is_self and event.query == modality]
+
+
+def _start_index(starts: Tensor, readout: Readout) -> int:
+    """The row of ``starts`` ``[E, k, N]`` the readout starts from."""
+    one_hot = torch.nn.functional.one_hot(readout.rows, starts.shape[-1])
+    start = (one_hot if readout.row_weights is None else readout.row_weights).to(starts)
+    return next(index for index in range(starts.shape[1]) if torch.equal(starts[:, index], start))
 
 
 def _starts(schedule: Schedule, modality: str) -> Tensor:
