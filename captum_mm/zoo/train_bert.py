@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from captum_mm.datasets.batches import KeywordModel, pad_collate
 from captum_mm.datasets.reviews import LABELS, LONGEST, REVIEW_VOCABULARY, SyntheticReviews
-from captum_mm.zoo.training import classifier_accuracy, save_checkpoint, train_epochs
+from captum_mm.zoo.training import classifier_accuracy, save_trained, train_epochs
 
 if TYPE_CHECKING:
     from transformers import BertForSequenceClassification, PretrainedConfig
@@ -86,11 +86,7 @@ def train_bert(recipe: "Recipe", output: Path, seed: int = 0, epochs: Optional[i
     train_epochs(recipe.name, model, step, len(train) if limit is None else min(limit, len(train)), epochs, batch_size,
                  lr, seed)
     test_indices = None if limit is None else range(min(limit, len(test)))
-    quality = {
+    return save_trained(model, output, {
         "reviews_test_accuracy": classifier_accuracy(model, test, test_indices),
         "check_subset_accuracy": classifier_accuracy(model, test, range(CHECK_REVIEWS)[:limit]),
-        "train_seconds": round(time.perf_counter() - started, 1),
-        "seed": seed, "epochs": epochs, "torch_threads": torch.get_num_threads(), "limit": limit,
-    }
-    save_checkpoint(model, output, quality)
-    return quality
+    }, started, seed, epochs, limit)

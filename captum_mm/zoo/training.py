@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
 
@@ -88,6 +89,30 @@ def save_checkpoint(model: nn.Module, output: Path, quality: Dict[str, Any]) -> 
     output = Path(output)
     cast("PreTrainedModel", model).save_pretrained(output)
     (output / "quality.json").write_text(json.dumps(quality, indent=2))
+
+
+def save_trained(model: nn.Module, output: Path, scores: Dict[str, float], started: float, seed: int, epochs: int,
+                 limit: Optional[int]) -> Dict[str, Any]:
+    r"""
+    Save a model trained from scratch with its quality: the measured ``scores`` and the run's facts (seconds since
+    ``started``, seed, epochs, torch threads, ``limit``).
+
+    Args:
+        model (torch.nn.Module): The trained ``PreTrainedModel``.
+        output (Path): The checkpoint folder.
+        scores (dict): What was measured on the test split and the check subset.
+        started (float): ``time.perf_counter()`` when training began.
+        seed (int): The training's seed.
+        epochs (int): Its epochs.
+        limit (int or None): The items of each split it was limited to (None: all).
+
+    Returns:
+        *dict*: The quality, as ``quality.json`` holds it.
+    """
+    quality = {**scores, "train_seconds": round(time.perf_counter() - started, 1), "seed": seed, "epochs": epochs,
+               "torch_threads": torch.get_num_threads(), "limit": limit}
+    save_checkpoint(model, output, quality)
+    return quality
 
 
 def classifier_accuracy(model: nn.Module, dataset: Samples, indices: Optional[Iterable[int]] = None,
