@@ -21,6 +21,7 @@ print(f"captum_mm {captum_mm.__version__} from {installed.parent}")
 
 def shipped() -> None:
     from captum_mm.datasets.easy_vqa import EasyVQA, for_visual_bert
+    from captum_mm.datasets.reviews import SyntheticReviews
     from captum_mm.metrics.study import attention_method, pad_collate
     from captum_mm.zoo.train_llava import prompts
 
@@ -30,6 +31,9 @@ def shipped() -> None:
         model = zoo.load(name)
         if name == "detr-shapes":
             explanation = GenericAttention(model).explain(torch.rand(1, 3, 128, 128), threshold=0.0).outputs()
+        elif name == "bert-reviews":
+            reviews, _ = pad_collate([SyntheticReviews("test")[i] for i in range(2)])
+            explanation = attention_method(GenericAttention, model)(reviews, None)
         elif name == "llava-easyvqa":
             explanation = GenericAttention(model).explain(prompts(questions, [0, 1]), generate=True,
                                                           generation_args={"max_new_tokens": 3, "do_sample": False}).outputs()

@@ -2,7 +2,8 @@
 
 :class:`Options` says what runs, :func:`reproduce` runs it; each shipped model's evaluations
 are its step in :data:`captum_mm.study.steps.STEPS` (:mod:`~captum_mm.study.vqa`,
-:mod:`~captum_mm.study.detr`, :mod:`~captum_mm.study.llava`), its tables and report are
+:mod:`~captum_mm.study.detr`, :mod:`~captum_mm.study.llava`,
+:mod:`~captum_mm.study.text`), its tables and report are
 written by :mod:`captum_mm.study.report`.
 """
 

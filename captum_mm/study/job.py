@@ -2,7 +2,8 @@
 
 Each model's evaluations are its study step (:data:`captum_mm.study.steps.STEPS`):
 perturbation tests, plausibility and a Figure 1-style gallery for the VQA models,
-weakly-supervised segmentation and per-query masks for DETR. Here the models run in turn
+weakly-supervised segmentation and per-query masks for DETR, perturbation tests, plausibility against the
+evidence keywords and text heat maps for the text classifier. Here the models run in turn
 and their tables and figures become a self-contained HTML report and the numbers JSON and CSV.
 """
 
@@ -21,7 +22,7 @@ from captum_mm.study.llava import SAMPLE_SHARE, llava_study
 from captum_mm.study.options import Options
 from captum_mm.study.report import csv_table, html_report, text_table
 from captum_mm.study.steps import STEPS
-from captum_mm.zoo.model_recipe import EASY_VQA, SHAPE_SCENES
+from captum_mm.zoo.model_recipe import EASY_VQA, REVIEWS, SHAPE_SCENES
 from captum_mm.zoo.recipes import RECIPES
 
 
@@ -69,6 +70,8 @@ def _settings(options: Options, methods: Dict[str, Callable], seconds: float) ->
         settings["samples"] = (f"{options.samples} easy-VQA test questions per VQA model"
                                f"{generative if any(STEPS[name].run is llava_study for name in options.models) else ''}, "
                                f"{options.gallery} in the gallery")
+    if REVIEWS in datasets:
+        settings["reviews"] = f"{options.samples} synthetic review test sentences for the text classifier"
     if SHAPE_SCENES in datasets:
         settings["images"] = f"{options.images} scenes from {options.images_dir or 'the synthetic shapes validation split'}"
     settings.update({

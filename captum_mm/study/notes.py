@@ -60,26 +60,36 @@ def direction_caption(better: Dict[str, str]) -> str:
     return "Bold: the best value in each row (ties all bold); " + "; ".join(parts) + "."
 
 
-def vanished_panels(relevance: Dict[str, Any], titles: Optional[Sequence[str]] = None) -> str:
+def vanished_panels(relevance: Dict[str, Any], titles: Optional[Sequence[str]] = None, modality: str = "image") -> str:
     r"""
-    A note on the gallery's black panels: the methods whose image relevance has no positive value, where, and why.
+    A note on the gallery's empty panels: the methods whose relevance of one modality has no positive value, where, and
+    why.
 
     Args:
-        relevance (dict): ``relevance[method] = (text [B, T], image [B, R])``, as the gallery shows it.
-        titles (sequence of str, optional): The columns' names. Default: None (numbered from 1)
+        relevance (dict): ``relevance[method] = (text [B, T], image [B, R])``, as the gallery shows it (for
+                    ``modality="text"``, the image may be None).
+        titles (sequence of str, optional): The columns' (texts') names. Default: None (numbered from 1)
+        modality (str, optional): ``"image"`` (black image panels) or ``"text"`` (white lines of text heat maps).
+                    Default: "image"
 
     Returns:
-        *str*: The note, empty when no panel is black.
+        *str*: The note, empty when no panel is empty.
     """
     notes = []
-    for method, (_, image) in relevance.items():
-        black = [column for column, row in enumerate(torch.as_tensor(image).detach()) if not bool((row > 0).any())]
+    for method, values in relevance.items():
+        rows = torch.as_tensor(values[0 if modality == "text" else 1]).detach()
+        black = [column for column, row in enumerate(rows) if not bool((row > 0).any())]
         if black:
-            where = "every column" if len(black) == len(image) else "column " + ", ".join(
-                titles[c] if titles else str(c + 1) for c in black)
+            if len(black) == len(rows):
+                where = "every text" if modality == "text" else "every column"
+            elif modality == "text":
+                where = ", ".join(titles[c] if titles else f"text {c + 1}" for c in black)
+            else:
+                where = "column " + ", ".join(titles[c] if titles else str(c + 1) for c in black)
             reason = VANISHING.get(method, "the reason is not diagnosed")
             notes.append(f"{method} ({where}): {reason}")
-    return ("Black panels (no positive image relevance): " + "; ".join(notes) + ".") if notes else ""
+    kind = "White lines (no positive text relevance)" if modality == "text" else "Black panels (no positive image relevance)"
+    return (f"{kind}: " + "; ".join(notes) + ".") if notes else ""
 
 
 def missing_sizes(areas: Sequence[float], rows: Sequence[str]) -> str:
@@ -133,7 +143,8 @@ def paper_comparison(name: str, table: Dict[str, Any]) -> str:
         table (dict): Its AUC table (rows :data:`PAPER_AUC_ROWS`) or DETR's segmentation table, with ``better``.
 
     Returns:
-        *str*: The paragraph, empty when "ours" was not run.
+        *str*: The paragraph, empty when "ours" was not run; for tables without the image rows (a text-only model), that
+        the paper has no such study.
     """
     if "ours" not in table["columns"]:
         return ""
@@ -141,6 +152,8 @@ def paper_comparison(name: str, table: Dict[str, Any]) -> str:
         paper = ", ".join(f"{row} {value:.1f}" for row, value in PAPER_DETR.items())
         return (f"The paper (DETR pretrained on COCO, supplementary Table 1, ours): {paper}. Here ({table['title'].split(': ', 1)[-1]}), "
                 f"ours: {_measured(table, list(PAPER_DETR), None)}.")
+    if not set(PAPER_AUC_ROWS) <= set(table["rows"]):
+        return f"The paper reports no study of {name}'s kind (a text-only model); its tables above have no paper counterpart."
     directions = {row: "higher" if row.startswith("Neg") else "lower" for row in PAPER_AUC_ROWS}
     paper_first = sum(_rank({m: v[i] for m, v in PAPER_AUC.items()}, "ours", directions[row]) == 1
                       for i, row in enumerate(PAPER_AUC_ROWS))

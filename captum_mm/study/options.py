@@ -18,7 +18,8 @@ class Options:
         output (Path): The folder of the report, ``results.json``, the tables and each model's figures.
         models (sequence of str): Shipped models to study, in order. Default: all of them
         methods (sequence of str, optional): Methods and ablations by name or alias. Default: None (all)
-        samples (int): easy-VQA test questions per VQA model (a quarter for the generative VLM).
+        samples (int): easy-VQA test questions per VQA model (a quarter for the generative VLM), synthetic test
+                    reviews for the text classifier.
         images (int): Scenes of the segmentation test.
         gallery (int): Questions in each gallery (half as many DETR scenes, at least one).
         seed (int): Seed of the sample selection.

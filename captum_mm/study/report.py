@@ -101,6 +101,10 @@ CAPTIONS = {
     "tokens and the pieces before it (deeper red: more relevant; the 64 image tokens, whose relevance lies on the image, "
     "shown as one) and over the image's 8 x 8 patches (jet colours over the image, scaled to the map's maximum; the slider "
     "sets their opacity).",
+    "heatmaps": "Text heat maps: test reviews of the synthetic sentiment task, each with its label and the model's "
+    "prediction; one line per method: the review's tokens shaded red by their relevance (scaled to the maximum; deeper "
+    "red: more relevant; negative relevance white). The evidence keywords that decide the label (the ground truth of "
+    "the plausibility table) are framed in green and set in bold; keywords of the opposite sentiment are distractors.",
     "masks": "DETR masks: one column per detection in this scene (most confident first; a detection whose box overlaps "
     "an earlier one of its class by IoU > 0.7 is labelled its duplicate), two rows per method. Upper row: the "
     "detection's relevance over the image (jet colours, scaled to its maximum: red most relevant, blue least). "

@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict
 
 from captum_mm.study.detr import detr_study
 from captum_mm.study.llava import llava_study
+from captum_mm.study.text import text_study
 from captum_mm.study.vqa import vqa_study
 
 
@@ -34,4 +35,5 @@ STEPS: Dict[str, Step] = {
     "visualbert-easyvqa": VQA_STEP,
     "detr-shapes": Step("weakly-supervised segmentation, mask figures", detr_study),
     "llava-easyvqa": Step("perturbation tests on generated answers, plausibility, gallery", llava_study),
+    "bert-reviews": Step("perturbation tests on text tokens, plausibility against evidence keywords, heat maps", text_study),
 }

@@ -13,6 +13,7 @@ from captum_mm.visualization.figures import (
     text_relevance_record,
 )
 from captum_mm.visualization.interactive import ExplanationView, view
+from captum_mm.visualization.text import text_heatmaps
 
 __all__ = [
     "ExplanationView",
@@ -23,6 +24,7 @@ __all__ = [
     "region_relevance_image",
     "relevance_gallery",
     "save_perturbation_study",
+    "text_heatmaps",
     "text_records_html",
     "text_relevance_html",
     "text_relevance_record",

@@ -17,6 +17,7 @@ CHECKPOINTS = Path(__file__).parent / "checkpoints"
 # The data a shipped model is trained and studied on.
 EASY_VQA = "easy-VQA"
 SHAPE_SCENES = "synthetic shape scenes"
+REVIEWS = "synthetic movie reviews"
 
 
 @dataclass(frozen=True)
@@ -68,13 +69,15 @@ class Recipe:
     Attributes:
         name (str): The model's name, also its checkpoint folder's.
         model_class_name (str): A transformers class.
-        dataset (str): What it is trained and studied on (:data:`EASY_VQA` or :data:`SHAPE_SCENES`).
+        dataset (str): What it is trained and studied on (:data:`EASY_VQA`, :data:`SHAPE_SCENES` or :data:`REVIEWS`).
         build (Callable): The untrained architecture.
         trainer (Callable): ``trainer(recipe, output, seed, **options)`` retrains it.
         epochs (int): Its training epochs.
         goal (tuple): The quality (a key of ``quality.json``) it must reach, and the minimum.
         easy_vqa (EasyVQAInputs, optional): How a VQA classifier takes easy-VQA. Default: None
         processor_class_name (str, optional): A transformers image processor saved with the checkpoint. Default: None
+        mismatches (Callable, optional): What in a user's config does not fit the data of a model taking no easy-VQA
+                    (``mismatches(config) -> list of str``). Default: None
     """
 
     name: str
@@ -86,6 +89,7 @@ class Recipe:
     goal: Tuple[str, float]
     easy_vqa: Optional[EasyVQAInputs] = None
     processor_class_name: Optional[str] = None
+    mismatches: Optional[Callable[[transformers.PretrainedConfig], List[str]]] = None
 
     @property
     def model_class(self) -> Type[transformers.PreTrainedModel]:
@@ -110,11 +114,11 @@ class Recipe:
             raise ValueError(
                 f"The checkpoint for {self.name} at {path} is a {config.model_type!r} model; expected {expected!r}."
             )
-        wrong = self.easy_vqa.mismatches(config) if self.easy_vqa is not None else []
+        check = self.easy_vqa.mismatches if self.easy_vqa is not None else self.mismatches
+        wrong = check(config) if check is not None else []
         if wrong:
-            raise ValueError(
-                f"The checkpoint for {self.name} at {path} does not fit captum_mm.datasets.easy_vqa: {'; '.join(wrong)}."
-            )
+            data = "captum_mm.datasets.easy_vqa" if self.easy_vqa is not None else f"the {self.dataset}"
+            raise ValueError(f"The checkpoint for {self.name} at {path} does not fit {data}: {'; '.join(wrong)}.")
         return self.model_class.from_pretrained(path).eval()
 
     def load_processor(self, path: Optional[str] = None) -> Any:

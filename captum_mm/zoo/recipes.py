@@ -19,10 +19,10 @@ from captum_mm.metrics import (
     VISUAL_BERT_IMAGE_STEPS,
     VISUAL_BERT_TEXT,
 )
-from captum_mm.zoo import train_detr, train_llava, train_vqa
-from captum_mm.zoo.model_recipe import CHECKPOINTS, EASY_VQA, SHAPE_SCENES, EasyVQAInputs, Recipe
+from captum_mm.zoo import train_bert, train_detr, train_llava, train_vqa
+from captum_mm.zoo.model_recipe import CHECKPOINTS, EASY_VQA, REVIEWS, SHAPE_SCENES, EasyVQAInputs, Recipe
 
-__all__ = ["CHECKPOINTS", "EASY_VQA", "RECIPES", "SHAPE_SCENES", "EasyVQAInputs", "Recipe", "recipe", "vqa_recipe",
+__all__ = ["CHECKPOINTS", "EASY_VQA", "RECIPES", "REVIEWS", "SHAPE_SCENES", "EasyVQAInputs", "Recipe", "recipe", "vqa_recipe",
            "with_processors"]
 
 
@@ -83,6 +83,16 @@ RECIPES: Dict[str, Recipe] = {
             trainer=train_llava.train_llava,
             epochs=12,
             goal=("easy_vqa_test_exact_match", 90.0),
+        ),
+        Recipe(
+            name="bert-reviews",
+            model_class_name="BertForSequenceClassification",
+            dataset=REVIEWS,
+            build=train_bert.bert_model,
+            trainer=train_bert.train_bert,
+            epochs=3,
+            goal=("reviews_test_accuracy", 95.0),
+            mismatches=train_bert.reviews_mismatches,
         ),
     )
 }

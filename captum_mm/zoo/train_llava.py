@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from captum_mm.datasets.easy_vqa import EASY_VQA_VOCABULARY, EasyVQA
 from captum_mm.zoo.model_recipe import Recipe
-from captum_mm.zoo.training import save_checkpoint, train_epochs
+from captum_mm.zoo.training import save_trained, train_epochs
 
 if TYPE_CHECKING:
     from transformers import BertTokenizer, LlavaForConditionalGeneration
@@ -152,12 +152,9 @@ def train_llava(recipe: "Recipe", output: Path, seed: int = 0, epochs: Optional[
 
     train_epochs(recipe.name, model, step, len(train) if limit is None else min(limit, len(train)), epochs, batch_size, lr, seed)
     test_indices = None if limit is None else range(min(limit, len(test)))
-    quality = {
+    quality = save_trained(model, output, {
         "easy_vqa_test_exact_match": exact_match(model, test, test_indices),
         "check_subset_exact_match": exact_match(model, test, range(CHECK_QUESTIONS)[:limit]),
-        "train_seconds": round(time.perf_counter() - started, 1),
-        "seed": seed, "epochs": epochs, "torch_threads": torch.get_num_threads(), "limit": limit,
-    }
-    save_checkpoint(model, output, quality)
+    }, started, seed, epochs, limit)
     tokenizer().save_pretrained(output)
     return quality

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from captum_mm.datasets.batches import KeywordModel, pad_collate
 from captum_mm.datasets.easy_vqa import EASY_VQA_VOCABULARY, FEATURES, VISUAL_BERT_FEATURES, EasyVQA
 from captum_mm.zoo.model_recipe import EasyVQAInputs, Recipe
-from captum_mm.zoo.training import save_checkpoint, train_epochs
+from captum_mm.zoo.training import classifier_accuracy, save_trained, train_epochs
 
 #: Fixed subsets on which tests check that a checkpoint still reaches its recorded quality.
 VQA_CHECK_QUESTIONS = 600
@@ -69,15 +69,8 @@ def vqa_accuracy(
     Returns:
         *float*: The accuracy, in %.
     """
-    selected = list(range(len(dataset))) if indices is None else list(indices)
-    forward, correct = KeywordModel(model, ()), 0
     convert = cast("EasyVQAInputs", recipe.easy_vqa).convert  # VQA recipes carry their inputs
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(selected), batch_size):
-            batch, scores = pad_collate([dataset[i] for i in selected[start : start + batch_size]])
-            correct += int((scores.argmax(-1) == forward(**convert(batch)).argmax(-1)).sum())
-    return 100.0 * correct / len(selected)
+    return classifier_accuracy(model, dataset, indices, convert, batch_size)
 
 
 def train_vqa(
@@ -123,12 +116,8 @@ def train_vqa(
 
     train_epochs(name, model, step, train_size, epochs, batch_size, lr, seed)
     model.eval()
-    quality = {
+    return save_trained(model, output, {
         "easy_vqa_test_accuracy": vqa_accuracy(recipe, model, test, test_indices),
         "check_subset_accuracy": vqa_accuracy(recipe, model, test, range(VQA_CHECK_QUESTIONS)[:limit]),
-        "train_seconds": round(time.perf_counter() - started, 1),
-        "seed": seed, "epochs": epochs, "torch_threads": torch.get_num_threads(), "limit": limit,
-    }
-    save_checkpoint(model, output, quality)
-    return quality
+    }, started, seed, epochs, limit)
 

@@ -2,11 +2,15 @@
 
 import json
 import math
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Tuple, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
 
 import torch
 from torch import Tensor, nn
+
+from captum_mm.datasets.batches import Batch, KeywordModel, pad_collate
+from captum_mm.metrics.study import Samples
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -85,3 +89,52 @@ def save_checkpoint(model: nn.Module, output: Path, quality: Dict[str, Any]) -> 
     output = Path(output)
     cast("PreTrainedModel", model).save_pretrained(output)
     (output / "quality.json").write_text(json.dumps(quality, indent=2))
+
+
+def save_trained(model: nn.Module, output: Path, scores: Dict[str, float], started: float, seed: int, epochs: int,
+                 limit: Optional[int]) -> Dict[str, Any]:
+    r"""
+    Save a model trained from scratch with its quality: the measured ``scores`` and the run's facts (seconds since
+    ``started``, seed, epochs, torch threads, ``limit``).
+
+    Args:
+        model (torch.nn.Module): The trained ``PreTrainedModel``.
+        output (Path): The checkpoint folder.
+        scores (dict): What was measured on the test split and the check subset.
+        started (float): ``time.perf_counter()`` when training began.
+        seed (int): The training's seed.
+        epochs (int): Its epochs.
+        limit (int or None): The items of each split it was limited to (None: all).
+
+    Returns:
+        *dict*: The quality, as ``quality.json`` holds it.
+    """
+    quality = {**scores, "train_seconds": round(time.perf_counter() - started, 1), "seed": seed, "epochs": epochs,
+               "torch_threads": torch.get_num_threads(), "limit": limit}
+    save_checkpoint(model, output, quality)
+    return quality
+
+
+def classifier_accuracy(model: nn.Module, dataset: Samples, indices: Optional[Iterable[int]] = None,
+                        convert: Callable[[Batch], Batch] = lambda batch: batch, batch_size: int = 256) -> float:
+    r"""
+    Top-1 accuracy (%) of a classifier on a dataset of keyword samples with one-hot ``answer_scores``.
+
+    Args:
+        model (torch.nn.Module): The HuggingFace classifier (left in eval mode).
+        dataset (Samples): The split scored (:func:`~captum_mm.datasets.batches.pad_collate` batches its samples).
+        indices (Iterable[int], optional): The samples scored. Default: None (all)
+        convert (Callable, optional): A padded batch to the model's keyword arguments. Default: the batch itself
+        batch_size (int, optional): Samples per forward. Default: 256
+
+    Returns:
+        *float*: The accuracy, in %.
+    """
+    selected = list(range(len(dataset))) if indices is None else list(indices)
+    forward, correct = KeywordModel(model, ()), 0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(selected), batch_size):
+            batch, scores = pad_collate([dataset[i] for i in selected[start : start + batch_size]])
+            correct += int((scores.argmax(-1) == forward(**convert(batch)).argmax(-1)).sum())
+    return 100.0 * correct / len(selected)

@@ -56,6 +56,9 @@ def test_the_comparison_with_the_paper_is_generated_from_the_table():
         "(rank 1 of 3, tied with 1 other, paper 21.61).")
     assert "(it reports no numbers for other-model). Here" in paper_comparison("other-model", AUC)
     assert paper_comparison("m", table(AUC["rows"], ["rollout"], "t", "n", AUC["better"])) == ""
+    text_only = {"Neg. text": {"ours": 1.0}, "Pos. text": {"ours": 2.0}}
+    assert paper_comparison("bert-x", table(text_only, ["ours"], "t", "n", {"Neg. text": "higher", "Pos. text": "lower"})) == (
+        "The paper reports no study of bert-x's kind (a text-only model); its tables above have no paper counterpart.")
     rows = {row: {"ours": 10.0, "x": 5.0} for row in ("AP", "AP_medium", "AR", "AR_medium")}
     rows.update({row: {"ours": -1.0, "x": -1.0} for row in ("AP_large", "AR_large")})
     detr = paper_comparison("detr", table(rows, ["ours", "x"], "detr: segmentation", "d", {r: "higher" for r in rows}))

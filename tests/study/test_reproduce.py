@@ -22,33 +22,37 @@ def test_reproduce_writes_every_output(tmp_path, capsys):
     assert "torch threads: 1 (as asked)" in printed and "Loading weights" not in captured.err
     steps = [line for line in printed.splitlines() if line.startswith("Step ")]
     assert steps == [
-        "Step 1 of 4: lxmert-easyvqa: perturbation tests, plausibility, gallery",
-        "Step 2 of 4: visualbert-easyvqa: perturbation tests, plausibility, gallery",
-        "Step 3 of 4: detr-shapes: weakly-supervised segmentation, mask figures",
-        "Step 4 of 4: llava-easyvqa: perturbation tests on generated answers, plausibility, gallery",
+        "Step 1 of 5: lxmert-easyvqa: perturbation tests, plausibility, gallery",
+        "Step 2 of 5: visualbert-easyvqa: perturbation tests, plausibility, gallery",
+        "Step 3 of 5: detr-shapes: weakly-supervised segmentation, mask figures",
+        "Step 4 of 5: llava-easyvqa: perturbation tests on generated answers, plausibility, gallery",
+        "Step 5 of 5: bert-reviews: perturbation tests on text tokens, plausibility against evidence keywords, heat maps",
     ]
     for name in ("report.html", "results.json"):
         assert (output / name).stat().st_size > 0
     tables = json.loads((output / "results.json").read_text())["tables"]
-    assert len(tables) == 11  # per VQA model and the generative VLM: methods, ablations, plausibility; DETR: two IoU grids
+    assert len(tables) == 14  # per VQA model, the generative VLM and BERT: methods, ablations, plausibility; DETR: two grids
     names = [f"{model}_{test}" for model in ("lxmert", "visualbert") for test in ("auc", "ablations_auc", "plausibility")]
-    names[6:] = ["detr_segmentation_iou50", "detr_segmentation_iou20", "llava_auc", "llava_ablations_auc", "llava_plausibility"]
+    names[6:] = ["detr_segmentation_iou50", "detr_segmentation_iou20", "llava_auc", "llava_ablations_auc", "llava_plausibility",
+                 "bert_auc", "bert_ablations_auc", "bert_plausibility"]
     assert [table["name"] for table in tables] == names and not list(output.glob("table_*.csv"))
     for table in tables:
         assert (output / f"{table['name']}.csv").read_text().startswith("setting,ours,")
     for model in ("lxmert-easyvqa", "visualbert-easyvqa", "llava-easyvqa"):
         for name in ("results.json", "curves.png", "gallery.png"):
             assert (output / model / name).stat().st_size > 0
+    for name in ("results.json", "curves.png", "heatmaps.png"):
+        assert (output / "bert-reviews" / name).stat().st_size > 0
     assert len(list((output / "detr-shapes").glob("masks_*.png"))) == 1 and (output / "detr-shapes" / "segmentation.json").exists()
     report = (output / "report.html").read_text()
-    assert report.count("<img src='data:image/png;base64,") == 7  # curves, gallery x3; masks
-    assert report.count("<figcaption>") == 8 and report.count('<div class="cmm-view"') == 1  # the VLM's one gallery question, interactive
+    assert report.count("<img src='data:image/png;base64,") == 9  # curves, gallery x3; masks; curves, heat maps
+    assert report.count("<figcaption>") == 10 and report.count('<div class="cmm-view"') == 1  # the VLM's one gallery question, interactive
     assert "img{max-width:100%;height:auto}" in report
     for caption in CAPTIONS.values():
         assert html.escape(caption) in report
     for setting in ("<th>captum_mm</th><td>0.1.0</td>", "<th>seed</th><td>0</td>", "<th>threads</th><td>1 torch threads</td>",
                     "<th>methods</th><td>ours, rollout, w/o aggregation</td>", "4 easy-VQA test questions per VQA model (1 for the generative VLM, whose every perturbed forward generates), 2 in the gallery",
-                    "2 scenes from the synthetic shapes", "<th>run time</th><td>", "<th>date</th><td>20"):
+                    "2 scenes from the synthetic shapes", "<th>reviews</th><td>4 synthetic review test sentences", "<th>run time</th><td>", "<th>date</th><td>20"):
         assert setting in report
     _check_interpretation(report, tables)
     main(["reproduce", "--output", str(output), "--models", "detr-shapes", "--images", "3", "--methods", "ours", "--threads", "1"])
@@ -72,6 +76,7 @@ def _check_interpretation(report, tables):
         comparison = html.unescape(re.search(r"<p class='comparison'>(.*?)</p>", section).group(1))
         quoted = dict(re.findall(r"(\w[\w. ]*?) (\d+\.\d\d|n/a)(?: \(rank|;|\.$)", comparison.split("Here")[1]))
         assert quoted == {row: number(values["ours"]) for row, values in table["rows"].items()}
+    assert "The paper reports no study of bert-reviews" in report.split("<h2>bert-reviews</h2>")[1]
 
 
 def test_reproduce_takes_a_users_checkpoints_and_coco_data(tmp_path, capsys):

@@ -39,6 +39,15 @@ def test_llava_checkpoint_generates_answers_with_its_recorded_exact_match():
     assert match >= zoo.quality("llava-easyvqa")["check_subset_exact_match"] - MARGIN
 
 
+def test_bert_checkpoint_reaches_its_recorded_accuracy():
+    from captum_mm.datasets.reviews import SyntheticReviews
+    from captum_mm.zoo.train_bert import CHECK_REVIEWS
+    from captum_mm.zoo.training import classifier_accuracy
+
+    accuracy = classifier_accuracy(zoo.load("bert-reviews"), SyntheticReviews("test"), range(CHECK_REVIEWS))
+    assert accuracy >= zoo.quality("bert-reviews")["check_subset_accuracy"] - MARGIN
+
+
 def test_detr_checkpoint_reaches_its_recorded_ap50(tmp_path):
     count, seed = DETR_SPLITS["val"]
     annotations = write_shapes_coco(tmp_path, DETR_CHECK_SCENES, seed, DETR_IMAGE_SIZE, "val")
@@ -65,10 +74,10 @@ def test_recorded_quality_meets_the_goals():
         key, minimum = entry.goal
         assert zoo.quality(name)[key] >= minimum and zoo.quality(name).get("limit") is None
     assert {entry.goal for entry in RECIPES.values()} == {
-        ("easy_vqa_test_accuracy", 90.0), ("bbox_AP50", 0.5), ("easy_vqa_test_exact_match", 90.0)}
+        ("easy_vqa_test_accuracy", 90.0), ("bbox_AP50", 0.5), ("easy_vqa_test_exact_match", 90.0), ("reviews_test_accuracy", 95.0)}
 
 
-@pytest.mark.parametrize("name, limit", [("lxmert-easyvqa", 64), ("detr-shapes", 4), ("llava-easyvqa", 64)])
+@pytest.mark.parametrize("name, limit", [("lxmert-easyvqa", 64), ("detr-shapes", 4), ("llava-easyvqa", 64), ("bert-reviews", 64)])
 def test_training_command_runs_the_recipe_on_a_few_items(name, limit, tmp_path, capsys):
     before = zoo.load(name).state_dict()
     main(["train", name, "--epochs", "1", "--limit", str(limit), "--output", str(tmp_path / name)])
