@@ -73,9 +73,9 @@ def generative(model: nn.Module, prompt: Dict[str, torch.Tensor]) -> Family:
     return Family(model.double(), lambda explainer: explainer.explain(prompt, continuation=CONTINUATION))
 
 
-def classifier() -> Family:
+def classifier(layers: int = 1) -> Family:
     ids, mask = text_batch(2)
-    return Family(bert(layers=1).double(), lambda explainer: explainer.explain(ids, torch.tensor([2, 5]), (mask,)))
+    return Family(bert(layers=layers).double(), lambda explainer: explainer.explain(ids, torch.tensor([2, 5]), (mask,)))
 
 
 FAMILIES: Dict[str, Callable[[], Family]] = {

@@ -19,16 +19,11 @@ from torch import nn
 from captum_mm.lrp import quantized
 from methods_under_test import METHODS
 from simulated_devices import STAND_IN, Placed, simulated_devices
-from helpers import bert, encoder_decoder_model, language_model, llava, prompt_batch, text_batch, vlm_prompts
-from test_accelerate import EXPLAINED, Family, assert_same_explanation, generative
+from helpers import encoder_decoder_model, language_model, llava, prompt_batch, vlm_prompts
+from test_accelerate import EXPLAINED, Family, assert_same_explanation, classifier, generative
 
 #: Each dispatch's devices of the two halves; the first is the main device.
 HALVES: Dict[str, Tuple[str, str]] = {"split": ("cpu", STAND_IN.type), "offloaded": (STAND_IN.type, "cpu")}
-
-
-def classifier() -> Family:
-    ids, mask = text_batch(2)
-    return Family(bert(layers=2).double(), lambda explainer: explainer.explain(ids, torch.tensor([2, 5]), (mask,)))
 
 
 #: Two layers a stage: the halves split the language model (the VLM: its vision tower from its language model).
@@ -36,7 +31,7 @@ FAMILIES: Dict[str, Callable[[], Family]] = {
     "llama": lambda: generative(language_model("llama", layers=2), dict(zip(("input_ids", "attention_mask"), prompt_batch(2, 5)))),
     "llava": lambda: generative(llava(vision_layers=2, layers=2), vlm_prompts(batch=2)),
     "t5": lambda: generative(encoder_decoder_model("t5", layers=2), dict(zip(("input_ids", "attention_mask"), prompt_batch(2, 5)))),
-    "bert": classifier,
+    "bert": lambda: classifier(layers=2),
 }
 
 
