@@ -26,7 +26,7 @@ SIGNED = {"attnlrp", "cp-lrp"}
 #: caps), mixtures of experts. AttnLRP's readout at the inputs also: encoder-decoders (one embedding, two streams),
 #: images not one ``[B, C, H, W]`` batch per sample (tiles, flattened patches) or read through cross-attention (Mllama).
 _RULES_REFUSED = {"clip", "detr", "gemma2", "gemma3", "gemma3_vl", "mixtral", "qwen3-moe"}
-_INPUTS_REFUSED = _RULES_REFUSED | {"bart", "t5", "blip", "blip2", "whisper", "mllama", "idefics3", "smolvlm", "llava_next",
+_INPUTS_REFUSED = _RULES_REFUSED | {"blip", "blip2", "whisper", "mllama", "idefics3", "smolvlm", "llava_next",
                                     "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
 REFUSED = {"attnlrp": _INPUTS_REFUSED, "cp-lrp": _INPUTS_REFUSED, "generic-attnlrp": _RULES_REFUSED}
 #: Registered variants that only the contract suite runs on every family (the other every-method suites skip them,

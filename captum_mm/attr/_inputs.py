@@ -1,6 +1,7 @@
 """Relevance read at a model's inputs (AttnLRP): the tensors kept while it runs, and each output read from them.
 
-Kept are the word embeddings (the output of ``model.get_input_embeddings()``, where integer token ids enter) and
+Kept are the word embeddings (the output of ``model.get_input_embeddings()``, where integer token ids enter; an
+encoder-decoder's encoder and decoder embeddings apart, by their modules or, shared, by call order) and
 the model's floating forward arguments (``inputs_embeds``, region features, ``pixel_values``), made to require grad
 for the pass when they do not (restored afterwards). An output is read from them as the adapter declares which
 argument carries it: a token output from the ``[B, N, ...]`` inputs of its tokens (summed over their features), an
@@ -20,6 +21,10 @@ from captum_mm.relevance.schedule import Readout, Schedule
 
 #: The word embeddings' entry among the kept inputs (no forward argument has this name).
 EMBEDDINGS = "<word embeddings>"
+#: An encoder-decoder's decoder word embeddings' entry.
+DECODER_EMBEDDINGS = "<decoder word embeddings>"
+#: The token ids argument each embeddings entry embeds.
+EMBEDDED_IDS = {EMBEDDINGS: "input_ids", DECODER_EMBEDDINGS: "decoder_input_ids"}
 
 
 class KeptInputs:
@@ -27,8 +32,14 @@ class KeptInputs:
 
     def __init__(self) -> None:
         self.tensors: Dict[str, Tensor] = {}
-        self.embedding_calls = 0
+        self.calls: Dict[str, int] = {}  # forward calls of each embeddings entry (an encoder-decoder: its modules')
         self.changed: List[Tuple[Tensor, Tensor]] = []  # (input, its own data) made to require grad or upcast
+
+    @property
+    def embedding_calls(self) -> int:
+        """The most calls one embeddings entry received in the latest forward (more than one: several token streams
+        embedded alike, which AttnLRP does not read)."""
+        return max(self.calls.values(), default=0)
 
     def prepare(self, value: Tensor) -> None:
         """Make a leaf input require grad (a half-precision one upcast to float32 in place, as the model's weights
@@ -59,11 +70,11 @@ def keep_inputs(model: nn.Module) -> Iterator[KeptInputs]:
         KeptInputs: Filled by each forward.
     """
     kept, handles = KeptInputs(), HandleList()
-    embeddings = _word_embeddings(model)
+    streams = _embedded_streams(model)
 
     def on_arguments(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
         kept.tensors.clear()
-        kept.embedding_calls = 0
+        kept.calls.clear()
         names = list(_parameter_names(module)[: len(args)]) + list(kwargs)
         for name, value in zip(names, (*args, *kwargs.values())):
             if isinstance(value, Tensor) and value.is_floating_point() and torch.is_grad_enabled():
@@ -72,12 +83,14 @@ def keep_inputs(model: nn.Module) -> Iterator[KeptInputs]:
 
     def on_embeddings(module: nn.Module, args: Tuple[Any, ...], output: Any) -> None:
         if isinstance(output, Tensor) and output.is_floating_point():  # Swin's patch embeddings are no word embeddings
-            kept.tensors[EMBEDDINGS] = output
-            kept.embedding_calls += 1
+            keys = [key for key, embeddings in streams.items() if embeddings is module]  # shared: in call order
+            key = keys[min(sum(kept.calls.get(k, 0) for k in keys), len(keys) - 1)]
+            kept.calls[key] = kept.calls.get(key, 0) + 1
+            kept.tensors[key] = output
 
     try:
         handles.append(model.register_forward_pre_hook(on_arguments, with_kwargs=True))
-        if isinstance(embeddings, nn.Module):
+        for embeddings in {id(module): module for module in streams.values()}.values():
             handles.append(embeddings.register_forward_hook(on_embeddings))
         yield kept
     finally:
@@ -85,12 +98,21 @@ def keep_inputs(model: nn.Module) -> Iterator[KeptInputs]:
         kept.restore()
 
 
-def _word_embeddings(model: nn.Module) -> Any:
+def _word_embeddings(model: Any) -> Any:
     """``model.get_input_embeddings()``, None where the model has none."""
     try:
         return getattr(model, "get_input_embeddings", lambda: None)()
     except NotImplementedError:
         return None
+
+
+def _embedded_streams(model: nn.Module) -> Dict[str, nn.Module]:
+    """The word embeddings by kept entry: an encoder-decoder's encoder's and decoder's, else the model's."""
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False) and hasattr(model, "get_decoder"):
+        streams = {EMBEDDINGS: _word_embeddings(model.get_encoder()), DECODER_EMBEDDINGS: _word_embeddings(model.get_decoder())}
+    else:
+        streams = {EMBEDDINGS: _word_embeddings(model)}
+    return {key: module for key, module in streams.items() if isinstance(module, nn.Module)}
 
 
 def _parameter_names(module: nn.Module) -> List[str]:
@@ -136,7 +158,7 @@ def _read_tokens(schedule: Schedule, name: str, spec: Readout, relevance: Dict[s
     size = schedule.sizes[spec.key]
     carried = {output for output, readout in schedule.outputs.items() if readout.key == spec.key}
     inputs = [values.flatten(2).sum(-1) for argument, values in relevance.items()
-              if argument_outputs.get("input_ids" if argument == EMBEDDINGS else argument) in carried and values.dim() >= 3]
+              if argument_outputs.get(EMBEDDED_IDS.get(argument, argument)) in carried and values.dim() >= 3]
     whole = [values for values in inputs if values.shape[1] == size]
     if whole and spec.through is None:
         return read_columns(torch.stack(whole).sum(0), spec, schedule.masks[spec.key])

@@ -8,8 +8,9 @@ from torch import Tensor, nn
 from captum_mm._precision import exact
 from captum_mm.attr._checks import check_connected
 from captum_mm.attr._base import AttentionAttribution, AttentionBundle, Explanation, Needs
-from captum_mm.attr._inputs import KeptInputs, keep_inputs, read_inputs
+from captum_mm.attr._inputs import DECODER_EMBEDDINGS, KeptInputs, keep_inputs, read_inputs
 from captum_mm.attr.engine import ForwardPass
+from captum_mm.generation.readout import GENERATED
 from captum_mm.lrp.attention import score_scale
 from captum_mm.lrp.attnlrp import attnlrp_rules
 from captum_mm.lrp.canonizers import GatedProduct
@@ -92,9 +93,10 @@ class AttnLRP(AttentionAttribution):
         kept = {name: t for name, t in self._kept.tensors.items() if t.shape[0] == batch}  # not several images a prompt
         check_connected(forward.logits, forward.method)
         if not kept or self._kept.embedding_calls > 1:
-            raise TypeError(f"AttnLRP reads relevance at a model's floating inputs and at its word embeddings, used by "
-                            f"one token stream: this {type(self.model).__name__} has no such input, or embeds several "
-                            "streams with the same embeddings (an encoder-decoder), which AttnLRP does not support yet.")
+            raise TypeError(f"AttnLRP reads relevance at a model's floating inputs and at its word embeddings, each used "
+                            f"by one token stream (an encoder-decoder's encoder and decoder apart): this "
+                            f"{type(self.model).__name__} has no such input, or embeds several streams with the same "
+                            "embeddings, which AttnLRP does not support yet.")
         names, tensors = list(kept), list(kept.values())
         relevance = {name: exact(t).new_zeros(selection.num_elements, *t.shape[1:]) for name, t in kept.items()}
         assert forward.lrp is not None
@@ -107,7 +109,9 @@ class AttnLRP(AttentionAttribution):
             for name, tensor, grad in zip(names, tensors, grads):
                 if grad is not None:
                     relevance[name][members] = (exact(tensor) * exact(grad))[samples]
-        return read_inputs(forward.schedule, relevance, self.adapter.argument_outputs)
+        # an encoder-decoder's decoder ids carry the generated tokens (the adapter checks them as no output of its own)
+        carried = {**self.adapter.argument_outputs, **({"decoder_input_ids": GENERATED} if DECODER_EMBEDDINGS in kept else {})}
+        return read_inputs(forward.schedule, relevance, carried)
 
 
 def check_supported(adapter: ArchitectureAdapter) -> None:

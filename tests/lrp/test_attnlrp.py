@@ -9,7 +9,7 @@ from captum_mm.attr.engine import forward_pass
 from captum_mm.attr._pass import Needs
 from captum_mm.lrp import attention_relevance
 from captum_mm.lrp.attnlrp import DetachedNorm, PlainLinear, UniformAttention, ZResidual, attnlrp_rules
-from helpers import CASES, LANGUAGE_MODELS, VLMS, vlm_prompts
+from helpers import CASES, LANGUAGE_MODELS, VLMS, encoder_decoder_model, vlm_prompts
 
 # One head, two tokens, d = 1: Q = [1, 2], K = [1, 0], V = [2, 4], A = [[.5, .5], [.75, .25]], only token 0's
 # context explained (g = [1, 0]), scores' factor 0.5.
@@ -155,3 +155,24 @@ def test_two_images_in_a_prompt_are_refused():
     prompt["pixel_values"] = torch.randn(2, 3, 32, 32)
     with pytest.raises(TypeError, match="one image a prompt|cannot read the 'image' output"):
         AttnLRP(model).explain(prompt, continuation=torch.tensor([[5, 6]]))
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_cp_lrp_conserves_an_encoder_decoders_logit(family):
+    """The encoder's and the decoder's embeddings read apart (T5 shares one module: by call order). Biases and BART's
+    position embeddings zeroed (T5 has none), the decoder's start token embedded as zeros (its relevance is no output):
+    the prompt's and the generated tokens' relevance sums to each explained logit."""
+    torch.manual_seed(0)
+    model = encoder_decoder_model(family, layers=2).double()
+    start = model.config.decoder_start_token_id
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias") or "embed_positions" in name:
+                parameter.zero_()
+        model.get_decoder().get_input_embeddings().weight[start] = 0
+    prompt, continuation = torch.randint(3, 40, (2, 6)), torch.randint(3, 40, (2, 3))
+    explanation = AttnLRP(model, constant_attention=True).explain({"input_ids": prompt}, continuation=continuation)
+    decoder_ids = torch.cat([torch.full((2, 1), start), continuation], 1)
+    logits = model(input_ids=prompt, decoder_input_ids=decoder_ids).logits[:, :-1].gather(-1, continuation[..., None])[..., 0]
+    assert explanation.text.abs().sum() > 0 and explanation.generated[:, 1:].abs().sum() > 0
+    assert torch.allclose(explanation.text.sum(-1) + explanation.generated.sum(-1), logits, rtol=1e-6, atol=0)
