@@ -106,7 +106,7 @@ def _word_embeddings(model: Any) -> Any:
         return None
 
 
-def _embedded_streams(model: nn.Module) -> Dict[str, nn.Module]:
+def _embedded_streams(model: Any) -> Dict[str, nn.Module]:
     """The word embeddings by kept entry: an encoder-decoder's encoder's and decoder's, else the model's."""
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False) and hasattr(model, "get_decoder"):
         streams = {EMBEDDINGS: _word_embeddings(model.get_encoder()), DECODER_EMBEDDINGS: _word_embeddings(model.get_decoder())}
