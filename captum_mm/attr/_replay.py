@@ -4,7 +4,7 @@ baselines and the layers first reading them (:class:`ReplayInputs`), a forward g
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +44,7 @@ class ReplayInputs:
         batch = next(v.shape[0] for v in arguments.values() if isinstance(v, Tensor) and v.dim())
         floats = [name for name, value in arguments.items() if isinstance(value, Tensor) and value.is_floating_point()
                   and value.dim() >= 3 and value.shape[0] == batch and name in argument_outputs]
-        embeddings = model.get_input_embeddings()
+        embeddings = cast(Any, model).get_input_embeddings()
         readers: Dict[str, nn.Module] = {}
         ids: List[str] = []
 

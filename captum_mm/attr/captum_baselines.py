@@ -117,17 +117,17 @@ class CaptumIntegratedGradients(CaptumBaseline):
 
     Examples::
 
-        >>> explanation = CaptumIntegratedGradients(model, n_steps=16).explain(input_ids, None, (mask,))
+        >>> explanation = CaptumIntegratedGradients(model, n_steps=8).explain(input_ids, None, (mask,))
         >>> explanation.text  # [B, T], signed
     """
 
-    def __init__(self, forward_func: Callable, model: Optional[nn.Module] = None, n_steps: int = 16,
+    def __init__(self, forward_func: Callable, model: Optional[nn.Module] = None, n_steps: int = 8,
                  internal_batch_size: Optional[int] = 128, baseline_token: Optional[int] = None) -> None:
         r"""
         Args:
             forward_func (Callable or torch.nn.Module): As for :class:`CaptumBaseline`.
             model (torch.nn.Module, optional): As for :class:`CaptumBaseline`. Default: None
-            n_steps (int, optional): Integration steps (Gauss-Legendre). Default: 16
+            n_steps (int, optional): Integration steps (Gauss-Legendre). Default: 8
             internal_batch_size (int, optional): Rows per forward of the integration. Default: 128
             baseline_token (int, optional): As for :class:`CaptumBaseline`. Default: None
         """
@@ -160,13 +160,13 @@ class CaptumFeatureAblation(CaptumBaseline):
     """
 
     def __init__(self, forward_func: Callable, model: Optional[nn.Module] = None, image_block: int = 2,
-                 perturbations_per_eval: int = 4, baseline_token: Optional[int] = None) -> None:
+                 perturbations_per_eval: int = 8, baseline_token: Optional[int] = None) -> None:
         r"""
         Args:
             forward_func (Callable or torch.nn.Module): As for :class:`CaptumBaseline`.
             model (torch.nn.Module, optional): As for :class:`CaptumBaseline`. Default: None
             image_block (int, optional): Side of the image blocks ablated together. Default: 2
-            perturbations_per_eval (int, optional): Groups ablated per forward (Captum's). Default: 4
+            perturbations_per_eval (int, optional): Groups ablated per forward (Captum's). Default: 8
             baseline_token (int, optional): As for :class:`CaptumBaseline`. Default: None
         """
         if image_block < 1 or perturbations_per_eval < 1:

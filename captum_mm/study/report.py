@@ -113,11 +113,12 @@ def html_report(studies: Dict[str, Any], settings: Dict[str, str]) -> str:
     r"""
     The self-contained HTML report: the run's settings; per model its tables (best values bold, n/a explained), how
     its numbers compare with the paper's (:func:`~captum_mm.study.notes.paper_comparison` of its first table), its
-    figures with their captions and notes (black panels explained).
+    ``summary`` paragraphs (which method to trust, what leaving sinks out did), its figures with their captions and
+    notes (black panels explained).
 
     Args:
         studies (dict): Per model, its study's ``tables``, ``figures`` (title to matplotlib figure), optionally
-                    ``notes`` (figure title to a note) and ``views`` (title to a list of interactive
+                    ``summary`` (paragraphs), ``notes`` (figure title to a note) and ``views`` (title to a list of interactive
                     :class:`~captum_mm.visualization.ExplanationView`).
         settings (dict): The run's settings, as the report states them.
 
@@ -142,8 +143,9 @@ def html_report(studies: Dict[str, Any], settings: Dict[str, str]) -> str:
         parts.append(f"<h2>{html.escape(name)}</h2>")
         parts += [_html_table(table) for table in study["tables"]]
         comparison = paper_comparison(name, study["tables"][0])
-        if comparison:
-            parts.append(f"<p class='comparison'>{html.escape(comparison)}</p>")
+        for paragraph in [comparison, *study.get("summary", [])]:
+            if paragraph:
+                parts.append(f"<p class='comparison'>{html.escape(paragraph)}</p>")
         for title, figure in study["figures"].items():
             parts.append(
                 f"<figure><h3>{html.escape(title)}</h3><img src='data:image/png;base64,{_png(figure)}' alt='{html.escape(title)}'/>"
