@@ -109,7 +109,7 @@ class Infidelity:
 
     def table(self, title: str, name: str) -> Dict[str, Any]:
         r"""
-        The mean infidelity per modality and method (n/a where a method's relevance is all zero: no scale fits).
+        The mean infidelity per modality and method (a relevance all zero scores the mean squared change itself).
 
         Args:
             title (str): The table's title.
@@ -119,13 +119,9 @@ class Infidelity:
             *dict*: The table (:func:`captum_mm.study.report.table`), lower better.
         """
         methods = list(self.values)
-        rows = {f"{modality} infid.": {m: _mean(self.values[m][modality]) for m in methods} for modality in self.groups}
-        result = table(rows, methods, title, name, {row: "lower" for row in rows})
-        vanished = sorted({m for values in rows.values() for m, v in values.items() if v < 0})
-        if vanished:
-            result["notes"].append(f"n/a ({', '.join(vanished)}): the relevance is zero on every sample of that modality, "
-                                   "so infidelity's fitted scale is undefined.")
-        return result
+        rows = {f"{modality} infid.": {m: sum(self.values[m][modality]) / len(self.values[m][modality]) for m in methods}
+                for modality in self.groups}
+        return table(rows, methods, title, name, {row: "lower" for row in rows})
 
 
 def _with_mask(batch: Dict[str, Tensor], group: TokenGroup) -> Dict[str, Tensor]:
@@ -145,12 +141,6 @@ def _ends(keep: Tensor, ends: bool) -> Tensor:
         rows = torch.arange(keep.shape[0])
         marked[rows, first], marked[rows, last] = True, True
     return marked
-
-
-def _mean(values: List[float]) -> float:
-    """The mean of the finite values (infidelity is NaN for a sample whose relevance is zero), -1 when none is."""
-    finite = [v for v in values if v == v and abs(v) != float("inf")]
-    return sum(finite) / len(finite) if finite else -1.0
 
 
 def winners(tables: List[Dict[str, Any]]) -> str:

@@ -32,7 +32,7 @@ class Options:
     output: Path = Path("captum_mm_output")
     models: Sequence[str] = tuple(RECIPES)
     methods: Optional[Sequence[str]] = None
-    samples: int = 64
+    samples: int = 32
     images: int = 100
     gallery: int = 4
     seed: int = 0
