@@ -137,7 +137,15 @@ class CaptumIntegratedGradients(CaptumBaseline):
         self.n_steps, self.internal_batch_size = n_steps, internal_batch_size
 
     def slot_relevance(self, replay: Replay) -> Dict[str, Tensor]:
-        """The layers' attributions (see the class)."""
+        r"""
+        The layers' attributions (see the class).
+
+        Args:
+            replay (Replay): As for :meth:`CaptumBaseline.slot_relevance`.
+
+        Returns:
+            *dict[str, Tensor]*: As for :meth:`CaptumBaseline.slot_relevance`.
+        """
         inputs = replay.inputs
         method = LayerIntegratedGradients(replay, inputs.layers)
         attributions = method.attribute(inputs.values(replay.arguments), inputs.baselines(replay.arguments),
@@ -176,7 +184,15 @@ class CaptumFeatureAblation(CaptumBaseline):
         self.image_block, self.perturbations_per_eval = image_block, perturbations_per_eval
 
     def slot_relevance(self, replay: Replay) -> Dict[str, Tensor]:
-        """Each group's change of the logit, spread evenly over its entries (see the class)."""
+        r"""
+        Each group's change of the logit, spread evenly over its entries (see the class).
+
+        Args:
+            replay (Replay): As for :meth:`CaptumBaseline.slot_relevance`.
+
+        Returns:
+            *dict[str, Tensor]*: As for :meth:`CaptumBaseline.slot_relevance`.
+        """
         inputs, arguments = replay.inputs, replay.arguments
         values, baselines = inputs.values(arguments), inputs.baselines(arguments)
         masks = group_masks(values, baselines, inputs, replay.grids(), self.image_block)
