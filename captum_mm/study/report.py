@@ -128,7 +128,8 @@ def html_report(studies: Dict[str, Any], settings: Dict[str, str]) -> str:
     parts = [
         "<html><head><meta charset='utf-8'><title>captum_mm: the study on the shipped models</title><style>",
         "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:0 1em} td,th{padding:2px 8px;text-align:right}",
-        "table{border-collapse:collapse;margin-bottom:.3em} tr:nth-child(even){background:#f4f4f4} td.best{background:#dfd}",
+        "table{border-collapse:collapse;margin-bottom:.3em;display:block;overflow-x:auto;max-width:100%;font-size:85%}",
+        "tr:nth-child(even){background:#f4f4f4} td.best{background:#dfd}",
         "figure{margin:0 0 2em} img{max-width:100%;height:auto} figcaption,p.caption{color:#333;max-width:60em}",
         "p.note{color:#844;max-width:60em} p.comparison{max-width:60em;border-left:3px solid #88a;padding-left:.6em}",
         "table.settings td,table.settings th{text-align:left}</style></head><body>",
