@@ -38,17 +38,20 @@ def test_blocks_of_pixels_and_of_regions():
 
 def test_integrated_gradients_sum_to_the_logit_change():
     """Completeness through the readout: every token's and region's relevance sums to f(input) - f(baseline). The
-    region projections get non-zero biases: with the random init's zero biases the all-zero baseline regions reach the
-    visual layer norm as zero vectors, where it jumps (x / sqrt(eps)), and no path integral reaches that end point."""
+    random init zeroes the embedding rows of id 0, position 0 and type 0 and the region projections' biases, so an
+    all-zero baseline reaches a layer norm as a zero vector, where it jumps (x / sqrt(eps)) and no path integral reaches
+    that end point: the baseline token is 5 and the projections get non-zero biases.
+    """
     case = lxmert_case(batch=2)
     ids, feats, boxes = case.inputs
     with torch.no_grad():
         for layer in (case.model.lxmert.encoder.visn_fc.visn_fc, case.model.lxmert.encoder.visn_fc.box_fc):
             layer.bias.normal_()
-    explanation = CaptumIntegratedGradients(case.model, n_steps=64).explain(case.inputs, torch.tensor([1, 2]), case.additional)
+    explainer = CaptumIntegratedGradients(case.model, n_steps=64, baseline_token=5)
+    explanation = explainer.explain(case.inputs, torch.tensor([1, 2]), case.additional)
     with torch.no_grad():
         logits = case.model(ids, feats, boxes, *case.additional).question_answering_score
-        zero = case.model(torch.zeros_like(ids), torch.zeros_like(feats), torch.zeros_like(boxes),
+        zero = case.model(torch.full_like(ids, 5), torch.zeros_like(feats), torch.zeros_like(boxes),
                           *case.additional).question_answering_score
     change = logits[[0, 1], [1, 2]] - zero[[0, 1], [1, 2]]
     torch.testing.assert_close(explanation.text.sum(1) + explanation.image.sum(1), change, rtol=1e-2, atol=1e-3)
