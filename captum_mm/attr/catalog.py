@@ -67,9 +67,15 @@ REGISTRY: Tuple[RegisteredMethod, ...] = (
     RegisteredMethod("attnlrp", "AttnLRP", AttnLRP, "beyond"),
     RegisteredMethod("cp-lrp", "CP-LRP", partial(AttnLRP, constant_attention=True), "beyond"),
     RegisteredMethod("generic-attnlrp", "ours w/ AttnLRP", partial(GenericAttention, head_weighting="attnlrp"), "beyond"),
-    # Attention sinks (the first token, tokens taking >= 25% of attention) left out and the rest renormalised.
+    # Attention sinks (the first token, tokens taking >= 25% of attention) left out and the rest renormalised: on ours
+    # and on the attention methods winning the most tests of a model (rollout: VisualBERT; ours w/ LRP: LXMERT's
+    # plausibility; ours w/ AttnLRP: LLaVA).
     RegisteredMethod("generic-without-sinks", "ours w/o sinks", partial(_without_sinks, GenericAttention), "beyond"),
     RegisteredMethod("rollout-without-sinks", "rollout w/o sinks", partial(_without_sinks, AttentionRollout), "beyond"),
+    RegisteredMethod("generic-lrp-without-sinks", "ours w/ LRP w/o sinks",
+                     partial(_without_sinks, partial(GenericAttention, head_weighting="lrp")), "beyond"),
+    RegisteredMethod("generic-attnlrp-without-sinks", "ours w/ AttnLRP w/o sinks",
+                     partial(_without_sinks, partial(GenericAttention, head_weighting="attnlrp")), "beyond"),
     # Captum's own methods through captum.attr, read out per token, region and patch.
     RegisteredMethod("captum-lig", "LIG (Captum)", CaptumIntegratedGradients, "beyond"),
     RegisteredMethod("captum-feature-ablation", "FeatureAblation (Captum)", CaptumFeatureAblation, "beyond"),
