@@ -33,7 +33,7 @@ class RegisteredMethod:
         table (str or None): Where the paper reports it: ``"paper"`` (the methods compared),
                     ``"ablation"`` (supplementary Tables 1-2), ``"reference DETR"`` ("ours" as the
                     reference DETR code computes it, reported beside "ours" in the DETR study), ``"beyond"``
-                    (methods beside the paper's: AttnLRP and its variants, two methods without attention sinks,
+                    (methods beside the paper's: AttnLRP and its variants, four methods without attention sinks,
                     two Captum baselines; in ``captum-mm reproduce``'s perturbation and plausibility tables, not in
                     DETR's) or None (in no table; selectable by name).
     """
