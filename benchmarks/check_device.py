@@ -8,9 +8,9 @@
 3. Released-size LXMERT (random weights, batch 16): peak device memory and time of
    ``GenericAttention.explain`` against a plain forward+backward of the same batch; DETR
    explaining 10 queries, vectorised backward against one backward per query.
-4. ``bench_long_context``'s Llama at N = 256 ... 4096: time and peak device memory
-   (``torch.cuda.max_memory_allocated``) of the lean and eager explanation of one generated token
-   against the SDPA forward+backward.
+4. ``bench_long_context``'s Llama at N = 4096 ... 131072 (on CPU its lengths up to 32768): time and peak device
+   memory (``torch.cuda.max_memory_allocated``) of the streaming explanation of 1 and 16 generated tokens, and of the
+   stored-map explanation of one token up to ``STORED_UP_TO``, against the SDPA forward+backward.
 5. Big models (``benchmarks/_check_big_models.py``): every method on a Llama, LLaVA and BERT split over CPU and the
    device by a device map, against CPU alone (results on the inputs' device); bitsandbytes 4- and 8-bit layers on the
    device against their dequantized weights; bfloat16 and float16 on the device against float32; the real-size
@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from benchmarks import _check_big_models as big  # noqa: E402
 from benchmarks._measure import median_seconds  # noqa: E402
 from benchmarks.bench_generic import detr, forward_backward, lxmert, lxmert_inputs  # noqa: E402
-from benchmarks.bench_long_context import KINDS, LENGTHS, QUICK_LENGTHS, run, workload  # noqa: E402
+from benchmarks.bench_long_context import LENGTHS, QUICK_LENGTHS, QUICK_TOKENS, TOKENS, kinds, run, workload  # noqa: E402
 from captum_mm.attr import GenericAttention  # noqa: E402
 from helpers import CASES  # noqa: E402
-from methods_under_test import METHODS  # noqa: E402
+from methods_under_test import METHODS, REFUSED  # noqa: E402
 
 
 def _to(value, device):
@@ -51,11 +51,12 @@ def same_as_cpu(device: str) -> dict:
         torch.manual_seed(0)
         case = make()
         target = case.target(case.inputs[0].shape[0])
-        on_cpu = {method: _relevance(method, case, target) for method in sorted(METHODS)}
+        methods = sorted(key for key in METHODS if family not in REFUSED.get(key, set()))  # AttnLRP refuses some
+        on_cpu = {method: _relevance(method, case, target) for method in methods}
         case.model.to(device)
         case.inputs = tuple(_to(t, device) for t in case.inputs)
         case.additional = tuple(_to(t, device) for t in case.additional)
-        for method in sorted(METHODS):
+        for method in methods:
             on_device = _relevance(method, case, _to(target, device))
             for name, expected in on_cpu[method].items():
                 scale = expected.abs().max().clamp(min=1e-12)
@@ -127,24 +128,34 @@ def lxmert_cost(device: str, quick: bool, batch: int = 16) -> dict:
     return result
 
 
+#: Lengths on an accelerator beyond ``bench_long_context``'s CPU lengths.
+DEVICE_LENGTHS = LENGTHS + (65536, 131072)
+
+
 def long_context(device: str, quick: bool) -> dict:
-    """``bench_long_context``'s Llama on the device: time and peak memory of the lean and eager explanation of one
-    generated token over the SDPA forward+backward, per length."""
+    """``bench_long_context``'s Llama on the device: time and peak memory of each explanation (streaming, 1 and 16
+    tokens; stored maps, 1 token, up to ``STORED_UP_TO``) over the SDPA forward+backward of one logit, per length."""
     cuda, results = device.startswith("cuda"), {}
-    for size in QUICK_LENGTHS if quick else LENGTHS:
-        torch.manual_seed(0)
-        model, work = workload("llama", size, quick)
-        model.to(device)
-        work["input_ids"] = work["input_ids"].to(device)
-        runs = {kind: (lambda kind=kind: run(kind, model, work)) for kind in KINDS}
-        seconds = {kind: _timed(runs[kind], cuda, repeats=3) for kind in KINDS}
-        row = {f"{kind} / sdpa time": seconds[kind] / seconds["sdpa"] for kind in ("lean", "eager")}
-        if cuda:
-            peaks = {kind: _peak(runs[kind]) for kind in KINDS}
-            row.update({f"{kind} / sdpa peak memory": peaks[kind] / peaks["sdpa"] for kind in ("lean", "eager")})
-            row["sdpa peak memory (MiB)"] = peaks["sdpa"] / 2**20
-        results[size] = row
-        print(f"long context, N = {size}:", row, flush=True)
+    lengths = QUICK_LENGTHS if quick else DEVICE_LENGTHS if cuda else LENGTHS
+    for size in lengths:
+        for count in QUICK_TOKENS if quick else TOKENS:
+            torch.manual_seed(0)
+            model, work = workload("llama", size, count, quick)
+            model.to(device)
+            work["input_ids"] = work["input_ids"].to(device)
+            measured = ["sdpa", *(kind for kind in kinds(size, count, quick) if kind != "sdpa")]
+            runs = {kind: (lambda kind=kind: run(kind, model, work)) for kind in measured}
+            seconds = {kind: _timed(runs[kind], cuda, repeats=3) for kind in measured}
+            row = {f"{kind} / sdpa time": seconds[kind] / seconds["sdpa"] for kind in measured[1:]}
+            if cuda:
+                peaks = {kind: _peak(runs[kind]) for kind in measured}
+                row.update({f"{kind} / sdpa peak memory": peaks[kind] / peaks["sdpa"] for kind in measured[1:]})
+                row["sdpa peak memory (MiB)"] = peaks["sdpa"] / 2**20
+            results[f"N = {size}, {count} token(s)"] = row
+            print(f"long context, N = {size}, {count} token(s):", row, flush=True)
+            runs.clear()  # the model and inputs go with the closures before the next size
+            if cuda:
+                torch.cuda.empty_cache()
     return results
 
 

@@ -205,7 +205,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     study.add_argument("--output", default="captum_mm_output", help="folder for the report, JSON, CSV and figures")
     study.add_argument("--models", nargs="+", choices=zoo.NAMES, default=list(zoo.NAMES), help="shipped models to study")
     study.add_argument("--methods", nargs="+", type=method_name, metavar="METHOD", help=_methods_help())
-    study.add_argument("--samples", type=positive_count, default=256, help="easy-VQA test questions per VQA model (a quarter for the generative VLM), test reviews for BERT")
+    study.add_argument("--samples", type=positive_count, default=32, help="easy-VQA test questions per VQA model (a quarter for the generative VLM), test reviews for BERT")
     study.add_argument("--images", type=positive_count, default=100, help="validation scenes for DETR")
     study.add_argument("--gallery", type=positive_count, default=4, help="questions (reviews) in the gallery figure (heat maps)")
     study.add_argument("--seed", type=int, default=0, help="picks the questions and scenes")

@@ -11,7 +11,13 @@ from captum_mm.attr.catalog import REGISTRY
 #: Option variants of registered methods, run by the contract tests beside them.
 OPTION_VARIANTS = {"generic-start-layer-1": ("generic", 1), "rollout-start-layer-1": ("rollout", 1)}
 
-_BY_KEY = {method.key: method.factory for method in REGISTRY}
+#: Registered for the main job's comparison, not run by the every-family suites: the sinks variants wrap a registered
+#: method in WithoutSinks (tests/attr/test_sinks.py), the Captum baselines replay the model through captum.attr
+#: (tests/attr/test_captum_baselines.py).
+STUDY_ONLY = {"generic-without-sinks", "rollout-without-sinks", "generic-lrp-without-sinks", "generic-attnlrp-without-sinks",
+              "captum-lig", "captum-feature-ablation"}
+
+_BY_KEY = {method.key: method.factory for method in REGISTRY if method.key not in STUDY_ONLY}
 
 METHODS = {
     **_BY_KEY,

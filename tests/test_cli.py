@@ -73,7 +73,7 @@ def test_reproduce_help_shows_defaults_and_method_names(monkeypatch, capsys):
         main(["reproduce", "--help"])
     assert exit_info.value.code == 0
     shown = " ".join(capsys.readouterr().out.split())
-    for text in ("(default: 256)", "(default: 100)", "(default: captum_mm_output)", "torch threads (default: automatic",
+    for text in ("(default: 32)", "(default: 100)", "(default: captum_mm_output)", "torch threads (default: automatic",
                  "'ours w/ LRP' (ours-with-lrp)", "'Eq.10 w/o self-att.' (eq10-without-self-att)", "rollout,"):
         assert text in shown
     assert "(default: None)" not in shown

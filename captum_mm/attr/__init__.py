@@ -2,6 +2,7 @@
 
 from captum_mm.attr._base import AttentionAttribution, Explanation
 from captum_mm.attr.attnlrp import AttnLRP
+from captum_mm.attr.captum_baselines import CaptumBaseline, CaptumFeatureAblation, CaptumIntegratedGradients
 from captum_mm.attr.generic import GenericAttention
 from captum_mm.attr.grad_cam import AttentionGradCam
 from captum_mm.attr.last_layer import LastLayerAttribution
@@ -18,6 +19,9 @@ __all__ = [
     "AttentionRollout",
     "AttentionSinks",
     "AttnLRP",
+    "CaptumBaseline",
+    "CaptumFeatureAblation",
+    "CaptumIntegratedGradients",
     "Explanation",
     "GenericAttention",
     "LastLayerAttribution",

@@ -5,12 +5,22 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Dict, Optional, Tuple
 
+from torch import nn
+
 from captum_mm.attr.attnlrp import AttnLRP
+from captum_mm.attr.captum_baselines import CaptumFeatureAblation, CaptumIntegratedGradients
 from captum_mm.attr.generic import GenericAttention
 from captum_mm.attr.grad_cam import AttentionGradCam
 from captum_mm.attr.lrp import PartialLRP, TransformerAttribution
 from captum_mm.attr.raw_attention import RawAttention
 from captum_mm.attr.rollout import AttentionRollout
+from captum_mm.attr.sinks import WithoutSinks
+
+
+def _without_sinks(method: Callable, forward_func: Callable, model: Optional[nn.Module] = None) -> WithoutSinks:
+    """``method``'s explainer wrapped in :class:`~captum_mm.attr.WithoutSinks` (default options)."""
+    return WithoutSinks(method(forward_func, model))
+
 
 @dataclass(frozen=True)
 class RegisteredMethod:
@@ -23,8 +33,9 @@ class RegisteredMethod:
         table (str or None): Where the paper reports it: ``"paper"`` (the methods compared),
                     ``"ablation"`` (supplementary Tables 1-2), ``"reference DETR"`` ("ours" as the
                     reference DETR code computes it, reported beside "ours" in the DETR study), ``"beyond"``
-                    (methods beside the paper's: AttnLRP and its variants; not yet in ``captum-mm reproduce``'s
-                    tables) or None (in no table; selectable by name).
+                    (methods beside the paper's: AttnLRP and its variants, four methods without attention sinks,
+                    two Captum baselines; in ``captum-mm reproduce``'s perturbation and plausibility tables, not in
+                    DETR's) or None (in no table; selectable by name).
     """
 
     key: str
@@ -56,6 +67,18 @@ REGISTRY: Tuple[RegisteredMethod, ...] = (
     RegisteredMethod("attnlrp", "AttnLRP", AttnLRP, "beyond"),
     RegisteredMethod("cp-lrp", "CP-LRP", partial(AttnLRP, constant_attention=True), "beyond"),
     RegisteredMethod("generic-attnlrp", "ours w/ AttnLRP", partial(GenericAttention, head_weighting="attnlrp"), "beyond"),
+    # Attention sinks (the first token, tokens taking >= 25% of attention) left out and the rest renormalised: on ours
+    # and on the attention methods winning the most tests of a model (rollout: VisualBERT; ours w/ LRP: LXMERT's
+    # plausibility; ours w/ AttnLRP: LLaVA).
+    RegisteredMethod("generic-without-sinks", "ours w/o sinks", partial(_without_sinks, GenericAttention), "beyond"),
+    RegisteredMethod("rollout-without-sinks", "rollout w/o sinks", partial(_without_sinks, AttentionRollout), "beyond"),
+    RegisteredMethod("generic-lrp-without-sinks", "ours w/ LRP w/o sinks",
+                     partial(_without_sinks, partial(GenericAttention, head_weighting="lrp")), "beyond"),
+    RegisteredMethod("generic-attnlrp-without-sinks", "ours w/ AttnLRP w/o sinks",
+                     partial(_without_sinks, partial(GenericAttention, head_weighting="attnlrp")), "beyond"),
+    # Captum's own methods through captum.attr, read out per token, region and patch.
+    RegisteredMethod("captum-lig", "LIG (Captum)", CaptumIntegratedGradients, "beyond"),
+    RegisteredMethod("captum-feature-ablation", "FeatureAblation (Captum)", CaptumFeatureAblation, "beyond"),
 )
 
 
@@ -72,8 +95,13 @@ ABLATIONS: Dict[str, Callable] = _table("ablation")
 #: "ours" as the reference DETR code computes it, reported beside "ours" in the DETR study.
 REFERENCE_DETR: Dict[str, Callable] = _table("reference DETR")
 
-#: Methods beside the paper's: AttnLRP, CP-LRP, "ours w/ AttnLRP".
+#: Methods beside the paper's: AttnLRP, CP-LRP, "ours w/ AttnLRP", "ours" and rollout without sinks, two Captum baselines.
 BEYOND_PAPER: Dict[str, Callable] = _table("beyond")
+
+
+def study_methods() -> Dict[str, Callable]:
+    """The main job's default methods: the paper's, the ablations and those beside the paper (:data:`BEYOND_PAPER`)."""
+    return {**PAPER_METHODS, **ABLATIONS, **BEYOND_PAPER}
 
 
 def every_method() -> Dict[str, Callable]:

@@ -4,7 +4,8 @@
 are its step in :data:`captum_mm.study.steps.STEPS` (:mod:`~captum_mm.study.vqa`,
 :mod:`~captum_mm.study.detr`, :mod:`~captum_mm.study.llava`,
 :mod:`~captum_mm.study.text`), its tables and report are
-written by :mod:`captum_mm.study.report`.
+written by :mod:`captum_mm.study.report`; :mod:`captum_mm.study.faithfulness` notes the methods a model refuses,
+scores Captum's infidelity and says which method wins each test and what leaving attention sinks out did.
 """
 
 from captum_mm.study.job import reproduce

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from captum_mm.attr.catalog import with_reference_detr
+from captum_mm.attr.catalog import BEYOND_PAPER, with_reference_detr
 from captum_mm.datasets import write_shapes_coco
 from captum_mm.metrics.segmentation import IOU_GRIDS, SegmentationEvaluator, relevance_to_masks
 from captum_mm.study.notes import missing_sizes
@@ -23,6 +23,10 @@ from captum_mm.zoo.model_recipe import Recipe
 from captum_mm.zoo.train_detr import DETR_IMAGE_SIZE, DETR_SPLITS
 
 SEGMENTATION_ROWS = ("AP", "AP_medium", "AP_large", "AR", "AR_medium", "AR_large")
+#: Why the methods beside the paper's are not run on DETR.
+NOT_ON_DETR = ("Not run on DETR: {} (the comparison beside the paper's methods runs on the VQA models' perturbation tests; "
+               "AttnLRP's rules refuse DETR, whose LRP starts elsewhere than at the logits, and Captum's baselines would need "
+               "an integration or ablation pass per detected query).")
 #: The box IoU above which a detection of the same class is labelled a duplicate in the mask figures.
 DUPLICATE_IOU = 0.7
 
@@ -35,7 +39,8 @@ def detr_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable
         recipe (Recipe): The model's recipe.
         options (Options): The main job's options (DETR's checkpoint, the scene count, the user's COCO data, the
                     gallery size setting the mask figures, the output folder).
-        methods (dict): Method name to explainer factory (the reference Eq. 8-9 variant is added to them).
+        methods (dict): Method name to explainer factory (the reference Eq. 8-9 variant is added to them; those of
+                    :data:`~captum_mm.attr.catalog.BEYOND_PAPER` are not run, as a table note says).
 
     Returns:
         *dict*: The segmentation scores as ``numbers``, a table per IoU grid, the mask figures.
@@ -54,7 +59,8 @@ def detr_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable
         images = folder / "val"
     evaluator = SegmentationEvaluator(model, processor, images, annotations)
     image_ids = evaluator.image_ids(limit=options.images)
-    methods = with_reference_detr(methods)
+    skipped = [method for method in methods if method in BEYOND_PAPER]
+    methods = with_reference_detr({method: factory for method, factory in methods.items() if method not in skipped})
     scores = cast(Dict[str, Dict[str, Dict[str, float]]], evaluator.evaluate(methods, image_ids, progress=options.progress))
     tables = []
     areas = [a["area"] for a in json.loads(Path(annotations).read_text())["annotations"] if a["image_id"] in image_ids]
@@ -65,6 +71,7 @@ def detr_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable
                             f"{name.split('-')[0]}_segmentation_iou{label[2:4]}", {row: "higher" for row in rows}))
         missing = missing_sizes(areas, [row for row, values in rows.items() if min(values.values()) < 0])
         tables[-1]["notes"] += [missing] if missing else []
+        tables[-1]["notes"] += [NOT_ON_DETR.format(", ".join(skipped))] if skipped else []
     out = Path(options.output) / name
     out.mkdir(parents=True, exist_ok=True)
     figures = {}

@@ -17,7 +17,7 @@ import torch
 import transformers
 
 from captum_mm import __version__
-from captum_mm.attr.catalog import select_methods
+from captum_mm.attr.catalog import select_methods, study_methods
 from captum_mm.study.llava import SAMPLE_SHARE, llava_study
 from captum_mm.study.options import Options
 from captum_mm.study.report import csv_table, html_report, text_table
@@ -39,7 +39,7 @@ def reproduce(options: Options) -> Dict[str, Any]:
     started = time.monotonic()
     output = Path(options.output)
     output.mkdir(parents=True, exist_ok=True)
-    methods = select_methods(options.methods)
+    methods = study_methods() if options.methods is None else select_methods(options.methods)
     studies = {}
     for step, name in enumerate(options.models, 1):
         print(f"Step {step} of {len(options.models)}: {name}: {STEPS[name].evaluations}", flush=True)

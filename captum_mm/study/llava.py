@@ -24,7 +24,8 @@ from captum_mm.metrics.perturbation import DEFAULT_STEPS, TokenGroup
 from captum_mm.metrics.study import Setting, StudyResult, run_perturbation_study
 from captum_mm.study.notes import vanished_panels
 from captum_mm.study.options import Options
-from captum_mm.study.vqa import Plausibility, vqa_tables
+from captum_mm.study.faithfulness import NO_INFIDELITY_GENERATED, refused_methods
+from captum_mm.study.vqa import Plausibility, faithfulness_summary, study_tables
 from captum_mm.visualization import ExplanationView, plot_perturbation_curves, save_perturbation_study, view
 from captum_mm.visualization.figures import relevance_gallery
 from captum_mm.zoo.model_recipe import Recipe
@@ -200,6 +201,7 @@ def llava_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callabl
     settings = [Setting("image", IMAGE, DEFAULT_STEPS, False), Setting("image", IMAGE, DEFAULT_STEPS, True),
                 Setting("text", QUESTION, DEFAULT_STEPS, False), Setting("text", QUESTION, DEFAULT_STEPS, True)]
     plausibility = Plausibility(dataset)
+    methods, refused = refused_methods(methods, model)
     relevance_methods = {method: answer_relevance(factory, model) for method, factory in methods.items()}
     result = cast(StudyResult, run_perturbation_study(
         GeneratedAnswer(model, dataset.answers), list(range(len(dataset))), _collate(dataset), relevance_methods, settings,
@@ -211,7 +213,9 @@ def llava_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callabl
                             "easy-VQA test questions")
     gallery, views, note = _gallery(model, dataset, methods, result.samples[: options.gallery])
     gallery.savefig(folder / "gallery.png", dpi=110, bbox_inches="tight")
-    return {"numbers": result.to_dict(), "tables": vqa_tables(name, result, plausibility), "notes": {"gallery": note},
+    tables = study_tables(name, result, plausibility, refused)
+    return {"numbers": result.to_dict(), "tables": tables, "notes": {"gallery": note},
+            "summary": [*faithfulness_summary(tables), NO_INFIDELITY_GENERATED],
             "figures": {"curves": plot_perturbation_curves(result), "gallery": gallery}, "views": {"interactive gallery": views}}
 
 

@@ -12,6 +12,9 @@ VANISHING = {
     "w/o aggregation": "without aggregation, Eq. 11 replaces R^tt by Ā·R^it, still zero at the first cross-attention "
     "(LXMERT's), so the relevance collapses",
     "ours (reference Eq. 8-9)": "the reference code drops a layer's whole Eq. 10 update when a row of R - I sums to zero",
+    **{method: f"{method}'s relevance is signed, and here no image region or patch has a positive share (with it "
+       "removed the explained logit would not drop)" for method in ("AttnLRP", "CP-LRP", "LIG (Captum)",
+                                                                      "FeatureAblation (Captum)")},
     "transformer att.": "transformer attribution keeps the positive part of ∇A ⊙ R_A (R_A: LRP's relevance at the map) in "
     "each head; at the readout row it is ≤ 0 over every image token of the maps it reads (across modalities the last "
     "cross-attention alone), so nothing positive reaches the image",

@@ -17,7 +17,8 @@ class Options:
     Attributes:
         output (Path): The folder of the report, ``results.json``, the tables and each model's figures.
         models (sequence of str): Shipped models to study, in order. Default: all of them
-        methods (sequence of str, optional): Methods and ablations by name or alias. Default: None (all)
+        methods (sequence of str, optional): Methods and ablations by name or alias. Default: None (all:
+                    :func:`~captum_mm.attr.catalog.study_methods`)
         samples (int): easy-VQA test questions per VQA model (a quarter for the generative VLM), synthetic test
                     reviews for the text classifier.
         images (int): Scenes of the segmentation test.
@@ -32,7 +33,7 @@ class Options:
     output: Path = Path("captum_mm_output")
     models: Sequence[str] = tuple(RECIPES)
     methods: Optional[Sequence[str]] = None
-    samples: int = 256
+    samples: int = 32
     images: int = 100
     gallery: int = 4
     seed: int = 0

@@ -117,11 +117,12 @@ def html_report(studies: Dict[str, Any], settings: Dict[str, str]) -> str:
     r"""
     The self-contained HTML report: the run's settings; per model its tables (best values bold, n/a explained), how
     its numbers compare with the paper's (:func:`~captum_mm.study.notes.paper_comparison` of its first table), its
-    figures with their captions and notes (black panels explained).
+    ``summary`` paragraphs (which method to trust, what leaving sinks out did), its figures with their captions and
+    notes (black panels explained).
 
     Args:
         studies (dict): Per model, its study's ``tables``, ``figures`` (title to matplotlib figure), optionally
-                    ``notes`` (figure title to a note) and ``views`` (title to a list of interactive
+                    ``summary`` (paragraphs), ``notes`` (figure title to a note) and ``views`` (title to a list of interactive
                     :class:`~captum_mm.visualization.ExplanationView`).
         settings (dict): The run's settings, as the report states them.
 
@@ -131,7 +132,8 @@ def html_report(studies: Dict[str, Any], settings: Dict[str, str]) -> str:
     parts = [
         "<html><head><meta charset='utf-8'><title>captum_mm: the study on the shipped models</title><style>",
         "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:0 1em} td,th{padding:2px 8px;text-align:right}",
-        "table{border-collapse:collapse;margin-bottom:.3em} tr:nth-child(even){background:#f4f4f4} td.best{background:#dfd}",
+        "table{border-collapse:collapse;margin-bottom:.3em;display:block;overflow-x:auto;max-width:100%;font-size:85%}",
+        "tr:nth-child(even){background:#f4f4f4} td.best{background:#dfd}",
         "figure{margin:0 0 2em} img{max-width:100%;height:auto} figcaption,p.caption{color:#333;max-width:60em}",
         "p.note{color:#844;max-width:60em} p.comparison{max-width:60em;border-left:3px solid #88a;padding-left:.6em}",
         "table.settings td,table.settings th{text-align:left}</style></head><body>",
@@ -146,8 +148,9 @@ def html_report(studies: Dict[str, Any], settings: Dict[str, str]) -> str:
         parts.append(f"<h2>{html.escape(name)}</h2>")
         parts += [_html_table(table) for table in study["tables"]]
         comparison = paper_comparison(name, study["tables"][0])
-        if comparison:
-            parts.append(f"<p class='comparison'>{html.escape(comparison)}</p>")
+        for paragraph in [comparison, *study.get("summary", [])]:
+            if paragraph:
+                parts.append(f"<p class='comparison'>{html.escape(paragraph)}</p>")
         for title, figure in study["figures"].items():
             parts.append(
                 f"<figure><h3>{html.escape(title)}</h3><img src='data:image/png;base64,{_png(figure)}' alt='{html.escape(title)}'/>"

@@ -12,14 +12,15 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from captum_mm.attr.catalog import ABLATIONS
 from captum_mm.datasets.batches import KeywordModel, pad_collate
 from captum_mm.datasets.reviews import LABELS, SyntheticReviews
 from captum_mm.metrics.perturbation import TokenGroup
 from captum_mm.metrics.study import RelevanceMethod, Setting, StudyResult, attention_method, run_perturbation_study
+from captum_mm.study.faithfulness import Infidelity, refused_methods
 from captum_mm.study.notes import vanished_panels
 from captum_mm.study.options import Options
 from captum_mm.study.report import table
+from captum_mm.study.vqa import faithfulness_summary, predicted, study_tables
 from captum_mm.visualization import plot_perturbation_curves, save_perturbation_study, text_heatmaps
 from captum_mm.zoo.model_recipe import Recipe
 
@@ -115,48 +116,28 @@ def text_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable
     model = recipe.load(options.checkpoints.get(name))
     dataset = SyntheticReviews("test")
     plausibility = EvidencePlausibility(dataset)
+    methods, refused = refused_methods(methods, model)
     relevance_methods = {method: attention_method(factory, model) for method, factory in methods.items()}
+    forward = KeywordModel(model, ())
+    infidelity = Infidelity(forward, lambda indices: predicted(forward, pad_collate([dataset[i] for i in indices])[0]),
+                            {"text": TEXT}, seed=options.seed)
+
+    def on_relevance(method: str, indices: List[int], relevance: Dict[str, Tensor]) -> None:
+        plausibility(method, indices, relevance)
+        infidelity(method, indices, relevance)
+
     result = cast(StudyResult, run_perturbation_study(  # one process: the whole result
         model, dataset, pad_collate, relevance_methods, SETTINGS, num_samples=options.samples, seed=options.seed,
-        progress=options.progress, on_relevance=plausibility,
+        progress=options.progress, on_relevance=on_relevance,
     ))
     folder = Path(options.output) / name
     save_perturbation_study(result, folder, f"{name}: perturbation tests on {len(result.samples)} synthetic reviews")
     heatmaps, note = _heatmaps(model, dataset, relevance_methods, result.samples[: options.gallery])
     heatmaps.savefig(folder / "heatmaps.png", dpi=110, bbox_inches="tight")
     figures = {"curves": plot_perturbation_curves(result), "heatmaps": heatmaps}
-    return {"numbers": result.to_dict(), "tables": text_tables(name, result, plausibility), "figures": figures,
-            "notes": {"heatmaps": note}}
-
-
-def text_tables(name: str, result: StudyResult, plausibility: EvidencePlausibility) -> List[Dict[str, Any]]:
-    r"""
-    A text study's tables: the AUC of every method run but the ablations, of the ablations (when run, beside "ours")
-    and the plausibility.
-
-    Args:
-        name (str): The model's name, as the titles give it.
-        result (StudyResult): The perturbation study's result.
-        plausibility (EvidencePlausibility): Its plausibility scores.
-
-    Returns:
-        *list of dict*: The tables (:func:`captum_mm.study.report.table`).
-    """
-    short = name.split("-")[0]
-    better = {label: "higher" if setting.startswith("negative") else "lower" for setting, label in SETTING_ROWS.items()}
-
-    def auc_table(columns: List[str], title: str, stem: str) -> Dict[str, Any]:
-        rows = {label: {c: result.auc(c, setting) for c in columns} for setting, label in SETTING_ROWS.items()}
-        return table(rows, columns, title, stem, better)
-
-    methods = [m for m in result.scores if m not in ABLATIONS]
-    tables = [auc_table(methods, f"{name}: AUC of every method (text tokens removed)", f"{short}_auc")] if methods else []
-    ablations = [m for m in result.scores if m in ABLATIONS]
-    if ablations:
-        columns = (["ours"] if "ours" in result.scores else []) + ablations
-        tables.append(auc_table(columns, f"{name}: AUC of the ablations", f"{short}_ablations_auc"))
-    tables.append(plausibility.table(f"{name}: plausibility against the evidence keywords", f"{short}_plausibility"))
-    return tables
+    tables = study_tables(name, result, plausibility, refused, infidelity, SETTING_ROWS, "the evidence keywords")
+    return {"numbers": result.to_dict(), "tables": tables, "figures": figures, "notes": {"heatmaps": note},
+            "summary": faithfulness_summary(tables)}
 
 
 def _heatmaps(model, dataset: SyntheticReviews, relevance_methods: Dict[str, RelevanceMethod],

@@ -6,15 +6,16 @@ gallery. It returns the study's ``numbers`` (for ``results.json``), its ``tables
 
 import textwrap
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 import torch
 from matplotlib.figure import Figure
 
-from captum_mm.attr.catalog import ABLATIONS, PAPER_METHODS
+from captum_mm.attr.catalog import ABLATIONS, BEYOND_PAPER, PAPER_METHODS
 from captum_mm.datasets.batches import KeywordModel, pad_collate
 from captum_mm.datasets.easy_vqa import GRID, EasyVQA, tokenizer
 from captum_mm.metrics.study import StudyResult, attention_method, run_perturbation_study, vqa_settings
+from captum_mm.study.faithfulness import Infidelity, mark_refused, refused_methods, sinks_effect, winners
 from captum_mm.study.notes import vanished_panels
 from captum_mm.study.options import Options
 from captum_mm.study.report import table
@@ -79,47 +80,100 @@ def vqa_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable]
 
     settings = vqa_settings(inputs.text, inputs.image, inputs.text_steps, inputs.image_steps)
     plausibility = Plausibility(dataset)
+    methods, refused = refused_methods(methods, model)
     relevance_methods = {method: attention_method(factory, model) for method, factory in methods.items()}
+    forward = KeywordModel(model, ())
+    infidelity = Infidelity(forward, lambda indices: predicted(forward, collate([dataset[i] for i in indices])[0]),
+                            {"text": inputs.text, "image": inputs.image}, seed=options.seed)
+
+    def on_relevance(method: str, indices: List[int], relevance: Dict[str, torch.Tensor]) -> None:
+        plausibility(method, indices, relevance)
+        infidelity(method, indices, relevance)
+
     result = cast(StudyResult, run_perturbation_study(  # one process: the whole result
         model, dataset, collate, relevance_methods, settings, num_samples=options.samples, seed=options.seed,
-        progress=options.progress, on_relevance=plausibility,
+        progress=options.progress, on_relevance=on_relevance,
     ))
     folder = Path(options.output) / name
     save_perturbation_study(result, folder, f"{name}: perturbation tests on {len(result.samples)} easy-VQA test questions")
-    tables = vqa_tables(name, result, plausibility)
+    tables = study_tables(name, result, plausibility, refused, infidelity)
     gallery, note = _vqa_gallery(model, dataset, inputs.convert, relevance_methods, result.samples[: options.gallery])
     gallery.savefig(folder / "gallery.png", dpi=110, bbox_inches="tight")
     figures = {"curves": plot_perturbation_curves(result), "gallery": gallery}
-    return {"numbers": result.to_dict(), "tables": tables, "figures": figures, "notes": {"gallery": note}}
+    return {"numbers": result.to_dict(), "tables": tables, "figures": figures, "notes": {"gallery": note},
+            "summary": faithfulness_summary(tables)}
 
 
-def vqa_tables(name: str, result: StudyResult, plausibility: Plausibility) -> List[Dict[str, Any]]:
+def predicted(forward: Callable[..., torch.Tensor], batch: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+    """A batch and the model's predicted classes.
+
+    Args:
+        forward (Callable): The model called with the batch's keyword arguments, returning its logits.
+        batch (dict): The batch.
+
+    Returns:
+        *tuple*: ``(batch, predictions)``.
+    """
+    with torch.no_grad():
+        return batch, forward(**batch).argmax(-1)
+
+
+def faithfulness_summary(tables: List[Dict[str, Any]]) -> List[str]:
     r"""
-    A VQA study's tables: the AUC of every method, of the ablations (when run) and the plausibility.
+    The paragraphs closing a model's tables: which method wins each test (its AUC, plausibility and infidelity
+    tables; not the ablations), and what leaving attention sinks out did.
+
+    Args:
+        tables (list of dict): The model's tables (:func:`study_tables`).
+
+    Returns:
+        *list of str*: The paragraphs (the sinks' left out when no "w/o sinks" method ran).
+    """
+    compared = [t for t in tables if not t["name"].endswith("_ablations_auc")]
+    return [paragraph for paragraph in (winners(compared), sinks_effect(compared)) if paragraph]
+
+
+def study_tables(name: str, result: StudyResult, plausibility: Any, refused: Optional[Dict[str, str]] = None,
+                 infidelity: Optional[Infidelity] = None, setting_rows: Optional[Dict[str, str]] = None,
+                 ground_truth: str = "the ground-truth shape masks") -> List[Dict[str, Any]]:
+    r"""
+    A study's tables: the AUC of every method (the paper's and those beside it), of the ablations (when run), the
+    plausibility and (when given) the infidelity; refused methods n/a in the methods' tables, their reason noted.
 
     Args:
         name (str): The model's name, as the titles give it.
         result (StudyResult): The perturbation study's result.
-        plausibility (Plausibility): Its plausibility scores.
+        plausibility (Plausibility or EvidencePlausibility): Its plausibility scores (a ``table(title, name)``).
+        refused (dict, optional): Method name to why it refuses the model. Default: None
+        infidelity (Infidelity, optional): Its infidelity scores. Default: None
+        setting_rows (dict, optional): Perturbation setting to its row label. Default: None (the VQA settings'
+                    :data:`SETTING_ROWS`)
+        ground_truth (str, optional): What the plausibility is measured against, as its title says.
 
     Returns:
         *list of dict*: The tables (:func:`captum_mm.study.report.table`).
     """
-    short = name.split("-")[0]
-    better = {label: "higher" if setting.startswith("negative") else "lower" for setting, label in SETTING_ROWS.items()}
+    short, rows_of = name.split("-")[0], setting_rows or SETTING_ROWS
+    better = {label: "higher" if setting.startswith("negative") else "lower" for setting, label in rows_of.items()}
 
     def auc_table(columns, title, stem):
         columns = [c for c in columns if c in result.scores]
-        rows = {label: {c: result.auc(c, setting) for c in columns} for setting, label in SETTING_ROWS.items()}
+        rows = {label: {c: result.auc(c, setting) for c in columns} for setting, label in rows_of.items()}
         return table(rows, columns, title, stem, better)
 
-    tables = [auc_table(list(PAPER_METHODS), f"{name}: AUC of every method (as supplementary Table 3)", f"{short}_auc")]
+    methods_auc = auc_table(list(PAPER_METHODS) + list(BEYOND_PAPER), f"{name}: AUC of every method (as "
+                            "supplementary Table 3, and the methods beside the paper's)", f"{short}_auc")
+    tables = [methods_auc]
     ablation_columns = ["ours"] + list(ABLATIONS)
     if any(c in result.scores for c in ABLATIONS):
         tables.append(auc_table(ablation_columns, f"{name}: AUC of the ablations (as supplementary Table 2)",
                                 f"{short}_ablations_auc"))
-    tables.append(plausibility.table(f"{name}: plausibility against the ground-truth shape masks", f"{short}_plausibility"))
-    return tables
+    compared = [methods_auc, plausibility.table(f"{name}: plausibility against {ground_truth}", f"{short}_plausibility")]
+    if infidelity is not None:
+        compared.append(infidelity.table(f"{name}: Captum's infidelity of each method's relevance (lower is better)",
+                                         f"{short}_infidelity"))
+    mark_refused(compared, refused or {})
+    return tables + compared[1:]
 
 
 def _vqa_gallery(model, dataset, convert, relevance_methods, indices) -> Tuple[Figure, str]:

@@ -15,7 +15,7 @@ from captum_mm.zoo.recipes import recipe
 def test_reproduce_writes_every_output(tmp_path, capsys):
     output = tmp_path / "study"
     main(["reproduce", "--output", str(output), "--samples", "4", "--images", "2", "--gallery", "2",
-          "--methods", "ours", "rollout", "without-aggregation", "--threads", "1"])
+          "--methods", "ours", "rollout", "without-aggregation", "ours-without-sinks", "lig-captum", "--threads", "1"])
     captured = capsys.readouterr()
     printed = captured.out
     assert "AUC of every method" in printed and "segmentation, IoU 0.20:0.05:0.95" in printed
@@ -31,10 +31,10 @@ def test_reproduce_writes_every_output(tmp_path, capsys):
     for name in ("report.html", "results.json"):
         assert (output / name).stat().st_size > 0
     tables = json.loads((output / "results.json").read_text())["tables"]
-    assert len(tables) == 14  # per VQA model, the generative VLM and BERT: methods, ablations, plausibility; DETR: two grids
-    names = [f"{model}_{test}" for model in ("lxmert", "visualbert") for test in ("auc", "ablations_auc", "plausibility")]
-    names[6:] = ["detr_segmentation_iou50", "detr_segmentation_iou20", "llava_auc", "llava_ablations_auc", "llava_plausibility",
-                 "bert_auc", "bert_ablations_auc", "bert_plausibility"]
+    assert len(tables) == 17  # LXMERT, VisualBERT, BERT: methods, ablations, plausibility, infidelity; the VLM the first three; DETR two
+    names = [f"{model}_{test}" for model in ("lxmert", "visualbert") for test in ("auc", "ablations_auc", "plausibility", "infidelity")]
+    names[8:] = ["detr_segmentation_iou50", "detr_segmentation_iou20", "llava_auc", "llava_ablations_auc", "llava_plausibility",
+                 "bert_auc", "bert_ablations_auc", "bert_plausibility", "bert_infidelity"]
     assert [table["name"] for table in tables] == names and not list(output.glob("table_*.csv"))
     for table in tables:
         assert (output / f"{table['name']}.csv").read_text().startswith("setting,ours,")
@@ -51,10 +51,11 @@ def test_reproduce_writes_every_output(tmp_path, capsys):
     for caption in CAPTIONS.values():
         assert html.escape(caption) in report
     for setting in ("<th>captum_mm</th><td>0.1.0</td>", "<th>seed</th><td>0</td>", "<th>threads</th><td>1 torch threads</td>",
-                    "<th>methods</th><td>ours, rollout, w/o aggregation</td>", "4 easy-VQA test questions per VQA model (1 for the generative VLM, whose every perturbed forward generates), 2 in the gallery",
+                    "<th>methods</th><td>ours, rollout, w/o aggregation, ours w/o sinks, LIG (Captum)</td>", "4 easy-VQA test questions per VQA model (1 for the generative VLM, whose every perturbed forward generates), 2 in the gallery",
                     "2 scenes from the synthetic shapes", "<th>reviews</th><td>4 synthetic review test sentences", "<th>run time</th><td>", "<th>date</th><td>20"):
         assert setting in report
     _check_interpretation(report, tables)
+    _check_faithfulness(report, tables)
     main(["reproduce", "--output", str(output), "--models", "detr-shapes", "--images", "3", "--methods", "ours", "--threads", "1"])
     assert len(json.loads((output / "scenes" / "val.json").read_text())["images"]) == 3  # not the 2 written before
 
@@ -70,13 +71,24 @@ def _check_interpretation(report, tables):
     assert "0 large (&gt; 96² px) objects" in report
     lxmert = report.split("<h2>lxmert-easyvqa</h2>")[1].split("<h2>")[0]
     assert "w/o aggregation (every column): without aggregation, Eq. 11" in lxmert  # collapses on the shipped LXMERT
-    for model, table in (("lxmert-easyvqa", tables[0]), ("visualbert-easyvqa", tables[3]), ("detr-shapes", tables[6]),
-                         ("llava-easyvqa", tables[8])):
+    for model, table in (("lxmert-easyvqa", tables[0]), ("visualbert-easyvqa", tables[4]), ("detr-shapes", tables[8]),
+                         ("llava-easyvqa", tables[10])):
         section = report.split(f"<h2>{model}</h2>")[1].split("<h2>")[0]
         comparison = html.unescape(re.search(r"<p class='comparison'>(.*?)</p>", section).group(1))
         quoted = dict(re.findall(r"(\w[\w. ]*?) (\d+\.\d\d|n/a)(?: \(rank|;|\.$)", comparison.split("Here")[1]))
         assert quoted == {row: number(values["ours"]) for row, values in table["rows"].items()}
     assert "The paper reports no study of bert-reviews" in report.split("<h2>bert-reviews</h2>")[1]
+
+
+def _check_faithfulness(report, tables):
+    """The new methods in the compared tables (not DETR's, as its note says), each model's winners and sinks' effect."""
+    for table in tables:
+        compared = not table["name"].startswith("detr") and "ablations" not in table["name"]
+        assert ("LIG (Captum)" in table["columns"]) == compared
+    assert report.count("Not run on DETR: ours w/o sinks, LIG (Captum)") == 2
+    assert report.count("Which method to trust (the best value of each of 8 tests") == 2  # the VQA models: 4 + 2 + 2
+    assert report.count("Which method to trust (the best value of each of 6 tests") == 2  # the VLM (no infidelity) and BERT: 2 + 3 + 1
+    assert report.count("Attention sinks left out") == 4 and "Infidelity is not computed here" in report
 
 
 def test_reproduce_takes_a_users_checkpoints_and_coco_data(tmp_path, capsys):
