@@ -41,9 +41,10 @@ def test_the_step_runs_every_method_it_is_given(small_checkpoint, tmp_path):
                       checkpoints={"bert-reviews": small_checkpoint})
     study = text_study(recipe("bert-reviews"), options, select_methods(names))
     tables = study["tables"]
-    assert [t["name"] for t in tables] == ["bert_auc", "bert_ablations_auc", "bert_plausibility"]
-    assert [t["columns"] for t in tables] == [["ours", "AttnLRP"], ["ours", "w/o norm."], names]
+    assert [t["name"] for t in tables] == ["bert_auc", "bert_ablations_auc", "bert_plausibility", "bert_infidelity"]
+    assert [t["columns"] for t in tables] == [["ours", "AttnLRP"], ["ours", "w/o norm."], names, names]
     assert list(tables[2]["rows"]) == ["on evidence %", "pointing %", "top-k precision %"]
+    assert list(tables[3]["rows"]) == ["text infid."] and study["summary"][0].startswith("Which method to trust")
     methods = study["numbers"]["methods"]
     for label, setting in (("Neg. text", "negative text"), ("Pos. text", "positive text")):
         assert tables[0]["rows"][label]["AttnLRP"] == methods["AttnLRP"][setting]["auc"]
