@@ -184,10 +184,10 @@ def profile(size: int, before: types.ModuleType) -> None:
         print(f"{key:30} " + " ".join(f"{values[key]:9.0f}" for values in columns.values()))
 
 
-def computed_fraction(size: int) -> Tuple[float, int]:
-    """The share of the ``N^2`` scores this tree's row chunks compute, and the rows of a chunk."""
+def computed_fraction(module: types.ModuleType, size: int) -> Tuple[float, int]:
+    """The share of the ``N^2`` scores the row chunks of ``module`` (a lean module) compute, and a chunk's rows."""
     tensors = call_inputs(size)
-    spans = chunks.row_chunks(tensors["query"], size, tensors["mask"])
+    spans = module.row_chunks(tensors["query"], size, tensors["mask"])
     heights = [min(rows.stop, size) - rows.start for rows, _ in spans]
     return sum(height * columns.stop for height, (_, columns) in zip(heights, spans)) / size ** 2, heights[0]
 
@@ -208,13 +208,14 @@ def main() -> None:
         for size in lengths:
             profile(size, before)
         return
-    print("kind      N     before/sdpa  after/sdpa  after/before  sdpa (s)  scores computed  rows a chunk")
+    print("kind      N     before/sdpa  after/sdpa  after/before  sdpa (s)  scores computed  rows a chunk (before, after)")
     for kind in ("function", "explain") if args.whole or args.quick else ("function",):
         for size in lengths:
             seconds = measure(kind, size, before, args.repeats, args.quick)
-            fraction, rows = computed_fraction(size)
+            spans = [computed_fraction(module, size) for module in (before, lean)]
             print(f"{kind:8}  {size:5}  {seconds['before'] / seconds['sdpa']:11.2f}  {seconds['after'] / seconds['sdpa']:10.2f}"
-                  f"  {seconds['after'] / seconds['before']:12.2f}  {seconds['sdpa']:8.3f}  {fraction:15.3f}  {rows:12}", flush=True)
+                  f"  {seconds['after'] / seconds['before']:12.2f}  {seconds['sdpa']:8.3f}  "
+                  + ", ".join(f"{fraction:.3f}" for fraction, _ in spans) + "  " + ", ".join(str(rows) for _, rows in spans), flush=True)
 
 
 if __name__ == "__main__":
