@@ -1,6 +1,6 @@
 """The lean attention function's own speed against an earlier revision of it, in one process.
 
-    python -m benchmarks.bench_lean_speed                            # N = 2048 and 4096, before = 0c67d96
+    python -m benchmarks.bench_lean_speed                            # N = 2048 and 4096, before = ac9a873
     python -m benchmarks.bench_lean_speed --lengths 2048 4096 8192 --whole --repeats 5
     python -m benchmarks.bench_lean_speed --profile --lengths 4096   # where one call's time goes
     python -m benchmarks.bench_lean_speed --quick                    # small sizes, to check the script runs
@@ -33,7 +33,7 @@ from benchmarks.bench_long_context import run, workload
 from captum_mm.capture import chunks, lean
 
 #: The revision before the lean function's speed-up (issue 26, point 4).
-BEFORE = "0c67d96"
+BEFORE = "ac9a873"
 HEADS, KEY_HEADS, HEAD_DIM = 8, 2, 32
 
 
@@ -90,7 +90,7 @@ def lean_call(module: types.ModuleType, tensors: Dict[str, Tensor], backward: bo
     """One lean attention call through ``module``'s function, forward and (``backward``) backward, Eq. 5's map to a
     row sink."""
     layer, calls = nn.Module(), []
-    site = module.LeanSite(lambda mean, maps: calls.append(maps), None, None, True)
+    site = module.LeanSite(lambda mean, maps, *again: calls.append(maps), None, None, True)  # again: recent revisions
     tokens = module.recording({id(layer): site})
     try:
         output, _ = module.lean_attention(layer, tensors["query"], tensors["key"], tensors["value"], tensors["mask"],

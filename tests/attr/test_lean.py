@@ -138,7 +138,7 @@ def test_lean_backward_chunks_rows_as_one(monkeypatch):
 def lean_call(query, key, value, mask, bias, forward_fusion, grad):
     """One lean call, forward and backward: its output, ``dQ, dK, dV, dbias``, head mean and Eq. 5's map."""
     layer, calls = nn.Module(), []
-    tokens = recording({id(layer): LeanSite(lambda mean, maps: calls.append((mean, maps)), forward_fusion, None, True)})
+    tokens = recording({id(layer): LeanSite(lambda mean, maps, again: calls.append((mean, maps)), forward_fusion, None, True)})
     try:
         output, _ = lean_attention(layer, query, key, value, mask, scaling=0.3, position_bias=bias)
         real = torch.ones(query.shape[0], query.shape[2], dtype=torch.bool)
