@@ -7,8 +7,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-#: Elements of one chunk's ``[B, H, rows, Nk]`` temporaries (several live at once).
-CHUNK_ELEMENTS = 1 << 22
+#: Elements of one chunk's ``[B, H, rows, Nk]`` temporaries (several live at once; 8 MiB in float32, which times
+#: fastest from N = 2048 to 8192: benchmarks/README.md, "The lean function's own speed").
+CHUNK_ELEMENTS = 1 << 21
 #: The row chunks of the masks seen while recording (every layer of a stream gets the same mask, alive -- saved for
 #: the backward -- while the explanation runs).
 _seen_chunks: ContextVar[Dict[Tuple[Any, ...], List[Tuple[slice, slice]]]] = ContextVar("captum_mm_lean_chunks")

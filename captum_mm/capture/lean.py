@@ -2,14 +2,16 @@
 its per-head probabilities.
 
 A model whose attention modules call transformers' ``AttentionInterface`` is switched, while it is
-explained, to the function registered here under :data:`LEAN`. Its forward computes attention as the
-family's eager function does, row chunk by row chunk, keeping nothing per head (for a method that needs
-no gradient, the head mean of the probabilities, ``[B, Nq, Nk]``, or, streamed, its queries and keys to
-recompute it after the forward: :func:`recomputed_head_means`). Its backward (a custom autograd
-function) recomputes the probabilities chunk by chunk and returns the standard ``dQ, dK, dV`` and, for
-the method's declared :data:`Fusion`, that call's head-reduced map for the backward's seed: Eq. 5's
-``mean_h((dA * A)^+)`` or attention Grad-CAM's ``(mean_h(w_h A_h))^+``, kept whole or handed chunk by chunk to
-its request's sink (:mod:`captum_mm.capture.requests`; streamed readout rows). Peak memory beyond an SDPA forward
+explained, to the function registered here under :data:`LEAN`. Its forward computes attention row chunk by row
+chunk, each chunk over the leading keys its rows see (:mod:`captum_mm.capture.chunks`), keeping nothing per head: by
+SDPA's fused kernel where only the output is needed (float32 and float64 without a soft cap: the eager function's
+values to rounding), else as the family's eager function does (for a method that needs no gradient, also the head
+mean of the probabilities, ``[B, Nq, Nk]``, or, streamed, its queries and keys to recompute it after the forward:
+:func:`recomputed_head_means`). Its backward (a custom autograd function) recomputes the probabilities chunk by
+chunk, the query heads of each key/value head in one matrix product, and returns the standard ``dQ, dK, dV`` and,
+for the method's declared :data:`Fusion`, that call's head-reduced map for the backward's seed: Eq. 5's
+``mean_h((dA * A)^+)`` or attention Grad-CAM's ``(mean_h(w_h A_h))^+``, kept whole or handed chunk by chunk to its
+request's sink (:mod:`captum_mm.capture.requests`; streamed readout rows). Peak memory beyond an SDPA forward
 and backward: a chunk's temporaries, and one ``[B, Nq, Nk]`` map per call where the map is kept.
 
 The eager path (every call's ``[B, H, Nq, Nk]`` probabilities in the graph) stays as the fallback and
@@ -25,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
@@ -110,16 +113,20 @@ class _Options:
     softcap: Optional[float] = None  # Gemma 2's cap on the scaled scores
 
 
-def _repeated(states: Tensor, groups: int) -> Tensor:
-    return states if groups == 1 else states.repeat_interleave(groups, dim=1)
+def _grouped(states: Tensor, groups: int) -> Tensor:
+    """Per-head ``[B, H, rows, n]`` as ``[B, H / groups, groups * rows, n]``: the query heads of each key/value head
+    stacked, so that one matrix product per key/value head serves them all."""
+    return states.unflatten(1, (-1, groups)).flatten(2, 3)
 
 
-def _summed_groups(gradient: Tensor, groups: int) -> Tensor:
-    return gradient if groups == 1 else gradient.unflatten(1, (-1, groups)).sum(2)
+def _per_head(grouped: Tensor, heads: int) -> Tensor:
+    """:func:`_grouped`'s inverse for a contiguous ``grouped`` (a view)."""
+    return grouped.view(grouped.shape[0], heads, -1, grouped.shape[-1])
 
 
 def _scores(query: Tensor, key: Tensor, rows: slice, options: _Options, columns: slice) -> Tensor:
-    return torch.matmul(query[:, :, rows] * options.scaling, key[:, :, columns].transpose(-1, -2))
+    grouped = _grouped(query[:, :, rows] * options.scaling, options.groups)
+    return _per_head(torch.matmul(grouped, key[:, :, columns].transpose(-1, -2)), query.shape[1])
 
 
 def _cap_slope(query: Tensor, key: Tensor, rows: slice, options: _Options, columns: slice) -> Tensor:
@@ -146,14 +153,17 @@ class _LeanAttention(torch.autograd.Function):
     @staticmethod
     def forward(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor], bias: Optional[Tensor], probe: Tensor,
                 options: _Options) -> Tuple[Tensor, Optional[Tensor]]:
-        keys, values = _repeated(key, options.groups), _repeated(value, options.groups)
         output = query.new_empty(*query.shape[:3], value.shape[-1])
         mean = None
         if options.forward_fusion == "head_mean":  # in the precision methods reduce heads in
             mean = query.new_zeros(query.shape[0], query.shape[2], key.shape[2], dtype=accumulation_dtype(query.dtype))
+        fused = mean is None and _fused_forward(query, mask, bias, options)
         for rows, columns in options.chunks:
-            probs = _probabilities(query, keys, bias, mask, rows, options, columns)
-            output[:, :, rows] = torch.matmul(probs, values[:, :, columns])
+            if fused:
+                output[:, :, rows] = _fused_rows(query, key, value, bias, mask, rows, options, columns)
+                continue
+            probs = _probabilities(query, key, bias, mask, rows, options, columns)
+            output[:, :, rows] = _per_head(torch.matmul(_grouped(probs, options.groups), value[:, :, columns]), query.shape[1])
             if mean is not None:
                 mean[:, rows, columns] = head_mean(exact(probs))
         return output, mean
@@ -172,19 +182,22 @@ class _LeanAttention(torch.autograd.Function):
         maps, exact_dtype = options.maps, accumulation_dtype(query.dtype)
         request = maps._exchange.request  # None: this backward computes no map of this call
         fusion = None if request is None else request.fusion
-        keys, values = _repeated(key, options.groups), _repeated(value, options.groups)
-        grad_query, grad_keys, grad_values = torch.empty_like(query), torch.zeros_like(keys), torch.zeros_like(values)
+        grad_query, grad_key, grad_value = torch.empty_like(query), torch.zeros_like(key), torch.zeros_like(value)
         grad_bias = torch.zeros_like(bias) if ctx.needs_input_grad[4] else None
         sink = None if request is None else (request.sink or MapBuffer(query.new_zeros(query.shape[0], query.shape[2], key.shape[2], dtype=exact_dtype)))
         gradient_sums = query.new_zeros(query.shape[0], query.shape[1], 1, 1, dtype=exact_dtype)  # Grad-CAM: dA over real entries
         every = slice(0, key.shape[2])
         chunks = row_chunks(query, key.shape[2], None) if fusion == "grad_cam" else ctx.chunks  # Grad-CAM's mean: every key
+        heads, groups = query.shape[1], options.groups
         for rows, columns in chunks:
-            probs = _probabilities(query, keys, bias, mask, rows, options, columns)
-            grad_chunk = grad_output[:, :, rows]
-            grad_probs = torch.matmul(grad_chunk, values[:, :, columns].transpose(-1, -2))
-            grad_values[:, :, columns] += torch.matmul(probs.transpose(-1, -2), grad_chunk)
-            weighted = exact(probs) * exact(grad_probs)  # A * dA, which Eq. 5 reuses
+            probs = _probabilities(query, key, bias, mask, rows, options, columns)
+            grad_chunk = _grouped(grad_output[:, :, rows], groups)
+            grad_probs = _per_head(torch.matmul(grad_chunk, value[:, :, columns].transpose(-1, -2)), heads)
+            grad_value[:, :, columns] += torch.matmul(_grouped(probs, groups).transpose(-1, -2), grad_chunk)
+            if fusion == "grad_cam":
+                real = _real(cast(LeanRequest, request), rows).to(grad_probs.device)
+                gradient_sums += (exact(grad_probs) * real[:, None]).sum(dim=(-2, -1), keepdim=True)
+            weighted = exact(grad_probs).mul_(exact(probs))  # A * dA, which Eq. 5 reuses
             if fusion == "gradient_weighted":
                 cast(MapSink, sink).add(rows, columns, weighted.clamp(min=0).mean(dim=-3))
             # softmax's backward: A * dA - A * rowsum(A * dA)
@@ -192,24 +205,39 @@ class _LeanAttention(torch.autograd.Function):
             if grad_bias is not None:
                 grad_bias[:, :, rows, columns] += grad_logits.sum(0, keepdim=True) if grad_bias.shape[0] == 1 else grad_logits
             if options.softcap is not None:  # the scores before the cap
-                grad_logits = grad_logits * _cap_slope(query, keys, rows, options, columns)
-            grad_query[:, :, rows] = torch.matmul(grad_logits, keys[:, :, columns]).mul_(options.scaling)
-            grad_keys[:, :, columns] += torch.matmul(grad_logits.transpose(-1, -2), query[:, :, rows]).mul_(options.scaling)
-            if fusion == "grad_cam":
-                real = _real(cast(LeanRequest, request), rows).to(grad_probs.device)
-                gradient_sums += (exact(grad_probs) * real[:, None]).sum(dim=(-2, -1), keepdim=True)
+                grad_logits = grad_logits * _cap_slope(query, key, rows, options, columns)
+            grad_logits = _grouped(grad_logits, groups)
+            grad_query[:, :, rows] = _per_head(torch.matmul(grad_logits, key[:, :, columns]), heads).mul_(options.scaling)
+            grad_key[:, :, columns] += torch.matmul(grad_logits.transpose(-1, -2), _grouped(query[:, :, rows], groups)).mul_(options.scaling)
         if fusion == "grad_cam":  # a second pass: each head weighted by its mean gradient over the real entries
             count = (cast(LeanRequest, request).rows.sum(-1) * cast(LeanRequest, request).columns.sum(-1)).clamp(min=1)
             weights = gradient_sums / count.to(gradient_sums)[:, None, None, None]
             for rows, _ in chunks:
                 if cast(MapSink, sink).wants(rows):  # a streamed readout row's chunk only
-                    probs = exact(_probabilities(query, keys, bias, mask, rows, options, every))
+                    probs = exact(_probabilities(query, key, bias, mask, rows, options, every))
                     cast(MapSink, sink).add(rows, every, weighted_head_mean(weights, probs))
         if sink is not None:
             sink.close()
         maps._exchange.fused = sink.values if isinstance(sink, MapBuffer) else None
-        grad_key, grad_value = _summed_groups(grad_keys, options.groups), _summed_groups(grad_values, options.groups)
         return grad_query, grad_key, grad_value, None, grad_bias, torch.zeros_like(maps.probe), None
+
+
+def _fused_forward(query: Tensor, mask: Optional[Tensor], bias: Optional[Tensor], options: _Options) -> bool:
+    """Whether SDPA's fused kernel computes the call's output as the eager function does, to rounding: float32 or float64
+    (half-precision eager functions round the probabilities before multiplying), additive terms of the queries' dtype,
+    no soft cap."""
+    same_dtype = all(t is None or t.dtype == query.dtype for t in (mask, bias))
+    return options.softcap is None and query.dtype in (torch.float32, torch.float64) and same_dtype
+
+
+def _fused_rows(query: Tensor, key: Tensor, value: Tensor, bias: Optional[Tensor], mask: Optional[Tensor], rows: slice,
+                options: _Options, columns: slice) -> Tensor:
+    """``rows`` of the output over the keys ``columns``, by SDPA (no ``[B, H, rows, columns]`` probabilities stored)."""
+    additive = bias[:, :, rows, columns] if bias is not None else None
+    if mask is not None:
+        additive = mask[:, :, rows, columns] if additive is None else additive + mask[:, :, rows, columns]
+    return F.scaled_dot_product_attention(query[:, :, rows], key[:, :, columns], value[:, :, columns], attn_mask=additive,
+                                          scale=options.scaling, enable_gqa=options.groups > 1)
 
 
 def _real(request: LeanRequest, rows: slice) -> Tensor:
@@ -239,9 +267,8 @@ def recomputed_head_means(query: Tensor, key: Tensor, mask: Optional[Tensor], bi
         options (_Options): Its options.
         sink (MapSink): Takes the map's chunks ``[B, rows, columns]``.
     """
-    keys = _repeated(key, options.groups)
     with torch.no_grad():
         for rows, columns in options.chunks:
             if sink.wants(rows):
-                sink.add(rows, columns, head_mean(exact(_probabilities(query, keys, bias, mask, rows, options, columns))))
+                sink.add(rows, columns, head_mean(exact(_probabilities(query, key, bias, mask, rows, options, columns))))
     sink.close()

@@ -4,6 +4,8 @@ use it; the model left as it was."""
 
 import pytest
 import torch
+from torch import nn
+from transformers.masking_utils import eager_mask
 from helpers import (
     CASES,
     ENCODER_DECODERS,
@@ -23,7 +25,7 @@ from methods_under_test import MAY_VANISH
 from captum_mm.attr import AttentionGradCam, AttentionRollout, GenericAttention, RawAttention
 from captum_mm.attr.engine import forward_pass
 from captum_mm.capture import chunks
-from captum_mm.capture.lean import LeanRequest, lean_backward
+from captum_mm.capture.lean import LeanRequest, LeanSite, lean_attention, lean_backward, recording, stop_recording
 from captum_mm.generation import generation_forward
 
 LEAN_METHODS = {
@@ -131,6 +133,50 @@ def test_lean_backward_chunks_rows_as_one(monkeypatch):
     rows = GenericAttention(model).explain({"input_ids": ids, "attention_mask": mask}, continuation=CONTINUATION)
     torch.testing.assert_close(rows.text, whole.text)
     torch.testing.assert_close(rows.generated, whole.generated)
+
+
+def lean_call(query, key, value, mask, bias, forward_fusion, grad):
+    """One lean call, forward and backward: its output, ``dQ, dK, dV, dbias``, head mean and Eq. 5's map."""
+    layer, calls = nn.Module(), []
+    tokens = recording({id(layer): LeanSite(lambda mean, maps, again: calls.append((mean, maps)), forward_fusion, None, True)})
+    try:
+        output, _ = lean_attention(layer, query, key, value, mask, scaling=0.3, position_bias=bias)
+        real = torch.ones(query.shape[0], query.shape[2], dtype=torch.bool)
+        request = LeanRequest(calls[0][1], "gradient_weighted", real, real)
+        grads, (fused,) = lean_backward([request], lambda: torch.autograd.grad(output, (query, key, value, bias), grad))
+    finally:
+        stop_recording(tokens)
+    return output, grads, calls[0][0], fused
+
+
+@pytest.mark.parametrize("elements", [None, 40])
+@pytest.mark.parametrize("forward_fusion", [None, "head_mean"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_lean_call_equals_eager_attention_under_autograd(dtype, forward_fusion, elements, monkeypatch):
+    """4 query heads on 2 key/value heads, a causal mask with left padding (fully masked rows included) and an
+    additive bias, in one chunk or chunks of a few rows: the output (SDPA's kernel, or by hand for the head mean),
+    ``dQ, dK, dV``, the bias's gradient, the head mean and Eq. 5's map equal eager attention's under autograd."""
+    if elements is not None:
+        monkeypatch.setattr(chunks, "CHUNK_ELEMENTS", elements)
+    torch.manual_seed(0)
+    query = torch.randn(2, 4, 9, 8, dtype=dtype, requires_grad=True)
+    key, value = (torch.randn(2, 2, 9, 8, dtype=dtype, requires_grad=True) for _ in range(2))
+    bias = torch.randn(1, 4, 9, 9, dtype=dtype, requires_grad=True)
+    real = torch.ones(2, 9, dtype=torch.bool)
+    real[1, :3] = False
+    mask, grad = eager_mask(2, 9, 9, attention_mask=real, dtype=dtype), torch.randn(2, 9, 4, 8, dtype=dtype)
+    output, grads, mean, fused = lean_call(query, key, value, mask, bias, forward_fusion, grad)
+    scores = query @ key.repeat_interleave(2, 1).transpose(-1, -2) * 0.3 + bias + mask
+    probs = torch.softmax(scores, dim=-1)
+    expected = (probs @ value.repeat_interleave(2, 1)).transpose(1, 2)
+    *expected_grads, grad_probs = torch.autograd.grad(expected, (query, key, value, bias, probs), grad)
+    torch.testing.assert_close(output, expected)
+    for found, wanted in zip(grads, expected_grads):
+        torch.testing.assert_close(found, wanted)
+    torch.testing.assert_close(fused, (grad_probs * probs).clamp(min=0).mean(1))
+    assert (mean is None) == (forward_fusion is None)
+    if mean is not None:
+        torch.testing.assert_close(mean, probs.detach().mean(1))
 
 
 def test_a_backward_computes_only_the_requested_lean_maps_and_leaves_none_behind():
