@@ -135,7 +135,7 @@ def text_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable
     heatmaps, note = _heatmaps(model, dataset, relevance_methods, result.samples[: options.gallery])
     heatmaps.savefig(folder / "heatmaps.png", dpi=110, bbox_inches="tight")
     figures = {"curves": plot_perturbation_curves(result), "heatmaps": heatmaps}
-    tables = study_tables(name, result, plausibility, refused, infidelity, SETTING_ROWS, "the evidence keywords")
+    tables = study_tables(name, result, plausibility, refused, infidelity, SETTING_ROWS, "the evidence keywords", paper=False)
     return {"numbers": result.to_dict(), "tables": tables, "figures": figures, "notes": {"heatmaps": note},
             "summary": faithfulness_summary(tables)}
 

@@ -135,7 +135,7 @@ def faithfulness_summary(tables: List[Dict[str, Any]]) -> List[str]:
 
 def study_tables(name: str, result: StudyResult, plausibility: Any, refused: Optional[Dict[str, str]] = None,
                  infidelity: Optional[Infidelity] = None, setting_rows: Optional[Dict[str, str]] = None,
-                 ground_truth: str = "the ground-truth shape masks") -> List[Dict[str, Any]]:
+                 ground_truth: str = "the ground-truth shape masks", paper: bool = True) -> List[Dict[str, Any]]:
     r"""
     A study's tables: the AUC of every method (the paper's and those beside it), of the ablations (when run), the
     plausibility and (when given) the infidelity; refused methods n/a in the methods' tables, their reason noted.
@@ -149,6 +149,8 @@ def study_tables(name: str, result: StudyResult, plausibility: Any, refused: Opt
         setting_rows (dict, optional): Perturbation setting to its row label. Default: None (the VQA settings'
                     :data:`SETTING_ROWS`)
         ground_truth (str, optional): What the plausibility is measured against, as its title says.
+        paper (bool, optional): Whether the paper's supplementary Tables 2-3 are this model's counterparts (the
+                    titles say so). Default: True
 
     Returns:
         *list of dict*: The tables (:func:`captum_mm.study.report.table`).
@@ -161,13 +163,13 @@ def study_tables(name: str, result: StudyResult, plausibility: Any, refused: Opt
         rows = {label: {c: result.auc(c, setting) for c in columns} for setting, label in rows_of.items()}
         return table(rows, columns, title, stem, better)
 
-    methods_auc = auc_table(list(PAPER_METHODS) + list(BEYOND_PAPER), f"{name}: AUC of every method (as "
-                            "supplementary Table 3, and the methods beside the paper's)", f"{short}_auc")
+    as_paper = (" (as supplementary Table 3, and the methods beside the paper's)", " (as supplementary Table 2)")
+    as_paper = as_paper if paper else ("", "")
+    methods_auc = auc_table(list(PAPER_METHODS) + list(BEYOND_PAPER), f"{name}: AUC of every method{as_paper[0]}", f"{short}_auc")
     tables = [methods_auc]
     ablation_columns = ["ours"] + list(ABLATIONS)
     if any(c in result.scores for c in ABLATIONS):
-        tables.append(auc_table(ablation_columns, f"{name}: AUC of the ablations (as supplementary Table 2)",
-                                f"{short}_ablations_auc"))
+        tables.append(auc_table(ablation_columns, f"{name}: AUC of the ablations{as_paper[1]}", f"{short}_ablations_auc"))
     compared = [methods_auc, plausibility.table(f"{name}: plausibility against {ground_truth}", f"{short}_plausibility")]
     if infidelity is not None:
         compared.append(infidelity.table(f"{name}: Captum's infidelity of each method's relevance (lower is better)",
