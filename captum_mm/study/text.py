@@ -6,7 +6,7 @@ on them, pointing game, top-k precision), text heat maps of a few reviews. It re
 """
 
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple, cast
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 from matplotlib.figure import Figure
@@ -15,12 +15,11 @@ from torch import Tensor
 from captum_mm.datasets.batches import KeywordModel, pad_collate
 from captum_mm.datasets.reviews import LABELS, SyntheticReviews
 from captum_mm.metrics.perturbation import TokenGroup
-from captum_mm.metrics.study import RelevanceMethod, Setting, StudyResult, attention_method, run_perturbation_study
-from captum_mm.study.faithfulness import Infidelity, refused_methods
+from captum_mm.metrics.study import RelevanceMethod, Setting
 from captum_mm.study.notes import vanished_panels
 from captum_mm.study.options import Options
 from captum_mm.study.report import table
-from captum_mm.study.vqa import faithfulness_summary, predicted, study_tables
+from captum_mm.study.vqa import faithfulness_summary, scored_study, study_tables
 from captum_mm.visualization import plot_perturbation_curves, save_perturbation_study, text_heatmaps
 from captum_mm.zoo.model_recipe import Recipe
 
@@ -116,26 +115,14 @@ def text_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable
     model = recipe.load(options.checkpoints.get(name))
     dataset = SyntheticReviews("test")
     plausibility = EvidencePlausibility(dataset)
-    methods, refused = refused_methods(methods, model)
-    relevance_methods = {method: attention_method(factory, model) for method, factory in methods.items()}
-    forward = KeywordModel(model, ())
-    infidelity = Infidelity(forward, lambda indices: predicted(forward, pad_collate([dataset[i] for i in indices])[0]),
-                            {"text": TEXT}, seed=options.seed)
-
-    def on_relevance(method: str, indices: List[int], relevance: Dict[str, Tensor]) -> None:
-        plausibility(method, indices, relevance)
-        infidelity(method, indices, relevance)
-
-    result = cast(StudyResult, run_perturbation_study(  # one process: the whole result
-        model, dataset, pad_collate, relevance_methods, SETTINGS, num_samples=options.samples, seed=options.seed,
-        progress=options.progress, on_relevance=on_relevance,
-    ))
+    study = scored_study(model, dataset, pad_collate, SETTINGS, methods, plausibility, {"text": TEXT}, options)
+    result, relevance_methods = study.result, study.relevance_methods
     folder = Path(options.output) / name
     save_perturbation_study(result, folder, f"{name}: perturbation tests on {len(result.samples)} synthetic reviews")
     heatmaps, note = _heatmaps(model, dataset, relevance_methods, result.samples[: options.gallery])
     heatmaps.savefig(folder / "heatmaps.png", dpi=110, bbox_inches="tight")
     figures = {"curves": plot_perturbation_curves(result), "heatmaps": heatmaps}
-    tables = study_tables(name, result, plausibility, refused, infidelity, SETTING_ROWS, "the evidence keywords", paper=False)
+    tables = study_tables(name, result, plausibility, study.refused, study.infidelity, SETTING_ROWS, "the evidence keywords", paper=False)
     return {"numbers": result.to_dict(), "tables": tables, "figures": figures, "notes": {"heatmaps": note},
             "summary": faithfulness_summary(tables)}
 

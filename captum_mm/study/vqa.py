@@ -5,6 +5,7 @@ gallery. It returns the study's ``numbers`` (for ``results.json``), its ``tables
 """
 
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
@@ -80,11 +81,60 @@ def vqa_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable]
 
     settings = vqa_settings(inputs.text, inputs.image, inputs.text_steps, inputs.image_steps)
     plausibility = Plausibility(dataset)
+    study = scored_study(model, dataset, collate, settings, methods, plausibility, {"text": inputs.text, "image": inputs.image}, options)
+    result, relevance_methods = study.result, study.relevance_methods
+    folder = Path(options.output) / name
+    save_perturbation_study(result, folder, f"{name}: perturbation tests on {len(result.samples)} easy-VQA test questions")
+    tables = study_tables(name, result, plausibility, study.refused, study.infidelity)
+    gallery, note = _vqa_gallery(model, dataset, inputs.convert, relevance_methods, result.samples[: options.gallery])
+    gallery.savefig(folder / "gallery.png", dpi=110, bbox_inches="tight")
+    figures = {"curves": plot_perturbation_curves(result), "gallery": gallery}
+    return {"numbers": result.to_dict(), "tables": tables, "figures": figures, "notes": {"gallery": note},
+            "summary": faithfulness_summary(tables)}
+
+
+@dataclass
+class ScoredStudy:
+    """A perturbation study's result with the scores taken from each explained batch.
+
+    Attributes:
+        result (StudyResult): The perturbation study's result.
+        relevance_methods (dict): The methods run, as the study ran them.
+        refused (dict): Method name to why it refuses the model (not run).
+        infidelity (Infidelity): Their infidelity scores.
+    """
+
+    result: StudyResult
+    relevance_methods: Dict[str, Any]
+    refused: Dict[str, str]
+    infidelity: Infidelity
+
+
+def scored_study(model: Any, dataset: Any, collate: Callable, settings: Any, methods: Dict[str, Callable],
+                 plausibility: Callable[[str, List[int], Dict[str, torch.Tensor]], None], groups: Dict[str, Any],
+                 options: "Options") -> ScoredStudy:
+    r"""
+    The perturbation study of the methods that do not refuse ``model``, each explained batch's relevance scored by
+    ``plausibility`` and by Captum's infidelity of the token ``groups``.
+
+    Args:
+        model (nn.Module): The classifier.
+        dataset (Dataset): The split explained.
+        collate (Callable): Items to ``(batch, scores)``.
+        settings (sequence of Setting): The perturbation settings.
+        methods (dict): Method name to explainer factory.
+        plausibility (Callable): Called with each method's explained batch.
+        groups (dict): Modality to its :class:`~captum_mm.metrics.perturbation.TokenGroup`, for the infidelity.
+        options (Options): The main job's options (sample count, seed, progress).
+
+    Returns:
+        *ScoredStudy*
+    """
     methods, refused = refused_methods(methods, model)
     relevance_methods = {method: attention_method(factory, model) for method, factory in methods.items()}
     forward = KeywordModel(model, ())
     infidelity = Infidelity(forward, lambda indices: predicted(forward, collate([dataset[i] for i in indices])[0]),
-                            {"text": inputs.text, "image": inputs.image}, seed=options.seed)
+                            groups, seed=options.seed)
 
     def on_relevance(method: str, indices: List[int], relevance: Dict[str, torch.Tensor]) -> None:
         plausibility(method, indices, relevance)
@@ -94,14 +144,7 @@ def vqa_study(recipe: "Recipe", options: "Options", methods: Dict[str, Callable]
         model, dataset, collate, relevance_methods, settings, num_samples=options.samples, seed=options.seed,
         progress=options.progress, on_relevance=on_relevance,
     ))
-    folder = Path(options.output) / name
-    save_perturbation_study(result, folder, f"{name}: perturbation tests on {len(result.samples)} easy-VQA test questions")
-    tables = study_tables(name, result, plausibility, refused, infidelity)
-    gallery, note = _vqa_gallery(model, dataset, inputs.convert, relevance_methods, result.samples[: options.gallery])
-    gallery.savefig(folder / "gallery.png", dpi=110, bbox_inches="tight")
-    figures = {"curves": plot_perturbation_curves(result), "gallery": gallery}
-    return {"numbers": result.to_dict(), "tables": tables, "figures": figures, "notes": {"gallery": note},
-            "summary": faithfulness_summary(tables)}
+    return ScoredStudy(result, relevance_methods, refused, infidelity)
 
 
 def predicted(forward: Callable[..., torch.Tensor], batch: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
