@@ -60,7 +60,7 @@ def direction_caption(better: Dict[str, str]) -> str:
     """Which direction is better for each row of a table, as its caption says."""
     by = {side: [row for row, b in better.items() if b == side] for side in ("higher", "lower")}
     parts = [f"{side} is better for {', '.join(rows)}" for side, rows in by.items() if rows]
-    return "Bold: the best value in each row (ties all bold); " + "; ".join(parts) + "."
+    return ("Bold: the best value in each row (ties all bold); " + "; ".join(parts)).rstrip(".") + "."  # "infid." ends one
 
 
 def vanished_panels(relevance: Dict[str, Any], titles: Optional[Sequence[str]] = None, modality: str = "image") -> str:
