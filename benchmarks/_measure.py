@@ -7,7 +7,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
+from typing import Callable, Dict
 
 
 def median_seconds(run: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
@@ -38,12 +38,17 @@ def peak_kib() -> int:
     return _status_kib("VmHWM")
 
 
-def peak_growth_in_subprocess(module: str, *args: str) -> int:
-    """Peak resident-memory growth (KiB) of ``python -m module --memory-probe args`` in a fresh process."""
+def probe_in_subprocess(module: str, *args: str) -> Dict[str, float]:
+    """The JSON line that ``python -m module --memory-probe args`` prints last, run in a fresh process."""
     output = subprocess.run(
         [sys.executable, "-m", module, "--memory-probe", *args], check=True, capture_output=True, text=True
     ).stdout
-    return json.loads(output.strip().splitlines()[-1])["growth_kib"]
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def peak_growth_in_subprocess(module: str, *args: str) -> int:
+    """Peak resident-memory growth (KiB) of ``python -m module --memory-probe args`` in a fresh process."""
+    return int(probe_in_subprocess(module, *args)["growth_kib"])
 
 
 def benchmark_arguments(description: str, quick_help: str) -> argparse.Namespace:

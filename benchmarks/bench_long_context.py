@@ -10,20 +10,22 @@ generated tokens (a prompt of N - K tokens). For each size: time and peak memory
 ``GenericAttention.explain`` with streaming rows (the default: no map kept), and, up to 8192 tokens and one
 token, with stored maps (``streaming=False``: one ``[N, N]`` map per layer), each divided by the model's own
 SDPA forward plus ``backward()`` of one explained logit, and the fitted growth exponent of each time in N.
-Peak memory: the growth of the resident set's high-water mark (VmHWM) of a fresh process running one
-measurement, after the model and inputs are built.
+Each measurement runs once in a fresh process, after the model and inputs are built: its wall time, its CPU time
+(less disturbed by other jobs on a shared machine) and its peak memory, the growth of the resident set's high-water
+mark (VmHWM); sizes up to 1024 also take the median wall time of three runs in one process.
 """
 
 import argparse
 import json
 import os
 import tempfile
+import time
 from typing import Any, Dict, List, Tuple
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTForImageClassification
 
-from benchmarks._measure import median_seconds, peak_growth_in_subprocess, peak_kib, resident_kib
+from benchmarks._measure import median_seconds, peak_kib, probe_in_subprocess, resident_kib
 from captum_mm.attr import GenericAttention
 
 LENGTHS, QUICK_LENGTHS = (4096, 8192, 16384, 32768), (64, 128)
@@ -81,9 +83,10 @@ def memory_probe(kind: str, family: str, size: int, tokens: int, quick: bool) ->
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model, work = workload(family, size, tokens, quick)
-    before = resident_kib()
+    before, start, cpu_start = resident_kib(), time.perf_counter(), time.process_time()
     run(kind, model, work)
-    print(json.dumps({"growth_kib": peak_kib() - before}))
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    print(json.dumps({"growth_kib": peak_kib() - before, "seconds": seconds, "cpu_seconds": cpu_seconds}))
 
 
 def growth_exponent(sizes: List[int], values: List[float]) -> float:
@@ -102,15 +105,19 @@ def measure(family: str, sizes: Tuple[int, ...], tokens: Tuple[int, ...], quick:
     rows = []
     for size in sizes:
         for count in tokens if family == "llama" else (1,):
-            torch.manual_seed(0)
-            model, work = workload(family, size, count, quick)
             measured = kinds(size, count, quick)
-            repeats, warmup = (3, 1) if size <= 1024 else (1, 0)
-            times = {kind: median_seconds(lambda: run(kind, model, work), repeats=repeats, warmup=warmup) for kind in measured}
             extra = ["--quick"] if quick else []
-            memory = {kind: peak_growth_in_subprocess("benchmarks.bench_long_context", kind, family, str(size), str(count), *extra)
+            probes = {kind: probe_in_subprocess("benchmarks.bench_long_context", kind, family, str(size), str(count), *extra)
                       for kind in measured}
-            rows.append({"family": family, "size": size, "tokens": count, "seconds": times, "peak_kib": memory})
+            row = {"family": family, "size": size, "tokens": count}
+            for key in ("seconds", "cpu_seconds"):
+                row[key] = {kind: probe[key] for kind, probe in probes.items()}
+            if size <= 1024:  # short runs: the median of three in this process, after a warm-up
+                torch.manual_seed(0)
+                model, work = workload(family, size, count, quick)
+                row["seconds"] = {kind: median_seconds(lambda: run(kind, model, work), repeats=3) for kind in measured}
+            row["peak_kib"] = {kind: probe["growth_kib"] for kind, probe in probes.items()}
+            rows.append(row)
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -123,16 +130,24 @@ def merged(path: str, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return sorted([row for row in old if key(row) not in new and "streaming" in row["seconds"]] + rows, key=key)
 
 
+def cpu_ratio(row: Dict[str, Any], base: Dict[str, Any]) -> str:
+    """The streaming explanation's CPU time over SDPA's, where both were recorded (rows measured before 2026-12-07
+    evening have wall times only)."""
+    if "cpu_seconds" not in row or "cpu_seconds" not in base:
+        return "-"
+    return f"{row['cpu_seconds']['streaming'] / base['cpu_seconds']['sdpa']:.2f}"
+
+
 def ratios(rows: List[Dict[str, Any]]) -> None:
     """The table: each explanation's time and memory divided by SDPA's at the same size, and the growth exponents."""
     sdpa = {(row["family"], row["size"]): row for row in rows if "sdpa" in row["seconds"]}
-    print("family  size  tokens   time streaming/sdpa  stored/sdpa   memory streaming/sdpa  stored/sdpa")
+    print("family  size  tokens   time streaming/sdpa  stored/sdpa   memory streaming/sdpa  stored/sdpa   CPU time streaming/sdpa")
     for row in rows:
         base = sdpa[(row["family"], row["size"])]
         t, m = row["seconds"], row["peak_kib"]
         stored = (f"{t['stored'] / base['seconds']['sdpa']:11.2f}", f"{m['stored'] / base['peak_kib']['sdpa']:11.2f}") if "stored" in t else ("-", "-")
         print(f"{row['family']:6}  {row['size']:5}  {row.get('tokens', 1):6}  {t['streaming'] / base['seconds']['sdpa']:20.2f}  {stored[0]:>11}"
-              f"  {m['streaming'] / base['peak_kib']['sdpa']:22.2f}  {stored[1]:>11}")
+              f"  {m['streaming'] / base['peak_kib']['sdpa']:22.2f}  {stored[1]:>11}  {cpu_ratio(row, base):>24}")
     for count in sorted({row.get("tokens", 1) for row in rows if row["family"] == "llama"}):
         chosen = [row for row in rows if row["family"] == "llama" and row.get("tokens", 1) == count]
         if len(chosen) > 1:
