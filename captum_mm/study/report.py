@@ -87,7 +87,7 @@ def csv_table(table: Dict[str, Any]) -> str:
 # What each kind of figure in the report shows and how to read it, by the first word of its title.
 CAPTIONS = {
     "curves": "Perturbation curves: the model's accuracy (%, y axis; of its generated answer for the generative VLM) on "
-    "the test questions as a growing fraction of its image regions or patches or its text tokens (x axis) is removed, least relevant first (negative perturbation: the higher "
+    "the test questions (test reviews, for the text classifier) as a growing fraction of its image regions or patches or its text tokens (x axis) is removed, least relevant first (negative perturbation: the higher "
     "the curve, the better the explanation) or most relevant first (positive: the lower, the better). One line per "
     "method (methods with identical curves share one line, joined by \"=\" in the legend); the legend gives each "
     "method's area under the curve, as in the tables.",
