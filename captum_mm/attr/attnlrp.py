@@ -13,7 +13,7 @@ from captum_mm.attr.engine import ForwardPass
 from captum_mm.generation.readout import GENERATED
 from captum_mm.lrp.attention import score_scale
 from captum_mm.lrp.attnlrp import attnlrp_rules
-from captum_mm.lrp.canonizers import GatedProduct
+from captum_mm.lrp.canonizers import FunctionalActivation, GatedProduct
 from captum_mm.models import ArchitectureAdapter
 from captum_mm.relevance.propagation import Matrices
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
@@ -130,7 +130,7 @@ def check_supported(adapter: ArchitectureAdapter) -> None:
         canonizers = adapter.lrp_structure().canonizers
     except NotImplementedError:
         canonizers, reasons = (), [*reasons, "it declares no LRP structure"]
-    other = sorted({type(c).__name__ for c in canonizers if not isinstance(c, GatedProduct)})
+    other = sorted({type(c).__name__ for c in canonizers if not isinstance(c, (GatedProduct, FunctionalActivation))})
     if other:
         reasons.append(f"its blocks {other} have LRP rules of their own")
     for spec in adapter.attention_specs():
