@@ -5,7 +5,9 @@ encoder-decoder's encoder and decoder embeddings apart, by their modules or, sha
 the model's floating forward arguments (``inputs_embeds``, region features, ``pixel_values``), made to require grad
 for the pass when they do not (restored afterwards). An output is read from them as the adapter declares which
 argument carries it: a token output from the ``[B, N, ...]`` inputs of its tokens (summed over their features), an
-image output on a patch grid from its ``[B, C, H, W]`` pixels (summed over channels and each grid cell).
+image output on a patch grid from its ``[B, C, H, W]`` pixels (summed over channels and each grid cell), an output on
+time steps from its ``[B, C, T]`` features (summed over channels; Whisper's audio), and the tokens those steps belong
+to (the support of the output's token map: Whisper's frames) from the same features.
 """
 
 import inspect
@@ -164,7 +166,7 @@ def read_inputs(schedule: Schedule, relevance: Dict[str, Tensor], argument_outpu
         if pixels:
             outputs[name] = _pooled(torch.stack(pixels).sum(0), spec.grid)
         elif steps:
-            outputs[name] = torch.stack(steps).sum((0, 2)).reshape(-1, *spec.grid)
+            outputs[name] = torch.stack(steps).sum((0, 2)).reshape(-1, *(spec.grid or ()))
         else:
             outputs[name] = _read_tokens(schedule, name, spec, tokens, argument_outputs)
     return outputs
