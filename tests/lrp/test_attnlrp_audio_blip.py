@@ -27,6 +27,10 @@ def test_time_steps_are_read_on_their_frames_by_hand():
     read = read_inputs(schedule, {"input_features": features}, {"input_features": "audio"})
     assert torch.equal(read["audio"], torch.tensor([[[11.0, 22.0, 33.0, 44.0]]]))
     assert torch.equal(read["frames"], torch.tensor([[33.0, 77.0]]))
+    overlapping = torch.tensor([[0.5, 0.5, 0.5, 0.0], [0.0, 0.0, 0.5, 0.5]])  # step 2 in both frames
+    schedule.outputs["audio"] = Readout("target", rows, "source", grid=(1, 4), spread=overlapping)
+    with pytest.raises(TypeError, match="each time step is one token's"):
+        read_inputs(schedule, {"input_features": features}, {"input_features": "audio"})
 
 
 def _zeroed(model: nn.Module, absorbing: tuple, start: Optional[nn.Module] = None, start_id: int = 0) -> nn.Module:
