@@ -7,7 +7,8 @@ over the encoder's ``N`` frames, ``audio`` the same composed through the convolu
 ``T = 2N`` time steps of ``input_features`` (step ``t`` takes half of frame ``t // 2``'s relevance: the second
 convolution's stride 2 partitions time), as a ``(1, T)`` grid that ``attribute`` spreads over every mel bin;
 ``generated`` over the continuation. Whisper has no encoder padding mask: every frame is attended and explained.
-LRP: pre-norm residuals; relevance over time comes from the token map, not from LRP through the convolutions.
+LRP: pre-norm residuals; relevance over time comes from the token map, not from LRP through the convolutions
+(AttnLRP, which reads its relevance at ``input_features``, goes through them: the stem's GELUs take the identity rule).
 """
 
 import warnings
@@ -25,6 +26,7 @@ from captum_mm.adapters.encoder_decoder import SOURCE, TARGET, EncoderDecoderAda
 from captum_mm.capture.record import AttentionRecord
 from captum_mm.generation.convention import GenerationConvention
 from captum_mm.generation.readout import decoder_rows
+from captum_mm.lrp.canonizers import FunctionalActivation
 from captum_mm.lrp.composite import LRPStructure, ResidualRuleSite
 from captum_mm.models.arguments import TOKENS, Argument, require, token_mask
 from captum_mm.models.registry import register_adapter
@@ -116,7 +118,16 @@ class WhisperAdapter(EncoderDecoderAdapter):
         for layer in self.model.modules():
             if isinstance(layer, (WhisperEncoderLayer, WhisperDecoderLayer)):
                 residuals += _pre_norm_residuals(layer)
-        return LRPStructure(residuals)
+        return LRPStructure(residuals, canonizers=_stem_activations(self.model.model.encoder))
+
+
+def _stem_activations(encoder: Any) -> List[FunctionalActivation]:
+    """The convolutional stem's GELUs, applied as functions: ``conv2`` reads ``gelu(conv1(x))``, the first layer
+    ``gelu(conv2(.))`` transposed, plus the position embeddings."""
+    first = encoder.layers[0]
+    return [FunctionalActivation(encoder.conv2, "input", TensorSource(encoder.conv1)),
+            FunctionalActivation(first, "hidden_states", TensorSource(encoder.conv2), transposed=True,
+                                 added=TensorSource(encoder.embed_positions))]
 
 
 def _pre_norm_residuals(layer: Any) -> List[ResidualRuleSite]:

@@ -5,7 +5,9 @@ encoder-decoder's encoder and decoder embeddings apart, by their modules or, sha
 the model's floating forward arguments (``inputs_embeds``, region features, ``pixel_values``), made to require grad
 for the pass when they do not (restored afterwards). An output is read from them as the adapter declares which
 argument carries it: a token output from the ``[B, N, ...]`` inputs of its tokens (summed over their features), an
-image output on a patch grid from its ``[B, C, H, W]`` pixels (summed over channels and each grid cell).
+image output on a patch grid from its ``[B, C, H, W]`` pixels (summed over channels and each grid cell), an output on
+time steps from its ``[B, C, T]`` features (summed over channels; Whisper's audio), and the tokens those steps belong
+to (the support of the output's token map: Whisper's frames) from the same features.
 """
 
 import inspect
@@ -82,15 +84,15 @@ def keep_inputs(model: nn.Module) -> Iterator[KeptInputs]:
                 kept.tensors[name] = value
 
     def on_embeddings(module: nn.Module, args: Tuple[Any, ...], output: Any) -> None:
-        if isinstance(output, Tensor) and output.is_floating_point():  # Swin's patch embeddings are no word embeddings
-            keys = [key for key, embeddings in streams.items() if embeddings is module]  # shared: in call order
+        if _embeds_ids(args, output):  # Swin's patch embeddings, Whisper's convolutional stem are no word embeddings
+            keys = [key for key, embeddings in streams if embeddings is module]  # shared: in call order
             key = keys[min(sum(kept.calls.get(k, 0) for k in keys), len(keys) - 1)]
             kept.calls[key] = kept.calls.get(key, 0) + 1
             kept.tensors[key] = output
 
     try:
         handles.append(model.register_forward_pre_hook(on_arguments, with_kwargs=True))
-        for embeddings in {id(module): module for module in streams.values()}.values():
+        for embeddings in {id(module): module for _, module in streams}.values():
             handles.append(embeddings.register_forward_hook(on_embeddings))
         yield kept
     finally:
@@ -106,13 +108,39 @@ def _word_embeddings(model: Any) -> Any:
         return None
 
 
-def _embedded_streams(model: Any) -> Dict[str, nn.Module]:
-    """The word embeddings by kept entry: an encoder-decoder's encoder's and decoder's, else the model's."""
-    if getattr(getattr(model, "config", None), "is_encoder_decoder", False) and hasattr(model, "get_decoder"):
-        streams = {EMBEDDINGS: _word_embeddings(model.get_encoder()), DECODER_EMBEDDINGS: _word_embeddings(model.get_decoder())}
-    else:
-        streams = {EMBEDDINGS: _word_embeddings(model)}
-    return {key: module for key, module in streams.items() if isinstance(module, nn.Module)}
+def _embeds_ids(args: Tuple[Any, ...], output: Any) -> bool:
+    """Whether a call of an input embeddings module embedded integer token ids into a floating tensor."""
+    ids = args[0] if args else None
+    return isinstance(ids, Tensor) and not ids.is_floating_point() and isinstance(output, Tensor) and output.is_floating_point()
+
+
+def _innermost_decoder(model: Any) -> Any:
+    """``model.get_decoder()`` followed down to the module owning the decoder's embeddings (BLIP-2's Flan-T5: the
+    LM, then its decoder stack)."""
+    decoder = model
+    for _ in range(4):  # the wrappers' depth
+        inner = getattr(decoder, "get_decoder", lambda: decoder)()
+        if inner is decoder or not isinstance(inner, nn.Module):
+            break
+        decoder = inner
+    return decoder
+
+
+def _embedded_streams(model: Any) -> List[Tuple[str, nn.Module]]:
+    """The word embeddings by kept entry: the model's and its encoder's; apart, the decoder's of an encoder-decoder
+    or of a model whose ``decoder_input_ids`` have embeddings of their own (BLIP's answer decoder). The model's own
+    (BLIP-2 embeds the prompt for its Flan-T5) count as the encoder's unless they are the decoder's (Whisper's)."""
+    own = _word_embeddings(model)
+    alone = [(EMBEDDINGS, own)] if isinstance(own, nn.Module) else []
+    pair = getattr(getattr(model, "config", None), "is_encoder_decoder", False)
+    if not (pair or "decoder_input_ids" in _parameter_names(model)):
+        return alone
+    encoder = _word_embeddings(model.get_encoder()) if hasattr(model, "get_encoder") else None
+    decoder = _word_embeddings(_innermost_decoder(model))
+    if not pair and (decoder is own or decoder is encoder):
+        return alone
+    streams = [(EMBEDDINGS, encoder), (EMBEDDINGS, None if own is decoder else own), (DECODER_EMBEDDINGS, decoder)]
+    return list({(key, id(module)): (key, module) for key, module in streams if isinstance(module, nn.Module)}.values())
 
 
 def _parameter_names(module: nn.Module) -> List[str]:
@@ -130,15 +158,39 @@ def read_inputs(schedule: Schedule, relevance: Dict[str, Tensor], argument_outpu
     Returns:
         *dict[str, Tensor]*: ``[E, ...]`` per output, shaped as the schedule's readouts.
     """
-    outputs = {}
+    outputs, tokens = {}, _steps_on_tokens(schedule, relevance, argument_outputs)
     for name, spec in schedule.outputs.items():
-        pixels = [values for argument, values in relevance.items()
-                  if argument_outputs.get(argument) == name and values.dim() == 4 and spec.grid is not None]
+        carried = [values for argument, values in relevance.items() if argument_outputs.get(argument) == name]
+        pixels = [values for values in carried if values.dim() == 4 and spec.grid is not None]
+        steps = [values for values in carried if _over_time(values, spec)]
         if pixels:
             outputs[name] = _pooled(torch.stack(pixels).sum(0), spec.grid)
+        elif steps:
+            outputs[name] = torch.stack(steps).sum((0, 2)).reshape(-1, *(spec.grid or ()))
         else:
-            outputs[name] = _read_tokens(schedule, name, spec, relevance, argument_outputs)
+            outputs[name] = _read_tokens(schedule, name, spec, tokens, argument_outputs)
     return outputs
+
+
+def _over_time(values: Tensor, spec: Readout) -> bool:
+    """Whether ``values`` are ``[E, channels, T]`` on the ``T`` time steps an output spreads its tokens over (the
+    ``(1, T)`` grid of Whisper's audio)."""
+    return spec.spread is not None and values.dim() == 3 and spec.grid == (1, values.shape[-1])
+
+
+def _steps_on_tokens(schedule: Schedule, relevance: Dict[str, Tensor], argument_outputs: Mapping[str, str]) -> Dict[str, Tensor]:
+    """``relevance`` with each input over time steps summed over its channels and onto the tokens whose steps they are
+    (the support of the output's spread, a partition: Whisper's frame ``j`` takes steps ``2j`` and ``2j + 1``),
+    ``[E, N, 1]``; the other inputs as they are."""
+    tokens = dict(relevance)
+    for argument, values in relevance.items():
+        spec = schedule.outputs.get(argument_outputs.get(argument, ""))
+        if spec is not None and spec.spread is not None and _over_time(values, spec):
+            support = (spec.spread != 0).to(values)
+            if not torch.equal(support.sum(0), torch.ones_like(support[0])):
+                raise TypeError(f"AttnLRP reads {argument!r} on its tokens only where each time step is one token's.")
+            tokens[argument] = (values.sum(1) @ support.T)[..., None]
+    return tokens
 
 
 def _pooled(pixels: Tensor, grid: Any) -> Tensor:

@@ -13,7 +13,7 @@ from captum_mm.attr.engine import ForwardPass
 from captum_mm.generation.readout import GENERATED
 from captum_mm.lrp.attention import score_scale
 from captum_mm.lrp.attnlrp import attnlrp_rules
-from captum_mm.lrp.canonizers import GatedProduct
+from captum_mm.lrp.canonizers import FunctionalActivation, GatedProduct
 from captum_mm.models import ArchitectureAdapter
 from captum_mm.relevance.propagation import Matrices
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
@@ -29,7 +29,9 @@ class AttnLRP(AttentionAttribution):
     normalisations with their scale held constant, the epsilon rule on linear
     layers, the z-rule on residual additions), the relevance read at the inputs:
     each token's ``sum_d x * R_x / x`` at its word embedding (or ``inputs_embeds``,
-    region features), an image's pixels' summed over each cell of its patch grid.
+    region features), an image's pixels' summed over each cell of its patch grid,
+    Whisper's ``input_features``' summed over the mel bins (``audio``, per time step)
+    and over each frame's two steps (``frames``).
     The relevance is signed and sums, over every input, to the explained logit less
     what biases, position embeddings and the softmax's bias term absorb.
 
@@ -130,7 +132,7 @@ def check_supported(adapter: ArchitectureAdapter) -> None:
         canonizers = adapter.lrp_structure().canonizers
     except NotImplementedError:
         canonizers, reasons = (), [*reasons, "it declares no LRP structure"]
-    other = sorted({type(c).__name__ for c in canonizers if not isinstance(c, GatedProduct)})
+    other = sorted({type(c).__name__ for c in canonizers if not isinstance(c, (GatedProduct, FunctionalActivation))})
     if other:
         reasons.append(f"its blocks {other} have LRP rules of their own")
     for spec in adapter.attention_specs():

@@ -6,8 +6,9 @@ never touched, and every hook is removed when the rules are (also on error). An 
 its canonizers in :class:`~captum_mm.lrp.composite.LRPStructure`.
 """
 
+import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -101,3 +102,48 @@ class GatedProduct(Canonizer):
             return (Switch.apply(args[0], mode, rule, gate, projected),) + tuple(args[1:])
 
         return [self.consumer.register_forward_pre_hook(hook)]
+
+
+@dataclass(frozen=True)
+class FunctionalActivation(Canonizer):
+    """``consumer``'s ``argument`` is ``act(source)`` for an elementwise activation the model applies as a function
+    (no module to hook: Whisper's convolutional stem, ``gelu(conv(x))``), with its last two dimensions swapped where
+    ``transposed``, plus ``added`` where given (a position embedding): the activation takes the identity rule of the
+    activation modules (``R_source = R_act``), ``added`` keeps its share ``added * g`` (the z-rule).
+
+    Attributes:
+        consumer (nn.Module): The module reading the activation.
+        argument (str): Its argument holding it.
+        source (TensorSource): Where the activation's input appears.
+        transposed (bool): The argument is the activation with its last two dimensions swapped. Default: False
+        added (TensorSource, optional): A term added to the activation before the consumer. Default: None
+    """
+
+    consumer: nn.Module
+    argument: str
+    source: TensorSource
+    transposed: bool = False
+    added: Optional[TensorSource] = None
+
+    def sources(self) -> List[TensorSource]:
+        """The forward tensors the canonizer's rule reads (recorded for it)."""
+        return [self.source] + ([self.added] if self.added is not None else [])
+
+    def register(self, mode: Mode, recorded: Callable[[TensorSource], Tensor]) -> List[RemovableHandle]:
+        """Install the canonizer's hooks on the model; their handles (removed on exit)."""
+        signature = inspect.signature(self.consumer.forward)
+
+        def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
+            bound = signature.bind(*args, **kwargs)
+            x, source = bound.arguments[self.argument], recorded(self.source)
+            added = recorded(self.added) if self.added is not None else torch.zeros((), dtype=x.dtype, device=x.device)
+            flip = (lambda t: t.transpose(-1, -2)) if self.transposed else (lambda t: t)  # noqa: E731
+
+            def rule(g: Tensor) -> Tuple[Tensor, Tensor]:
+                activation = flip(exact(x) - exact(added))
+                return safe_divide(activation * flip(g), exact(source)), g.sum_to_size(added.shape)
+
+            bound.arguments[self.argument] = Switch.apply(x, mode, rule, source, added)
+            return bound.args, bound.kwargs
+
+        return [self.consumer.register_forward_pre_hook(hook, with_kwargs=True, prepend=True)]  # before what reads it

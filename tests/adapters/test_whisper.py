@@ -161,7 +161,7 @@ def test_model_left_as_it_was_clear_errors_and_attribute():
     assert_same_state(before, model_state(model))
 
 
-@pytest.mark.parametrize("method", ["generic", "partial-lrp", "transformer-attribution", "generic-lrp"])
+@pytest.mark.parametrize("method", ["generic", "partial-lrp", "transformer-attribution", "generic-lrp", "attnlrp"])
 def test_half_precision(method):
     """float16 and bfloat16 models: finite float32 relevance; LRP runs on the half weights in float32, exactly."""
     from helpers import in_dtype
