@@ -60,6 +60,8 @@ class AttentionParts:
                     passes it unchanged. Default: None
         norm_spans_heads (bool): ``query_norm``/``key_norm`` normalise all heads' features together, before the heads
                     are split (InternViT's). Default: False
+        score_cap (float, optional): The soft cap ``c`` of the scaled scores, ``c * tanh(scores / c)`` before the mask
+                    (Gemma 2's ``attn_logit_softcapping``). Default: None (no cap)
     """
 
     query: LinearModule
@@ -73,6 +75,7 @@ class AttentionParts:
     query_norm: Optional[nn.Module] = None
     key_norm: Optional[nn.Module] = None
     norm_spans_heads: bool = False
+    score_cap: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.fused and len({id(self.query), id(self.key), id(self.value)}) > 1:

@@ -28,10 +28,10 @@ METHODS = {
 SIGNED = {"attnlrp", "cp-lrp"}
 
 #: Families a method refuses with a TypeError, skipped by the tests running every method (tests/conftest.py).
-#: AttnLRP's rules: LRP starting elsewhere than at the logits or with rules of its own (CLIP, DETR, Gemma 2/3's soft
-#: caps), mixtures of experts. AttnLRP's readout at the inputs also: images not one ``[B, C, H, W]`` batch per sample
+#: AttnLRP's rules: LRP starting elsewhere than at the logits without a start of AttnLRP's (CLIP), blocks with rules of
+#: their own (DETR). AttnLRP's readout at the inputs also: images not one ``[B, C, H, W]`` batch per sample
 #: (tiles, flattened patches) or read through cross-attention (Mllama).
-_RULES_REFUSED = {"clip", "detr", "gemma2", "gemma3", "gemma3_vl", "mixtral", "qwen3-moe"}
+_RULES_REFUSED = {"clip", "detr"}
 _INPUTS_REFUSED = _RULES_REFUSED | {"mllama", "idefics3", "smolvlm", "llava_next",
                                     "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
 REFUSED = {"attnlrp": _INPUTS_REFUSED, "cp-lrp": _INPUTS_REFUSED, "generic-attnlrp": _RULES_REFUSED}

@@ -10,6 +10,7 @@ relevance through (the backward is seeded so that the target's logit before the 
 attention rule reads its map whatever cap the scores had, and each residual branch ends at its post-norm.
 """
 
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any, Dict, List, Tuple, cast
 
@@ -19,14 +20,16 @@ from transformers import Gemma2ForCausalLM, Gemma3ForCausalLM
 from transformers.models.gemma2.modeling_gemma2 import Gemma2Attention, Gemma2DecoderLayer, Gemma2MLP, Gemma2RMSNorm
 from transformers.models.gemma3.modeling_gemma3 import Gemma3Attention, Gemma3DecoderLayer, Gemma3MLP, Gemma3RMSNorm
 
-from captum_mm.adapters.llama import LlamaAdapter
+from captum_mm.adapters.decoder import SEQUENCE
+from captum_mm.adapters.llama import LlamaAdapter, rotary_parts
 from captum_mm._precision import exact
 from captum_mm.lrp.composite import LRPState, LRPStructure, ResidualRuleSite
 from captum_mm.lrp.rules import safe_divide
 from captum_mm.models.arguments import require
 from captum_mm.models.registry import register_adapter
+from captum_mm.models.specs import attention_specs_in
 from captum_mm.models.structure import first_argument
-from captum_mm.spec import TensorSource
+from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource, self_attention
 
 
 @register_adapter
@@ -45,6 +48,13 @@ class Gemma2Adapter(LlamaAdapter):
         require(not getattr(text_config, "use_bidirectional_attention", False),
                 f"This {type(self.model).__name__} attends bidirectionally (config.use_bidirectional_attention): the "
                 "decoder-only schedule explains causal LMs only; explain a model with use_bidirectional_attention=False.")
+
+    def attention_specs(self) -> List[AttentionSpec]:  # Gemma 2's cap on the scores (Gemma 3's attention applies none)
+        def parts(module: Any) -> AttentionParts:
+            cap = module.attn_logit_softcapping if isinstance(module, Gemma2Attention) else None
+            return replace(rotary_parts(module), score_cap=cap)
+
+        return attention_specs_in(self.model, self.attention_classes, self_attention(SEQUENCE), parts)
 
     def lrp_structure(self) -> LRPStructure:
         residuals: List[ResidualRuleSite] = []
@@ -66,3 +76,10 @@ class Gemma2Adapter(LlamaAdapter):
         capped = exact(logits.detach()) / cap
         uncapped = cap * torch.atanh(capped)
         return (logits,), (safe_divide(seeds.to(capped.dtype), uncapped * (1 - capped**2)).to(logits.dtype),)
+
+    def value_lrp_start(self, state: LRPState, logits: Tensor, seeds: Tensor) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
+        """The final soft cap passes relevance through (the identity rule): the logit before it gets the capped logit's
+        value ``y`` as relevance (:meth:`lrp_start` with relevance ``y`` instead of 1)."""
+        if getattr(self.model.config, "final_logit_softcapping", None) is None:
+            return super().value_lrp_start(state, logits, seeds)
+        return self.lrp_start(state, logits, seeds * logits.detach())

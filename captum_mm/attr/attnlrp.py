@@ -14,6 +14,7 @@ from captum_mm.generation.readout import GENERATED
 from captum_mm.lrp.attention import score_scale
 from captum_mm.lrp.attnlrp import attnlrp_rules
 from captum_mm.lrp.canonizers import FunctionalActivation, GatedProduct
+from captum_mm.lrp.mixture import SparseMixture
 from captum_mm.models import ArchitectureAdapter
 from captum_mm.relevance.propagation import Matrices
 from captum_mm.relevance.schedule import AttentionEvent, Schedule
@@ -103,8 +104,9 @@ class AttnLRP(AttentionAttribution):
         relevance = {name: exact(t).new_zeros(selection.num_elements, *t.shape[1:]) for name, t in kept.items()}
         assert forward.lrp is not None
         for slot in range(selection.grad_outputs.shape[0]):
+            starts, seeds = self.adapter.value_lrp_start(forward.lrp, forward.logits, selection.grad_outputs[slot : slot + 1])
             with forward.lrp.relevance_mode():
-                grads = torch.autograd.grad(forward.logits, tensors, grad_outputs=selection.grad_outputs[slot],
+                grads = torch.autograd.grad(starts, tensors, grad_outputs=tuple(seed[0] for seed in seeds),
                                             retain_graph=True, allow_unused=True)
             members = (selection.slot == slot).nonzero()[:, 0]
             samples = selection.sample[members]
@@ -117,26 +119,27 @@ class AttnLRP(AttentionAttribution):
 
 
 def check_supported(adapter: ArchitectureAdapter) -> None:
-    """Raise ``TypeError`` for a family AttnLRP's rules do not cover: LRP started elsewhere than at the logits or with
-    rules of its own (CLIP, Gemma 2's soft cap, DETR), a block with a rule of its own (mixtures of experts), attention
-    scores without a known ``Q K^T`` factor or with a soft cap.
+    """Raise ``TypeError`` for a family AttnLRP's rules do not cover: LRP started elsewhere than at the logits without
+    a start of AttnLRP's (:meth:`~captum_mm.models.ArchitectureAdapter.value_lrp_start`), blocks with LRP rules of
+    their own but gated products and mixtures of experts, attention scores without a known ``Q K^T`` factor.
 
     Args:
         adapter (ArchitectureAdapter): The model's adapter.
     """
     family = type(adapter).__name__
     reasons = []
-    if type(adapter).lrp_start is not ArchitectureAdapter.lrp_start or type(adapter).default_rules is not ArchitectureAdapter.default_rules:
-        reasons.append("its LRP starts elsewhere than at the logits or uses rules of its own")
+    own = lambda name: getattr(type(adapter), name) is not getattr(ArchitectureAdapter, name)  # noqa: E731
+    if own("lrp_start") and not own("value_lrp_start"):
+        reasons.append("its LRP starts elsewhere than at the logits, with no start for AttnLRP's relevance")
     try:
         canonizers = adapter.lrp_structure().canonizers
     except NotImplementedError:
         canonizers, reasons = (), [*reasons, "it declares no LRP structure"]
-    other = sorted({type(c).__name__ for c in canonizers if not isinstance(c, (GatedProduct, FunctionalActivation))})
+    other = sorted({type(c).__name__ for c in canonizers if not isinstance(c, (GatedProduct, FunctionalActivation, SparseMixture))})
     if other:
         reasons.append(f"its blocks {other} have LRP rules of their own")
     for spec in adapter.attention_specs():
-        if score_scale(spec.module) is None or getattr(spec.module, "attn_logit_softcapping", None) is not None:
+        if score_scale(spec.module) is None:
             reasons.append(f"the scores of {type(spec.module).__name__} are no scaled Q K^T plus a bias")
             break
     if reasons:

@@ -103,7 +103,7 @@ def attention_operands_gradients(
     v = split_heads(value, kv_heads)
     q, k = (normed_q, normed_k) if position is None else (rotary(normed_q, *position), rotary(normed_k, *position))
     operands = (q, repeat_heads(k, groups), repeat_heads(v, groups), probs, g_context)
-    factor = {"scaling": scaling} if rule.reads_scaling else {}  # for the rules that read it (AttnLRP's)
+    factor = {"scaling": scaling, "cap": parts.score_cap} if rule.reads_scaling else {}  # for the rules reading them (AttnLRP's)
     g_q, g_k, g_v, relevance = cast(Callable[..., Tuple[Tensor, Tensor, Tensor, Tensor]], rule.gradients)(*operands, **factor)
     g_k, g_v = sum_groups(g_k, groups), sum_groups(g_v, groups)
     if position is not None:

@@ -7,11 +7,14 @@ composable LRP: each rule a modified gradient (relevance ``x * g``), installed b
   with ε → 0, as the reference's efficient mode computes it);
 - attention: the uniform rule on both matmuls (``A · V``: half to ``A``, half to ``V``; ``Q K^T``: half to each),
   the softmax's rule at its input with bias (its plain gradient), the scores' scale and additive terms (mask,
-  position biases) linear; CP-LRP: ``A`` constant, ``V`` takes everything;
+  position biases) linear, a soft cap ``c tanh(s / c)`` (Gemma 2) by the identity rule; CP-LRP: ``A`` constant,
+  ``V`` takes everything;
 - normalisation: the division by the root mean square (standard deviation) constant: RMSNorm passes relevance
   through; LayerNorm's centering stays linear and its bias absorbs its share (:class:`DetachedNorm`);
 - residual additions: the z-rule (each summand its share ``x / z``: the plain gradient);
-- activations: the identity rule; gated products: half each (CP-LRP: the gate constant).
+- activations: the identity rule; gated products: half each (CP-LRP: the gate constant);
+- mixtures of experts: each selected expert's term ``g_k E_k(x)`` half to each factor, the router weight's half through
+  the renormalised softmax by the softmax's rule (its plain gradient), as LXT's; CP-LRP: the router weights constant.
 """
 
 from dataclasses import dataclass
@@ -30,7 +33,11 @@ class PlainLinear(LinearRule):
 
     def input_gradient(self, module: LinearModule, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
         """The modified gradient at the linear layer's input ``x`` for the modified gradient ``g_out`` at its output."""
-        return g_out @ linear_weight(module).to(g_out.dtype)
+        return self.weight_gradient(linear_weight(module).to(g_out.dtype), x, out, g_out)
+
+    def weight_gradient(self, weight: Tensor, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
+        """``g_out @ weight`` for the linear map ``x @ weight.T`` (see :meth:`LinearRule.weight_gradient`)."""
+        return g_out @ weight
 
 
 class DetachedNorm(PassThrough):
@@ -64,7 +71,9 @@ class UniformAttention(HalvedAttention):
     uniformly (``g_A = g V^T / 2``, ``g_V = A^T g / 2``); the softmax's modified gradient at the scores is its
     plain gradient ``A (g_A - sum_k A g_A)`` (its rule at the input with bias); the scores are linear in ``Q K^T``
     (factor ``s``: the bias terms absorb the rest), whose relevance splits uniformly
-    (``g_Q = s g_S K / 2``, ``g_K = s g_S^T Q / 2``).
+    (``g_Q = s g_S K / 2``, ``g_K = s g_S^T Q / 2``). Scores soft-capped before the mask, ``c tanh(u / c)`` with
+    ``u = s Q K^T`` (Gemma 2), pass the capped part's relevance to ``u`` unchanged (the identity rule, as AttnLRP's for
+    elementwise functions): ``g_u = g_S tanh(u / c) c / u``.
 
     Attributes:
         constant_attention (bool): CP-LRP: ``A`` is a constant, ``V`` takes the whole relevance
@@ -75,9 +84,11 @@ class UniformAttention(HalvedAttention):
     reads_scaling = True
 
     def gradients(
-        self, query: Tensor, key: Tensor, value: Tensor, probs: Tensor, g_context: Tensor, scaling: Optional[float] = None
+        self, query: Tensor, key: Tensor, value: Tensor, probs: Tensor, g_context: Tensor, scaling: Optional[float] = None,
+        cap: Optional[float] = None,
     ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Head-split ``[B, H, N, d]`` tensors in; ``(g_query, g_key, g_value, R_A)`` out; ``scaling``: ``s``."""
+        """Head-split ``[B, H, N, d]`` tensors in; ``(g_query, g_key, g_value, R_A)`` out; ``scaling``: ``s``;
+        ``cap``: the scores' soft cap ``c``."""
         share = 1.0 if self.constant_attention else 0.5
         g_probs = (g_context @ value.transpose(-1, -2)) * share
         relevance_probs = probs * g_probs
@@ -88,8 +99,25 @@ class UniformAttention(HalvedAttention):
             raise ValueError("AttnLRP's attention rule needs the factor of Q K^T in the scores, which this attention "
                              "module does not hold (as scaling, scale or attention_head_size).")
         g_scores = relevance_probs - probs * relevance_probs.sum(-1, keepdim=True)
+        if cap is not None:
+            g_scores = g_scores * soft_cap_ratio(query @ key.transpose(-1, -2) * scaling, cap)
         g_product = g_scores * (scaling / 2)
         return g_product @ key, g_product.transpose(-1, -2) @ query, g_value, relevance_probs
+
+
+def soft_cap_ratio(scores: Tensor, cap: float) -> Tensor:
+    """``c tanh(u / c) / u`` for the scores ``u`` (1 at ``u = 0``, its limit): the identity rule's modified gradient
+    through the soft cap ``c tanh(u / c)``, per unit modified gradient at its output.
+
+    Args:
+        scores (Tensor): The uncapped scores ``u``.
+        cap (float): The cap ``c``.
+
+    Returns:
+        *Tensor*: Shaped as ``scores``.
+    """
+    capped = torch.tanh(scores / cap) * cap
+    return torch.where(scores == 0, torch.ones_like(scores), capped / torch.where(scores == 0, torch.ones_like(scores), scores))
 
 
 def attnlrp_rules(epsilon: float = 0.0, constant_attention: bool = False) -> RuleSet:
@@ -104,4 +132,4 @@ def attnlrp_rules(epsilon: float = 0.0, constant_attention: bool = False) -> Rul
     """
     linear = Epsilon(epsilon) if epsilon else PlainLinear()
     return RuleSet(linear=linear, pass_through=DetachedNorm(), residual=ZResidual(),
-                   attention=UniformAttention(constant_attention), constant_gates=constant_attention)
+                   attention=UniformAttention(constant_attention), constant_gates=constant_attention, softmax_routers=True)

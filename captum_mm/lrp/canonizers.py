@@ -7,7 +7,7 @@ its canonizers in :class:`~captum_mm.lrp.composite.LRPStructure`.
 """
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from captum_mm._precision import exact
-from captum_mm.lrp.rules import safe_divide
+from captum_mm.lrp.rules import RuleSet, safe_divide
 from captum_mm.lrp.switch import Mode, Switch
 from captum_mm.spec import TensorSource
 
@@ -31,6 +31,17 @@ class Canonizer:
     def register(self, mode: Mode, recorded: Callable[[TensorSource], Tensor]) -> List[RemovableHandle]:
         """Install the canonizer's hooks on the model; their handles (removed on exit)."""
         raise NotImplementedError
+
+    def under(self, rules: RuleSet) -> "Canonizer":
+        """The canonizer as ``rules`` have it (its own rule options set from them); by default itself.
+
+        Args:
+            rules (RuleSet): The installed rules.
+
+        Returns:
+            *Canonizer*
+        """
+        return self
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,10 @@ class GatedProduct(Canonizer):
     up: TensorSource
     fused: bool = False
     constant_gate: bool = False
+
+    def under(self, rules: RuleSet) -> "GatedProduct":
+        """The gate constant where ``rules`` hold gates constant (CP-LRP)."""
+        return replace(self, constant_gate=True) if rules.constant_gates else self
 
     def sources(self) -> List[TensorSource]:
         """The forward tensors the canonizer's rule reads (recorded for it)."""

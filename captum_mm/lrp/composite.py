@@ -25,7 +25,7 @@ before, it would carry the relevance past the rules.
 
 import inspect
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
@@ -37,7 +37,7 @@ from captum_mm._handles import ForwardHook, HandleList
 from captum_mm._precision import exact
 from captum_mm.capture.record import AttentionCall, AttentionRecord
 from captum_mm.lrp.attention import attention_hook, position_keeper
-from captum_mm.lrp.canonizers import Canonizer, GatedProduct
+from captum_mm.lrp.canonizers import Canonizer
 from captum_mm.lrp.coverage import uncovered_modules
 from captum_mm.lrp.quantized import check_linear_weights
 from captum_mm.lrp.rules import LinearRule, PassThrough, ProportionalResidual, LayerScale, RuleSet, TanhGate, safe_divide
@@ -155,9 +155,7 @@ def lrp_rules(
             module = residual.total.module
             handles.append(_residual_hook(state, rules.for_module(names[module], module, rules.residual), recorder, residual))
         for canonizer in structure.canonizers:
-            if rules.constant_gates and isinstance(canonizer, GatedProduct):
-                canonizer = replace(canonizer, constant_gate=True)
-            handles.extend(canonizer.register(state.mode, recorder.get))
+            handles.extend(canonizer.under(rules).register(state.mode, recorder.get))
         sources = [source for canonizer in structure.canonizers for source in canonizer.sources()]
         sources += [s for site in structure.residuals for s in (site.branch, site.skip)]
         sources += [site.gate.row_mask for site in structure.residuals if site.gate is not None and site.gate.row_mask is not None]

@@ -68,6 +68,22 @@ class LinearRule:
         """The modified gradient at the linear layer's input ``x`` for the modified gradient ``g_out`` at its output."""
         raise NotImplementedError
 
+    def weight_gradient(self, weight: Tensor, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
+        """:meth:`input_gradient` for the linear map ``x @ weight.T`` (``weight`` ``[out, in]``, in ``x``'s dtype) of
+        a layer that is no module (a mixture's experts, stored as one parameter).
+
+        Args:
+            weight (Tensor): ``[out, in]``.
+            x (Tensor): The input ``[..., in]``.
+            out (Tensor): The output ``[..., out]``.
+            g_out (Tensor): The modified gradient at the output.
+
+        Returns:
+            *Tensor*: The modified gradient at ``x``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} defines no weight_gradient: it cannot cross the linear maps of "
+                                  "a mixture of experts, which are no modules.")
+
 
 @dataclass(frozen=True)
 class AlphaBeta(LinearRule):
@@ -133,8 +149,12 @@ class Epsilon(LinearRule):
 
     def input_gradient(self, module: LinearModule, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
         """The modified gradient at the linear layer's input ``x`` for the modified gradient ``g_out`` at its output."""
+        return self.weight_gradient(linear_weight(module).to(out.dtype), x, out, g_out)
+
+    def weight_gradient(self, weight: Tensor, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
+        """:meth:`input_gradient` for the linear map ``x @ weight.T`` (see :meth:`LinearRule.weight_gradient`)."""
         stabilized = out + self.epsilon * torch.where(out >= 0, 1.0, -1.0)
-        return ((out * g_out) / stabilized) @ linear_weight(module).to(out.dtype)
+        return ((out * g_out) / stabilized) @ weight
 
 
 class PassThrough:
@@ -224,7 +244,8 @@ class HalvedAttention:
     scale unchanged to the scores; z-rule on ``Q K^T`` (unscaled), each operand halved.
     """
 
-    #: The rule reads the factor of ``Q K^T`` in the scores: :meth:`gradients` then takes it as ``scaling=``.
+    #: The rule reads the factor of ``Q K^T`` in the scores and their soft cap (:attr:`~captum_mm.spec.AttentionParts.score_cap`):
+    #: :meth:`gradients` then takes them as ``scaling=`` and ``cap=``.
     reads_scaling = False
 
     def gradients(
@@ -261,7 +282,11 @@ class RuleSet:
         attention (HalvedAttention): For every attention module. Default: ``HalvedAttention()``
         modules (tuple): ``(match, rule)`` pairs for particular modules, by class or a glob on their names.
         constant_gates (bool): Gated products (:class:`~captum_mm.lrp.canonizers.GatedProduct`) treat the gate as a
-                    constant: the up factor takes the whole relevance (CP-LRP). Default: False (half each)
+                    constant: the up factor takes the whole relevance (CP-LRP); so do mixtures of experts
+                    (:class:`~captum_mm.lrp.mixture.SparseMixture`) their router weights and experts' gates. Default:
+                    False (half each)
+        softmax_routers (bool): A mixture's router weights pass their relevance through their renormalisation and
+                    softmax by the softmax's rule at its input (AttnLRP's), not unchanged (the reference's). Default: False
     """
 
     linear: LinearRule = AlphaBeta()
@@ -270,6 +295,7 @@ class RuleSet:
     attention: HalvedAttention = HalvedAttention()
     modules: Tuple[Tuple[ModuleMatch, Rule], ...] = ()
     constant_gates: bool = False
+    softmax_routers: bool = False
 
     def override(self, match: ModuleMatch, rule: Rule) -> "RuleSet":
         """A copy in which ``rule`` applies to the modules ``match`` selects (ahead of earlier entries)."""

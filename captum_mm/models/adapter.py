@@ -99,6 +99,22 @@ class ArchitectureAdapter:
         ``K`` slots of ``seeds``: by default the logits, each target's relevance set to 1."""
         return (logits,), (relevance_seed(logits, seeds),)
 
+    def value_lrp_start(self, state: LRPState, logits: Tensor, seeds: Tensor) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
+        """Where an LRP backward whose relevance at each explained output is the output's value (AttnLRP's) starts,
+        and its modified gradients there, ``[K, *shape]`` for the ``K`` slots of ``seeds``: by default the logits,
+        seeded with ``seeds`` (gradient 1 at each target: relevance its logit). A family overriding :meth:`lrp_start`
+        overrides this too, or AttnLRP refuses it.
+
+        Args:
+            state (LRPState): The installed rules' state.
+            logits (Tensor): The model's logits.
+            seeds (Tensor): ``[K, *logits.shape]``, 1 at each slot's targets.
+
+        Returns:
+            *tuple*: The tensors the backward starts at, and their modified gradients.
+        """
+        return (logits,), (seeds,)
+
     def logits(self, output: Any) -> Tensor:
         """The logits tensor inside whatever ``forward_func`` returned."""
         if isinstance(output, Tensor):

@@ -8,7 +8,8 @@ from captum_mm.attr import AttnLRP, GenericAttention
 from captum_mm.attr.engine import forward_pass
 from captum_mm.attr._pass import Needs
 from captum_mm.lrp import attention_relevance
-from captum_mm.lrp.attnlrp import DetachedNorm, PlainLinear, UniformAttention, ZResidual, attnlrp_rules
+from captum_mm.lrp.attnlrp import DetachedNorm, PlainLinear, UniformAttention, ZResidual, attnlrp_rules, soft_cap_ratio
+from captum_mm.lrp.mixture import SparseMixture
 from helpers import CASES, LANGUAGE_MODELS, VLMS, encoder_decoder_model, vlm_prompts
 
 # One head, two tokens, d = 1: Q = [1, 2], K = [1, 0], V = [2, 4], A = [[.5, .5], [.75, .25]], only token 0's
@@ -36,6 +37,33 @@ def test_constant_attention_by_hand():
     assert not g_q.any() and not g_k.any()
     assert torch.equal(g_v[0, 0, :, 0], torch.tensor([0.5, 0.5], dtype=torch.float64))
     assert torch.equal(relevance[0, 0], torch.tensor([[1.0, 2.0], [0.0, 0.0]], dtype=torch.float64))
+
+
+def test_soft_capped_scores_take_the_identity_rule_by_hand():
+    """u = 0.5 Q K^T = [[.5, 0], [1, 0]] capped at c = 0.5: c tanh(u / c) = [[.5 tanh 1, 0], [.5 tanh 2, 0]]; g_S as
+    uncapped, [[-.25, .25], [0, 0]], times c tanh(u / c) / u = [[tanh 1, 1], [tanh 2 / 2, 1]]."""
+    t1 = torch.tanh(torch.tensor(1.0, dtype=torch.float64))
+    g_q, g_k, _, _ = UniformAttention().gradients(Q, K, V, A, G, 0.5, cap=0.5)
+    # g_P = g_u * 0.5 / 2 = [[-.0625 tanh 1, .0625], [0, 0]]; g_Q = g_P K, g_K = g_P^T Q
+    assert torch.allclose(g_q[0, 0, :, 0], torch.stack([-0.0625 * t1, t1 * 0]), rtol=1e-15, atol=0)
+    assert torch.allclose(g_k[0, 0, :, 0], torch.stack([-0.0625 * t1, t1 * 0 + 0.0625]), rtol=1e-15, atol=0)
+    # Q and K share the capped scores' relevance c tanh(u / c) . g_S = -.125 tanh 1 (uncapped: -.125)
+    assert torch.allclose((Q * g_q).sum() + (K * g_k).sum(), -0.125 * t1, rtol=1e-15, atol=0)
+    assert soft_cap_ratio(torch.zeros(1), 0.5).item() == 1.0
+
+
+def test_router_weights_take_the_softmax_rule_by_hand():
+    """A router's weights' relevance R = [1, 0, 2] (experts 0 and 2 selected) to its logits by the softmax's rule at its
+    input, g_l = R - q sum(R): renormalised weights [.25, .75] give q = [.25, 0, .75], g_l = [.25, 0, -.25] (the
+    gradient of softmax([l0, l2]) times g_w = R / w = [4, 8 / 3]); not renormalised, q = softmax([0, 0, 0])."""
+    router, half = nn.Module(), torch.tensor([[1.0, 0.0, 2.0]], dtype=torch.float64)
+    mixture, indices = SparseMixture(nn.Identity(), router, nn.Identity(), softmax_router=True), torch.tensor([[0, 2]])
+    weights = torch.tensor([[0.25, 0.75]], dtype=torch.float64)
+    assert torch.equal(mixture._router_gradient(torch.zeros(1, 3), weights, indices, half),
+                       torch.tensor([[0.25, 0.0, -0.25]], dtype=torch.float64))
+    router.norm_topk_prob = False
+    assert torch.allclose(mixture._router_gradient(torch.zeros(1, 3), weights, indices, half),
+                          torch.tensor([[0.0, -1.0, 1.0]], dtype=torch.float64), rtol=0, atol=1e-15)
 
 
 def test_uniform_attention_needs_the_scores_factor():
@@ -69,35 +97,45 @@ def test_z_residual_and_plain_linear_by_hand():
     assert torch.equal(g_x, torch.tensor([-2.0, -2.0]))
 
 
-def _llama(zero_scores: bool = False) -> nn.Module:
+def _llama(zero_scores: bool = False, family: str = "llama") -> nn.Module:
+    """A float64 LM with weights scaled up (attention far from uniform); Gemma 2's final soft cap 0.5 binds."""
     torch.manual_seed(0)
-    model = LANGUAGE_MODELS["llama"]().double().eval()
+    model = LANGUAGE_MODELS[family]().double().eval()
+    if family == "gemma2":
+        model.config.final_logit_softcapping = 0.5
     with torch.no_grad():
         for matrix in (p for p in model.parameters() if p.dim() == 2):
-            matrix.mul_(5.0)  # attention far from uniform
+            matrix.mul_(5.0)
         for layer in model.model.layers:
             layer.self_attn.q_proj.weight.mul_(0.0 if zero_scores else 1.0)
     return model
 
 
-def test_cp_lrp_conserves_the_logit_of_a_bias_free_llama():
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3", "mixtral", "qwen3-moe"])
+def test_cp_lrp_conserves_the_logit_of_a_bias_free_lm(family):
     """Without biases nothing absorbs relevance: the tokens' relevance sums to the explained logit (up to the 1e-9
-    stabiliser of the identity rule at RMSNorm and the activation)."""
-    model, ids = _llama(), torch.randint(3, 40, (2, 7))
+    stabiliser of the identity rule at RMSNorm and the activation). Gemma: RMSNorm's (1 + w) and the embeddings'
+    scale are linear, the final soft cap (binding, 0.5) passes relevance by the identity rule, so the sum is the capped
+    logit; the scores' cap is not crossed (Q, K constant). Mixtures: the router weights constant, the experts linear."""
+    model, ids = _llama(family=family), torch.randint(3, 40, (2, 7))
     explanation = AttnLRP(model, constant_attention=True).explain(ids)
     logits = model(ids).logits[:, -1].gather(1, explanation.target[:, None])[:, 0]
     assert torch.allclose(explanation.text.sum(-1), logits, rtol=1e-6, atol=0)  # the pass-through rules' 1e-9 stabiliser
+    if family != "llama":  # ours w/ AttnLRP runs there too
+        assert GenericAttention(model, head_weighting="attnlrp").explain(ids).text.abs().sum() > 0
 
 
-def test_attnlrp_conserves_the_logit_less_the_softmax_bias_terms():
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_attnlrp_conserves_the_logit_less_the_softmax_bias_terms(family):
     """With zero queries every score is 0: the softmax's rule at its input (``x (R - s sum R)``) gives the scores
-    nothing, so its bias term absorbs each map's whole relevance ``R_A``, read at the probes."""
-    model, ids = _llama(zero_scores=True), torch.randint(3, 40, (2, 7))
+    nothing, so its bias term absorbs each map's whole relevance ``R_A``, read at the probes (Gemma 2: the scores' cap,
+    at 0, passes nothing; the final cap binds, its identity rule giving the logit before it the capped logit)."""
+    model, ids = _llama(zero_scores=True, family=family), torch.randint(3, 40, (2, 7))
     explanation = AttnLRP(model).explain(ids)
     needs, target = Needs(probabilities=False, relevance=True), explanation.target
     with forward_pass(model, model, (ids,), needs=needs, rules=attnlrp_rules(), target=target) as forward:
-        seed = forward.selection.grad_outputs
-        maps = attention_relevance(forward.lrp, list(forward.record.calls), (forward.logits,), (seed,))
+        starts = forward.adapter.value_lrp_start(forward.lrp, forward.logits, forward.selection.grad_outputs)
+        maps = attention_relevance(forward.lrp, list(forward.record.calls), *starts)
     absorbed = sum(values[0].flatten(1).sum(-1) for values in maps)
     logits = model(ids).logits[:, -1].gather(1, target[:, None])[:, 0]
     assert absorbed.abs().min() > 1e-3
@@ -115,7 +153,7 @@ def test_batched_generation_equals_one_by_one():
     assert batched.text[:, 0].abs().sum() > 0  # nothing but padding is zeroed
 
 
-@pytest.mark.parametrize("family, reason", [("clip", "starts elsewhere"), ("detr", "rules of its own")])
+@pytest.mark.parametrize("family, reason", [("clip", "starts elsewhere"), ("detr", "rules of their own")])
 def test_unsupported_families_are_refused(family, reason):
     case = CASES[family]()
     with pytest.raises(TypeError, match=reason):
