@@ -31,7 +31,7 @@ SIGNED = {"attnlrp", "cp-lrp"}
 #: AttnLRP's rules: LRP starting elsewhere than at the logits without a start of AttnLRP's (CLIP), blocks with rules of
 #: their own (DETR). AttnLRP's readout at the inputs also: images not one ``[B, C, H, W]`` batch per sample
 #: (tiles, flattened patches) or read through cross-attention (Mllama).
-_RULES_REFUSED = {"clip", "detr"}
+_RULES_REFUSED: set = set()
 _INPUTS_REFUSED = _RULES_REFUSED | {"mllama", "idefics3", "smolvlm", "llava_next",
                                     "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
 REFUSED = {"attnlrp": _INPUTS_REFUSED, "cp-lrp": _INPUTS_REFUSED, "generic-attnlrp": _RULES_REFUSED}

@@ -77,5 +77,10 @@ class ClipAdapter(ArchitectureAdapter):
         projections = (self.model.visual_projection, self.model.text_projection)
         return cosine_lrp_start(state, logits, seeds, projections, self.model.logit_scale.exp())
 
+    def value_lrp_start(self, state: LRPState, logits: Tensor, seeds: Tensor) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
+        """AttnLRP's start: the logit ``scale * x_hat . y_hat`` a product of the towers' normalised embeddings (their
+        norms held constant), split uniformly: each tower's projected embedding gets half the logit as relevance."""
+        return self.lrp_start(state, logits, seeds * logits.detach() / 2)
+
     def lrp_structure(self) -> LRPStructure:  # pre-norm layers
         return pre_norm_structure(self.model, CLIPEncoderLayer, "layer_norm2", "self_attn")

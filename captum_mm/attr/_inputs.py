@@ -101,11 +101,16 @@ def keep_inputs(model: nn.Module) -> Iterator[KeptInputs]:
 
 
 def _word_embeddings(model: Any) -> Any:
-    """``model.get_input_embeddings()``, None where the model has none."""
-    try:
-        return getattr(model, "get_input_embeddings", lambda: None)()
-    except NotImplementedError:
-        return None
+    """``model.get_input_embeddings()``, else its text tower's (a dual encoder's ``text_model``: CLIP); None where
+    neither has any."""
+    for owner in (model, getattr(model, "text_model", None)):
+        try:
+            embeddings = getattr(owner, "get_input_embeddings", lambda: None)()
+        except NotImplementedError:
+            continue
+        if embeddings is not None:
+            return embeddings
+    return None
 
 
 def _embeds_ids(args: Tuple[Any, ...], output: Any) -> bool:
@@ -194,13 +199,21 @@ def _steps_on_tokens(schedule: Schedule, relevance: Dict[str, Tensor], argument_
 
 
 def _pooled(pixels: Tensor, grid: Any) -> Tensor:
-    """``[E, C, H, W]`` summed over channels and over each cell of a ``(h, w)`` grid."""
-    if len(grid) != 2 or pixels.shape[-2] % grid[0] or pixels.shape[-1] % grid[1]:
+    """``[E, C, H, W]`` summed over channels and over each cell of a ``(h, w)`` grid: pixel row ``r`` in cell row
+    ``floor(r h / H)`` (columns alike), the cells nearest upsampling gives each pixel, as :meth:`attribute` spreads a
+    cell and DETR maps its pixel mask onto its features (cells of ``H / h`` pixels, or about that where ``h`` does not
+    divide ``H``)."""
+    if len(grid) != 2 or pixels.shape[-2] < grid[0] or pixels.shape[-1] < grid[1]:
         raise TypeError(f"AttnLRP reads one image a prompt, its pixels [batch, channels, height, width] summed on a (h, w) "
                         f"grid: it cannot pool pixels of shape {tuple(pixels.shape[-2:])} onto the grid {tuple(grid)}.")
-    per_pixel = pixels.sum(1)
-    cells = per_pixel.reshape(pixels.shape[0], grid[0], pixels.shape[-2] // grid[0], grid[1], pixels.shape[-1] // grid[1])
-    return cells.sum((2, 4))
+    rows, columns = (_cells(size, cells, pixels) for size, cells in zip(pixels.shape[-2:], grid))
+    return torch.einsum("ehw,ih,jw->eij", pixels.sum(1), rows, columns)
+
+
+def _cells(size: int, cells: int, like: Tensor) -> Tensor:
+    """``[cells, size]``: 1 where pixel ``r`` lies in cell ``floor(r cells / size)``."""
+    index = torch.arange(size, device=like.device) * cells // size
+    return (index[None] == torch.arange(cells, device=like.device)[:, None]).to(like.dtype)
 
 
 def _read_tokens(schedule: Schedule, name: str, spec: Readout, relevance: Dict[str, Tensor],

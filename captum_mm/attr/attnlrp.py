@@ -13,7 +13,7 @@ from captum_mm.attr.engine import ForwardPass
 from captum_mm.generation.readout import GENERATED
 from captum_mm.lrp.attention import score_scale
 from captum_mm.lrp.attnlrp import attnlrp_rules
-from captum_mm.lrp.canonizers import FunctionalActivation, GatedProduct
+from captum_mm.lrp.canonizers import FunctionalActivation, GatedProduct, PositionEmbeddingInput
 from captum_mm.lrp.mixture import SparseMixture
 from captum_mm.models import ArchitectureAdapter
 from captum_mm.relevance.propagation import Matrices
@@ -121,7 +121,8 @@ class AttnLRP(AttentionAttribution):
 def check_supported(adapter: ArchitectureAdapter) -> None:
     """Raise ``TypeError`` for a family AttnLRP's rules do not cover: LRP started elsewhere than at the logits without
     a start of AttnLRP's (:meth:`~captum_mm.models.ArchitectureAdapter.value_lrp_start`), blocks with LRP rules of
-    their own but gated products and mixtures of experts, attention scores without a known ``Q K^T`` factor.
+    their own but gated products, mixtures of experts and position embeddings added to projections' inputs, attention
+    scores without a known ``Q K^T`` factor.
 
     Args:
         adapter (ArchitectureAdapter): The model's adapter.
@@ -135,7 +136,8 @@ def check_supported(adapter: ArchitectureAdapter) -> None:
         canonizers = adapter.lrp_structure().canonizers
     except NotImplementedError:
         canonizers, reasons = (), [*reasons, "it declares no LRP structure"]
-    other = sorted({type(c).__name__ for c in canonizers if not isinstance(c, (GatedProduct, FunctionalActivation, SparseMixture))})
+    known = (GatedProduct, FunctionalActivation, PositionEmbeddingInput, SparseMixture)
+    other = sorted({type(c).__name__ for c in canonizers if not isinstance(c, known)})
     if other:
         reasons.append(f"its blocks {other} have LRP rules of their own")
     for spec in adapter.attention_specs():

@@ -11,7 +11,8 @@ composable LRP: each rule a modified gradient (relevance ``x * g``), installed b
   ``V`` takes everything;
 - normalisation: the division by the root mean square (standard deviation) constant: RMSNorm passes relevance
   through; LayerNorm's centering stays linear and its bias absorbs its share (:class:`DetachedNorm`);
-- residual additions: the z-rule (each summand its share ``x / z``: the plain gradient);
+- residual additions: the z-rule (each summand its share ``x / z``: the plain gradient), position embeddings added to
+  a projection's input (DETR's) too;
 - activations: the identity rule; gated products: half each (CP-LRP: the gate constant);
 - mixtures of experts: each selected expert's term ``g_k E_k(x)`` half to each factor, the router weight's half through
   the renormalised softmax by the softmax's rule (its plain gradient), as LXT's; CP-LRP: the router weights constant.
@@ -132,4 +133,5 @@ def attnlrp_rules(epsilon: float = 0.0, constant_attention: bool = False) -> Rul
     """
     linear = Epsilon(epsilon) if epsilon else PlainLinear()
     return RuleSet(linear=linear, pass_through=DetachedNorm(), residual=ZResidual(),
-                   attention=UniformAttention(constant_attention), constant_gates=constant_attention, softmax_routers=True)
+                   attention=UniformAttention(constant_attention), constant_gates=constant_attention, softmax_routers=True,
+                   position_shares=True)

@@ -52,17 +52,27 @@ class PositionEmbeddingInput(Canonizer):
     Attributes:
         linear (nn.Linear): The projection reading the sum.
         source (TensorSource): Where the content part of its input comes from.
+        content_only (bool): The position embedding receives none; False: the sum's z-rule, each summand its share
+                    (the plain gradient: no hook), where the rule set says so (AttnLRP's). Default: True
     """
 
     linear: nn.Linear
     source: TensorSource
+    content_only: bool = True
+
+    def under(self, rules: RuleSet) -> "PositionEmbeddingInput":
+        """Each summand its share where ``rules`` give position embeddings theirs (``RuleSet.position_shares``)."""
+        return replace(self, content_only=False) if rules.position_shares else self
 
     def sources(self) -> List[TensorSource]:
         """The forward tensors the canonizer's rule reads (recorded for it)."""
-        return [self.source]
+        return [self.source] if self.content_only else []
 
     def register(self, mode: Mode, recorded: Callable[[TensorSource], Tensor]) -> List[RemovableHandle]:
         """Install the canonizer's hooks on the model; their handles (removed on exit)."""
+        if not self.content_only:
+            return []
+
         def hook(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
             x, origin = args[0], recorded(self.source)
             rule = lambda g: (safe_divide(exact(x) * g, exact(origin)),)  # noqa: E731

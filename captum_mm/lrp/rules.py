@@ -287,6 +287,9 @@ class RuleSet:
                     False (half each)
         softmax_routers (bool): A mixture's router weights pass their relevance through their renormalisation and
                     softmax by the softmax's rule at its input (AttnLRP's), not unchanged (the reference's). Default: False
+        position_shares (bool): A position embedding added to a projection's input
+                    (:class:`~captum_mm.lrp.canonizers.PositionEmbeddingInput`, DETR's) takes its share of the sum
+                    (AttnLRP's z-rule), not none (the reference's). Default: False
     """
 
     linear: LinearRule = AlphaBeta()
@@ -296,6 +299,7 @@ class RuleSet:
     modules: Tuple[Tuple[ModuleMatch, Rule], ...] = ()
     constant_gates: bool = False
     softmax_routers: bool = False
+    position_shares: bool = False
 
     def override(self, match: ModuleMatch, rule: Rule) -> "RuleSet":
         """A copy in which ``rule`` applies to the modules ``match`` selects (ahead of earlier entries)."""

@@ -4,13 +4,18 @@ import pytest
 import torch
 from torch import nn
 
+from dataclasses import replace
+
+from captum_mm.adapters.llama import LlamaAdapter
 from captum_mm.attr import AttnLRP, GenericAttention
+from captum_mm.attr._inputs import _pooled
 from captum_mm.attr.engine import forward_pass
 from captum_mm.attr._pass import Needs
 from captum_mm.lrp import attention_relevance
+from captum_mm.lrp.canonizers import Canonizer
 from captum_mm.lrp.attnlrp import DetachedNorm, PlainLinear, UniformAttention, ZResidual, attnlrp_rules, soft_cap_ratio
 from captum_mm.lrp.mixture import SparseMixture
-from helpers import CASES, LANGUAGE_MODELS, VLMS, encoder_decoder_model, vlm_prompts
+from helpers import CASES, LANGUAGE_MODELS, VLMS, detr, encoder_decoder_model, vlm_prompts
 
 # One head, two tokens, d = 1: Q = [1, 2], K = [1, 0], V = [2, 4], A = [[.5, .5], [.75, .25]], only token 0's
 # context explained (g = [1, 0]), scores' factor 0.5.
@@ -153,11 +158,24 @@ def test_batched_generation_equals_one_by_one():
     assert batched.text[:, 0].abs().sum() > 0  # nothing but padding is zeroed
 
 
-@pytest.mark.parametrize("family, reason", [("clip", "starts elsewhere"), ("detr", "rules of their own")])
-def test_unsupported_families_are_refused(family, reason):
-    case = CASES[family]()
-    with pytest.raises(TypeError, match=reason):
-        AttnLRP(case.forward, case.model)
+class _StartsElsewhere(LlamaAdapter):
+    def lrp_start(self, state, logits, seeds):  # LRP entered elsewhere, with no start of AttnLRP's
+        return super().lrp_start(state, logits, seeds)
+
+
+class _OwnBlock(LlamaAdapter):
+    def lrp_structure(self):  # a block with a rule AttnLRP does not know
+        return replace(super().lrp_structure(), canonizers=[Canonizer()])
+
+
+@pytest.mark.parametrize("adapter, reason", [(_StartsElsewhere, "starts elsewhere"), (_OwnBlock, "rules of their own")])
+def test_unsupported_families_are_refused(adapter, reason, monkeypatch):
+    """No family of the package is refused by AttnLRP's rules: a family of one's own is, where its LRP starts
+    elsewhere than at the logits without a start for AttnLRP, or it has blocks with rules of their own."""
+    monkeypatch.setattr("captum_mm.attr._base.adapter_for", adapter)
+    for method in (AttnLRP, lambda model: GenericAttention(model, head_weighting="attnlrp")):
+        with pytest.raises(TypeError, match=reason):
+            method(LANGUAGE_MODELS["llama"]())
 
 
 def test_ours_with_attnlrp_heads_weights_them_by_attnlrps_relevance():
@@ -168,8 +186,6 @@ def test_ours_with_attnlrp_heads_weights_them_by_attnlrps_relevance():
     ours, reference = explain("attnlrp"), explain("lrp")
     assert torch.isfinite(ours).all() and (ours >= 0).all() and ours.abs().sum() > 0
     assert not torch.allclose(ours, reference)
-    with pytest.raises(TypeError, match="AttnLRP cannot explain"):
-        GenericAttention(CASES["clip"]().model, head_weighting="attnlrp")
 
 
 def test_cp_lrp_conserves_the_logit_through_layer_norms_without_biases():
@@ -185,6 +201,46 @@ def test_cp_lrp_conserves_the_logit_through_layer_norms_without_biases():
     explanation = AttnLRP(model, constant_attention=True).explain(ids)
     logits = model(ids).logits[:, -1].gather(1, explanation.target[:, None])[:, 0]
     assert torch.allclose(explanation.text.sum(-1), logits, rtol=1e-6, atol=0)
+
+
+def test_cp_lrp_conserves_clips_similarity_half_in_each_tower():
+    """CLIP's logit ``scale * x_hat . y_hat``: the norms held constant, the product split uniformly, each tower's
+    inputs (text embeddings; pixels through the patch convolution) get half. Biases and the position and class
+    embeddings zeroed, nothing else absorbs relevance (LayerNorms by their rule with sigma constant)."""
+    case = CASES["clip"]()
+    model = case.model.double()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias") or "position_embedding" in name or "class_embedding" in name:
+                parameter.zero_()
+    (ids, pixels), (mask,) = case.inputs, case.additional
+    explanation = AttnLRP(case.forward, model, constant_attention=True).explain((ids, pixels.double()), None, (mask,))
+    half = case.forward(ids, pixels.double(), mask).diagonal() / 2
+    assert torch.allclose(explanation.text.sum(-1), half, rtol=1e-6, atol=0)
+    assert torch.allclose(explanation.image.flatten(1).sum(-1), half, rtol=1e-6, atol=0)
+
+
+def test_cp_lrp_conserves_a_detr_query_logit_at_the_pixels():
+    """DETR's class logit of a query, through the decoder, the encoder and the ResNet backbone to ``pixel_values``,
+    pooled on the feature grid. Biases and the frozen batch norms' means zeroed: the queries' and the sine position
+    embeddings enter Q and K only, which CP-LRP holds constant, so the pixels take the whole logit."""
+    torch.manual_seed(0)
+    model = detr().double()
+    with torch.no_grad():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if name.endswith(("bias", "running_mean")):
+                tensor.zero_()
+    pixels, queries = torch.randn(2, 3, 64, 96, dtype=torch.float64), [[0, 3], [1]]
+    explanation = AttnLRP(model, constant_attention=True).explain((pixels,), queries)
+    logits = model(pixel_values=pixels).logits
+    explained = torch.stack([logits[b, q, explanation.target[b, k]] for b, row in enumerate(queries) for k, q in enumerate(row)])
+    assert torch.allclose(explanation.image[[0, 0, 1], [0, 1, 0]].flatten(1).sum(-1), explained, rtol=1e-6, atol=0)
+
+
+def test_pixels_pool_onto_a_grid_as_nearest_upsampling_spreads_it():
+    """Pixel row r in cell row floor(r h / H): 5 rows on 2 cells: rows 0-2 and 3-4 (2 columns on 1 cell)."""
+    pixels = torch.arange(10.0).reshape(1, 1, 5, 2)
+    assert torch.equal(_pooled(pixels, (2, 1)), torch.tensor([[[0.0 + 1 + 2 + 3 + 4 + 5], [6.0 + 7 + 8 + 9]]]))
 
 
 def test_two_images_in_a_prompt_are_refused():
