@@ -28,9 +28,9 @@ METHODS = {
 SIGNED = {"attnlrp", "cp-lrp"}
 
 #: Families a method refuses with a TypeError, skipped by the tests running every method (tests/conftest.py).
-#: AttnLRP's rules: LRP starting elsewhere than at the logits without a start of AttnLRP's (CLIP), blocks with rules of
-#: their own (DETR). AttnLRP's readout at the inputs also: images not one ``[B, C, H, W]`` batch per sample
-#: (tiles, flattened patches) or read through cross-attention (Mllama).
+#: AttnLRP's rules: none of the families (tests/lrp/test_attnlrp.py refuses families of one's own). AttnLRP's readout at
+#: the inputs: images not one ``[B, C, H, W]`` batch per sample (tiles, flattened patches) or read through
+#: cross-attention (Mllama).
 _RULES_REFUSED: set = set()
 _INPUTS_REFUSED = _RULES_REFUSED | {"mllama", "idefics3", "smolvlm", "llava_next",
                                     "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"}

@@ -4,7 +4,8 @@ joined by the cosine similarity of their pooled embeddings.
 Schedule: Eq. 6 for every layer of each tower, each tower on its own modality.
 Readouts: the image tower at its class token (on the ``h x w`` patch grid), the text
 tower at the end-of-text token, each without its own entry. Target and LRP entry:
-:mod:`captum_mm.adapters.similarity` (each image with its own text, one forward and backward).
+:mod:`captum_mm.adapters.similarity` (each image with its own text, one forward and backward); AttnLRP's entry gives
+each tower half the logit (:meth:`ClipAdapter.value_lrp_start`).
 """
 
 from types import MappingProxyType

@@ -7,7 +7,9 @@ Gemma 2 soft-caps the attention scores (``cap * tanh(scores / cap)`` inside its 
 Both eager functions are Llama's but for the score cap, which lean capture and the float64 eager path compute as
 Gemma 2's function does (:func:`captum_mm.capture.eager.soft_capped`): both are declared. LRP (docs/METHOD.md, "Gemma 2, Gemma 3"): the norms and both soft caps pass
 relevance through (the backward is seeded so that the target's logit before the final cap gets relevance 1), the
-attention rule reads its map whatever cap the scores had, and each residual branch ends at its post-norm.
+attention rule reads its map whatever cap the scores had, and each residual branch ends at its post-norm. AttnLRP
+(docs/METHOD.md, "AttnLRP"): both caps by the identity rule, the scores' cap declared in the attention parts
+(``score_cap``), the final one at :meth:`Gemma2Adapter.value_lrp_start`.
 """
 
 from dataclasses import replace

@@ -25,16 +25,11 @@ import torch
 from torch import Tensor, nn
 
 from captum_mm._offload import forward_parameter
-from captum_mm.lrp.rules import Epsilon, HalvedAttention, LinearRule, PassThrough, ProportionalResidual, RuleSet, linear_weight
-from captum_mm.spec import LinearModule
+from captum_mm.lrp.rules import Epsilon, HalvedAttention, LinearRule, PassThrough, ProportionalResidual, RuleSet
 
 
 class PlainLinear(LinearRule):
     """The epsilon rule with ``epsilon = 0`` in its exact form: ``g_x = g_out W`` (the bias absorbs its share)."""
-
-    def input_gradient(self, module: LinearModule, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
-        """The modified gradient at the linear layer's input ``x`` for the modified gradient ``g_out`` at its output."""
-        return self.weight_gradient(linear_weight(module).to(g_out.dtype), x, out, g_out)
 
     def weight_gradient(self, weight: Tensor, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
         """``g_out @ weight`` for the linear map ``x @ weight.T`` (see :meth:`LinearRule.weight_gradient`)."""

@@ -65,8 +65,9 @@ class LinearRule:
     """
 
     def input_gradient(self, module: LinearModule, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
-        """The modified gradient at the linear layer's input ``x`` for the modified gradient ``g_out`` at its output."""
-        raise NotImplementedError
+        """The modified gradient at the linear layer's input ``x`` for the modified gradient ``g_out`` at its output
+        (by default :meth:`weight_gradient` with the module's weight)."""
+        return self.weight_gradient(linear_weight(module).to(x.dtype), x, out, g_out)
 
     def weight_gradient(self, weight: Tensor, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
         """:meth:`input_gradient` for the linear map ``x @ weight.T`` (``weight`` ``[out, in]``, in ``x``'s dtype) of
@@ -81,8 +82,8 @@ class LinearRule:
         Returns:
             *Tensor*: The modified gradient at ``x``.
         """
-        raise NotImplementedError(f"{type(self).__name__} defines no weight_gradient: it cannot cross the linear maps of "
-                                  "a mixture of experts, which are no modules.")
+        raise NotImplementedError(f"{type(self).__name__} defines no weight_gradient (nor input_gradient): it cannot cross "
+                                  "linear maps that are no modules, such as a mixture's experts.")
 
 
 @dataclass(frozen=True)
@@ -104,23 +105,8 @@ class AlphaBeta(LinearRule):
 
     conserve: bool = False
 
-    def input_gradient(self, module: LinearModule, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
-        """The modified gradient at the linear layer's input ``x`` for the modified gradient ``g_out`` at its output."""
-        return self.weight_gradient(linear_weight(module).to(x.dtype), x, out, g_out)
-
     def weight_gradient(self, weight: Tensor, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
-        """:meth:`input_gradient` for the linear map ``x @ weight.T`` (``weight`` ``[out, in]``, in ``x``'s dtype), of
-        a layer that is no module (a mixture's experts, stored as one parameter).
-
-        Args:
-            weight (Tensor): ``[out, in]``.
-            x (Tensor): The input ``[..., in]``.
-            out (Tensor): The output ``[..., out]``.
-            g_out (Tensor): The modified gradient at the output.
-
-        Returns:
-            *Tensor*: The modified gradient at ``x``.
-        """
+        """:meth:`input_gradient` for the linear map ``x @ weight.T`` (see :meth:`LinearRule.weight_gradient`)."""
         relevance = out * g_out
         positive, negative = x.clamp(min=0), x.clamp(max=0)
         w_positive, w_negative = weight.clamp(min=0), weight.clamp(max=0)
@@ -146,10 +132,6 @@ class Epsilon(LinearRule):
     """
 
     epsilon: float = 1e-6
-
-    def input_gradient(self, module: LinearModule, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
-        """The modified gradient at the linear layer's input ``x`` for the modified gradient ``g_out`` at its output."""
-        return self.weight_gradient(linear_weight(module).to(out.dtype), x, out, g_out)
 
     def weight_gradient(self, weight: Tensor, x: Tensor, out: Tensor, g_out: Tensor) -> Tensor:
         """:meth:`input_gradient` for the linear map ``x @ weight.T`` (see :meth:`LinearRule.weight_gradient`)."""
