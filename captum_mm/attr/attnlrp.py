@@ -121,8 +121,8 @@ class AttnLRP(AttentionAttribution):
 def check_supported(adapter: ArchitectureAdapter) -> None:
     """Raise ``TypeError`` for a family AttnLRP's rules do not cover: LRP started elsewhere than at the logits without
     a start of AttnLRP's (:meth:`~captum_mm.models.ArchitectureAdapter.value_lrp_start`), blocks with LRP rules of
-    their own but gated products, mixtures of experts and position embeddings added to projections' inputs, attention
-    scores without a known ``Q K^T`` factor.
+    their own but gated products, functional activations, mixtures of experts and position embeddings added to
+    projections' inputs, attention scores without a known ``Q K^T`` factor.
 
     Args:
         adapter (ArchitectureAdapter): The model's adapter.
