@@ -29,11 +29,9 @@ SIGNED = {"attnlrp", "cp-lrp"}
 
 #: Families a method refuses with a TypeError, skipped by the tests running every method (tests/conftest.py).
 #: AttnLRP's rules: LRP starting elsewhere than at the logits or with rules of its own (CLIP, DETR, Gemma 2/3's soft
-#: caps), mixtures of experts. AttnLRP's readout at the inputs also: images not one ``[B, C, H, W]`` batch per sample
-#: (tiles, flattened patches) or read through cross-attention (Mllama).
+#: caps), mixtures of experts. AttnLRP's readout at the inputs refuses none of the families these suites run.
 _RULES_REFUSED = {"clip", "detr", "gemma2", "gemma3", "gemma3_vl", "mixtral", "qwen3-moe"}
-_INPUTS_REFUSED = _RULES_REFUSED | {"mllama", "idefics3", "smolvlm", "llava_next",
-                                    "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
+_INPUTS_REFUSED = _RULES_REFUSED
 REFUSED = {"attnlrp": _INPUTS_REFUSED, "cp-lrp": _INPUTS_REFUSED, "generic-attnlrp": _RULES_REFUSED}
 #: Registered variants that only the contract suite runs on every family (the other every-method suites skip them,
 #: tests/conftest.py): CP-LRP is AttnLRP with two rule flags, "ours w/ AttnLRP" is "ours w/ LRP" with AttnLRP's rules;

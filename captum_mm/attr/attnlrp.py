@@ -111,10 +111,10 @@ class AttnLRP(AttentionAttribution):
             members = (selection.slot == slot).nonzero()[:, 0]
             for name, tensor, grad in zip(kept, kept.values(), grads):
                 values = exact(tensor) * exact(grad) if grad is not None else torch.zeros_like(exact(tensor))
-                into, values_of = (pooled, pooling(values)) if name == PIXELS and pooling is not None else (relevance, {name: values})
-                for key, value in values_of.items():
-                    into.setdefault(key, value.new_zeros(selection.num_elements, *value.shape[1:]))[members] = \
-                        value[selection.sample[members]]
+                into, read = (pooled, pooling(values)) if name == PIXELS and pooling else (relevance, {name: values})
+                for key, value in read.items():  # [B, ...] -> the slot's elements
+                    into.setdefault(key, value.new_zeros(selection.num_elements, *value.shape[1:]))[members] = (
+                        value[selection.sample[members]])
         # an encoder-decoder's decoder ids carry the generated tokens (the adapter checks them as no output of its own)
         carried = {**self.adapter.argument_outputs, **({"decoder_input_ids": GENERATED} if DECODER_EMBEDDINGS in kept else {})}
         return read_inputs(forward.schedule, relevance, carried, pooled)
