@@ -5,9 +5,10 @@ encoder-decoder's encoder and decoder embeddings apart, by their modules or, sha
 the model's floating forward arguments (``inputs_embeds``, region features, ``pixel_values``), made to require grad
 for the pass when they do not (restored afterwards). An output is read from them as the adapter declares which
 argument carries it: a token output from the ``[B, N, ...]`` inputs of its tokens (summed over their features), an
-image output on a patch grid from its ``[B, C, H, W]`` pixels (summed over channels and each grid cell), an output on
-time steps from its ``[B, C, T]`` features (summed over channels; Whisper's audio), and the tokens those steps belong
-to (the support of the output's token map: Whisper's frames) from the same features.
+image output on a patch grid from its ``[B, C, H, W]`` pixels (summed over channels and each grid cell) or from the
+pixels the adapter pooled onto its readout's vision tokens (tiles, flattened patches, several images a prompt), an
+output on time steps from its ``[B, C, T]`` features (summed over channels; Whisper's audio), and the tokens those
+steps belong to (the support of the output's token map: Whisper's frames) from the same features.
 """
 
 import inspect

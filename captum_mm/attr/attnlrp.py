@@ -29,7 +29,9 @@ class AttnLRP(AttentionAttribution):
     normalisations with their scale held constant, the epsilon rule on linear
     layers, the z-rule on residual additions), the relevance read at the inputs:
     each token's ``sum_d x * R_x / x`` at its word embedding (or ``inputs_embeds``,
-    region features), an image's pixels' summed over each cell of its patch grid,
+    region features), an image's pixels' summed over each cell of its patch grid
+    (tiles, flattened patches and several images a prompt pooled by the adapter,
+    ``pixel_pooling``, onto the vision tokens its image output places),
     Whisper's ``input_features``' summed over the mel bins (``audio``, per time step)
     and over each frame's two steps (``frames``).
     The relevance is signed and sums, over every input, to the explained logit less

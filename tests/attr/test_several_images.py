@@ -84,9 +84,10 @@ def test_the_image_output_has_an_images_axis_and_each_image_changes_only_its_own
 
 
 #: Every family with GenericAttention; every method on Qwen2.5-VL (windows inside each image, patches out of grid order);
-#: AttnLRP on Idefics3 (its pixels pooled per real image).
+#: AttnLRP on the families whose images are pooled per image (Idefics3: its real images).
 CASES = [(family, "generic", torch.float64) for family in sorted(SEVERAL)] + [
-    ("qwen2_5_vl", method, torch.float64) for method in sorted(METHODS) if method != "generic"] + [("idefics3", "attnlrp", torch.float64)]
+    ("qwen2_5_vl", method, torch.float64) for method in sorted(METHODS) if method != "generic"] + [
+    (family, "attnlrp", torch.float64) for family in ("llava", "paligemma", "internvl", "idefics3")]
 
 
 @pytest.mark.parametrize("family, method, dtype", [pytest.param(*case, id=f"{case[0]}-{case[1]}") for case in CASES])

@@ -9,7 +9,7 @@ from captum_mm.attr.engine import forward_pass
 from captum_mm.attr._pass import Needs
 from captum_mm.lrp import attention_relevance
 from captum_mm.lrp.attnlrp import DetachedNorm, PlainLinear, UniformAttention, ZResidual, attnlrp_rules
-from helpers import CASES, LANGUAGE_MODELS, VLMS, encoder_decoder_model, vlm_prompts
+from helpers import CASES, LANGUAGE_MODELS, encoder_decoder_model
 
 # One head, two tokens, d = 1: Q = [1, 2], K = [1, 0], V = [2, 4], A = [[.5, .5], [.75, .25]], only token 0's
 # context explained (g = [1, 0]), scores' factor 0.5.
@@ -147,14 +147,6 @@ def test_cp_lrp_conserves_the_logit_through_layer_norms_without_biases():
     explanation = AttnLRP(model, constant_attention=True).explain(ids)
     logits = model(ids).logits[:, -1].gather(1, explanation.target[:, None])[:, 0]
     assert torch.allclose(explanation.text.sum(-1), logits, rtol=1e-6, atol=0)
-
-
-def test_two_images_in_a_prompt_are_refused():
-    model = VLMS["llava"]()
-    prompt = vlm_prompts(batch=1, image_tokens=32)
-    prompt["pixel_values"] = torch.randn(2, 3, 32, 32)
-    with pytest.raises(TypeError, match="one image a prompt|cannot read the 'image' output"):
-        AttnLRP(model).explain(prompt, continuation=torch.tensor([[5, 6]]))
 
 
 @pytest.mark.parametrize("family", ["t5", "bart"])

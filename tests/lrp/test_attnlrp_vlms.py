@@ -1,5 +1,5 @@
 """AttnLRP on VLMs whose images come as flattened patches (Qwen2/2.5/3-VL), tiles (LLaVA-NeXT/OneVision, Mllama) or
-several images a prompt (Idefics3/SmolVLM): CP-LRP conserves the logit in float64 over text, image and generated
+several images a prompt (Idefics3/SmolVLM; LLaVA's ``[images, C, H, W]``): CP-LRP conserves the logit in float64 over text, image and generated
 tokens, and the relevance at ``pixel_values`` is pooled onto the image output as worked out by hand."""
 
 import pytest
@@ -24,6 +24,8 @@ UNCROPPED_TOKENS = {"llava_next": 24, "llava_onevision": 10}
 def _prompts(family):
     if family == "mllama":
         return mllama_prompts(batch=2)
+    if family == "llava":  # two images a prompt
+        return dict(vlm_prompts(batch=2, image_tokens=32), pixel_values=torch.randn(4, 3, 32, 32))
     if family in UNCROPPED_TOKENS:
         return dict(vlm_prompts(batch=2, image_tokens=UNCROPPED_TOKENS[family]), pixel_values=torch.randn(2, 5, 3, 16, 16),
                     image_sizes=torch.tensor([[32, 32]] * 2))
@@ -43,7 +45,8 @@ def _with_continuation(batch, tokens):
     return extended
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_next", "llava_onevision", "idefics3", "mllama"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_next", "llava_onevision", "idefics3", "mllama",
+                                    "llava"])
 def test_cp_lrp_conserves_the_logit_over_text_image_and_generated_tokens(family):
     """Nothing absorbing relevance: each generated token's logit is the sum of its text, image and earlier generated
     tokens' relevance (the image read at ``pixel_values``, through the vision tower and its merger or tiles)."""
@@ -106,6 +109,14 @@ def test_tiles_are_summed_per_patch_and_spread_over_the_original_image():
     patches[0, 0, 0] = 100
     image = _pixel_output(VLMS["llava_next"](), batch, _per_patch(patches, 8)[None])
     torch.testing.assert_close(image, torch.tensor([[62.0, 63, 22, 23], [30, 31, 40, 41]]), rtol=1e-6, atol=1e-5)
+
+
+def test_several_images_a_prompt_each_on_its_own_grid():
+    """LLaVA, two images in one prompt (4 x 4 grids of 8 x 8 patches): each image's patch sums on its own grid."""
+    batch = dict(vlm_prompts(batch=1, image_tokens=32), pixel_values=torch.randn(2, 3, 32, 32))
+    cells = torch.arange(16.0).reshape(4, 4)
+    image = _pixel_output(VLMS["llava"](), batch, _per_patch(torch.stack([cells, cells + 100]), 8))
+    torch.testing.assert_close(image, torch.stack([cells, cells + 100]))
 
 
 def test_padding_images_are_left_out_and_tiles_masked():
