@@ -82,7 +82,7 @@ class VisionTokenLayout(ABC):
             *PixelPooling or None*: See :data:`~captum_mm.models.pixels.PixelPooling`.
         """
         images = self.images_per_prompt(arguments)
-        if int(images.max()) == 1:
+        if int(images.max()) <= 1:
             return None
         grid = self.patch_grid(arguments)
         return lambda relevance: {IMAGE: per_prompt(patch_sums(relevance, grid), images)}
