@@ -29,11 +29,9 @@ SIGNED = {"attnlrp", "cp-lrp"}
 
 #: Families a method refuses with a TypeError, skipped by the tests running every method (tests/conftest.py).
 #: AttnLRP's rules: none of the families (tests/lrp/test_attnlrp.py refuses families of one's own). AttnLRP's readout at
-#: the inputs: images not one ``[B, C, H, W]`` batch per sample (tiles, flattened patches) or read through
-#: cross-attention (Mllama).
+#: the inputs refuses none of the families these suites run.
 _RULES_REFUSED: set = set()
-_INPUTS_REFUSED = _RULES_REFUSED | {"mllama", "idefics3", "smolvlm", "llava_next",
-                                    "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
+_INPUTS_REFUSED = _RULES_REFUSED
 REFUSED = {"attnlrp": _INPUTS_REFUSED, "cp-lrp": _INPUTS_REFUSED, "generic-attnlrp": _RULES_REFUSED}
 #: Registered variants that only the contract suite runs on every family (the other every-method suites skip them,
 #: tests/conftest.py): CP-LRP is AttnLRP with two rule flags, "ours w/ AttnLRP" is "ours w/ LRP" with AttnLRP's rules;

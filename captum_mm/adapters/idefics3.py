@@ -21,8 +21,9 @@ from transformers.models.smolvlm.modeling_smolvlm import SmolVLMEncoderLayer, Sm
 
 from captum_mm.adapters.decoder import DecoderOnlyAdapter
 from captum_mm.adapters.llama import LlamaAdapter
-from captum_mm.adapters.vision_language import VisionLanguageAdapter
+from captum_mm.adapters.vision_language import IMAGE, VisionLanguageAdapter
 from captum_mm.models.arguments import Argument
+from captum_mm.models.pixels import PixelPooling, patch_sums, per_prompt
 from captum_mm.models.registry import register_adapter
 
 IMAGES = "[batch, images, channels, height, width]"
@@ -64,6 +65,13 @@ class Idefics3Adapter(VisionLanguageAdapter):
             *int*: Their count.
         """
         return int((arguments["pixel_values"] != 0).flatten(2).any(-1).sum())
+
+    def pixel_pooling(self, arguments: Dict[str, Any]) -> Optional[PixelPooling]:
+        """Each image's pixels summed over channels and each cell of its patch grid; the images that are not padding,
+        in order, fill the prompts' images as the model reads them."""
+        real, grid = (arguments["pixel_values"] != 0).flatten(2).any(-1), self.patch_grid(arguments)
+        images = self.images_per_prompt(arguments)
+        return lambda relevance: {IMAGE: per_prompt(patch_sums(relevance, grid)[real], images)}
 
     def _features_per_image(self, pixels: Tensor, arguments: Dict[str, Any]) -> int:
         tokens = self.token_grid((pixels.shape[-2] // self._patch_size(), pixels.shape[-1] // self._patch_size()))

@@ -31,10 +31,11 @@ from transformers.models.llava_next.modeling_llava_next import (
 from captum_mm.adapters.decoder import DecoderOnlyAdapter
 from captum_mm.adapters.llama import LlamaAdapter
 from captum_mm.adapters.llava import LlavaAdapter
-from captum_mm.adapters.vision_language import VISION, VisionLanguageAdapter
+from captum_mm.adapters.vision_language import IMAGE, VISION, VisionLanguageAdapter
 from captum_mm.capture.record import AttentionRecord
 from captum_mm.capture.windows import join_windows
 from captum_mm.models.arguments import Argument, require
+from captum_mm.models.pixels import PixelPooling, patch_sums, per_prompt
 from captum_mm.models.registry import register_adapter
 from captum_mm.relevance.schedule import Readout, Stage
 
@@ -190,6 +191,17 @@ class LlavaNextAdapter(LlavaAdapter):
         return Readout(query, rows, key, grid=(region.shape[0], region.shape[1]), column_index=positions, through=stage,
                        spread=self.tile_spread(arguments).to(positions.device))
 
+    def pixel_pooling(self, arguments: Dict[str, Any]) -> Optional[PixelPooling]:
+        """The base image's and each tile's pixels summed over channels and each cell of its patch grid, a class token
+        0: the vision sequence the image readout spreads over the original image's region."""
+        tiles, side, skip = self._tiles(arguments), self._tile_size()[1], int(self._has_class_token())
+
+        def pool(relevance: Tensor) -> Dict[str, Tensor]:
+            patches = patch_sums(relevance[:, :tiles], (side, side))  # the processor's padding tiles left out
+            return {IMAGE: torch.nn.functional.pad(patches, (skip, 0)).flatten(1)}
+
+        return pool
+
     def lay_out_maps(self, record: AttentionRecord) -> None:
         """The tower's ``[batch * tiles, H, n, n]`` maps as each sample's block-diagonal ``[H, tiles * n, tiles * n]``."""
         tokens = self.vision_tokens(record.arguments)
@@ -260,6 +272,14 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
         if not self._several(arguments):
             return super().image_readout(arguments, query, rows, key, image_tokens)
         return VisionLanguageAdapter.image_readout(self, arguments, query, rows, key, image_tokens)
+
+    def pixel_pooling(self, arguments: Dict[str, Any]) -> Optional[PixelPooling]:
+        """Several images a prompt: each base image's pixels summed over channels and each cell of its patch grid,
+        each prompt's images one after the other."""
+        if not self._several(arguments):
+            return super().pixel_pooling(arguments)
+        side, images = self._tile_size()[1], self.images_per_prompt(arguments)
+        return lambda relevance: {IMAGE: per_prompt(patch_sums(relevance[:, 0], (side, side)), images)}
 
     def token_map(self, grid: Tuple[int, int]) -> Optional[Tensor]:
         """A base image's tokens read its features one by one; the newline after them nothing."""

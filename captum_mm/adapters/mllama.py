@@ -40,6 +40,7 @@ from captum_mm.capture.windows import images_on_diagonal
 from captum_mm.generation.convention import GenerationConvention
 from captum_mm.lrp.composite import LRPStructure, ResidualRuleSite, TanhGate
 from captum_mm.models.arguments import Argument, require
+from captum_mm.models.pixels import PixelPooling, patch_sums
 from captum_mm.models.registry import register_adapter
 from captum_mm.models.specs import attention_specs_in, projected_parts
 from captum_mm.models.structure import first_argument, forward_order_schedule
@@ -166,6 +167,17 @@ class MllamaAdapter(LlamaAdapter):
             for call in record.calls:
                 if call.roles == (VISION, VISION):
                     call.lay_out(partial(images_on_diagonal, counts=[pixels.shape[1]] * pixels.shape[0]))
+
+    def pixel_pooling(self, arguments: Dict[str, Any]) -> Optional[PixelPooling]:
+        """Each tile's pixels summed over channels and each cell of its patch grid (the processor's padding tiles and
+        images 0), the images' tiles one after the other: the patches the image readout reads."""
+        vision = cast(Any, self.model.config.vision_config)
+        side, real = vision.image_size // vision.patch_size, arguments["aspect_ratio_mask"].bool()
+
+        def pool(relevance: Tensor) -> Dict[str, Tensor]:
+            return {IMAGE: (patch_sums(relevance, (side, side)) * real[..., None].to(relevance.device)).flatten(1)}
+
+        return pool
 
     def tile_layout(self, pixels: Tensor) -> Tuple[int, int, int]:
         """The tiles of an image, the tokens of a tile (class token and patches) and the vision encoder's tokens

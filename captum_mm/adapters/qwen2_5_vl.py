@@ -67,11 +67,13 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
                                            config.patch_size)
         return index
 
+    def pixel_rows(self, grid: Tuple[int, int]) -> Tensor:
+        """The processor's blocks of ``m^2`` patches taken in the tower's window order."""
+        return torch.arange(grid[0] * grid[1]).reshape(-1, self._merge() ** 2)[self._window_index(grid)].flatten()
+
     def patch_cells(self, grid: Tuple[int, int]) -> Optional[Tensor]:
         """Qwen2-VL's cells of the block-ordered patches, taken in the tower's window order."""
-        block = self._merge() ** 2
-        in_blocks = cast(Tensor, super().patch_cells(grid)).reshape(-1, block)
-        return in_blocks[self._window_index(grid)].flatten()
+        return cast(Tensor, super().patch_cells(grid))[self.pixel_rows(grid)]
 
     def token_map(self, grid: Tuple[int, int]) -> Optional[Tensor]:
         """Token ``j`` is made of the ``m^2`` patches of the window-ordered block ``b`` with ``window_index[b] = j``."""

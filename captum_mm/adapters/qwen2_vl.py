@@ -31,9 +31,10 @@ from transformers.vision_utils import get_vision_position_ids
 
 from captum_mm.adapters.decoder import DecoderOnlyAdapter
 from captum_mm.adapters.llama import LlamaAdapter
-from captum_mm.adapters.vision_language import VISION, VisionLanguageAdapter
+from captum_mm.adapters.vision_language import IMAGE, VISION, VisionLanguageAdapter
 from captum_mm.lrp.composite import LRPStructure, ResidualRuleSite
 from captum_mm.models.arguments import TOKENS, Argument, require
+from captum_mm.models.pixels import PixelPooling, per_prompt
 from captum_mm.models.registry import register_adapter
 from captum_mm.spec import AttentionParts, AttentionSpec, TensorSource
 
@@ -109,6 +110,30 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
     def patch_cells(self, grid: Tuple[int, int]) -> Optional[Tensor]:
         rows_columns = get_vision_position_ids(torch.tensor([[1, *grid]]), self._merge())
         return rows_columns[:, 0] * grid[1] + rows_columns[:, 1]
+
+    def pixel_rows(self, grid: Tuple[int, int]) -> Tensor:
+        """The row of an image's ``pixel_values`` (the processor's order, block by block) each patch of the vision
+        tower's sequence is made from.
+
+        Args:
+            grid (tuple[int, int]): The patch grid.
+
+        Returns:
+            *Tensor*: ``[patches]`` row indices (Qwen2-VL's tower keeps the processor's order).
+        """
+        return torch.arange(grid[0] * grid[1])
+
+    def pixel_pooling(self, arguments: Dict[str, Any]) -> Optional[PixelPooling]:
+        """Each flattened patch's relevance summed over its values, in the vision tower's order, each prompt's images
+        one after the other: the patches the image readout places on the grid."""
+        grid = self.patch_grid(arguments)
+        rows, images = self.pixel_rows(grid), self.images_per_prompt(arguments)
+
+        def pool(relevance: Tensor) -> Dict[str, Tensor]:
+            patches = relevance.sum(-1).reshape(-1, grid[0] * grid[1])[:, rows.to(relevance.device)]
+            return {IMAGE: per_prompt(patches, images)}
+
+        return pool
 
     def token_grid(self, grid: Tuple[int, int]) -> Tuple[int, int]:
         return grid[0] // self._merge(), grid[1] // self._merge()

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from captum_mm.adapters.decoder import GENERATED, SEQUENCE, TEXT, DecoderOnlyAdapter
 from captum_mm.adapters.llama import LlamaAdapter, rotary_parts
-from captum_mm.adapters.vision_tokens import VisionTokenLayout, image_columns, per_image_cells, with_images_axis
+from captum_mm.adapters.vision_tokens import IMAGE, VisionTokenLayout, image_columns, per_image_cells, with_images_axis
 from captum_mm.capture.record import AttentionRecord
 from captum_mm.capture.windows import images_on_diagonal
 from captum_mm.lrp.composite import LRPStructure
@@ -30,7 +30,7 @@ from captum_mm.models.targets import TargetSelection
 from captum_mm.relevance.schedule import Readout, Schedule, Stage
 from captum_mm.spec import AttentionSpec, module_names, self_attention
 
-VISION, IMAGE = "vision", "image"
+VISION = "vision"
 #: The prompts' images, in order: a prompt's image tokens read the next images (``image_token_id`` runs).
 IMAGES = "[images, channels, height, width]"
 

@@ -14,6 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from captum_mm.models.arguments import text_tokens
+from captum_mm.models.pixels import PixelPooling, patch_sums, per_prompt
+
+#: The image output's name.
+IMAGE = "image"
 
 
 class VisionTokenLayout(ABC):
@@ -54,6 +58,34 @@ class VisionTokenLayout(ABC):
         """
         pixels, patch = arguments["pixel_values"], self._patch_size()
         return pixels.shape[-2] // patch, pixels.shape[-1] // patch
+
+    @abstractmethod
+    def images_per_prompt(self, arguments: Dict[str, Any]) -> Tensor:
+        """How many images each prompt holds.
+
+        Args:
+            arguments (dict): The forward's arguments.
+
+        Returns:
+            *Tensor*: ``[B]`` image counts.
+        """
+
+    def pixel_pooling(self, arguments: Dict[str, Any]) -> Optional[PixelPooling]:
+        """Several ``[images, C, H, W]`` images a prompt: each image's pixels summed over channels and each cell of
+        its patch grid, each prompt's images one after the other (one image a prompt: None, the pixels read on the
+        output's grid).
+
+        Args:
+            arguments (dict): The forward's arguments.
+
+        Returns:
+            *PixelPooling or None*: See :data:`~captum_mm.models.pixels.PixelPooling`.
+        """
+        images = self.images_per_prompt(arguments)
+        if int(images.max()) <= 1:
+            return None
+        grid = self.patch_grid(arguments)
+        return lambda relevance: {IMAGE: per_prompt(patch_sums(relevance, grid), images)}
 
     def patch_cells(self, grid: Tuple[int, int]) -> Optional[Tensor]:
         """The grid cell (row-major) of each patch of the vision tower's sequence.

@@ -5,14 +5,16 @@ encoder-decoder's encoder and decoder embeddings apart, by their modules or, sha
 the model's floating forward arguments (``inputs_embeds``, region features, ``pixel_values``), made to require grad
 for the pass when they do not (restored afterwards). An output is read from them as the adapter declares which
 argument carries it: a token output from the ``[B, N, ...]`` inputs of its tokens (summed over their features), an
-image output on a patch grid from its ``[B, C, H, W]`` pixels (summed over channels and each grid cell), an output on
-time steps from its ``[B, C, T]`` features (summed over channels; Whisper's audio), and the tokens those steps belong
-to (the support of the output's token map: Whisper's frames) from the same features.
+image output on a patch grid from its ``[B, C, H, W]`` pixels (summed over channels and each grid cell) or from the
+pixels the adapter pooled onto its readout's vision tokens (tiles, flattened patches, several images a prompt), an
+output on time steps from its ``[B, C, T]`` features (summed over channels; Whisper's audio), and the tokens those
+steps belong to (the support of the output's token map: Whisper's frames) from the same features.
 """
 
 import inspect
+import math
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Mapping, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +29,8 @@ EMBEDDINGS = "<word embeddings>"
 DECODER_EMBEDDINGS = "<decoder word embeddings>"
 #: The token ids argument each embeddings entry embeds.
 EMBEDDED_IDS = {EMBEDDINGS: "input_ids", DECODER_EMBEDDINGS: "decoder_input_ids"}
+#: The images' argument (an adapter may pool it itself: :meth:`~captum_mm.models.ArchitectureAdapter.pixel_pooling`).
+PIXELS = "pixel_values"
 
 
 class KeptInputs:
@@ -152,19 +156,26 @@ def _parameter_names(module: nn.Module) -> List[str]:
     return list(inspect.signature(module.forward).parameters)
 
 
-def read_inputs(schedule: Schedule, relevance: Dict[str, Tensor], argument_outputs: Mapping[str, str]) -> Dict[str, Tensor]:
+def read_inputs(schedule: Schedule, relevance: Dict[str, Tensor], argument_outputs: Mapping[str, str],
+                pooled: Optional[Dict[str, Tensor]] = None) -> Dict[str, Tensor]:
     """Each output of ``schedule`` read from the relevance of the inputs carrying it.
 
     Args:
         schedule (Schedule): The explained elements' schedule.
         relevance (dict[str, Tensor]): ``[E, *input.shape[1:]]`` per kept input (``x * g``).
         argument_outputs (Mapping[str, str]): The output each forward argument carries (the adapter's).
+        pooled (dict[str, Tensor], optional): ``[E, n]`` per output the adapter pooled from the pixels onto the
+                    columns its readout reads (:data:`~captum_mm.models.pixels.PixelPooling`), placed as the readout
+                    says. Default: None
 
     Returns:
         *dict[str, Tensor]*: ``[E, ...]`` per output, shaped as the schedule's readouts.
     """
     outputs, tokens = {}, _steps_on_tokens(schedule, relevance, argument_outputs)
     for name, spec in schedule.outputs.items():
+        if pooled and name in pooled:
+            outputs[name] = _placed(pooled[name], spec)
+            continue
         carried = [values for argument, values in relevance.items() if argument_outputs.get(argument) == name]
         pixels = [values for values in carried if values.dim() == 4 and spec.grid is not None]
         steps = [values for values in carried if _over_time(values, spec)]
@@ -258,5 +269,5 @@ def _placed(rows: Tensor, spec: Readout) -> Tensor:
         rows = rows @ spec.spread.to(rows)
     if spec.positions is not None:
         grid = spec.grid or ()
-        rows = rows.new_zeros(rows.shape[0], grid[0] * grid[1]).scatter(1, spec.positions, rows)
+        rows = rows.new_zeros(rows.shape[0], math.prod(grid)).scatter(1, spec.positions, rows)
     return rows.reshape(rows.shape[0], *spec.grid) if spec.grid else rows

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from captum_mm._precision import exact
 from captum_mm.attr._checks import check_connected
 from captum_mm.attr._base import AttentionAttribution, AttentionBundle, Explanation, Needs
-from captum_mm.attr._inputs import DECODER_EMBEDDINGS, KeptInputs, keep_inputs, read_inputs
+from captum_mm.attr._inputs import DECODER_EMBEDDINGS, PIXELS, KeptInputs, keep_inputs, read_inputs
 from captum_mm.attr.engine import ForwardPass
 from captum_mm.generation.readout import GENERATED
 from captum_mm.lrp.attention import score_scale
@@ -30,7 +30,9 @@ class AttnLRP(AttentionAttribution):
     normalisations with their scale held constant, the epsilon rule on linear
     layers, the z-rule on residual additions), the relevance read at the inputs:
     each token's ``sum_d x * R_x / x`` at its word embedding (or ``inputs_embeds``,
-    region features), an image's pixels' summed over each cell of its patch grid,
+    region features), an image's pixels' summed over each cell of its patch grid
+    (tiles, flattened patches and several images a prompt pooled by the adapter,
+    ``pixel_pooling``, onto the vision tokens its image output places),
     Whisper's ``input_features``' summed over the mel bins (``audio``, per time step)
     and over each frame's two steps (``frames``).
     The relevance is signed and sums, over every input, to the explained logit less
@@ -93,29 +95,33 @@ class AttnLRP(AttentionAttribution):
         # no map is propagated: nothing to stream
         """Every element's outputs: one LRP backward a slot, its elements' inputs' relevance read out."""
         selection, batch = forward.selection, forward.logits.shape[0]
-        kept = {name: t for name, t in self._kept.tensors.items() if t.shape[0] == batch}  # not several images a prompt
+        pooling = self.adapter.pixel_pooling(forward.record.arguments)
+        kept = {name: t for name, t in self._kept.tensors.items()  # several images a prompt: pooled by the adapter
+                if t.shape[0] == batch or (name == PIXELS and pooling is not None)}
         check_connected(forward.logits, forward.method)
         if not kept or self._kept.embedding_calls > 1:
             raise TypeError(f"AttnLRP reads relevance at a model's floating inputs and at its word embeddings, each used "
                             f"by one token stream (an encoder-decoder's encoder and decoder apart): this "
                             f"{type(self.model).__name__} has no such input, or embeds several streams with the same "
                             "embeddings, which AttnLRP does not support yet.")
-        names, tensors = list(kept), list(kept.values())
-        relevance = {name: exact(t).new_zeros(selection.num_elements, *t.shape[1:]) for name, t in kept.items()}
+        relevance: Dict[str, Tensor] = {}
+        pooled: Dict[str, Tensor] = {}  # the outputs the adapter pools from the pixels
         assert forward.lrp is not None
         for slot in range(selection.grad_outputs.shape[0]):
             starts, seeds = self.adapter.value_lrp_start(forward.lrp, forward.logits, selection.grad_outputs[slot : slot + 1])
             with forward.lrp.relevance_mode():
-                grads = torch.autograd.grad(starts, tensors, grad_outputs=tuple(seed[0] for seed in seeds),
+                grads = torch.autograd.grad(starts, list(kept.values()), grad_outputs=tuple(seed[0] for seed in seeds),
                                             retain_graph=True, allow_unused=True)
             members = (selection.slot == slot).nonzero()[:, 0]
-            samples = selection.sample[members]
-            for name, tensor, grad in zip(names, tensors, grads):
-                if grad is not None:
-                    relevance[name][members] = (exact(tensor) * exact(grad))[samples]
+            for name, tensor, grad in zip(kept, kept.values(), grads):
+                values = exact(tensor) * exact(grad) if grad is not None else torch.zeros_like(exact(tensor))
+                into, read = (pooled, pooling(values)) if name == PIXELS and pooling else (relevance, {name: values})
+                for key, value in read.items():  # [B, ...] -> the slot's elements
+                    into.setdefault(key, value.new_zeros(selection.num_elements, *value.shape[1:]))[members] = (
+                        value[selection.sample[members]])
         # an encoder-decoder's decoder ids carry the generated tokens (the adapter checks them as no output of its own)
         carried = {**self.adapter.argument_outputs, **({"decoder_input_ids": GENERATED} if DECODER_EMBEDDINGS in kept else {})}
-        return read_inputs(forward.schedule, relevance, carried)
+        return read_inputs(forward.schedule, relevance, carried, pooled)
 
 
 def check_supported(adapter: ArchitectureAdapter) -> None:

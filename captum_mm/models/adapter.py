@@ -10,6 +10,7 @@ from captum_mm.capture.record import AttentionRecord
 from captum_mm.lrp.composite import LRPState, LRPStructure, relevance_seed
 from captum_mm.lrp.rules import RuleSet
 from captum_mm.models.arguments import Argument, check_declared, outputs_of
+from captum_mm.models.pixels import PixelPooling
 from captum_mm.models.targets import TargetOptions, TargetSelection, select_class_targets
 from captum_mm.relevance.schedule import Schedule
 from captum_mm.spec import AttentionSpec
@@ -89,6 +90,20 @@ class ArchitectureAdapter:
     def lrp_structure(self) -> LRPStructure:
         """Residual sites and pass-through modules for LRP (see :mod:`captum_mm.lrp.composite`)."""
         raise NotImplementedError(f"{type(self).__name__} does not declare its LRP structure.")
+
+    def pixel_pooling(self, arguments: Dict[str, Any]) -> Optional[PixelPooling]:
+        """How AttnLRP reads an image output at ``pixel_values`` given otherwise than one ``[B, C, H, W]`` image a
+        prompt (tiles, crops, flattened patches): pooled onto the vision tokens the output's readout reads, which
+        then places them as for every method. None (the default): pixels are read only as one ``[B, C, H, W]``
+        image a prompt, summed over channels and each cell of the output's grid.
+
+        Args:
+            arguments (dict): The forward's arguments.
+
+        Returns:
+            *PixelPooling or None*: See :data:`~captum_mm.models.pixels.PixelPooling`.
+        """
+        return None
 
     def default_rules(self) -> RuleSet:
         """The reference implementation's LRP rules for this family."""

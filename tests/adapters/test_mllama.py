@@ -227,7 +227,7 @@ def two_image_prompts():
     return dict(batch, pixel_values=pixels, aspect_ratio_ids=ratio_ids, aspect_ratio_mask=ratio_mask, cross_attention_mask=cross)
 
 
-@pytest.mark.parametrize("method", ["generic", "raw-attention", "partial-lrp"])
+@pytest.mark.parametrize("method", ["generic", "raw-attention", "partial-lrp", "attnlrp"])
 def test_several_images_a_prompt_each_on_its_tiles_and_batched_equals_alone(method):
     torch.manual_seed(0)
     model = mllama().double()

@@ -171,7 +171,7 @@ def test_qwen3_vl_moe_explains_with_every_method_and_its_lrp_conserves_through_t
     for parameter in model.model.language_model.layers[0].mlp.gate.parameters():  # HF's router starts at zero
         torch.nn.init.normal_(parameter, std=0.5)
     batch = family_prompts("qwen3_vl", batch=2)
-    for key, make in methods_for("qwen3_vl").items():
+    for key, make in methods_for("qwen3-moe").items():  # AttnLRP among them: it takes mixtures of experts
         image = make(model).explain(batch, continuation=[[5], [6]]).image
         assert image.shape == (2, 1, *GRID) and image.isfinite().all() and (key in MAY_VANISH or image.abs().sum() > 0), key
     model = model.double()

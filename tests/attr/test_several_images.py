@@ -83,9 +83,11 @@ def test_the_image_output_has_an_images_axis_and_each_image_changes_only_its_own
     assert image[0, :, 0].abs().sum() > 0 and image[0, :, 1].abs().sum() > 0 and image[1, :, 0].abs().sum() > 0
 
 
-#: Every family with GenericAttention; every method on Qwen2.5-VL (windows inside each image, patches out of grid order).
+#: Every family with GenericAttention; every method on Qwen2.5-VL (windows inside each image, patches out of grid order);
+#: AttnLRP on the families whose images are pooled per image (Idefics3: its real images).
 CASES = [(family, "generic", torch.float64) for family in sorted(SEVERAL)] + [
-    ("qwen2_5_vl", method, torch.float64) for method in sorted(METHODS) if method != "generic"]
+    ("qwen2_5_vl", method, torch.float64) for method in sorted(METHODS) if method != "generic"] + [
+    (family, "attnlrp", torch.float64) for family in ("llava", "paligemma", "internvl", "idefics3")]
 
 
 @pytest.mark.parametrize("family, method, dtype", [pytest.param(*case, id=f"{case[0]}-{case[1]}") for case in CASES])
@@ -194,7 +196,7 @@ def onevision_prompts(counts=(3, 2)):
             "image_sizes": torch.tensor([[16, 32]] * images), "batch_num_images": torch.tensor(counts)}
 
 
-@pytest.mark.parametrize("method", ["generic", "raw-attention", "transformer-attribution"])
+@pytest.mark.parametrize("method", ["generic", "raw-attention", "transformer-attribution", "attnlrp"])
 def test_onevision_several_images_each_on_its_base_grid_batched_equals_alone(method):
     torch.manual_seed(0)
     model = VLMS["llava_onevision"]().double()

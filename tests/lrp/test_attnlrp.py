@@ -15,7 +15,7 @@ from captum_mm.lrp import attention_relevance
 from captum_mm.lrp.canonizers import Canonizer
 from captum_mm.lrp.attnlrp import DetachedNorm, PlainLinear, UniformAttention, ZResidual, attnlrp_rules, soft_cap_ratio
 from captum_mm.lrp.mixture import SparseMixture
-from helpers import CASES, LANGUAGE_MODELS, VLMS, detr, encoder_decoder_model, vlm_prompts
+from helpers import CASES, LANGUAGE_MODELS, detr, encoder_decoder_model
 
 # One head, two tokens, d = 1: Q = [1, 2], K = [1, 0], V = [2, 4], A = [[.5, .5], [.75, .25]], only token 0's
 # context explained (g = [1, 0]), scores' factor 0.5.
@@ -241,14 +241,6 @@ def test_pixels_pool_onto_a_grid_as_nearest_upsampling_spreads_it():
     """Pixel row r in cell row floor(r h / H): 5 rows on 2 cells: rows 0-2 and 3-4 (2 columns on 1 cell)."""
     pixels = torch.arange(10.0).reshape(1, 1, 5, 2)
     assert torch.equal(_pooled(pixels, (2, 1)), torch.tensor([[[0.0 + 1 + 2 + 3 + 4 + 5], [6.0 + 7 + 8 + 9]]]))
-
-
-def test_two_images_in_a_prompt_are_refused():
-    model = VLMS["llava"]()
-    prompt = vlm_prompts(batch=1, image_tokens=32)
-    prompt["pixel_values"] = torch.randn(2, 3, 32, 32)
-    with pytest.raises(TypeError, match="one image a prompt|cannot read the 'image' output"):
-        AttnLRP(model).explain(prompt, continuation=torch.tensor([[5, 6]]))
 
 
 @pytest.mark.parametrize("family", ["t5", "bart"])
