@@ -97,8 +97,9 @@ def growth_exponent(sizes: List[int], values: List[float]) -> float:
 
 
 def kinds(size: int, tokens: int, quick: bool) -> List[str]:
-    """What is measured at a size: SDPA once per size, the stored maps only up to :data:`STORED_UP_TO` and one token."""
-    return [kind for kind in KINDS if kind == "streaming" or (tokens == 1 and (kind == "sdpa" or quick or size <= STORED_UP_TO))]
+    """What is measured at a size and token count: SDPA (the baseline of the same run), the streaming explanation,
+    and the stored maps only up to :data:`STORED_UP_TO` and one token."""
+    return [kind for kind in KINDS if kind != "stored" or (tokens == 1 and (quick or size <= STORED_UP_TO))]
 
 
 def measure(family: str, sizes: Tuple[int, ...], tokens: Tuple[int, ...], quick: bool) -> List[Dict[str, Any]]:
@@ -140,10 +141,10 @@ def cpu_ratio(row: Dict[str, Any], base: Dict[str, Any]) -> str:
 
 def ratios(rows: List[Dict[str, Any]]) -> None:
     """The table: each explanation's time and memory divided by SDPA's at the same size, and the growth exponents."""
-    sdpa = {(row["family"], row["size"]): row for row in rows if "sdpa" in row["seconds"]}
+    sdpa = {(row["family"], row["size"]): row for row in rows if "sdpa" in row["seconds"] and row.get("tokens", 1) == 1}
     print("family  size  tokens   time streaming/sdpa  stored/sdpa   memory streaming/sdpa  stored/sdpa   CPU time streaming/sdpa")
     for row in rows:
-        base = sdpa[(row["family"], row["size"])]
+        base = row if "sdpa" in row["seconds"] else sdpa[(row["family"], row["size"])]  # SDPA of the same run, if any
         t, m = row["seconds"], row["peak_kib"]
         stored = (f"{t['stored'] / base['seconds']['sdpa']:11.2f}", f"{m['stored'] / base['peak_kib']['sdpa']:11.2f}") if "stored" in t else ("-", "-")
         print(f"{row['family']:6}  {row['size']:5}  {row.get('tokens', 1):6}  {t['streaming'] / base['seconds']['sdpa']:20.2f}  {stored[0]:>11}"
