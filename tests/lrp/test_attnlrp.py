@@ -103,26 +103,41 @@ def test_z_residual_and_plain_linear_by_hand():
 
 
 def _llama(zero_scores: bool = False, family: str = "llama") -> nn.Module:
-    """A float64 LM with weights scaled up (attention far from uniform); Gemma 2's final soft cap 0.5 binds."""
+    """A float64 LM with weights scaled up (attention far from uniform) and biases drawn (HF initialises them to
+    zero); Gemma 2's final soft cap 0.5 binds."""
     torch.manual_seed(0)
     model = LANGUAGE_MODELS[family]().double().eval()
     if family == "gemma2":
         model.config.final_logit_softcapping = 0.5
     with torch.no_grad():
-        for matrix in (p for p in model.parameters() if p.dim() == 2):
-            matrix.mul_(5.0)
-        for layer in model.model.layers:
-            layer.self_attn.q_proj.weight.mul_(0.0 if zero_scores else 1.0)
+        for name, parameter in model.named_parameters():
+            if parameter.dim() == 2:
+                parameter.mul_(5.0)
+            elif name.endswith("bias"):
+                parameter.normal_()
+        for layer in model.model.layers if zero_scores else ():
+            layer.self_attn.q_proj.weight.zero_()
     return model
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3", "mixtral", "qwen3-moe"])
+def _absorbs(name: str) -> bool:
+    """Whether an LM's parameter absorbs CP-LRP's relevance: a bias but the queries' and keys' (the scores are held
+    constant), OPT's learned positions."""
+    return name.endswith("bias") and not name.endswith(("q_proj.bias", "k_proj.bias")) or "embed_positions" in name
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3", "mixtral", "qwen3-moe", "qwen2", "mistral", "gemma", "opt",
+                                    "phi3", "qwen3"])
 def test_cp_lrp_conserves_the_logit_of_a_bias_free_lm(family):
-    """Without biases nothing absorbs relevance: the tokens' relevance sums to the explained logit (up to the 1e-9
-    stabiliser of the identity rule at RMSNorm and the activation). Gemma: RMSNorm's (1 + w) and the embeddings'
+    """With the absorbing biases and positions zeroed nothing absorbs relevance: the tokens' relevance sums to the
+    explained logit (up to the 1e-9 stabiliser of the identity rule at RMSNorm and the activation); Qwen2's and OPT's
+    query and key biases, drawn, take nothing. Gemma: RMSNorm's (1 + w) and the embeddings'
     scale are linear, the final soft cap (binding, 0.5) passes relevance by the identity rule, so the sum is the capped
     logit; the scores' cap is not crossed (Q, K constant). Mixtures: the router weights constant, the experts linear."""
     model, ids = _llama(family=family), torch.randint(3, 40, (2, 7))
+    with torch.no_grad():
+        for parameter in (p for name, p in model.named_parameters() if _absorbs(name)):
+            parameter.zero_()
     explanation = AttnLRP(model, constant_attention=True).explain(ids)
     logits = model(ids).logits[:, -1].gather(1, explanation.target[:, None])[:, 0]
     assert torch.allclose(explanation.text.sum(-1), logits, rtol=1e-6, atol=0)  # the pass-through rules' 1e-9 stabiliser

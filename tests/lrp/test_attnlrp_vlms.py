@@ -12,9 +12,10 @@ from captum_mm.generation import generation_forward
 from helpers import IMAGE_TOKEN, MLLAMA_IMAGE_TOKEN, VLMS, family_prompts, mllama, mllama_prompts, vlm_prompts
 
 #: What absorbs relevance in these models, zeroed for conservation: biases, position and tile embeddings, class tokens
-#: and LLaVA-NeXT's newline token (parameters entering the sequence, not inputs).
+#: (InternViT's ``cls_token``: dropped from the image tokens, but attended to) and LLaVA-NeXT's newline token
+#: (parameters entering the sequence, not inputs).
 ABSORBING = ("bias", "pos_embed", "position_embedding", "positional_embedding.embedding", "tile_embedding",
-             "class_embedding", "image_newline")
+             "class_embedding", "cls_token", "image_newline")
 #: LLaVA-NeXT/OneVision on a 32 x 32 image: all of the 4 x 4 high-resolution cells kept (nothing cropped by
 #: ``unpad_image`` carries relevance out of the output), base image 4 tokens; NeXT's rows of 4 tokens and a newline
 #: (20), OneVision's shrunk to 2 x 2 (6).
@@ -46,7 +47,7 @@ def _with_continuation(batch, tokens):
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_next", "llava_onevision", "idefics3", "mllama",
-                                    "llava"])
+                                    "llava", "paligemma", "smolvlm", "internvl"])
 def test_cp_lrp_conserves_the_logit_over_text_image_and_generated_tokens(family):
     """Nothing absorbing relevance: each generated token's logit is the sum of its text, image and earlier generated
     tokens' relevance (the image read at ``pixel_values``, through the vision tower and its merger or tiles)."""
