@@ -115,8 +115,11 @@ def _llama(zero_scores: bool = False, family: str = "llama") -> nn.Module:
                 parameter.mul_(5.0)
             elif name.endswith("bias"):
                 parameter.normal_()
-        for layer in model.model.layers if zero_scores else ():
-            layer.self_attn.q_proj.weight.zero_()
+        for name, parameter in model.named_parameters() if zero_scores else ():
+            if name.endswith(("q_proj.weight", "q_proj.bias")):
+                parameter.zero_()
+            elif name.endswith("qkv_proj.weight"):  # Phi-3's fused projection: the queries' rows first
+                parameter[:model.config.hidden_size].zero_()
     return model
 
 
@@ -145,12 +148,16 @@ def test_cp_lrp_conserves_the_logit_of_a_bias_free_lm(family):
         assert GenericAttention(model, head_weighting="attnlrp").explain(ids).text.abs().sum() > 0
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2"])
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3", "qwen2", "mistral", "gemma", "opt", "phi3", "qwen3"])
 def test_attnlrp_conserves_the_logit_less_the_softmax_bias_terms(family):
     """With zero queries every score is 0: the softmax's rule at its input (``x (R - s sum R)``) gives the scores
     nothing, so its bias term absorbs each map's whole relevance ``R_A``, read at the probes (Gemma 2: the scores' cap,
-    at 0, passes nothing; the final cap binds, its identity rule giving the logit before it the capped logit)."""
+    at 0, passes nothing; the final cap binds, its identity rule giving the logit before it the capped logit); the
+    other absorbing biases and positions zeroed. Not the mixtures: their routers' softmax bias terms absorb too."""
     model, ids = _llama(zero_scores=True, family=family), torch.randint(3, 40, (2, 7))
+    with torch.no_grad():
+        for parameter in (p for name, p in model.named_parameters() if _absorbs(name)):
+            parameter.zero_()
     explanation = AttnLRP(model).explain(ids)
     needs, target = Needs(probabilities=False, relevance=True), explanation.target
     with forward_pass(model, model, (ids,), needs=needs, rules=attnlrp_rules(), target=target) as forward:
