@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from captum_mm._handles import HandleList
 from captum_mm._precision import HALF_PRECISION
+from captum_mm.models.pixels import cell_sums
 from captum_mm.relevance.schedule import Readout, Schedule
 
 #: The word embeddings' entry among the kept inputs (no forward argument has this name).
@@ -210,21 +211,13 @@ def _steps_on_tokens(schedule: Schedule, relevance: Dict[str, Tensor], argument_
 
 
 def _pooled(pixels: Tensor, grid: Any) -> Tensor:
-    """``[E, C, H, W]`` summed over channels and over each cell of a ``(h, w)`` grid: pixel row ``r`` in cell row
-    ``floor(r h / H)`` (columns alike), the cells nearest upsampling gives each pixel, as :meth:`attribute` spreads a
-    cell and DETR maps its pixel mask onto its features (cells of ``H / h`` pixels, or about that where ``h`` does not
-    divide ``H``)."""
+    """``[E, C, H, W]`` summed over channels and over each cell of a ``(h, w)`` grid as nearest upsampling spreads it
+    (:func:`~captum_mm.models.pixels.cell_sums`), as :meth:`attribute` spreads a cell and DETR maps its pixel mask
+    onto its features."""
     if len(grid) != 2 or pixels.shape[-2] < grid[0] or pixels.shape[-1] < grid[1]:
         raise TypeError(f"AttnLRP reads one image a prompt, its pixels [batch, channels, height, width] summed on a (h, w) "
                         f"grid: it cannot pool pixels of shape {tuple(pixels.shape[-2:])} onto the grid {tuple(grid)}.")
-    rows, columns = (_cells(size, cells, pixels) for size, cells in zip(pixels.shape[-2:], grid))
-    return torch.einsum("ehw,ih,jw->eij", pixels.sum(1), rows, columns)
-
-
-def _cells(size: int, cells: int, like: Tensor) -> Tensor:
-    """``[cells, size]``: 1 where pixel ``r`` lies in cell ``floor(r cells / size)``."""
-    index = torch.arange(size, device=like.device) * cells // size
-    return (index[None] == torch.arange(cells, device=like.device)[:, None]).to(like.dtype)
+    return cell_sums(pixels, grid)
 
 
 def _read_tokens(schedule: Schedule, name: str, spec: Readout, relevance: Dict[str, Tensor],

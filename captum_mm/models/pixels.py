@@ -12,6 +12,28 @@ from torch import Tensor
 PixelPooling = Callable[[Tensor], Dict[str, Tensor]]
 
 
+def cell_sums(pixels: Tensor, grid: Tuple[int, int]) -> Tensor:
+    """``[..., C, H, W]`` summed over channels and over each cell of a ``(h, w)`` grid: pixel row ``r`` in cell row
+    ``floor(r h / H)`` (columns alike), the cell nearest upsampling gives each pixel (cells of ``H / h`` pixels, or
+    about that where ``h`` does not divide ``H``).
+
+    Args:
+        pixels (Tensor): ``[..., C, H, W]``.
+        grid (tuple[int, int]): The grid ``(h, w)``, at most ``(H, W)``.
+
+    Returns:
+        *Tensor*: ``[..., h, w]``.
+    """
+    rows, columns = (_cells(size, cells, pixels) for size, cells in zip(pixels.shape[-2:], grid))
+    return torch.einsum("...hw,ih,jw->...ij", pixels.sum(-3), rows, columns)
+
+
+def _cells(size: int, cells: int, like: Tensor) -> Tensor:
+    """``[cells, size]``: 1 where pixel ``r`` lies in cell ``floor(r cells / size)``."""
+    index = torch.arange(size, device=like.device) * cells // size
+    return (index[None] == torch.arange(cells, device=like.device)[:, None]).to(like.dtype)
+
+
 def patch_sums(pixels: Tensor, grid: Tuple[int, int]) -> Tensor:
     """``[..., C, H, W]`` summed over channels and over each cell of a ``(h, w)`` patch grid, the cells row-major.
 
@@ -25,9 +47,7 @@ def patch_sums(pixels: Tensor, grid: Tuple[int, int]) -> Tensor:
     if len(grid) != 2 or pixels.shape[-2] % grid[0] or pixels.shape[-1] % grid[1]:
         raise TypeError(f"AttnLRP reads an image's pixels [..., channels, height, width] summed on a (h, w) patch grid: it "
                         f"cannot pool pixels of shape {tuple(pixels.shape[-2:])} onto the grid {tuple(grid)}.")
-    lead, (rows, columns) = pixels.shape[:-3], pixels.shape[-2:]
-    cells = pixels.sum(-3).reshape(*lead, grid[0], rows // grid[0], grid[1], columns // grid[1])
-    return cells.sum((-3, -1)).flatten(-2)
+    return cell_sums(pixels, grid).flatten(-2)
 
 
 def per_prompt(images: Tensor, counts: Tensor) -> Tensor:
